@@ -1,0 +1,210 @@
+//! The billing state of one account, as the fold sees it.
+//!
+//! Small on purpose (it is resident for every active account): the open
+//! periods' usage by metric and subject, a few issued periods kept to price
+//! late usage, open invoices with their dunning progress, credit, the
+//! payment method, and open hourly rollup buckets. The dedup window lives
+//! next to it but is persisted separately.
+
+use chrono_tz::Tz;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::dedup::DedupWindow;
+use super::events::{DunningStop, Line};
+use super::money::{Currency, Minor};
+use super::time::{Anchor, Period, Timestamp};
+
+/// Usage of one metric in one period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricUsage {
+    pub metric: String,
+    pub total: Decimal,
+    /// Quantity by subject; a short vector beats a map at this size.
+    pub subjects: Vec<(String, Decimal)>,
+}
+
+/// Usage of a period whose invoice is not issued yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodUsage {
+    pub period: Period,
+    pub plan_id: String,
+    pub metrics: Vec<MetricUsage>,
+}
+
+/// What a line of an issued period stands for, to price late usage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BilledKey {
+    Metric(String),
+    MinimumSpend,
+}
+
+/// An issued period, kept for the late-usage window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosedPeriod {
+    pub period: Period,
+    pub plan_id: String,
+    /// Total quantity per metric, including late usage so far.
+    pub totals: Vec<(String, Decimal)>,
+    /// Amount billed so far per line key, including late lines not yet issued.
+    pub billed: Vec<(BilledKey, Minor)>,
+}
+
+/// Collection state of an invoice not fully paid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenInvoice {
+    pub invoice_id: String,
+    pub number: String,
+    pub issued_at: Timestamp,
+    pub due_at: Timestamp,
+    /// What was left to pay after credit at issue.
+    pub amount_due: Minor,
+    /// Paid since issue.
+    pub paid: Minor,
+    pub overdue: bool,
+    /// Charge attempts requested so far.
+    pub attempts: u32,
+    /// The attempt whose result is awaited (at most one per invoice).
+    pub outstanding: Option<u32>,
+    pub next_retry_at: Option<Timestamp>,
+    pub dunning_stopped: Option<DunningStop>,
+}
+
+impl OpenInvoice {
+    pub fn remaining(&self) -> Minor {
+        self.amount_due - self.paid
+    }
+}
+
+/// The saved payment method: an opaque token reference, never card data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentMethod {
+    pub token_ref: String,
+    pub brand: String,
+    pub last4: String,
+    pub expires: String,
+    /// When to send `PaymentMethodExpiring`.
+    pub warn_at: Timestamp,
+    pub warned: bool,
+}
+
+/// Usage of one (hour, metric, subject) waiting for the hour to close.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollupBucket {
+    pub hour: Timestamp,
+    pub metric: String,
+    pub subject: String,
+    pub quantity: Decimal,
+    pub count: u64,
+    pub correction: bool,
+}
+
+mod tz_serde {
+    use chrono_tz::Tz;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(tz: &Tz, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(tz.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Tz, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// All billing state of one open account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountState {
+    pub account_id: String,
+    pub environment: String,
+    pub opened_at: Timestamp,
+    pub currency: Currency,
+    #[serde(with = "tz_serde")]
+    pub timezone: Tz,
+    pub tax_rate: Decimal,
+    pub anchor: Anchor,
+    pub plan_id: String,
+    /// A plan change waiting for the period starting at the given instant.
+    pub pending_plan: Option<(String, Timestamp)>,
+    pub closed_at: Option<Timestamp>,
+    /// Set once the final invoice after closing was issued.
+    pub finished: bool,
+    /// Last journal sequence number used.
+    pub journal_seq: u64,
+    pub invoice_seq: u32,
+    pub credit_note_seq: u32,
+    /// The earliest period whose invoice is not issued yet.
+    pub current: Period,
+    /// Id the current period's invoice will be issued under.
+    pub draft_invoice_id: String,
+    /// Usage of unissued periods, earliest first.
+    pub open: Vec<PeriodUsage>,
+    /// Issued periods kept for late usage, oldest first.
+    pub closed: Vec<ClosedPeriod>,
+    /// Late-usage and adjustment lines waiting for the next invoice.
+    pub pending_lines: Vec<Line>,
+    pub credit: Minor,
+    /// `CreditLow` is sent when credit falls below the threshold while armed.
+    pub credit_low_armed: bool,
+    /// Issued invoices not fully paid, oldest first.
+    pub invoices: Vec<OpenInvoice>,
+    pub payment_method: Option<Box<PaymentMethod>>,
+    pub rollups: Vec<RollupBucket>,
+    /// Processing clock of the last change.
+    pub clock: Timestamp,
+    /// Event ids of the dedup window; persisted separately from snapshots.
+    #[serde(skip)]
+    pub dedup: DedupWindow,
+}
+
+impl AccountState {
+    /// Approximate heap + inline bytes held by this state, without the
+    /// dedup window (the figure behind the "2 KB per account" budget).
+    pub fn resident_bytes(&self) -> usize {
+        fn s(x: &String) -> usize {
+            x.capacity()
+        }
+        // The dedup window is accounted separately (it is not billing state).
+        let mut n = std::mem::size_of::<AccountState>() - std::mem::size_of::<DedupWindow>();
+        n += s(&self.account_id) + s(&self.environment) + s(&self.plan_id) + s(&self.draft_invoice_id);
+        n += self.pending_plan.as_ref().map_or(0, |(p, _)| s(p));
+        n += self.open.capacity() * std::mem::size_of::<PeriodUsage>();
+        for p in &self.open {
+            n += s(&p.plan_id) + p.metrics.capacity() * std::mem::size_of::<MetricUsage>();
+            for m in &p.metrics {
+                n += s(&m.metric) + m.subjects.capacity() * std::mem::size_of::<(String, Decimal)>();
+                n += m.subjects.iter().map(|(x, _)| s(x)).sum::<usize>();
+            }
+        }
+        n += self.closed.capacity() * std::mem::size_of::<ClosedPeriod>();
+        for c in &self.closed {
+            n += s(&c.plan_id) + c.totals.capacity() * std::mem::size_of::<(String, Decimal)>();
+            n += c.totals.iter().map(|(x, _)| s(x)).sum::<usize>();
+            n += c.billed.capacity() * std::mem::size_of::<(BilledKey, Minor)>();
+            n += c
+                .billed
+                .iter()
+                .map(|(k, _)| match k {
+                    BilledKey::Metric(m) => s(m),
+                    BilledKey::MinimumSpend => 0,
+                })
+                .sum::<usize>();
+        }
+        n += self.pending_lines.capacity() * std::mem::size_of::<Line>();
+        n += self.invoices.capacity() * std::mem::size_of::<OpenInvoice>();
+        n += self.invoices.iter().map(|i| s(&i.invoice_id) + s(&i.number)).sum::<usize>();
+        if let Some(pm) = &self.payment_method {
+            n += std::mem::size_of::<PaymentMethod>();
+            n += s(&pm.token_ref) + s(&pm.brand) + s(&pm.last4) + s(&pm.expires);
+        }
+        n += self.rollups.capacity() * std::mem::size_of::<RollupBucket>();
+        n += self.rollups.iter().map(|r| s(&r.metric) + s(&r.subject)).sum::<usize>();
+        n
+    }
+
+    /// Total amount still owed on issued invoices.
+    pub fn outstanding(&self) -> Minor {
+        self.invoices.iter().map(OpenInvoice::remaining).sum()
+    }
+}

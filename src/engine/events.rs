@@ -1,0 +1,460 @@
+//! What goes into the engine and what comes out of it.
+//!
+//! Inputs are the decoded records of the input topics; `DomainEvent`s are
+//! the state changes the fold produces, in order, one journal entry each.
+//! Output records for the other topics are derived from domain events by
+//! the contracts layer, so nothing here knows about Avro or JSON.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::money::Minor;
+use super::time::{Anchor, Period, Timestamp};
+
+/// `billing.usage.v1`: one measured use of a metric by a subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecorded {
+    pub event_id: String,
+    pub account_id: String,
+    pub subject: String,
+    pub metric: String,
+    pub quantity: Decimal,
+    pub occurred_at: Timestamp,
+    pub environment: String,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// `billing.payments.v1`: money movements and payment-method changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentEvent {
+    pub event_id: String,
+    pub account_id: String,
+    pub occurred_at: Timestamp,
+    /// Optional on payment events: the account's environment is checked
+    /// anyway; when present it must match the instance's.
+    #[serde(default)]
+    pub environment: Option<String>,
+    pub kind: PaymentKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PaymentKind {
+    CreditToppedUp {
+        amount: Decimal,
+        currency: String,
+    },
+    PaymentSucceeded {
+        charge_id: String,
+        invoice_id: String,
+        amount: Decimal,
+        currency: String,
+    },
+    PaymentFailed {
+        charge_id: String,
+        invoice_id: String,
+        retryable: bool,
+        reason: String,
+    },
+    /// Money paid back to the customer out of their credit balance.
+    PaymentRefunded {
+        amount: Decimal,
+        currency: String,
+        reason: String,
+    },
+    BankTransferReceived {
+        reference: String,
+        amount: Decimal,
+        currency: String,
+    },
+    PaymentMethodAttached {
+        token_ref: String,
+        brand: String,
+        last4: String,
+        /// Last month the method is valid, "YYYY-MM".
+        expires: String,
+    },
+    PaymentMethodDetached {
+        token_ref: String,
+    },
+}
+
+impl PaymentKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            PaymentKind::CreditToppedUp { .. } => "credit_topped_up",
+            PaymentKind::PaymentSucceeded { .. } => "payment_succeeded",
+            PaymentKind::PaymentFailed { .. } => "payment_failed",
+            PaymentKind::PaymentRefunded { .. } => "payment_refunded",
+            PaymentKind::BankTransferReceived { .. } => "bank_transfer_received",
+            PaymentKind::PaymentMethodAttached { .. } => "payment_method_attached",
+            PaymentKind::PaymentMethodDetached { .. } => "payment_method_detached",
+        }
+    }
+}
+
+/// `billing.accounts.v1`: account lifecycle and money corrections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountCommand {
+    pub event_id: String,
+    pub account_id: String,
+    pub occurred_at: Timestamp,
+    #[serde(default)]
+    pub environment: Option<String>,
+    pub kind: AccountKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdjustmentKind {
+    /// Money given back: becomes account credit.
+    CreditNote,
+    /// Money owed: a line on the next invoice.
+    Debit,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AccountKind {
+    AccountOpened {
+        plan_id: String,
+        currency: String,
+        timezone: String,
+        tax_rate: Decimal,
+        #[serde(default)]
+        billing_anchor: Anchor,
+    },
+    PlanChanged {
+        plan_id: String,
+    },
+    AccountClosed,
+    AdjustmentIssued {
+        adjustment: AdjustmentKind,
+        amount: Decimal,
+        currency: String,
+        reason: String,
+        #[serde(default)]
+        invoice_id: Option<String>,
+    },
+}
+
+impl AccountKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            AccountKind::AccountOpened { .. } => "account_opened",
+            AccountKind::PlanChanged { .. } => "plan_changed",
+            AccountKind::AccountClosed => "account_closed",
+            AccountKind::AdjustmentIssued { .. } => "adjustment_issued",
+        }
+    }
+}
+
+/// Any input the fold accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Input {
+    Usage(UsageRecorded),
+    Payment(PaymentEvent),
+    Account(AccountCommand),
+}
+
+impl Input {
+    pub fn event_id(&self) -> &str {
+        match self {
+            Input::Usage(u) => &u.event_id,
+            Input::Payment(p) => &p.event_id,
+            Input::Account(a) => &a.event_id,
+        }
+    }
+
+    pub fn account_id(&self) -> &str {
+        match self {
+            Input::Usage(u) => &u.account_id,
+            Input::Payment(p) => &p.account_id,
+            Input::Account(a) => &a.account_id,
+        }
+    }
+
+    pub fn occurred_at(&self) -> Timestamp {
+        match self {
+            Input::Usage(u) => u.occurred_at,
+            Input::Payment(p) => p.occurred_at,
+            Input::Account(a) => a.occurred_at,
+        }
+    }
+
+    /// Short name of the input kind, for metrics and DLQ records.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Input::Usage(_) => "usage_recorded",
+            Input::Payment(p) => p.kind.name(),
+            Input::Account(a) => a.kind.name(),
+        }
+    }
+}
+
+/// Kind of an invoice line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineKind {
+    /// Usage of one metric in the invoice's own period.
+    Usage,
+    /// Usage that arrived after its period's invoice: the difference
+    /// between the period's charge on its new total and what was billed.
+    LateUsage,
+    /// True-up to the plan's minimum spend for a period.
+    MinimumSpend,
+    /// The plan's recurring fee, charged in advance for `for_period`.
+    RecurringFee,
+    /// A debit adjustment issued by support or accounting.
+    Adjustment,
+}
+
+/// One invoice line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    pub kind: LineKind,
+    #[serde(default)]
+    pub metric: Option<String>,
+    pub quantity: Decimal,
+    #[serde(default)]
+    pub unit_price: Option<Decimal>,
+    pub amount: Minor,
+    pub for_period: Period,
+    /// Quantity by subject (app, bucket…), for the reader.
+    #[serde(default)]
+    pub subjects: BTreeMap<String, Decimal>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// An issued, immutable invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedInvoice {
+    pub invoice_id: String,
+    pub number: String,
+    pub period: Period,
+    pub issued_at: Timestamp,
+    pub due_at: Timestamp,
+    pub currency: String,
+    pub lines: Vec<Line>,
+    pub subtotal: Minor,
+    pub tax: Minor,
+    pub total: Minor,
+    pub credit_applied: Minor,
+    pub amount_due: Minor,
+}
+
+/// Why dunning stopped for an invoice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DunningStop {
+    /// The gateway said retrying cannot help (expired card, revoked mandate).
+    NonRetryable,
+    /// Every retry of the schedule failed.
+    Exhausted,
+}
+
+/// Where credit came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreditSource {
+    TopUp,
+    Overpayment,
+    CreditNote,
+    UnmatchedTransfer,
+    NegativeInvoice,
+}
+
+/// A state change of one account. Every one is a journal entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DomainEvent {
+    AccountOpened {
+        plan_id: String,
+        currency: String,
+        timezone: String,
+        tax_rate: Decimal,
+        anchor: Anchor,
+        opened_at: Timestamp,
+    },
+    PlanChangeScheduled {
+        plan_id: String,
+        effective_at: Timestamp,
+    },
+    PlanChanged {
+        from_plan_id: String,
+        plan_id: String,
+        effective_at: Timestamp,
+    },
+    AccountClosed {
+        closed_at: Timestamp,
+    },
+    UsageApplied {
+        event_id: String,
+        subject: String,
+        metric: String,
+        quantity: Decimal,
+        occurred_at: Timestamp,
+        period_start: Timestamp,
+        /// The period's invoice was already issued: billed as a late line.
+        late: bool,
+    },
+    InvoiceOpened {
+        invoice_id: String,
+        period: Period,
+    },
+    InvoiceIssued {
+        invoice: IssuedInvoice,
+    },
+    CreditAdded {
+        source: CreditSource,
+        amount: Minor,
+        balance: Minor,
+    },
+    CreditApplied {
+        invoice_id: String,
+        amount: Minor,
+        balance: Minor,
+    },
+    CreditRefunded {
+        amount: Minor,
+        balance: Minor,
+        reason: String,
+    },
+    CreditLow {
+        balance: Minor,
+        threshold: Minor,
+    },
+    ChargeRequested {
+        charge_id: String,
+        invoice_id: String,
+        amount: Minor,
+        token_ref: String,
+        attempt: u32,
+    },
+    PaymentSucceeded {
+        charge_id: String,
+        invoice_id: String,
+        amount: Minor,
+    },
+    PaymentFailed {
+        charge_id: String,
+        invoice_id: String,
+        attempt: u32,
+        retryable: bool,
+        reason: String,
+        next_retry_at: Option<Timestamp>,
+    },
+    DunningStopped {
+        invoice_id: String,
+        reason: DunningStop,
+    },
+    BankTransferApplied {
+        reference: String,
+        invoice_id: Option<String>,
+        amount: Minor,
+    },
+    InvoicePaid {
+        invoice_id: String,
+        total: Minor,
+    },
+    InvoicePartiallyPaid {
+        invoice_id: String,
+        amount_paid: Minor,
+        amount_due: Minor,
+    },
+    InvoiceOverdue {
+        invoice_id: String,
+        amount_due: Minor,
+        due_at: Timestamp,
+    },
+    AccountPastDue {
+        invoice_id: String,
+        amount_due: Minor,
+    },
+    PaymentMethodAttached {
+        token_ref: String,
+        brand: String,
+        last4: String,
+        expires: String,
+    },
+    PaymentMethodDetached {
+        token_ref: String,
+    },
+    PaymentMethodExpiring {
+        token_ref: String,
+        brand: String,
+        last4: String,
+        expires: String,
+    },
+    DebitAdjustmentAdded {
+        amount: Minor,
+        reason: String,
+    },
+    CreditNoteIssued {
+        credit_note_id: String,
+        amount: Minor,
+        reason: String,
+        invoice_id: Option<String>,
+    },
+    UsageRolledUp {
+        hour: Timestamp,
+        metric: String,
+        subject: String,
+        quantity: Decimal,
+        count: u64,
+        /// A correction for an hour whose rollup was already emitted.
+        correction: bool,
+    },
+}
+
+impl DomainEvent {
+    /// Stable snake_case name, used in the journal and output records.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DomainEvent::AccountOpened { .. } => "account_opened",
+            DomainEvent::PlanChangeScheduled { .. } => "plan_change_scheduled",
+            DomainEvent::PlanChanged { .. } => "plan_changed",
+            DomainEvent::AccountClosed { .. } => "account_closed",
+            DomainEvent::UsageApplied { .. } => "usage_applied",
+            DomainEvent::InvoiceOpened { .. } => "invoice_opened",
+            DomainEvent::InvoiceIssued { .. } => "invoice_issued",
+            DomainEvent::CreditAdded { .. } => "credit_added",
+            DomainEvent::CreditApplied { .. } => "credit_applied",
+            DomainEvent::CreditRefunded { .. } => "credit_refunded",
+            DomainEvent::CreditLow { .. } => "credit_low",
+            DomainEvent::ChargeRequested { .. } => "charge_requested",
+            DomainEvent::PaymentSucceeded { .. } => "payment_succeeded",
+            DomainEvent::PaymentFailed { .. } => "payment_failed",
+            DomainEvent::DunningStopped { .. } => "dunning_stopped",
+            DomainEvent::BankTransferApplied { .. } => "bank_transfer_applied",
+            DomainEvent::InvoicePaid { .. } => "invoice_paid",
+            DomainEvent::InvoicePartiallyPaid { .. } => "invoice_partially_paid",
+            DomainEvent::InvoiceOverdue { .. } => "invoice_overdue",
+            DomainEvent::AccountPastDue { .. } => "account_past_due",
+            DomainEvent::PaymentMethodAttached { .. } => "payment_method_attached",
+            DomainEvent::PaymentMethodDetached { .. } => "payment_method_detached",
+            DomainEvent::PaymentMethodExpiring { .. } => "payment_method_expiring",
+            DomainEvent::DebitAdjustmentAdded { .. } => "debit_adjustment_added",
+            DomainEvent::CreditNoteIssued { .. } => "credit_note_issued",
+            DomainEvent::UsageRolledUp { .. } => "usage_rolled_up",
+        }
+    }
+}
+
+/// A domain event as it enters the journal: numbered, timed and tied to
+/// what caused it (an input `event_id`, or a timer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub account_id: String,
+    pub seq: u64,
+    /// Processing instant the change was made at.
+    pub at: Timestamp,
+    /// The input event id, or `timer:<kind>:<instant>` for timer-driven changes.
+    pub causation_id: String,
+    pub event: DomainEvent,
+}

@@ -1,0 +1,826 @@
+//! The fold: `state + input → new state + journal entries`.
+//!
+//! `Engine::apply` first fires every timer due up to the processing clock
+//! (period close, due dates, dunning retries, expiry warnings, rollup hours),
+//! then validates the input completely before changing anything, so a
+//! rejected input leaves the state exactly as it was.
+
+use rust_decimal::Decimal;
+
+use super::account::{AccountState, BilledKey, ClosedPeriod, MetricUsage, PeriodUsage, RollupBucket};
+use super::config::EngineConfig;
+use super::dedup::{self, Seen};
+use super::events::{
+    AccountCommand, AccountKind, AdjustmentKind, CreditSource, DomainEvent, Input, JournalEntry, Line, LineKind,
+    PaymentEvent, PaymentKind, UsageRecorded,
+};
+use super::money::{round_ratio_half_even, Currency, Minor};
+use super::plan::{Plan, PlanBook};
+use super::rating::{display_unit_price, rate};
+use super::reject::Rejection;
+use super::time::{next_period, period_containing, Anchor, Period, Timestamp, MICROS_PER_HOUR};
+use super::tripwire::{find_card_number, mask_card_numbers};
+
+/// What happened to an input that was not rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    /// Seen before with the same payload: counted and ignored.
+    Duplicate,
+}
+
+/// The billing engine: rules (`config`) and the price book. Pure.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub config: EngineConfig,
+    pub plans: PlanBook,
+}
+
+/// Where journal entries go while one input or timer is folded.
+pub(crate) struct Emit<'a> {
+    pub out: &'a mut Vec<JournalEntry>,
+    pub at: Timestamp,
+    pub cause: &'a str,
+}
+
+impl Emit<'_> {
+    pub fn push(&mut self, st: &mut AccountState, event: DomainEvent) {
+        st.journal_seq += 1;
+        self.out.push(JournalEntry {
+            account_id: st.account_id.clone(),
+            seq: st.journal_seq,
+            at: self.at,
+            causation_id: self.cause.to_string(),
+            event,
+        });
+    }
+}
+
+/// A draft invoice as it stands now: what the running total reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Draft {
+    pub invoice_id: String,
+    pub period: Period,
+    pub lines: Vec<Line>,
+    pub subtotal: Minor,
+    pub tax: Minor,
+    pub total: Minor,
+}
+
+fn check_text(field: &str, value: &str) -> Result<(), Rejection> {
+    match find_card_number(value) {
+        Some(_) => Err(Rejection::CardNumber {
+            field: field.to_string(),
+            masked: mask_card_numbers(value),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn add_subject(subjects: &mut Vec<(String, Decimal)>, subject: &str, qty: Decimal) {
+    match subjects.iter_mut().find(|(s, _)| s == subject) {
+        Some((_, q)) => *q += qty,
+        None => {
+            // Exact growth: this vector is resident for every active account.
+            subjects.reserve_exact(1);
+            subjects.push((subject.to_string(), qty))
+        }
+    }
+}
+
+/// `amount × part / whole`, rounded half-to-even once to minor units.
+pub fn prorate(currency: Currency, amount: Decimal, part: i64, whole: i64) -> Minor {
+    let exact = || -> Option<i128> {
+        let scale_up = 10i128.checked_pow(currency.exponent())?;
+        let num = amount.mantissa().checked_mul(scale_up)?.checked_mul(i128::from(part))?;
+        let den = 10i128.checked_pow(amount.scale())?.checked_mul(i128::from(whole))?;
+        Some(round_ratio_half_even(num, den))
+    };
+    match exact().and_then(|v| i64::try_from(v).ok()) {
+        Some(v) => Minor(v),
+        // Beyond i128: fall back to 28-digit decimal arithmetic.
+        None => currency
+            .round(amount * Decimal::from(part) / Decimal::from(whole))
+            .unwrap_or(Minor(i64::MAX)),
+    }
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig, plans: PlanBook) -> Engine {
+        Engine { config, plans }
+    }
+
+    /// Apply one input at processing instant `now`. Journal entries of
+    /// every change (timers that came due first, then the input's) are
+    /// appended to `out`. `slot` is `None` for an account never opened.
+    pub fn apply(
+        &self,
+        slot: &mut Option<AccountState>,
+        input: &Input,
+        now: Timestamp,
+        out: &mut Vec<JournalEntry>,
+    ) -> Result<Outcome, Rejection> {
+        if let Some(st) = slot.as_mut() {
+            self.advance(st, now, out);
+        }
+        self.check_envelope(input, now)?;
+        let key = dedup::key(input.event_id());
+        let fingerprint = dedup::fingerprint(input);
+        let Some(st) = slot.as_mut() else {
+            return match input {
+                Input::Account(cmd @ AccountCommand { kind: AccountKind::AccountOpened { .. }, .. }) => {
+                    let mut st = self.open_account(cmd, now, out)?;
+                    st.dedup.insert(key, fingerprint, now.0);
+                    self.advance(&mut st, now, out);
+                    *slot = Some(st);
+                    Ok(Outcome::Applied)
+                }
+                _ => Err(Rejection::UnknownAccount { account_id: input.account_id().to_string() }),
+            };
+        };
+        match st.dedup.check(key, fingerprint) {
+            Seen::Duplicate => return Ok(Outcome::Duplicate),
+            Seen::Conflict => return Err(Rejection::Conflict { event_id: input.event_id().to_string() }),
+            Seen::New => {}
+        }
+        let mut emit = Emit { out, at: now, cause: input.event_id() };
+        match input {
+            Input::Usage(u) => self.apply_usage(st, u, &mut emit)?,
+            Input::Payment(p) => self.apply_payment(st, p, &mut emit)?,
+            Input::Account(a) => self.apply_account(st, a, &mut emit)?,
+        }
+        st.dedup.insert(key, fingerprint, now.0);
+        st.clock = st.clock.max(now);
+        Ok(Outcome::Applied)
+    }
+
+    /// Checks that need no account state: environment, card numbers in
+    /// free text, the future-skew limit.
+    fn check_envelope(&self, input: &Input, now: Timestamp) -> Result<(), Rejection> {
+        let env = match input {
+            Input::Usage(u) => Some(u.environment.as_str()),
+            Input::Payment(p) => p.environment.as_deref(),
+            Input::Account(a) => a.environment.as_deref(),
+        };
+        if let Some(env) = env {
+            if env != self.config.environment {
+                return Err(Rejection::WrongEnvironment {
+                    expected: self.config.environment.clone(),
+                    got: env.to_string(),
+                });
+            }
+        }
+        match input {
+            Input::Usage(u) => {
+                check_text("subject", &u.subject)?;
+                check_text("metric", &u.metric)?;
+                for (k, v) in &u.attributes {
+                    check_text("attributes (key)", k)?;
+                    check_text(&format!("attributes.{k}"), v)?;
+                }
+            }
+            Input::Payment(p) => match &p.kind {
+                PaymentKind::PaymentFailed { reason, .. } | PaymentKind::PaymentRefunded { reason, .. } => {
+                    check_text("reason", reason)?
+                }
+                PaymentKind::BankTransferReceived { reference, .. } => check_text("reference", reference)?,
+                PaymentKind::PaymentMethodAttached { brand, .. } => check_text("brand", brand)?,
+                _ => {}
+            },
+            Input::Account(a) => {
+                if let AccountKind::AdjustmentIssued { reason, .. } = &a.kind {
+                    check_text("reason", reason)?;
+                }
+            }
+        }
+        let occurred_at = input.occurred_at();
+        if occurred_at.0 > now.0.saturating_add(self.config.future_tolerance_micros) {
+            return Err(Rejection::FromFuture { occurred_at, now });
+        }
+        Ok(())
+    }
+
+    // ---- timers ---------------------------------------------------------
+
+    /// The earliest instant at which this account has something to do on
+    /// its own (no input needed), if any.
+    pub fn next_timer(&self, st: &AccountState) -> Option<Timestamp> {
+        let mut next: Option<Timestamp> = None;
+        let mut consider = |t: Timestamp| next = Some(next.map_or(t, |n| n.min(t)));
+        if !st.finished {
+            consider(st.current.end.plus(self.config.grace_micros));
+        }
+        for inv in &st.invoices {
+            if !inv.overdue {
+                consider(inv.due_at);
+            }
+            if let Some(r) = inv.next_retry_at {
+                consider(r);
+            }
+        }
+        if let Some(pm) = &st.payment_method {
+            if !pm.warned {
+                consider(pm.warn_at);
+            }
+        }
+        if let Some(h) = st.rollups.iter().map(|r| r.hour).min() {
+            consider(h.plus(MICROS_PER_HOUR + self.config.rollup_lateness_micros));
+        }
+        next
+    }
+
+    /// Fire every timer due at or before `now`, each at its own instant
+    /// and in time order, as if the clock had passed over them.
+    pub fn advance(&self, st: &mut AccountState, now: Timestamp, out: &mut Vec<JournalEntry>) {
+        while let Some(t) = self.next_timer(st) {
+            if t > now {
+                break;
+            }
+            self.fire(st, t, out);
+        }
+        st.dedup.expire(now.0 - self.config.dedup_window_micros);
+        st.clock = st.clock.max(now);
+    }
+
+    fn fire(&self, st: &mut AccountState, t: Timestamp, out: &mut Vec<JournalEntry>) {
+        if !st.finished && st.current.end.plus(self.config.grace_micros) <= t {
+            let cause = format!("timer:close:{}", st.current.start);
+            self.close_period(st, &mut Emit { out: &mut *out, at: t, cause: &cause });
+        }
+        let cause = format!("timer:{t}");
+        let mut emit = Emit { out, at: t, cause: &cause };
+        self.fire_invoice_timers(st, &mut emit);
+        let warn = st.payment_method.as_deref().filter(|pm| !pm.warned && pm.warn_at <= t).cloned();
+        if let Some(pm) = warn {
+            if let Some(m) = st.payment_method.as_mut() {
+                m.warned = true;
+            }
+            emit.push(
+                st,
+                DomainEvent::PaymentMethodExpiring {
+                    token_ref: pm.token_ref,
+                    brand: pm.brand,
+                    last4: pm.last4,
+                    expires: pm.expires,
+                },
+            );
+        }
+        self.emit_rollups(st, &mut emit);
+    }
+
+    fn emit_rollups(&self, st: &mut AccountState, emit: &mut Emit) {
+        let closes_by = |hour: Timestamp| hour.plus(MICROS_PER_HOUR + self.config.rollup_lateness_micros);
+        if !st.rollups.iter().any(|r| closes_by(r.hour) <= emit.at) {
+            return;
+        }
+        let (mut due, keep): (Vec<RollupBucket>, Vec<RollupBucket>) =
+            std::mem::take(&mut st.rollups).into_iter().partition(|r| closes_by(r.hour) <= emit.at);
+        st.rollups = keep;
+        due.sort_by(|a, b| (a.hour, &a.metric, &a.subject).cmp(&(b.hour, &b.metric, &b.subject)));
+        for r in due {
+            emit.push(
+                st,
+                DomainEvent::UsageRolledUp {
+                    hour: r.hour,
+                    metric: r.metric,
+                    subject: r.subject,
+                    quantity: r.quantity,
+                    count: r.count,
+                    correction: r.correction,
+                },
+            );
+        }
+    }
+
+    // ---- periods and invoices --------------------------------------------
+
+    /// The plan in force for the period starting at `start`.
+    fn plan_for(&self, st: &AccountState, start: Timestamp) -> String {
+        match &st.pending_plan {
+            Some((plan, effective)) if *effective <= start => plan.clone(),
+            _ => st.plan_id.clone(),
+        }
+    }
+
+    fn plan(&self, plan_id: &str) -> Option<&Plan> {
+        self.plans.get(plan_id).map(|p| p.as_ref())
+    }
+
+    /// Share of `p` the account was open for, as (part, whole) micros.
+    fn share(st: &AccountState, p: Period) -> (i64, i64) {
+        let from = p.start.max(st.opened_at);
+        let to = st.closed_at.map_or(p.end, |c| c.min(p.end)).max(from);
+        (to.0 - from.0, p.length())
+    }
+
+    fn minimum_for(&self, st: &AccountState, plan: &Plan, p: Period) -> Minor {
+        let (part, whole) = Self::share(st, p);
+        prorate(st.currency, plan.minimum_spend, part, whole)
+    }
+
+    fn round(st: &AccountState, exact: Option<Decimal>) -> Minor {
+        exact.and_then(|a| st.currency.round(a)).unwrap_or(Minor(i64::MAX))
+    }
+
+    /// Usage and minimum-spend lines of a period, with the usage sum.
+    fn usage_lines(&self, st: &AccountState, usage: Option<&PeriodUsage>, plan: Option<&Plan>, p: Period) -> Vec<Line> {
+        let mut lines = Vec::new();
+        let Some(plan) = plan else { return lines };
+        let mut usage_sum = Minor::ZERO;
+        for m in usage.map(|u| u.metrics.as_slice()).unwrap_or_default() {
+            let Some(charge) = plan.charge(&m.metric) else { continue };
+            let amount = Self::round(st, rate(charge, m.total));
+            usage_sum += amount;
+            lines.push(Line {
+                kind: LineKind::Usage,
+                metric: Some(m.metric.clone()),
+                quantity: m.total,
+                unit_price: display_unit_price(charge),
+                amount,
+                for_period: p,
+                subjects: m.subjects.iter().cloned().collect(),
+                description: None,
+            });
+        }
+        let minimum = self.minimum_for(st, plan, p);
+        if usage_sum < minimum {
+            lines.push(Line {
+                kind: LineKind::MinimumSpend,
+                metric: None,
+                quantity: Decimal::ONE,
+                unit_price: None,
+                amount: minimum - usage_sum,
+                for_period: p,
+                subjects: Default::default(),
+                description: Some(format!("minimum spend {}", st.currency.format(minimum))),
+            });
+        }
+        lines
+    }
+
+    fn fee_line(st: &AccountState, plan: &Plan, p: Period) -> Option<Line> {
+        let (part, whole) = Self::share(st, p);
+        let amount = prorate(st.currency, plan.recurring_fee, part, whole);
+        amount.is_positive().then(|| Line {
+            kind: LineKind::RecurringFee,
+            metric: None,
+            quantity: Decimal::ONE,
+            unit_price: None,
+            amount,
+            for_period: p,
+            subjects: Default::default(),
+            description: Some(if part == whole {
+                format!("{} recurring fee", plan.plan_id)
+            } else {
+                format!("{} recurring fee, prorated {part}/{whole}", plan.plan_id)
+            }),
+        })
+    }
+
+    /// The draft invoice of the current period as it stands now.
+    pub fn draft(&self, st: &AccountState) -> Draft {
+        let p = st.current;
+        let usage = st.open.iter().find(|u| u.period == p);
+        let plan_id = usage.map_or_else(|| self.plan_for(st, p.start), |u| u.plan_id.clone());
+        let mut lines = self.usage_lines(st, usage, self.plan(&plan_id), p);
+        lines.extend(st.pending_lines.iter().cloned());
+        let next = next_period(p, st.timezone, st.anchor);
+        if st.closed_at.is_none_or(|c| c >= next.start) {
+            if let Some(plan) = self.plan(&self.plan_for(st, next.start)) {
+                lines.extend(Self::fee_line(st, plan, next));
+            }
+        }
+        let subtotal: Minor = lines.iter().map(|l| l.amount).sum();
+        let tax = self.tax(st, subtotal);
+        Draft { invoice_id: st.draft_invoice_id.clone(), period: p, lines, subtotal, tax, total: subtotal + tax }
+    }
+
+    fn tax(&self, st: &AccountState, subtotal: Minor) -> Minor {
+        Self::round(st, st.currency.to_major(subtotal).checked_mul(st.tax_rate))
+    }
+
+    fn invoice_id(account_id: &str, seq: u32) -> String {
+        format!("inv_{account_id}_{seq:05}")
+    }
+
+    /// Issue the current period's draft (period end + grace has passed) and
+    /// open the next period's.
+    fn close_period(&self, st: &mut AccountState, emit: &mut Emit) {
+        let p = st.current;
+        let usage = match st.open.first() {
+            Some(u) if u.period == p => Some(st.open.remove(0)),
+            _ => None,
+        };
+        let plan_id = usage.as_ref().map_or_else(|| self.plan_for(st, p.start), |u| u.plan_id.clone());
+        let plan = self.plans.get(&plan_id).cloned();
+        let mut lines = self.usage_lines(st, usage.as_ref(), plan.as_deref(), p);
+        let billed = lines
+            .iter()
+            .map(|l| match &l.metric {
+                Some(m) => (BilledKey::Metric(m.clone()), l.amount),
+                None => (BilledKey::MinimumSpend, l.amount),
+            })
+            .collect();
+        let totals = usage
+            .map(|u| u.metrics.into_iter().map(|m| (m.metric, m.total)).collect())
+            .unwrap_or_default();
+        st.closed.push(ClosedPeriod { period: p, plan_id, totals, billed });
+        if st.closed.len() > self.config.late_periods {
+            st.closed.remove(0);
+        }
+        lines.append(&mut st.pending_lines);
+
+        let next = next_period(p, st.timezone, st.anchor);
+        let last = st.closed_at.is_some_and(|c| c < next.start);
+        if !last {
+            if let Some((new_plan, effective)) = st.pending_plan.clone() {
+                if effective <= next.start {
+                    let from = std::mem::replace(&mut st.plan_id, new_plan.clone());
+                    st.pending_plan = None;
+                    emit.push(st, DomainEvent::PlanChanged { from_plan_id: from, plan_id: new_plan, effective_at: next.start });
+                }
+            }
+            if let Some(plan) = self.plans.get(&self.plan_for(st, next.start)).cloned() {
+                lines.extend(Self::fee_line(st, &plan, next));
+            }
+        }
+        let invoice_id = std::mem::take(&mut st.draft_invoice_id);
+        let seq = st.invoice_seq;
+        self.issue(st, invoice_id, seq, p, lines, emit);
+        if last {
+            st.finished = true;
+        } else {
+            st.current = next;
+            self.open_draft(st, emit);
+        }
+    }
+
+    fn open_draft(&self, st: &mut AccountState, emit: &mut Emit) {
+        st.invoice_seq += 1;
+        st.draft_invoice_id = Self::invoice_id(&st.account_id, st.invoice_seq);
+        let (invoice_id, period) = (st.draft_invoice_id.clone(), st.current);
+        emit.push(st, DomainEvent::InvoiceOpened { invoice_id, period });
+    }
+
+    // ---- usage ------------------------------------------------------------
+
+    fn apply_usage(&self, st: &mut AccountState, u: &UsageRecorded, emit: &mut Emit) -> Result<(), Rejection> {
+        let bad_qty = |reason: &str| Rejection::InvalidQuantity { quantity: u.quantity.to_string(), reason: reason.into() };
+        if u.quantity.is_sign_negative() && !u.quantity.is_zero() {
+            return Err(bad_qty("must not be negative"));
+        }
+        if u.quantity > self.config.max_quantity {
+            return Err(bad_qty(&format!("exceeds the per-event maximum {}", self.config.max_quantity)));
+        }
+        if u.occurred_at < st.opened_at {
+            return Err(Rejection::BeforeAccountOpened { occurred_at: u.occurred_at, opened_at: st.opened_at });
+        }
+        if let Some(closed_at) = st.closed_at {
+            if u.occurred_at >= closed_at {
+                return Err(Rejection::AccountClosed { closed_at });
+            }
+        }
+        let period = if st.current.contains(u.occurred_at) {
+            st.current
+        } else {
+            period_containing(u.occurred_at, st.timezone, st.anchor)
+        };
+        let late = period.start < st.current.start;
+        if late {
+            self.apply_late_usage(st, u, period)?;
+        } else {
+            let idx = st.open.iter().position(|o| o.period == period);
+            let plan_id = match idx {
+                Some(i) => st.open[i].plan_id.clone(),
+                None => self.plan_for(st, period.start),
+            };
+            let plan = self.plan(&plan_id).ok_or_else(|| Rejection::UnknownPlan { plan_id: plan_id.clone() })?;
+            if plan.charge(&u.metric).is_none() {
+                return Err(Rejection::UnknownMetric { metric: u.metric.clone(), plan_id });
+            }
+            let idx = match idx {
+                Some(i) => i,
+                None => {
+                    let at = st.open.partition_point(|o| o.period.start < period.start);
+                    st.open.insert(at, PeriodUsage { period, plan_id, metrics: Vec::new() });
+                    at
+                }
+            };
+            let open = &mut st.open[idx];
+            let m = match open.metrics.iter().position(|m| m.metric == u.metric) {
+                Some(i) => &mut open.metrics[i],
+                None => {
+                    open.metrics.reserve_exact(1);
+                    open.metrics.push(MetricUsage { metric: u.metric.clone(), total: Decimal::ZERO, subjects: Vec::new() });
+                    open.metrics.last_mut().expect("just pushed")
+                }
+            };
+            m.total = m.total.checked_add(u.quantity).ok_or_else(|| bad_qty("period total would overflow"))?;
+            add_subject(&mut m.subjects, &u.subject, u.quantity);
+        }
+        self.add_to_rollup(st, u, emit.at);
+        emit.push(
+            st,
+            DomainEvent::UsageApplied {
+                event_id: u.event_id.clone(),
+                subject: u.subject.clone(),
+                metric: u.metric.clone(),
+                quantity: u.quantity,
+                occurred_at: u.occurred_at,
+                period_start: period.start,
+                late,
+            },
+        );
+        Ok(())
+    }
+
+    /// Usage for an issued period: bill the difference between the
+    /// period's charge on its new total and what was billed already, and
+    /// re-true the minimum spend, as lines on the next invoice.
+    fn apply_late_usage(&self, st: &mut AccountState, u: &UsageRecorded, period: Period) -> Result<(), Rejection> {
+        let ci = st
+            .closed
+            .iter()
+            .position(|c| c.period == period)
+            .ok_or(Rejection::TooLate { period_start: period.start })?;
+        let plan_id = st.closed[ci].plan_id.clone();
+        let plan = self.plan(&plan_id).ok_or_else(|| Rejection::UnknownPlan { plan_id: plan_id.clone() })?;
+        let charge = plan
+            .charge(&u.metric)
+            .ok_or_else(|| Rejection::UnknownMetric { metric: u.metric.clone(), plan_id: plan_id.clone() })?;
+        let closed = &st.closed[ci];
+        let old_total = closed.totals.iter().find(|(m, _)| *m == u.metric).map_or(Decimal::ZERO, |(_, q)| *q);
+        let new_total = old_total.checked_add(u.quantity).ok_or_else(|| Rejection::InvalidQuantity {
+            quantity: u.quantity.to_string(),
+            reason: "period total would overflow".into(),
+        })?;
+        let billed_of = |key: &BilledKey| closed.billed.iter().find(|(k, _)| k == key).map_or(Minor::ZERO, |(_, a)| *a);
+        let metric_key = BilledKey::Metric(u.metric.clone());
+        let new_amount = Self::round(st, rate(charge, new_total));
+        let delta = new_amount - billed_of(&metric_key);
+        // Minimum spend on the new totals.
+        let mut usage_sum = new_amount;
+        for (m, q) in &closed.totals {
+            if *m != u.metric {
+                if let Some(c) = plan.charge(m) {
+                    usage_sum += Self::round(st, rate(c, *q));
+                }
+            }
+        }
+        let minimum = self.minimum_for(st, plan, period);
+        let new_true_up = if usage_sum < minimum { minimum - usage_sum } else { Minor::ZERO };
+        let min_delta = new_true_up - billed_of(&BilledKey::MinimumSpend);
+        let unit_price = display_unit_price(charge);
+
+        // Validated: now change state.
+        let closed = &mut st.closed[ci];
+        match closed.totals.iter_mut().find(|(m, _)| *m == u.metric) {
+            Some((_, q)) => *q = new_total,
+            None => closed.totals.push((u.metric.clone(), new_total)),
+        }
+        for (key, amount) in [(metric_key, new_amount), (BilledKey::MinimumSpend, new_true_up)] {
+            match closed.billed.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, a)) => *a = amount,
+                None if amount != Minor::ZERO => closed.billed.push((key, amount)),
+                None => {}
+            }
+        }
+        let pending = st.pending_lines.iter_mut().find(|l| {
+            l.kind == LineKind::LateUsage && l.for_period == period && l.metric.as_deref() == Some(u.metric.as_str())
+        });
+        match pending {
+            Some(line) => {
+                line.quantity += u.quantity;
+                line.amount += delta;
+                *line.subjects.entry(u.subject.clone()).or_default() += u.quantity;
+            }
+            None => st.pending_lines.push(Line {
+                kind: LineKind::LateUsage,
+                metric: Some(u.metric.clone()),
+                quantity: u.quantity,
+                unit_price,
+                amount: delta,
+                for_period: period,
+                subjects: [(u.subject.clone(), u.quantity)].into_iter().collect(),
+                description: Some(format!("late usage for the period starting {}", period.start)),
+            }),
+        }
+        if min_delta != Minor::ZERO {
+            let pending_min = st
+                .pending_lines
+                .iter_mut()
+                .find(|l| l.kind == LineKind::MinimumSpend && l.for_period == period);
+            match pending_min {
+                Some(line) => line.amount += min_delta,
+                None => st.pending_lines.push(Line {
+                    kind: LineKind::MinimumSpend,
+                    metric: None,
+                    quantity: Decimal::ONE,
+                    unit_price: None,
+                    amount: min_delta,
+                    for_period: period,
+                    subjects: Default::default(),
+                    description: Some(format!("minimum spend correction for the period starting {}", period.start)),
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    fn add_to_rollup(&self, st: &mut AccountState, u: &UsageRecorded, now: Timestamp) {
+        let hour = u.occurred_at.hour_floor();
+        let closed = hour.plus(MICROS_PER_HOUR + self.config.rollup_lateness_micros) <= now;
+        match st
+            .rollups
+            .iter_mut()
+            .find(|r| r.hour == hour && r.metric == u.metric && r.subject == u.subject)
+        {
+            Some(r) => {
+                r.quantity += u.quantity;
+                r.count += 1;
+            }
+            None => st.rollups.push(RollupBucket {
+                hour,
+                metric: u.metric.clone(),
+                subject: u.subject.clone(),
+                quantity: u.quantity,
+                count: 1,
+                correction: closed,
+            }),
+        }
+    }
+
+    // ---- account commands ------------------------------------------------
+
+    fn open_account(&self, cmd: &AccountCommand, now: Timestamp, out: &mut Vec<JournalEntry>) -> Result<AccountState, Rejection> {
+        let AccountKind::AccountOpened { plan_id, currency, timezone, tax_rate, billing_anchor } = &cmd.kind else {
+            unreachable!("open_account is only called for AccountOpened");
+        };
+        let field = |field: &str, reason: String| Rejection::InvalidField { field: field.into(), reason };
+        if cmd.account_id.is_empty() {
+            return Err(field("account_id", "must not be empty".into()));
+        }
+        let environment = cmd
+            .environment
+            .clone()
+            .ok_or_else(|| field("environment", "AccountOpened must name its environment".into()))?;
+        let currency_v = Currency::from_code(currency)
+            .ok_or_else(|| field("currency", format!("{currency:?} is not a known ISO 4217 code")))?;
+        let tz: chrono_tz::Tz =
+            timezone.parse().map_err(|_| field("timezone", format!("{timezone:?} is not an IANA timezone")))?;
+        if tax_rate.is_sign_negative() || *tax_rate >= Decimal::ONE {
+            return Err(field("tax_rate", format!("{tax_rate} must be in [0, 1)")));
+        }
+        if let Anchor::DayOfMonth(d) = billing_anchor {
+            if !(1..=31).contains(d) {
+                return Err(field("billing_anchor", format!("day {d} must be 1..=31")));
+            }
+        }
+        let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan { plan_id: plan_id.clone() })?;
+        if plan.currency != currency_v {
+            return Err(Rejection::CurrencyMismatch { expected: currency.clone(), got: plan.currency.code().to_string() });
+        }
+        let opened_at = cmd.occurred_at;
+        let current = period_containing(opened_at, tz, *billing_anchor);
+        let mut st = AccountState {
+            account_id: cmd.account_id.clone(),
+            environment,
+            opened_at,
+            currency: currency_v,
+            timezone: tz,
+            tax_rate: *tax_rate,
+            anchor: *billing_anchor,
+            plan_id: plan_id.clone(),
+            pending_plan: None,
+            closed_at: None,
+            finished: false,
+            journal_seq: 0,
+            invoice_seq: 0,
+            credit_note_seq: 0,
+            current,
+            draft_invoice_id: String::new(),
+            open: Vec::new(),
+            closed: Vec::new(),
+            pending_lines: Vec::new(),
+            credit: Minor::ZERO,
+            credit_low_armed: false,
+            invoices: Vec::new(),
+            payment_method: None,
+            rollups: Vec::new(),
+            clock: now,
+            dedup: Default::default(),
+        };
+        let mut emit = Emit { out, at: now, cause: &cmd.event_id };
+        emit.push(
+            &mut st,
+            DomainEvent::AccountOpened {
+                plan_id: plan_id.clone(),
+                currency: currency.clone(),
+                timezone: timezone.clone(),
+                tax_rate: *tax_rate,
+                anchor: *billing_anchor,
+                opened_at,
+            },
+        );
+        // The recurring fee is charged in advance: the rest of the first
+        // period, prorated, is invoiced at once.
+        if let Some(line) = Self::fee_line(&st, plan, current) {
+            st.invoice_seq += 1;
+            let seq = st.invoice_seq;
+            let id = Self::invoice_id(&st.account_id, seq);
+            self.issue(&mut st, id, seq, current, vec![line], &mut emit);
+        }
+        self.open_draft(&mut st, &mut emit);
+        Ok(st)
+    }
+
+    fn apply_account(&self, st: &mut AccountState, a: &AccountCommand, emit: &mut Emit) -> Result<(), Rejection> {
+        match &a.kind {
+            AccountKind::AccountOpened { .. } => Err(Rejection::AccountAlreadyOpen { account_id: st.account_id.clone() }),
+            AccountKind::PlanChanged { plan_id } => {
+                let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan { plan_id: plan_id.clone() })?;
+                if plan.currency != st.currency {
+                    return Err(Rejection::CurrencyMismatch {
+                        expected: st.currency.code().to_string(),
+                        got: plan.currency.code().to_string(),
+                    });
+                }
+                if let Some(closed_at) = st.closed_at {
+                    return Err(Rejection::AccountClosed { closed_at });
+                }
+                let from = a.occurred_at.max(st.current.start);
+                let effective_at = period_containing(from, st.timezone, st.anchor).end;
+                st.pending_plan = Some((plan_id.clone(), effective_at));
+                emit.push(st, DomainEvent::PlanChangeScheduled { plan_id: plan_id.clone(), effective_at });
+                Ok(())
+            }
+            AccountKind::AccountClosed => {
+                if let Some(closed_at) = st.closed_at {
+                    return Err(Rejection::AccountClosed { closed_at });
+                }
+                let closed_at = a.occurred_at.max(st.opened_at);
+                st.closed_at = Some(closed_at);
+                st.pending_plan = None;
+                emit.push(st, DomainEvent::AccountClosed { closed_at });
+                Ok(())
+            }
+            AccountKind::AdjustmentIssued { adjustment, amount, currency, reason, invoice_id } => {
+                let amount = self.money_in(st, *amount, currency)?;
+                match adjustment {
+                    AdjustmentKind::CreditNote => {
+                        st.credit_note_seq += 1;
+                        let credit_note_id = format!("cn_{}_{:05}", st.account_id, st.credit_note_seq);
+                        emit.push(
+                            st,
+                            DomainEvent::CreditNoteIssued {
+                                credit_note_id,
+                                amount,
+                                reason: reason.clone(),
+                                invoice_id: invoice_id.clone(),
+                            },
+                        );
+                        self.add_credit(st, amount, CreditSource::CreditNote, emit);
+                        self.pay_from_credit(st, emit);
+                    }
+                    AdjustmentKind::Debit => {
+                        st.pending_lines.push(Line {
+                            kind: LineKind::Adjustment,
+                            metric: None,
+                            quantity: Decimal::ONE,
+                            unit_price: None,
+                            amount,
+                            for_period: st.current,
+                            subjects: Default::default(),
+                            description: Some(reason.clone()),
+                        });
+                        emit.push(st, DomainEvent::DebitAdjustmentAdded { amount, reason: reason.clone() });
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A positive amount in the account's currency, exact to the minor unit.
+    pub(crate) fn money_in(&self, st: &AccountState, amount: Decimal, currency: &str) -> Result<Minor, Rejection> {
+        if currency != st.currency.code() {
+            return Err(Rejection::CurrencyMismatch { expected: st.currency.code().to_string(), got: currency.to_string() });
+        }
+        let bad = |reason: &str| Rejection::InvalidAmount { amount: amount.to_string(), reason: reason.into() };
+        if amount <= Decimal::ZERO {
+            return Err(bad("must be positive"));
+        }
+        let minor = st
+            .currency
+            .exact(amount)
+            .ok_or_else(|| bad(&format!("must have at most {} decimals and fit in 64 bits", st.currency.exponent())))?;
+        if minor.0 > i64::MAX / 4 {
+            return Err(bad("too large"));
+        }
+        Ok(minor)
+    }
+
+    fn apply_payment(&self, st: &mut AccountState, p: &PaymentEvent, emit: &mut Emit) -> Result<(), Rejection> {
+        self.settle_payment(st, p, emit)
+    }
+}

@@ -1,0 +1,26 @@
+//! The billing engine: a pure per-account fold.
+//!
+//! `state + input → new state + domain events`, with the clock passed in.
+//! Nothing in this module does I/O or reads a clock; the runtime, the demo
+//! and the tests all drive the same code.
+
+pub mod account;
+pub mod config;
+pub mod dedup;
+pub mod events;
+pub mod fold;
+pub mod money;
+pub mod plan;
+pub mod rating;
+pub mod reject;
+pub mod settlement;
+pub mod time;
+pub mod tripwire;
+
+pub use account::AccountState;
+pub use config::EngineConfig;
+pub use events::{DomainEvent, Input, JournalEntry};
+pub use fold::Engine;
+pub use reject::Rejection;
+#[cfg(test)]
+mod tests;

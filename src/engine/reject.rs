@@ -1,0 +1,113 @@
+//! Why an input was not applied. Every rejection becomes a dead-letter
+//! record with its kind and a readable reason; nothing is dropped silently.
+
+use super::time::Timestamp;
+
+/// A typed reason for refusing an input. `kind()` is a small fixed set of
+/// names (a metrics label and the DLQ `error_kind`); `Display` is the
+/// human-readable reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// Same event id seen before with a different payload.
+    #[error("event id {event_id:?} was already applied with a different payload")]
+    Conflict { event_id: String },
+    /// The event claims to happen later than the processing clock allows.
+    #[error("occurred_at {occurred_at} is more than the allowed skew after the processing clock {now}")]
+    FromFuture { occurred_at: Timestamp, now: Timestamp },
+    /// The event happened before its account was opened.
+    #[error("occurred_at {occurred_at} is before the account opened at {opened_at}")]
+    BeforeAccountOpened { occurred_at: Timestamp, opened_at: Timestamp },
+    /// Usage after the account was closed.
+    #[error("the account was closed at {closed_at}")]
+    AccountClosed { closed_at: Timestamp },
+    /// No account with this id has been opened.
+    #[error("account {account_id:?} is not open")]
+    UnknownAccount { account_id: String },
+    /// `AccountOpened` for an account that already exists.
+    #[error("account {account_id:?} is already open")]
+    AccountAlreadyOpen { account_id: String },
+    /// The plan id is not in the price book.
+    #[error("plan {plan_id:?} is not in the price book")]
+    UnknownPlan { plan_id: String },
+    /// The account's plan for that period does not price this metric.
+    #[error("metric {metric:?} is not priced by plan {plan_id:?}")]
+    UnknownMetric { metric: String, plan_id: String },
+    /// Quantity negative, too large, or would overflow the period total.
+    #[error("quantity {quantity}: {reason}")]
+    InvalidQuantity { quantity: String, reason: String },
+    /// Money amount not positive, finer than the minor unit, or too large.
+    #[error("amount {amount}: {reason}")]
+    InvalidAmount { amount: String, reason: String },
+    /// The event's currency is not the account's.
+    #[error("currency {got} does not match the account's {expected}")]
+    CurrencyMismatch { expected: String, got: String },
+    /// A free-text field looks like a payment card number (masked here).
+    #[error("field {field} looks like a card number: {masked:?}")]
+    CardNumber { field: String, masked: String },
+    /// The event belongs to another environment than this instance serves.
+    #[error("event for environment {got:?} reached an instance serving {expected:?}")]
+    WrongEnvironment { expected: String, got: String },
+    /// A payment result for a charge this account never requested.
+    #[error("charge {charge_id:?} of invoice {invoice_id:?} is not known for this account")]
+    UnknownCharge { charge_id: String, invoice_id: String },
+    /// A field has a value the engine cannot use.
+    #[error("field {field}: {reason}")]
+    InvalidField { field: String, reason: String },
+    /// Usage for a period older than the late window kept in state.
+    #[error("usage for the period starting {period_start} is older than the late-usage window")]
+    TooLate { period_start: Timestamp },
+    /// A refund larger than the account's credit balance.
+    #[error("refund of {amount} exceeds the credit balance {balance}")]
+    RefundExceedsCredit { amount: String, balance: String },
+    /// A payment method command that does not match the attached method.
+    #[error("payment method {token_ref:?} is not the one attached")]
+    UnknownPaymentMethod { token_ref: String },
+}
+
+impl Rejection {
+    /// Stable snake_case name of the reason.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rejection::Conflict { .. } => "conflict",
+            Rejection::FromFuture { .. } => "from_future",
+            Rejection::BeforeAccountOpened { .. } => "before_account_opened",
+            Rejection::AccountClosed { .. } => "account_closed",
+            Rejection::UnknownAccount { .. } => "unknown_account",
+            Rejection::AccountAlreadyOpen { .. } => "account_already_open",
+            Rejection::UnknownPlan { .. } => "unknown_plan",
+            Rejection::UnknownMetric { .. } => "unknown_metric",
+            Rejection::InvalidQuantity { .. } => "invalid_quantity",
+            Rejection::InvalidAmount { .. } => "invalid_amount",
+            Rejection::CurrencyMismatch { .. } => "currency_mismatch",
+            Rejection::CardNumber { .. } => "card_number",
+            Rejection::WrongEnvironment { .. } => "wrong_environment",
+            Rejection::UnknownCharge { .. } => "unknown_charge",
+            Rejection::InvalidField { .. } => "invalid_field",
+            Rejection::TooLate { .. } => "too_late",
+            Rejection::RefundExceedsCredit { .. } => "refund_exceeds_credit",
+            Rejection::UnknownPaymentMethod { .. } => "unknown_payment_method",
+        }
+    }
+
+    /// Every kind, for dashboards and tests that enumerate reasons.
+    pub const KINDS: &'static [&'static str] = &[
+        "conflict",
+        "from_future",
+        "before_account_opened",
+        "account_closed",
+        "unknown_account",
+        "account_already_open",
+        "unknown_plan",
+        "unknown_metric",
+        "invalid_quantity",
+        "invalid_amount",
+        "currency_mismatch",
+        "card_number",
+        "wrong_environment",
+        "unknown_charge",
+        "invalid_field",
+        "too_late",
+        "refund_exceeds_credit",
+        "unknown_payment_method",
+    ];
+}

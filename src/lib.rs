@@ -1,0 +1,9 @@
+//! billstream: a usage-based billing engine.
+//!
+//! The modules follow the data path: `contracts` decodes bytes into engine
+//! inputs, `engine` folds them into per-account state (pure, no I/O),
+//! `store` persists state, `runtime` drives batches through engine and store
+//! and hands outputs to the sinks, `cli` wires it all for the commands.
+
+pub mod engine;
+pub mod store;

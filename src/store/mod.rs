@@ -1,0 +1,157 @@
+//! The state store: where billing state of record lives.
+//!
+//! The trait is shaped for ScyllaDB (per-account partitions, one batched
+//! write per account, no cross-account transactions) and implemented by an
+//! embedded store for the demo, simulations, tests and single-machine use.
+//! The store sees opaque bytes: the runtime serializes engine state, so the
+//! same trait serves every backend without knowing billing rules.
+
+mod embedded;
+mod stats;
+
+pub use embedded::EmbeddedStore;
+pub use stats::{StoreOp, StoreStats};
+
+use std::future::Future;
+
+/// Microseconds since the Unix epoch, UTC.
+pub type Micros = i64;
+
+/// One journal entry of one account: `seq` is the account's journal
+/// sequence number, strictly increasing from 1 without gaps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalRecord {
+    pub seq: u64,
+    pub at: Micros,
+    pub bytes: Vec<u8>,
+}
+
+/// An invoice document for the read API, upserted by `invoice_id`
+/// (status changes rewrite it; an issued invoice's lines never change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceRecord {
+    pub invoice_id: String,
+    pub bytes: Vec<u8>,
+}
+
+/// An input event id seen by an account, kept for the dedup window.
+/// `key` is a 128-bit hash of the event id, `fingerprint` a hash of its
+/// payload (same key + other fingerprint = conflict).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupRecord {
+    pub key: u128,
+    pub fingerprint: u64,
+    pub seen_at: Micros,
+}
+
+/// The position after the last input record applied to an account, per
+/// source (topic, partition): records below it are replays.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct InputOffset {
+    pub topic: String,
+    pub partition: i32,
+    /// Next offset to apply (last applied + 1).
+    pub next: i64,
+}
+
+/// Everything one batch changes for one account, written atomically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountWrite {
+    pub account_id: String,
+    /// Logical partition the account belongs to (timers are scanned and
+    /// ownership is fenced per partition).
+    pub partition: u32,
+    /// Ownership epoch of the writer for `partition`; a write with an epoch
+    /// older than the partition's current one fails with `Fenced`.
+    pub epoch: u64,
+    /// New snapshot of the account state (replaces the previous one).
+    pub snapshot: Vec<u8>,
+    /// Journal entries appended by this batch, in order.
+    pub journal: Vec<JournalRecord>,
+    /// Invoice documents created or updated by this batch.
+    pub invoices: Vec<InvoiceRecord>,
+    /// Event ids first seen in this batch.
+    pub dedup: Vec<DedupRecord>,
+    /// The account's next timer after this batch (replaces the previous
+    /// one; `None` = no timer).
+    pub next_timer: Option<Micros>,
+    /// Input positions after this batch (upserted per topic/partition).
+    pub offsets: Vec<InputOffset>,
+}
+
+/// What `load_account` returns: the latest snapshot and what sits next to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAccount {
+    pub snapshot: Vec<u8>,
+    /// Highest journal seq written (0 if none).
+    pub journal_head: u64,
+    /// Highest journal seq whose outputs were acknowledged by the sink.
+    pub published_upto: u64,
+    pub offsets: Vec<InputOffset>,
+    pub next_timer: Option<Micros>,
+}
+
+/// Store failures, by what the caller should do next.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another instance owns the partition with a newer epoch: stop
+    /// processing it, do not retry.
+    #[error("partition {partition} is owned by epoch {current}, this writer has epoch {attempted}")]
+    Fenced {
+        partition: u32,
+        current: u64,
+        attempted: u64,
+    },
+    /// A journal append would leave a gap or rewrite an entry: a bug in the
+    /// caller, never retried.
+    #[error("journal of account {account_id}: expected seq {expected}, got {got}")]
+    JournalSequence {
+        account_id: String,
+        expected: u64,
+        got: u64,
+    },
+    /// The backend failed (I/O, timeout); safe to retry the same write.
+    #[error("store backend: {0}")]
+    Backend(String),
+}
+
+/// The state store. Every method is one logical store operation, counted in
+/// `stats()`. Writes of one account are atomic; no operation spans accounts
+/// transactionally (`commit` may group several accounts' writes for
+/// efficiency, but each account's write must stand on its own).
+pub trait StateStore: Send + Sync + 'static {
+    /// Persist the writes of one batch: each account's write is atomic.
+    fn commit(&self, writes: &[AccountWrite]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Latest snapshot of an account, or `None` if it was never written.
+    fn load_account(&self, account_id: &str) -> impl Future<Output = Result<Option<StoredAccount>, StoreError>> + Send;
+
+    /// Dedup records of an account seen at or after `since`.
+    fn load_dedup(&self, account_id: &str, since: Micros) -> impl Future<Output = Result<Vec<DedupRecord>, StoreError>> + Send;
+
+    /// Up to `limit` journal entries of an account with `seq >= from_seq`, in order.
+    fn read_journal(&self, account_id: &str, from_seq: u64, limit: usize) -> impl Future<Output = Result<Vec<JournalRecord>, StoreError>> + Send;
+
+    /// Record that outputs of journal entries up to `seq` were acknowledged.
+    fn mark_published(&self, account_id: &str, partition: u32, epoch: u64, seq: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// One invoice document.
+    fn invoice(&self, account_id: &str, invoice_id: &str) -> impl Future<Output = Result<Option<InvoiceRecord>, StoreError>> + Send;
+
+    /// All invoice documents of an account, ordered by invoice id.
+    fn invoices(&self, account_id: &str) -> impl Future<Output = Result<Vec<InvoiceRecord>, StoreError>> + Send;
+
+    /// Accounts of `partition` whose next timer is at or before `up_to`,
+    /// earliest first, at most `limit`.
+    fn due_timers(&self, partition: u32, up_to: Micros, limit: usize) -> impl Future<Output = Result<Vec<(Micros, String)>, StoreError>> + Send;
+
+    /// All account ids of `partition` (for recovery and rebuilds).
+    fn accounts(&self, partition: u32) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Take ownership of `partition`: returns the new epoch, strictly
+    /// greater than any epoch granted before. Writes with older epochs fail.
+    fn claim_partition(&self, partition: u32, owner: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Operation counters shared by every store implementation.
+    fn stats(&self) -> &StoreStats;
+}
