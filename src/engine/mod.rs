@@ -23,4 +23,6 @@ pub use events::{DomainEvent, Input, JournalEntry};
 pub use fold::Engine;
 pub use reject::Rejection;
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;

@@ -1,0 +1,268 @@
+//! Property tests of the fold: money is conserved, duplicates change
+//! nothing, accounts do not affect each other, and the lines of a period
+//! add up to the charge on its final total however late its usage came.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use rust_decimal::Decimal;
+
+use super::events::*;
+use super::fold::Engine;
+use super::money::Minor;
+use super::rating::rate;
+use super::tests::{d, plans, ts, usage};
+use super::time::{period_containing, Anchor, Timestamp, MICROS_PER_HOUR};
+use super::{AccountState, EngineConfig};
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Usage `back` hours before the processing clock (late when it crosses a period).
+    Usage { metric: usize, qty: u32, back: u32 },
+    TopUp(u32),
+    AttachCard,
+    /// Answer the newest charge request: success, retryable or final failure.
+    ChargeResult(u8),
+    Transfer(u32),
+    CreditNote(u32),
+    Debit(u32),
+    Refund(u32),
+    /// Let time pass.
+    Wait(u32),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0usize..3, 0u32..5000, 0u32..1500).prop_map(|(metric, qty, back)| Op::Usage { metric, qty, back }),
+        1 => (1u32..10000).prop_map(Op::TopUp),
+        1 => Just(Op::AttachCard),
+        2 => (0u8..3).prop_map(Op::ChargeResult),
+        1 => (1u32..10000).prop_map(Op::Transfer),
+        1 => (1u32..3000).prop_map(Op::CreditNote),
+        1 => (1u32..3000).prop_map(Op::Debit),
+        1 => (1u32..3000).prop_map(Op::Refund),
+        3 => (1u32..400).prop_map(Op::Wait),
+    ]
+}
+
+const PLANS: [&str; 3] = ["flat", "tiered", "volume"];
+const METRICS: [[&str; 3]; 3] = [
+    ["container.hours", "api.calls", "container.hours"],
+    ["disk.gb_hours", "disk.gb_hours", "disk.gb_hours"],
+    ["api.calls", "api.calls", "api.calls"],
+];
+
+/// Turn ops into timed inputs for one account.
+fn script(account: &str, plan: usize, ops: &[Op]) -> Vec<(Timestamp, Input)> {
+    let start = ts("2026-01-10T00:00:00Z");
+    let mut now = start;
+    let mut out = Vec::new();
+    let env = |id: String, occurred_at, kind| Input::Payment(PaymentEvent { event_id: id, account_id: account.into(), occurred_at, environment: None, kind });
+    let cmd = |id: String, occurred_at, kind| {
+        Input::Account(AccountCommand { event_id: id, account_id: account.into(), occurred_at, environment: Some("prod".into()), kind })
+    };
+    out.push((now, cmd(format!("{account}-open"), now, AccountKind::AccountOpened {
+        plan_id: PLANS[plan].into(), currency: "EUR".into(), timezone: "Europe/Berlin".into(), tax_rate: d("0.19"), billing_anchor: Anchor::Calendar,
+    })));
+    let mut charges = 0u32;
+    for (i, op) in ops.iter().enumerate() {
+        now = now.plus(37 * 60 * 1_000_000);
+        let id = format!("{account}-{i}");
+        let money = |cents: u32| Minor(i64::from(cents));
+        let eur = |cents: u32| super::money::Currency::from_code("EUR").unwrap().to_major(money(cents));
+        let input = match op {
+            Op::Usage { metric, qty, back } => {
+                let occurred = Timestamp((now.0 - i64::from(*back) * MICROS_PER_HOUR).max(start.0));
+                let q = Decimal::new(i64::from(*qty), 2);
+                Input::Usage(usage(&id, account, &format!("app-{}", qty % 3), METRICS[plan][*metric], &q.to_string(), occurred))
+            }
+            Op::TopUp(c) => env(id, now, PaymentKind::CreditToppedUp { amount: eur(*c), currency: "EUR".into() }),
+            Op::AttachCard => env(id, now, PaymentKind::PaymentMethodAttached { token_ref: format!("tok-{i}"), brand: "visa".into(), last4: "4242".into(), expires: "2030-01".into() }),
+            Op::ChargeResult(r) => {
+                // Results name invoices by guessing the latest: unknown ones are rejected, which is fine.
+                charges += 1;
+                let invoice_id = format!("inv_{account}_{:05}", 1 + charges % 4);
+                let charge_id = format!("{invoice_id}/attempt-1");
+                match r {
+                    0 => env(id, now, PaymentKind::PaymentSucceeded { charge_id, invoice_id, amount: d("12.34"), currency: "EUR".into() }),
+                    1 => env(id, now, PaymentKind::PaymentFailed { charge_id, invoice_id, retryable: true, reason: "insufficient_funds".into() }),
+                    _ => env(id, now, PaymentKind::PaymentFailed { charge_id, invoice_id, retryable: false, reason: "card_expired".into() }),
+                }
+            }
+            Op::Transfer(c) => env(id, now, PaymentKind::BankTransferReceived { reference: format!("{account}-00001"), amount: eur(*c), currency: "EUR".into() }),
+            Op::CreditNote(c) => cmd(id, now, AccountKind::AdjustmentIssued { adjustment: AdjustmentKind::CreditNote, amount: eur(*c), currency: "EUR".into(), reason: "goodwill".into(), invoice_id: None }),
+            Op::Debit(c) => cmd(id, now, AccountKind::AdjustmentIssued { adjustment: AdjustmentKind::Debit, amount: eur(*c), currency: "EUR".into(), reason: "setup".into(), invoice_id: None }),
+            Op::Refund(c) => env(id, now, PaymentKind::PaymentRefunded { amount: eur(*c), currency: "EUR".into(), reason: "requested".into() }),
+            Op::Wait(h) => {
+                now = now.plus(i64::from(*h) * MICROS_PER_HOUR);
+                continue;
+            }
+        };
+        out.push((now, input));
+    }
+    out
+}
+
+struct Run {
+    state: Option<AccountState>,
+    journal: Vec<JournalEntry>,
+    applied: Vec<Input>,
+}
+
+fn run(engine: &Engine, inputs: &[(Timestamp, Input)], end: Timestamp) -> Run {
+    let mut r = Run { state: None, journal: Vec::new(), applied: Vec::new() };
+    for (now, input) in inputs {
+        if let Ok(super::fold::Outcome::Applied) = engine.apply(&mut r.state, input, *now, &mut r.journal) {
+            r.applied.push(input.clone());
+        }
+    }
+    if let Some(st) = r.state.as_mut() {
+        engine.advance(st, end, &mut r.journal);
+    }
+    r
+}
+
+fn engine() -> Engine {
+    Engine::new(EngineConfig::new("prod"), plans())
+}
+
+fn end_of(inputs: &[(Timestamp, Input)]) -> Timestamp {
+    // Two periods after the last input: every late line is issued by then.
+    inputs.last().map(|(t, _)| t.plus(70 * 24 * MICROS_PER_HOUR)).unwrap_or_default()
+}
+
+fn snapshot(st: &Option<AccountState>) -> String {
+    serde_json::to_string(st).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    #[test]
+    fn money_is_conserved(plan in 0usize..3, ops in prop::collection::vec(op(), 1..120)) {
+        let inputs = script("a", plan, &ops);
+        let r = run(&engine(), &inputs, end_of(&inputs));
+        let st = r.state.as_ref().unwrap();
+        let mut money_in = 0i64;
+        let (mut credit_notes, mut refunds, mut totals) = (0i64, 0i64, 0i64);
+        for e in &r.journal {
+            match &e.event {
+                DomainEvent::InvoiceIssued { invoice } => {
+                    let lines: i64 = invoice.lines.iter().map(|l| l.amount.0).sum();
+                    prop_assert_eq!(lines, invoice.subtotal.0);
+                    prop_assert_eq!(invoice.subtotal + invoice.tax, invoice.total);
+                    totals += invoice.total.0;
+                }
+                DomainEvent::PaymentSucceeded { amount, .. } | DomainEvent::BankTransferApplied { amount, .. } => money_in += amount.0,
+                DomainEvent::CreditAdded { source: CreditSource::TopUp, amount, .. } => money_in += amount.0,
+                DomainEvent::CreditNoteIssued { amount, .. } => credit_notes += amount.0,
+                DomainEvent::CreditRefunded { amount, .. } => refunds += amount.0,
+                _ => {}
+            }
+        }
+        // Everything that came in (or was credited) paid invoices, was refunded, or is credit.
+        let paid = totals - st.outstanding().0;
+        prop_assert_eq!(money_in + credit_notes, paid + st.credit.0 + refunds);
+        prop_assert!(st.credit.0 >= 0);
+        prop_assert!(st.invoices.iter().all(|i| i.remaining().is_positive()));
+    }
+
+    #[test]
+    fn feeding_any_event_twice_changes_nothing(plan in 0usize..3, ops in prop::collection::vec(op(), 1..80), dup_every in 1usize..4) {
+        let inputs = script("a", plan, &ops);
+        let end = end_of(&inputs);
+        let once = run(&engine(), &inputs, end);
+        let mut twice = Vec::new();
+        for (i, (t, input)) in inputs.iter().enumerate() {
+            twice.push((*t, input.clone()));
+            if i % dup_every == 0 {
+                twice.push((*t, input.clone()));
+            }
+        }
+        // And replay the applied events of the last 30 days at the end, as a
+        // producer retrying long after would. (A *rejected* event is not
+        // remembered: replaying it from the DLQ after its cause is fixed
+        // must apply it.)
+        let last = inputs.last().unwrap().0;
+        twice.extend(
+            inputs
+                .iter()
+                .filter(|(t, i)| last.0 - t.0 < 30 * 24 * MICROS_PER_HOUR && once.applied.contains(i))
+                .map(|(_, i)| (last, i.clone())),
+        );
+        let twice = run(&engine(), &twice, end);
+        prop_assert_eq!(snapshot(&once.state), snapshot(&twice.state));
+        prop_assert_eq!(once.journal, twice.journal);
+    }
+
+    #[test]
+    fn accounts_do_not_depend_on_each_other_or_on_interleaving(
+        ops_a in prop::collection::vec(op(), 1..60),
+        ops_b in prop::collection::vec(op(), 1..60),
+        seed in any::<u64>(),
+    ) {
+        let a = script("a", 0, &ops_a);
+        let b = script("b", 1, &ops_b);
+        let end = end_of(&a).max(end_of(&b));
+        let alone_a = run(&engine(), &a, end);
+        let alone_b = run(&engine(), &b, end);
+        // Interleave the two streams in a seed-dependent way, keeping each account's order.
+        let (mut i, mut j, mut x) = (0, 0, seed);
+        let mut merged: Vec<(bool, (Timestamp, Input))> = Vec::new();
+        while i < a.len() || j < b.len() {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            if j >= b.len() || (i < a.len() && x >> 63 == 0) {
+                merged.push((true, a[i].clone()));
+                i += 1;
+            } else {
+                merged.push((false, b[j].clone()));
+                j += 1;
+            }
+        }
+        let eng = engine();
+        let mut states: BTreeMap<bool, (Option<AccountState>, Vec<JournalEntry>)> = BTreeMap::new();
+        for (is_a, (t, input)) in &merged {
+            let (st, j) = states.entry(*is_a).or_insert((None, Vec::new()));
+            let _ = eng.apply(st, input, *t, j);
+        }
+        for (is_a, alone) in [(true, &alone_a), (false, &alone_b)] {
+            let (st, j) = states.get_mut(&is_a).unwrap();
+            eng.advance(st.as_mut().unwrap(), end, j);
+            prop_assert_eq!(snapshot(st), snapshot(&alone.state));
+            prop_assert_eq!(&*j, &alone.journal);
+        }
+    }
+
+    #[test]
+    fn lines_of_a_period_add_up_to_the_charge_on_its_final_total(plan in 0usize..3, ops in prop::collection::vec(op(), 1..150)) {
+        let eng = engine();
+        let inputs = script("a", plan, &ops);
+        let r = run(&eng, &inputs, end_of(&inputs));
+        let st = r.state.as_ref().unwrap();
+        // Final quantity per (period, metric) of the usage that was applied.
+        let mut totals: BTreeMap<(Timestamp, String), Decimal> = BTreeMap::new();
+        for input in &r.applied {
+            if let Input::Usage(u) = input {
+                let p = period_containing(u.occurred_at, st.timezone, st.anchor);
+                *totals.entry((p.start, u.metric.clone())).or_default() += u.quantity;
+            }
+        }
+        let mut billed: BTreeMap<(Timestamp, String), Minor> = BTreeMap::new();
+        for e in &r.journal {
+            if let DomainEvent::InvoiceIssued { invoice } = &e.event {
+                for l in &invoice.lines {
+                    if let (LineKind::Usage | LineKind::LateUsage, Some(m)) = (l.kind, &l.metric) {
+                        *billed.entry((l.for_period.start, m.clone())).or_default() += l.amount;
+                    }
+                }
+            }
+        }
+        let plan = eng.plans.get(PLANS[plan]).unwrap();
+        for ((start, metric), q) in &totals {
+            let charge = plan.charge(metric).unwrap();
+            let expected = st.currency.round(rate(charge, *q).unwrap()).unwrap();
+            prop_assert_eq!(billed.get(&(*start, metric.clone())).copied().unwrap_or_default(), expected,
+                "period {} metric {} quantity {}", start, metric, q);
+        }
+    }
+}
