@@ -5,5 +5,10 @@
 //! `store` persists state, `runtime` drives batches through engine and store
 //! and hands outputs to the sinks, `cli` wires it all for the commands.
 
+pub mod cli;
+pub mod contracts;
 pub mod engine;
+pub mod runtime;
+pub mod sim;
+pub mod sink;
 pub mod store;

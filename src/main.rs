@@ -1,1 +1,5 @@
-fn main() {}
+//! The `billstream` command: see `billstream --help`.
+
+fn main() -> std::process::ExitCode {
+    billstream::cli::main()
+}

@@ -167,13 +167,17 @@ impl AccountState {
         }
         // The dedup window is accounted separately (it is not billing state).
         let mut n = std::mem::size_of::<AccountState>() - std::mem::size_of::<DedupWindow>();
-        n += s(&self.account_id) + s(&self.environment) + s(&self.plan_id) + s(&self.draft_invoice_id);
+        n += s(&self.account_id)
+            + s(&self.environment)
+            + s(&self.plan_id)
+            + s(&self.draft_invoice_id);
         n += self.pending_plan.as_ref().map_or(0, |(p, _)| s(p));
         n += self.open.capacity() * std::mem::size_of::<PeriodUsage>();
         for p in &self.open {
             n += s(&p.plan_id) + p.metrics.capacity() * std::mem::size_of::<MetricUsage>();
             for m in &p.metrics {
-                n += s(&m.metric) + m.subjects.capacity() * std::mem::size_of::<(String, Decimal)>();
+                n +=
+                    s(&m.metric) + m.subjects.capacity() * std::mem::size_of::<(String, Decimal)>();
                 n += m.subjects.iter().map(|(x, _)| s(x)).sum::<usize>();
             }
         }
@@ -193,13 +197,21 @@ impl AccountState {
         }
         n += self.pending_lines.capacity() * std::mem::size_of::<Line>();
         n += self.invoices.capacity() * std::mem::size_of::<OpenInvoice>();
-        n += self.invoices.iter().map(|i| s(&i.invoice_id) + s(&i.number)).sum::<usize>();
+        n += self
+            .invoices
+            .iter()
+            .map(|i| s(&i.invoice_id) + s(&i.number))
+            .sum::<usize>();
         if let Some(pm) = &self.payment_method {
             n += std::mem::size_of::<PaymentMethod>();
             n += s(&pm.token_ref) + s(&pm.brand) + s(&pm.last4) + s(&pm.expires);
         }
         n += self.rollups.capacity() * std::mem::size_of::<RollupBucket>();
-        n += self.rollups.iter().map(|r| s(&r.metric) + s(&r.subject)).sum::<usize>();
+        n += self
+            .rollups
+            .iter()
+            .map(|r| s(&r.metric) + s(&r.subject))
+            .sum::<usize>();
         n
     }
 

@@ -7,12 +7,14 @@
 
 use rust_decimal::Decimal;
 
-use super::account::{AccountState, BilledKey, ClosedPeriod, MetricUsage, PeriodUsage, RollupBucket};
+use super::account::{
+    AccountState, BilledKey, ClosedPeriod, MetricUsage, PeriodUsage, RollupBucket,
+};
 use super::config::EngineConfig;
 use super::dedup::{self, Seen};
 use super::events::{
-    AccountCommand, AccountKind, AdjustmentKind, CreditSource, DomainEvent, Input, JournalEntry, Line, LineKind,
-    PaymentEvent, PaymentKind, UsageRecorded,
+    AccountCommand, AccountKind, AdjustmentKind, CreditSource, DomainEvent, Input, JournalEntry,
+    Line, LineKind, PaymentEvent, PaymentKind, UsageRecorded,
 };
 use super::money::{round_ratio_half_even, Currency, Minor};
 use super::plan::{Plan, PlanBook};
@@ -92,8 +94,13 @@ fn add_subject(subjects: &mut Vec<(String, Decimal)>, subject: &str, qty: Decima
 pub fn prorate(currency: Currency, amount: Decimal, part: i64, whole: i64) -> Minor {
     let exact = || -> Option<i128> {
         let scale_up = 10i128.checked_pow(currency.exponent())?;
-        let num = amount.mantissa().checked_mul(scale_up)?.checked_mul(i128::from(part))?;
-        let den = 10i128.checked_pow(amount.scale())?.checked_mul(i128::from(whole))?;
+        let num = amount
+            .mantissa()
+            .checked_mul(scale_up)?
+            .checked_mul(i128::from(part))?;
+        let den = 10i128
+            .checked_pow(amount.scale())?
+            .checked_mul(i128::from(whole))?;
         Some(round_ratio_half_even(num, den))
     };
     match exact().and_then(|v| i64::try_from(v).ok()) {
@@ -128,22 +135,37 @@ impl Engine {
         let fingerprint = dedup::fingerprint(input);
         let Some(st) = slot.as_mut() else {
             return match input {
-                Input::Account(cmd @ AccountCommand { kind: AccountKind::AccountOpened { .. }, .. }) => {
+                Input::Account(
+                    cmd @ AccountCommand {
+                        kind: AccountKind::AccountOpened { .. },
+                        ..
+                    },
+                ) => {
                     let mut st = self.open_account(cmd, now, out)?;
                     st.dedup.insert(key, fingerprint, now.0);
                     self.advance(&mut st, now, out);
                     *slot = Some(st);
                     Ok(Outcome::Applied)
                 }
-                _ => Err(Rejection::UnknownAccount { account_id: input.account_id().to_string() }),
+                _ => Err(Rejection::UnknownAccount {
+                    account_id: input.account_id().to_string(),
+                }),
             };
         };
         match st.dedup.check(key, fingerprint) {
             Seen::Duplicate => return Ok(Outcome::Duplicate),
-            Seen::Conflict => return Err(Rejection::Conflict { event_id: input.event_id().to_string() }),
+            Seen::Conflict => {
+                return Err(Rejection::Conflict {
+                    event_id: input.event_id().to_string(),
+                })
+            }
             Seen::New => {}
         }
-        let mut emit = Emit { out, at: now, cause: input.event_id() };
+        let mut emit = Emit {
+            out,
+            at: now,
+            cause: input.event_id(),
+        };
         match input {
             Input::Usage(u) => self.apply_usage(st, u, &mut emit)?,
             Input::Payment(p) => self.apply_payment(st, p, &mut emit)?,
@@ -180,10 +202,11 @@ impl Engine {
                 }
             }
             Input::Payment(p) => match &p.kind {
-                PaymentKind::PaymentFailed { reason, .. } | PaymentKind::PaymentRefunded { reason, .. } => {
-                    check_text("reason", reason)?
+                PaymentKind::PaymentFailed { reason, .. }
+                | PaymentKind::PaymentRefunded { reason, .. } => check_text("reason", reason)?,
+                PaymentKind::BankTransferReceived { reference, .. } => {
+                    check_text("reference", reference)?
                 }
-                PaymentKind::BankTransferReceived { reference, .. } => check_text("reference", reference)?,
                 PaymentKind::PaymentMethodAttached { brand, .. } => check_text("brand", brand)?,
                 _ => {}
             },
@@ -245,12 +268,27 @@ impl Engine {
     fn fire(&self, st: &mut AccountState, t: Timestamp, out: &mut Vec<JournalEntry>) {
         if !st.finished && st.current.end.plus(self.config.grace_micros) <= t {
             let cause = format!("timer:close:{}", st.current.start);
-            self.close_period(st, &mut Emit { out: &mut *out, at: t, cause: &cause });
+            self.close_period(
+                st,
+                &mut Emit {
+                    out: &mut *out,
+                    at: t,
+                    cause: &cause,
+                },
+            );
         }
         let cause = format!("timer:{t}");
-        let mut emit = Emit { out, at: t, cause: &cause };
+        let mut emit = Emit {
+            out,
+            at: t,
+            cause: &cause,
+        };
         self.fire_invoice_timers(st, &mut emit);
-        let warn = st.payment_method.as_deref().filter(|pm| !pm.warned && pm.warn_at <= t).cloned();
+        let warn = st
+            .payment_method
+            .as_deref()
+            .filter(|pm| !pm.warned && pm.warn_at <= t)
+            .cloned();
         if let Some(pm) = warn {
             if let Some(m) = st.payment_method.as_mut() {
                 m.warned = true;
@@ -269,12 +307,15 @@ impl Engine {
     }
 
     fn emit_rollups(&self, st: &mut AccountState, emit: &mut Emit) {
-        let closes_by = |hour: Timestamp| hour.plus(MICROS_PER_HOUR + self.config.rollup_lateness_micros);
+        let closes_by =
+            |hour: Timestamp| hour.plus(MICROS_PER_HOUR + self.config.rollup_lateness_micros);
         if !st.rollups.iter().any(|r| closes_by(r.hour) <= emit.at) {
             return;
         }
         let (mut due, keep): (Vec<RollupBucket>, Vec<RollupBucket>) =
-            std::mem::take(&mut st.rollups).into_iter().partition(|r| closes_by(r.hour) <= emit.at);
+            std::mem::take(&mut st.rollups)
+                .into_iter()
+                .partition(|r| closes_by(r.hour) <= emit.at);
         st.rollups = keep;
         due.sort_by(|a, b| (a.hour, &a.metric, &a.subject).cmp(&(b.hour, &b.metric, &b.subject)));
         for r in due {
@@ -319,16 +360,26 @@ impl Engine {
     }
 
     fn round(st: &AccountState, exact: Option<Decimal>) -> Minor {
-        exact.and_then(|a| st.currency.round(a)).unwrap_or(Minor(i64::MAX))
+        exact
+            .and_then(|a| st.currency.round(a))
+            .unwrap_or(Minor(i64::MAX))
     }
 
     /// Usage and minimum-spend lines of a period, with the usage sum.
-    fn usage_lines(&self, st: &AccountState, usage: Option<&PeriodUsage>, plan: Option<&Plan>, p: Period) -> Vec<Line> {
+    fn usage_lines(
+        &self,
+        st: &AccountState,
+        usage: Option<&PeriodUsage>,
+        plan: Option<&Plan>,
+        p: Period,
+    ) -> Vec<Line> {
         let mut lines = Vec::new();
         let Some(plan) = plan else { return lines };
         let mut usage_sum = Minor::ZERO;
         for m in usage.map(|u| u.metrics.as_slice()).unwrap_or_default() {
-            let Some(charge) = plan.charge(&m.metric) else { continue };
+            let Some(charge) = plan.charge(&m.metric) else {
+                continue;
+            };
             let amount = Self::round(st, rate(charge, m.total));
             usage_sum += amount;
             lines.push(Line {
@@ -392,7 +443,14 @@ impl Engine {
         }
         let subtotal: Minor = lines.iter().map(|l| l.amount).sum();
         let tax = self.tax(st, subtotal);
-        Draft { invoice_id: st.draft_invoice_id.clone(), period: p, lines, subtotal, tax, total: subtotal + tax }
+        Draft {
+            invoice_id: st.draft_invoice_id.clone(),
+            period: p,
+            lines,
+            subtotal,
+            tax,
+            total: subtotal + tax,
+        }
     }
 
     fn tax(&self, st: &AccountState, subtotal: Minor) -> Minor {
@@ -411,7 +469,9 @@ impl Engine {
             Some(u) if u.period == p => Some(st.open.remove(0)),
             _ => None,
         };
-        let plan_id = usage.as_ref().map_or_else(|| self.plan_for(st, p.start), |u| u.plan_id.clone());
+        let plan_id = usage
+            .as_ref()
+            .map_or_else(|| self.plan_for(st, p.start), |u| u.plan_id.clone());
         let plan = self.plans.get(&plan_id).cloned();
         let mut lines = self.usage_lines(st, usage.as_ref(), plan.as_deref(), p);
         let billed = lines
@@ -424,7 +484,12 @@ impl Engine {
         let totals = usage
             .map(|u| u.metrics.into_iter().map(|m| (m.metric, m.total)).collect())
             .unwrap_or_default();
-        st.closed.push(ClosedPeriod { period: p, plan_id, totals, billed });
+        st.closed.push(ClosedPeriod {
+            period: p,
+            plan_id,
+            totals,
+            billed,
+        });
         if st.closed.len() > self.config.late_periods {
             st.closed.remove(0);
         }
@@ -437,7 +502,14 @@ impl Engine {
                 if effective <= next.start {
                     let from = std::mem::replace(&mut st.plan_id, new_plan.clone());
                     st.pending_plan = None;
-                    emit.push(st, DomainEvent::PlanChanged { from_plan_id: from, plan_id: new_plan, effective_at: next.start });
+                    emit.push(
+                        st,
+                        DomainEvent::PlanChanged {
+                            from_plan_id: from,
+                            plan_id: new_plan,
+                            effective_at: next.start,
+                        },
+                    );
                 }
             }
             if let Some(plan) = self.plans.get(&self.plan_for(st, next.start)).cloned() {
@@ -464,16 +536,30 @@ impl Engine {
 
     // ---- usage ------------------------------------------------------------
 
-    fn apply_usage(&self, st: &mut AccountState, u: &UsageRecorded, emit: &mut Emit) -> Result<(), Rejection> {
-        let bad_qty = |reason: &str| Rejection::InvalidQuantity { quantity: u.quantity.to_string(), reason: reason.into() };
+    fn apply_usage(
+        &self,
+        st: &mut AccountState,
+        u: &UsageRecorded,
+        emit: &mut Emit,
+    ) -> Result<(), Rejection> {
+        let bad_qty = |reason: &str| Rejection::InvalidQuantity {
+            quantity: u.quantity.to_string(),
+            reason: reason.into(),
+        };
         if u.quantity.is_sign_negative() && !u.quantity.is_zero() {
             return Err(bad_qty("must not be negative"));
         }
         if u.quantity > self.config.max_quantity {
-            return Err(bad_qty(&format!("exceeds the per-event maximum {}", self.config.max_quantity)));
+            return Err(bad_qty(&format!(
+                "exceeds the per-event maximum {}",
+                self.config.max_quantity
+            )));
         }
         if u.occurred_at < st.opened_at {
-            return Err(Rejection::BeforeAccountOpened { occurred_at: u.occurred_at, opened_at: st.opened_at });
+            return Err(Rejection::BeforeAccountOpened {
+                occurred_at: u.occurred_at,
+                opened_at: st.opened_at,
+            });
         }
         if let Some(closed_at) = st.closed_at {
             if u.occurred_at >= closed_at {
@@ -494,15 +580,27 @@ impl Engine {
                 Some(i) => st.open[i].plan_id.clone(),
                 None => self.plan_for(st, period.start),
             };
-            let plan = self.plan(&plan_id).ok_or_else(|| Rejection::UnknownPlan { plan_id: plan_id.clone() })?;
+            let plan = self.plan(&plan_id).ok_or_else(|| Rejection::UnknownPlan {
+                plan_id: plan_id.clone(),
+            })?;
             if plan.charge(&u.metric).is_none() {
-                return Err(Rejection::UnknownMetric { metric: u.metric.clone(), plan_id });
+                return Err(Rejection::UnknownMetric {
+                    metric: u.metric.clone(),
+                    plan_id,
+                });
             }
             let idx = match idx {
                 Some(i) => i,
                 None => {
                     let at = st.open.partition_point(|o| o.period.start < period.start);
-                    st.open.insert(at, PeriodUsage { period, plan_id, metrics: Vec::new() });
+                    st.open.insert(
+                        at,
+                        PeriodUsage {
+                            period,
+                            plan_id,
+                            metrics: Vec::new(),
+                        },
+                    );
                     at
                 }
             };
@@ -511,11 +609,18 @@ impl Engine {
                 Some(i) => &mut open.metrics[i],
                 None => {
                     open.metrics.reserve_exact(1);
-                    open.metrics.push(MetricUsage { metric: u.metric.clone(), total: Decimal::ZERO, subjects: Vec::new() });
+                    open.metrics.push(MetricUsage {
+                        metric: u.metric.clone(),
+                        total: Decimal::ZERO,
+                        subjects: Vec::new(),
+                    });
                     open.metrics.last_mut().expect("just pushed")
                 }
             };
-            m.total = m.total.checked_add(u.quantity).ok_or_else(|| bad_qty("period total would overflow"))?;
+            m.total = m
+                .total
+                .checked_add(u.quantity)
+                .ok_or_else(|| bad_qty("period total would overflow"))?;
             add_subject(&mut m.subjects, &u.subject, u.quantity);
         }
         self.add_to_rollup(st, u, emit.at);
@@ -537,24 +642,49 @@ impl Engine {
     /// Usage for an issued period: bill the difference between the
     /// period's charge on its new total and what was billed already, and
     /// re-true the minimum spend, as lines on the next invoice.
-    fn apply_late_usage(&self, st: &mut AccountState, u: &UsageRecorded, period: Period) -> Result<(), Rejection> {
+    fn apply_late_usage(
+        &self,
+        st: &mut AccountState,
+        u: &UsageRecorded,
+        period: Period,
+    ) -> Result<(), Rejection> {
         let ci = st
             .closed
             .iter()
             .position(|c| c.period == period)
-            .ok_or(Rejection::TooLate { period_start: period.start })?;
+            .ok_or(Rejection::TooLate {
+                period_start: period.start,
+            })?;
         let plan_id = st.closed[ci].plan_id.clone();
-        let plan = self.plan(&plan_id).ok_or_else(|| Rejection::UnknownPlan { plan_id: plan_id.clone() })?;
+        let plan = self.plan(&plan_id).ok_or_else(|| Rejection::UnknownPlan {
+            plan_id: plan_id.clone(),
+        })?;
         let charge = plan
             .charge(&u.metric)
-            .ok_or_else(|| Rejection::UnknownMetric { metric: u.metric.clone(), plan_id: plan_id.clone() })?;
+            .ok_or_else(|| Rejection::UnknownMetric {
+                metric: u.metric.clone(),
+                plan_id: plan_id.clone(),
+            })?;
         let closed = &st.closed[ci];
-        let old_total = closed.totals.iter().find(|(m, _)| *m == u.metric).map_or(Decimal::ZERO, |(_, q)| *q);
-        let new_total = old_total.checked_add(u.quantity).ok_or_else(|| Rejection::InvalidQuantity {
-            quantity: u.quantity.to_string(),
-            reason: "period total would overflow".into(),
-        })?;
-        let billed_of = |key: &BilledKey| closed.billed.iter().find(|(k, _)| k == key).map_or(Minor::ZERO, |(_, a)| *a);
+        let old_total = closed
+            .totals
+            .iter()
+            .find(|(m, _)| *m == u.metric)
+            .map_or(Decimal::ZERO, |(_, q)| *q);
+        let new_total =
+            old_total
+                .checked_add(u.quantity)
+                .ok_or_else(|| Rejection::InvalidQuantity {
+                    quantity: u.quantity.to_string(),
+                    reason: "period total would overflow".into(),
+                })?;
+        let billed_of = |key: &BilledKey| {
+            closed
+                .billed
+                .iter()
+                .find(|(k, _)| k == key)
+                .map_or(Minor::ZERO, |(_, a)| *a)
+        };
         let metric_key = BilledKey::Metric(u.metric.clone());
         let new_amount = Self::round(st, rate(charge, new_total));
         let delta = new_amount - billed_of(&metric_key);
@@ -568,7 +698,11 @@ impl Engine {
             }
         }
         let minimum = self.minimum_for(st, plan, period);
-        let new_true_up = if usage_sum < minimum { minimum - usage_sum } else { Minor::ZERO };
+        let new_true_up = if usage_sum < minimum {
+            minimum - usage_sum
+        } else {
+            Minor::ZERO
+        };
         let min_delta = new_true_up - billed_of(&BilledKey::MinimumSpend);
         let unit_price = display_unit_price(charge);
 
@@ -578,7 +712,10 @@ impl Engine {
             Some((_, q)) => *q = new_total,
             None => closed.totals.push((u.metric.clone(), new_total)),
         }
-        for (key, amount) in [(metric_key, new_amount), (BilledKey::MinimumSpend, new_true_up)] {
+        for (key, amount) in [
+            (metric_key, new_amount),
+            (BilledKey::MinimumSpend, new_true_up),
+        ] {
             match closed.billed.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, a)) => *a = amount,
                 None if amount != Minor::ZERO => closed.billed.push((key, amount)),
@@ -586,7 +723,9 @@ impl Engine {
             }
         }
         let pending = st.pending_lines.iter_mut().find(|l| {
-            l.kind == LineKind::LateUsage && l.for_period == period && l.metric.as_deref() == Some(u.metric.as_str())
+            l.kind == LineKind::LateUsage
+                && l.for_period == period
+                && l.metric.as_deref() == Some(u.metric.as_str())
         });
         match pending {
             Some(line) => {
@@ -602,7 +741,10 @@ impl Engine {
                 amount: delta,
                 for_period: period,
                 subjects: [(u.subject.clone(), u.quantity)].into_iter().collect(),
-                description: Some(format!("late usage for the period starting {}", period.start)),
+                description: Some(format!(
+                    "late usage for the period starting {}",
+                    period.start
+                )),
             }),
         }
         if min_delta != Minor::ZERO {
@@ -620,7 +762,10 @@ impl Engine {
                     amount: min_delta,
                     for_period: period,
                     subjects: Default::default(),
-                    description: Some(format!("minimum spend correction for the period starting {}", period.start)),
+                    description: Some(format!(
+                        "minimum spend correction for the period starting {}",
+                        period.start
+                    )),
                 }),
             }
         }
@@ -652,22 +797,44 @@ impl Engine {
 
     // ---- account commands ------------------------------------------------
 
-    fn open_account(&self, cmd: &AccountCommand, now: Timestamp, out: &mut Vec<JournalEntry>) -> Result<AccountState, Rejection> {
-        let AccountKind::AccountOpened { plan_id, currency, timezone, tax_rate, billing_anchor } = &cmd.kind else {
+    fn open_account(
+        &self,
+        cmd: &AccountCommand,
+        now: Timestamp,
+        out: &mut Vec<JournalEntry>,
+    ) -> Result<AccountState, Rejection> {
+        let AccountKind::AccountOpened {
+            plan_id,
+            currency,
+            timezone,
+            tax_rate,
+            billing_anchor,
+        } = &cmd.kind
+        else {
             unreachable!("open_account is only called for AccountOpened");
         };
-        let field = |field: &str, reason: String| Rejection::InvalidField { field: field.into(), reason };
+        let field = |field: &str, reason: String| Rejection::InvalidField {
+            field: field.into(),
+            reason,
+        };
         if cmd.account_id.is_empty() {
             return Err(field("account_id", "must not be empty".into()));
         }
-        let environment = cmd
-            .environment
-            .clone()
-            .ok_or_else(|| field("environment", "AccountOpened must name its environment".into()))?;
-        let currency_v = Currency::from_code(currency)
-            .ok_or_else(|| field("currency", format!("{currency:?} is not a known ISO 4217 code")))?;
-        let tz: chrono_tz::Tz =
-            timezone.parse().map_err(|_| field("timezone", format!("{timezone:?} is not an IANA timezone")))?;
+        let environment = cmd.environment.clone().ok_or_else(|| {
+            field(
+                "environment",
+                "AccountOpened must name its environment".into(),
+            )
+        })?;
+        let currency_v = Currency::from_code(currency).ok_or_else(|| {
+            field(
+                "currency",
+                format!("{currency:?} is not a known ISO 4217 code"),
+            )
+        })?;
+        let tz: chrono_tz::Tz = timezone
+            .parse()
+            .map_err(|_| field("timezone", format!("{timezone:?} is not an IANA timezone")))?;
         if tax_rate.is_sign_negative() || *tax_rate >= Decimal::ONE {
             return Err(field("tax_rate", format!("{tax_rate} must be in [0, 1)")));
         }
@@ -676,9 +843,14 @@ impl Engine {
                 return Err(field("billing_anchor", format!("day {d} must be 1..=31")));
             }
         }
-        let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan { plan_id: plan_id.clone() })?;
+        let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan {
+            plan_id: plan_id.clone(),
+        })?;
         if plan.currency != currency_v {
-            return Err(Rejection::CurrencyMismatch { expected: currency.clone(), got: plan.currency.code().to_string() });
+            return Err(Rejection::CurrencyMismatch {
+                expected: currency.clone(),
+                got: plan.currency.code().to_string(),
+            });
         }
         let opened_at = cmd.occurred_at;
         let current = period_containing(opened_at, tz, *billing_anchor);
@@ -710,7 +882,11 @@ impl Engine {
             clock: now,
             dedup: Default::default(),
         };
-        let mut emit = Emit { out, at: now, cause: &cmd.event_id };
+        let mut emit = Emit {
+            out,
+            at: now,
+            cause: &cmd.event_id,
+        };
         emit.push(
             &mut st,
             DomainEvent::AccountOpened {
@@ -734,11 +910,20 @@ impl Engine {
         Ok(st)
     }
 
-    fn apply_account(&self, st: &mut AccountState, a: &AccountCommand, emit: &mut Emit) -> Result<(), Rejection> {
+    fn apply_account(
+        &self,
+        st: &mut AccountState,
+        a: &AccountCommand,
+        emit: &mut Emit,
+    ) -> Result<(), Rejection> {
         match &a.kind {
-            AccountKind::AccountOpened { .. } => Err(Rejection::AccountAlreadyOpen { account_id: st.account_id.clone() }),
+            AccountKind::AccountOpened { .. } => Err(Rejection::AccountAlreadyOpen {
+                account_id: st.account_id.clone(),
+            }),
             AccountKind::PlanChanged { plan_id } => {
-                let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan { plan_id: plan_id.clone() })?;
+                let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan {
+                    plan_id: plan_id.clone(),
+                })?;
                 if plan.currency != st.currency {
                     return Err(Rejection::CurrencyMismatch {
                         expected: st.currency.code().to_string(),
@@ -751,7 +936,13 @@ impl Engine {
                 let from = a.occurred_at.max(st.current.start);
                 let effective_at = period_containing(from, st.timezone, st.anchor).end;
                 st.pending_plan = Some((plan_id.clone(), effective_at));
-                emit.push(st, DomainEvent::PlanChangeScheduled { plan_id: plan_id.clone(), effective_at });
+                emit.push(
+                    st,
+                    DomainEvent::PlanChangeScheduled {
+                        plan_id: plan_id.clone(),
+                        effective_at,
+                    },
+                );
                 Ok(())
             }
             AccountKind::AccountClosed => {
@@ -764,12 +955,19 @@ impl Engine {
                 emit.push(st, DomainEvent::AccountClosed { closed_at });
                 Ok(())
             }
-            AccountKind::AdjustmentIssued { adjustment, amount, currency, reason, invoice_id } => {
+            AccountKind::AdjustmentIssued {
+                adjustment,
+                amount,
+                currency,
+                reason,
+                invoice_id,
+            } => {
                 let amount = self.money_in(st, *amount, currency)?;
                 match adjustment {
                     AdjustmentKind::CreditNote => {
                         st.credit_note_seq += 1;
-                        let credit_note_id = format!("cn_{}_{:05}", st.account_id, st.credit_note_seq);
+                        let credit_note_id =
+                            format!("cn_{}_{:05}", st.account_id, st.credit_note_seq);
                         emit.push(
                             st,
                             DomainEvent::CreditNoteIssued {
@@ -793,7 +991,13 @@ impl Engine {
                             subjects: Default::default(),
                             description: Some(reason.clone()),
                         });
-                        emit.push(st, DomainEvent::DebitAdjustmentAdded { amount, reason: reason.clone() });
+                        emit.push(
+                            st,
+                            DomainEvent::DebitAdjustmentAdded {
+                                amount,
+                                reason: reason.clone(),
+                            },
+                        );
                     }
                 }
                 Ok(())
@@ -802,25 +1006,43 @@ impl Engine {
     }
 
     /// A positive amount in the account's currency, exact to the minor unit.
-    pub(crate) fn money_in(&self, st: &AccountState, amount: Decimal, currency: &str) -> Result<Minor, Rejection> {
+    pub(crate) fn money_in(
+        &self,
+        st: &AccountState,
+        amount: Decimal,
+        currency: &str,
+    ) -> Result<Minor, Rejection> {
         if currency != st.currency.code() {
-            return Err(Rejection::CurrencyMismatch { expected: st.currency.code().to_string(), got: currency.to_string() });
+            return Err(Rejection::CurrencyMismatch {
+                expected: st.currency.code().to_string(),
+                got: currency.to_string(),
+            });
         }
-        let bad = |reason: &str| Rejection::InvalidAmount { amount: amount.to_string(), reason: reason.into() };
+        let bad = |reason: &str| Rejection::InvalidAmount {
+            amount: amount.to_string(),
+            reason: reason.into(),
+        };
         if amount <= Decimal::ZERO {
             return Err(bad("must be positive"));
         }
-        let minor = st
-            .currency
-            .exact(amount)
-            .ok_or_else(|| bad(&format!("must have at most {} decimals and fit in 64 bits", st.currency.exponent())))?;
+        let minor = st.currency.exact(amount).ok_or_else(|| {
+            bad(&format!(
+                "must have at most {} decimals and fit in 64 bits",
+                st.currency.exponent()
+            ))
+        })?;
         if minor.0 > i64::MAX / 4 {
             return Err(bad("too large"));
         }
         Ok(minor)
     }
 
-    fn apply_payment(&self, st: &mut AccountState, p: &PaymentEvent, emit: &mut Emit) -> Result<(), Rejection> {
+    fn apply_payment(
+        &self,
+        st: &mut AccountState,
+        p: &PaymentEvent,
+        emit: &mut Emit,
+    ) -> Result<(), Rejection> {
         self.settle_payment(st, p, emit)
     }
 }

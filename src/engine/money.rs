@@ -18,12 +18,42 @@ pub struct Currency {
 /// ISO 4217 codes and their minor-unit exponents. Currencies whose minor
 /// unit is not 2 are listed explicitly; the others are the common ones.
 const CURRENCIES: &[(&str, u8)] = &[
-    ("AUD", 2), ("BHD", 3), ("BRL", 2), ("CAD", 2), ("CHF", 2), ("CLP", 0),
-    ("CNY", 2), ("CZK", 2), ("DKK", 2), ("EUR", 2), ("GBP", 2), ("HKD", 2),
-    ("HUF", 2), ("IDR", 2), ("ILS", 2), ("INR", 2), ("ISK", 0), ("JOD", 3),
-    ("JPY", 0), ("KRW", 0), ("KWD", 3), ("MXN", 2), ("NOK", 2), ("NZD", 2),
-    ("OMR", 3), ("PLN", 2), ("RON", 2), ("SEK", 2), ("SGD", 2), ("TND", 3),
-    ("TRY", 2), ("TWD", 2), ("UAH", 2), ("USD", 2), ("VND", 0), ("ZAR", 2),
+    ("AUD", 2),
+    ("BHD", 3),
+    ("BRL", 2),
+    ("CAD", 2),
+    ("CHF", 2),
+    ("CLP", 0),
+    ("CNY", 2),
+    ("CZK", 2),
+    ("DKK", 2),
+    ("EUR", 2),
+    ("GBP", 2),
+    ("HKD", 2),
+    ("HUF", 2),
+    ("IDR", 2),
+    ("ILS", 2),
+    ("INR", 2),
+    ("ISK", 0),
+    ("JOD", 3),
+    ("JPY", 0),
+    ("KRW", 0),
+    ("KWD", 3),
+    ("MXN", 2),
+    ("NOK", 2),
+    ("NZD", 2),
+    ("OMR", 3),
+    ("PLN", 2),
+    ("RON", 2),
+    ("SEK", 2),
+    ("SGD", 2),
+    ("TND", 3),
+    ("TRY", 2),
+    ("TWD", 2),
+    ("UAH", 2),
+    ("USD", 2),
+    ("VND", 0),
+    ("ZAR", 2),
 ];
 
 impl Currency {
@@ -50,7 +80,8 @@ impl Currency {
     /// Round an exact amount in major units half-to-even to minor units.
     /// `None` if it does not fit in an `i64`.
     pub fn round(&self, major: Decimal) -> Option<Minor> {
-        let rounded = major.round_dp_with_strategy(self.exponent(), RoundingStrategy::MidpointNearestEven);
+        let rounded =
+            major.round_dp_with_strategy(self.exponent(), RoundingStrategy::MidpointNearestEven);
         let scaled = rounded.checked_mul(Decimal::from(10i64.pow(self.exponent())))?;
         i64::try_from(scaled.trunc()).ok().map(Minor)
     }
@@ -90,7 +121,9 @@ impl From<Currency> for String {
 }
 
 /// An amount of money in minor units (cents); its currency is the account's.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Minor(pub i64);
 

@@ -68,7 +68,11 @@ pub enum PlanError {
     #[error("plan {plan}: metric {metric:?} is charged twice")]
     DuplicateMetric { plan: String, metric: String },
     #[error("plan {plan}, metric {metric}: {reason}")]
-    Charge { plan: String, metric: String, reason: String },
+    Charge {
+        plan: String,
+        metric: String,
+        reason: String,
+    },
     #[error("plan id must not be empty")]
     EmptyId,
 }
@@ -85,14 +89,23 @@ impl Plan {
         if self.plan_id.is_empty() {
             return Err(PlanError::EmptyId);
         }
-        for (field, v) in [("recurring_fee", self.recurring_fee), ("minimum_spend", self.minimum_spend)] {
+        for (field, v) in [
+            ("recurring_fee", self.recurring_fee),
+            ("minimum_spend", self.minimum_spend),
+        ] {
             if v.is_sign_negative() && !v.is_zero() {
-                return Err(PlanError::Negative { plan: plan(), field: field.into() });
+                return Err(PlanError::Negative {
+                    plan: plan(),
+                    field: field.into(),
+                });
             }
         }
         for (i, c) in self.charges.iter().enumerate() {
             if self.charges[..i].iter().any(|o| o.metric == c.metric) {
-                return Err(PlanError::DuplicateMetric { plan: plan(), metric: c.metric.clone() });
+                return Err(PlanError::DuplicateMetric {
+                    plan: plan(),
+                    metric: c.metric.clone(),
+                });
             }
             let bad = |reason: &str| PlanError::Charge {
                 plan: plan(),
@@ -127,7 +140,9 @@ impl Plan {
                             Some(u) if u <= prev && j > 0 => {
                                 return Err(bad("tier up_to bounds must increase"))
                             }
-                            Some(u) if u.is_sign_negative() => return Err(bad("tier up_to must not be negative")),
+                            Some(u) if u.is_sign_negative() => {
+                                return Err(bad("tier up_to must not be negative"))
+                            }
                             Some(u) => prev = u,
                             None if j + 1 != c.tiers.len() => {
                                 return Err(bad("only the last tier may have no up_to"))
@@ -136,7 +151,9 @@ impl Plan {
                         }
                     }
                     if c.tiers.last().and_then(|t| t.up_to).is_some() {
-                        return Err(bad("the last tier must have no up_to (null), so every quantity is priced"));
+                        return Err(bad(
+                            "the last tier must have no up_to (null), so every quantity is priced",
+                        ));
                     }
                 }
             }

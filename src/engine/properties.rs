@@ -18,7 +18,11 @@ use super::{AccountState, EngineConfig};
 #[derive(Debug, Clone)]
 enum Op {
     /// Usage `back` hours before the processing clock (late when it crosses a period).
-    Usage { metric: usize, qty: u32, back: u32 },
+    Usage {
+        metric: usize,
+        qty: u32,
+        back: u32,
+    },
     TopUp(u32),
     AttachCard,
     /// Answer the newest charge request: success, retryable or final failure.
@@ -57,42 +61,157 @@ fn script(account: &str, plan: usize, ops: &[Op]) -> Vec<(Timestamp, Input)> {
     let start = ts("2026-01-10T00:00:00Z");
     let mut now = start;
     let mut out = Vec::new();
-    let env = |id: String, occurred_at, kind| Input::Payment(PaymentEvent { event_id: id, account_id: account.into(), occurred_at, environment: None, kind });
-    let cmd = |id: String, occurred_at, kind| {
-        Input::Account(AccountCommand { event_id: id, account_id: account.into(), occurred_at, environment: Some("prod".into()), kind })
+    let env = |id: String, occurred_at, kind| {
+        Input::Payment(PaymentEvent {
+            event_id: id,
+            account_id: account.into(),
+            occurred_at,
+            environment: None,
+            kind,
+        })
     };
-    out.push((now, cmd(format!("{account}-open"), now, AccountKind::AccountOpened {
-        plan_id: PLANS[plan].into(), currency: "EUR".into(), timezone: "Europe/Berlin".into(), tax_rate: d("0.19"), billing_anchor: Anchor::Calendar,
-    })));
+    let cmd = |id: String, occurred_at, kind| {
+        Input::Account(AccountCommand {
+            event_id: id,
+            account_id: account.into(),
+            occurred_at,
+            environment: Some("prod".into()),
+            kind,
+        })
+    };
+    out.push((
+        now,
+        cmd(
+            format!("{account}-open"),
+            now,
+            AccountKind::AccountOpened {
+                plan_id: PLANS[plan].into(),
+                currency: "EUR".into(),
+                timezone: "Europe/Berlin".into(),
+                tax_rate: d("0.19"),
+                billing_anchor: Anchor::Calendar,
+            },
+        ),
+    ));
     let mut charges = 0u32;
     for (i, op) in ops.iter().enumerate() {
         now = now.plus(37 * 60 * 1_000_000);
         let id = format!("{account}-{i}");
         let money = |cents: u32| Minor(i64::from(cents));
-        let eur = |cents: u32| super::money::Currency::from_code("EUR").unwrap().to_major(money(cents));
+        let eur = |cents: u32| {
+            super::money::Currency::from_code("EUR")
+                .unwrap()
+                .to_major(money(cents))
+        };
         let input = match op {
             Op::Usage { metric, qty, back } => {
                 let occurred = Timestamp((now.0 - i64::from(*back) * MICROS_PER_HOUR).max(start.0));
                 let q = Decimal::new(i64::from(*qty), 2);
-                Input::Usage(usage(&id, account, &format!("app-{}", qty % 3), METRICS[plan][*metric], &q.to_string(), occurred))
+                Input::Usage(usage(
+                    &id,
+                    account,
+                    &format!("app-{}", qty % 3),
+                    METRICS[plan][*metric],
+                    &q.to_string(),
+                    occurred,
+                ))
             }
-            Op::TopUp(c) => env(id, now, PaymentKind::CreditToppedUp { amount: eur(*c), currency: "EUR".into() }),
-            Op::AttachCard => env(id, now, PaymentKind::PaymentMethodAttached { token_ref: format!("tok-{i}"), brand: "visa".into(), last4: "4242".into(), expires: "2030-01".into() }),
+            Op::TopUp(c) => env(
+                id,
+                now,
+                PaymentKind::CreditToppedUp {
+                    amount: eur(*c),
+                    currency: "EUR".into(),
+                },
+            ),
+            Op::AttachCard => env(
+                id,
+                now,
+                PaymentKind::PaymentMethodAttached {
+                    token_ref: format!("tok-{i}"),
+                    brand: "visa".into(),
+                    last4: "4242".into(),
+                    expires: "2030-01".into(),
+                },
+            ),
             Op::ChargeResult(r) => {
                 // Results name invoices by guessing the latest: unknown ones are rejected, which is fine.
                 charges += 1;
                 let invoice_id = format!("inv_{account}_{:05}", 1 + charges % 4);
                 let charge_id = format!("{invoice_id}/attempt-1");
                 match r {
-                    0 => env(id, now, PaymentKind::PaymentSucceeded { charge_id, invoice_id, amount: d("12.34"), currency: "EUR".into() }),
-                    1 => env(id, now, PaymentKind::PaymentFailed { charge_id, invoice_id, retryable: true, reason: "insufficient_funds".into() }),
-                    _ => env(id, now, PaymentKind::PaymentFailed { charge_id, invoice_id, retryable: false, reason: "card_expired".into() }),
+                    0 => env(
+                        id,
+                        now,
+                        PaymentKind::PaymentSucceeded {
+                            charge_id,
+                            invoice_id,
+                            amount: d("12.34"),
+                            currency: "EUR".into(),
+                        },
+                    ),
+                    1 => env(
+                        id,
+                        now,
+                        PaymentKind::PaymentFailed {
+                            charge_id,
+                            invoice_id,
+                            retryable: true,
+                            reason: "insufficient_funds".into(),
+                        },
+                    ),
+                    _ => env(
+                        id,
+                        now,
+                        PaymentKind::PaymentFailed {
+                            charge_id,
+                            invoice_id,
+                            retryable: false,
+                            reason: "card_expired".into(),
+                        },
+                    ),
                 }
             }
-            Op::Transfer(c) => env(id, now, PaymentKind::BankTransferReceived { reference: format!("{account}-00001"), amount: eur(*c), currency: "EUR".into() }),
-            Op::CreditNote(c) => cmd(id, now, AccountKind::AdjustmentIssued { adjustment: AdjustmentKind::CreditNote, amount: eur(*c), currency: "EUR".into(), reason: "goodwill".into(), invoice_id: None }),
-            Op::Debit(c) => cmd(id, now, AccountKind::AdjustmentIssued { adjustment: AdjustmentKind::Debit, amount: eur(*c), currency: "EUR".into(), reason: "setup".into(), invoice_id: None }),
-            Op::Refund(c) => env(id, now, PaymentKind::PaymentRefunded { amount: eur(*c), currency: "EUR".into(), reason: "requested".into() }),
+            Op::Transfer(c) => env(
+                id,
+                now,
+                PaymentKind::BankTransferReceived {
+                    reference: format!("{account}-00001"),
+                    amount: eur(*c),
+                    currency: "EUR".into(),
+                },
+            ),
+            Op::CreditNote(c) => cmd(
+                id,
+                now,
+                AccountKind::AdjustmentIssued {
+                    adjustment: AdjustmentKind::CreditNote,
+                    amount: eur(*c),
+                    currency: "EUR".into(),
+                    reason: "goodwill".into(),
+                    invoice_id: None,
+                },
+            ),
+            Op::Debit(c) => cmd(
+                id,
+                now,
+                AccountKind::AdjustmentIssued {
+                    adjustment: AdjustmentKind::Debit,
+                    amount: eur(*c),
+                    currency: "EUR".into(),
+                    reason: "setup".into(),
+                    invoice_id: None,
+                },
+            ),
+            Op::Refund(c) => env(
+                id,
+                now,
+                PaymentKind::PaymentRefunded {
+                    amount: eur(*c),
+                    currency: "EUR".into(),
+                    reason: "requested".into(),
+                },
+            ),
             Op::Wait(h) => {
                 now = now.plus(i64::from(*h) * MICROS_PER_HOUR);
                 continue;
@@ -110,9 +229,15 @@ struct Run {
 }
 
 fn run(engine: &Engine, inputs: &[(Timestamp, Input)], end: Timestamp) -> Run {
-    let mut r = Run { state: None, journal: Vec::new(), applied: Vec::new() };
+    let mut r = Run {
+        state: None,
+        journal: Vec::new(),
+        applied: Vec::new(),
+    };
     for (now, input) in inputs {
-        if let Ok(super::fold::Outcome::Applied) = engine.apply(&mut r.state, input, *now, &mut r.journal) {
+        if let Ok(super::fold::Outcome::Applied) =
+            engine.apply(&mut r.state, input, *now, &mut r.journal)
+        {
             r.applied.push(input.clone());
         }
     }
@@ -128,7 +253,10 @@ fn engine() -> Engine {
 
 fn end_of(inputs: &[(Timestamp, Input)]) -> Timestamp {
     // Two periods after the last input: every late line is issued by then.
-    inputs.last().map(|(t, _)| t.plus(70 * 24 * MICROS_PER_HOUR)).unwrap_or_default()
+    inputs
+        .last()
+        .map(|(t, _)| t.plus(70 * 24 * MICROS_PER_HOUR))
+        .unwrap_or_default()
 }
 
 fn snapshot(st: &Option<AccountState>) -> String {

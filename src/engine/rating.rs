@@ -44,7 +44,9 @@ pub fn rate(charge: &Charge, quantity: Decimal) -> Option<Decimal> {
                 .tiers
                 .iter()
                 .find(|t| t.up_to.is_none_or(|u| billable <= u))?;
-            billable.checked_mul(tier.unit_price)?.checked_add(tier.flat_fee)
+            billable
+                .checked_mul(tier.unit_price)?
+                .checked_add(tier.flat_fee)
         }
     }
 }
@@ -75,22 +77,46 @@ mod tests {
             package_size: Some(d("100")),
             free_units: Decimal::ZERO,
             tiers: vec![
-                Tier { up_to: Some(d("10")), unit_price: d("1"), flat_fee: d("0") },
-                Tier { up_to: Some(d("100")), unit_price: d("0.5"), flat_fee: d("2") },
-                Tier { up_to: None, unit_price: d("0.1"), flat_fee: d("0") },
+                Tier {
+                    up_to: Some(d("10")),
+                    unit_price: d("1"),
+                    flat_fee: d("0"),
+                },
+                Tier {
+                    up_to: Some(d("100")),
+                    unit_price: d("0.5"),
+                    flat_fee: d("2"),
+                },
+                Tier {
+                    up_to: None,
+                    unit_price: d("0.1"),
+                    flat_fee: d("0"),
+                },
             ],
         }
     }
 
     #[test]
     fn per_unit_multiplies_exactly() {
-        assert_eq!(rate(&charge(Model::PerUnit), d("3.3333")), Some(d("1.66665")));
+        assert_eq!(
+            rate(&charge(Model::PerUnit), d("3.3333")),
+            Some(d("1.66665"))
+        );
     }
 
     #[test]
     fn zero_quantity_costs_nothing_even_with_flat_fees() {
-        for m in [Model::PerUnit, Model::Graduated, Model::Volume, Model::Package] {
-            assert_eq!(rate(&charge(m), Decimal::ZERO), Some(Decimal::ZERO), "{m:?}");
+        for m in [
+            Model::PerUnit,
+            Model::Graduated,
+            Model::Volume,
+            Model::Package,
+        ] {
+            assert_eq!(
+                rate(&charge(m), Decimal::ZERO),
+                Some(Decimal::ZERO),
+                "{m:?}"
+            );
         }
     }
 

@@ -12,11 +12,19 @@ pub enum Rejection {
     #[error("event id {event_id:?} was already applied with a different payload")]
     Conflict { event_id: String },
     /// The event claims to happen later than the processing clock allows.
-    #[error("occurred_at {occurred_at} is more than the allowed skew after the processing clock {now}")]
-    FromFuture { occurred_at: Timestamp, now: Timestamp },
+    #[error(
+        "occurred_at {occurred_at} is more than the allowed skew after the processing clock {now}"
+    )]
+    FromFuture {
+        occurred_at: Timestamp,
+        now: Timestamp,
+    },
     /// The event happened before its account was opened.
     #[error("occurred_at {occurred_at} is before the account opened at {opened_at}")]
-    BeforeAccountOpened { occurred_at: Timestamp, opened_at: Timestamp },
+    BeforeAccountOpened {
+        occurred_at: Timestamp,
+        opened_at: Timestamp,
+    },
     /// Usage after the account was closed.
     #[error("the account was closed at {closed_at}")]
     AccountClosed { closed_at: Timestamp },
@@ -49,7 +57,10 @@ pub enum Rejection {
     WrongEnvironment { expected: String, got: String },
     /// A payment result for a charge this account never requested.
     #[error("charge {charge_id:?} of invoice {invoice_id:?} is not known for this account")]
-    UnknownCharge { charge_id: String, invoice_id: String },
+    UnknownCharge {
+        charge_id: String,
+        invoice_id: String,
+    },
     /// A field has a value the engine cannot use.
     #[error("field {field}: {reason}")]
     InvalidField { field: String, reason: String },

@@ -7,7 +7,9 @@
 //! unpaid invoices overdue.
 
 use super::account::{AccountState, OpenInvoice, PaymentMethod};
-use super::events::{CreditSource, DomainEvent, DunningStop, IssuedInvoice, Line, PaymentEvent, PaymentKind};
+use super::events::{
+    CreditSource, DomainEvent, DunningStop, IssuedInvoice, Line, PaymentEvent, PaymentKind,
+};
 use super::fold::{Emit, Engine};
 use super::money::Minor;
 use super::reject::Rejection;
@@ -20,7 +22,11 @@ pub fn charge_id(invoice_id: &str, attempt: u32) -> String {
 
 /// The attempt number a charge id stands for, if it belongs to `invoice_id`.
 fn attempt_of(charge_id: &str, invoice_id: &str) -> Option<u32> {
-    charge_id.strip_prefix(invoice_id)?.strip_prefix("/attempt-")?.parse().ok()
+    charge_id
+        .strip_prefix(invoice_id)?
+        .strip_prefix("/attempt-")?
+        .parse()
+        .ok()
 }
 
 /// First instant after the month "YYYY-MM" ends, in UTC.
@@ -35,7 +41,9 @@ fn expiry_end(expires: &str) -> Option<Timestamp> {
         return None;
     }
     let d = chrono::NaiveDate::from_ymd_opt(ny, nm, 1)?;
-    Some(Timestamp(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros()))
+    Some(Timestamp(
+        d.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros(),
+    ))
 }
 
 impl Engine {
@@ -51,9 +59,16 @@ impl Engine {
         emit: &mut Emit,
     ) {
         let subtotal: Minor = lines.iter().map(|l| l.amount).sum();
-        let tax = st.currency.round(st.currency.to_major(subtotal) * st.tax_rate).unwrap_or(Minor::ZERO);
+        let tax = st
+            .currency
+            .round(st.currency.to_major(subtotal) * st.tax_rate)
+            .unwrap_or(Minor::ZERO);
         let total = subtotal + tax;
-        let credit_applied = if total.is_positive() && st.credit.is_positive() { total.min(st.credit) } else { Minor::ZERO };
+        let credit_applied = if total.is_positive() && st.credit.is_positive() {
+            total.min(st.credit)
+        } else {
+            Minor::ZERO
+        };
         let amount_due = (total - credit_applied).max(Minor::ZERO);
         let due_at = emit.at.plus(self.config.payment_terms_micros);
         let number = format!("{}-{seq:05}", st.account_id);
@@ -79,7 +94,14 @@ impl Engine {
         if credit_applied.is_positive() {
             st.credit -= credit_applied;
             let balance = st.credit;
-            emit.push(st, DomainEvent::CreditApplied { invoice_id: invoice_id.clone(), amount: credit_applied, balance });
+            emit.push(
+                st,
+                DomainEvent::CreditApplied {
+                    invoice_id: invoice_id.clone(),
+                    amount: credit_applied,
+                    balance,
+                },
+            );
             self.check_credit_low(st, emit);
         }
         if total < Minor::ZERO {
@@ -128,18 +150,37 @@ impl Engine {
         emit.push(st, event);
     }
 
-    pub(crate) fn add_credit(&self, st: &mut AccountState, amount: Minor, source: CreditSource, emit: &mut Emit) {
+    pub(crate) fn add_credit(
+        &self,
+        st: &mut AccountState,
+        amount: Minor,
+        source: CreditSource,
+        emit: &mut Emit,
+    ) {
         st.credit += amount;
         let balance = st.credit;
-        emit.push(st, DomainEvent::CreditAdded { source, amount, balance });
-        let threshold = st.currency.round(self.config.credit_low_threshold).unwrap_or(Minor::ZERO);
+        emit.push(
+            st,
+            DomainEvent::CreditAdded {
+                source,
+                amount,
+                balance,
+            },
+        );
+        let threshold = st
+            .currency
+            .round(self.config.credit_low_threshold)
+            .unwrap_or(Minor::ZERO);
         if st.credit >= threshold {
             st.credit_low_armed = true;
         }
     }
 
     fn check_credit_low(&self, st: &mut AccountState, emit: &mut Emit) {
-        let threshold = st.currency.round(self.config.credit_low_threshold).unwrap_or(Minor::ZERO);
+        let threshold = st
+            .currency
+            .round(self.config.credit_low_threshold)
+            .unwrap_or(Minor::ZERO);
         if st.credit_low_armed && st.credit < threshold {
             st.credit_low_armed = false;
             let balance = st.credit;
@@ -148,7 +189,13 @@ impl Engine {
     }
 
     /// Put `amount` towards invoice `idx`; returns what was left over.
-    fn pay_invoice(&self, st: &mut AccountState, idx: usize, amount: Minor, emit: &mut Emit) -> Minor {
+    fn pay_invoice(
+        &self,
+        st: &mut AccountState,
+        idx: usize,
+        amount: Minor,
+        emit: &mut Emit,
+    ) -> Minor {
         let inv = &mut st.invoices[idx];
         let take = amount.min(inv.remaining());
         inv.paid += take;
@@ -157,7 +204,14 @@ impl Engine {
             let total = st.invoices.remove(idx).amount_due;
             emit.push(st, DomainEvent::InvoicePaid { invoice_id, total });
         } else {
-            emit.push(st, DomainEvent::InvoicePartiallyPaid { invoice_id, amount_paid: paid, amount_due: remaining });
+            emit.push(
+                st,
+                DomainEvent::InvoicePartiallyPaid {
+                    invoice_id,
+                    amount_paid: paid,
+                    amount_due: remaining,
+                },
+            );
         }
         amount - take
     }
@@ -168,7 +222,14 @@ impl Engine {
             let take = st.credit.min(st.invoices[0].remaining());
             st.credit -= take;
             let (invoice_id, balance) = (st.invoices[0].invoice_id.clone(), st.credit);
-            emit.push(st, DomainEvent::CreditApplied { invoice_id, amount: take, balance });
+            emit.push(
+                st,
+                DomainEvent::CreditApplied {
+                    invoice_id,
+                    amount: take,
+                    balance,
+                },
+            );
             self.pay_invoice(st, 0, take, emit);
         }
         self.check_credit_low(st, emit);
@@ -182,9 +243,23 @@ impl Engine {
             let inv = &mut st.invoices[i];
             if !inv.overdue && inv.due_at <= t {
                 inv.overdue = true;
-                let (invoice_id, amount_due, due_at) = (inv.invoice_id.clone(), inv.remaining(), inv.due_at);
-                emit.push(st, DomainEvent::InvoiceOverdue { invoice_id: invoice_id.clone(), amount_due, due_at });
-                emit.push(st, DomainEvent::AccountPastDue { invoice_id, amount_due });
+                let (invoice_id, amount_due, due_at) =
+                    (inv.invoice_id.clone(), inv.remaining(), inv.due_at);
+                emit.push(
+                    st,
+                    DomainEvent::InvoiceOverdue {
+                        invoice_id: invoice_id.clone(),
+                        amount_due,
+                        due_at,
+                    },
+                );
+                emit.push(
+                    st,
+                    DomainEvent::AccountPastDue {
+                        invoice_id,
+                        amount_due,
+                    },
+                );
             }
             let inv = &mut st.invoices[i];
             if inv.next_retry_at.is_some_and(|r| r <= t) {
@@ -196,19 +271,33 @@ impl Engine {
         }
     }
 
-    pub(crate) fn settle_payment(&self, st: &mut AccountState, p: &PaymentEvent, emit: &mut Emit) -> Result<(), Rejection> {
+    pub(crate) fn settle_payment(
+        &self,
+        st: &mut AccountState,
+        p: &PaymentEvent,
+        emit: &mut Emit,
+    ) -> Result<(), Rejection> {
         match &p.kind {
             PaymentKind::CreditToppedUp { amount, currency } => {
                 let amount = self.money_in(st, *amount, currency)?;
                 self.add_credit(st, amount, CreditSource::TopUp, emit);
                 self.pay_from_credit(st, emit);
             }
-            PaymentKind::PaymentSucceeded { charge_id, invoice_id, amount, currency } => {
+            PaymentKind::PaymentSucceeded {
+                charge_id,
+                invoice_id,
+                amount,
+                currency,
+            } => {
                 let amount = self.money_in(st, *amount, currency)?;
                 let attempt = self.known_attempt(st, charge_id, invoice_id)?;
                 emit.push(
                     st,
-                    DomainEvent::PaymentSucceeded { charge_id: charge_id.clone(), invoice_id: invoice_id.clone(), amount },
+                    DomainEvent::PaymentSucceeded {
+                        charge_id: charge_id.clone(),
+                        invoice_id: invoice_id.clone(),
+                        amount,
+                    },
                 );
                 let leftover = match st.invoices.iter().position(|i| i.invoice_id == *invoice_id) {
                     Some(idx) => {
@@ -225,7 +314,12 @@ impl Engine {
                     self.pay_from_credit(st, emit);
                 }
             }
-            PaymentKind::PaymentFailed { charge_id, invoice_id, retryable, reason } => {
+            PaymentKind::PaymentFailed {
+                charge_id,
+                invoice_id,
+                retryable,
+                reason,
+            } => {
                 let attempt = self.known_attempt(st, charge_id, invoice_id)?;
                 let schedule = &self.config.retry_schedule_micros;
                 let mut next_retry_at = None;
@@ -256,10 +350,20 @@ impl Engine {
                     },
                 );
                 if let Some(reason) = stopped {
-                    emit.push(st, DomainEvent::DunningStopped { invoice_id: invoice_id.clone(), reason });
+                    emit.push(
+                        st,
+                        DomainEvent::DunningStopped {
+                            invoice_id: invoice_id.clone(),
+                            reason,
+                        },
+                    );
                 }
             }
-            PaymentKind::PaymentRefunded { amount, currency, reason } => {
+            PaymentKind::PaymentRefunded {
+                amount,
+                currency,
+                reason,
+            } => {
                 let amount = self.money_in(st, *amount, currency)?;
                 if amount > st.credit {
                     return Err(Rejection::RefundExceedsCredit {
@@ -269,32 +373,66 @@ impl Engine {
                 }
                 st.credit -= amount;
                 let balance = st.credit;
-                emit.push(st, DomainEvent::CreditRefunded { amount, balance, reason: reason.clone() });
+                emit.push(
+                    st,
+                    DomainEvent::CreditRefunded {
+                        amount,
+                        balance,
+                        reason: reason.clone(),
+                    },
+                );
             }
-            PaymentKind::BankTransferReceived { reference, amount, currency } => {
+            PaymentKind::BankTransferReceived {
+                reference,
+                amount,
+                currency,
+            } => {
                 let amount = self.money_in(st, *amount, currency)?;
-                let idx = st.invoices.iter().position(|i| i.number == *reference || i.invoice_id == *reference);
+                let idx = st
+                    .invoices
+                    .iter()
+                    .position(|i| i.number == *reference || i.invoice_id == *reference);
                 let invoice_id = idx.map(|i| st.invoices[i].invoice_id.clone());
-                emit.push(st, DomainEvent::BankTransferApplied { reference: reference.clone(), invoice_id, amount });
+                emit.push(
+                    st,
+                    DomainEvent::BankTransferApplied {
+                        reference: reference.clone(),
+                        invoice_id,
+                        amount,
+                    },
+                );
                 let leftover = match idx {
                     Some(i) => self.pay_invoice(st, i, amount, emit),
                     None => amount,
                 };
                 if leftover.is_positive() {
-                    let source = if idx.is_some() { CreditSource::Overpayment } else { CreditSource::UnmatchedTransfer };
+                    let source = if idx.is_some() {
+                        CreditSource::Overpayment
+                    } else {
+                        CreditSource::UnmatchedTransfer
+                    };
                     self.add_credit(st, leftover, source, emit);
                     self.pay_from_credit(st, emit);
                 }
             }
-            PaymentKind::PaymentMethodAttached { token_ref, brand, last4, expires } => {
-                let field = |field: &str, reason: &str| Rejection::InvalidField { field: field.into(), reason: reason.into() };
+            PaymentKind::PaymentMethodAttached {
+                token_ref,
+                brand,
+                last4,
+                expires,
+            } => {
+                let field = |field: &str, reason: &str| Rejection::InvalidField {
+                    field: field.into(),
+                    reason: reason.into(),
+                };
                 if token_ref.is_empty() {
                     return Err(field("token_ref", "must not be empty"));
                 }
                 if last4.len() != 4 || !last4.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(field("last4", "must be exactly 4 digits"));
                 }
-                let end = expiry_end(expires).ok_or_else(|| field("expires", "must be a month, YYYY-MM"))?;
+                let end = expiry_end(expires)
+                    .ok_or_else(|| field("expires", "must be a month, YYYY-MM"))?;
                 st.payment_method = Some(Box::new(PaymentMethod {
                     token_ref: token_ref.clone(),
                     brand: brand.clone(),
@@ -322,20 +460,41 @@ impl Engine {
                 }
             }
             PaymentKind::PaymentMethodDetached { token_ref } => {
-                if st.payment_method.as_ref().is_none_or(|pm| pm.token_ref != *token_ref) {
-                    return Err(Rejection::UnknownPaymentMethod { token_ref: token_ref.clone() });
+                if st
+                    .payment_method
+                    .as_ref()
+                    .is_none_or(|pm| pm.token_ref != *token_ref)
+                {
+                    return Err(Rejection::UnknownPaymentMethod {
+                        token_ref: token_ref.clone(),
+                    });
                 }
                 st.payment_method = None;
-                emit.push(st, DomainEvent::PaymentMethodDetached { token_ref: token_ref.clone() });
+                emit.push(
+                    st,
+                    DomainEvent::PaymentMethodDetached {
+                        token_ref: token_ref.clone(),
+                    },
+                );
             }
         }
         Ok(())
     }
 
     /// The attempt a payment result refers to, if this account issued it.
-    fn known_attempt(&self, st: &AccountState, charge_id: &str, invoice_id: &str) -> Result<u32, Rejection> {
-        let unknown = || Rejection::UnknownCharge { charge_id: charge_id.to_string(), invoice_id: invoice_id.to_string() };
-        let attempt = attempt_of(charge_id, invoice_id).filter(|a| *a >= 1).ok_or_else(unknown)?;
+    fn known_attempt(
+        &self,
+        st: &AccountState,
+        charge_id: &str,
+        invoice_id: &str,
+    ) -> Result<u32, Rejection> {
+        let unknown = || Rejection::UnknownCharge {
+            charge_id: charge_id.to_string(),
+            invoice_id: invoice_id.to_string(),
+        };
+        let attempt = attempt_of(charge_id, invoice_id)
+            .filter(|a| *a >= 1)
+            .ok_or_else(unknown)?;
         match st.invoices.iter().find(|i| i.invoice_id == invoice_id) {
             Some(inv) if attempt <= inv.attempts => Ok(attempt),
             Some(_) => Err(unknown()),
@@ -371,7 +530,10 @@ mod tests {
 
     #[test]
     fn expiry_month_ends_at_next_month_start() {
-        assert_eq!(expiry_end("2026-12"), Timestamp::parse_rfc3339("2027-01-01T00:00:00Z"));
+        assert_eq!(
+            expiry_end("2026-12"),
+            Timestamp::parse_rfc3339("2027-01-01T00:00:00Z")
+        );
         assert_eq!(expiry_end("2026-13"), None);
         assert_eq!(expiry_end("26-1"), None);
     }

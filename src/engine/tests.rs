@@ -29,8 +29,22 @@ pub(crate) fn plans() -> PlanBook {
         recurring_fee: d("31.00"),
         minimum_spend: Decimal::ZERO,
         charges: vec![
-            Charge { metric: "container.hours".into(), model: Model::PerUnit, unit_price: d("0.0125"), package_size: None, free_units: Decimal::ZERO, tiers: vec![] },
-            Charge { metric: "api.calls".into(), model: Model::Package, unit_price: d("0.50"), package_size: Some(d("1000")), free_units: d("1000"), tiers: vec![] },
+            Charge {
+                metric: "container.hours".into(),
+                model: Model::PerUnit,
+                unit_price: d("0.0125"),
+                package_size: None,
+                free_units: Decimal::ZERO,
+                tiers: vec![],
+            },
+            Charge {
+                metric: "api.calls".into(),
+                model: Model::Package,
+                unit_price: d("0.50"),
+                package_size: Some(d("1000")),
+                free_units: d("1000"),
+                tiers: vec![],
+            },
         ],
     })
     .unwrap();
@@ -46,8 +60,16 @@ pub(crate) fn plans() -> PlanBook {
             package_size: None,
             free_units: Decimal::ZERO,
             tiers: vec![
-                Tier { up_to: Some(d("100")), unit_price: d("0.10"), flat_fee: Decimal::ZERO },
-                Tier { up_to: None, unit_price: d("0.05"), flat_fee: d("1.00") },
+                Tier {
+                    up_to: Some(d("100")),
+                    unit_price: d("0.10"),
+                    flat_fee: Decimal::ZERO,
+                },
+                Tier {
+                    up_to: None,
+                    unit_price: d("0.05"),
+                    flat_fee: d("1.00"),
+                },
             ],
         }],
     })
@@ -64,8 +86,16 @@ pub(crate) fn plans() -> PlanBook {
             package_size: None,
             free_units: Decimal::ZERO,
             tiers: vec![
-                Tier { up_to: Some(d("100")), unit_price: d("1.00"), flat_fee: Decimal::ZERO },
-                Tier { up_to: None, unit_price: d("0.50"), flat_fee: Decimal::ZERO },
+                Tier {
+                    up_to: Some(d("100")),
+                    unit_price: d("1.00"),
+                    flat_fee: Decimal::ZERO,
+                },
+                Tier {
+                    up_to: None,
+                    unit_price: d("0.50"),
+                    flat_fee: Decimal::ZERO,
+                },
             ],
         }],
     })
@@ -83,7 +113,12 @@ pub(crate) struct Harness {
 
 impl Harness {
     pub fn new() -> Harness {
-        Harness { engine: Engine::new(EngineConfig::new("prod"), plans()), state: None, journal: Vec::new(), n: 0 }
+        Harness {
+            engine: Engine::new(EngineConfig::new("prod"), plans()),
+            state: None,
+            journal: Vec::new(),
+            n: 0,
+        }
     }
 
     pub fn st(&self) -> &AccountState {
@@ -91,7 +126,8 @@ impl Harness {
     }
 
     pub fn feed(&mut self, input: Input, now: Timestamp) -> Result<Outcome, Rejection> {
-        self.engine.apply(&mut self.state, &input, now, &mut self.journal)
+        self.engine
+            .apply(&mut self.state, &input, now, &mut self.journal)
     }
 
     pub fn next_id(&mut self) -> String {
@@ -104,24 +140,56 @@ impl Harness {
         self.feed(open_cmd(&id, plan, ts(at)), ts(at)).unwrap();
     }
 
-    pub fn usage(&mut self, metric: &str, subject: &str, qty: &str, at: &str) -> Result<Outcome, Rejection> {
+    pub fn usage(
+        &mut self,
+        metric: &str,
+        subject: &str,
+        qty: &str,
+        at: &str,
+    ) -> Result<Outcome, Rejection> {
         let id = self.next_id();
         self.usage_at(&id, metric, subject, qty, ts(at), ts(at))
     }
 
-    pub fn usage_at(&mut self, id: &str, metric: &str, subject: &str, qty: &str, occurred: Timestamp, now: Timestamp) -> Result<Outcome, Rejection> {
-        self.feed(Input::Usage(usage(id, "acct", subject, metric, qty, occurred)), now)
+    pub fn usage_at(
+        &mut self,
+        id: &str,
+        metric: &str,
+        subject: &str,
+        qty: &str,
+        occurred: Timestamp,
+        now: Timestamp,
+    ) -> Result<Outcome, Rejection> {
+        self.feed(
+            Input::Usage(usage(id, "acct", subject, metric, qty, occurred)),
+            now,
+        )
     }
 
     pub fn pay(&mut self, kind: PaymentKind, at: &str) -> Result<Outcome, Rejection> {
         let id = self.next_id();
-        self.feed(Input::Payment(PaymentEvent { event_id: id, account_id: "acct".into(), occurred_at: ts(at), environment: None, kind }), ts(at))
+        self.feed(
+            Input::Payment(PaymentEvent {
+                event_id: id,
+                account_id: "acct".into(),
+                occurred_at: ts(at),
+                environment: None,
+                kind,
+            }),
+            ts(at),
+        )
     }
 
     pub fn command(&mut self, kind: AccountKind, at: &str) -> Result<Outcome, Rejection> {
         let id = self.next_id();
         self.feed(
-            Input::Account(AccountCommand { event_id: id, account_id: "acct".into(), occurred_at: ts(at), environment: Some("prod".into()), kind }),
+            Input::Account(AccountCommand {
+                event_id: id,
+                account_id: "acct".into(),
+                occurred_at: ts(at),
+                environment: Some("prod".into()),
+                kind,
+            }),
             ts(at),
         )
     }
@@ -150,7 +218,12 @@ impl Harness {
 
     pub fn attach_card(&mut self, at: &str) {
         self.pay(
-            PaymentKind::PaymentMethodAttached { token_ref: "tok_1".into(), brand: "visa".into(), last4: "4242".into(), expires: "2030-12".into() },
+            PaymentKind::PaymentMethodAttached {
+                token_ref: "tok_1".into(),
+                brand: "visa".into(),
+                last4: "4242".into(),
+                expires: "2030-12".into(),
+            },
             at,
         )
         .unwrap();
@@ -159,9 +232,13 @@ impl Harness {
     pub fn charges(&self) -> Vec<(String, String, Minor, u32)> {
         self.events()
             .filter_map(|e| match e {
-                DomainEvent::ChargeRequested { charge_id, invoice_id, amount, attempt, .. } => {
-                    Some((charge_id.clone(), invoice_id.clone(), *amount, *attempt))
-                }
+                DomainEvent::ChargeRequested {
+                    charge_id,
+                    invoice_id,
+                    amount,
+                    attempt,
+                    ..
+                } => Some((charge_id.clone(), invoice_id.clone(), *amount, *attempt)),
                 _ => None,
             })
             .collect()
@@ -174,11 +251,24 @@ pub(crate) fn open_cmd(id: &str, plan: &str, at: Timestamp) -> Input {
         account_id: "acct".into(),
         occurred_at: at,
         environment: Some("prod".into()),
-        kind: AccountKind::AccountOpened { plan_id: plan.into(), currency: "EUR".into(), timezone: "UTC".into(), tax_rate: d("0.20"), billing_anchor: Anchor::Calendar },
+        kind: AccountKind::AccountOpened {
+            plan_id: plan.into(),
+            currency: "EUR".into(),
+            timezone: "UTC".into(),
+            tax_rate: d("0.20"),
+            billing_anchor: Anchor::Calendar,
+        },
     })
 }
 
-pub(crate) fn usage(id: &str, account: &str, subject: &str, metric: &str, qty: &str, at: Timestamp) -> UsageRecorded {
+pub(crate) fn usage(
+    id: &str,
+    account: &str,
+    subject: &str,
+    metric: &str,
+    qty: &str,
+    at: Timestamp,
+) -> UsageRecorded {
     UsageRecorded {
         event_id: id.into(),
         account_id: account.into(),
@@ -211,13 +301,22 @@ fn usage_is_rated_on_the_period_total_and_rounded_once() {
     let mut h = Harness::new();
     h.open("flat", "2026-03-01T00:00:00Z");
     // 3 × 0.3333 h at 0.0125 = 0.01249875: per-event rounding would give 0.00 each.
-    for t in ["2026-03-02T00:00:00Z", "2026-03-03T00:00:00Z", "2026-03-04T00:00:00Z"] {
+    for t in [
+        "2026-03-02T00:00:00Z",
+        "2026-03-03T00:00:00Z",
+        "2026-03-04T00:00:00Z",
+    ] {
         h.usage("container.hours", "app-1", "0.3333", t).unwrap();
     }
-    h.usage("container.hours", "app-2", "800", "2026-03-05T00:00:00Z").unwrap();
+    h.usage("container.hours", "app-2", "800", "2026-03-05T00:00:00Z")
+        .unwrap();
     h.advance("2026-04-01T01:00:00Z");
     let inv = h.invoices()[1];
-    let line = inv.lines.iter().find(|l| l.kind == LineKind::Usage).unwrap();
+    let line = inv
+        .lines
+        .iter()
+        .find(|l| l.kind == LineKind::Usage)
+        .unwrap();
     assert_eq!(line.quantity, d("800.9999"));
     // 800.9999 × 0.0125 = 10.01249875 → 10.01
     assert_eq!(line.amount, Minor(1001));
@@ -230,13 +329,21 @@ fn period_closes_at_end_plus_grace_with_next_fee_in_advance_and_due_in_14_days()
     let mut h = Harness::new();
     h.open("flat", "2026-03-01T00:00:00Z");
     h.advance("2026-04-01T00:59:59Z");
-    assert_eq!(h.invoices().len(), 1, "not issued before the grace hour ends");
+    assert_eq!(
+        h.invoices().len(),
+        1,
+        "not issued before the grace hour ends"
+    );
     h.advance("2026-04-01T01:00:00Z");
     let inv = h.invoices()[1];
     assert_eq!(inv.issued_at, ts("2026-04-01T01:00:00Z"));
     assert_eq!(inv.due_at, ts("2026-04-15T01:00:00Z"));
     assert_eq!(inv.period.start, ts("2026-03-01T00:00:00Z"));
-    let fee = inv.lines.iter().find(|l| l.kind == LineKind::RecurringFee).unwrap();
+    let fee = inv
+        .lines
+        .iter()
+        .find(|l| l.kind == LineKind::RecurringFee)
+        .unwrap();
     assert_eq!(fee.for_period.start, ts("2026-04-01T00:00:00Z"));
     assert_eq!(fee.amount, Minor(3100));
 }
@@ -246,7 +353,15 @@ fn usage_in_the_grace_hour_still_lands_on_its_own_period() {
     let mut h = Harness::new();
     h.open("flat", "2026-03-01T00:00:00Z");
     let id = h.next_id();
-    h.usage_at(&id, "container.hours", "a", "80", ts("2026-03-31T23:59:00Z"), ts("2026-04-01T00:30:00Z")).unwrap();
+    h.usage_at(
+        &id,
+        "container.hours",
+        "a",
+        "80",
+        ts("2026-03-31T23:59:00Z"),
+        ts("2026-04-01T00:30:00Z"),
+    )
+    .unwrap();
     h.advance("2026-04-01T01:00:00Z");
     let line = &h.invoices()[1].lines[0];
     assert_eq!((line.kind, line.amount), (LineKind::Usage, Minor(100)));
@@ -256,28 +371,49 @@ fn usage_in_the_grace_hour_still_lands_on_its_own_period() {
 fn graduated_tiers_and_minimum_spend_true_up() {
     let mut h = Harness::new();
     h.open("tiered", "2026-03-01T00:00:00Z");
-    h.usage("disk.gb_hours", "bucket-1", "50", "2026-03-02T00:00:00Z").unwrap();
+    h.usage("disk.gb_hours", "bucket-1", "50", "2026-03-02T00:00:00Z")
+        .unwrap();
     h.advance("2026-04-01T01:00:00Z");
     let inv = h.invoices()[0];
     // 50 × 0.10 = 5.00; minimum 10.00 → true-up 5.00
     let amounts: Vec<_> = inv.lines.iter().map(|l| (l.kind, l.amount)).collect();
-    assert_eq!(amounts, vec![(LineKind::Usage, Minor(500)), (LineKind::MinimumSpend, Minor(500))]);
-    h.usage("disk.gb_hours", "bucket-1", "200", "2026-04-02T00:00:00Z").unwrap();
+    assert_eq!(
+        amounts,
+        vec![
+            (LineKind::Usage, Minor(500)),
+            (LineKind::MinimumSpend, Minor(500))
+        ]
+    );
+    h.usage("disk.gb_hours", "bucket-1", "200", "2026-04-02T00:00:00Z")
+        .unwrap();
     h.advance("2026-05-01T01:00:00Z");
     // 100 × 0.10 + 100 × 0.05 + 1.00 flat = 16.00, above the minimum
     let inv = h.invoices()[1];
-    assert_eq!(inv.lines.iter().map(|l| (l.kind, l.amount)).collect::<Vec<_>>(), vec![(LineKind::Usage, Minor(1600))]);
+    assert_eq!(
+        inv.lines
+            .iter()
+            .map(|l| (l.kind, l.amount))
+            .collect::<Vec<_>>(),
+        vec![(LineKind::Usage, Minor(1600))]
+    );
 }
 
 #[test]
 fn free_allowance_and_packages_round_up() {
     let mut h = Harness::new();
     h.open("flat", "2026-03-01T00:00:00Z");
-    h.usage("api.calls", "gw", "1000", "2026-03-02T00:00:00Z").unwrap();
-    h.usage("api.calls", "gw", "1001", "2026-03-03T00:00:00Z").unwrap();
+    h.usage("api.calls", "gw", "1000", "2026-03-02T00:00:00Z")
+        .unwrap();
+    h.usage("api.calls", "gw", "1001", "2026-03-03T00:00:00Z")
+        .unwrap();
     h.advance("2026-04-01T01:00:00Z");
     // 2001 - 1000 free = 1001 → 2 packages × 0.50
-    let line = h.invoices()[1].lines.iter().find(|l| l.metric.as_deref() == Some("api.calls")).unwrap().clone();
+    let line = h.invoices()[1]
+        .lines
+        .iter()
+        .find(|l| l.metric.as_deref() == Some("api.calls"))
+        .unwrap()
+        .clone();
     assert_eq!(line.amount, Minor(100));
 }
 
@@ -285,27 +421,51 @@ fn free_allowance_and_packages_round_up() {
 fn late_usage_is_billed_as_the_tier_delta_on_the_next_invoice() {
     let mut h = Harness::new();
     h.open("tiered", "2026-03-01T00:00:00Z");
-    h.usage("disk.gb_hours", "b", "90", "2026-03-10T00:00:00Z").unwrap();
+    h.usage("disk.gb_hours", "b", "90", "2026-03-10T00:00:00Z")
+        .unwrap();
     h.advance("2026-04-01T01:00:00Z");
     // March: 90 × 0.10 = 9.00 + true-up 1.00
     let march = h.invoices()[0].clone();
     assert_eq!(march.subtotal, Minor(1000));
     // 20 more March units arrive in April: new March charge = 10.00 + 10 × 0.05 + 1.00 = 11.50.
     let id = h.next_id();
-    h.usage_at(&id, "disk.gb_hours", "b", "20", ts("2026-03-20T00:00:00Z"), ts("2026-04-03T00:00:00Z")).unwrap();
-    h.usage("disk.gb_hours", "b", "200", "2026-04-05T00:00:00Z").unwrap();
+    h.usage_at(
+        &id,
+        "disk.gb_hours",
+        "b",
+        "20",
+        ts("2026-03-20T00:00:00Z"),
+        ts("2026-04-03T00:00:00Z"),
+    )
+    .unwrap();
+    h.usage("disk.gb_hours", "b", "200", "2026-04-05T00:00:00Z")
+        .unwrap();
     h.advance("2026-05-01T01:00:00Z");
     let april = h.invoices()[1].clone();
-    let late = april.lines.iter().find(|l| l.kind == LineKind::LateUsage).unwrap();
+    let late = april
+        .lines
+        .iter()
+        .find(|l| l.kind == LineKind::LateUsage)
+        .unwrap();
     assert_eq!(late.for_period.start, ts("2026-03-01T00:00:00Z"));
     assert_eq!(late.quantity, d("20"));
     // 11.50 − 9.00 billed = 2.50
     assert_eq!(late.amount, Minor(250));
-    let min_fix = april.lines.iter().find(|l| l.kind == LineKind::MinimumSpend).unwrap();
+    let min_fix = april
+        .lines
+        .iter()
+        .find(|l| l.kind == LineKind::MinimumSpend)
+        .unwrap();
     // The 1.00 true-up is no longer needed.
     assert_eq!(min_fix.amount, Minor(-100));
     // Lines of March now add up to the charge on its final total: 11.50.
-    let march_sum: i64 = march.lines.iter().chain(april.lines.iter()).filter(|l| l.for_period.start == ts("2026-03-01T00:00:00Z")).map(|l| l.amount.0).sum();
+    let march_sum: i64 = march
+        .lines
+        .iter()
+        .chain(april.lines.iter())
+        .filter(|l| l.for_period.start == ts("2026-03-01T00:00:00Z"))
+        .map(|l| l.amount.0)
+        .sum();
     assert_eq!(march_sum, 1150);
     // The issued March invoice did not change.
     assert_eq!(h.invoices()[0], &march);
@@ -315,10 +475,19 @@ fn late_usage_is_billed_as_the_tier_delta_on_the_next_invoice() {
 fn volume_pricing_late_usage_can_lower_the_charge() {
     let mut h = Harness::new();
     h.open("volume", "2026-03-01T00:00:00Z");
-    h.usage("api.calls", "x", "100", "2026-03-10T00:00:00Z").unwrap();
+    h.usage("api.calls", "x", "100", "2026-03-10T00:00:00Z")
+        .unwrap();
     h.advance("2026-04-01T01:00:00Z");
     let id = h.next_id();
-    h.usage_at(&id, "api.calls", "x", "20", ts("2026-03-20T00:00:00Z"), ts("2026-04-03T00:00:00Z")).unwrap();
+    h.usage_at(
+        &id,
+        "api.calls",
+        "x",
+        "20",
+        ts("2026-03-20T00:00:00Z"),
+        ts("2026-04-03T00:00:00Z"),
+    )
+    .unwrap();
     h.advance("2026-05-01T01:00:00Z");
     // 100 × 1.00 = 100.00 billed; 120 × 0.50 = 60.00 → −40.00; the April invoice is negative and becomes credit.
     let april = h.invoices()[1];
@@ -333,7 +502,14 @@ fn settlement_uses_credit_then_the_card() {
     h.open("flat", "2026-03-01T00:00:00Z");
     // 31.00 + 20% = 37.20 due at opening, no method: waits.
     assert_eq!(h.charges().len(), 0);
-    h.pay(PaymentKind::CreditToppedUp { amount: d("10.00"), currency: "EUR".into() }, "2026-03-02T00:00:00Z").unwrap();
+    h.pay(
+        PaymentKind::CreditToppedUp {
+            amount: d("10.00"),
+            currency: "EUR".into(),
+        },
+        "2026-03-02T00:00:00Z",
+    )
+    .unwrap();
     assert_eq!(h.count("invoice_partially_paid"), 1);
     h.attach_card("2026-03-03T00:00:00Z");
     let charges = h.charges();
@@ -341,11 +517,30 @@ fn settlement_uses_credit_then_the_card() {
     assert_eq!(charges[0].2, Minor(2720));
     assert_eq!(charges[0].0, "inv_acct_00001/attempt-1");
     // Next period: credit applied first, rest charged.
-    h.pay(PaymentKind::PaymentSucceeded { charge_id: charges[0].0.clone(), invoice_id: charges[0].1.clone(), amount: d("27.20"), currency: "EUR".into() }, "2026-03-03T01:00:00Z").unwrap();
-    h.pay(PaymentKind::CreditToppedUp { amount: d("7.20"), currency: "EUR".into() }, "2026-03-04T00:00:00Z").unwrap();
+    h.pay(
+        PaymentKind::PaymentSucceeded {
+            charge_id: charges[0].0.clone(),
+            invoice_id: charges[0].1.clone(),
+            amount: d("27.20"),
+            currency: "EUR".into(),
+        },
+        "2026-03-03T01:00:00Z",
+    )
+    .unwrap();
+    h.pay(
+        PaymentKind::CreditToppedUp {
+            amount: d("7.20"),
+            currency: "EUR".into(),
+        },
+        "2026-03-04T00:00:00Z",
+    )
+    .unwrap();
     h.advance("2026-04-01T01:00:00Z");
     let inv = h.invoices()[1];
-    assert_eq!((inv.total, inv.credit_applied, inv.amount_due), (Minor(3720), Minor(720), Minor(3000)));
+    assert_eq!(
+        (inv.total, inv.credit_applied, inv.amount_due),
+        (Minor(3720), Minor(720), Minor(3000))
+    );
     assert_eq!(h.charges()[1].2, Minor(3000));
 }
 
@@ -353,9 +548,25 @@ fn settlement_uses_credit_then_the_card() {
 fn invoice_without_method_waits_for_a_bank_transfer_and_partial_amounts_add_up() {
     let mut h = Harness::new();
     h.open("flat", "2026-03-01T00:00:00Z");
-    h.pay(PaymentKind::BankTransferReceived { reference: "acct-00001".into(), amount: d("20.00"), currency: "EUR".into() }, "2026-03-05T00:00:00Z").unwrap();
+    h.pay(
+        PaymentKind::BankTransferReceived {
+            reference: "acct-00001".into(),
+            amount: d("20.00"),
+            currency: "EUR".into(),
+        },
+        "2026-03-05T00:00:00Z",
+    )
+    .unwrap();
     assert_eq!(h.count("invoice_partially_paid"), 1);
-    h.pay(PaymentKind::BankTransferReceived { reference: "acct-00001".into(), amount: d("20.00"), currency: "EUR".into() }, "2026-03-06T00:00:00Z").unwrap();
+    h.pay(
+        PaymentKind::BankTransferReceived {
+            reference: "acct-00001".into(),
+            amount: d("20.00"),
+            currency: "EUR".into(),
+        },
+        "2026-03-06T00:00:00Z",
+    )
+    .unwrap();
     assert_eq!(h.count("invoice_paid"), 1);
     // 40.00 − 37.20 = 2.80 overpaid → credit
     assert_eq!(h.st().credit, Minor(280));
@@ -367,8 +578,21 @@ fn top_up_pays_open_invoices_oldest_first() {
     h.open("flat", "2026-03-01T00:00:00Z");
     h.advance("2026-04-01T01:00:00Z");
     assert_eq!(h.st().invoices.len(), 2);
-    h.pay(PaymentKind::CreditToppedUp { amount: d("40.00"), currency: "EUR".into() }, "2026-04-02T00:00:00Z").unwrap();
-    let paid: Vec<_> = h.events().filter_map(|e| match e { DomainEvent::InvoicePaid { invoice_id, .. } => Some(invoice_id.clone()), _ => None }).collect();
+    h.pay(
+        PaymentKind::CreditToppedUp {
+            amount: d("40.00"),
+            currency: "EUR".into(),
+        },
+        "2026-04-02T00:00:00Z",
+    )
+    .unwrap();
+    let paid: Vec<_> = h
+        .events()
+        .filter_map(|e| match e {
+            DomainEvent::InvoicePaid { invoice_id, .. } => Some(invoice_id.clone()),
+            _ => None,
+        })
+        .collect();
     assert_eq!(paid, vec!["inv_acct_00001".to_string()]);
     assert_eq!(h.st().invoices[0].invoice_id, "inv_acct_00002");
     assert_eq!(h.st().invoices[0].paid, Minor(280));
@@ -379,8 +603,24 @@ fn success_for_an_already_paid_invoice_becomes_credit() {
     let mut h = Harness::new();
     h.attach_card_after_open();
     let (cid, iid, _, _) = h.charges()[0].clone();
-    h.pay(PaymentKind::CreditToppedUp { amount: d("37.20"), currency: "EUR".into() }, "2026-03-02T00:00:00Z").unwrap();
-    h.pay(PaymentKind::PaymentSucceeded { charge_id: cid, invoice_id: iid, amount: d("37.20"), currency: "EUR".into() }, "2026-03-02T01:00:00Z").unwrap();
+    h.pay(
+        PaymentKind::CreditToppedUp {
+            amount: d("37.20"),
+            currency: "EUR".into(),
+        },
+        "2026-03-02T00:00:00Z",
+    )
+    .unwrap();
+    h.pay(
+        PaymentKind::PaymentSucceeded {
+            charge_id: cid,
+            invoice_id: iid,
+            amount: d("37.20"),
+            currency: "EUR".into(),
+        },
+        "2026-03-02T01:00:00Z",
+    )
+    .unwrap();
     assert_eq!(h.st().credit, Minor(3720));
     assert_eq!(h.count("payment_succeeded"), 1);
 }
@@ -396,9 +636,25 @@ impl Harness {
 fn result_for_an_unknown_charge_is_rejected() {
     let mut h = Harness::new();
     h.attach_card_after_open();
-    let r = h.pay(PaymentKind::PaymentFailed { charge_id: "inv_acct_00001/attempt-7".into(), invoice_id: "inv_acct_00001".into(), retryable: true, reason: "x".into() }, "2026-03-02T00:00:00Z");
+    let r = h.pay(
+        PaymentKind::PaymentFailed {
+            charge_id: "inv_acct_00001/attempt-7".into(),
+            invoice_id: "inv_acct_00001".into(),
+            retryable: true,
+            reason: "x".into(),
+        },
+        "2026-03-02T00:00:00Z",
+    );
     assert_eq!(r.unwrap_err().kind(), "unknown_charge");
-    let r = h.pay(PaymentKind::PaymentSucceeded { charge_id: "ch_x".into(), invoice_id: "inv_other_00001".into(), amount: d("1.00"), currency: "EUR".into() }, "2026-03-02T00:00:00Z");
+    let r = h.pay(
+        PaymentKind::PaymentSucceeded {
+            charge_id: "ch_x".into(),
+            invoice_id: "inv_other_00001".into(),
+            amount: d("1.00"),
+            currency: "EUR".into(),
+        },
+        "2026-03-02T00:00:00Z",
+    );
     assert_eq!(r.unwrap_err().kind(), "unknown_charge");
 }
 
@@ -408,7 +664,16 @@ fn retryable_failures_follow_the_dunning_schedule_then_stop() {
     h.attach_card_after_open();
     let fail = |h: &mut Harness, at: &str| {
         let (cid, iid, _, _) = h.charges().last().unwrap().clone();
-        h.pay(PaymentKind::PaymentFailed { charge_id: cid, invoice_id: iid, retryable: true, reason: "insufficient_funds".into() }, at).unwrap();
+        h.pay(
+            PaymentKind::PaymentFailed {
+                charge_id: cid,
+                invoice_id: iid,
+                retryable: true,
+                reason: "insufficient_funds".into(),
+            },
+            at,
+        )
+        .unwrap();
     };
     fail(&mut h, "2026-03-01T01:00:00Z");
     h.advance("2026-03-02T00:59:59Z");
@@ -421,11 +686,24 @@ fn retryable_failures_follow_the_dunning_schedule_then_stop() {
     fail(&mut h, "2026-03-05T03:00:00Z");
     h.advance("2026-03-12T03:00:00Z"); // +7 days
     let charges = h.charges();
-    assert_eq!(charges.iter().map(|c| c.3).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(
+        charges.iter().map(|c| c.3).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
     fail(&mut h, "2026-03-12T04:00:00Z");
     h.advance("2026-03-30T00:00:00Z");
-    assert_eq!(h.charges().len(), 4, "no retry after the schedule is exhausted");
-    assert!(h.events().any(|e| matches!(e, DomainEvent::DunningStopped { reason: DunningStop::Exhausted, .. })));
+    assert_eq!(
+        h.charges().len(),
+        4,
+        "no retry after the schedule is exhausted"
+    );
+    assert!(h.events().any(|e| matches!(
+        e,
+        DomainEvent::DunningStopped {
+            reason: DunningStop::Exhausted,
+            ..
+        }
+    )));
     // Every attempt has its own charge id, derived from (invoice, attempt).
     let ids: std::collections::BTreeSet<_> = charges.iter().map(|c| c.0.clone()).collect();
     assert_eq!(ids.len(), 4);
@@ -436,10 +714,25 @@ fn non_retryable_failure_stops_dunning_until_a_new_method_is_attached() {
     let mut h = Harness::new();
     h.attach_card_after_open();
     let (cid, iid, _, _) = h.charges()[0].clone();
-    h.pay(PaymentKind::PaymentFailed { charge_id: cid, invoice_id: iid, retryable: false, reason: "card_expired".into() }, "2026-03-01T01:00:00Z").unwrap();
+    h.pay(
+        PaymentKind::PaymentFailed {
+            charge_id: cid,
+            invoice_id: iid,
+            retryable: false,
+            reason: "card_expired".into(),
+        },
+        "2026-03-01T01:00:00Z",
+    )
+    .unwrap();
     h.advance("2026-03-10T00:00:00Z");
     assert_eq!(h.charges().len(), 1);
-    assert!(h.events().any(|e| matches!(e, DomainEvent::DunningStopped { reason: DunningStop::NonRetryable, .. })));
+    assert!(h.events().any(|e| matches!(
+        e,
+        DomainEvent::DunningStopped {
+            reason: DunningStop::NonRetryable,
+            ..
+        }
+    )));
     h.attach_card("2026-03-11T00:00:00Z");
     assert_eq!(h.charges().len(), 2);
     assert_eq!(h.charges()[1].3, 2);
@@ -474,19 +767,49 @@ fn timers_fire_for_an_account_that_receives_no_events() {
 fn credit_note_becomes_credit_and_debit_adjustment_a_line() {
     let mut h = Harness::new();
     h.open("flat", "2026-03-01T00:00:00Z");
-    h.command(AccountKind::AdjustmentIssued { adjustment: AdjustmentKind::CreditNote, amount: d("37.20"), currency: "EUR".into(), reason: "goodwill".into(), invoice_id: None }, "2026-03-02T00:00:00Z").unwrap();
+    h.command(
+        AccountKind::AdjustmentIssued {
+            adjustment: AdjustmentKind::CreditNote,
+            amount: d("37.20"),
+            currency: "EUR".into(),
+            reason: "goodwill".into(),
+            invoice_id: None,
+        },
+        "2026-03-02T00:00:00Z",
+    )
+    .unwrap();
     assert_eq!(h.count("credit_note_issued"), 1);
     assert_eq!(h.count("invoice_paid"), 1);
-    h.command(AccountKind::AdjustmentIssued { adjustment: AdjustmentKind::Debit, amount: d("5.00"), currency: "EUR".into(), reason: "setup".into(), invoice_id: None }, "2026-03-03T00:00:00Z").unwrap();
+    h.command(
+        AccountKind::AdjustmentIssued {
+            adjustment: AdjustmentKind::Debit,
+            amount: d("5.00"),
+            currency: "EUR".into(),
+            reason: "setup".into(),
+            invoice_id: None,
+        },
+        "2026-03-03T00:00:00Z",
+    )
+    .unwrap();
     h.advance("2026-04-01T01:00:00Z");
-    assert!(h.invoices()[1].lines.iter().any(|l| l.kind == LineKind::Adjustment && l.amount == Minor(500)));
+    assert!(h.invoices()[1]
+        .lines
+        .iter()
+        .any(|l| l.kind == LineKind::Adjustment && l.amount == Minor(500)));
 }
 
 #[test]
 fn credit_low_is_sent_once_when_credit_falls_below_the_threshold() {
     let mut h = Harness::new();
     h.open("flat", "2026-03-01T00:00:00Z");
-    h.pay(PaymentKind::CreditToppedUp { amount: d("100.00"), currency: "EUR".into() }, "2026-03-01T00:01:00Z").unwrap();
+    h.pay(
+        PaymentKind::CreditToppedUp {
+            amount: d("100.00"),
+            currency: "EUR".into(),
+        },
+        "2026-03-01T00:01:00Z",
+    )
+    .unwrap();
     assert_eq!(h.count("credit_low"), 0);
     h.advance("2026-04-01T01:00:00Z"); // 100 − 37.20 − 37.20 = 25.60
     assert_eq!(h.count("credit_low"), 0);
@@ -500,7 +823,16 @@ fn credit_low_is_sent_once_when_credit_falls_below_the_threshold() {
 fn expiring_payment_method_is_warned_30_days_ahead() {
     let mut h = Harness::new();
     h.open("flat", "2026-03-01T00:00:00Z");
-    h.pay(PaymentKind::PaymentMethodAttached { token_ref: "tok".into(), brand: "visa".into(), last4: "4242".into(), expires: "2026-05".into() }, "2026-03-01T00:01:00Z").unwrap();
+    h.pay(
+        PaymentKind::PaymentMethodAttached {
+            token_ref: "tok".into(),
+            brand: "visa".into(),
+            last4: "4242".into(),
+            expires: "2026-05".into(),
+        },
+        "2026-03-01T00:01:00Z",
+    )
+    .unwrap();
     // Valid through May → ends 2026-06-01; warning 30 days before = 2026-05-02.
     h.advance("2026-05-01T23:59:59Z");
     assert_eq!(h.count("payment_method_expiring"), 0);
@@ -512,43 +844,103 @@ fn expiring_payment_method_is_warned_30_days_ahead() {
 fn hourly_rollups_close_with_the_hour_and_late_usage_is_a_correction() {
     let mut h = Harness::new();
     h.open("flat", "2026-03-01T00:00:00Z");
-    h.usage("container.hours", "a", "1", "2026-03-02T10:10:00Z").unwrap();
-    h.usage("container.hours", "a", "2", "2026-03-02T10:50:00Z").unwrap();
-    h.usage("container.hours", "b", "4", "2026-03-02T10:55:00Z").unwrap();
+    h.usage("container.hours", "a", "1", "2026-03-02T10:10:00Z")
+        .unwrap();
+    h.usage("container.hours", "a", "2", "2026-03-02T10:50:00Z")
+        .unwrap();
+    h.usage("container.hours", "b", "4", "2026-03-02T10:55:00Z")
+        .unwrap();
     h.advance("2026-03-02T11:04:59Z");
     assert_eq!(h.count("usage_rolled_up"), 0);
     h.advance("2026-03-02T11:05:00Z");
-    let rollups: Vec<_> = h.events().filter_map(|e| match e { DomainEvent::UsageRolledUp { subject, quantity, count, correction, .. } => Some((subject.clone(), *quantity, *count, *correction)), _ => None }).collect();
-    assert_eq!(rollups, vec![("a".into(), d("3"), 2, false), ("b".into(), d("4"), 1, false)]);
+    let rollups: Vec<_> = h
+        .events()
+        .filter_map(|e| match e {
+            DomainEvent::UsageRolledUp {
+                subject,
+                quantity,
+                count,
+                correction,
+                ..
+            } => Some((subject.clone(), *quantity, *count, *correction)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        rollups,
+        vec![
+            ("a".into(), d("3"), 2, false),
+            ("b".into(), d("4"), 1, false)
+        ]
+    );
     let id = h.next_id();
-    h.usage_at(&id, "container.hours", "a", "5", ts("2026-03-02T10:30:00Z"), ts("2026-03-02T12:00:00Z")).unwrap();
+    h.usage_at(
+        &id,
+        "container.hours",
+        "a",
+        "5",
+        ts("2026-03-02T10:30:00Z"),
+        ts("2026-03-02T12:00:00Z"),
+    )
+    .unwrap();
     h.advance("2026-03-02T12:00:00Z");
-    assert!(h.events().any(|e| matches!(e, DomainEvent::UsageRolledUp { correction: true, count: 1, .. })));
+    assert!(h.events().any(|e| matches!(
+        e,
+        DomainEvent::UsageRolledUp {
+            correction: true,
+            count: 1,
+            ..
+        }
+    )));
 }
 
 #[test]
 fn plan_change_takes_effect_at_the_next_period_start() {
     let mut h = Harness::new();
     h.open("flat", "2026-03-01T00:00:00Z");
-    h.command(AccountKind::PlanChanged { plan_id: "tiered".into() }, "2026-03-10T00:00:00Z").unwrap();
-    h.usage("container.hours", "a", "80", "2026-03-11T00:00:00Z").unwrap();
+    h.command(
+        AccountKind::PlanChanged {
+            plan_id: "tiered".into(),
+        },
+        "2026-03-10T00:00:00Z",
+    )
+    .unwrap();
+    h.usage("container.hours", "a", "80", "2026-03-11T00:00:00Z")
+        .unwrap();
     h.advance("2026-04-01T01:00:00Z");
     let inv = h.invoices()[1];
     // March usage still rated on "flat"; no April fee since "tiered" has none.
-    assert_eq!(inv.lines.iter().map(|l| l.kind).collect::<Vec<_>>(), vec![LineKind::Usage]);
+    assert_eq!(
+        inv.lines.iter().map(|l| l.kind).collect::<Vec<_>>(),
+        vec![LineKind::Usage]
+    );
     assert_eq!(h.st().plan_id, "tiered");
-    assert_eq!(h.usage("container.hours", "a", "1", "2026-04-02T00:00:00Z").unwrap_err().kind(), "unknown_metric");
+    assert_eq!(
+        h.usage("container.hours", "a", "1", "2026-04-02T00:00:00Z")
+            .unwrap_err()
+            .kind(),
+        "unknown_metric"
+    );
 }
 
 #[test]
 fn closed_account_gets_a_final_invoice_without_fee_and_no_more_periods() {
     let mut h = Harness::new();
     h.open("flat", "2026-03-01T00:00:00Z");
-    h.command(AccountKind::AccountClosed, "2026-03-15T00:00:00Z").unwrap();
-    assert_eq!(h.usage("container.hours", "a", "1", "2026-03-16T00:00:00Z").unwrap_err().kind(), "account_closed");
+    h.command(AccountKind::AccountClosed, "2026-03-15T00:00:00Z")
+        .unwrap();
+    assert_eq!(
+        h.usage("container.hours", "a", "1", "2026-03-16T00:00:00Z")
+            .unwrap_err()
+            .kind(),
+        "account_closed"
+    );
     h.advance("2026-06-01T00:00:00Z");
     assert_eq!(h.invoices().len(), 2);
-    assert!(h.invoices()[1].lines.iter().all(|l| l.kind != LineKind::RecurringFee));
+    assert!(h.invoices()[1]
+        .lines
+        .iter()
+        .all(|l| l.kind != LineKind::RecurringFee));
 }
 
 #[test]
@@ -556,11 +948,22 @@ fn duplicate_event_is_ignored_and_same_id_other_payload_is_a_conflict() {
     let mut h = Harness::new();
     h.open("flat", "2026-03-01T00:00:00Z");
     let now = ts("2026-03-02T00:00:00Z");
-    assert_eq!(h.usage_at("u1", "container.hours", "a", "5", now, now), Ok(Outcome::Applied));
+    assert_eq!(
+        h.usage_at("u1", "container.hours", "a", "5", now, now),
+        Ok(Outcome::Applied)
+    );
     let before = h.journal.len();
-    assert_eq!(h.usage_at("u1", "container.hours", "a", "5.00", now, now), Ok(Outcome::Duplicate));
+    assert_eq!(
+        h.usage_at("u1", "container.hours", "a", "5.00", now, now),
+        Ok(Outcome::Duplicate)
+    );
     assert_eq!(h.journal.len(), before);
-    assert_eq!(h.usage_at("u1", "container.hours", "a", "6", now, now).unwrap_err().kind(), "conflict");
+    assert_eq!(
+        h.usage_at("u1", "container.hours", "a", "6", now, now)
+            .unwrap_err()
+            .kind(),
+        "conflict"
+    );
     assert_eq!(h.st().open[0].metrics[0].total, d("5"));
 }
 
@@ -572,8 +975,18 @@ fn validation_rejects_bad_usage_without_changing_state() {
     let cases = [
         ("container.hours", "-1", now, "invalid_quantity"),
         ("container.hours", "1000000000001", now, "invalid_quantity"),
-        ("container.hours", "1", now.plus(6 * 60 * 1_000_000), "from_future"),
-        ("container.hours", "1", ts("2026-02-27T00:00:00Z"), "before_account_opened"),
+        (
+            "container.hours",
+            "1",
+            now.plus(6 * 60 * 1_000_000),
+            "from_future",
+        ),
+        (
+            "container.hours",
+            "1",
+            ts("2026-02-27T00:00:00Z"),
+            "before_account_opened",
+        ),
         ("no.such.metric", "1", now, "unknown_metric"),
     ];
     h.advance("2026-03-02T00:00:00Z");
@@ -581,18 +994,39 @@ fn validation_rejects_bad_usage_without_changing_state() {
         let before = serde_json::to_string(h.st()).unwrap();
         let r = h.usage_at(&format!("bad{i}"), metric, "a", qty, occurred, now);
         assert_eq!(r.unwrap_err().kind(), kind);
-        assert_eq!(serde_json::to_string(h.st()).unwrap(), before, "{kind} changed state");
+        assert_eq!(
+            serde_json::to_string(h.st()).unwrap(),
+            before,
+            "{kind} changed state"
+        );
     }
     // Within the 5 minute tolerance is fine.
-    assert!(h.usage_at("ok", "container.hours", "a", "1", now.plus(4 * 60 * 1_000_000), now).is_ok());
+    assert!(h
+        .usage_at(
+            "ok",
+            "container.hours",
+            "a",
+            "1",
+            now.plus(4 * 60 * 1_000_000),
+            now
+        )
+        .is_ok());
 }
 
 #[test]
 fn unknown_account_and_unknown_plan_are_rejected() {
     let mut h = Harness::new();
     let now = ts("2026-03-02T00:00:00Z");
-    assert_eq!(h.usage_at("u", "container.hours", "a", "1", now, now).unwrap_err().kind(), "unknown_account");
-    assert_eq!(h.feed(open_cmd("o", "nope", now), now).unwrap_err().kind(), "unknown_plan");
+    assert_eq!(
+        h.usage_at("u", "container.hours", "a", "1", now, now)
+            .unwrap_err()
+            .kind(),
+        "unknown_account"
+    );
+    assert_eq!(
+        h.feed(open_cmd("o", "nope", now), now).unwrap_err().kind(),
+        "unknown_plan"
+    );
     assert!(h.state.is_none());
 }
 
@@ -601,7 +1035,14 @@ fn card_number_in_free_text_is_rejected_with_digits_masked_but_ids_are_not_scann
     let mut h = Harness::new();
     h.open("flat", "2026-03-01T00:00:00Z");
     let now = ts("2026-03-02T00:00:00Z");
-    let mut u = usage("u1", "acct", "card 4111 1111 1111 1111", "container.hours", "1", now);
+    let mut u = usage(
+        "u1",
+        "acct",
+        "card 4111 1111 1111 1111",
+        "container.hours",
+        "1",
+        now,
+    );
     match h.feed(Input::Usage(u.clone()), now) {
         Err(Rejection::CardNumber { field, masked }) => {
             assert_eq!(field, "subject");
@@ -610,8 +1051,12 @@ fn card_number_in_free_text_is_rejected_with_digits_masked_but_ids_are_not_scann
         other => panic!("expected card rejection, got {other:?}"),
     }
     u.subject = "app".into();
-    u.attributes.insert("note".into(), "4111-1111-1111-1111".into());
-    assert_eq!(h.feed(Input::Usage(u.clone()), now).unwrap_err().kind(), "card_number");
+    u.attributes
+        .insert("note".into(), "4111-1111-1111-1111".into());
+    assert_eq!(
+        h.feed(Input::Usage(u.clone()), now).unwrap_err().kind(),
+        "card_number"
+    );
     // A UUID whose digit groups pass Luhn is an identifier: never scanned.
     u.attributes.clear();
     u.event_id = "4111111111111111".into();
@@ -625,9 +1070,23 @@ fn event_for_another_environment_is_rejected_and_never_charges() {
     let now = ts("2026-03-02T00:00:00Z");
     let mut u = usage("u", "acct", "a", "container.hours", "1", now);
     u.environment = "staging".into();
-    assert_eq!(h.feed(Input::Usage(u), now).unwrap_err().kind(), "wrong_environment");
+    assert_eq!(
+        h.feed(Input::Usage(u), now).unwrap_err().kind(),
+        "wrong_environment"
+    );
     let r = h.feed(
-        Input::Payment(PaymentEvent { event_id: "p".into(), account_id: "acct".into(), occurred_at: now, environment: Some("test".into()), kind: PaymentKind::PaymentMethodAttached { token_ref: "t".into(), brand: "visa".into(), last4: "1111".into(), expires: "2030-01".into() } }),
+        Input::Payment(PaymentEvent {
+            event_id: "p".into(),
+            account_id: "acct".into(),
+            occurred_at: now,
+            environment: Some("test".into()),
+            kind: PaymentKind::PaymentMethodAttached {
+                token_ref: "t".into(),
+                brand: "visa".into(),
+                last4: "1111".into(),
+                expires: "2030-01".into(),
+            },
+        }),
         now,
     );
     assert_eq!(r.unwrap_err().kind(), "wrong_environment");
@@ -637,11 +1096,30 @@ fn event_for_another_environment_is_rejected_and_never_charges() {
 fn money_with_sub_minor_digits_or_wrong_currency_is_rejected() {
     let mut h = Harness::new();
     h.open("flat", "2026-03-01T00:00:00Z");
-    let r = h.pay(PaymentKind::CreditToppedUp { amount: d("1.005"), currency: "EUR".into() }, "2026-03-02T00:00:00Z");
+    let r = h.pay(
+        PaymentKind::CreditToppedUp {
+            amount: d("1.005"),
+            currency: "EUR".into(),
+        },
+        "2026-03-02T00:00:00Z",
+    );
     assert_eq!(r.unwrap_err().kind(), "invalid_amount");
-    let r = h.pay(PaymentKind::CreditToppedUp { amount: d("1.00"), currency: "USD".into() }, "2026-03-02T00:00:00Z");
+    let r = h.pay(
+        PaymentKind::CreditToppedUp {
+            amount: d("1.00"),
+            currency: "USD".into(),
+        },
+        "2026-03-02T00:00:00Z",
+    );
     assert_eq!(r.unwrap_err().kind(), "currency_mismatch");
-    let r = h.pay(PaymentKind::PaymentRefunded { amount: d("1.00"), currency: "EUR".into(), reason: "r".into() }, "2026-03-02T00:00:00Z");
+    let r = h.pay(
+        PaymentKind::PaymentRefunded {
+            amount: d("1.00"),
+            currency: "EUR".into(),
+            reason: "r".into(),
+        },
+        "2026-03-02T00:00:00Z",
+    );
     assert_eq!(r.unwrap_err().kind(), "refund_exceeds_credit");
 }
 
@@ -650,7 +1128,13 @@ fn resident_state_with_ten_subjects_fits_in_two_kilobytes() {
     let mut h = Harness::new();
     h.open("flat", "2026-03-01T00:00:00Z");
     for s in 0..10 {
-        h.usage("container.hours", &format!("app-{s}"), "1", "2026-03-02T00:00:00Z").unwrap();
+        h.usage(
+            "container.hours",
+            &format!("app-{s}"),
+            "1",
+            "2026-03-02T00:00:00Z",
+        )
+        .unwrap();
     }
     h.advance("2026-03-02T02:00:00Z"); // rollup hour closed
     let bytes = h.st().resident_bytes();
@@ -662,10 +1146,14 @@ fn resident_state_with_ten_subjects_fits_in_two_kilobytes() {
 fn draft_shows_the_running_total() {
     let mut h = Harness::new();
     h.open("flat", "2026-03-01T00:00:00Z");
-    h.usage("container.hours", "a", "800", "2026-03-02T00:00:00Z").unwrap();
+    h.usage("container.hours", "a", "800", "2026-03-02T00:00:00Z")
+        .unwrap();
     let draft = h.engine.draft(h.st());
     // 800 × 0.0125 = 10.00 + next fee 31.00 = 41.00, tax 8.20
-    assert_eq!((draft.subtotal, draft.tax, draft.total), (Minor(4100), Minor(820), Minor(4920)));
+    assert_eq!(
+        (draft.subtotal, draft.tax, draft.total),
+        (Minor(4100), Minor(820), Minor(4920))
+    );
     h.advance("2026-04-01T01:00:00Z");
     assert_eq!(h.invoices()[1].total, draft.total);
 }
@@ -674,12 +1162,29 @@ fn draft_shows_the_running_total() {
 fn timers_fire_at_their_own_instant_when_the_clock_jumps() {
     let mut h = Harness::new();
     h.open("flat", "2026-03-01T00:00:00Z");
-    h.usage("container.hours", "a", "1", "2026-03-01T05:00:00Z").unwrap();
+    h.usage("container.hours", "a", "1", "2026-03-01T05:00:00Z")
+        .unwrap();
     h.advance("2026-03-20T00:00:00Z");
-    let overdue_at = h.journal.iter().find(|e| e.event.name() == "invoice_overdue").unwrap().at;
+    let overdue_at = h
+        .journal
+        .iter()
+        .find(|e| e.event.name() == "invoice_overdue")
+        .unwrap()
+        .at;
     assert_eq!(overdue_at, ts("2026-03-15T00:00:00Z"));
-    let rollup_at = h.journal.iter().find(|e| e.event.name() == "usage_rolled_up").unwrap().at;
-    assert_eq!(rollup_at.0, ts("2026-03-01T06:00:00Z").0 + 5 * 60 * 1_000_000);
-    assert!(h.journal.windows(2).all(|w| w[0].seq + 1 == w[1].seq && w[0].at <= w[1].at));
+    let rollup_at = h
+        .journal
+        .iter()
+        .find(|e| e.event.name() == "usage_rolled_up")
+        .unwrap()
+        .at;
+    assert_eq!(
+        rollup_at.0,
+        ts("2026-03-01T06:00:00Z").0 + 5 * 60 * 1_000_000
+    );
+    assert!(h
+        .journal
+        .windows(2)
+        .all(|w| w[0].seq + 1 == w[1].seq && w[0].at <= w[1].at));
     let _ = (MICROS_PER_DAY, MICROS_PER_HOUR);
 }

@@ -9,7 +9,9 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 /// Microseconds since the Unix epoch, UTC.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Timestamp(pub i64);
 
@@ -110,7 +112,11 @@ fn local_midnight(tz: Tz, date: NaiveDate) -> Timestamp {
 }
 
 fn days_in_month(year: i32, month: u32) -> u32 {
-    let (ny, nm) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+    let (ny, nm) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
     NaiveDate::from_ymd_opt(ny, nm, 1)
         .and_then(|d| d.pred_opt())
         .map(|d| d.day())
@@ -203,6 +209,9 @@ mod tests {
     fn rfc3339_round_trip() {
         let t = ts("2026-05-01T10:11:12.000345Z");
         assert_eq!(t.to_rfc3339(), "2026-05-01T10:11:12.000345Z");
-        assert_eq!(ts("2026-05-01T12:00:00+02:00").to_rfc3339(), "2026-05-01T10:00:00Z");
+        assert_eq!(
+            ts("2026-05-01T12:00:00+02:00").to_rfc3339(),
+            "2026-05-01T10:00:00Z"
+        );
     }
 }

@@ -38,14 +38,21 @@ pub fn find_card_number(text: &str) -> Option<(usize, usize)> {
             continue;
         }
         // A maximal contiguous run starting at i.
-        let run_end = b[i..].iter().position(|c| !c.is_ascii_digit()).map_or(b.len(), |p| i + p);
+        let run_end = b[i..]
+            .iter()
+            .position(|c| !c.is_ascii_digit())
+            .map_or(b.len(), |p| i + p);
         let run = run_end - i;
         if (13..=19).contains(&run) && luhn_valid(&b[i..run_end]) {
             return Some((i, run_end));
         }
         for grouping in GROUPINGS {
             if let Some(end) = match_grouping(b, i, grouping) {
-                let digits: Vec<u8> = b[i..end].iter().copied().filter(u8::is_ascii_digit).collect();
+                let digits: Vec<u8> = b[i..end]
+                    .iter()
+                    .copied()
+                    .filter(u8::is_ascii_digit)
+                    .collect();
                 if luhn_valid(&digits) {
                     return Some((i, end));
                 }
@@ -85,7 +92,9 @@ pub fn mask_card_numbers(text: &str) -> String {
     let mut out = text.to_string();
     let mut from = 0;
     while let Some((s, e)) = find_card_number(&out[from..]).map(|(s, e)| (s + from, e + from)) {
-        let digit_positions: Vec<usize> = (s..e).filter(|&p| out.as_bytes()[p].is_ascii_digit()).collect();
+        let digit_positions: Vec<usize> = (s..e)
+            .filter(|&p| out.as_bytes()[p].is_ascii_digit())
+            .collect();
         let keep = digit_positions.len().saturating_sub(4);
         let mut bytes = out.into_bytes();
         for &p in &digit_positions[..keep] {
@@ -142,7 +151,10 @@ mod tests {
 
     #[test]
     fn mask_keeps_last_four_digits() {
-        assert_eq!(mask_card_numbers("pay 4111-1111-1111-1111 now"), "pay ****-****-****-1111 now");
+        assert_eq!(
+            mask_card_numbers("pay 4111-1111-1111-1111 now"),
+            "pay ****-****-****-1111 now"
+        );
         assert_eq!(mask_card_numbers("4111111111111111"), "************1111");
     }
 }

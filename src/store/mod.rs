@@ -96,7 +96,9 @@ pub struct StoredAccount {
 pub enum StoreError {
     /// Another instance owns the partition with a newer epoch: stop
     /// processing it, do not retry.
-    #[error("partition {partition} is owned by epoch {current}, this writer has epoch {attempted}")]
+    #[error(
+        "partition {partition} is owned by epoch {current}, this writer has epoch {attempted}"
+    )]
     Fenced {
         partition: u32,
         current: u64,
@@ -121,36 +123,76 @@ pub enum StoreError {
 /// efficiency, but each account's write must stand on its own).
 pub trait StateStore: Send + Sync + 'static {
     /// Persist the writes of one batch: each account's write is atomic.
-    fn commit(&self, writes: &[AccountWrite]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn commit(
+        &self,
+        writes: &[AccountWrite],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Latest snapshot of an account, or `None` if it was never written.
-    fn load_account(&self, account_id: &str) -> impl Future<Output = Result<Option<StoredAccount>, StoreError>> + Send;
+    fn load_account(
+        &self,
+        account_id: &str,
+    ) -> impl Future<Output = Result<Option<StoredAccount>, StoreError>> + Send;
 
     /// Dedup records of an account seen at or after `since`.
-    fn load_dedup(&self, account_id: &str, since: Micros) -> impl Future<Output = Result<Vec<DedupRecord>, StoreError>> + Send;
+    fn load_dedup(
+        &self,
+        account_id: &str,
+        since: Micros,
+    ) -> impl Future<Output = Result<Vec<DedupRecord>, StoreError>> + Send;
 
     /// Up to `limit` journal entries of an account with `seq >= from_seq`, in order.
-    fn read_journal(&self, account_id: &str, from_seq: u64, limit: usize) -> impl Future<Output = Result<Vec<JournalRecord>, StoreError>> + Send;
+    fn read_journal(
+        &self,
+        account_id: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<JournalRecord>, StoreError>> + Send;
 
     /// Record that outputs of journal entries up to `seq` were acknowledged.
-    fn mark_published(&self, account_id: &str, partition: u32, epoch: u64, seq: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn mark_published(
+        &self,
+        account_id: &str,
+        partition: u32,
+        epoch: u64,
+        seq: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// One invoice document.
-    fn invoice(&self, account_id: &str, invoice_id: &str) -> impl Future<Output = Result<Option<InvoiceRecord>, StoreError>> + Send;
+    fn invoice(
+        &self,
+        account_id: &str,
+        invoice_id: &str,
+    ) -> impl Future<Output = Result<Option<InvoiceRecord>, StoreError>> + Send;
 
     /// All invoice documents of an account, ordered by invoice id.
-    fn invoices(&self, account_id: &str) -> impl Future<Output = Result<Vec<InvoiceRecord>, StoreError>> + Send;
+    fn invoices(
+        &self,
+        account_id: &str,
+    ) -> impl Future<Output = Result<Vec<InvoiceRecord>, StoreError>> + Send;
 
     /// Accounts of `partition` whose next timer is at or before `up_to`,
     /// earliest first, at most `limit`.
-    fn due_timers(&self, partition: u32, up_to: Micros, limit: usize) -> impl Future<Output = Result<Vec<(Micros, String)>, StoreError>> + Send;
+    fn due_timers(
+        &self,
+        partition: u32,
+        up_to: Micros,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(Micros, String)>, StoreError>> + Send;
 
     /// All account ids of `partition` (for recovery and rebuilds).
-    fn accounts(&self, partition: u32) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    fn accounts(
+        &self,
+        partition: u32,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// Take ownership of `partition`: returns the new epoch, strictly
     /// greater than any epoch granted before. Writes with older epochs fail.
-    fn claim_partition(&self, partition: u32, owner: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn claim_partition(
+        &self,
+        partition: u32,
+        owner: &str,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Operation counters shared by every store implementation.
     fn stats(&self) -> &StoreStats;

@@ -1,0 +1,62 @@
+//! Command-line entry points; each subcommand wires edges to the runtime.
+
+mod demo;
+mod schemas;
+mod simulate;
+mod summary;
+
+use clap::{Parser, Subcommand};
+
+/// billstream — usage-based billing as a stream processor.
+///
+/// Folds usage and payment events, per account and in order, into billing
+/// state; issues invoices at period end, settles them from credit or by
+/// charge requests, chases failed payments, and publishes invoice,
+/// notification, journal and rollup events. Money is exact (integer minor
+/// units, half-to-even rounding once per line).
+#[derive(Parser, Debug)]
+#[command(name = "billstream", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Simulate ~1,000 accounts over 3 months through the real engine and
+    /// the embedded store, then print a summary and write every output
+    /// topic as JSON lines. Needs nothing else running.
+    Demo(demo::DemoArgs),
+    /// Run the engine on your own JSON-lines files (plans, accounts,
+    /// usage and payment events) and write the outputs as JSON lines: a
+    /// pricing simulation ("what would these customers pay on this plan").
+    Simulate(simulate::SimulateArgs),
+    /// List and validate the Avro schemas in schemas/ and the id manifest.
+    Schemas,
+}
+
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Simulate(args) => simulate::run(args),
+        Command::Schemas => schemas::run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// A current-thread tokio runtime for the commands that drive the
+/// processor in one thread (demo, simulate).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}

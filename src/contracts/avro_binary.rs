@@ -1,0 +1,419 @@
+//! Reading the Avro binary encoding by hand: a bounds-checked cursor
+//! (zigzag varints, length-prefixed bytes) and `Skip`, a walk compiled once
+//! from any schema that steps over a value of that schema without building
+//! it. The fast usage reader is made of these; the cold path runs `Skip`
+//! over a body before apache-avro decodes it, so a length or count that
+//! does not fit in the message is refused here, before anything allocates.
+
+use apache_avro::Schema;
+
+use super::errors::DecodeError;
+
+/// A position in an Avro body. Every read checks the remaining length.
+pub struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+fn mismatch(what: &str, pos: usize) -> DecodeError {
+    DecodeError::BodyMismatch(format!("{what} at byte {pos}"))
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(buf: &'a [u8]) -> Cursor<'a> {
+        Cursor { buf, pos: 0 }
+    }
+
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+
+    /// Refuse trailing bytes after the last field.
+    pub fn finish(&self) -> Result<(), DecodeError> {
+        match self.remaining() {
+            0 => Ok(()),
+            n => Err(DecodeError::BodyMismatch(format!(
+                "{n} trailing byte(s) after the record"
+            ))),
+        }
+    }
+
+    fn byte(&mut self) -> Result<u8, DecodeError> {
+        let b = *self
+            .buf
+            .get(self.pos)
+            .ok_or_else(|| mismatch("truncated", self.pos))?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    /// A zigzag-encoded variable-length long (at most 10 bytes).
+    #[inline]
+    pub fn long(&mut self) -> Result<i64, DecodeError> {
+        let start = self.pos;
+        let mut value: u64 = 0;
+        let mut shift = 0u32;
+        loop {
+            let b = self.byte()?;
+            if shift == 63 && b > 1 {
+                return Err(mismatch("varint overflows 64 bits", start));
+            }
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        Ok(((value >> 1) as i64) ^ -((value & 1) as i64))
+    }
+
+    /// A zigzag-encoded int: a long that must fit in 32 bits.
+    pub fn int(&mut self) -> Result<i32, DecodeError> {
+        let start = self.pos;
+        let v = self.long()?;
+        i32::try_from(v).map_err(|_| mismatch("int out of 32-bit range", start))
+    }
+
+    pub fn boolean(&mut self) -> Result<bool, DecodeError> {
+        let start = self.pos;
+        match self.byte()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(mismatch("boolean byte is neither 0 nor 1", start)),
+        }
+    }
+
+    /// `n` raw bytes.
+    pub fn fixed(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if n > self.remaining() {
+            return Err(mismatch(
+                &format!("{n} bytes announced, {} left", self.remaining()),
+                self.pos,
+            ));
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    /// A length-prefixed byte string.
+    #[inline]
+    pub fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let start = self.pos;
+        let len = self.long()?;
+        let len = usize::try_from(len).map_err(|_| mismatch("negative length", start))?;
+        self.fixed(len)
+    }
+
+    /// A length-prefixed UTF-8 string.
+    #[inline]
+    pub fn str(&mut self) -> Result<&'a str, DecodeError> {
+        let start = self.pos;
+        let b = self.bytes()?;
+        std::str::from_utf8(b).map_err(|_| mismatch("string is not UTF-8", start))
+    }
+
+    /// The item count of the next array or map block; 0 ends the sequence.
+    /// A negative count is followed by the block's byte size, which is
+    /// read and ignored. Refuses counts that cannot fit in what is left
+    /// given the smallest encoded item.
+    pub fn block_count(&mut self, min_item: usize) -> Result<usize, DecodeError> {
+        let start = self.pos;
+        let raw = self.long()?;
+        let count = if raw < 0 {
+            self.long()?;
+            raw.checked_neg()
+                .ok_or_else(|| mismatch("bad block count", start))?
+        } else {
+            raw
+        };
+        let count = usize::try_from(count).map_err(|_| mismatch("bad block count", start))?;
+        let limit = self
+            .remaining()
+            .checked_div(min_item)
+            .unwrap_or(MAX_EMPTY_ITEMS);
+        if count > limit {
+            return Err(mismatch(
+                &format!(
+                    "block of {count} items cannot fit in {} bytes",
+                    self.remaining()
+                ),
+                start,
+            ));
+        }
+        Ok(count)
+    }
+
+    /// A union branch index, checked against the number of branches.
+    pub fn branch(&mut self, branches: usize) -> Result<usize, DecodeError> {
+        let start = self.pos;
+        let i = self.long()?;
+        usize::try_from(i)
+            .ok()
+            .filter(|&i| i < branches)
+            .ok_or_else(|| mismatch(&format!("union branch {i} of {branches}"), start))
+    }
+}
+
+/// Most items of zero encoded size (null, empty record) one block may hold.
+const MAX_EMPTY_ITEMS: usize = 1 << 16;
+
+/// A compiled walk over one schema's encoding.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Skip {
+    Null,
+    Boolean,
+    /// int, long and the logical types stored in them.
+    Varint,
+    Float,
+    Double,
+    /// bytes and string.
+    Bytes,
+    Fixed(usize),
+    Enum(usize),
+    Array(Box<Skip>),
+    Map(Box<Skip>),
+    Union(Vec<Skip>),
+    Record(Vec<Skip>),
+}
+
+impl Skip {
+    /// Compile the walk of `schema`. Named references (recursive types) are
+    /// not supported: none of billstream's schemas use them.
+    pub fn compile(schema: &Schema) -> Result<Skip, String> {
+        Ok(match schema {
+            Schema::Null => Skip::Null,
+            Schema::Boolean => Skip::Boolean,
+            Schema::Int
+            | Schema::Long
+            | Schema::Date
+            | Schema::TimeMillis
+            | Schema::TimeMicros
+            | Schema::TimestampMillis
+            | Schema::TimestampMicros
+            | Schema::TimestampNanos
+            | Schema::LocalTimestampMillis
+            | Schema::LocalTimestampMicros
+            | Schema::LocalTimestampNanos => Skip::Varint,
+            Schema::Float => Skip::Float,
+            Schema::Double => Skip::Double,
+            Schema::Bytes | Schema::String | Schema::Uuid | Schema::BigDecimal => Skip::Bytes,
+            Schema::Fixed(f) => Skip::Fixed(f.size),
+            Schema::Duration => Skip::Fixed(12),
+            Schema::Decimal(d) => Skip::compile(&d.inner)?,
+            Schema::Enum(e) => Skip::Enum(e.symbols.len()),
+            Schema::Array(a) => Skip::Array(Box::new(Skip::compile(&a.items)?)),
+            Schema::Map(m) => Skip::Map(Box::new(Skip::compile(&m.types)?)),
+            Schema::Union(u) => Skip::Union(
+                u.variants()
+                    .iter()
+                    .map(Skip::compile)
+                    .collect::<Result<_, _>>()?,
+            ),
+            Schema::Record(r) => Skip::Record(
+                r.fields
+                    .iter()
+                    .map(|f| Skip::compile(&f.schema))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Schema::Ref { name } => {
+                return Err(format!(
+                    "named reference {} is not supported",
+                    name.fullname(None)
+                ))
+            }
+        })
+    }
+
+    /// Smallest number of bytes a value of this shape takes.
+    pub fn min_size(&self) -> usize {
+        match self {
+            Skip::Null => 0,
+            Skip::Boolean
+            | Skip::Varint
+            | Skip::Bytes
+            | Skip::Enum(_)
+            | Skip::Array(_)
+            | Skip::Map(_)
+            | Skip::Union(_) => 1,
+            Skip::Float => 4,
+            Skip::Double => 8,
+            Skip::Fixed(n) => *n,
+            Skip::Record(fields) => fields.iter().map(Skip::min_size).sum(),
+        }
+    }
+
+    /// Step over one value.
+    pub fn run(&self, c: &mut Cursor<'_>) -> Result<(), DecodeError> {
+        match self {
+            Skip::Null => {}
+            Skip::Boolean => {
+                c.boolean()?;
+            }
+            Skip::Varint => {
+                c.long()?;
+            }
+            Skip::Float => {
+                c.fixed(4)?;
+            }
+            Skip::Double => {
+                c.fixed(8)?;
+            }
+            Skip::Bytes => {
+                c.bytes()?;
+            }
+            Skip::Fixed(n) => {
+                c.fixed(*n)?;
+            }
+            Skip::Enum(n) => {
+                c.branch(*n)?;
+            }
+            Skip::Array(item) => {
+                let min = item.min_size();
+                loop {
+                    let n = c.block_count(min)?;
+                    if n == 0 {
+                        break;
+                    }
+                    for _ in 0..n {
+                        item.run(c)?;
+                    }
+                }
+            }
+            Skip::Map(value) => {
+                let min = 1 + value.min_size();
+                loop {
+                    let n = c.block_count(min)?;
+                    if n == 0 {
+                        break;
+                    }
+                    for _ in 0..n {
+                        c.bytes()?;
+                        value.run(c)?;
+                    }
+                }
+            }
+            Skip::Union(branches) => {
+                let i = c.branch(branches.len())?;
+                if let Some(b) = branches.get(i) {
+                    b.run(c)?;
+                }
+            }
+            Skip::Record(fields) => {
+                for f in fields {
+                    f.run(c)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zigzag(v: i64) -> Vec<u8> {
+        apache_avro::to_avro_datum(&Schema::Long, apache_avro::types::Value::Long(v)).unwrap()
+    }
+
+    #[test]
+    fn varints_match_apache_avro() {
+        for v in [
+            0,
+            1,
+            -1,
+            63,
+            -64,
+            64,
+            300,
+            i64::from(i32::MAX),
+            i64::MAX,
+            i64::MIN,
+        ] {
+            let bytes = zigzag(v);
+            let mut c = Cursor::new(&bytes);
+            assert_eq!(c.long(), Ok(v));
+            assert_eq!(c.finish(), Ok(()));
+        }
+    }
+
+    #[test]
+    fn overlong_varint_is_refused() {
+        let bytes = [0xff; 11];
+        assert!(matches!(
+            Cursor::new(&bytes).long(),
+            Err(DecodeError::BodyMismatch(_))
+        ));
+        let bytes = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        assert!(matches!(
+            Cursor::new(&bytes).long(),
+            Err(DecodeError::BodyMismatch(_))
+        ));
+    }
+
+    #[test]
+    fn lengths_beyond_the_message_are_refused() {
+        // A string announcing 2^40 bytes in a 7-byte message.
+        let mut bytes = zigzag(1 << 40);
+        bytes.push(b'x');
+        assert!(matches!(
+            Cursor::new(&bytes).str(),
+            Err(DecodeError::BodyMismatch(_))
+        ));
+        let bytes = zigzag(-3);
+        assert!(matches!(
+            Cursor::new(&bytes).bytes(),
+            Err(DecodeError::BodyMismatch(_))
+        ));
+        // An array of a billion longs in a few bytes.
+        let bytes = zigzag(1_000_000_000);
+        let skip = Skip::Array(Box::new(Skip::Varint));
+        assert!(skip.run(&mut Cursor::new(&bytes)).is_err());
+        // A billion nulls is refused too, instead of looping.
+        let skip = Skip::Array(Box::new(Skip::Null));
+        assert!(skip.run(&mut Cursor::new(&bytes)).is_err());
+    }
+
+    #[test]
+    fn skip_steps_over_exactly_one_value() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"R","fields":[
+                {"name":"a","type":{"type":"map","values":["null","string"]}},
+                {"name":"b","type":{"type":"array","items":"double"}},
+                {"name":"c","type":{"type":"fixed","name":"F","size":3}},
+                {"name":"d","type":{"type":"enum","name":"E","symbols":["x","y"]}}]}"#,
+        )
+        .unwrap();
+        use apache_avro::types::Value;
+        let value = Value::Record(vec![
+            (
+                "a".into(),
+                Value::Map(
+                    [(
+                        "k".to_string(),
+                        Value::Union(1, Box::new(Value::String("v".into()))),
+                    )]
+                    .into(),
+                ),
+            ),
+            (
+                "b".into(),
+                Value::Array(vec![Value::Double(1.5), Value::Double(2.0)]),
+            ),
+            ("c".into(), Value::Fixed(3, vec![1, 2, 3])),
+            ("d".into(), Value::Enum(1, "y".into())),
+        ]);
+        let mut bytes = apache_avro::to_avro_datum(&schema, value).unwrap();
+        let len = bytes.len();
+        bytes.push(9);
+        let mut c = Cursor::new(&bytes);
+        Skip::compile(&schema).unwrap().run(&mut c).unwrap();
+        assert_eq!(c.position(), len);
+        assert!(c.finish().is_err());
+    }
+}

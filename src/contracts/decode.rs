@@ -1,0 +1,682 @@
+//! Input bytes to engine inputs: the one entry point the Kafka and file
+//! sources call. The first byte says the encoding — 0x00 is Confluent Avro,
+//! `{` is a CloudEvents JSON usage event — and the schema id says the
+//! record. Usage goes through the compiled fast reader; the rarer payment,
+//! account and plan records through apache-avro (after a bounds-checking
+//! walk, so no hostile length can make it allocate). Nothing here panics,
+//! whatever the bytes.
+
+use std::collections::HashMap;
+
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use rust_decimal::Decimal;
+
+use super::avro_binary::{Cursor, Skip};
+use super::catalog::{Catalog, NAMESPACE};
+use super::cloudevents;
+use super::decimal::{decimal_field, timestamp_field, truncate};
+use super::errors::{ContractError, DecodeError};
+use super::framing;
+use super::json::parse_anchor;
+use super::usage_reader::UsageReader;
+use crate::engine::events::{
+    AccountCommand, AccountKind, AdjustmentKind, Input, PaymentEvent, PaymentKind,
+};
+use crate::engine::money::Currency;
+use crate::engine::plan::{Charge, Model, Plan, Tier};
+use crate::engine::time::Timestamp;
+
+/// What one input record decodes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    Input(Input),
+    /// A price-book entry from the plans topic.
+    Plan(Plan),
+}
+
+/// The input records decoded through apache-avro.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cold {
+    CreditToppedUp,
+    PaymentSucceeded,
+    PaymentFailed,
+    PaymentRefunded,
+    BankTransferReceived,
+    PaymentMethodAttached,
+    PaymentMethodDetached,
+    AccountOpened,
+    PlanChanged,
+    AccountClosed,
+    AdjustmentIssued,
+    Plan,
+}
+
+impl Cold {
+    fn for_record(name: &str) -> Option<Cold> {
+        Some(match name {
+            "CreditToppedUp" => Cold::CreditToppedUp,
+            "PaymentSucceeded" => Cold::PaymentSucceeded,
+            "PaymentFailed" => Cold::PaymentFailed,
+            "PaymentRefunded" => Cold::PaymentRefunded,
+            "BankTransferReceived" => Cold::BankTransferReceived,
+            "PaymentMethodAttached" => Cold::PaymentMethodAttached,
+            "PaymentMethodDetached" => Cold::PaymentMethodDetached,
+            "AccountOpened" => Cold::AccountOpened,
+            "PlanChanged" => Cold::PlanChanged,
+            "AccountClosed" => Cold::AccountClosed,
+            "AdjustmentIssued" => Cold::AdjustmentIssued,
+            "Plan" => Cold::Plan,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Reader {
+    Usage(UsageReader),
+    Cold {
+        kind: Cold,
+        /// Bounds check of the writer's encoding, run before apache-avro.
+        walk: Skip,
+        writer: Box<Schema>,
+        /// Set when the writer schema differs from this build's: resolve into it.
+        reader: Option<Box<Schema>>,
+    },
+}
+
+/// Decodes input records. Built once per process from the catalog; a
+/// registry-backed source adds the writer schemas it meets by id.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    /// Few entries; a linear scan beats hashing, and usage comes first.
+    readers: Vec<(u32, Reader)>,
+    /// This build's input schemas by short record name, for writer schemas.
+    own: HashMap<String, Schema>,
+}
+
+impl Decoder {
+    /// Compile a reader for every input schema of the catalog.
+    pub fn new(catalog: &Catalog) -> Result<Decoder, ContractError> {
+        let mut decoder = Decoder {
+            readers: Vec::new(),
+            own: HashMap::new(),
+        };
+        for e in catalog.entries() {
+            if e.record == "UsageRecorded" || Cold::for_record(&e.record).is_some() {
+                decoder.own.insert(e.record.clone(), e.schema.clone());
+                decoder.add(e.id, &e.record, &e.schema)?;
+            }
+        }
+        if !decoder.own.contains_key("UsageRecorded") {
+            return Err(ContractError::Catalog("no UsageRecorded schema".into()));
+        }
+        Ok(decoder)
+    }
+
+    /// Accept records written with `writer_schema` (the text of an Avro
+    /// schema, e.g. from a Schema Registry) under `id`. Its full name must
+    /// be one of this build's input records; fields are matched by name,
+    /// extra writer fields skipped, missing ones taken from defaults.
+    pub fn register_writer_schema(
+        &mut self,
+        id: u32,
+        writer_schema: &str,
+    ) -> Result<(), ContractError> {
+        let writer = Schema::parse_str(writer_schema).map_err(|e| ContractError::Incompatible {
+            name: format!("schema id {id}"),
+            reason: e.to_string(),
+        })?;
+        let Schema::Record(r) = &writer else {
+            return Err(ContractError::Incompatible {
+                name: format!("schema id {id}"),
+                reason: "not a record".into(),
+            });
+        };
+        let full = r.name.fullname(None);
+        let short = full
+            .strip_prefix(NAMESPACE)
+            .and_then(|s| s.strip_prefix('.'))
+            .filter(|s| self.own.contains_key(*s))
+            .ok_or_else(|| ContractError::Incompatible {
+                name: full.clone(),
+                reason: format!("not an input record of namespace {NAMESPACE}"),
+            })?
+            .to_string();
+        self.readers.retain(|(i, _)| *i != id);
+        self.add(id, &short, &writer)
+    }
+
+    fn add(&mut self, id: u32, record: &str, writer: &Schema) -> Result<(), ContractError> {
+        let own = self
+            .own
+            .get(record)
+            .ok_or_else(|| ContractError::Catalog(format!("no schema for {record}")))?;
+        let reader = if record == "UsageRecorded" {
+            Reader::Usage(UsageReader::compile(own, writer)?)
+        } else {
+            let kind = Cold::for_record(record)
+                .ok_or_else(|| ContractError::Catalog(format!("{record} is not an input")))?;
+            let walk = Skip::compile(writer).map_err(|reason| ContractError::Incompatible {
+                name: record.to_string(),
+                reason,
+            })?;
+            let reader = if writer.canonical_form() == own.canonical_form() {
+                None
+            } else {
+                // Refuse at registration what resolution would refuse per record.
+                let compat =
+                    apache_avro::schema_compatibility::SchemaCompatibility::can_read(writer, own);
+                compat.map_err(|e| ContractError::Incompatible {
+                    name: record.to_string(),
+                    reason: e.to_string(),
+                })?;
+                Some(Box::new(own.clone()))
+            };
+            Reader::Cold {
+                kind,
+                walk,
+                writer: Box::new(writer.clone()),
+                reader,
+            }
+        };
+        self.readers.push((id, reader));
+        Ok(())
+    }
+
+    /// Decode one record: Confluent Avro (first byte 0x00) or a CloudEvents
+    /// JSON usage event (first non-blank byte `{`).
+    pub fn decode(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+        match bytes.first() {
+            None => Err(DecodeError::TooShort(0)),
+            Some(&framing::MAGIC) => self.decode_avro(bytes),
+            Some(&first) => match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+                Some(b'{') => {
+                    cloudevents::decode_usage(bytes).map(|u| Decoded::Input(Input::Usage(u)))
+                }
+                Some(&b) => Err(DecodeError::BadMagic(b)),
+                None => Err(DecodeError::BadMagic(first)),
+            },
+        }
+    }
+
+    /// Decode one Confluent-framed Avro record.
+    pub fn decode_avro(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+        let (id, body) = framing::split(bytes)?;
+        let reader = self
+            .readers
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, r)| r)
+            .ok_or(DecodeError::UnknownSchemaId(id))?;
+        match reader {
+            Reader::Usage(r) => r.read(body).map(|u| Decoded::Input(Input::Usage(u))),
+            Reader::Cold {
+                kind,
+                walk,
+                writer,
+                reader,
+            } => {
+                let mut c = Cursor::new(body);
+                walk.run(&mut c)?;
+                c.finish()?;
+                let value = apache_avro::from_avro_datum(writer, &mut &body[..], reader.as_deref())
+                    .map_err(|e| DecodeError::BodyMismatch(e.to_string()))?;
+                let Value::Record(fields) = value else {
+                    return Err(DecodeError::BodyMismatch("not a record".into()));
+                };
+                cold(*kind, &Fields(&fields))
+            }
+        }
+    }
+}
+
+/// The fields of a decoded record, read by name.
+struct Fields<'a>(&'a [(String, Value)]);
+
+impl Fields<'_> {
+    /// The field's value with any union unwrapped; `None` for absent or null.
+    fn get(&self, name: &str) -> Option<&Value> {
+        let mut v = self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)?;
+        while let Value::Union(_, inner) = v {
+            v = inner;
+        }
+        (*v != Value::Null).then_some(v)
+    }
+
+    fn opt_str(&self, name: &str) -> Result<Option<String>, DecodeError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(DecodeError::field(name, "must be a string")),
+        }
+    }
+
+    fn str(&self, name: &str) -> Result<String, DecodeError> {
+        self.opt_str(name)?
+            .ok_or_else(|| DecodeError::field(name, "is required"))
+    }
+
+    fn opt_decimal(&self, name: &str) -> Result<Option<Decimal>, DecodeError> {
+        self.opt_str(name)?
+            .map(|s| decimal_field(name, &s))
+            .transpose()
+    }
+
+    fn decimal(&self, name: &str) -> Result<Decimal, DecodeError> {
+        self.opt_decimal(name)?
+            .ok_or_else(|| DecodeError::field(name, "is required"))
+    }
+
+    fn decimal_or_zero(&self, name: &str) -> Result<Decimal, DecodeError> {
+        Ok(self.opt_decimal(name)?.unwrap_or(Decimal::ZERO))
+    }
+
+    fn time(&self, name: &str) -> Result<Timestamp, DecodeError> {
+        let micros = match self.get(name) {
+            Some(Value::TimestampMicros(v) | Value::Long(v) | Value::LocalTimestampMicros(v)) => *v,
+            Some(Value::TimestampMillis(v)) => v.checked_mul(1000).ok_or_else(|| {
+                DecodeError::field(name, format!("timestamp {v} ms is out of range"))
+            })?,
+            Some(_) => return Err(DecodeError::field(name, "must be a timestamp")),
+            None => return Err(DecodeError::field(name, "is required")),
+        };
+        timestamp_field(name, micros)
+    }
+
+    fn boolean(&self, name: &str) -> Result<bool, DecodeError> {
+        match self.get(name) {
+            Some(Value::Boolean(b)) => Ok(*b),
+            _ => Err(DecodeError::field(name, "must be a boolean")),
+        }
+    }
+
+    fn symbol(&self, name: &str) -> Result<&str, DecodeError> {
+        match self.get(name) {
+            Some(Value::Enum(_, s) | Value::String(s)) => Ok(s),
+            _ => Err(DecodeError::field(name, "must be an enum symbol")),
+        }
+    }
+
+    fn records(&self, name: &str) -> Result<Vec<Fields<'_>>, DecodeError> {
+        match self.get(name) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::Record(f) => Ok(Fields(f)),
+                    _ => Err(DecodeError::field(name, "must be an array of records")),
+                })
+                .collect(),
+            Some(_) => Err(DecodeError::field(name, "must be an array")),
+        }
+    }
+}
+
+fn cold(kind: Cold, f: &Fields<'_>) -> Result<Decoded, DecodeError> {
+    let payment = |kind: PaymentKind| -> Result<Decoded, DecodeError> {
+        Ok(Decoded::Input(Input::Payment(PaymentEvent {
+            event_id: f.str("event_id")?,
+            account_id: f.str("account_id")?,
+            occurred_at: f.time("occurred_at")?,
+            environment: f.opt_str("environment")?,
+            kind,
+        })))
+    };
+    let account = |kind: AccountKind| -> Result<Decoded, DecodeError> {
+        Ok(Decoded::Input(Input::Account(AccountCommand {
+            event_id: f.str("event_id")?,
+            account_id: f.str("account_id")?,
+            occurred_at: f.time("occurred_at")?,
+            environment: f.opt_str("environment")?,
+            kind,
+        })))
+    };
+    match kind {
+        Cold::CreditToppedUp => payment(PaymentKind::CreditToppedUp {
+            amount: f.decimal("amount")?,
+            currency: f.str("currency")?,
+        }),
+        Cold::PaymentSucceeded => payment(PaymentKind::PaymentSucceeded {
+            charge_id: f.str("charge_id")?,
+            invoice_id: f.str("invoice_id")?,
+            amount: f.decimal("amount")?,
+            currency: f.str("currency")?,
+        }),
+        Cold::PaymentFailed => payment(PaymentKind::PaymentFailed {
+            charge_id: f.str("charge_id")?,
+            invoice_id: f.str("invoice_id")?,
+            retryable: f.boolean("retryable")?,
+            reason: f.str("reason")?,
+        }),
+        Cold::PaymentRefunded => payment(PaymentKind::PaymentRefunded {
+            amount: f.decimal("amount")?,
+            currency: f.str("currency")?,
+            reason: f.str("reason")?,
+        }),
+        Cold::BankTransferReceived => payment(PaymentKind::BankTransferReceived {
+            reference: f.str("reference")?,
+            amount: f.decimal("amount")?,
+            currency: f.str("currency")?,
+        }),
+        Cold::PaymentMethodAttached => payment(PaymentKind::PaymentMethodAttached {
+            token_ref: f.str("token_ref")?,
+            brand: f.str("brand")?,
+            last4: f.str("last4")?,
+            expires: f.str("expires")?,
+        }),
+        Cold::PaymentMethodDetached => payment(PaymentKind::PaymentMethodDetached {
+            token_ref: f.str("token_ref")?,
+        }),
+        Cold::AccountOpened => {
+            let anchor = match f.opt_str("billing_anchor")? {
+                None => Default::default(),
+                Some(s) => parse_anchor(&s).ok_or_else(|| {
+                    DecodeError::field(
+                        "billing_anchor",
+                        format!(
+                            "must be \"calendar\" or \"1\"..\"31\", got {:?}",
+                            truncate(&s)
+                        ),
+                    )
+                })?,
+            };
+            Ok(Decoded::Input(Input::Account(AccountCommand {
+                event_id: f.str("event_id")?,
+                account_id: f.str("account_id")?,
+                occurred_at: f.time("opened_at")?,
+                environment: Some(f.str("environment")?),
+                kind: AccountKind::AccountOpened {
+                    plan_id: f.str("plan_id")?,
+                    currency: f.str("currency")?,
+                    timezone: f.str("timezone")?,
+                    tax_rate: f.decimal("tax_rate")?,
+                    billing_anchor: anchor,
+                },
+            })))
+        }
+        Cold::PlanChanged => account(AccountKind::PlanChanged {
+            plan_id: f.str("plan_id")?,
+        }),
+        Cold::AccountClosed => account(AccountKind::AccountClosed),
+        Cold::AdjustmentIssued => {
+            let adjustment = match f.symbol("adjustment")? {
+                "credit_note" => AdjustmentKind::CreditNote,
+                "debit" => AdjustmentKind::Debit,
+                other => {
+                    return Err(DecodeError::field(
+                        "adjustment",
+                        format!("unknown symbol {:?}", truncate(other)),
+                    ))
+                }
+            };
+            account(AccountKind::AdjustmentIssued {
+                adjustment,
+                amount: f.decimal("amount")?,
+                currency: f.str("currency")?,
+                reason: f.str("reason")?,
+                invoice_id: f.opt_str("invoice_id")?,
+            })
+        }
+        Cold::Plan => plan(f).map(Decoded::Plan),
+    }
+}
+
+fn plan(f: &Fields<'_>) -> Result<Plan, DecodeError> {
+    let code = f.str("currency")?;
+    let currency = Currency::from_code(&code).ok_or_else(|| {
+        DecodeError::field(
+            "currency",
+            format!("{:?} is not a known ISO 4217 code", truncate(&code)),
+        )
+    })?;
+    let mut charges = Vec::new();
+    for c in f.records("charges")? {
+        let model = match c.symbol("model")? {
+            "per_unit" => Model::PerUnit,
+            "graduated" => Model::Graduated,
+            "volume" => Model::Volume,
+            "package" => Model::Package,
+            other => {
+                return Err(DecodeError::field(
+                    "charges.model",
+                    format!("unknown symbol {:?}", truncate(other)),
+                ))
+            }
+        };
+        let tiers = c
+            .records("tiers")?
+            .iter()
+            .map(|t| {
+                Ok(Tier {
+                    up_to: t.opt_decimal("up_to")?,
+                    unit_price: t.decimal("unit_price")?,
+                    flat_fee: t.decimal_or_zero("flat_fee")?,
+                })
+            })
+            .collect::<Result<Vec<_>, DecodeError>>()?;
+        charges.push(Charge {
+            metric: c.str("metric")?,
+            model,
+            unit_price: c.decimal_or_zero("unit_price")?,
+            package_size: c.opt_decimal("package_size")?,
+            free_units: c.decimal_or_zero("free_units")?,
+            tiers,
+        });
+    }
+    Ok(Plan {
+        plan_id: f.str("plan_id")?,
+        currency,
+        recurring_fee: f.decimal_or_zero("recurring_fee")?,
+        minimum_spend: f.decimal_or_zero("minimum_spend")?,
+        charges,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contracts::json::tests::{sample_inputs, sample_plan};
+    use proptest::prelude::*;
+
+    fn decoder() -> Decoder {
+        Decoder::new(Catalog::shared().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn every_input_round_trips_through_avro() {
+        let catalog = Catalog::shared().unwrap();
+        let d = decoder();
+        for input in sample_inputs() {
+            let bytes = catalog.encode_input(&input).unwrap();
+            assert_eq!(d.decode(&bytes), Ok(Decoded::Input(input)));
+        }
+        let plan = sample_plan();
+        let bytes = catalog.encode_plan(&plan).unwrap();
+        assert_eq!(d.decode(&bytes), Ok(Decoded::Plan(plan)));
+    }
+
+    #[test]
+    fn cloud_event_is_recognised_by_its_first_byte() {
+        let text = br#"  {"specversion":"1.0","type":"billing.usage.v1","source":"s","id":"x","time":"2026-01-01T00:00:00Z",
+            "data":{"account_id":"a","subject":"s","metric":"m","quantity":"1","environment":"prod"}}"#;
+        assert!(matches!(
+            decoder().decode(text),
+            Ok(Decoded::Input(Input::Usage(_)))
+        ));
+    }
+
+    #[test]
+    fn every_decode_error_kind_is_reachable() {
+        let catalog = Catalog::shared().unwrap();
+        let d = decoder();
+        let usage = catalog.encode_input(&sample_inputs()[0]).unwrap();
+        assert_eq!(d.decode(&[]), Err(DecodeError::TooShort(0)));
+        assert_eq!(d.decode(&[0, 0, 0]), Err(DecodeError::TooShort(3)));
+        assert_eq!(d.decode(b"\x07abc"), Err(DecodeError::BadMagic(7)));
+        assert_eq!(d.decode(b"  x"), Err(DecodeError::BadMagic(b'x')));
+        assert_eq!(
+            d.decode(&[0, 0, 0, 3, 232, 1]),
+            Err(DecodeError::UnknownSchemaId(1000))
+        );
+        assert!(matches!(
+            d.decode(&usage[..usage.len() - 1]),
+            Err(DecodeError::BodyMismatch(_))
+        ));
+        let bad_quantity = catalog
+            .encode_input(&Input::Usage(crate::engine::events::UsageRecorded {
+                quantity: Decimal::new(15, 1),
+                ..match &sample_inputs()[0] {
+                    Input::Usage(u) => u.clone(),
+                    _ => unreachable!(),
+                }
+            }))
+            .unwrap();
+        // Patch "1.5" into "1x5" in place: same length, not a decimal.
+        let pos = bad_quantity.windows(3).position(|w| w == b"1.5").unwrap();
+        let mut patched = bad_quantity.clone();
+        patched[pos + 1] = b'x';
+        assert!(
+            matches!(d.decode(&patched), Err(DecodeError::InvalidField { field, .. }) if field == "quantity")
+        );
+        assert!(matches!(d.decode(b"{oops"), Err(DecodeError::BadJson(_))));
+        assert!(matches!(
+            d.decode(br#"{"specversion":"0.3"}"#),
+            Err(DecodeError::NotCloudEvent(_))
+        ));
+    }
+
+    #[test]
+    fn cold_records_with_bad_values_name_the_field() {
+        let catalog = Catalog::shared().unwrap();
+        let d = decoder();
+        let json = serde_json::json!({"event_id":"e","account_id":"a","occurred_at":"2026-01-01T00:00:00Z",
+            "amount":"lots","currency":"EUR"});
+        let bytes = catalog.encode_json("CreditToppedUp", &json, &[]).unwrap();
+        assert!(
+            matches!(d.decode(&bytes), Err(DecodeError::InvalidField { field, .. }) if field == "amount")
+        );
+        let json = serde_json::json!({"event_id":"e","account_id":"a","plan_id":"p","currency":"EUR","timezone":"UTC",
+            "tax_rate":"0","opened_at":"2026-01-01T00:00:00Z","environment":"prod","billing_anchor":"every tuesday"});
+        let bytes = catalog.encode_json("AccountOpened", &json, &[]).unwrap();
+        assert!(
+            matches!(d.decode(&bytes), Err(DecodeError::InvalidField { field, .. }) if field == "billing_anchor")
+        );
+    }
+
+    #[test]
+    fn registered_writer_schema_with_an_extra_field_decodes() {
+        let mut d = decoder();
+        let writer = r#"{"type":"record","name":"CreditToppedUp","namespace":"billstream.v1","fields":[
+            {"name":"event_id","type":"string"},{"name":"account_id","type":"string"},
+            {"name":"occurred_at","type":{"type":"long","logicalType":"timestamp-micros"}},
+            {"name":"amount","type":"string"},{"name":"currency","type":"string"},
+            {"name":"channel","type":"string"}]}"#;
+        d.register_writer_schema(4242, writer).unwrap();
+        let schema = Schema::parse_str(writer).unwrap();
+        let value = Value::Record(vec![
+            ("event_id".into(), Value::String("e".into())),
+            ("account_id".into(), Value::String("a".into())),
+            ("occurred_at".into(), Value::TimestampMicros(5)),
+            ("amount".into(), Value::String("9.99".into())),
+            ("currency".into(), Value::String("EUR".into())),
+            ("channel".into(), Value::String("app".into())),
+        ]);
+        let bytes = framing::encode(4242, &apache_avro::to_avro_datum(&schema, value).unwrap());
+        let Ok(Decoded::Input(Input::Payment(p))) = d.decode(&bytes) else {
+            panic!("not decoded")
+        };
+        assert_eq!(
+            p.environment, None,
+            "the missing optional field takes its default"
+        );
+        assert!(matches!(p.kind, PaymentKind::CreditToppedUp { .. }));
+        assert!(d
+            .register_writer_schema(4243, r#"{"type":"record","name":"Other","fields":[]}"#)
+            .is_err());
+    }
+
+    #[test]
+    fn random_and_truncated_bytes_never_panic() {
+        let catalog = Catalog::shared().unwrap();
+        let d = decoder();
+        let mut samples: Vec<Vec<u8>> = sample_inputs()
+            .iter()
+            .map(|i| catalog.encode_input(i).unwrap())
+            .collect();
+        samples.push(catalog.encode_plan(&sample_plan()).unwrap());
+        for s in &samples {
+            for n in 0..s.len() {
+                assert!(d.decode(&s[..n]).is_err());
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bodies_under_every_schema_id_never_panic(id in 1u32..=13, body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let d = decoder();
+            let _ = d.decode(&framing::encode(id, &body));
+        }
+
+        #[test]
+        fn corrupted_valid_records_never_panic(which in 0usize..14, at in any::<usize>(), byte in any::<u8>()) {
+            let catalog = Catalog::shared().unwrap();
+            let d = decoder();
+            let mut bytes = match sample_inputs().get(which) {
+                Some(i) => catalog.encode_input(i).unwrap(),
+                None => catalog.encode_plan(&sample_plan()).unwrap(),
+            };
+            let n = bytes.len();
+            bytes[5 + at % (n - 5)] = byte;
+            let _ = d.decode(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,200}") {
+            let _ = decoder().decode(text.as_bytes());
+            let _ = decoder().decode(format!("{{{text}").as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+    use crate::contracts::json::tests::sample_inputs;
+
+    /// Rough decode rate of framed usage records; run in release:
+    /// `cargo test --release --lib decode_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn decode_speed() {
+        let catalog = Catalog::shared().unwrap();
+        let decoder = Decoder::new(catalog).unwrap();
+        let Input::Usage(base) = &sample_inputs()[0] else {
+            panic!("sample 0 is usage")
+        };
+        let records: Vec<Vec<u8>> = (0..10_000)
+            .map(|i| {
+                let mut u = base.clone();
+                u.event_id = format!("0195f3a2-7c1e-7e4b-9a{i:010}");
+                u.quantity = Decimal::new(i, 3);
+                catalog.encode_input(&Input::Usage(u)).unwrap()
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        let mut ok = 0usize;
+        for _ in 0..100 {
+            for r in &records {
+                ok += usize::from(decoder.decode(r).is_ok());
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "decoded {ok} usage records in {secs:.3}s: {:.0} records/s",
+            ok as f64 / secs
+        );
+        assert_eq!(ok, 1_000_000);
+    }
+}

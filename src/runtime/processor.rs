@@ -1,0 +1,432 @@
+//! The batch processor: fold → persist → emit, the same for every edge.
+//!
+//! Records of one account are applied in the order they arrive; accounts
+//! are independent. Changes accumulate per account until `flush`, which
+//! writes every dirty account once (snapshot, journal, invoices, dedup ids,
+//! next timer, input positions) and only then returns the outputs, so
+//! nothing is published before the state that produced it is durable.
+//! Each account remembers the input position after the last record it
+//! applied: a replayed record below it is skipped, never applied twice.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::contracts::{outputs_for, DeadLetter, DecodeError, Decoded, OutputRecord};
+use crate::engine::dedup;
+use crate::engine::events::{DomainEvent, Input, JournalEntry};
+use crate::engine::fold::Outcome;
+use crate::engine::time::Timestamp;
+use crate::engine::tripwire::mask_card_numbers;
+use crate::engine::{AccountState, Engine, Rejection};
+use crate::store::{
+    AccountWrite, DedupRecord, InputOffset, InvoiceRecord, JournalRecord, StateStore, StoreError,
+};
+
+/// Where an input record came from: topic (or file), partition, offset
+/// (or line number). Kept with the journal entries it caused (lineage).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcePos {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A journal entry as stored: the entry and the input position behind it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StoredJournalEntry {
+    #[serde(flatten)]
+    pub entry: JournalEntry,
+    pub source: Option<SourcePos>,
+}
+
+/// Counters of what happened to inputs, for summaries and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessorStats {
+    pub applied: u64,
+    pub duplicates: u64,
+    /// Records below an account's stored input position (redelivery).
+    pub replays_skipped: u64,
+    pub rejected: BTreeMap<&'static str, u64>,
+    pub plans_loaded: u64,
+    pub batches: u64,
+}
+
+#[derive(Default)]
+struct Slot {
+    state: Option<AccountState>,
+    partition: u32,
+    next_timer: Option<Timestamp>,
+    journal: Vec<(JournalEntry, Option<SourcePos>)>,
+    dedup: Vec<DedupRecord>,
+    offsets: BTreeMap<(String, i32), i64>,
+    dirty_offsets: BTreeSet<(String, i32)>,
+    dirty: bool,
+}
+
+/// Folds records through the engine for the accounts of the partitions it
+/// owns, and persists them in batches.
+pub struct Processor<S: StateStore> {
+    engine: Engine,
+    store: Arc<S>,
+    epoch: u64,
+    accounts: HashMap<String, Slot>,
+    timers: BTreeSet<(Timestamp, String)>,
+    dirty: Vec<String>,
+    dead_letters: Vec<OutputRecord>,
+    journal_buf: Vec<JournalEntry>,
+    pub stats: ProcessorStats,
+}
+
+impl<S: StateStore> Processor<S> {
+    /// A processor writing with ownership `epoch` (from `claim_partition`).
+    pub fn new(engine: Engine, store: Arc<S>, epoch: u64) -> Processor<S> {
+        Processor {
+            engine,
+            store,
+            epoch,
+            accounts: HashMap::new(),
+            timers: BTreeSet::new(),
+            dirty: Vec::new(),
+            dead_letters: Vec::new(),
+            journal_buf: Vec::new(),
+            stats: ProcessorStats::default(),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The state of an account, if it is loaded and open.
+    pub fn account(&self, account_id: &str) -> Option<&AccountState> {
+        self.accounts.get(account_id).and_then(|s| s.state.as_ref())
+    }
+
+    pub fn accounts(&self) -> impl Iterator<Item = &AccountState> {
+        self.accounts.values().filter_map(|s| s.state.as_ref())
+    }
+
+    /// Make sure the account is in memory (loading it from the store).
+    async fn load(
+        &mut self,
+        account_id: &str,
+        partition: u32,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        if !self.accounts.contains_key(account_id) {
+            let mut slot = Slot {
+                partition,
+                ..Slot::default()
+            };
+            if let Some(stored) = self.store.load_account(account_id).await? {
+                let mut state: AccountState =
+                    serde_json::from_slice(&stored.snapshot).map_err(|e| {
+                        StoreError::Backend(format!("snapshot of {account_id} does not parse: {e}"))
+                    })?;
+                let since = now.0 - self.engine.config.dedup_window_micros;
+                for r in self.store.load_dedup(account_id, since).await? {
+                    state.dedup.insert(r.key, r.fingerprint, r.seen_at);
+                }
+                slot.offsets = stored
+                    .offsets
+                    .into_iter()
+                    .map(|o| ((o.topic, o.partition), o.next))
+                    .collect();
+                slot.next_timer = stored.next_timer.map(Timestamp);
+                if let Some(t) = slot.next_timer {
+                    self.timers.insert((t, account_id.to_string()));
+                }
+                slot.state = Some(state);
+            }
+            self.accounts.insert(account_id.to_string(), slot);
+        }
+        Ok(())
+    }
+
+    /// Process one decoded record (or its decode error) at processing
+    /// instant `now`. `raw` is kept for dead letters.
+    pub async fn process(
+        &mut self,
+        pos: &SourcePos,
+        key: Option<&str>,
+        raw: &[u8],
+        decoded: Result<Decoded, DecodeError>,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let input = match decoded {
+            Err(e) => {
+                *self.stats.rejected.entry(e.kind()).or_default() += 1;
+                self.dead_letter(pos, key, e.kind(), e.to_string(), raw.to_vec(), now);
+                return Ok(());
+            }
+            Ok(Decoded::Plan(plan)) => {
+                let id = plan.plan_id.clone();
+                match self.engine.plans.upsert(plan) {
+                    Ok(()) => self.stats.plans_loaded += 1,
+                    Err(e) => {
+                        *self.stats.rejected.entry("invalid_plan").or_default() += 1;
+                        self.dead_letter(
+                            pos,
+                            Some(&id),
+                            "invalid_plan",
+                            e.to_string(),
+                            raw.to_vec(),
+                            now,
+                        )
+                    }
+                }
+                return Ok(());
+            }
+            Ok(Decoded::Input(input)) => input,
+        };
+        self.apply(pos, key, raw, &input, now).await
+    }
+
+    /// Apply one decoded input.
+    pub async fn apply(
+        &mut self,
+        pos: &SourcePos,
+        key: Option<&str>,
+        raw: &[u8],
+        input: &Input,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let account_id = input.account_id();
+        let partition = u32::try_from(pos.partition).unwrap_or(0);
+        self.load(account_id, partition, now).await?;
+        let Self {
+            accounts,
+            engine,
+            journal_buf,
+            stats,
+            ..
+        } = self;
+        let slot = accounts.get_mut(account_id).expect("loaded above");
+        let source = (pos.topic.clone(), pos.partition);
+        if slot
+            .offsets
+            .get(&source)
+            .is_some_and(|next| pos.offset < *next)
+        {
+            stats.replays_skipped += 1;
+            return Ok(());
+        }
+        let out = journal_buf;
+        let result = engine.apply(&mut slot.state, input, now, out);
+        let had_state = slot.state.is_some();
+        for entry in out.drain(..) {
+            let src = (entry.causation_id == input.event_id()).then(|| pos.clone());
+            slot.journal.push((entry, src));
+        }
+        match &result {
+            Ok(Outcome::Applied) => {
+                slot.dedup.push(DedupRecord {
+                    key: dedup::key(input.event_id()),
+                    fingerprint: dedup::fingerprint(input),
+                    seen_at: now.0,
+                });
+                stats.applied += 1;
+            }
+            Ok(Outcome::Duplicate) => stats.duplicates += 1,
+            Err(_) => {}
+        }
+        if had_state {
+            slot.offsets.insert(source.clone(), pos.offset + 1);
+            slot.dirty_offsets.insert(source);
+            self.mark_dirty(account_id);
+        }
+        if let Err(rejection) = result {
+            *self.stats.rejected.entry(rejection.kind()).or_default() += 1;
+            let payload = match &rejection {
+                // Never keep a card number: mask the payload as text.
+                Rejection::CardNumber { .. } => {
+                    mask_card_numbers(&String::from_utf8_lossy(raw)).into_bytes()
+                }
+                _ => raw.to_vec(),
+            };
+            self.dead_letter(
+                pos,
+                key,
+                rejection.kind(),
+                rejection.to_string(),
+                payload,
+                now,
+            );
+        }
+        Ok(())
+    }
+
+    fn mark_dirty(&mut self, account_id: &str) {
+        let Some(slot) = self.accounts.get_mut(account_id) else {
+            return;
+        };
+        if let Some(st) = &slot.state {
+            let next = self.engine.next_timer(st);
+            if next != slot.next_timer {
+                if let Some(old) = slot.next_timer {
+                    self.timers.remove(&(old, account_id.to_string()));
+                }
+                if let Some(t) = next {
+                    self.timers.insert((t, account_id.to_string()));
+                }
+                slot.next_timer = next;
+            }
+        }
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty.push(account_id.to_string());
+        }
+    }
+
+    fn dead_letter(
+        &mut self,
+        pos: &SourcePos,
+        key: Option<&str>,
+        kind: &str,
+        reason: String,
+        payload: Vec<u8>,
+        now: Timestamp,
+    ) {
+        let dl = DeadLetter {
+            source_topic: pos.topic.clone(),
+            partition: pos.partition,
+            offset: pos.offset,
+            key: key.map(str::to_string),
+            error_kind: kind.to_string(),
+            reason,
+            payload,
+            received_at: now,
+        };
+        self.dead_letters.push(dl.to_output());
+    }
+
+    /// Fire the timers of every loaded account due at or before `now`,
+    /// including accounts that received no input.
+    pub fn advance_timers(&mut self, now: Timestamp) {
+        while let Some((t, _)) = self.timers.first() {
+            if *t > now {
+                break;
+            }
+            let (_, account_id) = self.timers.pop_first().expect("checked above");
+            let Some(slot) = self.accounts.get_mut(&account_id) else {
+                continue;
+            };
+            slot.next_timer = None;
+            if let Some(st) = slot.state.as_mut() {
+                let mut out = std::mem::take(&mut self.journal_buf);
+                self.engine.advance(st, now, &mut out);
+                slot.journal.extend(out.drain(..).map(|e| (e, None)));
+                self.journal_buf = out;
+            }
+            self.mark_dirty(&account_id);
+        }
+    }
+
+    /// The earliest timer of any loaded account.
+    pub fn next_timer(&self) -> Option<Timestamp> {
+        self.timers.first().map(|(t, _)| *t)
+    }
+
+    /// Load every account of `partition` from the store (at start-up or
+    /// when a partition is assigned), so their timers fire without input.
+    pub async fn load_partition(
+        &mut self,
+        partition: u32,
+        now: Timestamp,
+    ) -> Result<usize, StoreError> {
+        let ids = self.store.accounts(partition).await?;
+        for id in &ids {
+            self.load(id, partition, now).await?;
+        }
+        Ok(ids.len())
+    }
+
+    /// Dead letters waiting to be published (they need no state write).
+    pub fn pending_dead_letters(&self) -> usize {
+        self.dead_letters.len()
+    }
+
+    /// Persist every changed account (one write each), then return the
+    /// outputs of what was persisted, in journal order per account.
+    pub async fn flush(&mut self) -> Result<Vec<OutputRecord>, StoreError> {
+        let mut writes = Vec::with_capacity(self.dirty.len());
+        for account_id in &self.dirty {
+            let slot = self
+                .accounts
+                .get(account_id)
+                .expect("dirty accounts are loaded");
+            let Some(st) = &slot.state else { continue };
+            let snapshot = serde_json::to_vec(st)
+                .map_err(|e| StoreError::Backend(format!("snapshot of {account_id}: {e}")))?;
+            let mut journal = Vec::with_capacity(slot.journal.len());
+            let mut invoices = Vec::new();
+            for (entry, source) in &slot.journal {
+                if let DomainEvent::InvoiceIssued { invoice } = &entry.event {
+                    invoices.push(InvoiceRecord {
+                        invoice_id: invoice.invoice_id.clone(),
+                        bytes: serde_json::to_vec(invoice)
+                            .map_err(|e| StoreError::Backend(e.to_string()))?,
+                    });
+                }
+                let stored = StoredJournalEntry {
+                    entry: entry.clone(),
+                    source: source.clone(),
+                };
+                journal.push(JournalRecord {
+                    seq: entry.seq,
+                    at: entry.at.0,
+                    bytes: serde_json::to_vec(&stored)
+                        .map_err(|e| StoreError::Backend(e.to_string()))?,
+                });
+            }
+            writes.push(AccountWrite {
+                account_id: account_id.clone(),
+                partition: slot.partition,
+                epoch: self.epoch,
+                snapshot,
+                journal,
+                invoices,
+                dedup: slot.dedup.clone(),
+                next_timer: slot.next_timer.map(|t| t.0),
+                offsets: slot
+                    .dirty_offsets
+                    .iter()
+                    .map(|(topic, partition)| InputOffset {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        next: slot.offsets[&(topic.clone(), *partition)],
+                    })
+                    .collect(),
+            });
+        }
+        if !writes.is_empty() {
+            self.store.commit(&writes).await?;
+        }
+        self.stats.batches += 1;
+        let mut outputs = Vec::new();
+        for account_id in std::mem::take(&mut self.dirty) {
+            let slot = self
+                .accounts
+                .get_mut(&account_id)
+                .expect("dirty accounts are loaded");
+            slot.dirty = false;
+            slot.dedup.clear();
+            slot.dirty_offsets.clear();
+            let Some(st) = &slot.state else {
+                slot.journal.clear();
+                continue;
+            };
+            for (entry, _) in slot.journal.drain(..) {
+                outputs.extend(outputs_for(&entry, st.currency));
+            }
+        }
+        outputs.append(&mut self.dead_letters);
+        Ok(outputs)
+    }
+}

@@ -1,0 +1,5 @@
+//! The one integration-test binary (one link on two cores); each module is
+//! a test area.
+
+mod store_conformance;
+mod store_kill9;

@@ -1,0 +1,762 @@
+//! The `StateStore` contract, written once and run against every store.
+//!
+//! `behaviours` holds one generic async function per rule of the contract;
+//! each takes a fresh, empty store (and, for `reopen_keeps_everything`, a way
+//! to open the same store again). The `embedded` module runs every behaviour
+//! on an `EmbeddedStore` in its own temporary directory.
+//!
+//! To run the suite on ScyllaDB, add a second wrapper module next to
+//! `embedded` whose constructor returns early (test passes as a no-op)
+//! unless `BILLSTREAM_SCYLLA_NODES` is set, and otherwise opens the store on
+//! a fresh keyspace with a random suffix, e.g.
+//!
+//! ```ignore
+//! mod scylla {
+//!     conformance_wrappers! {
+//!         fresh: match fresh_keyspace_store().await { Some(pair) => pair, None => return },
+//!         reopen: |keyspace: &FreshKeyspace| keyspace.open_store(),
+//!     }
+//! }
+//! ```
+//!
+//! The list of behaviours lives in `conformance_wrappers!`, so both backends
+//! always run the same suite; nothing in `behaviours` may depend on the
+//! backend.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Longest any single behaviour may take before the test fails.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs one behaviour with a timeout, so a hung store fails the test.
+async fn within_timeout(name: &str, behaviour: impl Future<Output = ()>) {
+    if tokio::time::timeout(TIMEOUT, behaviour).await.is_err() {
+        panic!("store behaviour {name} did not finish within {TIMEOUT:?}");
+    }
+}
+
+pub mod behaviours {
+    use billstream::store::{
+        AccountWrite, DedupRecord, InputOffset, InvoiceRecord, JournalRecord, StateStore,
+        StoreError, StoreOp,
+    };
+
+    /// A write of `account` in `partition` appending journal `seqs`, with a
+    /// snapshot naming the last seq (so a test can tell snapshots apart).
+    fn write(
+        account: &str,
+        partition: u32,
+        epoch: u64,
+        seqs: std::ops::RangeInclusive<u64>,
+    ) -> AccountWrite {
+        let head = *seqs.end();
+        AccountWrite {
+            account_id: account.to_owned(),
+            partition,
+            epoch,
+            snapshot: format!("{account}@{head}").into_bytes(),
+            journal: seqs
+                .map(|seq| JournalRecord {
+                    seq,
+                    at: seq as i64 * 1_000,
+                    bytes: format!("{account}#{seq}").into_bytes(),
+                })
+                .collect(),
+            invoices: Vec::new(),
+            dedup: Vec::new(),
+            next_timer: None,
+            offsets: Vec::new(),
+        }
+    }
+
+    /// A write of `account` that appends nothing and sets only the timer.
+    fn timer_write(account: &str, partition: u32, at: Option<i64>) -> AccountWrite {
+        AccountWrite {
+            account_id: account.to_owned(),
+            partition,
+            epoch: 0,
+            snapshot: format!("{account} timer {at:?}").into_bytes(),
+            journal: Vec::new(),
+            invoices: Vec::new(),
+            dedup: Vec::new(),
+            next_timer: at,
+            offsets: Vec::new(),
+        }
+    }
+
+    async fn head_of<S: StateStore>(store: &S, account: &str) -> Option<u64> {
+        store
+            .load_account(account)
+            .await
+            .unwrap()
+            .map(|a| a.journal_head)
+    }
+
+    async fn published_upto<S: StateStore>(store: &S, account: &str) -> u64 {
+        store
+            .load_account(account)
+            .await
+            .unwrap()
+            .expect("account exists")
+            .published_upto
+    }
+
+    pub async fn load_of_unknown_account_is_none<S: StateStore>(store: S) {
+        assert_eq!(store.load_account("nobody").await.unwrap(), None);
+        assert!(store
+            .read_journal("nobody", 1, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store.invoices("nobody").await.unwrap().is_empty());
+        assert_eq!(store.invoice("nobody", "inv-1").await.unwrap(), None);
+        assert!(store
+            .load_dedup("nobody", i64::MIN)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store.accounts(0).await.unwrap().is_empty());
+        assert!(store.due_timers(0, i64::MAX, 10).await.unwrap().is_empty());
+    }
+
+    pub async fn commit_then_load_returns_latest_snapshot<S: StateStore>(store: S) {
+        store.commit(&[write("a", 0, 0, 1..=2)]).await.unwrap();
+        let mut second = write("a", 0, 0, 3..=3);
+        second.next_timer = Some(42);
+        second.offsets = vec![InputOffset {
+            topic: "usage".into(),
+            partition: 3,
+            next: 100,
+        }];
+        store.commit(&[second]).await.unwrap();
+
+        let loaded = store.load_account("a").await.unwrap().expect("account a");
+        assert_eq!(loaded.snapshot, b"a@3");
+        assert_eq!(loaded.journal_head, 3);
+        assert_eq!(loaded.published_upto, 0);
+        assert_eq!(loaded.next_timer, Some(42));
+        assert_eq!(
+            loaded.offsets,
+            vec![InputOffset {
+                topic: "usage".into(),
+                partition: 3,
+                next: 100
+            }]
+        );
+    }
+
+    pub async fn commit_without_journal_keeps_head<S: StateStore>(store: S) {
+        store.commit(&[write("a", 0, 0, 1..=2)]).await.unwrap();
+        let mut snapshot_only = write("a", 0, 0, 1..=1);
+        snapshot_only.journal.clear();
+        snapshot_only.snapshot = b"rewritten".to_vec();
+        store.commit(&[snapshot_only]).await.unwrap();
+        let loaded = store.load_account("a").await.unwrap().unwrap();
+        assert_eq!(loaded.snapshot, b"rewritten");
+        assert_eq!(loaded.journal_head, 2);
+    }
+
+    pub async fn offsets_upserted_per_source<S: StateStore>(store: S) {
+        let offset = |topic: &str, partition, next| InputOffset {
+            topic: topic.into(),
+            partition,
+            next,
+        };
+        let mut first = write("a", 0, 0, 1..=1);
+        first.offsets = vec![offset("usage", 0, 10), offset("usage", 1, 5)];
+        store.commit(&[first]).await.unwrap();
+        let mut second = write("a", 0, 0, 2..=2);
+        second.offsets = vec![offset("usage", 1, 7), offset("plans", 0, 1)];
+        store
+            .commit(&[second, write("b", 0, 0, 1..=1)])
+            .await
+            .unwrap();
+
+        let mut offsets = store.load_account("a").await.unwrap().unwrap().offsets;
+        offsets.sort();
+        assert_eq!(
+            offsets,
+            vec![
+                offset("plans", 0, 1),
+                offset("usage", 0, 10),
+                offset("usage", 1, 7)
+            ]
+        );
+        assert!(store
+            .load_account("b")
+            .await
+            .unwrap()
+            .unwrap()
+            .offsets
+            .is_empty());
+    }
+
+    pub async fn journal_append_with_gap_is_rejected_and_writes_nothing<S: StateStore>(store: S) {
+        store.commit(&[write("a", 0, 0, 1..=2)]).await.unwrap();
+
+        // A valid write of b and a gapped write of a in one call: neither lands.
+        let mut gapped = write("a", 0, 0, 4..=5);
+        gapped.invoices = vec![InvoiceRecord {
+            invoice_id: "inv-1".into(),
+            bytes: b"draft".to_vec(),
+        }];
+        let err = store
+            .commit(&[write("b", 1, 0, 1..=1), gapped])
+            .await
+            .expect_err("a journal gap must be rejected");
+        match err {
+            StoreError::JournalSequence {
+                account_id,
+                expected,
+                got,
+            } => {
+                assert_eq!((account_id.as_str(), expected, got), ("a", 3, 4));
+            }
+            other => panic!("expected JournalSequence, got {other:?}"),
+        }
+        assert_eq!(
+            store.load_account("b").await.unwrap(),
+            None,
+            "b was written"
+        );
+        assert!(store.read_journal("b", 1, 10).await.unwrap().is_empty());
+        assert!(store.accounts(1).await.unwrap().is_empty());
+        let a = store.load_account("a").await.unwrap().unwrap();
+        assert_eq!((a.journal_head, a.snapshot.as_slice()), (2, &b"a@2"[..]));
+        assert_eq!(store.invoice("a", "inv-1").await.unwrap(), None);
+
+        // A gap inside one write is a gap too.
+        let mut inner_gap = write("a", 0, 0, 3..=3);
+        inner_gap.journal.push(JournalRecord {
+            seq: 5,
+            at: 0,
+            bytes: Vec::new(),
+        });
+        assert!(matches!(
+            store.commit(&[inner_gap]).await,
+            Err(StoreError::JournalSequence {
+                expected: 4,
+                got: 5,
+                ..
+            })
+        ));
+        assert_eq!(head_of(&store, "a").await, Some(2));
+
+        // The first journal of a new account starts at 1.
+        assert!(matches!(
+            store.commit(&[write("c", 0, 0, 2..=2)]).await,
+            Err(StoreError::JournalSequence {
+                expected: 1,
+                got: 2,
+                ..
+            })
+        ));
+    }
+
+    pub async fn journal_rewrite_of_existing_seq_is_rejected<S: StateStore>(store: S) {
+        store.commit(&[write("a", 0, 0, 1..=3)]).await.unwrap();
+        let mut rewrite = write("a", 0, 0, 3..=4);
+        rewrite.journal[0].bytes = b"forged".to_vec();
+        assert!(matches!(
+            store.commit(&[rewrite]).await,
+            Err(StoreError::JournalSequence {
+                expected: 4,
+                got: 3,
+                ..
+            })
+        ));
+        let journal = store.read_journal("a", 3, 10).await.unwrap();
+        assert_eq!(journal.len(), 1);
+        assert_eq!(journal[0].bytes, b"a#3");
+    }
+
+    pub async fn same_account_twice_in_one_commit_continues_journal<S: StateStore>(store: S) {
+        store
+            .commit(&[write("a", 0, 0, 1..=2), write("a", 0, 0, 3..=3)])
+            .await
+            .unwrap();
+        let a = store.load_account("a").await.unwrap().unwrap();
+        assert_eq!((a.journal_head, a.snapshot.as_slice()), (3, &b"a@3"[..]));
+        assert!(matches!(
+            store
+                .commit(&[write("a", 0, 0, 4..=4), write("a", 0, 0, 4..=4)])
+                .await,
+            Err(StoreError::JournalSequence {
+                expected: 5,
+                got: 4,
+                ..
+            })
+        ));
+        assert_eq!(head_of(&store, "a").await, Some(3));
+    }
+
+    pub async fn journal_pages_in_order<S: StateStore>(store: S) {
+        // 25 entries over several commits, plus a neighbour whose entries
+        // must never leak into a's pages.
+        store.commit(&[write("a", 0, 0, 1..=7)]).await.unwrap();
+        store
+            .commit(&[write("a", 0, 0, 8..=20), write("a0", 0, 0, 1..=5)])
+            .await
+            .unwrap();
+        store.commit(&[write("a", 0, 0, 21..=25)]).await.unwrap();
+
+        let mut seen = Vec::new();
+        let mut from = 1;
+        loop {
+            let page = store.read_journal("a", from, 10).await.unwrap();
+            assert!(page.len() <= 10, "page longer than the limit");
+            let Some(last) = page.last() else { break };
+            from = last.seq + 1;
+            seen.extend(page);
+        }
+        let seqs: Vec<u64> = seen.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=25).collect::<Vec<_>>());
+        for record in &seen {
+            assert_eq!(record.bytes, format!("a#{}", record.seq).into_bytes());
+            assert_eq!(record.at, record.seq as i64 * 1_000);
+        }
+        let middle = store.read_journal("a", 12, 3).await.unwrap();
+        assert_eq!(
+            middle.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [12, 13, 14]
+        );
+        assert!(store.read_journal("a", 26, 10).await.unwrap().is_empty());
+        assert!(store.read_journal("a", 1, 0).await.unwrap().is_empty());
+    }
+
+    pub async fn stale_epoch_write_is_fenced<S: StateStore>(store: S) {
+        // A partition never claimed accepts epoch 0.
+        store.commit(&[write("a", 0, 0, 1..=1)]).await.unwrap();
+
+        let old = store.claim_partition(0, "old-owner").await.unwrap();
+        store.commit(&[write("a", 0, old, 2..=2)]).await.unwrap();
+        let new = store.claim_partition(0, "new-owner").await.unwrap();
+        assert!(new > old);
+
+        let err = store
+            .commit(&[write("b", 1, 0, 1..=1), write("a", 0, old, 3..=3)])
+            .await
+            .expect_err("a write with the old epoch must be fenced");
+        match err {
+            StoreError::Fenced {
+                partition,
+                current,
+                attempted,
+            } => assert_eq!((partition, current, attempted), (0, new, old)),
+            other => panic!("expected Fenced, got {other:?}"),
+        }
+        assert_eq!(head_of(&store, "a").await, Some(2));
+        assert_eq!(
+            store.load_account("b").await.unwrap(),
+            None,
+            "b was written"
+        );
+        assert!(matches!(
+            store.commit(&[write("c", 0, 0, 1..=1)]).await,
+            Err(StoreError::Fenced { .. })
+        ));
+
+        // The new owner writes; the old one cannot publish either.
+        store.commit(&[write("a", 0, new, 3..=3)]).await.unwrap();
+        assert_eq!(head_of(&store, "a").await, Some(3));
+        assert!(matches!(
+            store.mark_published("a", 0, old, 3).await,
+            Err(StoreError::Fenced { .. })
+        ));
+        assert_eq!(
+            store
+                .load_account("a")
+                .await
+                .unwrap()
+                .unwrap()
+                .published_upto,
+            0
+        );
+        // Other partitions are not affected.
+        store.commit(&[write("b", 1, 0, 1..=1)]).await.unwrap();
+    }
+
+    pub async fn claim_partition_epochs_strictly_increase<S: StateStore>(store: S) {
+        let mut last = 0;
+        for owner in ["x", "y", "x", "z"] {
+            let epoch = store.claim_partition(7, owner).await.unwrap();
+            assert!(epoch > last, "epoch {epoch} after {last}");
+            last = epoch;
+        }
+        // Each partition has its own epochs.
+        let other = store.claim_partition(8, "x").await.unwrap();
+        assert!(other >= 1);
+        let again = store.claim_partition(7, "y").await.unwrap();
+        assert!(again > last);
+    }
+
+    pub async fn due_timers_only_returns_owned_partition_in_time_order<S: StateStore>(store: S) {
+        store
+            .commit(&[
+                timer_write("p0-late", 0, Some(300)),
+                timer_write("p0-early", 0, Some(100)),
+                timer_write("p1-early", 1, Some(50)),
+                timer_write("p0-mid", 0, Some(200)),
+                timer_write("p0-none", 0, None),
+                timer_write("p0-future", 0, Some(1_000)),
+            ])
+            .await
+            .unwrap();
+        store
+            .commit(&[timer_write("p0-tie", 0, Some(200))])
+            .await
+            .unwrap();
+
+        let due = store.due_timers(0, 300, 100).await.unwrap();
+        assert_eq!(
+            due,
+            vec![
+                (100, "p0-early".to_owned()),
+                (200, "p0-mid".to_owned()),
+                (200, "p0-tie".to_owned()),
+                (300, "p0-late".to_owned()),
+            ]
+        );
+        assert_eq!(
+            store.due_timers(0, 300, 2).await.unwrap(),
+            due[..2].to_vec()
+        );
+        assert_eq!(
+            store.due_timers(1, 300, 100).await.unwrap(),
+            vec![(50, "p1-early".to_owned())]
+        );
+        assert!(store.due_timers(0, 99, 100).await.unwrap().is_empty());
+        assert!(store.due_timers(2, i64::MAX, 100).await.unwrap().is_empty());
+        assert_eq!(store.due_timers(0, i64::MAX, 100).await.unwrap().len(), 5);
+    }
+
+    pub async fn timer_replaced_when_account_rescheduled<S: StateStore>(store: S) {
+        store
+            .commit(&[timer_write("a", 0, Some(100))])
+            .await
+            .unwrap();
+        store
+            .commit(&[timer_write("a", 0, Some(500))])
+            .await
+            .unwrap();
+        assert!(store.due_timers(0, 499, 10).await.unwrap().is_empty());
+        assert_eq!(
+            store.due_timers(0, 500, 10).await.unwrap(),
+            vec![(500, "a".to_owned())]
+        );
+        assert_eq!(
+            store.load_account("a").await.unwrap().unwrap().next_timer,
+            Some(500)
+        );
+
+        // No timer: the account leaves the index.
+        store.commit(&[timer_write("a", 0, None)]).await.unwrap();
+        assert!(store.due_timers(0, i64::MAX, 10).await.unwrap().is_empty());
+        assert_eq!(
+            store.load_account("a").await.unwrap().unwrap().next_timer,
+            None
+        );
+
+        // A failed commit leaves the previous timer in place.
+        store
+            .commit(&[timer_write("a", 0, Some(700))])
+            .await
+            .unwrap();
+        let mut bad = write("a", 0, 0, 9..=9);
+        bad.next_timer = Some(10);
+        assert!(store.commit(&[bad]).await.is_err());
+        assert_eq!(
+            store.due_timers(0, i64::MAX, 10).await.unwrap(),
+            vec![(700, "a".to_owned())]
+        );
+    }
+
+    pub async fn dedup_records_since_window<S: StateStore>(store: S) {
+        let record = |key: u128, seen_at| DedupRecord {
+            key,
+            fingerprint: key as u64 ^ 0xabcd,
+            seen_at,
+        };
+        let mut first = write("a", 0, 0, 1..=1);
+        first.dedup = vec![record(1, 100), record(u128::MAX, 200)];
+        let mut other = write("b", 0, 0, 1..=1);
+        other.dedup = vec![record(9, 250)];
+        store.commit(&[first, other]).await.unwrap();
+        let mut second = write("a", 0, 0, 2..=2);
+        second.dedup = vec![record(3, 300), record(2, 250)];
+        store.commit(&[second]).await.unwrap();
+
+        let sorted = |mut v: Vec<DedupRecord>| {
+            v.sort_by_key(|r| (r.seen_at, r.key));
+            v
+        };
+        assert_eq!(
+            sorted(store.load_dedup("a", i64::MIN).await.unwrap()),
+            vec![
+                record(1, 100),
+                record(u128::MAX, 200),
+                record(2, 250),
+                record(3, 300)
+            ]
+        );
+        // `since` is inclusive.
+        assert_eq!(
+            sorted(store.load_dedup("a", 250).await.unwrap()),
+            vec![record(2, 250), record(3, 300)]
+        );
+        assert!(store.load_dedup("a", 301).await.unwrap().is_empty());
+        assert_eq!(
+            store.load_dedup("b", 0).await.unwrap(),
+            vec![record(9, 250)]
+        );
+    }
+
+    pub async fn invoice_upsert_keeps_latest<S: StateStore>(store: S) {
+        let invoice = |id: &str, body: &str| InvoiceRecord {
+            invoice_id: id.into(),
+            bytes: body.as_bytes().to_vec(),
+        };
+        let mut first = write("a", 0, 0, 1..=1);
+        first.invoices = vec![invoice("inv-2", "draft"), invoice("inv-1", "issued")];
+        let mut neighbour = write("a-b", 0, 0, 1..=1);
+        neighbour.invoices = vec![invoice("inv-0", "other account")];
+        store.commit(&[first, neighbour]).await.unwrap();
+        let mut second = write("a", 0, 0, 2..=2);
+        second.invoices = vec![invoice("inv-2", "issued")];
+        store.commit(&[second]).await.unwrap();
+
+        assert_eq!(
+            store.invoice("a", "inv-2").await.unwrap(),
+            Some(invoice("inv-2", "issued"))
+        );
+        assert_eq!(store.invoice("a", "inv-0").await.unwrap(), None);
+        assert_eq!(
+            store.invoices("a").await.unwrap(),
+            vec![invoice("inv-1", "issued"), invoice("inv-2", "issued")]
+        );
+        assert_eq!(
+            store.invoices("a-b").await.unwrap(),
+            vec![invoice("inv-0", "other account")]
+        );
+    }
+
+    pub async fn published_watermark_never_goes_back<S: StateStore>(store: S) {
+        store.commit(&[write("a", 0, 0, 1..=10)]).await.unwrap();
+        store.mark_published("a", 0, 0, 4).await.unwrap();
+        assert_eq!(published_upto(&store, "a").await, 4);
+        store.mark_published("a", 0, 0, 2).await.unwrap();
+        assert_eq!(published_upto(&store, "a").await, 4, "watermark went back");
+        store.mark_published("a", 0, 0, 10).await.unwrap();
+        assert_eq!(published_upto(&store, "a").await, 10);
+
+        // Nothing beyond the journal head can have been published.
+        assert!(matches!(
+            store.mark_published("a", 0, 0, 11).await,
+            Err(StoreError::JournalSequence { .. })
+        ));
+        assert_eq!(published_upto(&store, "a").await, 10);
+
+        // Later commits keep the watermark and the snapshot keeps its value.
+        store.commit(&[write("a", 0, 0, 11..=11)]).await.unwrap();
+        let a = store.load_account("a").await.unwrap().unwrap();
+        assert_eq!((a.published_upto, a.journal_head), (10, 11));
+        assert_eq!(a.snapshot, b"a@11");
+    }
+
+    pub async fn accounts_listed_per_partition<S: StateStore>(store: S) {
+        store
+            .commit(&[
+                write("b", 1, 0, 1..=1),
+                write("a", 1, 0, 1..=1),
+                write("c", 2, 0, 1..=1),
+            ])
+            .await
+            .unwrap();
+        store.commit(&[write("a", 1, 0, 2..=2)]).await.unwrap();
+        let mut p1 = store.accounts(1).await.unwrap();
+        p1.sort();
+        assert_eq!(p1, ["a", "b"]);
+        assert_eq!(store.accounts(2).await.unwrap(), ["c"]);
+        assert!(store.accounts(0).await.unwrap().is_empty());
+    }
+
+    pub async fn stats_count_each_operation<S: StateStore>(store: S) {
+        for (op, n) in store.stats().snapshot() {
+            assert_eq!(n, 0, "fresh store has {n} {} ops", op.name());
+        }
+        store
+            .commit(&[write("a", 0, 0, 1..=1), write("b", 0, 0, 1..=1)])
+            .await
+            .unwrap();
+        store.commit(&[write("a", 0, 0, 2..=2)]).await.unwrap();
+        assert!(store.commit(&[write("a", 0, 0, 9..=9)]).await.is_err());
+        store.load_account("a").await.unwrap();
+        store.load_dedup("a", 0).await.unwrap();
+        store.read_journal("a", 1, 10).await.unwrap();
+        store.mark_published("a", 0, 0, 1).await.unwrap();
+        store.invoice("a", "inv").await.unwrap();
+        store.invoices("a").await.unwrap();
+        store.due_timers(0, 0, 10).await.unwrap();
+        store.accounts(0).await.unwrap();
+        store.claim_partition(0, "me").await.unwrap();
+
+        let stats = store.stats();
+        let expected = [
+            (StoreOp::AccountWrite, 4),
+            (StoreOp::Commit, 3),
+            (StoreOp::LoadAccount, 1),
+            (StoreOp::LoadDedup, 1),
+            (StoreOp::ReadJournal, 1),
+            (StoreOp::MarkPublished, 1),
+            (StoreOp::ReadInvoice, 1),
+            (StoreOp::ListInvoices, 1),
+            (StoreOp::DueTimers, 1),
+            (StoreOp::ListAccounts, 1),
+            (StoreOp::ClaimPartition, 1),
+        ];
+        for (op, n) in expected {
+            assert_eq!(stats.get(op), n, "count of {}", op.name());
+        }
+        assert_eq!(stats.snapshot().len(), StoreOp::ALL.len());
+        assert_eq!(stats.errors(StoreOp::Commit), 1);
+        assert_eq!(stats.errors(StoreOp::LoadAccount), 0);
+    }
+
+    /// `reopen` must open the same store again once the first handle is
+    /// dropped.
+    pub async fn reopen_keeps_everything<S, F, Fut>(store: S, reopen: F)
+    where
+        S: StateStore,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = S>,
+    {
+        let epoch = store.claim_partition(3, "first").await.unwrap();
+        let mut w = write("a", 3, epoch, 1..=4);
+        w.invoices = vec![InvoiceRecord {
+            invoice_id: "inv-1".into(),
+            bytes: b"issued".to_vec(),
+        }];
+        w.dedup = vec![DedupRecord {
+            key: 77,
+            fingerprint: 5,
+            seen_at: 1_000,
+        }];
+        w.next_timer = Some(9_000);
+        w.offsets = vec![InputOffset {
+            topic: "usage".into(),
+            partition: 1,
+            next: 55,
+        }];
+        store.commit(&[w]).await.unwrap();
+        store.mark_published("a", 3, epoch, 2).await.unwrap();
+        let before = store.load_account("a").await.unwrap().unwrap();
+        drop(store);
+
+        let store = reopen().await;
+        assert_eq!(store.load_account("a").await.unwrap().unwrap(), before);
+        assert_eq!(before.published_upto, 2);
+        assert_eq!(store.read_journal("a", 1, 100).await.unwrap().len(), 4);
+        assert_eq!(store.invoices("a").await.unwrap().len(), 1);
+        assert_eq!(store.load_dedup("a", 0).await.unwrap().len(), 1);
+        assert_eq!(
+            store.due_timers(3, i64::MAX, 10).await.unwrap(),
+            vec![(9_000, "a".to_owned())]
+        );
+        assert_eq!(store.accounts(3).await.unwrap(), ["a"]);
+        // Epochs survive too: the next claim is newer, the old one is fenced.
+        let next = store.claim_partition(3, "second").await.unwrap();
+        assert!(next > epoch);
+        assert!(matches!(
+            store.commit(&[write("a", 3, epoch, 5..=5)]).await,
+            Err(StoreError::Fenced { .. })
+        ));
+    }
+}
+
+/// Declares one `#[tokio::test]` per behaviour in the calling module, which
+/// must be a child of this one.
+///
+/// `fresh` is an expression (it may `.await` or `return`) giving
+/// `(guard, store)`: a fresh, empty store and a guard keeping its resources
+/// (directory, keyspace) alive for the test. `reopen` is a closure from
+/// `&guard` to a future of a store opened on the same data.
+///
+/// Add every new behaviour to this list, and only here.
+macro_rules! conformance_wrappers {
+    (fresh: $fresh:expr, reopen: $reopen:expr $(,)?) => {
+        conformance_wrappers!(@each $fresh;
+            load_of_unknown_account_is_none,
+            commit_then_load_returns_latest_snapshot,
+            commit_without_journal_keeps_head,
+            offsets_upserted_per_source,
+            journal_append_with_gap_is_rejected_and_writes_nothing,
+            journal_rewrite_of_existing_seq_is_rejected,
+            same_account_twice_in_one_commit_continues_journal,
+            journal_pages_in_order,
+            stale_epoch_write_is_fenced,
+            claim_partition_epochs_strictly_increase,
+            due_timers_only_returns_owned_partition_in_time_order,
+            timer_replaced_when_account_rescheduled,
+            dedup_records_since_window,
+            invoice_upsert_keeps_latest,
+            published_watermark_never_goes_back,
+            accounts_listed_per_partition,
+            stats_count_each_operation,
+        );
+
+        #[tokio::test]
+        async fn reopen_keeps_everything() {
+            let (guard, store) = $fresh;
+            let reopen = || ($reopen)(&guard);
+            super::within_timeout(
+                "reopen_keeps_everything",
+                super::behaviours::reopen_keeps_everything(store, reopen),
+            )
+            .await;
+        }
+    };
+    (@each $fresh:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let (_guard, store) = $fresh;
+                super::within_timeout(
+                    stringify!($name),
+                    super::behaviours::$name(store),
+                )
+                .await;
+            }
+        )*
+    };
+}
+
+mod embedded {
+    use billstream::store::EmbeddedStore;
+    use tempfile::TempDir;
+
+    fn fresh() -> (TempDir, EmbeddedStore) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = EmbeddedStore::open(dir.path()).expect("open embedded store");
+        (dir, store)
+    }
+
+    conformance_wrappers! {
+        fresh: fresh(),
+        reopen: |dir: &TempDir| {
+            std::future::ready(EmbeddedStore::open(dir.path()).expect("reopen embedded store"))
+        },
+    }
+
+    #[test]
+    fn open_reports_the_path_it_could_not_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, b"file").unwrap();
+        let err = EmbeddedStore::open(&blocker.join("store")).expect_err("open under a file");
+        assert!(
+            err.to_string().contains("not-a-dir"),
+            "error does not name the path: {err}"
+        );
+    }
+}
