@@ -1,5 +1,7 @@
 //! The one integration-test binary (one link on two cores); each module is
 //! a test area.
 
+mod demo_smoke;
+mod simulate_golden;
 mod store_conformance;
 mod store_kill9;

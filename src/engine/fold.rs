@@ -423,7 +423,17 @@ impl Engine {
             description: Some(if part == whole {
                 format!("{} recurring fee", plan.plan_id)
             } else {
-                format!("{} recurring fee, prorated {part}/{whole}", plan.plan_id)
+                let hours = |m: i64| {
+                    (Decimal::from(m) / Decimal::from(MICROS_PER_HOUR))
+                        .round_dp(2)
+                        .normalize()
+                };
+                format!(
+                    "{} recurring fee, prorated for {} of {} hours",
+                    plan.plan_id,
+                    hours(part),
+                    hours(whole)
+                )
             }),
         })
     }
