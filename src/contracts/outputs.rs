@@ -112,9 +112,9 @@ impl Emit<'_> {
         }
         self.out.push(OutputRecord {
             topic,
-            key: e.account_id.clone(),
+            key: e.account_id.to_string(),
             event_id,
-            causation_id: e.causation_id.clone(),
+            causation_id: e.causation_id.to_string(),
             kind,
             json: Value::Object(m),
         });
@@ -395,7 +395,6 @@ pub(crate) mod tests {
                 closed_at: period.end,
             },
             DomainEvent::UsageApplied {
-                event_id: "u-1".into(),
                 subject: "app-1".into(),
                 metric: "api.calls".into(),
                 quantity: d("1"),
@@ -407,7 +406,9 @@ pub(crate) mod tests {
                 invoice_id: "inv-1".into(),
                 period,
             },
-            DomainEvent::InvoiceIssued { invoice },
+            DomainEvent::InvoiceIssued {
+                invoice: Box::new(invoice),
+            },
             DomainEvent::CreditAdded {
                 source: CreditSource::TopUp,
                 amount: Minor(1000),

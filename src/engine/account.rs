@@ -6,6 +6,8 @@
 //! payment method, and open hourly rollup buckets. The dedup window lives
 //! next to it but is persisted separately.
 
+use std::sync::Arc;
+
 use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -18,10 +20,11 @@ use super::time::{Anchor, Period, Timestamp};
 /// Usage of one metric in one period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricUsage {
-    pub metric: String,
+    pub metric: Arc<str>,
     pub total: Decimal,
     /// Quantity by subject; a short vector beats a map at this size.
-    pub subjects: Vec<(String, Decimal)>,
+    /// Names are shared with journal entries and rollup buckets.
+    pub subjects: Vec<(Arc<str>, Decimal)>,
 }
 
 /// Usage of a period whose invoice is not issued yet.
@@ -92,14 +95,15 @@ pub struct PaymentMethod {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RollupBucket {
     pub hour: Timestamp,
-    pub metric: String,
-    pub subject: String,
+    pub metric: Arc<str>,
+    pub subject: Arc<str>,
     pub quantity: Decimal,
     pub count: u64,
     pub correction: bool,
 }
 
 mod tz_serde {
+
     use chrono_tz::Tz;
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -116,7 +120,7 @@ mod tz_serde {
 /// All billing state of one open account.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccountState {
-    pub account_id: String,
+    pub account_id: Arc<str>,
     pub environment: String,
     pub opened_at: Timestamp,
     pub currency: Currency,
@@ -165,9 +169,14 @@ impl AccountState {
         fn s(x: &String) -> usize {
             x.capacity()
         }
+        // A shared name: its bytes plus the two reference counts. Counted
+        // at every holder, so names shared by several holders are over-counted.
+        fn a(x: &Arc<str>) -> usize {
+            x.len() + 16
+        }
         // The dedup window is accounted separately (it is not billing state).
         let mut n = std::mem::size_of::<AccountState>() - std::mem::size_of::<DedupWindow>();
-        n += s(&self.account_id)
+        n += a(&self.account_id)
             + s(&self.environment)
             + s(&self.plan_id)
             + s(&self.draft_invoice_id);
@@ -176,9 +185,9 @@ impl AccountState {
         for p in &self.open {
             n += s(&p.plan_id) + p.metrics.capacity() * std::mem::size_of::<MetricUsage>();
             for m in &p.metrics {
-                n +=
-                    s(&m.metric) + m.subjects.capacity() * std::mem::size_of::<(String, Decimal)>();
-                n += m.subjects.iter().map(|(x, _)| s(x)).sum::<usize>();
+                n += a(&m.metric)
+                    + m.subjects.capacity() * std::mem::size_of::<(Arc<str>, Decimal)>();
+                n += m.subjects.iter().map(|(x, _)| a(x)).sum::<usize>();
             }
         }
         n += self.closed.capacity() * std::mem::size_of::<ClosedPeriod>();
@@ -210,7 +219,7 @@ impl AccountState {
         n += self
             .rollups
             .iter()
-            .map(|r| s(&r.metric) + s(&r.subject))
+            .map(|r| a(&r.metric) + a(&r.subject))
             .sum::<usize>();
         n
     }

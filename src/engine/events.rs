@@ -6,6 +6,7 @@
 //! the contracts layer, so nothing here knows about Avro or JSON.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -293,10 +294,11 @@ pub enum DomainEvent {
     AccountClosed {
         closed_at: Timestamp,
     },
+    /// Usage added to a period; the input's `event_id` is the entry's
+    /// `causation_id`. Names are shared with the account state, not copied.
     UsageApplied {
-        event_id: String,
-        subject: String,
-        metric: String,
+        subject: Arc<str>,
+        metric: Arc<str>,
         quantity: Decimal,
         occurred_at: Timestamp,
         period_start: Timestamp,
@@ -308,7 +310,7 @@ pub enum DomainEvent {
         period: Period,
     },
     InvoiceIssued {
-        invoice: IssuedInvoice,
+        invoice: Box<IssuedInvoice>,
     },
     CreditAdded {
         source: CreditSource,
@@ -403,8 +405,8 @@ pub enum DomainEvent {
     },
     UsageRolledUp {
         hour: Timestamp,
-        metric: String,
-        subject: String,
+        metric: Arc<str>,
+        subject: Arc<str>,
         quantity: Decimal,
         count: u64,
         /// A correction for an hour whose rollup was already emitted.
@@ -450,11 +452,12 @@ impl DomainEvent {
 /// what caused it (an input `event_id`, or a timer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalEntry {
-    pub account_id: String,
+    /// Shared with the account state: cloning it does not allocate.
+    pub account_id: Arc<str>,
     pub seq: u64,
     /// Processing instant the change was made at.
     pub at: Timestamp,
     /// The input event id, or `timer:<kind>:<instant>` for timer-driven changes.
-    pub causation_id: String,
+    pub causation_id: Arc<str>,
     pub event: DomainEvent,
 }

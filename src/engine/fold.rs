@@ -5,6 +5,8 @@
 //! then validates the input completely before changing anything, so a
 //! rejected input leaves the state exactly as it was.
 
+use std::sync::Arc;
+
 use rust_decimal::Decimal;
 
 use super::account::{
@@ -42,17 +44,30 @@ pub struct Engine {
 pub(crate) struct Emit<'a> {
     pub out: &'a mut Vec<JournalEntry>,
     pub at: Timestamp,
-    pub cause: &'a str,
+    cause: &'a str,
+    /// The causation id, made shared on the first entry and reused.
+    shared: Option<Arc<str>>,
 }
 
-impl Emit<'_> {
+impl<'a> Emit<'a> {
+    pub fn new(out: &'a mut Vec<JournalEntry>, at: Timestamp, cause: &'a str) -> Emit<'a> {
+        Emit {
+            out,
+            at,
+            cause,
+            shared: None,
+        }
+    }
+
     pub fn push(&mut self, st: &mut AccountState, event: DomainEvent) {
         st.journal_seq += 1;
+        let cause = self.cause;
+        let causation_id = self.shared.get_or_insert_with(|| Arc::from(cause)).clone();
         self.out.push(JournalEntry {
             account_id: st.account_id.clone(),
             seq: st.journal_seq,
             at: self.at,
-            causation_id: self.cause.to_string(),
+            causation_id,
             event,
         });
     }
@@ -79,13 +94,18 @@ fn check_text(field: &str, value: &str) -> Result<(), Rejection> {
     }
 }
 
-fn add_subject(subjects: &mut Vec<(String, Decimal)>, subject: &str, qty: Decimal) {
-    match subjects.iter_mut().find(|(s, _)| s == subject) {
-        Some((_, q)) => *q += qty,
+fn add_subject(subjects: &mut Vec<(Arc<str>, Decimal)>, subject: &str, qty: Decimal) -> Arc<str> {
+    match subjects.iter_mut().find(|(s, _)| **s == *subject) {
+        Some((s, q)) => {
+            *q += qty;
+            s.clone()
+        }
         None => {
             // Exact growth: this vector is resident for every active account.
             subjects.reserve_exact(1);
-            subjects.push((subject.to_string(), qty))
+            let name: Arc<str> = Arc::from(subject);
+            subjects.push((name.clone(), qty));
+            name
         }
     }
 }
@@ -161,11 +181,7 @@ impl Engine {
             }
             Seen::New => {}
         }
-        let mut emit = Emit {
-            out,
-            at: now,
-            cause: input.event_id(),
-        };
+        let mut emit = Emit::new(out, now, input.event_id());
         match input {
             Input::Usage(u) => self.apply_usage(st, u, &mut emit)?,
             Input::Payment(p) => self.apply_payment(st, p, &mut emit)?,
@@ -271,23 +287,12 @@ impl Engine {
     fn fire(&self, st: &mut AccountState, t: Timestamp, out: &mut Vec<JournalEntry>) {
         if !st.finished && st.current.end.plus(self.config.grace_micros) <= t {
             let cause = format!("timer:close:{}", st.current.start);
-            self.close_period(
-                st,
-                &mut Emit {
-                    out: &mut *out,
-                    at: t,
-                    cause: &cause,
-                },
-            );
+            self.close_period(st, &mut Emit::new(&mut *out, t, &cause));
         }
         // Micros, not RFC 3339: this runs for every rollup hour of every
         // account, and formatting a date showed up in the core-path profile.
         let cause = format!("timer:{}", t.0);
-        let mut emit = Emit {
-            out,
-            at: t,
-            cause: &cause,
-        };
+        let mut emit = Emit::new(out, t, &cause);
         self.fire_invoice_timers(st, &mut emit);
         let warn = st
             .payment_method
@@ -312,18 +317,19 @@ impl Engine {
     }
 
     fn emit_rollups(&self, st: &mut AccountState, emit: &mut Emit) {
-        let closes_by =
-            |hour: Timestamp| hour.plus(MICROS_PER_HOUR + self.config.rollup_lateness_micros);
-        if !st.rollups.iter().any(|r| closes_by(r.hour) <= emit.at) {
+        let lateness = MICROS_PER_HOUR + self.config.rollup_lateness_micros;
+        if !st.rollups.iter().any(|r| r.hour.plus(lateness) <= emit.at) {
             return;
         }
-        let (mut due, keep): (Vec<RollupBucket>, Vec<RollupBucket>) =
-            std::mem::take(&mut st.rollups)
-                .into_iter()
-                .partition(|r| closes_by(r.hour) <= emit.at);
-        st.rollups = keep;
-        due.sort_by(|a, b| (a.hour, &a.metric, &a.subject).cmp(&(b.hour, &b.metric, &b.subject)));
-        for r in due {
+        // Sorted by hour, the closed hours are a prefix: emit and drain it in
+        // place (no allocation on this per-hour path).
+        st.rollups
+            .sort_by(|a, b| (a.hour, &a.metric, &a.subject).cmp(&(b.hour, &b.metric, &b.subject)));
+        let n = st
+            .rollups
+            .partition_point(|r| r.hour.plus(lateness) <= emit.at);
+        let mut buckets = std::mem::take(&mut st.rollups);
+        for r in buckets.drain(..n) {
             emit.push(
                 st,
                 DomainEvent::UsageRolledUp {
@@ -336,15 +342,25 @@ impl Engine {
                 },
             );
         }
+        // Keep a small buffer for the next hour; give back a large one
+        // (a busy hour of many subjects) so idle accounts stay small.
+        if buckets.is_empty() && buckets.capacity() > 4 {
+            buckets = Vec::new();
+        }
+        st.rollups = buckets;
     }
 
     // ---- periods and invoices --------------------------------------------
 
     /// The plan in force for the period starting at `start`.
     fn plan_for(&self, st: &AccountState, start: Timestamp) -> String {
+        self.plan_for_ref(st, start).to_string()
+    }
+
+    fn plan_for_ref<'s>(&self, st: &'s AccountState, start: Timestamp) -> &'s str {
         match &st.pending_plan {
-            Some((plan, effective)) if *effective <= start => plan.clone(),
-            _ => st.plan_id.clone(),
+            Some((plan, effective)) if *effective <= start => plan,
+            _ => &st.plan_id,
         }
     }
 
@@ -389,12 +405,16 @@ impl Engine {
             usage_sum += amount;
             lines.push(Line {
                 kind: LineKind::Usage,
-                metric: Some(m.metric.clone()),
+                metric: Some(m.metric.to_string()),
                 quantity: m.total,
                 unit_price: display_unit_price(charge),
                 amount,
                 for_period: p,
-                subjects: m.subjects.iter().cloned().collect(),
+                subjects: m
+                    .subjects
+                    .iter()
+                    .map(|(s, q)| (s.to_string(), *q))
+                    .collect(),
                 description: None,
             });
         }
@@ -497,7 +517,12 @@ impl Engine {
             })
             .collect();
         let totals = usage
-            .map(|u| u.metrics.into_iter().map(|m| (m.metric, m.total)).collect())
+            .map(|u| {
+                u.metrics
+                    .into_iter()
+                    .map(|m| (m.metric.to_string(), m.total))
+                    .collect()
+            })
             .unwrap_or_default();
         st.closed.push(ClosedPeriod {
             period: p,
@@ -587,26 +612,31 @@ impl Engine {
             period_containing(u.occurred_at, st.timezone, st.anchor)
         };
         let late = period.start < st.current.start;
-        if late {
+        let (metric, subject) = if late {
             self.apply_late_usage(st, u, period)?;
+            (
+                Arc::<str>::from(u.metric.as_str()),
+                Arc::<str>::from(u.subject.as_str()),
+            )
         } else {
             let idx = st.open.iter().position(|o| o.period == period);
             let plan_id = match idx {
-                Some(i) => st.open[i].plan_id.clone(),
-                None => self.plan_for(st, period.start),
+                Some(i) => st.open[i].plan_id.as_str(),
+                None => self.plan_for_ref(st, period.start),
             };
-            let plan = self.plan(&plan_id).ok_or_else(|| Rejection::UnknownPlan {
-                plan_id: plan_id.clone(),
+            let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan {
+                plan_id: plan_id.to_string(),
             })?;
             if plan.charge(&u.metric).is_none() {
                 return Err(Rejection::UnknownMetric {
                     metric: u.metric.clone(),
-                    plan_id,
+                    plan_id: plan_id.to_string(),
                 });
             }
             let idx = match idx {
                 Some(i) => i,
                 None => {
+                    let plan_id = plan_id.to_string();
                     let at = st.open.partition_point(|o| o.period.start < period.start);
                     st.open.insert(
                         at,
@@ -620,12 +650,12 @@ impl Engine {
                 }
             };
             let open = &mut st.open[idx];
-            let m = match open.metrics.iter().position(|m| m.metric == u.metric) {
+            let m = match open.metrics.iter().position(|m| *m.metric == *u.metric) {
                 Some(i) => &mut open.metrics[i],
                 None => {
                     open.metrics.reserve_exact(1);
                     open.metrics.push(MetricUsage {
-                        metric: u.metric.clone(),
+                        metric: Arc::from(u.metric.as_str()),
                         total: Decimal::ZERO,
                         subjects: Vec::new(),
                     });
@@ -636,15 +666,15 @@ impl Engine {
                 .total
                 .checked_add(u.quantity)
                 .ok_or_else(|| bad_qty("period total would overflow"))?;
-            add_subject(&mut m.subjects, &u.subject, u.quantity);
-        }
-        self.add_to_rollup(st, u, emit.at);
+            let subject = add_subject(&mut m.subjects, &u.subject, u.quantity);
+            (m.metric.clone(), subject)
+        };
+        self.add_to_rollup(st, u, &metric, &subject, emit.at);
         emit.push(
             st,
             DomainEvent::UsageApplied {
-                event_id: u.event_id.clone(),
-                subject: u.subject.clone(),
-                metric: u.metric.clone(),
+                subject,
+                metric,
                 quantity: u.quantity,
                 occurred_at: u.occurred_at,
                 period_start: period.start,
@@ -787,13 +817,20 @@ impl Engine {
         Ok(())
     }
 
-    fn add_to_rollup(&self, st: &mut AccountState, u: &UsageRecorded, now: Timestamp) {
+    fn add_to_rollup(
+        &self,
+        st: &mut AccountState,
+        u: &UsageRecorded,
+        metric: &Arc<str>,
+        subject: &Arc<str>,
+        now: Timestamp,
+    ) {
         let hour = u.occurred_at.hour_floor();
         let closed = hour.plus(MICROS_PER_HOUR + self.config.rollup_lateness_micros) <= now;
         match st
             .rollups
             .iter_mut()
-            .find(|r| r.hour == hour && r.metric == u.metric && r.subject == u.subject)
+            .find(|r| r.hour == hour && r.metric == *metric && r.subject == *subject)
         {
             Some(r) => {
                 r.quantity += u.quantity;
@@ -801,8 +838,8 @@ impl Engine {
             }
             None => st.rollups.push(RollupBucket {
                 hour,
-                metric: u.metric.clone(),
-                subject: u.subject.clone(),
+                metric: metric.clone(),
+                subject: subject.clone(),
                 quantity: u.quantity,
                 count: 1,
                 correction: closed,
@@ -870,7 +907,7 @@ impl Engine {
         let opened_at = cmd.occurred_at;
         let current = period_containing(opened_at, tz, *billing_anchor);
         let mut st = AccountState {
-            account_id: cmd.account_id.clone(),
+            account_id: Arc::from(cmd.account_id.as_str()),
             environment,
             opened_at,
             currency: currency_v,
@@ -897,11 +934,7 @@ impl Engine {
             clock: now,
             dedup: Default::default(),
         };
-        let mut emit = Emit {
-            out,
-            at: now,
-            cause: &cmd.event_id,
-        };
+        let mut emit = Emit::new(out, now, &cmd.event_id);
         emit.push(
             &mut st,
             DomainEvent::AccountOpened {
@@ -933,7 +966,7 @@ impl Engine {
     ) -> Result<(), Rejection> {
         match &a.kind {
             AccountKind::AccountOpened { .. } => Err(Rejection::AccountAlreadyOpen {
-                account_id: st.account_id.clone(),
+                account_id: st.account_id.to_string(),
             }),
             AccountKind::PlanChanged { plan_id } => {
                 let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan {

@@ -75,7 +75,7 @@ impl Engine {
         emit.push(
             st,
             DomainEvent::InvoiceIssued {
-                invoice: IssuedInvoice {
+                invoice: Box::new(IssuedInvoice {
                     invoice_id: invoice_id.clone(),
                     number: number.clone(),
                     period,
@@ -88,7 +88,7 @@ impl Engine {
                     total,
                     credit_applied,
                     amount_due,
-                },
+                }),
             },
         );
         if credit_applied.is_positive() {
@@ -502,7 +502,7 @@ impl Engine {
             None => {
                 let seq: u32 = invoice_id
                     .strip_prefix("inv_")
-                    .and_then(|r| r.strip_prefix(st.account_id.as_str()))
+                    .and_then(|r| r.strip_prefix(&*st.account_id))
                     .and_then(|r| r.strip_prefix('_'))
                     .and_then(|r| r.parse().ok())
                     .ok_or_else(unknown)?;

@@ -206,7 +206,7 @@ impl Harness {
     pub fn invoices(&self) -> Vec<&IssuedInvoice> {
         self.events()
             .filter_map(|e| match e {
-                DomainEvent::InvoiceIssued { invoice } => Some(invoice),
+                DomainEvent::InvoiceIssued { invoice } => Some(&**invoice),
                 _ => None,
             })
             .collect()

@@ -221,7 +221,7 @@ impl<S: StateStore> Processor<S> {
         let result = engine.apply(&mut slot.state, input, now, out);
         let had_state = slot.state.is_some();
         for entry in out.drain(..) {
-            let src = (entry.causation_id == input.event_id()).then(|| pos.clone());
+            let src = (*entry.causation_id == *input.event_id()).then(|| pos.clone());
             slot.journal.push((entry, src));
         }
         match &result {
