@@ -21,7 +21,6 @@
 //!
 //! Run: `cargo bench --bench core_path`.
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::str::FromStr;
 use std::time::Duration;
@@ -46,6 +45,9 @@ const RECORDS: usize = 200_000;
 /// Hours the records' `occurred_at` span (30 days; `CORE_PATH_SPAN_HOURS`
 /// overrides it for diagnosis only: a 1-hour span fires no rollup timer).
 const SPAN_HOURS: i64 = 30 * 24;
+/// Event-time span of the warm-up and of the measured steady-state stream:
+/// 2 hours each, so every account's hourly rollup closes during the run.
+const STEADY_SPAN: i64 = 2 * MICROS_PER_HOUR;
 /// Subjects per account (e.g. containers, buckets).
 const SUBJECTS: usize = 4;
 /// `core_path_with_draft_rating`: rate the running invoice of the account
@@ -54,7 +56,8 @@ const DRAFT_EVERY: usize = 1_000;
 const PLAN_ID: &str = "usage-3";
 const METRICS: [&str; 3] = ["container.hours", "disk.gb_hours", "api.calls"];
 
-type States = HashMap<String, Option<AccountState>>;
+/// Accounts by id, as the processor keeps them (fast hasher).
+type States = rustc_hash::FxHashMap<String, Option<AccountState>>;
 
 fn d(s: &str) -> Decimal {
     Decimal::from_str(s).expect("decimal literal")
@@ -149,8 +152,13 @@ struct Fixture {
     decoder: Decoder,
     /// The 10,000 accounts right after `AccountOpened`.
     opened: States,
-    /// Confluent-framed Avro usage records with their processing instant.
+    /// Confluent-framed Avro usage records with their processing instant,
+    /// over one month (sparse: about 20 per account).
     records: Vec<(Vec<u8>, Timestamp)>,
+    /// The accounts after a warm-up stream of `RECORDS` records.
+    warm: States,
+    /// `RECORDS` records continuing the warm-up stream.
+    steady: Vec<(Vec<u8>, Timestamp)>,
 }
 
 fn fixture() -> Fixture {
@@ -166,7 +174,7 @@ fn fixture() -> Fixture {
     );
 
     // Open the accounts through the same decode + apply path.
-    let mut opened = States::with_capacity(accounts);
+    let mut opened = States::default();
     let mut journal = Vec::new();
     for i in 0..accounts {
         let open = Input::Account(AccountCommand {
@@ -193,12 +201,64 @@ fn fixture() -> Fixture {
     }
 
     // Usage: one calendar month (UTC), evenly spaced, monotonic clock.
+    // Sparse month: fresh accounts, records over one calendar month.
     let mut rng = ChaCha8Rng::seed_from_u64(0x0b11_57ea);
-    let span = span_hours * MICROS_PER_HOUR - MICROS_PER_SECOND;
+    let records = usage_records(
+        catalog,
+        &decoder,
+        &mut rng,
+        accounts,
+        month_start,
+        span_hours * MICROS_PER_HOUR - MICROS_PER_SECOND,
+    );
+    // Steady state: the accounts have already seen a warm-up stream (their
+    // subjects, metric totals, dedup ids and rollup buckets exist), and
+    // the measured stream continues it, as a running processor sees.
+    let steady_start = month_start.plus(10 * 24 * MICROS_PER_HOUR);
+    let warm_up = usage_records(
+        catalog,
+        &decoder,
+        &mut rng,
+        accounts,
+        steady_start,
+        STEADY_SPAN,
+    );
+    let steady = usage_records(
+        catalog,
+        &decoder,
+        &mut rng,
+        accounts,
+        steady_start.plus(STEADY_SPAN),
+        STEADY_SPAN,
+    );
+    let mut warm = opened.clone();
+    let fx = Fixture {
+        accounts,
+        engine,
+        decoder,
+        opened,
+        records,
+        warm: States::default(),
+        steady,
+    };
+    run(&fx, &warm_up, &mut warm, None);
+    Fixture { warm, ..fx }
+}
+
+/// `RECORDS` usage records from `start` over `span` micros, pseudo-randomly
+/// over the accounts, metrics and subjects, with unique event ids.
+fn usage_records(
+    catalog: &Catalog,
+    decoder: &Decoder,
+    rng: &mut ChaCha8Rng,
+    accounts: usize,
+    start: Timestamp,
+    span: i64,
+) -> Vec<(Vec<u8>, Timestamp)> {
     let step = span / RECORDS as i64;
     let mut records = Vec::with_capacity(RECORDS);
     for i in 0..RECORDS {
-        let at = month_start.plus(MICROS_PER_SECOND + i as i64 * step);
+        let at = start.plus(MICROS_PER_SECOND + i as i64 * step);
         let metric = rng.random_range(0..METRICS.len());
         let quantity = match metric {
             // Container hours with two decimals, GB-hours with three,
@@ -218,27 +278,25 @@ fn fixture() -> Fixture {
             attributes: Default::default(),
         });
         let bytes = catalog.encode_input(&usage).expect("encode UsageRecorded");
-        assert_eq!(decode(&decoder, &bytes), usage, "UsageRecorded round trip");
+        assert_eq!(decode(decoder, &bytes), usage, "UsageRecorded round trip");
         records.push((bytes, at));
     }
-
-    Fixture {
-        accounts,
-        engine,
-        decoder,
-        opened,
-        records,
-    }
+    records
 }
 
 /// The core path over every record: decode → look up the account → fold
 /// (dedup + accumulate exact totals + rollups + journal) → drop the journal.
 /// With `draft_every`, the running invoice of the account hit by every
 /// `n`-th record is also rated. Returns the number of journal entries.
-fn run(f: &Fixture, states: &mut States, draft_every: Option<usize>) -> usize {
+fn run(
+    f: &Fixture,
+    records: &[(Vec<u8>, Timestamp)],
+    states: &mut States,
+    draft_every: Option<usize>,
+) -> usize {
     let mut journal: Vec<JournalEntry> = Vec::with_capacity(16);
     let mut entries = 0;
-    for (i, (bytes, now)) in f.records.iter().enumerate() {
+    for (i, (bytes, now)) in records.iter().enumerate() {
         let input = decode(&f.decoder, bytes);
         let slot = states
             .get_mut(input.account_id())
@@ -259,7 +317,7 @@ fn run(f: &Fixture, states: &mut States, draft_every: Option<usize>) -> usize {
 
 fn report_state(f: &Fixture) {
     let mut states = f.opened.clone();
-    let entries = run(f, &mut states, None);
+    let entries = run(f, &f.records, &mut states, None);
     let open: Vec<&AccountState> = states.values().flatten().collect();
     let accounts = f.accounts;
     assert_eq!(open.len(), accounts);
@@ -314,16 +372,24 @@ fn benches(c: &mut Criterion) {
 
     group.bench_function("core_path", |b| {
         b.iter_batched_ref(
-            || f.opened.clone(),
-            |states| run(&f, states, None),
+            || f.warm.clone(),
+            |states| run(&f, &f.steady, states, None),
             BatchSize::PerIteration,
         )
     });
 
     group.bench_function("core_path_with_draft_rating", |b| {
         b.iter_batched_ref(
+            || f.warm.clone(),
+            |states| run(&f, &f.steady, states, Some(DRAFT_EVERY)),
+            BatchSize::PerIteration,
+        )
+    });
+
+    group.bench_function("core_path_sparse_month", |b| {
+        b.iter_batched_ref(
             || f.opened.clone(),
-            |states| run(&f, states, Some(DRAFT_EVERY)),
+            |states| run(&f, &f.records, states, None),
             BatchSize::PerIteration,
         )
     });

@@ -2,6 +2,7 @@
 //! a test area.
 
 mod demo_smoke;
+mod processor_batch;
 mod simulate_golden;
 mod store_conformance;
 mod store_kill9;

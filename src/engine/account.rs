@@ -15,16 +15,17 @@ use serde::{Deserialize, Serialize};
 use super::dedup::DedupWindow;
 use super::events::{DunningStop, Line};
 use super::money::{Currency, Minor};
+use super::name::Name;
 use super::time::{Anchor, Period, Timestamp};
 
 /// Usage of one metric in one period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricUsage {
-    pub metric: Arc<str>,
+    pub metric: Name,
     pub total: Decimal,
     /// Quantity by subject; a short vector beats a map at this size.
     /// Names are shared with journal entries and rollup buckets.
-    pub subjects: Vec<(Arc<str>, Decimal)>,
+    pub subjects: Vec<(Name, Decimal)>,
 }
 
 /// Usage of a period whose invoice is not issued yet.
@@ -95,8 +96,8 @@ pub struct PaymentMethod {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RollupBucket {
     pub hour: Timestamp,
-    pub metric: Arc<str>,
-    pub subject: Arc<str>,
+    pub metric: Name,
+    pub subject: Name,
     pub quantity: Decimal,
     pub count: u64,
     pub correction: bool,
@@ -157,6 +158,10 @@ pub struct AccountState {
     pub rollups: Vec<RollupBucket>,
     /// Processing clock of the last change.
     pub clock: Timestamp,
+    /// The account's next timer, kept current by every change
+    /// (`Engine::next_timer` reads it).
+    #[serde(default)]
+    pub next_timer: Option<Timestamp>,
     /// Event ids of the dedup window; persisted separately from snapshots.
     #[serde(skip)]
     pub dedup: DedupWindow,
@@ -185,9 +190,13 @@ impl AccountState {
         for p in &self.open {
             n += s(&p.plan_id) + p.metrics.capacity() * std::mem::size_of::<MetricUsage>();
             for m in &p.metrics {
-                n += a(&m.metric)
-                    + m.subjects.capacity() * std::mem::size_of::<(Arc<str>, Decimal)>();
-                n += m.subjects.iter().map(|(x, _)| a(x)).sum::<usize>();
+                n += m.metric.heap_bytes()
+                    + m.subjects.capacity() * std::mem::size_of::<(Name, Decimal)>();
+                n += m
+                    .subjects
+                    .iter()
+                    .map(|(x, _)| x.heap_bytes())
+                    .sum::<usize>();
             }
         }
         n += self.closed.capacity() * std::mem::size_of::<ClosedPeriod>();
@@ -219,7 +228,7 @@ impl AccountState {
         n += self
             .rollups
             .iter()
-            .map(|r| a(&r.metric) + a(&r.subject))
+            .map(|r| r.metric.heap_bytes() + r.subject.heap_bytes())
             .sum::<usize>();
         n
     }

@@ -5,7 +5,8 @@
 //! same id with another payload is a conflict. Entries expire after the
 //! window, oldest first.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 
@@ -19,36 +20,59 @@ pub enum Seen {
     Conflict,
 }
 
+/// The keys are already xxh3 hashes of the event ids: fold them instead of
+/// hashing them again.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8)) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u128(&mut self, k: u128) {
+        self.0 = (k as u64) ^ ((k >> 64) as u64);
+    }
+}
+
+/// One map from key to (fingerprint, first seen), plus the oldest
+/// first-seen instant inline: the per-event expiry check reads one field,
+/// and the map is swept only when something is actually due to expire.
 #[derive(Debug, Clone, Default)]
 pub struct DedupWindow {
-    seen: HashMap<u128, u64>,
-    order: VecDeque<(i64, u128)>,
+    seen: HashMap<u128, (u64, i64), BuildHasherDefault<KeyHasher>>,
+    oldest: i64,
 }
 
 impl DedupWindow {
     pub fn check(&self, key: u128, fingerprint: u64) -> Seen {
         match self.seen.get(&key) {
             None => Seen::New,
-            Some(f) if *f == fingerprint => Seen::Duplicate,
+            Some((f, _)) if *f == fingerprint => Seen::Duplicate,
             Some(_) => Seen::Conflict,
         }
     }
 
     pub fn insert(&mut self, key: u128, fingerprint: u64, seen_at: i64) {
-        if self.seen.insert(key, fingerprint).is_none() {
-            self.order.push_back((seen_at, key));
+        if self.seen.is_empty() || seen_at < self.oldest {
+            self.oldest = seen_at;
         }
+        self.seen.entry(key).or_insert((fingerprint, seen_at));
     }
 
     /// Forget ids seen before `cutoff`.
     pub fn expire(&mut self, cutoff: i64) {
-        while let Some(&(at, key)) = self.order.front() {
-            if at >= cutoff {
-                break;
-            }
-            self.order.pop_front();
-            self.seen.remove(&key);
+        if self.seen.is_empty() || self.oldest >= cutoff {
+            return;
         }
+        self.seen.retain(|_, (_, at)| *at >= cutoff);
+        self.oldest = self.seen.values().map(|(_, at)| *at).min().unwrap_or(0);
     }
 
     pub fn len(&self) -> usize {
@@ -59,9 +83,9 @@ impl DedupWindow {
         self.seen.is_empty()
     }
 
-    /// Entries in the order they were seen, for persisting.
+    /// Entries (key, fingerprint, first seen), in no particular order.
     pub fn entries(&self) -> impl Iterator<Item = (u128, u64, i64)> + '_ {
-        self.order.iter().map(|&(at, k)| (k, self.seen[&k], at))
+        self.seen.iter().map(|(k, (f, at))| (*k, *f, *at))
     }
 }
 

@@ -19,6 +19,7 @@ use super::events::{
     Line, LineKind, PaymentEvent, PaymentKind, UsageRecorded,
 };
 use super::money::{round_ratio_half_even, Currency, Minor};
+use super::name::{self, Name};
 use super::plan::{Plan, PlanBook};
 use super::rating::{display_unit_price, rate};
 use super::reject::Rejection;
@@ -94,8 +95,9 @@ fn check_text(field: &str, value: &str) -> Result<(), Rejection> {
     }
 }
 
-fn add_subject(subjects: &mut Vec<(Arc<str>, Decimal)>, subject: &str, qty: Decimal) -> Arc<str> {
-    match subjects.iter_mut().find(|(s, _)| **s == *subject) {
+fn add_subject(subjects: &mut Vec<(Name, Decimal)>, subject: &str, qty: Decimal) -> Name {
+    let t = name::tag(subject);
+    match subjects.iter_mut().find(|(s, _)| s.is(t, subject)) {
         Some((s, q)) => {
             *q += qty;
             s.clone()
@@ -103,7 +105,7 @@ fn add_subject(subjects: &mut Vec<(Arc<str>, Decimal)>, subject: &str, qty: Deci
         None => {
             // Exact growth: this vector is resident for every active account.
             subjects.reserve_exact(1);
-            let name: Arc<str> = Arc::from(subject);
+            let name = Name::new(subject);
             subjects.push((name.clone(), qty));
             name
         }
@@ -163,6 +165,7 @@ impl Engine {
                 ) => {
                     let mut st = self.open_account(cmd, now, out)?;
                     st.dedup.insert(key, fingerprint, now.0);
+                    self.refresh_timer(&mut st);
                     self.advance(&mut st, now, out);
                     *slot = Some(st);
                     Ok(Outcome::Applied)
@@ -189,6 +192,7 @@ impl Engine {
         }
         st.dedup.insert(key, fingerprint, now.0);
         st.clock = st.clock.max(now);
+        self.refresh_timer(st);
         Ok(Outcome::Applied)
     }
 
@@ -246,7 +250,17 @@ impl Engine {
 
     /// The earliest instant at which this account has something to do on
     /// its own (no input needed), if any.
+    /// Read from the state, where every change keeps it current, so the
+    /// per-event timer check touches one field.
     pub fn next_timer(&self, st: &AccountState) -> Option<Timestamp> {
+        st.next_timer
+    }
+
+    fn refresh_timer(&self, st: &mut AccountState) {
+        st.next_timer = self.compute_next_timer(st);
+    }
+
+    fn compute_next_timer(&self, st: &AccountState) -> Option<Timestamp> {
         let mut next: Option<Timestamp> = None;
         let mut consider = |t: Timestamp| next = Some(next.map_or(t, |n| n.min(t)));
         if !st.finished {
@@ -274,11 +288,12 @@ impl Engine {
     /// Fire every timer due at or before `now`, each at its own instant
     /// and in time order, as if the clock had passed over them.
     pub fn advance(&self, st: &mut AccountState, now: Timestamp, out: &mut Vec<JournalEntry>) {
-        while let Some(t) = self.next_timer(st) {
+        while let Some(t) = st.next_timer {
             if t > now {
                 break;
             }
             self.fire(st, t, out);
+            self.refresh_timer(st);
         }
         st.dedup.expire(now.0 - self.config.dedup_window_micros);
         st.clock = st.clock.max(now);
@@ -334,8 +349,8 @@ impl Engine {
                 st,
                 DomainEvent::UsageRolledUp {
                     hour: r.hour,
-                    metric: r.metric,
-                    subject: r.subject,
+                    metric: r.metric.shared(),
+                    subject: r.subject.shared(),
                     quantity: r.quantity,
                     count: r.count,
                     correction: r.correction,
@@ -398,14 +413,14 @@ impl Engine {
         let Some(plan) = plan else { return lines };
         let mut usage_sum = Minor::ZERO;
         for m in usage.map(|u| u.metrics.as_slice()).unwrap_or_default() {
-            let Some(charge) = plan.charge(&m.metric) else {
+            let Some(charge) = plan.charge(m.metric.as_str()) else {
                 continue;
             };
             let amount = Self::round(st, rate(charge, m.total));
             usage_sum += amount;
             lines.push(Line {
                 kind: LineKind::Usage,
-                metric: Some(m.metric.to_string()),
+                metric: Some(m.metric.as_str().to_string()),
                 quantity: m.total,
                 unit_price: display_unit_price(charge),
                 amount,
@@ -614,29 +629,37 @@ impl Engine {
         let late = period.start < st.current.start;
         let (metric, subject) = if late {
             self.apply_late_usage(st, u, period)?;
-            (
-                Arc::<str>::from(u.metric.as_str()),
-                Arc::<str>::from(u.subject.as_str()),
-            )
+            (Name::new(&u.metric), Name::new(&u.subject))
         } else {
+            let metric_tag = name::tag(&u.metric);
             let idx = st.open.iter().position(|o| o.period == period);
-            let plan_id = match idx {
-                Some(i) => st.open[i].plan_id.as_str(),
-                None => self.plan_for_ref(st, period.start),
-            };
-            let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan {
-                plan_id: plan_id.to_string(),
-            })?;
-            if plan.charge(&u.metric).is_none() {
-                return Err(Rejection::UnknownMetric {
-                    metric: u.metric.clone(),
+            // A metric already in the period was checked against the
+            // period's plan when it arrived first: no plan lookup then.
+            let known = idx.and_then(|i| {
+                st.open[i]
+                    .metrics
+                    .iter()
+                    .position(|m| m.metric.is(metric_tag, &u.metric))
+            });
+            if known.is_none() {
+                let plan_id = match idx {
+                    Some(i) => st.open[i].plan_id.as_str(),
+                    None => self.plan_for_ref(st, period.start),
+                };
+                let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan {
                     plan_id: plan_id.to_string(),
-                });
+                })?;
+                if plan.charge(&u.metric).is_none() {
+                    return Err(Rejection::UnknownMetric {
+                        metric: u.metric.clone(),
+                        plan_id: plan_id.to_string(),
+                    });
+                }
             }
             let idx = match idx {
                 Some(i) => i,
                 None => {
-                    let plan_id = plan_id.to_string();
+                    let plan_id = self.plan_for_ref(st, period.start).to_string();
                     let at = st.open.partition_point(|o| o.period.start < period.start);
                     st.open.insert(
                         at,
@@ -650,12 +673,12 @@ impl Engine {
                 }
             };
             let open = &mut st.open[idx];
-            let m = match open.metrics.iter().position(|m| *m.metric == *u.metric) {
+            let m = match known {
                 Some(i) => &mut open.metrics[i],
                 None => {
                     open.metrics.reserve_exact(1);
                     open.metrics.push(MetricUsage {
-                        metric: Arc::from(u.metric.as_str()),
+                        metric: Name::new(&u.metric),
                         total: Decimal::ZERO,
                         subjects: Vec::new(),
                     });
@@ -673,8 +696,8 @@ impl Engine {
         emit.push(
             st,
             DomainEvent::UsageApplied {
-                subject,
-                metric,
+                subject: subject.shared(),
+                metric: metric.shared(),
                 quantity: u.quantity,
                 occurred_at: u.occurred_at,
                 period_start: period.start,
@@ -821,8 +844,8 @@ impl Engine {
         &self,
         st: &mut AccountState,
         u: &UsageRecorded,
-        metric: &Arc<str>,
-        subject: &Arc<str>,
+        metric: &Name,
+        subject: &Name,
         now: Timestamp,
     ) {
         let hour = u.occurred_at.hour_floor();
@@ -932,6 +955,7 @@ impl Engine {
             payment_method: None,
             rollups: Vec::new(),
             clock: now,
+            next_timer: None,
             dedup: Default::default(),
         };
         let mut emit = Emit::new(out, now, &cmd.event_id);

@@ -10,6 +10,7 @@ pub mod dedup;
 pub mod events;
 pub mod fold;
 pub mod money;
+pub mod name;
 pub mod plan;
 pub mod rating;
 pub mod reject;

@@ -4,7 +4,7 @@
 //! engine sees them as an immutable `PlanBook` and validates each plan once
 //! when it is added, so rating never meets a malformed plan.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
@@ -165,7 +165,9 @@ impl Plan {
 /// All known plans, by id. Cheap to clone (shared plans).
 #[derive(Debug, Clone, Default)]
 pub struct PlanBook {
-    plans: HashMap<String, Arc<Plan>>,
+    /// Looked up once per usage event: a fast hasher, not SipHash (plan
+    /// ids are not attacker-chosen keys of an open-ended map).
+    plans: FxHashMap<String, Arc<Plan>>,
 }
 
 impl PlanBook {

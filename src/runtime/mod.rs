@@ -1,6 +1,7 @@
 //! The runtime: drives decoded records and timers through the engine,
 //! persists each batch, and hands the outputs of durable state to a sink.
 
+pub mod batch;
 mod processor;
 
-pub use processor::{Processor, ProcessorStats, SourcePos};
+pub use processor::{BatchRecord, Processor, ProcessorStats, SourcePos};

@@ -33,6 +33,15 @@ pub struct SourcePos {
     pub offset: i64,
 }
 
+/// One record of a batch, decoded, with where it came from.
+pub struct BatchRecord<'a> {
+    pub pos: SourcePos,
+    pub key: Option<&'a str>,
+    pub raw: &'a [u8],
+    pub decoded: Result<Decoded, DecodeError>,
+    pub now: Timestamp,
+}
+
 /// A journal entry as stored: the entry and the input position behind it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StoredJournalEntry {
@@ -186,6 +195,27 @@ impl<S: StateStore> Processor<S> {
             Ok(Decoded::Input(input)) => input,
         };
         self.apply(pos, key, raw, &input, now).await
+    }
+
+    /// Process a batch of decoded records: plans and undecodable records
+    /// first, then the inputs grouped by account (each account's records
+    /// in arrival order, see `batch::group_by_account`), so an account's
+    /// state is hot in cache for all its records of the batch.
+    pub async fn process_batch(&mut self, records: Vec<BatchRecord<'_>>) -> Result<(), StoreError> {
+        let mut inputs = Vec::with_capacity(records.len());
+        for r in records {
+            match r.decoded {
+                Ok(Decoded::Input(input)) => inputs.push((r.pos, r.key, r.raw, input, r.now)),
+                other => self.process(&r.pos, r.key, r.raw, other, r.now).await?,
+            }
+        }
+        let order =
+            super::batch::group_by_account(inputs.iter().map(|(_, _, _, i, _)| i.account_id()));
+        for i in order {
+            let (pos, key, raw, input, now) = &inputs[i as usize];
+            self.apply(pos, *key, raw, input, *now).await?;
+        }
+        Ok(())
     }
 
     /// Apply one decoded input.
