@@ -32,6 +32,7 @@ use billstream::engine::money::Currency;
 use billstream::engine::plan::{Charge, Model, Plan, PlanBook, Tier};
 use billstream::engine::time::{Anchor, Timestamp, MICROS_PER_HOUR, MICROS_PER_SECOND};
 use billstream::engine::{AccountState, Engine, EngineConfig};
+use billstream::runtime::batch::group_by_account;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -53,6 +54,9 @@ const SUBJECTS: usize = 4;
 /// `core_path_with_draft_rating`: rate the running invoice of the account
 /// hit by every `DRAFT_EVERY`-th event.
 const DRAFT_EVERY: usize = 1_000;
+/// A usage record as it sits on the topic: Kafka key (the account id),
+/// Confluent-framed Avro value, processing instant.
+type Rec = (String, Vec<u8>, Timestamp);
 const PLAN_ID: &str = "usage-3";
 const METRICS: [&str; 3] = ["container.hours", "disk.gb_hours", "api.calls"];
 
@@ -154,11 +158,11 @@ struct Fixture {
     opened: States,
     /// Confluent-framed Avro usage records with their processing instant,
     /// over one month (sparse: about 20 per account).
-    records: Vec<(Vec<u8>, Timestamp)>,
+    records: Vec<Rec>,
     /// The accounts after a warm-up stream of `RECORDS` records.
     warm: States,
     /// `RECORDS` records continuing the warm-up stream.
-    steady: Vec<(Vec<u8>, Timestamp)>,
+    steady: Vec<Rec>,
 }
 
 fn fixture() -> Fixture {
@@ -254,7 +258,7 @@ fn usage_records(
     accounts: usize,
     start: Timestamp,
     span: i64,
-) -> Vec<(Vec<u8>, Timestamp)> {
+) -> Vec<Rec> {
     let step = span / RECORDS as i64;
     let mut records = Vec::with_capacity(RECORDS);
     for i in 0..RECORDS {
@@ -267,9 +271,10 @@ fn usage_records(
             1 => Decimal::new(rng.random_range(1..1_000_000), 3),
             _ => Decimal::from(rng.random_range(1..5_000u32)),
         };
+        let key = account_id(rng.random_range(0..accounts));
         let usage = Input::Usage(UsageRecorded {
             event_id: uuid::Uuid::from_u128(rng.random()).to_string(),
-            account_id: account_id(rng.random_range(0..accounts)),
+            account_id: key.clone(),
             subject: format!("res-{}", rng.random_range(0..SUBJECTS)),
             metric: METRICS[metric].into(),
             quantity,
@@ -279,7 +284,7 @@ fn usage_records(
         });
         let bytes = catalog.encode_input(&usage).expect("encode UsageRecorded");
         assert_eq!(decode(decoder, &bytes), usage, "UsageRecorded round trip");
-        records.push((bytes, at));
+        records.push((key, bytes, at));
     }
     records
 }
@@ -288,15 +293,10 @@ fn usage_records(
 /// (dedup + accumulate exact totals + rollups + journal) → drop the journal.
 /// With `draft_every`, the running invoice of the account hit by every
 /// `n`-th record is also rated. Returns the number of journal entries.
-fn run(
-    f: &Fixture,
-    records: &[(Vec<u8>, Timestamp)],
-    states: &mut States,
-    draft_every: Option<usize>,
-) -> usize {
+fn run(f: &Fixture, records: &[Rec], states: &mut States, draft_every: Option<usize>) -> usize {
     let mut journal: Vec<JournalEntry> = Vec::with_capacity(16);
     let mut entries = 0;
-    for (i, (bytes, now)) in records.iter().enumerate() {
+    for (i, (_, bytes, now)) in records.iter().enumerate() {
         let input = decode(&f.decoder, bytes);
         let slot = states
             .get_mut(input.account_id())
@@ -315,6 +315,56 @@ fn run(
     entries
 }
 
+/// The core path as the runtime runs it: decode the batch, group it by
+/// account (`runtime::batch::group_by_account`, arrival order kept within
+/// an account), then fold each account's records in a row.
+fn run_grouped(f: &Fixture, records: &[Rec], states: &mut States) -> usize {
+    // Kafka records are keyed by account id: group on the key, then decode
+    // each record right before it is folded (decoded data stays in cache).
+    let order = group_by_account(records.iter().map(|(key, _, _)| key.as_str()));
+    let mut journal: Vec<JournalEntry> = Vec::with_capacity(16);
+    let mut entries = 0;
+    let mut current: Option<&mut Option<AccountState>> = None;
+    // One decoded record reused for the whole batch (no allocation per record).
+    let mut scratch = Decoded::Input(Input::Usage(UsageRecorded {
+        event_id: String::new(),
+        account_id: String::new(),
+        subject: String::new(),
+        metric: String::new(),
+        quantity: Decimal::ZERO,
+        occurred_at: Timestamp(0),
+        environment: String::new(),
+        attributes: Default::default(),
+    }));
+    let mut previous = String::new();
+    for i in order {
+        let (_, bytes, now) = &records[i as usize];
+        f.decoder.decode_into(bytes, &mut scratch).expect("decodes");
+        let Decoded::Input(input) = &scratch else {
+            panic!("not an input")
+        };
+        // Compare decoded ids (just written, in cache) rather than keys.
+        let slot = match current.take() {
+            Some(slot) if previous == input.account_id() => slot,
+            _ => {
+                previous.clear();
+                previous.push_str(input.account_id());
+                states
+                    .get_mut(input.account_id())
+                    .expect("usage for an opened account")
+            }
+        };
+        match f.engine.apply(slot, input, *now, &mut journal) {
+            Ok(Outcome::Applied) => {}
+            other => panic!("record {i}: {other:?}"),
+        }
+        entries += journal.len();
+        journal.clear();
+        current = Some(slot);
+    }
+    entries
+}
+
 fn report_state(f: &Fixture) {
     let mut states = f.opened.clone();
     let entries = run(f, &f.records, &mut states, None);
@@ -324,7 +374,7 @@ fn report_state(f: &Fixture) {
     let resident: usize = open.iter().map(|s| s.resident_bytes()).sum();
     let dedup: usize = open.iter().map(|s| s.dedup.len()).sum();
     let rollups: usize = open.iter().map(|s| s.rollups.len()).sum();
-    let bytes: usize = f.records.iter().map(|(b, _)| b.len()).sum();
+    let bytes: usize = f.records.iter().map(|(_, b, _)| b.len()).sum();
     let opened_resident: usize = f
         .opened
         .values()
@@ -364,13 +414,21 @@ fn benches(c: &mut Criterion) {
 
     group.bench_function("decode_only", |b| {
         b.iter(|| {
-            for (bytes, _) in &f.records {
+            for (_, bytes, _) in &f.records {
                 black_box(decode(&f.decoder, black_box(bytes)));
             }
         })
     });
 
     group.bench_function("core_path", |b| {
+        b.iter_batched_ref(
+            || f.warm.clone(),
+            |states| run_grouped(&f, &f.steady, states),
+            BatchSize::PerIteration,
+        )
+    });
+
+    group.bench_function("core_path_arrival_order", |b| {
         b.iter_batched_ref(
             || f.warm.clone(),
             |states| run(&f, &f.steady, states, None),

@@ -200,6 +200,24 @@ impl Decoder {
         }
     }
 
+    /// Decode into `scratch`, reusing its string buffers when the record
+    /// and `scratch` are both usage: the hot path then allocates nothing
+    /// per record. Other records decode as `decode` does. On error
+    /// `scratch` holds unspecified values and must not be used.
+    pub fn decode_into(&self, bytes: &[u8], scratch: &mut Decoded) -> Result<(), DecodeError> {
+        if bytes.first() == Some(&framing::MAGIC) {
+            let (id, body) = framing::split(bytes)?;
+            let reader = self.readers.iter().find(|(i, _)| *i == id).map(|(_, r)| r);
+            if let (Some(Reader::Usage(r)), Decoded::Input(Input::Usage(u))) =
+                (reader, &mut *scratch)
+            {
+                return r.read_into(body, u);
+            }
+        }
+        *scratch = self.decode(bytes)?;
+        Ok(())
+    }
+
     /// Decode one Confluent-framed Avro record.
     pub fn decode_avro(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
         let (id, body) = framing::split(bytes)?;
@@ -481,6 +499,41 @@ mod tests {
 
     fn decoder() -> Decoder {
         Decoder::new(Catalog::shared().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn decode_into_reuses_buffers_and_equals_decode() {
+        let catalog = Catalog::load().unwrap();
+        let decoder = Decoder::new(&catalog).unwrap();
+        let mut scratch = Decoded::Plan(crate::engine::plan::Plan {
+            plan_id: "x".into(),
+            currency: crate::engine::money::Currency::from_code("EUR").unwrap(),
+            recurring_fee: Default::default(),
+            minimum_spend: Default::default(),
+            charges: vec![],
+        });
+        for i in 0..3 {
+            let mut u = crate::engine::events::UsageRecorded {
+                event_id: format!("e-{i}"),
+                account_id: format!("acct-{i}"),
+                subject: "app".into(),
+                metric: "m".into(),
+                quantity: rust_decimal::Decimal::new(15 + i, 1),
+                occurred_at: crate::engine::time::Timestamp(1_700_000_000_000_000 + i),
+                environment: "prod".into(),
+                attributes: Default::default(),
+            };
+            if i == 1 {
+                u.attributes.insert("region".into(), "eu".into());
+            }
+            let bytes = catalog.encode_input(&Input::Usage(u.clone())).unwrap();
+            decoder.decode_into(&bytes, &mut scratch).unwrap();
+            assert_eq!(scratch, decoder.decode(&bytes).unwrap());
+            assert_eq!(scratch, Decoded::Input(Input::Usage(u)));
+        }
+        assert!(decoder
+            .decode_into(&[0, 0, 0, 0, 1, 0xff], &mut scratch)
+            .is_err());
     }
 
     #[test]

@@ -254,6 +254,49 @@ impl UsageReader {
 
     /// Decode one Avro body (without framing). Never panics.
     pub fn read(&self, body: &[u8]) -> Result<UsageRecorded, DecodeError> {
+        let s = self.read_slots(body)?;
+        self.build(s)
+    }
+
+    /// Decode one Avro body into `out`, reusing its string buffers: the
+    /// hot path decodes record after record without allocating. On error
+    /// `out` holds unspecified (but valid) values.
+    pub fn read_into(&self, body: &[u8], out: &mut UsageRecorded) -> Result<(), DecodeError> {
+        let s = self.read_slots(body)?;
+        let str_at = |i: usize| -> Result<&str, DecodeError> {
+            match (
+                s.strs.get(i).copied().flatten(),
+                self.defaults.strs.get(i).and_then(Option::as_ref),
+            ) {
+                (Some(v), _) => Ok(v),
+                (None, Some(d)) => Ok(d.as_str()),
+                (None, None) => Err(DecodeError::field(STR_SLOTS[i].name(), "must not be null")),
+            }
+        };
+        for (i, field) in [
+            (0, &mut out.event_id),
+            (1, &mut out.account_id),
+            (2, &mut out.subject),
+            (3, &mut out.metric),
+            (5, &mut out.environment),
+        ] {
+            let v = str_at(i)?;
+            field.clear();
+            field.push_str(v);
+        }
+        out.quantity = decimal_field("quantity", str_at(4)?)?;
+        out.occurred_at = match s.occurred_at.or(self.defaults.occurred_at) {
+            Some(t) => timestamp_field("occurred_at", t)?,
+            None => return Err(DecodeError::field("occurred_at", "must not be null")),
+        };
+        match s.attributes.or_else(|| self.defaults.attributes.clone()) {
+            Some(map) => out.attributes = map,
+            None => out.attributes.clear(),
+        }
+        Ok(())
+    }
+
+    fn read_slots<'b>(&self, body: &'b [u8]) -> Result<Slots<'b>, DecodeError> {
         let mut c = Cursor::new(body);
         let mut s = Slots::default();
         for op in &self.ops {
@@ -287,7 +330,7 @@ impl UsageReader {
             }
         }
         c.finish()?;
-        self.build(s)
+        Ok(s)
     }
 
     fn build(&self, s: Slots<'_>) -> Result<UsageRecorded, DecodeError> {

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use xxhash_rust::xxh3::{xxh3_128, Xxh3};
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64_with_seed, Xxh3};
 
 use super::events::{Input, UsageRecorded};
 
@@ -94,27 +94,29 @@ pub fn key(event_id: &str) -> u128 {
     xxh3_128(event_id.as_bytes())
 }
 
-fn hash_usage(h: &mut Xxh3, u: &UsageRecorded) {
+/// Usage payload fingerprint: one-shot xxh3 per field, chained through
+/// the seed (no streaming state to set up on the hot path). Lengths are
+/// hashed with the bytes, so field boundaries cannot shift.
+fn hash_usage(u: &UsageRecorded) -> u64 {
+    let mut h = 0u64;
     for s in [&u.account_id, &u.subject, &u.metric, &u.environment] {
-        h.update(&(s.len() as u64).to_le_bytes());
-        h.update(s.as_bytes());
+        h = xxh3_64_with_seed(s.as_bytes(), h ^ s.len() as u64);
     }
     // Normalized so "1.50" and "1.5" are the same payload.
-    h.update(&u.quantity.normalize().serialize());
-    h.update(&u.occurred_at.0.to_le_bytes());
+    h = xxh3_64_with_seed(&u.quantity.normalize().serialize(), h);
+    h = xxh3_64_with_seed(&u.occurred_at.0.to_le_bytes(), h);
     for (k, v) in &u.attributes {
-        h.update(&(k.len() as u64).to_le_bytes());
-        h.update(k.as_bytes());
-        h.update(&(v.len() as u64).to_le_bytes());
-        h.update(v.as_bytes());
+        h = xxh3_64_with_seed(k.as_bytes(), h ^ k.len() as u64);
+        h = xxh3_64_with_seed(v.as_bytes(), h ^ v.len() as u64);
     }
+    h
 }
 
 /// A fingerprint of an input's payload (everything but transport metadata).
 pub fn fingerprint(input: &Input) -> u64 {
     let mut h = Xxh3::new();
     match input {
-        Input::Usage(u) => hash_usage(&mut h, u),
+        Input::Usage(u) => return hash_usage(u),
         // Rare inputs: their canonical JSON is a fine payload identity.
         Input::Payment(p) => h.update(&serde_json::to_vec(p).unwrap_or_default()),
         Input::Account(a) => h.update(&serde_json::to_vec(a).unwrap_or_default()),

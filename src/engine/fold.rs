@@ -192,7 +192,19 @@ impl Engine {
         }
         st.dedup.insert(key, fingerprint, now.0);
         st.clock = st.clock.max(now);
-        self.refresh_timer(st);
+        match input {
+            // Usage only ever adds a rollup bucket: its close is the one
+            // timer it can bring forward (exact, and no full recompute).
+            Input::Usage(u) => {
+                let close = u
+                    .occurred_at
+                    .hour_floor()
+                    .plus(MICROS_PER_HOUR + self.config.rollup_lateness_micros);
+                st.next_timer = Some(st.next_timer.map_or(close, |t| t.min(close)));
+                debug_assert_eq!(st.next_timer, self.compute_next_timer(st));
+            }
+            _ => self.refresh_timer(st),
+        }
         Ok(Outcome::Applied)
     }
 
@@ -336,10 +348,8 @@ impl Engine {
         if !st.rollups.iter().any(|r| r.hour.plus(lateness) <= emit.at) {
             return;
         }
-        // Sorted by hour, the closed hours are a prefix: emit and drain it in
-        // place (no allocation on this per-hour path).
-        st.rollups
-            .sort_by(|a, b| (a.hour, &a.metric, &a.subject).cmp(&(b.hour, &b.metric, &b.subject)));
+        // Buckets are kept sorted (see `add_to_rollup`), so the closed hours
+        // are a prefix: emit and drain it in place, no sort, no allocation.
         let n = st
             .rollups
             .partition_point(|r| r.hour.plus(lateness) <= emit.at);
@@ -859,14 +869,25 @@ impl Engine {
                 r.quantity += u.quantity;
                 r.count += 1;
             }
-            None => st.rollups.push(RollupBucket {
-                hour,
-                metric: metric.clone(),
-                subject: subject.clone(),
-                quantity: u.quantity,
-                count: 1,
-                correction: closed,
-            }),
+            None => {
+                // Insert in (hour, metric, subject) order: emission order is
+                // then deterministic and needs no sort.
+                let at = st.rollups.partition_point(|r| {
+                    (r.hour, r.metric.as_str(), r.subject.as_str())
+                        < (hour, metric.as_str(), subject.as_str())
+                });
+                st.rollups.insert(
+                    at,
+                    RollupBucket {
+                        hour,
+                        metric: metric.clone(),
+                        subject: subject.clone(),
+                        quantity: u.quantity,
+                        count: 1,
+                        correction: closed,
+                    },
+                );
+            }
         }
     }
 

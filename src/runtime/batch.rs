@@ -13,14 +13,20 @@ use rustc_hash::FxHashMap;
 /// The indices `0..keys.len()` grouped by key: groups in order of first
 /// appearance, indices within a group ascending (arrival order kept).
 /// Counting sort: linear in the batch, no comparisons.
+///
+/// Groups are formed on a 64-bit hash of the key, never by comparing the
+/// keys: two accounts whose hashes collide simply share a group, which is
+/// still correct because each account's records keep their arrival order
+/// inside it. (Comparing keys would read every key's bytes again, a cache
+/// miss per record with many accounts.)
 pub fn group_by_account<'a>(keys: impl ExactSizeIterator<Item = &'a str>) -> Vec<u32> {
     let n = keys.len();
-    let mut ids: FxHashMap<&'a str, u32> = FxHashMap::default();
+    let mut ids: FxHashMap<u64, u32> = FxHashMap::default();
     let mut group_of = Vec::with_capacity(n);
     let mut sizes: Vec<u32> = Vec::new();
     for k in keys {
         let next = ids.len() as u32;
-        let g = *ids.entry(k).or_insert(next);
+        let g = *ids.entry(crate::engine::name::tag(k)).or_insert(next);
         if g == next {
             sizes.push(0);
         }
