@@ -59,6 +59,30 @@ impl DedupWindow {
         }
     }
 
+    /// `check`, and record the id when it is new, in one hash probe.
+    pub fn check_and_insert(&mut self, key: u128, fingerprint: u64, seen_at: i64) -> Seen {
+        use std::collections::hash_map::Entry;
+        let was_empty = self.seen.is_empty();
+        match self.seen.entry(key) {
+            Entry::Occupied(e) if e.get().0 == fingerprint => Seen::Duplicate,
+            Entry::Occupied(_) => Seen::Conflict,
+            Entry::Vacant(v) => {
+                v.insert((fingerprint, seen_at));
+                if was_empty || seen_at < self.oldest {
+                    self.oldest = seen_at;
+                }
+                Seen::New
+            }
+        }
+    }
+
+    /// Take back an id recorded by `check_and_insert` (its input was
+    /// rejected). `oldest` may stay earlier than needed: that only makes
+    /// the next expiry sweep sooner.
+    pub fn remove(&mut self, key: u128) {
+        self.seen.remove(&key);
+    }
+
     pub fn insert(&mut self, key: u128, fingerprint: u64, seen_at: i64) {
         if self.seen.is_empty() || seen_at < self.oldest {
             self.oldest = seen_at;

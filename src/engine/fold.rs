@@ -175,7 +175,10 @@ impl Engine {
                 }),
             };
         };
-        match st.dedup.check(key, fingerprint) {
+        // One probe: the id is recorded now and taken back if the input is
+        // rejected (rejections leave no trace, so a fixed input can be
+        // replayed from the dead-letter topic).
+        match st.dedup.check_and_insert(key, fingerprint, now.0) {
             Seen::Duplicate => return Ok(Outcome::Duplicate),
             Seen::Conflict => {
                 return Err(Rejection::Conflict {
@@ -185,12 +188,15 @@ impl Engine {
             Seen::New => {}
         }
         let mut emit = Emit::new(out, now, input.event_id());
-        match input {
-            Input::Usage(u) => self.apply_usage(st, u, &mut emit)?,
-            Input::Payment(p) => self.apply_payment(st, p, &mut emit)?,
-            Input::Account(a) => self.apply_account(st, a, &mut emit)?,
+        let applied = match input {
+            Input::Usage(u) => self.apply_usage(st, u, &mut emit),
+            Input::Payment(p) => self.apply_payment(st, p, &mut emit),
+            Input::Account(a) => self.apply_account(st, a, &mut emit),
+        };
+        if let Err(rejection) = applied {
+            st.dedup.remove(key);
+            return Err(rejection);
         }
-        st.dedup.insert(key, fingerprint, now.0);
         st.clock = st.clock.max(now);
         match input {
             // Usage only ever adds a rollup bucket: its close is the one
