@@ -365,8 +365,8 @@ impl Engine {
                 st,
                 DomainEvent::UsageRolledUp {
                     hour: r.hour,
-                    metric: r.metric.shared(),
-                    subject: r.subject.shared(),
+                    metric: r.metric.into_shared(),
+                    subject: r.subject.into_shared(),
                     quantity: r.quantity,
                     count: r.count,
                     correction: r.correction,
@@ -712,8 +712,8 @@ impl Engine {
         emit.push(
             st,
             DomainEvent::UsageApplied {
-                subject: subject.shared(),
-                metric: metric.shared(),
+                subject: subject.into_shared(),
+                metric: metric.into_shared(),
                 quantity: u.quantity,
                 occurred_at: u.occurred_at,
                 period_start: period.start,
@@ -866,9 +866,11 @@ impl Engine {
     ) {
         let hour = u.occurred_at.hour_floor();
         let closed = hour.plus(MICROS_PER_HOUR + self.config.rollup_lateness_micros) <= now;
+        // Newest hours sit at the end: search from there.
         match st
             .rollups
             .iter_mut()
+            .rev()
             .find(|r| r.hour == hour && r.metric == *metric && r.subject == *subject)
         {
             Some(r) => {

@@ -47,6 +47,11 @@ impl Name {
         self.text.clone()
     }
 
+    /// The shared text, giving up this handle (no reference-count traffic).
+    pub fn into_shared(self) -> Arc<str> {
+        self.text
+    }
+
     /// Approximate heap bytes held (the text and its reference counts).
     pub fn heap_bytes(&self) -> usize {
         self.text.len() + 16
