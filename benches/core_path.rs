@@ -467,3 +467,7 @@ fn benches(c: &mut Criterion) {
 
 criterion_group!(core_path, benches);
 criterion_main!(core_path);
+
+// The same allocator as the `billstream` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::contracts::{outputs_for, DeadLetter, DecodeError, Decoded, OutputRecord};
+use crate::contracts::{outputs_for, DeadLetter, DecodeError, Decoded, Decoder, OutputRecord};
 use crate::engine::dedup;
-use crate::engine::events::{DomainEvent, Input, JournalEntry};
+use crate::engine::events::{DomainEvent, Input, JournalEntry, UsageRecorded};
 use crate::engine::fold::Outcome;
 use crate::engine::time::Timestamp;
 use crate::engine::tripwire::mask_card_numbers;
@@ -33,12 +33,12 @@ pub struct SourcePos {
     pub offset: i64,
 }
 
-/// One record of a batch, decoded, with where it came from.
+/// One record of a batch as it came off its topic: position, key (the
+/// account id, as SPEC §2 keys every topic), bytes, processing instant.
 pub struct BatchRecord<'a> {
     pub pos: SourcePos,
     pub key: Option<&'a str>,
     pub raw: &'a [u8],
-    pub decoded: Result<Decoded, DecodeError>,
     pub now: Timestamp,
 }
 
@@ -197,23 +197,41 @@ impl<S: StateStore> Processor<S> {
         self.apply(pos, key, raw, &input, now).await
     }
 
-    /// Process a batch of decoded records: plans and undecodable records
-    /// first, then the inputs grouped by account (each account's records
-    /// in arrival order, see `batch::group_by_account`), so an account's
-    /// state is hot in cache for all its records of the batch.
-    pub async fn process_batch(&mut self, records: Vec<BatchRecord<'_>>) -> Result<(), StoreError> {
-        let mut inputs = Vec::with_capacity(records.len());
-        for r in records {
-            match r.decoded {
-                Ok(Decoded::Input(input)) => inputs.push((r.pos, r.key, r.raw, input, r.now)),
-                other => self.process(&r.pos, r.key, r.raw, other, r.now).await?,
-            }
-        }
-        let order =
-            super::batch::group_by_account(inputs.iter().map(|(_, _, _, i, _)| i.account_id()));
+    /// Process a batch of input-topic records account by account: the
+    /// batch is grouped on the record key (`batch::group_by_account`, each
+    /// account's records in arrival order) and every record is decoded
+    /// right before it is folded, into one reused buffer. An account's
+    /// state is then hot in cache for all its records of the batch. (The
+    /// plans topic is a global table read on its own, not part of these
+    /// batches; a plan record met here is applied where it stands.)
+    pub async fn process_batch(
+        &mut self,
+        decoder: &Decoder,
+        records: &[BatchRecord<'_>],
+    ) -> Result<(), StoreError> {
+        let order = super::batch::group_by_account(records.iter().map(|r| r.key.unwrap_or("")));
+        let mut scratch = Decoded::Input(Input::Usage(UsageRecorded {
+            event_id: String::new(),
+            account_id: String::new(),
+            subject: String::new(),
+            metric: String::new(),
+            quantity: Default::default(),
+            occurred_at: Timestamp(0),
+            environment: String::new(),
+            attributes: Default::default(),
+        }));
         for i in order {
-            let (pos, key, raw, input, now) = &inputs[i as usize];
-            self.apply(pos, *key, raw, input, *now).await?;
+            let r = &records[i as usize];
+            match decoder.decode_into(r.raw, &mut scratch) {
+                Ok(()) => match &scratch {
+                    Decoded::Input(input) => self.apply(&r.pos, r.key, r.raw, input, r.now).await?,
+                    plan @ Decoded::Plan(_) => {
+                        self.process(&r.pos, r.key, r.raw, Ok(plan.clone()), r.now)
+                            .await?
+                    }
+                },
+                Err(e) => self.process(&r.pos, r.key, r.raw, Err(e), r.now).await?,
+            }
         }
         Ok(())
     }
