@@ -1,23 +1,33 @@
-//! Core-path throughput: Confluent-framed Avro usage bytes → decode →
-//! account lookup → `Engine::apply` (envelope checks, dedup, fold into the
-//! exact per-metric/subject period totals, hourly rollups, journal) on one
-//! thread, with 10,000 open accounts and a plan of 3 metrics.
+//! Core-path throughput: Confluent-framed Avro usage records → decode →
+//! dedup → fold (exact per-metric/subject totals, hourly rollups, journal
+//! entries) on one thread, with 10,000 open accounts and a plan of 3
+//! metrics. Requirement: at least 1,000,000 usage events per second on one
+//! core.
 //!
-//! Requirement: at least 1,000,000 usage events per second on one core.
+//! `core_path` runs a batch the way the runtime does
+//! (`Processor::process_batch`): group the batch on the record key (the
+//! account id; `runtime::batch::group_by_account`, arrival order kept per
+//! account), gather the payloads in that order, then decode each record
+//! into one reused buffer (`Decoder::decode_into`) right before
+//! `Engine::apply` folds it, so an account's state stays in cache for all
+//! its records of the batch. The accounts are in steady state: they have
+//! already folded a warm-up stream of the same shape (their subjects,
+//! totals, dedup ids and rollup buckets exist), and the measured 200,000
+//! records continue it over two hours of event time, so every account's
+//! hourly rollup closes during the run. Rating happens on period totals
+//! (when the draft is read or issued), never per event.
 //!
-//! Setup (never timed): a plan with a per-unit, a graduated and a package
-//! charge; 10,000 accounts opened through `AccountOpened` inputs (encoded
-//! and decoded like any other record); `RECORDS` usage records spread
-//! pseudo-randomly over the accounts, the 3 metrics and a few subjects per
-//! account, with unique event ids and `occurred_at` increasing over one
-//! calendar month. The processing clock of each record is its
-//! `occurred_at` (monotonic), so the hourly rollup timers fire as they
-//! would in production, but no period closes.
+//! For comparison: `decode_only` (the decoder alone, same-run baseline),
+//! `core_path_arrival_order` (same steady state, records folded in arrival
+//! order without grouping), `core_path_sparse_month` (freshly opened
+//! accounts, about 20 records each spread over a month, arrival order),
+//! and `core_path_with_draft_rating` (arrival order, plus reading the
+//! running invoice every 1,000th record).
 //!
-//! Every iteration of `core_path*` starts from a fresh clone of the freshly
-//! opened accounts (made by `iter_batched_ref`'s setup, outside the timed
-//! region, and dropped outside it too), so each run sees every event id for
-//! the first time and dedup never short-circuits the fold.
+//! Every timed iteration starts from a fresh clone of the account map,
+//! made and dropped outside the timed region, so each run sees every event
+//! id for the first time. The benchmark uses the binary's allocator
+//! (mimalloc).
 //!
 //! Run: `cargo bench --bench core_path`.
 
