@@ -336,16 +336,7 @@ fn run_grouped(f: &Fixture, records: &[Rec], states: &mut States) -> usize {
     let mut entries = 0;
     let mut current: Option<&mut Option<AccountState>> = None;
     // One decoded record reused for the whole batch (no allocation per record).
-    let mut scratch = Decoded::Input(Input::Usage(UsageRecorded {
-        event_id: String::new(),
-        account_id: String::new(),
-        subject: String::new(),
-        metric: String::new(),
-        quantity: Decimal::ZERO,
-        occurred_at: Timestamp(0),
-        environment: String::new(),
-        attributes: Default::default(),
-    }));
+    let mut scratch = Decoded::Input(Input::Usage(UsageRecorded::default()));
     // Gather the batch's payloads into one buffer in grouped order: a loop
     // of independent copies (the CPU overlaps their cache misses), after
     // which decode and fold read memory front to back.

@@ -15,7 +15,8 @@ use super::money::Minor;
 use super::time::{Anchor, Period, Timestamp};
 
 /// `billing.usage.v1`: one measured use of a metric by a subject.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// (`Default` is an empty record: a buffer to decode into.)
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRecorded {
     pub event_id: String,
     pub account_id: String,

@@ -210,16 +210,7 @@ impl<S: StateStore> Processor<S> {
         records: &[BatchRecord<'_>],
     ) -> Result<(), StoreError> {
         let order = super::batch::group_by_account(records.iter().map(|r| r.key.unwrap_or("")));
-        let mut scratch = Decoded::Input(Input::Usage(UsageRecorded {
-            event_id: String::new(),
-            account_id: String::new(),
-            subject: String::new(),
-            metric: String::new(),
-            quantity: Default::default(),
-            occurred_at: Timestamp(0),
-            environment: String::new(),
-            attributes: Default::default(),
-        }));
+        let mut scratch = Decoded::Input(Input::Usage(UsageRecorded::default()));
         for i in order {
             let r = &records[i as usize];
             match decoder.decode_into(r.raw, &mut scratch) {
