@@ -6,6 +6,7 @@
 //! and hands outputs to the sinks, `cli` wires it all for the commands.
 
 pub mod cli;
+pub mod config;
 pub mod contracts;
 pub mod engine;
 pub mod runtime;

@@ -1,5 +1,6 @@
 //! Command-line entry points; each subcommand wires edges to the runtime.
 
+mod config;
 mod demo;
 mod schemas;
 mod simulate;
@@ -33,6 +34,9 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// List and validate the Avro schemas in schemas/ and the id manifest.
     Schemas,
+    /// Validate the configuration (defaults, --config file, BILLSTREAM__…
+    /// variables) and print the settings in effect.
+    Config(config::ConfigArgs),
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -41,6 +45,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Schemas => schemas::run(),
+        Command::Config(args) => config::run(args),
     };
     match result {
         Ok(code) => code,

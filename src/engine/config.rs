@@ -1,6 +1,7 @@
 //! The engine's rules that are settings: grace, terms, dunning schedule,
-//! windows. Defaults follow SPEC §3–§4; the runtime builds this from the
-//! validated configuration file.
+//! windows. Defaults follow SPEC §3–§4 and match `config/default.toml`
+//! (a test checks they agree); `crate::config` builds this from the
+//! validated configuration.
 
 use rust_decimal::Decimal;
 

@@ -1,0 +1,546 @@
+//! Configuration, in two stages: a raw serde shape (unknown fields refused)
+//! layered from the embedded defaults (`config/default.toml`), an optional
+//! file and `BILLSTREAM__<SECTION>__<KEY>` environment overrides; then
+//! validated once into typed `Settings` (durations, the engine's rules),
+//! passed around explicitly — never a global. Every error names the field.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use crate::engine::EngineConfig;
+
+/// The defaults, embedded at build time from the readable file.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Prefix of environment overrides: `BILLSTREAM__KAFKA__BROKERS=…`.
+pub const ENV_PREFIX: &str = "BILLSTREAM__";
+
+/// A configuration problem, naming the field (`kafka.brokers`) or source.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    /// A layer is not valid TOML, or does not fit the configuration's shape
+    /// (unknown field, wrong type).
+    #[error("{source_name}: {reason}")]
+    Shape { source_name: String, reason: String },
+    /// A field has a value billstream cannot use.
+    #[error("config field `{field}`: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    environment: String,
+    kafka: RawKafka,
+    topics: Topics,
+    store: RawStore,
+    batch: RawBatch,
+    billing: RawBilling,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    brokers: String,
+    group_id: String,
+    topic_prefix: String,
+    session_timeout: String,
+    transactional: bool,
+    schema_registry_url: String,
+}
+
+/// Topic names (before the prefix).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topics {
+    pub usage: String,
+    pub payments: String,
+    pub accounts: String,
+    pub plans: String,
+    pub invoices: String,
+    pub charges: String,
+    pub notifications: String,
+    pub usage_rollups: String,
+    pub journal: String,
+    pub dlq: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    kind: String,
+    path: String,
+    scylla_nodes: Vec<String>,
+    keyspace: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    max_records: u64,
+    max_wait: String,
+    max_in_flight: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBilling {
+    grace: String,
+    payment_terms: String,
+    retry_schedule: Vec<String>,
+    future_tolerance: String,
+    dedup_window: String,
+    late_periods: u32,
+    credit_low_threshold: String,
+    expiry_warning: String,
+    rollup_lateness: String,
+    max_quantity: String,
+}
+
+/// Kafka connection and consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub group_id: String,
+    pub session_timeout: Duration,
+    pub transactional: bool,
+    pub schema_registry_url: Option<String>,
+}
+
+/// Where billing state of record lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSettings {
+    Embedded {
+        path: PathBuf,
+    },
+    Scylla {
+        nodes: Vec<String>,
+        keyspace: String,
+    },
+}
+
+/// Batching and back-pressure limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchSettings {
+    pub max_records: usize,
+    pub max_wait: Duration,
+    pub max_in_flight: usize,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub environment: String,
+    pub kafka: KafkaSettings,
+    /// Topic names with the prefix applied.
+    pub topics: Topics,
+    pub store: StoreSettings,
+    pub batch: BatchSettings,
+    /// The engine's rules (grace, terms, dunning, windows).
+    pub engine: EngineConfig,
+}
+
+/// Parse "500ms", "45s", "5m", "1h", "14d" (a whole number and a unit).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let secs = |k: u64| n.checked_mul(k).map(Duration::from_secs);
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => None,
+    }
+}
+
+fn duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
+    parse_duration(text).ok_or_else(|| {
+        invalid(field, format!("{text:?} is not a duration (write e.g. \"500ms\", \"45s\", \"5m\", \"1h\", \"14d\")"))
+    })
+}
+
+fn micros(field: &str, text: &str) -> Result<i64, ConfigError> {
+    let d = duration(field, text)?;
+    i64::try_from(d.as_micros()).map_err(|_| invalid(field, "too long"))
+}
+
+fn decimal(field: &str, text: &str) -> Result<Decimal, ConfigError> {
+    Decimal::from_str(text.trim())
+        .map_err(|_| invalid(field, format!("{text:?} is not a decimal number")))
+}
+
+fn parse_layer(source_name: &str, text: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Shape {
+        source_name: source_name.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Overlay `top` onto `base`, table by table.
+fn merge(base: &mut toml::Table, top: toml::Table) {
+    for (k, v) in top {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// The environment overrides among `vars`, as a TOML layer. A value is
+/// read as TOML when it parses as one (`true`, `3`, `["1d","2d"]`), as a
+/// string otherwise.
+fn env_layer(vars: impl Iterator<Item = (String, String)>) -> Result<toml::Table, ConfigError> {
+    let mut layer = toml::Table::new();
+    for (name, raw) in vars {
+        let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+        if keys.iter().any(String::is_empty) {
+            return Err(ConfigError::Shape {
+                source_name: name.clone(),
+                reason: "empty key in variable name".into(),
+            });
+        }
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw));
+        let mut table = &mut layer;
+        for k in &keys[..keys.len() - 1] {
+            let entry = table
+                .entry(k.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::Shape {
+                        source_name: name.clone(),
+                        reason: format!("`{k}` is not a section"),
+                    })
+                }
+            };
+        }
+        table.insert(keys[keys.len() - 1].clone(), value);
+    }
+    Ok(layer)
+}
+
+impl Settings {
+    /// Defaults, then the file (if any), then `BILLSTREAM__…` variables of
+    /// this process, validated.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let text = match file {
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
+        let name = file.map(|p| p.display().to_string());
+        Settings::from_layers(text.as_deref().zip(name.as_deref()), std::env::vars())
+    }
+
+    /// The same from explicit layers (tests, and anything embedding billstream).
+    pub fn from_layers(
+        file: Option<(&str, &str)>,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut table = parse_layer("built-in defaults", DEFAULTS)?;
+        if let Some((text, name)) = file {
+            merge(&mut table, parse_layer(name, text)?);
+        }
+        merge(&mut table, env_layer(vars)?);
+        let raw: Raw = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Shape {
+                source_name: file.map_or("configuration".to_string(), |(_, n)| n.to_string()),
+                reason: e.message().to_string(),
+            })?;
+        raw.validate()
+    }
+}
+
+impl Raw {
+    fn validate(self) -> Result<Settings, ConfigError> {
+        let nonempty = |field: &str, v: &str| {
+            if v.trim().is_empty() {
+                Err(invalid(field, "must not be empty"))
+            } else {
+                Ok(())
+            }
+        };
+        nonempty("environment", &self.environment)?;
+        nonempty("kafka.brokers", &self.kafka.brokers)?;
+        for b in self.kafka.brokers.split(',') {
+            let b = b.trim();
+            let port_ok = b
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(invalid("kafka.brokers", format!("{b:?} is not host:port")));
+            }
+        }
+        nonempty("kafka.group_id", &self.kafka.group_id)?;
+        let registry = self.kafka.schema_registry_url.trim();
+        if !(registry.is_empty()
+            || registry.starts_with("http://")
+            || registry.starts_with("https://"))
+        {
+            return Err(invalid(
+                "kafka.schema_registry_url",
+                "must start with http:// or https:// (or be empty)",
+            ));
+        }
+        let prefix = &self.kafka.topic_prefix;
+        let mut topics = self.topics.clone();
+        for (field, name) in [
+            ("topics.usage", &mut topics.usage),
+            ("topics.payments", &mut topics.payments),
+            ("topics.accounts", &mut topics.accounts),
+            ("topics.plans", &mut topics.plans),
+            ("topics.invoices", &mut topics.invoices),
+            ("topics.charges", &mut topics.charges),
+            ("topics.notifications", &mut topics.notifications),
+            ("topics.usage_rollups", &mut topics.usage_rollups),
+            ("topics.journal", &mut topics.journal),
+            ("topics.dlq", &mut topics.dlq),
+        ] {
+            let name: &mut String = name;
+            nonempty(field, name.as_str())?;
+            let full = format!("{prefix}{name}");
+            if full.len() > 249
+                || !full
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+            {
+                return Err(invalid(
+                    field,
+                    format!("{full:?} is not a valid Kafka topic name"),
+                ));
+            }
+            *name = full;
+        }
+        let store = match self.store.kind.as_str() {
+            "embedded" => {
+                nonempty("store.path", &self.store.path)?;
+                StoreSettings::Embedded {
+                    path: PathBuf::from(&self.store.path),
+                }
+            }
+            "scylla" => {
+                if self.store.scylla_nodes.is_empty() {
+                    return Err(invalid(
+                        "store.scylla_nodes",
+                        "needs at least one host:port when store.kind = \"scylla\"",
+                    ));
+                }
+                nonempty("store.keyspace", &self.store.keyspace)?;
+                StoreSettings::Scylla {
+                    nodes: self.store.scylla_nodes.clone(),
+                    keyspace: self.store.keyspace.clone(),
+                }
+            }
+            other => {
+                return Err(invalid(
+                    "store.kind",
+                    format!("{other:?} is not \"embedded\" or \"scylla\""),
+                ))
+            }
+        };
+        if self.batch.max_records == 0 {
+            return Err(invalid("batch.max_records", "must be at least 1"));
+        }
+        if self.batch.max_in_flight < self.batch.max_records {
+            return Err(invalid(
+                "batch.max_in_flight",
+                "must be at least batch.max_records",
+            ));
+        }
+        let b = &self.billing;
+        let mut engine = EngineConfig::new(self.environment.trim());
+        engine.grace_micros = micros("billing.grace", &b.grace)?;
+        engine.payment_terms_micros = micros("billing.payment_terms", &b.payment_terms)?;
+        engine.retry_schedule_micros = b
+            .retry_schedule
+            .iter()
+            .enumerate()
+            .map(|(i, d)| micros(&format!("billing.retry_schedule[{i}]"), d))
+            .collect::<Result<_, _>>()?;
+        engine.future_tolerance_micros = micros("billing.future_tolerance", &b.future_tolerance)?;
+        engine.dedup_window_micros = micros("billing.dedup_window", &b.dedup_window)?;
+        if engine.dedup_window_micros < 35 * crate::engine::time::MICROS_PER_DAY {
+            return Err(invalid(
+                "billing.dedup_window",
+                "must be at least 35 days (SPEC §4)",
+            ));
+        }
+        if b.late_periods == 0 {
+            return Err(invalid("billing.late_periods", "must be at least 1"));
+        }
+        engine.late_periods = b.late_periods as usize;
+        engine.credit_low_threshold =
+            decimal("billing.credit_low_threshold", &b.credit_low_threshold)?;
+        if engine.credit_low_threshold.is_sign_negative() {
+            return Err(invalid(
+                "billing.credit_low_threshold",
+                "must not be negative",
+            ));
+        }
+        engine.expiry_warning_micros = micros("billing.expiry_warning", &b.expiry_warning)?;
+        engine.rollup_lateness_micros = micros("billing.rollup_lateness", &b.rollup_lateness)?;
+        engine.max_quantity = decimal("billing.max_quantity", &b.max_quantity)?;
+        if engine.max_quantity <= Decimal::ZERO {
+            return Err(invalid("billing.max_quantity", "must be positive"));
+        }
+        Ok(Settings {
+            environment: self.environment.trim().to_string(),
+            kafka: KafkaSettings {
+                brokers: self.kafka.brokers.clone(),
+                group_id: self.kafka.group_id.clone(),
+                session_timeout: duration("kafka.session_timeout", &self.kafka.session_timeout)?,
+                transactional: self.kafka.transactional,
+                schema_registry_url: (!registry.is_empty()).then(|| registry.to_string()),
+            },
+            topics,
+            store,
+            batch: BatchSettings {
+                max_records: self.batch.max_records as usize,
+                max_wait: duration("batch.max_wait", &self.batch.max_wait)?,
+                max_in_flight: self.batch.max_in_flight as usize,
+            },
+            engine,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: Option<&str>, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::from_layers(
+            file.map(|t| (t, "billstream.toml")),
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_validate_and_match_the_engine_defaults() {
+        let s = load(None, &[]).unwrap();
+        assert_eq!(s.engine, EngineConfig::new("prod"));
+        assert_eq!(s.topics.usage, "billing.usage.v1");
+        assert_eq!(s.batch.max_wait, Duration::from_millis(500));
+        assert_eq!(
+            s.store,
+            StoreSettings::Embedded {
+                path: "data/state".into()
+            }
+        );
+        assert_eq!(s.kafka.schema_registry_url, None);
+    }
+
+    #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../README.md");
+        let start =
+            readme.find("```toml\n").expect("README has a toml example") + "```toml\n".len();
+        let end = start + readme[start..].find("```").expect("the example is closed");
+        let s = load(Some(&readme[start..end]), &[]).unwrap();
+        assert_eq!(s.environment, "staging");
+        assert_eq!(s.topics.dlq, "acme.billing.dlq.v1");
+        assert_eq!(s.engine.retry_schedule_micros.len(), 4);
+    }
+
+    #[test]
+    fn file_then_environment_override_the_defaults() {
+        let s = load(
+            Some("[kafka]\nbrokers = \"k1:9092,k2:9092\"\n[billing]\ngrace = \"2h\"\n"),
+            &[
+                ("BILLSTREAM__BILLING__GRACE", "30m"),
+                ("BILLSTREAM__BATCH__MAX_RECORDS", "5000"),
+                ("BILLSTREAM__BILLING__RETRY_SCHEDULE", "[\"2d\"]"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.kafka.brokers, "k1:9092,k2:9092");
+        assert_eq!(s.engine.grace_micros, 30 * 60 * 1_000_000);
+        assert_eq!(s.batch.max_records, 5000);
+        assert_eq!(s.engine.retry_schedule_micros, vec![2 * 86_400 * 1_000_000]);
+    }
+
+    #[test]
+    fn unknown_field_is_refused_by_name() {
+        let e = load(Some("[kafka]\nbroker = \"x:1\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("broker"), "{e}");
+        let e = load(None, &[("BILLSTREAM__KAFKA__BROKERZ", "x:1")]).unwrap_err();
+        assert!(e.to_string().contains("brokerz"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases: &[(&str, &str)] = &[
+            ("[kafka]\nbrokers = \"\"\n", "kafka.brokers"),
+            ("[kafka]\nbrokers = \"localhost\"\n", "kafka.brokers"),
+            ("[billing]\ngrace = \"an hour\"\n", "billing.grace"),
+            (
+                "[billing]\nretry_schedule = [\"1d\", \"3x\"]\n",
+                "billing.retry_schedule[1]",
+            ),
+            ("[billing]\ndedup_window = \"7d\"\n", "billing.dedup_window"),
+            (
+                "[billing]\ncredit_low_threshold = \"five\"\n",
+                "billing.credit_low_threshold",
+            ),
+            ("[store]\nkind = \"postgres\"\n", "store.kind"),
+            ("[store]\nkind = \"scylla\"\n", "store.scylla_nodes"),
+            ("[kafka]\ntopic_prefix = \"a b\"\n", "topics.usage"),
+            ("[batch]\nmax_in_flight = 10\n", "batch.max_in_flight"),
+            (
+                "[kafka]\nschema_registry_url = \"registry:8081\"\n",
+                "kafka.schema_registry_url",
+            ),
+        ];
+        for (file, field) in cases {
+            let e = load(Some(file), &[]).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("`{field}`")),
+                "{file:?} gave {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_parse_strictly() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(
+            parse_duration("14d"),
+            Some(Duration::from_secs(14 * 86_400))
+        );
+        assert_eq!(parse_duration("1.5h"), None);
+        assert_eq!(parse_duration("h"), None);
+        assert_eq!(parse_duration("10"), None);
+    }
+}
