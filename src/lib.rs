@@ -12,4 +12,5 @@ pub mod engine;
 pub mod runtime;
 pub mod sim;
 pub mod sink;
+pub mod source;
 pub mod store;

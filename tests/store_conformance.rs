@@ -67,6 +67,7 @@ pub mod behaviours {
             dedup: Vec::new(),
             next_timer: None,
             offsets: Vec::new(),
+            published_upto: None,
         }
     }
 
@@ -82,6 +83,7 @@ pub mod behaviours {
             dedup: Vec::new(),
             next_timer: at,
             offsets: Vec::new(),
+            published_upto: None,
         }
     }
 

@@ -2,9 +2,11 @@
 
 mod config;
 mod demo;
+mod run;
 mod schemas;
 mod simulate;
 mod summary;
+mod topics;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +36,11 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// List and validate the Avro schemas in schemas/ and the id manifest.
     Schemas,
+    /// Run the processor: consume the input topics in a consumer group, fold,
+    /// persist, publish the outputs, commit. Stops cleanly on SIGINT/SIGTERM.
+    Run(run::RunArgs),
+    /// Manage the Kafka topics of the configuration.
+    Topics(topics::TopicsArgs),
     /// Validate the configuration (defaults, --config file, BILLSTREAM__…
     /// variables) and print the settings in effect.
     Config(config::ConfigArgs),
@@ -46,6 +53,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Simulate(args) => simulate::run(args),
         Command::Schemas => schemas::run(),
         Command::Config(args) => config::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Topics(args) => topics::run(args),
     };
     match result {
         Ok(code) => code,

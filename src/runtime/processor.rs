@@ -72,6 +72,12 @@ struct Slot {
     offsets: BTreeMap<(String, i32), i64>,
     dirty_offsets: BTreeSet<(String, i32)>,
     dirty: bool,
+    /// Journal seq of the last entry handed out by `flush`.
+    flushed_seq: u64,
+    /// Outputs up to this seq were acknowledged by the sink.
+    published_mark: u64,
+    /// The watermark as last written to the store.
+    mark_persisted: u64,
 }
 
 /// Folds records through the engine for the accounts of the partitions it
@@ -85,6 +91,8 @@ pub struct Processor<S: StateStore> {
     dirty: Vec<String>,
     dead_letters: Vec<OutputRecord>,
     journal_buf: Vec<JournalEntry>,
+    /// Accounts whose flushed outputs wait for the sink's acknowledgement.
+    awaiting_ack: Vec<String>,
     pub stats: ProcessorStats,
 }
 
@@ -100,6 +108,7 @@ impl<S: StateStore> Processor<S> {
             dirty: Vec::new(),
             dead_letters: Vec::new(),
             journal_buf: Vec::new(),
+            awaiting_ack: Vec::new(),
             stats: ProcessorStats::default(),
         }
     }
@@ -148,6 +157,9 @@ impl<S: StateStore> Processor<S> {
                     .map(|o| ((o.topic, o.partition), o.next))
                     .collect();
                 slot.next_timer = stored.next_timer.map(Timestamp);
+                slot.flushed_seq = stored.journal_head;
+                slot.published_mark = stored.published_upto;
+                slot.mark_persisted = stored.published_upto;
                 if let Some(t) = slot.next_timer {
                     self.timers.insert((t, account_id.to_string()));
                 }
@@ -433,6 +445,8 @@ impl<S: StateStore> Processor<S> {
                 invoices,
                 dedup: slot.dedup.clone(),
                 next_timer: slot.next_timer.map(|t| t.0),
+                published_upto: (slot.published_mark > slot.mark_persisted)
+                    .then_some(slot.published_mark),
                 offsets: slot
                     .dirty_offsets
                     .iter()
@@ -457,6 +471,11 @@ impl<S: StateStore> Processor<S> {
             slot.dirty = false;
             slot.dedup.clear();
             slot.dirty_offsets.clear();
+            slot.mark_persisted = slot.mark_persisted.max(slot.published_mark);
+            if let Some((last, _)) = slot.journal.last() {
+                slot.flushed_seq = last.seq;
+                self.awaiting_ack.push(account_id.clone());
+            }
             let Some(st) = &slot.state else {
                 slot.journal.clear();
                 continue;
@@ -466,6 +485,78 @@ impl<S: StateStore> Processor<S> {
             }
         }
         outputs.append(&mut self.dead_letters);
+        Ok(outputs)
+    }
+
+    /// The sink acknowledged every output `flush` returned: remember it;
+    /// the watermark is written with each account's next write (so a
+    /// crash before that republishes those outputs with the same ids).
+    pub fn published(&mut self) {
+        for account_id in std::mem::take(&mut self.awaiting_ack) {
+            if let Some(slot) = self.accounts.get_mut(&account_id) {
+                slot.published_mark = slot.published_mark.max(slot.flushed_seq);
+            }
+        }
+    }
+
+    /// Write the published watermark of every account whose mark moved
+    /// (at shutdown, so a clean restart republishes nothing).
+    pub async fn persist_published_marks(&mut self) -> Result<(), StoreError> {
+        let ids: Vec<String> = self
+            .accounts
+            .iter()
+            .filter(|(_, s)| s.state.is_some() && s.published_mark > s.mark_persisted)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            self.mark_dirty(id);
+        }
+        let outputs = self.flush().await?;
+        debug_assert!(
+            outputs.is_empty(),
+            "no state changed, so nothing to publish"
+        );
+        self.published();
+        Ok(())
+    }
+
+    /// Outputs of journal entries that were persisted but never
+    /// acknowledged (a crash between commit and publish), re-derived from
+    /// the journal with the same ids, for every loaded account. Publish
+    /// them, then call `published`.
+    pub async fn unpublished_outputs(&mut self) -> Result<Vec<OutputRecord>, StoreError> {
+        let mut outputs = Vec::new();
+        let ids: Vec<String> = self.accounts.keys().cloned().collect();
+        for id in ids {
+            let Some(stored) = self.store.load_account(&id).await? else {
+                continue;
+            };
+            if stored.journal_head <= stored.published_upto {
+                continue;
+            }
+            let Some(currency) = self.account(&id).map(|s| s.currency) else {
+                continue;
+            };
+            let mut from = stored.published_upto + 1;
+            while from <= stored.journal_head {
+                let page = self.store.read_journal(&id, from, 1000).await?;
+                if page.is_empty() {
+                    break;
+                }
+                for record in &page {
+                    let stored_entry: StoredJournalEntry = serde_json::from_slice(&record.bytes)
+                        .map_err(|e| {
+                            StoreError::Backend(format!("journal {id}/{}: {e}", record.seq))
+                        })?;
+                    outputs.extend(outputs_for(&stored_entry.entry, currency));
+                    from = record.seq + 1;
+                }
+            }
+            if let Some(slot) = self.accounts.get_mut(&id) {
+                slot.flushed_seq = stored.journal_head;
+            }
+            self.awaiting_ack.push(id);
+        }
         Ok(outputs)
     }
 }

@@ -1,6 +1,7 @@
 //! Sinks: where output records go once the state behind them is durable.
 
 mod file;
+pub mod kafka;
 
 pub use file::FileSink;
 

@@ -569,7 +569,9 @@ impl<'txn> CommitTables<'txn> {
             .insert((w.partition, id), ())
             .map_err(backend(ctx))?;
 
-        let published_upto = previous.map_or(0, |m| m.published_upto);
+        let published_upto = previous
+            .map_or(0, |m| m.published_upto)
+            .max(w.published_upto.unwrap_or(0).min(journal_head));
         self.accounts
             .insert(
                 id,
@@ -802,6 +804,7 @@ fn torture_loop(dir: &Path) -> Result<Infallible, (i32, String)> {
                         partition: partition as i32,
                         next: k as i64 + 1,
                     }],
+                    published_upto: None,
                 });
             }
             store

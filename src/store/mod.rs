@@ -77,6 +77,10 @@ pub struct AccountWrite {
     pub next_timer: Option<Micros>,
     /// Input positions after this batch (upserted per topic/partition).
     pub offsets: Vec<InputOffset>,
+    /// Outputs of journal entries up to this seq were acknowledged by the
+    /// sink (carried on the next write instead of a write of its own; the
+    /// watermark only rises and never passes the journal head).
+    pub published_upto: Option<u64>,
 }
 
 /// What `load_account` returns: the latest snapshot and what sits next to it.

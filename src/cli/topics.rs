@@ -1,0 +1,95 @@
+//! `billstream topics create`: create every topic of the configuration
+//! with a partition count (idempotent: existing topics are left alone).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::Settings;
+
+#[derive(Args, Debug)]
+pub struct TopicsArgs {
+    #[command(subcommand)]
+    pub command: TopicsCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TopicsCommand {
+    /// Create the input and output topics (existing ones are kept as they are).
+    Create {
+        /// TOML configuration file (see `billstream config`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Partitions per topic; give every input topic the same count.
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+        /// Replication factor.
+        #[arg(long, default_value_t = 1)]
+        replication: i32,
+    },
+}
+
+pub fn run(args: TopicsArgs) -> anyhow::Result<ExitCode> {
+    let TopicsCommand::Create {
+        config,
+        partitions,
+        replication,
+    } = args.command;
+    if partitions < 1 || replication < 1 {
+        anyhow::bail!("--partitions and --replication must be at least 1");
+    }
+    let settings = Settings::load(config.as_deref())?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .create()?;
+    let t = &settings.topics;
+    let names = [
+        &t.usage,
+        &t.payments,
+        &t.accounts,
+        &t.plans,
+        &t.invoices,
+        &t.charges,
+        &t.notifications,
+        &t.usage_rollups,
+        &t.journal,
+        &t.dlq,
+    ];
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| {
+            let topic = NewTopic::new(n, partitions, TopicReplication::Fixed(replication));
+            // The price book is a compacted global table; the rest are
+            // billing records kept for ten years (SPEC §3).
+            if n.as_str() == t.plans {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic.set("retention.ms", "315576000000")
+            }
+        })
+        .collect();
+    super::block_on(async {
+        let results = admin.create_topics(&topics, &AdminOptions::new()).await?;
+        let mut failed = false;
+        for r in results {
+            match r {
+                Ok(name) => println!("created {name}"),
+                Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => println!("exists  {name}"),
+                Err((name, e)) => {
+                    eprintln!("error: topic {name}: {e}");
+                    failed = true;
+                }
+            }
+        }
+        anyhow::Ok(if failed {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        })
+    })
+}

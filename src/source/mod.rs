@@ -1,0 +1,3 @@
+//! Sources: where input records come from (Kafka consumer groups).
+
+pub mod kafka;

@@ -1,0 +1,302 @@
+//! End to end against a Kafka-protocol broker: a client produces plans,
+//! accounts, usage (Avro and CloudEvents JSON), payments and bad records;
+//! the real `billstream run` binary processes them; the test reads the
+//! output topics and checks invoices, charge requests and dead letters.
+//!
+//! Needs a broker: `scripts/test.sh` installs and starts tansu on
+//! 127.0.0.1 and sets `BILLSTREAM_TEST_BROKERS`; without it this test says
+//! so and does nothing.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use apache_avro::types::Value;
+use billstream::contracts::{framing, Catalog};
+use billstream::engine::events::*;
+use billstream::engine::money::Currency;
+use billstream::engine::plan::{Charge, Model, Plan};
+use billstream::engine::time::{Anchor, Timestamp};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rust_decimal::Decimal;
+
+fn brokers() -> Option<String> {
+    std::env::var("BILLSTREAM_TEST_BROKERS")
+        .ok()
+        .filter(|b| !b.is_empty())
+}
+
+fn billstream(prefix: &str, group: &str, store: &std::path::Path, brokers: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_billstream"));
+    c.env("BILLSTREAM__KAFKA__BROKERS", brokers)
+        .env("BILLSTREAM__KAFKA__TOPIC_PREFIX", prefix)
+        .env("BILLSTREAM__KAFKA__GROUP_ID", group)
+        .env("BILLSTREAM__STORE__PATH", store)
+        .env("BILLSTREAM__BATCH__MAX_WAIT", "200ms");
+    c
+}
+
+/// Stops the processor with SIGTERM when dropped (and kills it if needed).
+struct Running(Child);
+
+impl Running {
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.0.kill();
+                panic!("billstream run did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+    }
+}
+
+fn decode_output(catalog: &Catalog, bytes: &[u8]) -> BTreeMap<String, Value> {
+    let (id, body) = framing::split(bytes).expect("framed");
+    let entry = catalog.by_id(id).expect("known schema id");
+    match apache_avro::from_avro_datum(&entry.schema, &mut &body[..], None).expect("valid avro") {
+        Value::Record(fields) => fields.into_iter().collect(),
+        other => panic!("not a record: {other:?}"),
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Union(_, inner) => text(inner),
+        other => format!("{other:?}"),
+    }
+}
+
+#[test]
+fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
+    let Some(brokers) = brokers() else {
+        eprintln!("kafka_e2e: BILLSTREAM_TEST_BROKERS is not set (scripts/test.sh starts tansu and sets it); not run");
+        return;
+    };
+    let suffix = format!("{}", std::process::id());
+    let prefix = format!("e2e{suffix}.");
+    let group = format!("billstream-e2e-{suffix}");
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("state");
+
+    let created = billstream(&prefix, &group, &store, &brokers)
+        .args(["topics", "create", "--partitions", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "topics create: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+
+    let catalog = Catalog::shared().unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let send = |topic: &str, key: &str, payload: Vec<u8>| {
+        let topic = format!("{prefix}{topic}");
+        let producer = producer.clone();
+        let key = key.to_string();
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    };
+    let d = |s: &str| Decimal::from_str(s).unwrap();
+    let at = |s: &str| Timestamp::parse_rfc3339(s).unwrap();
+    let acct = "acct-e2e";
+    let plan = Plan {
+        plan_id: "metered".into(),
+        currency: Currency::from_code("EUR").unwrap(),
+        recurring_fee: Decimal::ZERO,
+        minimum_spend: Decimal::ZERO,
+        charges: vec![Charge {
+            metric: "m".into(),
+            model: Model::PerUnit,
+            unit_price: d("0.50"),
+            package_size: None,
+            free_units: Decimal::ZERO,
+            tiers: vec![],
+        }],
+    };
+    let open = Input::Account(AccountCommand {
+        event_id: "open-1".into(),
+        account_id: acct.into(),
+        occurred_at: at("2026-10-01T00:00:00Z"),
+        environment: Some("prod".into()),
+        kind: AccountKind::AccountOpened {
+            plan_id: "metered".into(),
+            currency: "EUR".into(),
+            timezone: "UTC".into(),
+            tax_rate: d("0.10"),
+            billing_anchor: Anchor::Calendar,
+        },
+    });
+    let card = Input::Payment(PaymentEvent {
+        event_id: "card-1".into(),
+        account_id: acct.into(),
+        occurred_at: at("2026-10-01T00:01:00Z"),
+        environment: None,
+        kind: PaymentKind::PaymentMethodAttached {
+            token_ref: "psp:tok_1".into(),
+            brand: "visa".into(),
+            last4: "4242".into(),
+            expires: "2030-01".into(),
+        },
+    });
+    let usage = |id: &str, subject: &str, qty: &str| {
+        Input::Usage(UsageRecorded {
+            event_id: id.into(),
+            account_id: acct.into(),
+            subject: subject.into(),
+            metric: "m".into(),
+            quantity: d(qty),
+            occurred_at: at("2026-10-15T12:00:00Z"),
+            environment: "prod".into(),
+            attributes: Default::default(),
+        })
+    };
+    let cloud_event = format!(
+        r#"{{"specversion":"1.0","type":"billing.usage.v1","source":"/test","id":"u-ce","time":"2026-10-16T12:00:00Z","data":{{"event_id":"u-ce","account_id":"{acct}","subject":"app-2","metric":"m","quantity":"4","occurred_at":"2026-10-16T12:00:00Z","environment":"prod","attributes":{{}}}}}}"#
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        send(
+            "billing.plans.v1",
+            "metered",
+            catalog.encode_plan(&plan).unwrap(),
+        )
+        .await;
+        send(
+            "billing.accounts.v1",
+            acct,
+            catalog.encode_input(&open).unwrap(),
+        )
+        .await;
+        send(
+            "billing.payments.v1",
+            acct,
+            catalog.encode_input(&card).unwrap(),
+        )
+        .await;
+        send(
+            "billing.usage.v1",
+            acct,
+            catalog.encode_input(&usage("u-1", "app-1", "10")).unwrap(),
+        )
+        .await;
+        // The same event again: a duplicate, ignored.
+        send(
+            "billing.usage.v1",
+            acct,
+            catalog.encode_input(&usage("u-1", "app-1", "10")).unwrap(),
+        )
+        .await;
+        send("billing.usage.v1", acct, cloud_event.into_bytes()).await;
+        send(
+            "billing.usage.v1",
+            acct,
+            catalog
+                .encode_input(&usage("u-card", "4111 1111 1111 1111", "1"))
+                .unwrap(),
+        )
+        .await;
+        send("billing.usage.v1", acct, b"\x07garbage".to_vec()).await;
+    });
+
+    let running = Running(
+        billstream(&prefix, &group, &store, &brokers)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("{group}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let out = |t: &str| format!("{prefix}{t}");
+    let (invoices, charges, dlq) = (
+        out("billing.invoices.v1"),
+        out("billing.charges.v1"),
+        out("billing.dlq.v1"),
+    );
+    consumer.subscribe(&[&invoices, &charges, &dlq]).unwrap();
+    let mut seen: BTreeMap<String, Vec<BTreeMap<String, Value>>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        let done = seen.get(&charges).is_some_and(|v| !v.is_empty())
+            && seen.get(&dlq).is_some_and(|v| v.len() >= 2);
+        if done {
+            break;
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+            let record = decode_output(catalog, m.payload().unwrap());
+            seen.entry(m.topic().to_string()).or_default().push(record);
+        }
+    }
+    let status = running.stop();
+    assert!(status.success(), "billstream run exited with {status}");
+
+    // October: 10 (Avro) + 4 (CloudEvents) units × 0.50 = 7.00; 10% tax → 7.70.
+    let issued: Vec<_> = seen
+        .get(&invoices)
+        .into_iter()
+        .flatten()
+        .filter(|r| r.contains_key("lines"))
+        .collect();
+    assert_eq!(issued.len(), 1, "one invoice issued: {issued:?}");
+    assert_eq!(text(&issued[0]["invoice_id"]), format!("inv_{acct}_00001"));
+    assert_eq!(text(&issued[0]["total"]), "7.70");
+    let charge = &seen.get(&charges).expect("a charge request")[0];
+    assert_eq!(
+        text(&charge["charge_id"]),
+        format!("inv_{acct}_00001/attempt-1")
+    );
+    assert_eq!(text(&charge["amount"]), "7.70");
+    assert_eq!(text(&charge["token_ref"]), "psp:tok_1");
+    let mut kinds: Vec<String> = seen
+        .get(&dlq)
+        .into_iter()
+        .flatten()
+        .map(|r| text(&r["error_kind"]))
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        vec!["bad_magic".to_string(), "card_number".to_string()]
+    );
+}
