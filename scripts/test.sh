@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The one test command (README "Run the tests"): everything a fresh machine
-# needs, then every test of the project in one `cargo test` invocation.
+# The one test command (README "Run the tests"): every set-up step a fresh
+# machine needs, then every test of the project in one `cargo test`.
 #
-# Today billstream's tests need only the Rust toolchain: the engine, the
-# contracts, the embedded store (with a kill -9 test), `simulate` golden
-# tests and the demo smoke test. When the Kafka runtime lands, this script
-# also installs and starts the tansu broker on 127.0.0.1 and stops it after.
+# It installs the tansu Kafka-protocol broker when it is missing (a one-time
+# `cargo install`, about 10 minutes on two cores), starts it on 127.0.0.1
+# with durable sqlite storage in a temporary folder, runs the tests with
+# BILLSTREAM_TEST_BROKERS pointing at it, and stops it afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,8 +13,50 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust (https://rustup.rs) first" >&2
   exit 2
 fi
+export PATH="$HOME/.cargo/bin:$PATH"
 
-# Tests that start child processes need a writable temp dir; keep it local.
-export TMPDIR="${TMPDIR:-/tmp}"
+TANSU_VERSION=0.6.0
+if ! command -v tansu >/dev/null 2>&1; then
+  echo "== installing tansu $TANSU_VERSION (one time)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+fi
 
-cargo test --locked "$@"
+broker_dir=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p "$broker_dir/data"
+(
+  cd "$broker_dir"
+  exec tansu broker \
+    --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine "sqlite://data/tansu.db"
+) >"$broker_dir/tansu.log" 2>&1 &
+broker_pid=$!
+stop_broker() {
+  kill "$broker_pid" 2>/dev/null || true
+  wait "$broker_pid" 2>/dev/null || true
+  rm -rf "$broker_dir"
+}
+trap stop_broker EXIT
+
+for _ in $(seq 1 100); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    break
+  fi
+  if ! kill -0 "$broker_pid" 2>/dev/null; then
+    echo "tansu did not start:" >&2
+    cat "$broker_dir/tansu.log" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+echo "== tansu $TANSU_VERSION on 127.0.0.1:$port"
+export BILLSTREAM_TEST_BROKERS="127.0.0.1:$port"
+
+status=0
+cargo test --locked "$@" || status=$?
+if [ "$status" -ne 0 ]; then
+  echo "== tansu log (last 40 lines)" >&2
+  tail -n 40 "$broker_dir/tansu.log" >&2 || true
+fi
+exit "$status"

@@ -566,6 +566,23 @@ pub mod behaviours {
         assert_eq!(a.snapshot, b"a@11");
     }
 
+    pub async fn published_watermark_rides_on_account_writes<S: StateStore>(store: S) {
+        store.commit(&[write("a", 0, 0, 1..=5)]).await.unwrap();
+        let mut w = write("a", 0, 0, 6..=6);
+        w.published_upto = Some(5);
+        store.commit(&[w]).await.unwrap();
+        assert_eq!(published_upto(&store, "a").await, 5);
+        // Never backwards, never past the journal head.
+        let mut w = write("a", 0, 0, 7..=7);
+        w.published_upto = Some(3);
+        store.commit(&[w]).await.unwrap();
+        assert_eq!(published_upto(&store, "a").await, 5);
+        let mut w = write("a", 0, 0, 8..=8);
+        w.published_upto = Some(99);
+        store.commit(&[w]).await.unwrap();
+        assert_eq!(published_upto(&store, "a").await, 8);
+    }
+
     pub async fn accounts_listed_per_partition<S: StateStore>(store: S) {
         store
             .commit(&[
@@ -703,6 +720,7 @@ macro_rules! conformance_wrappers {
             dedup_records_since_window,
             invoice_upsert_keeps_latest,
             published_watermark_never_goes_back,
+            published_watermark_rides_on_account_writes,
             accounts_listed_per_partition,
             stats_count_each_operation,
         );
