@@ -153,3 +153,63 @@ async fn batch_grouped_by_account_equals_one_by_one_and_replays_apply_nothing() 
         "the re-emitted dead letter has the same event id"
     );
 }
+
+#[tokio::test]
+async fn outputs_persisted_but_not_acknowledged_are_republished_with_the_same_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = lines();
+    let mut first = processor(dir.path()).await;
+    for (i, l) in lines.iter().take(40).enumerate() {
+        let d = parse_line(l);
+        let now = now_of(&d);
+        let pos = SourcePos {
+            topic: "t".into(),
+            partition: 0,
+            offset: i as i64,
+        };
+        first
+            .process(&pos, None, l.as_bytes(), d, now)
+            .await
+            .unwrap();
+    }
+    let sent = first.flush().await.unwrap();
+    // Crash: the sink never acknowledged them.
+    drop(first);
+
+    let mut second = processor(dir.path()).await;
+    second
+        .load_partition(0, Timestamp::parse_rfc3339("2026-03-06T00:00:00Z").unwrap())
+        .await
+        .unwrap();
+    let again = second.unpublished_outputs().await.unwrap();
+    let ids = |v: &[OutputRecord]| {
+        let mut ids: Vec<String> = v
+            .iter()
+            .filter(|o| {
+                !o.event_id.is_empty() && o.topic != billstream::contracts::OutputTopic::Dlq
+            })
+            .map(|o| o.event_id.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert!(!again.is_empty());
+    assert_eq!(
+        ids(&sent),
+        ids(&again),
+        "republished outputs carry the same ids"
+    );
+    second.published();
+    second.persist_published_marks().await.unwrap();
+    drop(second);
+
+    let mut third = processor(dir.path()).await;
+    third
+        .load_partition(0, Timestamp::parse_rfc3339("2026-03-06T00:00:00Z").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        third.unpublished_outputs().await.unwrap().is_empty(),
+        "acknowledged outputs are not sent again"
+    );
+}
