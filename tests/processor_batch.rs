@@ -106,6 +106,7 @@ async fn batch_grouped_by_account_equals_one_by_one_and_replays_apply_nothing() 
                 key: key.as_deref(),
                 raw,
                 now: *now,
+                rank: 0,
             })
             .collect()
     };

@@ -136,6 +136,14 @@ async fn serve(settings: Settings, path: PathBuf, partitions: u32) -> anyhow::Re
                 key: m.key().and_then(|k| std::str::from_utf8(k).ok()),
                 raw: m.payload().unwrap_or_default(),
                 now: clock,
+                // Account commands, then payments, then usage (see batch.rs).
+                rank: if m.topic() == settings.topics.accounts {
+                    0
+                } else if m.topic() == settings.topics.payments {
+                    1
+                } else {
+                    2
+                },
             })
             .collect();
         processor.process_batch(&decoder, &records).await?;

@@ -20,20 +20,32 @@ use rustc_hash::FxHashMap;
 /// inside it. (Comparing keys would read every key's bytes again, a cache
 /// miss per record with many accounts.)
 pub fn group_by_account<'a>(keys: impl ExactSizeIterator<Item = &'a str>) -> Vec<u32> {
+    group_by_account_ranked(keys.map(|k| (k, 0)), 1)
+}
+
+/// As `group_by_account`, and within an account's group the records of
+/// rank 0 come first, then rank 1, and so on (`ranks` ranks), each rank in
+/// arrival order. The runtime ranks by input topic — account commands,
+/// then payments, then usage — because Kafka orders records only within a
+/// partition of one topic: an account opened and used in the same batch
+/// is opened first.
+pub fn group_by_account_ranked<'a>(keys: impl ExactSizeIterator<Item = (&'a str, u8)>, ranks: u8) -> Vec<u32> {
+    let ranks = u32::from(ranks.max(1));
     let n = keys.len();
     let mut ids: FxHashMap<u64, u32> = FxHashMap::default();
-    let mut group_of = Vec::with_capacity(n);
+    let mut bucket_of = Vec::with_capacity(n);
     let mut sizes: Vec<u32> = Vec::new();
-    for k in keys {
+    for (k, rank) in keys {
         let next = ids.len() as u32;
         let g = *ids.entry(crate::engine::name::tag(k)).or_insert(next);
         if g == next {
-            sizes.push(0);
+            sizes.resize(sizes.len() + ranks as usize, 0);
         }
-        sizes[g as usize] += 1;
-        group_of.push(g);
+        let bucket = g * ranks + u32::from(rank).min(ranks - 1);
+        sizes[bucket as usize] += 1;
+        bucket_of.push(bucket);
     }
-    // Start of each group in the output.
+    // Start of each bucket in the output.
     let mut start = Vec::with_capacity(sizes.len());
     let mut acc = 0u32;
     for s in &sizes {
@@ -41,8 +53,8 @@ pub fn group_by_account<'a>(keys: impl ExactSizeIterator<Item = &'a str>) -> Vec
         acc += s;
     }
     let mut order = vec![0u32; n];
-    for (i, g) in group_of.into_iter().enumerate() {
-        let slot = &mut start[g as usize];
+    for (i, b) in bucket_of.into_iter().enumerate() {
+        let slot = &mut start[b as usize];
         order[*slot as usize] = i as u32;
         *slot += 1;
     }
@@ -58,6 +70,14 @@ mod tests {
         let keys = ["a", "b", "a", "c", "b", "a"];
         let order = group_by_account(keys.iter().copied());
         assert_eq!(order, vec![0, 2, 5, 1, 4, 3]);
+    }
+
+    #[test]
+    fn ranks_order_an_accounts_topics_and_keep_each_topics_order() {
+        // (account, rank): usage (2) of "a" arrives before its opening (0).
+        let keys = [("a", 2), ("b", 2), ("a", 0), ("a", 2), ("a", 1), ("b", 0)];
+        let order = group_by_account_ranked(keys.iter().copied(), 3);
+        assert_eq!(order, vec![2, 4, 0, 3, 5, 1]);
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct BatchRecord<'a> {
     pub key: Option<&'a str>,
     pub raw: &'a [u8],
     pub now: Timestamp,
+    /// Order among one account's records of the batch that come from
+    /// different topics: lower first (see `batch::group_by_account_ranked`).
+    pub rank: u8,
 }
 
 /// A journal entry as stored: the entry and the input position behind it.
@@ -221,7 +224,8 @@ impl<S: StateStore> Processor<S> {
         decoder: &Decoder,
         records: &[BatchRecord<'_>],
     ) -> Result<(), StoreError> {
-        let order = super::batch::group_by_account(records.iter().map(|r| r.key.unwrap_or("")));
+        let ranks = records.iter().map(|r| r.rank).max().unwrap_or(0) + 1;
+        let order = super::batch::group_by_account_ranked(records.iter().map(|r| (r.key.unwrap_or(""), r.rank)), ranks);
         let mut scratch = Decoded::Input(Input::Usage(UsageRecorded::default()));
         for i in order {
             let r = &records[i as usize];
