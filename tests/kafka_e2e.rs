@@ -189,6 +189,8 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
         .enable_all()
         .build()
         .unwrap();
+    // The price book and the account exist before usage arrives (Kafka
+    // orders records only within one topic's partition).
     rt.block_on(async {
         send(
             "billing.plans.v1",
@@ -208,29 +210,6 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
             catalog.encode_input(&card).unwrap(),
         )
         .await;
-        send(
-            "billing.usage.v1",
-            acct,
-            catalog.encode_input(&usage("u-1", "app-1", "10")).unwrap(),
-        )
-        .await;
-        // The same event again: a duplicate, ignored.
-        send(
-            "billing.usage.v1",
-            acct,
-            catalog.encode_input(&usage("u-1", "app-1", "10")).unwrap(),
-        )
-        .await;
-        send("billing.usage.v1", acct, cloud_event.into_bytes()).await;
-        send(
-            "billing.usage.v1",
-            acct,
-            catalog
-                .encode_input(&usage("u-card", "4111 1111 1111 1111", "1"))
-                .unwrap(),
-        )
-        .await;
-        send("billing.usage.v1", acct, b"\x07garbage".to_vec()).await;
     });
 
     let running = Running(
@@ -256,6 +235,45 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
     );
     consumer.subscribe(&[&invoices, &charges, &dlq]).unwrap();
     let mut seen: BTreeMap<String, Vec<BTreeMap<String, Value>>> = BTreeMap::new();
+    let poll = |seen: &mut BTreeMap<String, Vec<BTreeMap<String, Value>>>| {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+            let record = decode_output(catalog, m.payload().unwrap());
+            seen.entry(m.topic().to_string()).or_default().push(record);
+        }
+    };
+    // The account is open once its first draft invoice is announced.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while seen.get(&invoices).is_none_or(|v| v.is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "the account was not opened within 90 s"
+        );
+        poll(&mut seen);
+    }
+    rt.block_on(async {
+        send(
+            "billing.usage.v1",
+            acct,
+            catalog.encode_input(&usage("u-1", "app-1", "10")).unwrap(),
+        )
+        .await;
+        // The same event again: a duplicate, ignored.
+        send(
+            "billing.usage.v1",
+            acct,
+            catalog.encode_input(&usage("u-1", "app-1", "10")).unwrap(),
+        )
+        .await;
+        send("billing.usage.v1", acct, cloud_event.into_bytes()).await;
+        let card_in_subject = usage("u-card", "4111 1111 1111 1111", "1");
+        send(
+            "billing.usage.v1",
+            acct,
+            catalog.encode_input(&card_in_subject).unwrap(),
+        )
+        .await;
+        send("billing.usage.v1", acct, b"\x07garbage".to_vec()).await;
+    });
     let deadline = Instant::now() + Duration::from_secs(90);
     while Instant::now() < deadline {
         let done = seen.get(&charges).is_some_and(|v| !v.is_empty())
@@ -263,10 +281,7 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
         if done {
             break;
         }
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
-            let record = decode_output(catalog, m.payload().unwrap());
-            seen.entry(m.topic().to_string()).or_default().push(record);
-        }
+        poll(&mut seen);
     }
     let status = running.stop();
     assert!(status.success(), "billstream run exited with {status}");

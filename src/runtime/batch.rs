@@ -29,7 +29,10 @@ pub fn group_by_account<'a>(keys: impl ExactSizeIterator<Item = &'a str>) -> Vec
 /// then payments, then usage — because Kafka orders records only within a
 /// partition of one topic: an account opened and used in the same batch
 /// is opened first.
-pub fn group_by_account_ranked<'a>(keys: impl ExactSizeIterator<Item = (&'a str, u8)>, ranks: u8) -> Vec<u32> {
+pub fn group_by_account_ranked<'a>(
+    keys: impl ExactSizeIterator<Item = (&'a str, u8)>,
+    ranks: u8,
+) -> Vec<u32> {
     let ranks = u32::from(ranks.max(1));
     let n = keys.len();
     let mut ids: FxHashMap<u64, u32> = FxHashMap::default();

@@ -225,7 +225,10 @@ impl<S: StateStore> Processor<S> {
         records: &[BatchRecord<'_>],
     ) -> Result<(), StoreError> {
         let ranks = records.iter().map(|r| r.rank).max().unwrap_or(0) + 1;
-        let order = super::batch::group_by_account_ranked(records.iter().map(|r| (r.key.unwrap_or(""), r.rank)), ranks);
+        let order = super::batch::group_by_account_ranked(
+            records.iter().map(|r| (r.key.unwrap_or(""), r.rank)),
+            ranks,
+        );
         let mut scratch = Decoded::Input(Input::Usage(UsageRecorded::default()));
         for i in order {
             let r = &records[i as usize];
