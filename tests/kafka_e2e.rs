@@ -131,10 +131,16 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
     let d = |s: &str| Decimal::from_str(s).unwrap();
     let at = |s: &str| Timestamp::parse_rfc3339(s).unwrap();
     let acct = "acct-e2e";
+    // Dates relative to the wall clock (the processing clock of `run`):
+    // the account opens at the start of this month (UTC), usage two hours
+    // ago, so its hourly rollup has closed and is emitted at once.
+    let now = Timestamp::from_datetime(chrono::Utc::now());
+    let month_start = at(&format!("{}-01T00:00:00Z", &now.to_rfc3339()[..7]));
+    let used_at = Timestamp((now.0 - 2 * 3_600_000_000).max(month_start.0 + 120_000_000));
     let plan = Plan {
         plan_id: "metered".into(),
         currency: Currency::from_code("EUR").unwrap(),
-        recurring_fee: Decimal::ZERO,
+        recurring_fee: d("30.00"),
         minimum_spend: Decimal::ZERO,
         charges: vec![Charge {
             metric: "m".into(),
@@ -148,7 +154,7 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
     let open = Input::Account(AccountCommand {
         event_id: "open-1".into(),
         account_id: acct.into(),
-        occurred_at: at("2026-10-01T00:00:00Z"),
+        occurred_at: month_start,
         environment: Some("prod".into()),
         kind: AccountKind::AccountOpened {
             plan_id: "metered".into(),
@@ -161,7 +167,7 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
     let card = Input::Payment(PaymentEvent {
         event_id: "card-1".into(),
         account_id: acct.into(),
-        occurred_at: at("2026-10-01T00:01:00Z"),
+        occurred_at: month_start.plus(60_000_000),
         environment: None,
         kind: PaymentKind::PaymentMethodAttached {
             token_ref: "psp:tok_1".into(),
@@ -177,13 +183,14 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
             subject: subject.into(),
             metric: "m".into(),
             quantity: d(qty),
-            occurred_at: at("2026-10-15T12:00:00Z"),
+            occurred_at: used_at,
             environment: "prod".into(),
             attributes: Default::default(),
         })
     };
     let cloud_event = format!(
-        r#"{{"specversion":"1.0","type":"billing.usage.v1","source":"/test","id":"u-ce","time":"2026-10-16T12:00:00Z","data":{{"event_id":"u-ce","account_id":"{acct}","subject":"app-2","metric":"m","quantity":"4","occurred_at":"2026-10-16T12:00:00Z","environment":"prod","attributes":{{}}}}}}"#
+        r#"{{"specversion":"1.0","type":"billing.usage.v1","source":"/test","id":"u-ce","time":"{used}","data":{{"event_id":"u-ce","account_id":"{acct}","subject":"app-2","metric":"m","quantity":"4","occurred_at":"{used}","environment":"prod","attributes":{{}}}}}}"#,
+        used = used_at.to_rfc3339()
     );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -228,12 +235,15 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
         .create()
         .unwrap();
     let out = |t: &str| format!("{prefix}{t}");
-    let (invoices, charges, dlq) = (
+    let (invoices, charges, dlq, rollups) = (
         out("billing.invoices.v1"),
         out("billing.charges.v1"),
         out("billing.dlq.v1"),
+        out("billing.usage-rollups.v1"),
     );
-    consumer.subscribe(&[&invoices, &charges, &dlq]).unwrap();
+    consumer
+        .subscribe(&[&invoices, &charges, &dlq, &rollups])
+        .unwrap();
     let mut seen: BTreeMap<String, Vec<BTreeMap<String, Value>>> = BTreeMap::new();
     let poll = |seen: &mut BTreeMap<String, Vec<BTreeMap<String, Value>>>| {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
@@ -277,7 +287,8 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
     let deadline = Instant::now() + Duration::from_secs(90);
     while Instant::now() < deadline {
         let done = seen.get(&charges).is_some_and(|v| !v.is_empty())
-            && seen.get(&dlq).is_some_and(|v| v.len() >= 2);
+            && seen.get(&dlq).is_some_and(|v| v.len() >= 2)
+            && seen.get(&rollups).is_some_and(|v| v.len() >= 2);
         if done {
             break;
         }
@@ -286,7 +297,8 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
     let status = running.stop();
     assert!(status.success(), "billstream run exited with {status}");
 
-    // October: 10 (Avro) + 4 (CloudEvents) units × 0.50 = 7.00; 10% tax → 7.70.
+    // Opening at the start of the month issues the month's fee in advance:
+    // 30.00 + 10% tax = 33.00; attaching the card then requests the charge.
     let issued: Vec<_> = seen
         .get(&invoices)
         .into_iter()
@@ -295,14 +307,35 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
         .collect();
     assert_eq!(issued.len(), 1, "one invoice issued: {issued:?}");
     assert_eq!(text(&issued[0]["invoice_id"]), format!("inv_{acct}_00001"));
-    assert_eq!(text(&issued[0]["total"]), "7.70");
+    assert_eq!(text(&issued[0]["total"]), "33.00");
     let charge = &seen.get(&charges).expect("a charge request")[0];
     assert_eq!(
         text(&charge["charge_id"]),
         format!("inv_{acct}_00001/attempt-1")
     );
-    assert_eq!(text(&charge["amount"]), "7.70");
+    assert_eq!(text(&charge["amount"]), "33.00");
     assert_eq!(text(&charge["token_ref"]), "psp:tok_1");
+    // Usage: 10 (Avro; its duplicate ignored) on app-1, 4 (CloudEvents) on app-2.
+    let mut rolled: Vec<(String, String, String)> = seen
+        .get(&rollups)
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                text(&r["subject"]),
+                text(&r["quantity"]),
+                format!("{:?}", r["count"]),
+            )
+        })
+        .collect();
+    rolled.sort();
+    assert_eq!(
+        rolled,
+        vec![
+            ("app-1".into(), "10".into(), "Long(1)".into()),
+            ("app-2".into(), "4".into(), "Long(1)".into())
+        ]
+    );
     let mut kinds: Vec<String> = seen
         .get(&dlq)
         .into_iter()
