@@ -59,6 +59,7 @@ struct RawKafka {
     group_id: String,
     topic_prefix: String,
     session_timeout: String,
+    max_poll_interval: String,
     transactional: bool,
     schema_registry_url: String,
 }
@@ -117,6 +118,7 @@ pub struct KafkaSettings {
     pub brokers: String,
     pub group_id: String,
     pub session_timeout: Duration,
+    pub max_poll_interval: Duration,
     pub transactional: bool,
     pub schema_registry_url: Option<String>,
 }
@@ -369,6 +371,16 @@ impl Raw {
                 ))
             }
         };
+        let (session, poll) = (
+            duration("kafka.session_timeout", &self.kafka.session_timeout)?,
+            duration("kafka.max_poll_interval", &self.kafka.max_poll_interval)?,
+        );
+        if poll < session {
+            return Err(invalid(
+                "kafka.max_poll_interval",
+                "must be at least kafka.session_timeout",
+            ));
+        }
         if self.batch.max_records == 0 {
             return Err(invalid("batch.max_records", "must be at least 1"));
         }
@@ -420,6 +432,10 @@ impl Raw {
                 brokers: self.kafka.brokers.clone(),
                 group_id: self.kafka.group_id.clone(),
                 session_timeout: duration("kafka.session_timeout", &self.kafka.session_timeout)?,
+                max_poll_interval: duration(
+                    "kafka.max_poll_interval",
+                    &self.kafka.max_poll_interval,
+                )?,
                 transactional: self.kafka.transactional,
                 schema_registry_url: (!registry.is_empty()).then(|| registry.to_string()),
             },

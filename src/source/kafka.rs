@@ -52,6 +52,10 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            .set(
+                "max.poll.interval.ms",
+                settings.kafka.max_poll_interval.as_millis().to_string(),
+            )
             .create()
             .map_err(|e| KafkaError::Client(e.to_string()))?;
         let topics = [
