@@ -86,18 +86,25 @@ fn text(v: &Value) -> String {
     }
 }
 
-#[test]
-fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
+/// What each test owns: its topics (a unique prefix), consumer group and
+/// store folder, with the topics created through `billstream topics create`.
+struct Setup {
+    brokers: String,
+    prefix: String,
+    group: String,
+    _dir: tempfile::TempDir,
+    store: std::path::PathBuf,
+}
+
+fn setup(tag: &str) -> Option<Setup> {
     let Some(brokers) = brokers() else {
         eprintln!("kafka_e2e: BILLSTREAM_TEST_BROKERS is not set (scripts/test.sh starts tansu and sets it); not run");
-        return;
+        return None;
     };
-    let suffix = format!("{}", std::process::id());
-    let prefix = format!("e2e{suffix}.");
-    let group = format!("billstream-e2e-{suffix}");
+    let suffix = format!("{tag}{}", std::process::id());
+    let (prefix, group) = (format!("{suffix}."), format!("billstream-{suffix}"));
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("state");
-
     let created = billstream(&prefix, &group, &store, &brokers)
         .args(["topics", "create", "--partitions", "1"])
         .output()
@@ -107,6 +114,27 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
         "topics create: {}",
         String::from_utf8_lossy(&created.stderr)
     );
+    Some(Setup {
+        brokers,
+        prefix,
+        group,
+        _dir: dir,
+        store,
+    })
+}
+
+#[test]
+fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
+    let Some(Setup {
+        brokers,
+        prefix,
+        group,
+        _dir,
+        store,
+    }) = setup("e2e")
+    else {
+        return;
+    };
 
     let catalog = Catalog::shared().unwrap();
     let producer: FutureProducer = ClientConfig::new()
@@ -387,24 +415,16 @@ fn read_until(
 
 #[test]
 fn run_killed_mid_batch_resumes_without_applying_anything_twice() {
-    let Some(brokers) = brokers() else {
-        eprintln!("kafka_e2e: BILLSTREAM_TEST_BROKERS is not set (scripts/test.sh starts tansu and sets it); not run");
+    let Some(Setup {
+        brokers,
+        prefix,
+        group,
+        _dir,
+        store,
+    }) = setup("k")
+    else {
         return;
     };
-    let suffix = format!("k{}", std::process::id());
-    let prefix = format!("{suffix}.");
-    let group = format!("billstream-{suffix}");
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("state");
-    let created = billstream(&prefix, &group, &store, &brokers)
-        .args(["topics", "create", "--partitions", "1"])
-        .output()
-        .unwrap();
-    assert!(
-        created.status.success(),
-        "topics create: {}",
-        String::from_utf8_lossy(&created.stderr)
-    );
 
     let catalog = Catalog::shared().unwrap();
     let producer: FutureProducer = ClientConfig::new()
