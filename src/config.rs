@@ -11,6 +11,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
+use crate::engine::time::Timestamp;
 use crate::engine::EngineConfig;
 
 /// The defaults, embedded at build time from the readable file.
@@ -45,6 +46,7 @@ fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
 #[serde(deny_unknown_fields)]
 struct Raw {
     environment: String,
+    clock: String,
     kafka: RawKafka,
     topics: Topics,
     store: RawStore,
@@ -62,6 +64,8 @@ struct RawKafka {
     max_poll_interval: String,
     transactional: bool,
     schema_registry_url: String,
+    #[serde(default)]
+    properties: std::collections::BTreeMap<String, String>,
 }
 
 /// Topic names (before the prefix).
@@ -94,7 +98,7 @@ struct RawStore {
 struct RawBatch {
     max_records: u64,
     max_wait: String,
-    max_in_flight: u64,
+    prefetch_kbytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +125,9 @@ pub struct KafkaSettings {
     pub max_poll_interval: Duration,
     pub transactional: bool,
     pub schema_registry_url: Option<String>,
+    /// Extra librdkafka properties for every client (TLS, SASL, `debug`),
+    /// applied after billstream's own settings.
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 /// Where billing state of record lives.
@@ -140,13 +147,38 @@ pub enum StoreSettings {
 pub struct BatchSettings {
     pub max_records: usize,
     pub max_wait: Duration,
-    pub max_in_flight: usize,
+    /// What the consumer may fetch ahead of the batch being processed,
+    /// in KiB (librdkafka's `queued.max.messages.kbytes`): consumption of
+    /// a partition pauses while this much waits, and resumes as it drains.
+    pub prefetch_kbytes: u64,
+}
+
+/// The processing clock that drives timers (period close, due dates,
+/// retries, rollups) and stamps what is processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// The machine's UTC wall clock (production).
+    Wall,
+    /// Frozen at one instant: timers due up to it fire, later ones never.
+    /// For replays, simulations and tests whose outputs must not depend on
+    /// when they ran.
+    Fixed(Timestamp),
+}
+
+impl Clock {
+    pub fn now(self) -> Timestamp {
+        match self {
+            Clock::Wall => Timestamp::from_datetime(chrono::Utc::now()),
+            Clock::Fixed(t) => t,
+        }
+    }
 }
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub environment: String,
+    pub clock: Clock,
     pub kafka: KafkaSettings,
     /// Topic names with the prefix applied.
     pub topics: Topics,
@@ -384,10 +416,10 @@ impl Raw {
         if self.batch.max_records == 0 {
             return Err(invalid("batch.max_records", "must be at least 1"));
         }
-        if self.batch.max_in_flight < self.batch.max_records {
+        if !(1..=2_097_151).contains(&self.batch.prefetch_kbytes) {
             return Err(invalid(
-                "batch.max_in_flight",
-                "must be at least batch.max_records",
+                "batch.prefetch_kbytes",
+                "must be between 1 and 2097151 (KiB)",
             ));
         }
         let b = &self.billing;
@@ -426,8 +458,18 @@ impl Raw {
         if engine.max_quantity <= Decimal::ZERO {
             return Err(invalid("billing.max_quantity", "must be positive"));
         }
+        let clock = match self.clock.trim() {
+            "wall" => Clock::Wall,
+            text => Clock::Fixed(Timestamp::parse_rfc3339(text).ok_or_else(|| {
+                invalid(
+                    "clock",
+                    format!("{text:?} is neither \"wall\" nor an RFC 3339 instant such as \"2026-11-22T10:30:00Z\""),
+                )
+            })?),
+        };
         Ok(Settings {
             environment: self.environment.trim().to_string(),
+            clock,
             kafka: KafkaSettings {
                 brokers: self.kafka.brokers.clone(),
                 group_id: self.kafka.group_id.clone(),
@@ -438,13 +480,14 @@ impl Raw {
                 )?,
                 transactional: self.kafka.transactional,
                 schema_registry_url: (!registry.is_empty()).then(|| registry.to_string()),
+                properties: self.kafka.properties.clone(),
             },
             topics,
             store,
             batch: BatchSettings {
                 max_records: self.batch.max_records as usize,
                 max_wait: duration("batch.max_wait", &self.batch.max_wait)?,
-                max_in_flight: self.batch.max_in_flight as usize,
+                prefetch_kbytes: self.batch.prefetch_kbytes,
             },
             engine,
         })
@@ -475,6 +518,17 @@ mod tests {
             }
         );
         assert_eq!(s.kafka.schema_registry_url, None);
+        assert_eq!(s.clock, Clock::Wall);
+    }
+
+    #[test]
+    fn clock_is_wall_or_a_frozen_instant() {
+        let s = load(None, &[("BILLSTREAM__CLOCK", "2026-11-22T10:30:00Z")]).unwrap();
+        let at = Timestamp::parse_rfc3339("2026-11-22T10:30:00Z").unwrap();
+        assert_eq!(s.clock, Clock::Fixed(at));
+        assert_eq!(s.clock.now(), at);
+        let before = Timestamp::from_datetime(chrono::Utc::now());
+        assert!(Clock::Wall.now() >= before);
     }
 
     #[test]
@@ -533,7 +587,8 @@ mod tests {
             ("[store]\nkind = \"postgres\"\n", "store.kind"),
             ("[store]\nkind = \"scylla\"\n", "store.scylla_nodes"),
             ("[kafka]\ntopic_prefix = \"a b\"\n", "topics.usage"),
-            ("[batch]\nmax_in_flight = 10\n", "batch.max_in_flight"),
+            ("[batch]\nprefetch_kbytes = 0\n", "batch.prefetch_kbytes"),
+            ("clock = \"yesterday\"\n", "clock"),
             (
                 "[kafka]\nschema_registry_url = \"registry:8081\"\n",
                 "kafka.schema_registry_url",

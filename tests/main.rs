@@ -2,6 +2,7 @@
 //! a test area.
 
 mod demo_smoke;
+mod kafka_crash;
 mod kafka_e2e;
 mod processor_batch;
 mod simulate_golden;

@@ -48,7 +48,15 @@ async fn processor(dir: &std::path::Path) -> Processor<EmbeddedStore> {
         Decoded::Plan(p) => engine.plans.upsert(p).unwrap(),
         _ => unreachable!(),
     }
-    Processor::new(engine, store, epoch)
+    let mut p = Processor::new(engine, store);
+    p.assign_partition(
+        0,
+        epoch,
+        Timestamp::parse_rfc3339("2026-03-06T00:00:00Z").unwrap(),
+    )
+    .await
+    .unwrap();
+    p
 }
 
 fn by_account(outputs: &[OutputRecord]) -> Vec<(String, String)> {
@@ -178,11 +186,7 @@ async fn outputs_persisted_but_not_acknowledged_are_republished_with_the_same_id
     drop(first);
 
     let mut second = processor(dir.path()).await;
-    second
-        .load_partition(0, Timestamp::parse_rfc3339("2026-03-06T00:00:00Z").unwrap())
-        .await
-        .unwrap();
-    let again = second.unpublished_outputs().await.unwrap();
+    let again = second.unpublished_outputs(0).await.unwrap();
     let ids = |v: &[OutputRecord]| {
         let mut ids: Vec<String> = v
             .iter()
@@ -205,12 +209,8 @@ async fn outputs_persisted_but_not_acknowledged_are_republished_with_the_same_id
     drop(second);
 
     let mut third = processor(dir.path()).await;
-    third
-        .load_partition(0, Timestamp::parse_rfc3339("2026-03-06T00:00:00Z").unwrap())
-        .await
-        .unwrap();
     assert!(
-        third.unpublished_outputs().await.unwrap().is_empty(),
+        third.unpublished_outputs(0).await.unwrap().is_empty(),
         "acknowledged outputs are not sent again"
     );
 }

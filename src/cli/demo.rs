@@ -124,7 +124,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut offsets = std::collections::HashMap::<&'static str, i64>::new();
     let (stats, store_writes) = super::block_on(async {
         let epoch = store.claim_partition(0, "demo").await?;
-        let mut p = Processor::new(engine, store.clone(), epoch);
+        let mut p = Processor::new(engine, store.clone());
+        p.assign_partition(0, epoch, Timestamp(0)).await?;
         let mut inputs = 0u64;
         while let Some(Reverse(item)) = queue.pop() {
             if item.at >= end {

@@ -46,8 +46,32 @@ enum Command {
     Config(config::ConfigArgs),
 }
 
+/// Logs go to stderr: readable in a terminal, JSON lines otherwise (or
+/// when BILLSTREAM_LOG_FORMAT=json); the level filter comes from
+/// BILLSTREAM_LOG (e.g. `info,rdkafka=debug`), default `warn`.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BILLSTREAM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let json = match std::env::var("BILLSTREAM_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second subscriber (never in the binary) is not an error worth a stop.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    init_logging();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Simulate(args) => simulate::run(args),

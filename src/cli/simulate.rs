@@ -127,7 +127,8 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
 
     let stats = super::block_on(async {
         let epoch = store.claim_partition(0, "simulate").await?;
-        let mut p = Processor::new(engine, store.clone(), epoch);
+        let mut p = Processor::new(engine, store.clone());
+        p.assign_partition(0, epoch, Timestamp(0)).await?;
         for (n, l) in lines.iter().enumerate() {
             p.advance_timers(l.arrival.max(Timestamp(0)));
             let pos = SourcePos {

@@ -44,9 +44,10 @@ pub fn run(args: TopicsArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--partitions and --replication must be at least 1");
     }
     let settings = Settings::load(config.as_deref())?;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .create()?;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &settings.kafka.brokers);
+    let admin: AdminClient<DefaultClientContext> =
+        crate::source::kafka::with_properties(&mut config, &settings).create()?;
     let t = &settings.topics;
     let names = [
         &t.usage,

@@ -3,5 +3,6 @@
 
 pub mod batch;
 mod processor;
+pub mod service;
 
 pub use processor::{BatchRecord, Processor, ProcessorStats, SourcePos};

@@ -88,7 +88,8 @@ struct Slot {
 pub struct Processor<S: StateStore> {
     engine: Engine,
     store: Arc<S>,
-    epoch: u64,
+    /// Ownership epoch per partition this processor owns.
+    epochs: HashMap<u32, u64>,
     accounts: HashMap<String, Slot>,
     timers: BTreeSet<(Timestamp, String)>,
     dirty: Vec<String>,
@@ -100,12 +101,12 @@ pub struct Processor<S: StateStore> {
 }
 
 impl<S: StateStore> Processor<S> {
-    /// A processor writing with ownership `epoch` (from `claim_partition`).
-    pub fn new(engine: Engine, store: Arc<S>, epoch: u64) -> Processor<S> {
+    /// A processor that owns no partition yet (see `assign_partition`).
+    pub fn new(engine: Engine, store: Arc<S>) -> Processor<S> {
         Processor {
             engine,
             store,
-            epoch,
+            epochs: HashMap::new(),
             accounts: HashMap::new(),
             timers: BTreeSet::new(),
             dirty: Vec::new(),
@@ -118,6 +119,16 @@ impl<S: StateStore> Processor<S> {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The engine, to change its price book (plans topic updates).
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    /// The partitions this processor owns, with their epochs.
+    pub fn owned_partitions(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.epochs.iter().map(|(p, e)| (*p, *e))
     }
 
     pub fn store(&self) -> &Arc<S> {
@@ -391,18 +402,49 @@ impl<S: StateStore> Processor<S> {
         self.timers.first().map(|(t, _)| *t)
     }
 
-    /// Load every account of `partition` from the store (at start-up or
-    /// when a partition is assigned), so their timers fire without input.
-    pub async fn load_partition(
+    /// Take over `partition` with the ownership `epoch` that
+    /// `StateStore::claim_partition` granted: writes of its accounts carry
+    /// that epoch from now on, and every account of the partition is loaded
+    /// from the store so its timers fire without input. Returns how many
+    /// accounts were loaded.
+    pub async fn assign_partition(
         &mut self,
         partition: u32,
+        epoch: u64,
         now: Timestamp,
     ) -> Result<usize, StoreError> {
+        self.epochs.insert(partition, epoch);
         let ids = self.store.accounts(partition).await?;
         for id in &ids {
             self.load(id, partition, now).await?;
         }
         Ok(ids.len())
+    }
+
+    /// Let go of `partition` (revoked, or lost to another owner): forget its
+    /// epoch and drop its accounts from memory, with their timers and any
+    /// change not yet flushed (whoever owns the partition next reloads it
+    /// from the store and re-reads the records behind those changes, whose
+    /// offsets were never committed). Returns how many accounts were dropped.
+    pub fn release_partition(&mut self, partition: u32) -> usize {
+        self.epochs.remove(&partition);
+        let ids: Vec<String> = self
+            .accounts
+            .iter()
+            .filter(|(_, s)| s.partition == partition)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            if let Some(slot) = self.accounts.remove(id) {
+                if let Some(t) = slot.next_timer {
+                    self.timers.remove(&(t, id.clone()));
+                }
+            }
+        }
+        let accounts = &self.accounts;
+        self.dirty.retain(|id| accounts.contains_key(id));
+        self.awaiting_ack.retain(|id| accounts.contains_key(id));
+        ids.len()
     }
 
     /// Dead letters waiting to be published (they need no state write).
@@ -446,7 +488,9 @@ impl<S: StateStore> Processor<S> {
             writes.push(AccountWrite {
                 account_id: account_id.clone(),
                 partition: slot.partition,
-                epoch: self.epoch,
+                // A partition this processor does not own writes with
+                // epoch 0, which the store fences once anyone claimed it.
+                epoch: self.epochs.get(&slot.partition).copied().unwrap_or(0),
                 snapshot,
                 journal,
                 invoices,
@@ -529,11 +573,19 @@ impl<S: StateStore> Processor<S> {
 
     /// Outputs of journal entries that were persisted but never
     /// acknowledged (a crash between commit and publish), re-derived from
-    /// the journal with the same ids, for every loaded account. Publish
-    /// them, then call `published`.
-    pub async fn unpublished_outputs(&mut self) -> Result<Vec<OutputRecord>, StoreError> {
+    /// the journal with the same ids, for the loaded accounts of
+    /// `partition`. Publish them, then call `published`.
+    pub async fn unpublished_outputs(
+        &mut self,
+        partition: u32,
+    ) -> Result<Vec<OutputRecord>, StoreError> {
         let mut outputs = Vec::new();
-        let ids: Vec<String> = self.accounts.keys().cloned().collect();
+        let ids: Vec<String> = self
+            .accounts
+            .iter()
+            .filter(|(_, s)| s.partition == partition)
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in ids {
             let Some(stored) = self.store.load_account(&id).await? else {
                 continue;

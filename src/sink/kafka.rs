@@ -25,12 +25,14 @@ impl KafkaSink {
         settings: &Settings,
         catalog: &'static Catalog,
     ) -> Result<KafkaSink, KafkaError> {
-        let producer: FutureProducer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &settings.kafka.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
-            .set("message.timeout.ms", "60000")
+            .set("message.timeout.ms", "60000");
+        let producer: FutureProducer = crate::source::kafka::with_properties(&mut config, settings)
             .create()
             .map_err(|e| KafkaError::Client(e.to_string()))?;
         let t = &settings.topics;

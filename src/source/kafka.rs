@@ -4,16 +4,18 @@
 //! global table before processing starts.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Settings;
-use crate::contracts::{Decoded, Decoder};
-use crate::engine::plan::Plan;
 
 /// Errors of the Kafka edges, by what happens next.
 #[derive(Debug, thiserror::Error)]
@@ -37,26 +39,128 @@ fn client(settings: &Settings) -> ClientConfig {
     c
 }
 
+/// Apply the configured extra librdkafka properties (`kafka.properties`)
+/// last, right before the client is created.
+pub fn with_properties<'c>(c: &'c mut ClientConfig, settings: &Settings) -> &'c mut ClientConfig {
+    for (k, v) in &settings.kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A change of the input partitions this member owns, as the group
+/// coordinator handed it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupChange {
+    /// These (topic, partition)s are now ours.
+    Assigned(Vec<(String, i32)>),
+    /// These (topic, partition)s are no longer ours: the consumer has
+    /// already let go of them when this is seen.
+    Revoked(Vec<(String, i32)>),
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+/// Records what the rebalance callbacks saw; librdkafka runs them inside
+/// `recv`, on the thread of the processing loop, so the loop reads them
+/// right after the call that ran them.
+#[derive(Default)]
+pub struct GroupContext {
+    changes: Mutex<Vec<GroupChange>>,
+}
+
+impl GroupContext {
+    fn push(&self, change: GroupChange) {
+        self.changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(change);
+    }
+
+    fn take(&self) -> Vec<GroupChange> {
+        std::mem::take(
+            &mut *self
+                .changes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    fn pending(&self) -> bool {
+        !self
+            .changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty()
+    }
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => self.push(GroupChange::Revoked(partitions_of(tpl))),
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => eprintln!("warning: kafka rebalance: {e}"),
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.push(GroupChange::Assigned(partitions_of(tpl)));
+        }
+    }
+}
+
+/// What `next_batch` hands out: records, and the group changes seen while
+/// collecting them. A batch stops at the first change, so
+/// `records[..before_changes]` arrived under the old assignment and the
+/// rest under the new one.
+#[derive(Default)]
+pub struct SourceBatch {
+    pub records: Vec<OwnedMessage>,
+    pub changes: Vec<GroupChange>,
+    pub before_changes: usize,
+}
+
 /// The input topics (usage, payments, accounts) in a consumer group.
 pub struct KafkaSource {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<GroupContext>,
     /// Next offset to commit per (topic, partition), for records processed.
     pending: BTreeMap<(String, i32), i64>,
 }
 
 impl KafkaSource {
     pub fn connect(settings: &Settings) -> Result<KafkaSource, KafkaError> {
-        let consumer: StreamConsumer = client(settings)
+        let mut config = client(settings);
+        config
             .set("group.id", &settings.kafka.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            // The range assignor gives one member partition p of every
+            // input topic together: the topics are co-partitioned by
+            // account, so one account's records all reach one member.
+            .set("partition.assignment.strategy", "range")
             .set(
                 "max.poll.interval.ms",
                 settings.kafka.max_poll_interval.as_millis().to_string(),
             )
-            .create()
+            // Bounded prefetch: librdkafka stops fetching a partition
+            // while this much is queued for it and not yet handed out.
+            .set(
+                "queued.max.messages.kbytes",
+                settings.batch.prefetch_kbytes.to_string(),
+            );
+        let consumer: StreamConsumer<GroupContext> = with_properties(&mut config, settings)
+            .create_with_context(GroupContext::default())
             .map_err(|e| KafkaError::Client(e.to_string()))?;
         let topics = [
             settings.topics.usage.as_str(),
@@ -73,135 +177,160 @@ impl KafkaSource {
     }
 
     /// Up to `max` records, waiting at most `wait` after the first one
-    /// (and at most `idle` for the first).
+    /// (and at most `idle` for the first); cut short by a group change.
     pub async fn next_batch(
         &mut self,
         max: usize,
         wait: Duration,
         idle: Duration,
-    ) -> Result<Vec<OwnedMessage>, KafkaError> {
-        let mut batch = Vec::new();
-        let first = match tokio::time::timeout(idle, self.consumer.recv()).await {
-            Err(_) => return Ok(batch),
-            Ok(r) => r.map_err(|e| KafkaError::Transient(e.to_string()))?,
-        };
-        batch.push(first.detach());
-        let deadline = Instant::now() + wait;
-        while batch.len() < max {
+    ) -> Result<SourceBatch, KafkaError> {
+        let mut batch = SourceBatch::default();
+        let context = self.consumer.context().clone();
+        let mut deadline = Instant::now() + idle;
+        let mut started = false;
+        while batch.records.len() < max {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            match tokio::time::timeout(left, self.consumer.recv()).await {
+            let received = tokio::time::timeout(left, self.consumer.recv()).await;
+            if context.pending() {
+                batch.before_changes = batch.records.len();
+                batch.changes = context.take();
+                if let Ok(r) = received {
+                    batch.records.push(
+                        r.map_err(|e| KafkaError::Transient(e.to_string()))?
+                            .detach(),
+                    );
+                }
+                return Ok(batch);
+            }
+            match received {
                 Err(_) => break,
-                Ok(r) => batch.push(
-                    r.map_err(|e| KafkaError::Transient(e.to_string()))?
-                        .detach(),
-                ),
+                Ok(r) => {
+                    batch.records.push(
+                        r.map_err(|e| KafkaError::Transient(e.to_string()))?
+                            .detach(),
+                    );
+                    if !started {
+                        started = true;
+                        deadline = Instant::now() + wait;
+                    }
+                }
             }
         }
-        for m in &batch {
-            let next = self
-                .pending
-                .entry((m.topic().to_string(), m.partition()))
-                .or_insert(0);
-            *next = (*next).max(m.offset() + 1);
-        }
+        batch.before_changes = batch.records.len();
         Ok(batch)
     }
 
-    /// Commit every record handed out so far (call after its state is
-    /// durable and its outputs are published).
+    /// Remember that `m` was processed: its offset is committed by the
+    /// next `commit`.
+    pub fn processed(&mut self, m: &OwnedMessage) {
+        let next = self
+            .pending
+            .entry((m.topic().to_string(), m.partition()))
+            .or_insert(0);
+        *next = (*next).max(m.offset() + 1);
+    }
+
+    /// Commit every processed record (call after its state is durable and
+    /// its outputs are published). A failed commit loses nothing: the
+    /// records are delivered again and skipped as replays by the positions
+    /// kept with each account's state.
     pub fn commit(&mut self) -> Result<(), KafkaError> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in &self.pending {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
+        for ((topic, partition), next) in std::mem::take(&mut self.pending) {
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(next))
                 .map_err(|e| KafkaError::Transient(e.to_string()))?;
         }
         self.consumer
             .commit(&tpl, CommitMode::Sync)
-            .map_err(|e| KafkaError::Transient(e.to_string()))?;
-        self.pending.clear();
-        Ok(())
+            .map_err(|e| KafkaError::Transient(e.to_string()))
     }
 }
 
-/// Read the whole plans topic (a compacted global table) up to its end
-/// as it is now; the last record of a plan id wins.
-pub fn read_plans(
-    settings: &Settings,
-    decoder: &Decoder,
-    timeout: Duration,
-) -> Result<(Vec<Plan>, Vec<String>), KafkaError> {
-    let consumer: BaseConsumer = client(settings)
-        .set("group.id", format!("{}-plans", settings.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| KafkaError::Client(e.to_string()))?;
-    let topic = &settings.topics.plans;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| KafkaError::Transient(format!("metadata of {topic}: {e}")))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
-    for p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, *p, timeout)
-            .map_err(|e| KafkaError::Transient(format!("watermarks of {topic}/{p}: {e}")))?;
-        if high > low {
-            ends.insert(*p, high);
-            tpl.add_partition_offset(topic, *p, Offset::Beginning)
+/// The plans topic, read as a global table (all partitions, no group):
+/// in full before processing starts, then followed.
+pub struct PlanFollower {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl PlanFollower {
+    /// Every record of the plans topic up to its end as it is now, then a
+    /// follower for what comes after.
+    pub fn read_to_end(
+        settings: &Settings,
+        timeout: Duration,
+    ) -> Result<(PlanFollower, Vec<OwnedMessage>), KafkaError> {
+        let mut config = client(settings);
+        config
+            .set("group.id", format!("{}-plans", settings.kafka.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        let consumer: BaseConsumer = with_properties(&mut config, settings)
+            .create()
+            .map_err(|e| KafkaError::Client(e.to_string()))?;
+        let topic = settings.topics.plans.clone();
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), timeout)
+            .map_err(|e| KafkaError::Transient(format!("metadata of {topic}: {e}")))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
+        for p in &partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, *p, timeout)
+                .map_err(|e| KafkaError::Transient(format!("watermarks of {topic}/{p}: {e}")))?;
+            if high > low {
+                ends.insert(*p, high);
+            }
+            tpl.add_partition_offset(&topic, *p, Offset::Beginning)
                 .map_err(|e| KafkaError::Client(e.to_string()))?;
         }
-    }
-    let mut plans = BTreeMap::new();
-    let mut errors = Vec::new();
-    if ends.is_empty() {
-        return Ok((Vec::new(), errors));
-    }
-    consumer
-        .assign(&tpl)
-        .map_err(|e| KafkaError::Client(e.to_string()))?;
-    let deadline = Instant::now() + timeout;
-    while !ends.is_empty() {
-        if Instant::now() > deadline {
-            return Err(KafkaError::Transient(format!(
-                "plans topic {topic} not read to its end within {timeout:?}"
-            )));
-        }
-        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let msg = msg.map_err(|e| KafkaError::Transient(e.to_string()))?;
-        match msg.payload().map(|p| decoder.decode(p)) {
-            Some(Ok(Decoded::Plan(plan))) => {
-                plans.insert(plan.plan_id.clone(), plan);
+        consumer
+            .assign(&tpl)
+            .map_err(|e| KafkaError::Client(e.to_string()))?;
+        let mut records = Vec::new();
+        let deadline = Instant::now() + timeout;
+        while !ends.is_empty() {
+            if Instant::now() > deadline {
+                return Err(KafkaError::Transient(format!(
+                    "plans topic {topic} not read to its end within {timeout:?}"
+                )));
             }
-            Some(Ok(Decoded::Input(_))) => errors.push(format!(
-                "{topic}/{}@{}: not a plan",
-                msg.partition(),
-                msg.offset()
-            )),
-            Some(Err(e)) => {
-                errors.push(format!("{topic}/{}@{}: {e}", msg.partition(), msg.offset()))
+            let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let msg = msg.map_err(|e| KafkaError::Transient(e.to_string()))?;
+            if ends
+                .get(&msg.partition())
+                .is_some_and(|end| msg.offset() + 1 >= *end)
+            {
+                ends.remove(&msg.partition());
             }
-            None => {} // a tombstone: nothing to load
+            records.push(msg.detach());
         }
-        if ends
-            .get(&msg.partition())
-            .is_some_and(|end| msg.offset() + 1 >= *end)
-        {
-            ends.remove(&msg.partition());
-        }
+        Ok((PlanFollower { consumer, topic }, records))
     }
-    Ok((plans.into_values().collect(), errors))
+
+    /// Plan records published since the last call (never waits).
+    pub fn poll_new(&self) -> Result<Vec<OwnedMessage>, KafkaError> {
+        let mut records = Vec::new();
+        while let Some(msg) = self.consumer.poll(Duration::ZERO) {
+            records.push(
+                msg.map_err(|e| KafkaError::Transient(format!("{}: {e}", self.topic)))?
+                    .detach(),
+            );
+        }
+        Ok(records)
+    }
 }

@@ -1,0 +1,365 @@
+//! The Kafka processing loop behind `billstream run`: one consumer-group
+//! member, driving the same `Processor` as every other edge.
+//!
+//! consume a batch → fold (grouped by account) → persist → publish →
+//! commit input offsets, in that order, so that nothing is published before
+//! the state behind it is durable and no offset is committed before its
+//! effects are published. The loop owns the partitions the group assigns
+//! it: on assignment it claims each one in the store (a new ownership
+//! epoch fences off the previous owner), loads its accounts so their
+//! timers fire, and republishes outputs the previous owner persisted but
+//! never saw acknowledged; on revocation it drops them from memory. The
+//! stop future ends the loop after the batch in hand is persisted,
+//! published and committed.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::message::{Message, OwnedMessage};
+
+use crate::config::Settings;
+use crate::contracts::{Catalog, Decoder};
+use crate::engine::plan::PlanBook;
+use crate::engine::time::Timestamp;
+use crate::engine::Engine;
+use crate::runtime::{BatchRecord, Processor, ProcessorStats, SourcePos};
+use crate::sink::kafka::KafkaSink;
+use crate::source::kafka::{GroupChange, KafkaSource, PlanFollower};
+use crate::store::{StateStore, StoreError};
+
+/// Produce-to-persist latency, counted per millisecond up to two minutes
+/// (one overflow bucket above), so quantiles are exact to the millisecond.
+#[derive(Debug, Clone)]
+pub struct LatencyHistogram {
+    counts: Vec<u64>,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            counts: vec![0; 120_001],
+        }
+    }
+}
+
+impl LatencyHistogram {
+    pub fn record(&mut self, millis: u64) {
+        let last = self.counts.len() - 1;
+        self.counts[(millis as usize).min(last)] += 1;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The smallest latency (ms) at or below which a share `q` of the
+    /// records fall; `None` when nothing was recorded.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (ms, n) in self.counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(ms as u64);
+            }
+        }
+        Some(self.counts.len() as u64 - 1)
+    }
+
+    pub fn clear(&mut self) {
+        self.counts.iter_mut().for_each(|c| *c = 0);
+    }
+}
+
+/// What a running loop has done so far, readable from other threads
+/// (benchmarks, tests, and later the metrics endpoint).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Input records whose effects are durable and published (offsets
+    /// handed to the commit).
+    pub records_done: AtomicU64,
+    pub batches: AtomicU64,
+    /// Store partitions owned right now.
+    pub partitions_owned: AtomicU64,
+    /// Set once the plans table is loaded and the member has partitions.
+    pub ready: AtomicU64,
+    pub latency: Mutex<LatencyHistogram>,
+}
+
+impl Progress {
+    pub fn records_done(&self) -> u64 {
+        self.records_done.load(Ordering::Relaxed)
+    }
+}
+
+fn partition_of(p: i32) -> u32 {
+    u32::try_from(p).unwrap_or(0)
+}
+
+/// Run one group member until `stop` resolves (then drain and commit) or
+/// a fatal error. `owner` names this instance in ownership claims.
+pub async fn serve<S: StateStore>(
+    settings: &Settings,
+    store: Arc<S>,
+    owner: &str,
+    progress: Arc<Progress>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<ProcessorStats> {
+    let catalog = Catalog::shared()?;
+    let decoder = Decoder::new(catalog)?;
+    let clock = settings.clock;
+    let mut processor = Processor::new(
+        Engine::new(settings.engine.clone(), PlanBook::new()),
+        store.clone(),
+    );
+
+    let (plans, initial) = PlanFollower::read_to_end(settings, Duration::from_secs(60))?;
+    apply_plan_records(&mut processor, &decoder, &initial, clock.now()).await?;
+    eprintln!(
+        "billstream run: {} plans loaded from {}",
+        processor.engine().plans.len(),
+        settings.topics.plans
+    );
+    let sink = KafkaSink::connect(settings, catalog)?;
+    let mut source = KafkaSource::connect(settings)?;
+    eprintln!(
+        "billstream run: consuming as group {} (member {owner})",
+        settings.kafka.group_id
+    );
+
+    let mut assigned: BTreeSet<(String, i32)> = BTreeSet::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let batch = tokio::select! {
+            _ = &mut stop => break,
+            b = source.next_batch(settings.batch.max_records, settings.batch.max_wait, Duration::from_millis(500)) => b?,
+        };
+        let now = clock.now();
+        let mut records = batch.records;
+        if !batch.changes.is_empty() {
+            // Records fetched before a revocation belong to partitions we
+            // no longer own: unprocessed, uncommitted, someone re-reads them.
+            let revoked: BTreeSet<(String, i32)> = batch
+                .changes
+                .iter()
+                .filter_map(|c| match c {
+                    GroupChange::Revoked(list) => Some(list.iter().cloned()),
+                    GroupChange::Assigned(_) => None,
+                })
+                .flatten()
+                .collect();
+            let after = records.split_off(batch.before_changes);
+            records.retain(|m| !revoked.contains(&(m.topic().to_string(), m.partition())));
+            records.extend(after);
+            for change in batch.changes {
+                on_group_change(
+                    change,
+                    &mut assigned,
+                    &mut processor,
+                    store.as_ref(),
+                    &sink,
+                    owner,
+                    now,
+                )
+                .await?;
+            }
+            progress.partitions_owned.store(
+                processor.owned_partitions().count() as u64,
+                Ordering::Relaxed,
+            );
+            progress
+                .ready
+                .store(u64::from(!assigned.is_empty()), Ordering::Relaxed);
+        }
+        let updates = plans.poll_new()?;
+        apply_plan_records(&mut processor, &decoder, &updates, now).await?;
+        let owned: BTreeSet<u32> = processor.owned_partitions().map(|(p, _)| p).collect();
+        records.retain(|m| owned.contains(&partition_of(m.partition())));
+
+        let batch_records: Vec<BatchRecord<'_>> = records
+            .iter()
+            .map(|m| BatchRecord {
+                pos: SourcePos {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                },
+                key: m.key().and_then(|k| std::str::from_utf8(k).ok()),
+                raw: m.payload().unwrap_or_default(),
+                now,
+                // Account commands, then payments, then usage (see batch.rs).
+                rank: if m.topic() == settings.topics.accounts {
+                    0
+                } else if m.topic() == settings.topics.payments {
+                    1
+                } else {
+                    2
+                },
+            })
+            .collect();
+        processor.process_batch(&decoder, &batch_records).await?;
+        processor.advance_timers(now);
+        let outputs = processor.flush().await.map_err(fenced_is_fatal)?;
+        record_latency(&progress, &records);
+        sink.publish(&outputs).await?;
+        processor.published();
+        for m in &records {
+            source.processed(m);
+        }
+        if let Err(e) = source.commit() {
+            eprintln!("warning: offset commit failed ({e}); those records will be delivered again and skipped as replays");
+        }
+        progress
+            .records_done
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        progress.batches.fetch_add(1, Ordering::Relaxed);
+    }
+    eprintln!("billstream run: stopping: persisting and committing");
+    processor.advance_timers(clock.now());
+    let outputs = processor.flush().await.map_err(fenced_is_fatal)?;
+    sink.publish(&outputs).await?;
+    processor.published();
+    processor
+        .persist_published_marks()
+        .await
+        .map_err(fenced_is_fatal)?;
+    if let Err(e) = source.commit() {
+        eprintln!("warning: final offset commit failed ({e}); the next owner skips those records as replays");
+    }
+    sink.flush(Duration::from_secs(10))?;
+    Ok(processor.stats.clone())
+}
+
+/// A fenced write means another instance claimed one of our partitions
+/// while this batch was in hand (we missed the rebalance, e.g. stalled
+/// past `kafka.max_poll_interval`). Nothing of the batch was published or
+/// committed; stop, and let a restart rejoin the group.
+fn fenced_is_fatal(e: StoreError) -> anyhow::Error {
+    match e {
+        StoreError::Fenced { .. } => anyhow::anyhow!(
+            "{e}: another instance took this partition over; stopping without publishing or committing the batch in hand (a restart rejoins the group)"
+        ),
+        other => anyhow::Error::new(other).context("state store"),
+    }
+}
+
+async fn on_group_change<S: StateStore>(
+    change: GroupChange,
+    assigned: &mut BTreeSet<(String, i32)>,
+    processor: &mut Processor<S>,
+    store: &S,
+    sink: &KafkaSink,
+    owner: &str,
+    now: Timestamp,
+) -> anyhow::Result<()> {
+    match change {
+        GroupChange::Assigned(list) => {
+            let owned: BTreeSet<u32> = processor.owned_partitions().map(|(p, _)| p).collect();
+            let mut fresh = BTreeSet::new();
+            for (topic, p) in list {
+                if !owned.contains(&partition_of(p)) {
+                    fresh.insert(partition_of(p));
+                }
+                assigned.insert((topic, p));
+            }
+            for p in fresh {
+                let epoch = store
+                    .claim_partition(p, owner)
+                    .await
+                    .with_context(|| format!("claiming partition {p}"))?;
+                let loaded = processor.assign_partition(p, epoch, now).await?;
+                // Outputs persisted before a crash but never acknowledged:
+                // publish them again, with the same ids, before anything new.
+                let recovered = processor.unpublished_outputs(p).await?;
+                sink.publish(&recovered).await?;
+                processor.published();
+                eprintln!(
+                    "billstream run: partition {p} assigned (epoch {epoch}, {loaded} accounts loaded, {} outputs republished)",
+                    recovered.len()
+                );
+            }
+        }
+        GroupChange::Revoked(list) => {
+            for tp in &list {
+                assigned.remove(tp);
+            }
+            let still: BTreeSet<u32> = assigned.iter().map(|(_, p)| partition_of(*p)).collect();
+            let owned: Vec<u32> = processor.owned_partitions().map(|(p, _)| p).collect();
+            for p in owned {
+                if !still.contains(&p) {
+                    let dropped = processor.release_partition(p);
+                    eprintln!("billstream run: partition {p} revoked ({dropped} accounts dropped from memory)");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Plan records go through the processor like any record: a plan that
+/// does not decode or validate becomes a dead letter.
+async fn apply_plan_records<S: StateStore>(
+    processor: &mut Processor<S>,
+    decoder: &Decoder,
+    records: &[OwnedMessage],
+    now: Timestamp,
+) -> anyhow::Result<()> {
+    for m in records {
+        let Some(raw) = m.payload() else { continue }; // tombstone
+        let pos = SourcePos {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+        };
+        let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
+        processor
+            .process(&pos, key, raw, decoder.decode(raw), now)
+            .await?;
+    }
+    Ok(())
+}
+
+fn record_latency(progress: &Progress, records: &[OwnedMessage]) {
+    if records.is_empty() {
+        return;
+    }
+    let persisted = chrono::Utc::now().timestamp_millis();
+    let mut h = progress
+        .latency
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for m in records {
+        if let Some(produced) = m.timestamp().to_millis() {
+            h.record(u64::try_from(persisted - produced).unwrap_or(0));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_quantiles_are_exact_to_the_millisecond() {
+        let mut h = LatencyHistogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        for ms in 1..=100 {
+            h.record(ms);
+        }
+        h.record(500_000);
+        assert_eq!(h.count(), 101);
+        assert_eq!(h.quantile(0.5), Some(51));
+        assert_eq!(h.quantile(0.99), Some(100));
+        assert_eq!(h.quantile(1.0), Some(120_000));
+        h.clear();
+        assert_eq!(h.count(), 0);
+    }
+}

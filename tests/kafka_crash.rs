@@ -1,0 +1,560 @@
+//! Crash loop against a Kafka-protocol broker: `billstream run` is killed
+//! with SIGKILL at random moments while it folds at least 100,000 events,
+//! restarted, 20 times (BILLSTREAM_CRASH_KILLS for more by hand, e.g. 100;
+//! BILLSTREAM_CRASH_EVENTS for the event count). An uninterrupted run over
+//! the same input topics, into output topics of its own, is the reference:
+//! at the end both stores hold the same state and journals, both sets of
+//! distinct outputs are equal, no input was applied twice, no (invoice,
+//! attempt) has two charge ids, and any output seen twice is identical.
+//!
+//! Both runs use a frozen processing clock (`clock = <instant>`), so what
+//! they emit cannot depend on when they ran. Needs `BILLSTREAM_TEST_BROKERS`
+//! (scripts/test.sh).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::str::FromStr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use billstream::contracts::Catalog;
+use billstream::engine::events::*;
+use billstream::engine::money::Currency;
+use billstream::engine::plan::{Charge, Model, Plan};
+use billstream::engine::time::{Anchor, Timestamp};
+use billstream::store::{EmbeddedStore, StateStore};
+use rand::{Rng, SeedableRng};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use rust_decimal::Decimal;
+
+use super::kafka_e2e::{
+    billstream, decode_output, setup_with, text, Running, Setup, SESSION_EXPIRY,
+};
+
+const PARTITIONS: u32 = 2;
+const ACCOUNTS: usize = 200;
+const CLOCK: &str = "2026-11-02T12:40:00Z";
+const INPUTS: [&str; 3] = [
+    "billing.accounts.v1",
+    "billing.payments.v1",
+    "billing.usage.v1",
+];
+const OUTPUTS: [(&str, &str); 6] = [
+    ("INVOICES", "billing.invoices.v1"),
+    ("CHARGES", "billing.charges.v1"),
+    ("NOTIFICATIONS", "billing.notifications.v1"),
+    ("USAGE_ROLLUPS", "billing.usage-rollups.v1"),
+    ("JOURNAL", "billing.journal.v1"),
+    ("DLQ", "billing.dlq.v1"),
+];
+
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn ts(s: &str) -> Timestamp {
+    Timestamp::parse_rfc3339(s).unwrap()
+}
+
+/// One processor configuration: its group, store and output topics.
+struct Runner<'a> {
+    setup: &'a Setup,
+    group: String,
+    store: std::path::PathBuf,
+    /// Suffix of its output topic names ("" = the default names).
+    outputs: &'static str,
+}
+
+impl Runner<'_> {
+    fn command(&self) -> std::process::Command {
+        let mut c = billstream(
+            &self.setup.prefix,
+            &self.group,
+            &self.store,
+            &self.setup.brokers,
+        );
+        c.env("BILLSTREAM__CLOCK", CLOCK)
+            .env("BILLSTREAM__BATCH__MAX_RECORDS", "2000")
+            .env("BILLSTREAM__KAFKA__SESSION_TIMEOUT", SESSION_TIMEOUT)
+            .env("BILLSTREAM__KAFKA__MAX_POLL_INTERVAL", "60s");
+        for (key, name) in OUTPUTS {
+            c.env(
+                format!("BILLSTREAM__TOPICS__{key}"),
+                format!("{name}{}", self.outputs),
+            );
+        }
+        c
+    }
+
+    /// Start `billstream run`; its stderr is forwarded, and a message is
+    /// sent once it reports a partition assigned.
+    fn spawn(&self) -> (Running, mpsc::Receiver<()>) {
+        let mut child = self
+            .command()
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("assigned") {
+                    let _ = tx.send(());
+                }
+                if !line.contains("partition") {
+                    eprintln!("{line}");
+                }
+            }
+        });
+        (Running(child), rx)
+    }
+
+    /// Run until the group has committed every input record, then stop.
+    fn run_to_end(&self, deadline: Duration) {
+        let (running, _) = self.spawn();
+        wait_committed(
+            &self.setup.brokers,
+            &self.setup.prefix,
+            &self.group,
+            deadline,
+        );
+        let status = running.stop();
+        assert!(status.success(), "run exited with {status}");
+    }
+}
+
+/// Wait until `group` has committed the end of every input partition.
+fn wait_committed(brokers: &str, prefix: &str, group: &str, deadline: Duration) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let end = Instant::now() + deadline;
+    loop {
+        let mut tpl = TopicPartitionList::new();
+        let mut highs = BTreeMap::new();
+        for topic in INPUTS {
+            let topic = format!("{prefix}{topic}");
+            for p in 0..PARTITIONS as i32 {
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, p, Duration::from_secs(30))
+                    .unwrap();
+                highs.insert((topic.clone(), p), high);
+                tpl.add_partition(&topic, p);
+            }
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(30))
+            .unwrap();
+        let behind: i64 = committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let high = highs[&(e.topic().to_string(), e.partition())];
+                match e.offset() {
+                    Offset::Offset(o) => (high - o).max(0),
+                    _ => high,
+                }
+            })
+            .sum();
+        if behind == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "group {group} still {behind} records behind after {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Every record of an output topic: (event_id header, payload).
+fn read_all(brokers: &str, topic: &str) -> Vec<(String, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{topic}"))
+        .set("enable.partition.eof", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in 0..PARTITIONS as i32 {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(30))
+            .unwrap();
+        if high > low {
+            ends.insert(p, high);
+        }
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ends.is_empty() {
+        assert!(Instant::now() < deadline, "{topic} not read to its end");
+        let Some(m) = consumer.poll(Duration::from_millis(300)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        if ends
+            .get(&m.partition())
+            .is_some_and(|e| m.offset() + 1 >= *e)
+        {
+            ends.remove(&m.partition());
+        }
+        let id = m
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "event_id")
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).to_string())
+            })
+            .unwrap_or_default();
+        records.push((id, m.payload().unwrap_or_default().to_vec()));
+    }
+    records
+}
+
+/// Per account: its snapshot (as JSON, so map order does not matter) and
+/// every journal record's bytes.
+type Dump = BTreeMap<String, (serde_json::Value, Vec<Vec<u8>>)>;
+
+fn dump_store(dir: &Path) -> Dump {
+    let store = EmbeddedStore::open(dir).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut dump = BTreeMap::new();
+        for p in 0..PARTITIONS {
+            for id in store.accounts(p).await.unwrap() {
+                let stored = store.load_account(&id).await.unwrap().unwrap();
+                let snapshot: serde_json::Value = serde_json::from_slice(&stored.snapshot).unwrap();
+                let mut journal = Vec::new();
+                let mut from = 1;
+                loop {
+                    let page = store.read_journal(&id, from, 1000).await.unwrap();
+                    let Some(last) = page.last() else { break };
+                    from = last.seq + 1;
+                    journal.extend(page.into_iter().map(|r| r.bytes));
+                }
+                dump.insert(id, (snapshot, journal));
+            }
+        }
+        dump
+    })
+}
+
+fn inputs(
+    catalog: &Catalog,
+    events: usize,
+) -> (
+    Vec<(String, String, Vec<u8>)>,
+    Vec<(String, String, Vec<u8>)>,
+) {
+    let plan = Plan {
+        plan_id: "hosting".into(),
+        currency: Currency::from_code("EUR").unwrap(),
+        recurring_fee: Decimal::from_str("9.00").unwrap(),
+        minimum_spend: Decimal::ZERO,
+        charges: vec![Charge {
+            metric: "m".into(),
+            model: Model::PerUnit,
+            unit_price: Decimal::from_str("0.013").unwrap(),
+            package_size: None,
+            free_units: Decimal::from(50),
+            tiers: vec![],
+        }],
+    };
+    let account = |a: usize| format!("acct-{a}");
+    let mut first = vec![(
+        "billing.plans.v1".to_string(),
+        "hosting".to_string(),
+        catalog.encode_plan(&plan).unwrap(),
+    )];
+    for a in 0..ACCOUNTS {
+        let open = Input::Account(AccountCommand {
+            event_id: format!("open-{a}"),
+            account_id: account(a),
+            occurred_at: ts("2026-11-01T00:00:00Z"),
+            environment: Some("prod".into()),
+            kind: AccountKind::AccountOpened {
+                plan_id: "hosting".into(),
+                currency: "EUR".into(),
+                timezone: "UTC".into(),
+                tax_rate: Decimal::from_str("0.19").unwrap(),
+                billing_anchor: Anchor::Calendar,
+            },
+        });
+        first.push((
+            "billing.accounts.v1".into(),
+            account(a),
+            catalog.encode_input(&open).unwrap(),
+        ));
+        // A third top up their credit (the opening invoice is paid from
+        // it), a third attach a card (it is charged), the rest do neither.
+        let kind = match a % 3 {
+            0 => Some(PaymentKind::CreditToppedUp {
+                amount: Decimal::from(25),
+                currency: "EUR".into(),
+            }),
+            1 => Some(PaymentKind::PaymentMethodAttached {
+                token_ref: format!("psp:tok_{a}"),
+                brand: "visa".into(),
+                last4: "4242".into(),
+                expires: "2030-01".into(),
+            }),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            let pay = Input::Payment(PaymentEvent {
+                event_id: format!("pay-{a}"),
+                account_id: account(a),
+                occurred_at: ts("2026-11-01T00:10:00Z"),
+                environment: Some("prod".into()),
+                kind,
+            });
+            first.push((
+                "billing.payments.v1".into(),
+                account(a),
+                catalog.encode_input(&pay).unwrap(),
+            ));
+        }
+    }
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let start = ts("2026-11-02T12:00:00Z").0;
+    let mut usage = Vec::with_capacity(events + events / 50);
+    for i in 0..events {
+        // One account in ten is ten times as busy as the others.
+        let a = if rng.random_bool(0.5) {
+            rng.random_range(0..ACCOUNTS / 10) * 10
+        } else {
+            rng.random_range(0..ACCOUNTS)
+        };
+        let u = Input::Usage(UsageRecorded {
+            event_id: format!("u-{i}"),
+            account_id: account(a),
+            subject: format!("app-{}", i % 7),
+            metric: "m".into(),
+            quantity: Decimal::new(rng.random_range(1..10_000), 2),
+            occurred_at: Timestamp(start + rng.random_range(0..39 * 60) * 1_000_000),
+            environment: "prod".into(),
+            attributes: Default::default(),
+        });
+        let bytes = catalog.encode_input(&u).unwrap();
+        match i % 997 {
+            // A duplicate right behind the original.
+            1 => {
+                usage.push(("billing.usage.v1".into(), account(a), bytes.clone()));
+                usage.push(("billing.usage.v1".into(), account(a), bytes));
+            }
+            // Bytes that decode to nothing.
+            2 => usage.push((
+                "billing.usage.v1".into(),
+                account(a),
+                b"\x00garbage".to_vec(),
+            )),
+            // An account that was never opened.
+            3 => {
+                let ghost = Input::Usage(UsageRecorded {
+                    account_id: "acct-ghost".into(),
+                    ..match u {
+                        Input::Usage(u) => u,
+                        _ => unreachable!(),
+                    }
+                });
+                usage.push((
+                    "billing.usage.v1".into(),
+                    "acct-ghost".into(),
+                    catalog.encode_input(&ghost).unwrap(),
+                ));
+            }
+            _ => usage.push(("billing.usage.v1".into(), account(a), bytes)),
+        }
+    }
+    (first, usage)
+}
+
+fn produce(brokers: &str, prefix: &str, records: &[(String, String, Vec<u8>)]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for chunk in records.chunks(5000) {
+            let mut pending = Vec::with_capacity(chunk.len());
+            for (topic, key, payload) in chunk {
+                let topic = format!("{prefix}{topic}");
+                let record = FutureRecord::to(&topic).key(key).payload(payload);
+                pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+            }
+            for p in pending {
+                p.await.unwrap().map_err(|(e, _)| e).unwrap();
+            }
+        }
+    });
+}
+
+#[test]
+fn killed_twenty_times_ends_equal_to_an_uninterrupted_run() {
+    let Some(setup) = setup_with("c", PARTITIONS) else {
+        return;
+    };
+    let kills = env_count("BILLSTREAM_CRASH_KILLS", 20);
+    let events = env_count("BILLSTREAM_CRASH_EVENTS", 100_000);
+    let catalog = Catalog::shared().unwrap();
+    let baseline = Runner {
+        setup: &setup,
+        group: format!("{}-baseline", setup.group),
+        store: setup._dir.path().join("baseline"),
+        outputs: ".baseline",
+    };
+    let crashed = Runner {
+        setup: &setup,
+        group: setup.group.clone(),
+        store: setup.store.clone(),
+        outputs: "",
+    };
+    let created = baseline
+        .command()
+        .args(["topics", "create", "--partitions", &PARTITIONS.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+
+    // Accounts, plans and payments first, folded by both before any usage,
+    // so each account's records meet the engine in one order in both runs.
+    let (first, usage) = inputs(catalog, events);
+    produce(&setup.brokers, &setup.prefix, &first);
+    baseline.run_to_end(Duration::from_secs(120));
+    crashed.run_to_end(Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(1));
+
+    let started = Instant::now();
+    produce(&setup.brokers, &setup.prefix, &usage);
+    eprintln!(
+        "crash loop: {} usage records produced in {:?}",
+        usage.len(),
+        started.elapsed()
+    );
+    let started = Instant::now();
+    baseline.run_to_end(Duration::from_secs(600));
+    eprintln!("crash loop: uninterrupted run took {:?}", started.elapsed());
+
+    let seed: u64 = rand::rng().random();
+    eprintln!("crash loop: {kills} kills, seed {seed}");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for k in 0..kills {
+        let (mut running, assigned) = crashed.spawn();
+        // Kill at a random moment after it has its partitions (or on the
+        // way there, if they are slow to come).
+        let _ = assigned.recv_timeout(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..800)));
+        running.0.kill().unwrap();
+        running.0.wait().unwrap();
+        eprintln!("crash loop: kill {} of {kills}", k + 1);
+        std::thread::sleep(SESSION_EXPIRY);
+    }
+    crashed.run_to_end(Duration::from_secs(600));
+
+    // Outputs: the same set of distinct (id, payload) on every topic; an id
+    // seen twice always carries the same payload.
+    let mut charge_ids: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for (_, name) in OUTPUTS {
+        let base = read_all(&setup.brokers, &format!("{}{name}.baseline", setup.prefix));
+        let got = read_all(&setup.brokers, &format!("{}{name}", setup.prefix));
+        let mut by_id: BTreeMap<&str, &[u8]> = BTreeMap::new();
+        for (id, payload) in &got {
+            if id.is_empty() {
+                continue;
+            }
+            if let Some(previous) = by_id.insert(id, payload) {
+                assert_eq!(
+                    previous,
+                    &payload[..],
+                    "{name}: output {id} repeated with another payload"
+                );
+            }
+            if name == "billing.charges.v1" {
+                let r = decode_output(catalog, payload);
+                charge_ids
+                    .entry((text(&r["invoice_id"]), text(&r["attempt"])))
+                    .or_default()
+                    .insert(text(&r["charge_id"]));
+            }
+        }
+        let distinct = |v: &[(String, Vec<u8>)]| v.iter().cloned().collect::<BTreeSet<_>>();
+        let (base_set, got_set) = (distinct(&base), distinct(&got));
+        assert_eq!(
+            base_set.len(),
+            got_set.len(),
+            "{name}: {} distinct outputs after the crashes, {} without ({} records in all)",
+            got_set.len(),
+            base_set.len(),
+            got.len()
+        );
+        assert!(base_set == got_set, "{name}: the distinct outputs differ");
+        eprintln!(
+            "crash loop: {name}: {} distinct outputs, {} published in all",
+            got_set.len(),
+            got.len()
+        );
+    }
+    assert!(!charge_ids.is_empty(), "the card accounts were charged");
+    for (key, ids) in &charge_ids {
+        assert_eq!(ids.len(), 1, "{key:?} has charge ids {ids:?}");
+    }
+
+    // State: the same snapshot and journal for every account; every valid
+    // usage event applied exactly once.
+    let (base, got) = (dump_store(&baseline.store), dump_store(&crashed.store));
+    assert_eq!(base.len(), ACCOUNTS);
+    assert_eq!(
+        base.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>()
+    );
+    let mut applied = BTreeSet::new();
+    for (id, (snapshot, journal)) in &got {
+        let (base_snapshot, base_journal) = &base[id];
+        assert_eq!(snapshot, base_snapshot, "{id}: state differs");
+        assert_eq!(
+            journal.len(),
+            base_journal.len(),
+            "{id}: journal length differs"
+        );
+        assert!(journal == base_journal, "{id}: journal differs");
+        for bytes in journal {
+            let entry: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+            if entry["event"]["type"] == "usage_applied" {
+                let cause = entry["causation_id"].as_str().unwrap().to_string();
+                assert!(applied.insert(cause.clone()), "{cause} applied twice");
+            }
+        }
+    }
+    let valid = (0..events).filter(|i| !matches!(i % 997, 2 | 3)).count();
+    assert_eq!(applied.len(), valid, "every valid usage event applied once");
+}
