@@ -34,7 +34,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
 
 use super::kafka_e2e::{
-    billstream, decode_output, setup_with, text, Running, Setup, SESSION_EXPIRY,
+    billstream, decode_output, setup_with, text, Running, Setup, SESSION_EXPIRY, SESSION_TIMEOUT,
 };
 
 const PARTITIONS: u32 = 2;
