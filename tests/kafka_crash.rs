@@ -37,7 +37,7 @@ use super::kafka_e2e::{
     billstream, decode_output, setup_with, text, Running, Setup, SESSION_EXPIRY, SESSION_TIMEOUT,
 };
 
-const PARTITIONS: u32 = 2;
+const PARTITIONS: u32 = 4;
 const ACCOUNTS: usize = 200;
 const CLOCK: &str = "2026-11-02T12:40:00Z";
 const INPUTS: [&str; 3] = [
@@ -259,13 +259,11 @@ fn dump_store(dir: &Path) -> Dump {
     })
 }
 
-fn inputs(
-    catalog: &Catalog,
-    events: usize,
-) -> (
-    Vec<(String, String, Vec<u8>)>,
-    Vec<(String, String, Vec<u8>)>,
-) {
+/// Records to produce: (topic without prefix, key, payload).
+type Records = Vec<(String, String, Vec<u8>)>;
+
+/// The set-up records (plan, accounts, payments), then the usage.
+fn inputs(catalog: &Catalog, events: usize) -> (Records, Records) {
     let plan = Plan {
         plan_id: "hosting".into(),
         currency: Currency::from_code("EUR").unwrap(),
@@ -390,7 +388,7 @@ fn inputs(
     (first, usage)
 }
 
-fn produce(brokers: &str, prefix: &str, records: &[(String, String, Vec<u8>)]) {
+fn produce(brokers: &str, prefix: &str, records: &Records) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
@@ -481,12 +479,25 @@ fn killed_twenty_times_ends_equal_to_an_uninterrupted_run() {
     }
     crashed.run_to_end(Duration::from_secs(600));
 
+    assert_same_as_baseline(&setup, catalog, events, &baseline, &crashed.store, "");
+}
+
+/// The state in `store` and the outputs on the topics suffixed `outputs`
+/// equal those of the uninterrupted `baseline` run.
+fn assert_same_as_baseline(
+    setup: &Setup,
+    catalog: &Catalog,
+    events: usize,
+    baseline: &Runner,
+    store: &Path,
+    outputs: &str,
+) {
     // Outputs: the same set of distinct (id, payload) on every topic; an id
     // seen twice always carries the same payload.
     let mut charge_ids: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for (_, name) in OUTPUTS {
         let base = read_all(&setup.brokers, &format!("{}{name}.baseline", setup.prefix));
-        let got = read_all(&setup.brokers, &format!("{}{name}", setup.prefix));
+        let got = read_all(&setup.brokers, &format!("{}{name}{outputs}", setup.prefix));
         let mut by_id: BTreeMap<&str, &[u8]> = BTreeMap::new();
         for (id, payload) in &got {
             if id.is_empty() {
@@ -531,7 +542,7 @@ fn killed_twenty_times_ends_equal_to_an_uninterrupted_run() {
 
     // State: the same snapshot and journal for every account; every valid
     // usage event applied exactly once.
-    let (base, got) = (dump_store(&baseline.store), dump_store(&crashed.store));
+    let (base, got) = (dump_store(&baseline.store), dump_store(store));
     assert_eq!(base.len(), ACCOUNTS);
     assert_eq!(
         base.keys().collect::<Vec<_>>(),
@@ -557,4 +568,172 @@ fn killed_twenty_times_ends_equal_to_an_uninterrupted_run() {
     }
     let valid = (0..events).filter(|i| !matches!(i % 997, 2 | 3)).count();
     assert_eq!(applied.len(), valid, "every valid usage event applied once");
+}
+
+/// One in-process group member on its own thread: `serve` over a store
+/// shared with the other members (the embedded store is single-process;
+/// this is how several members can share one here). `stop` ends it
+/// gracefully; `crash` drops it mid-flight: the batch in hand is neither
+/// persisted, published nor committed.
+struct Member {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    crash: Option<tokio::sync::oneshot::Sender<()>>,
+    progress: std::sync::Arc<billstream::runtime::service::Progress>,
+    thread: Option<
+        std::thread::JoinHandle<Option<anyhow::Result<billstream::runtime::ProcessorStats>>>,
+    >,
+}
+
+impl Member {
+    fn start(
+        setup: &Setup,
+        group: &str,
+        store: std::sync::Arc<EmbeddedStore>,
+        name: &str,
+    ) -> Member {
+        let vars = [
+            ("BILLSTREAM__KAFKA__BROKERS", setup.brokers.clone()),
+            ("BILLSTREAM__KAFKA__TOPIC_PREFIX", setup.prefix.clone()),
+            ("BILLSTREAM__KAFKA__GROUP_ID", group.to_string()),
+            (
+                "BILLSTREAM__KAFKA__SESSION_TIMEOUT",
+                SESSION_TIMEOUT.to_string(),
+            ),
+            ("BILLSTREAM__KAFKA__MAX_POLL_INTERVAL", "60s".to_string()),
+            ("BILLSTREAM__CLOCK", CLOCK.to_string()),
+            ("BILLSTREAM__BATCH__MAX_RECORDS", "2000".to_string()),
+            ("BILLSTREAM__BATCH__MAX_WAIT", "200ms".to_string()),
+        ];
+        let settings = billstream::config::Settings::from_layers(
+            None,
+            vars.iter().map(|(k, v)| (k.to_string(), v.clone())),
+        )
+        .unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (crash_tx, crash_rx) = tokio::sync::oneshot::channel::<()>();
+        let progress = std::sync::Arc::new(billstream::runtime::service::Progress::default());
+        let owner = format!("{group}/{name}");
+        let p = progress.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let stop = async move {
+                    let _ = stop_rx.await;
+                };
+                tokio::select! {
+                    r = billstream::runtime::service::serve(&settings, store, &owner, p, stop) => Some(r),
+                    _ = crash_rx => None,
+                }
+            })
+        });
+        Member {
+            stop: Some(stop_tx),
+            crash: Some(crash_tx),
+            progress,
+            thread: Some(thread),
+        }
+    }
+
+    fn done(&self) -> u64 {
+        self.progress.records_done()
+    }
+
+    fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let result = self.thread.take().unwrap().join().unwrap();
+        result
+            .expect("stopped, not crashed")
+            .expect("member ran cleanly");
+    }
+
+    fn crash(mut self) {
+        let _ = self.crash.take().unwrap().send(());
+        assert!(self.thread.take().unwrap().join().unwrap().is_none());
+    }
+}
+
+fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !done() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn rebalance_a_third_member_joins_and_one_crashes_ends_equal_to_an_uninterrupted_run() {
+    let Some(setup) = setup_with("r", PARTITIONS) else {
+        return;
+    };
+    let events = env_count("BILLSTREAM_REBALANCE_EVENTS", 30_000);
+    let catalog = Catalog::shared().unwrap();
+    let baseline = Runner {
+        setup: &setup,
+        group: format!("{}-baseline", setup.group),
+        store: setup._dir.path().join("baseline"),
+        outputs: ".baseline",
+    };
+    let created = baseline
+        .command()
+        .args(["topics", "create", "--partitions", &PARTITIONS.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let store = std::sync::Arc::new(EmbeddedStore::open(&setup.store).unwrap());
+    let group = setup.group.clone();
+
+    let (first, usage) = inputs(catalog, events);
+    produce(&setup.brokers, &setup.prefix, &first);
+    baseline.run_to_end(Duration::from_secs(120));
+    let only = Member::start(&setup, &group, store.clone(), "setup");
+    wait_committed(
+        &setup.brokers,
+        &setup.prefix,
+        &group,
+        Duration::from_secs(120),
+    );
+    only.stop();
+
+    produce(&setup.brokers, &setup.prefix, &usage);
+    baseline.run_to_end(Duration::from_secs(600));
+
+    let total = usage.len() as u64;
+    let a = Member::start(&setup, &group, store.clone(), "a");
+    let b = Member::start(&setup, &group, store.clone(), "b");
+    wait_for("a quarter of the usage", Duration::from_secs(300), || {
+        a.done() + b.done() >= total / 4
+    });
+    let c = Member::start(&setup, &group, store.clone(), "c");
+    let before = a.done() + b.done();
+    wait_for(
+        "progress after the third member joined",
+        Duration::from_secs(300),
+        || a.done() + b.done() + c.done() >= before + total / 4,
+    );
+    eprintln!(
+        "rebalance: crashing member a ({} / {} / {} records done by a / b / c)",
+        a.done(),
+        b.done(),
+        c.done()
+    );
+    a.crash();
+    wait_committed(
+        &setup.brokers,
+        &setup.prefix,
+        &group,
+        Duration::from_secs(600),
+    );
+    assert!(c.done() > 0, "the member that joined mid-run got work");
+    b.stop();
+    c.stop();
+    drop(store);
+
+    assert_same_as_baseline(&setup, catalog, events, &baseline, &setup.store, "");
 }
