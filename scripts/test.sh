@@ -15,43 +15,9 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 
-TANSU_VERSION=0.6.0
-if ! command -v tansu >/dev/null 2>&1; then
-  echo "== installing tansu $TANSU_VERSION (one time)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
-fi
-
-broker_dir=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-mkdir -p "$broker_dir/data"
-(
-  cd "$broker_dir"
-  exec tansu broker \
-    --listener-url "tcp://127.0.0.1:$port" \
-    --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine "sqlite://data/tansu.db"
-) >"$broker_dir/tansu.log" 2>&1 &
-broker_pid=$!
-stop_broker() {
-  kill "$broker_pid" 2>/dev/null || true
-  wait "$broker_pid" 2>/dev/null || true
-  rm -rf "$broker_dir"
-}
-trap stop_broker EXIT
-
-for _ in $(seq 1 100); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    break
-  fi
-  if ! kill -0 "$broker_pid" 2>/dev/null; then
-    echo "tansu did not start:" >&2
-    cat "$broker_dir/tansu.log" >&2
-    exit 1
-  fi
-  sleep 0.1
-done
-echo "== tansu $TANSU_VERSION on 127.0.0.1:$port"
-export BILLSTREAM_TEST_BROKERS="127.0.0.1:$port"
+# shellcheck source=scripts/broker.sh
+source scripts/broker.sh
+export BILLSTREAM_TEST_BROKERS="$BROKERS"
 
 status=0
 cargo test --locked "$@" || status=$?

@@ -6,7 +6,7 @@ mod run;
 mod schemas;
 mod simulate;
 mod summary;
-mod topics;
+pub mod topics;
 
 use clap::{Parser, Subcommand};
 

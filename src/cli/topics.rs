@@ -44,10 +44,20 @@ pub fn run(args: TopicsArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--partitions and --replication must be at least 1");
     }
     let settings = Settings::load(config.as_deref())?;
+    Ok(if create_all(&settings, partitions, replication)? {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Create every configured topic (idempotent: existing ones are left as
+/// they are). Prints one line per topic; false if any creation failed.
+pub fn create_all(settings: &Settings, partitions: i32, replication: i32) -> anyhow::Result<bool> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &settings.kafka.brokers);
     let admin: AdminClient<DefaultClientContext> =
-        crate::source::kafka::with_properties(&mut config, &settings).create()?;
+        crate::source::kafka::with_properties(&mut config, settings).create()?;
     let t = &settings.topics;
     let names = [
         &t.usage,
@@ -87,10 +97,6 @@ pub fn run(args: TopicsArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        anyhow::Ok(if failed {
-            ExitCode::from(1)
-        } else {
-            ExitCode::SUCCESS
-        })
+        anyhow::Ok(!failed)
     })
 }
