@@ -9,7 +9,9 @@
 //!
 //! Both runs use a frozen processing clock (`clock = <instant>`), so what
 //! they emit cannot depend on when they ran. Needs `BILLSTREAM_TEST_BROKERS`
-//! (scripts/test.sh).
+//! and, because tansu 0.6 was seen to stop answering under this load (see
+//! README "Known broker issues"), runs only when `BILLSTREAM_TEST_CRASH=1`
+//! too: `BILLSTREAM_TEST_CRASH=1 bash scripts/test.sh kafka_crash`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -53,6 +55,15 @@ const OUTPUTS: [(&str, &str); 6] = [
     ("JOURNAL", "billing.journal.v1"),
     ("DLQ", "billing.dlq.v1"),
 ];
+
+/// The broker's test setup, when the crash and rebalance tests are asked for.
+fn heavy_setup(tag: &str) -> Option<Setup> {
+    if std::env::var("BILLSTREAM_TEST_CRASH").as_deref() != Ok("1") {
+        eprintln!("kafka_crash: set BILLSTREAM_TEST_CRASH=1 to run the crash-loop and rebalance tests; not run");
+        return None;
+    }
+    setup_with(tag, PARTITIONS)
+}
 
 fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -415,7 +426,7 @@ fn produce(brokers: &str, prefix: &str, records: &Records) {
 
 #[test]
 fn killed_twenty_times_ends_equal_to_an_uninterrupted_run() {
-    let Some(setup) = setup_with("c", PARTITIONS) else {
+    let Some(setup) = heavy_setup("c") else {
         return;
     };
     let kills = env_count("BILLSTREAM_CRASH_KILLS", 20);
@@ -665,7 +676,7 @@ fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn rebalance_a_third_member_joins_and_one_crashes_ends_equal_to_an_uninterrupted_run() {
-    let Some(setup) = setup_with("r", PARTITIONS) else {
+    let Some(setup) = heavy_setup("r") else {
         return;
     };
     let events = env_count("BILLSTREAM_REBALANCE_EVENTS", 30_000);
