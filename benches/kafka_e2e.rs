@@ -187,9 +187,9 @@ fn main() {
         .unwrap();
     let tag = std::process::id();
     let prefix = format!("bench{tag}.");
+    let s = settings(&brokers, &prefix, "x");
+    assert!(billstream::cli::topics::create_all(&s, PARTITIONS, 1).unwrap());
     rt.block_on(async {
-        let s = settings(&brokers, &prefix, "x");
-        assert!(billstream::cli::topics::create_all(&s, PARTITIONS, 1).unwrap());
         let producer = Producer {
             producer: ClientConfig::new()
                 .set("bootstrap.servers", &brokers)
