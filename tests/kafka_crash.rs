@@ -30,13 +30,13 @@ use billstream::store::{EmbeddedStore, StateStore};
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
 
 use super::kafka_e2e::{
-    billstream, decode_output, setup_with, text, Running, Setup, SESSION_EXPIRY, SESSION_TIMEOUT,
+    billstream, decode_output, event_id_of, produce, setup_with, text, Records, Running, Setup,
+    SESSION_EXPIRY, SESSION_TIMEOUT,
 };
 
 const PARTITIONS: u32 = 4;
@@ -85,7 +85,29 @@ struct Runner<'a> {
     outputs: &'static str,
 }
 
-impl Runner<'_> {
+impl<'a> Runner<'a> {
+    /// The uninterrupted reference run: a group and store of its own, and
+    /// output topics suffixed `.baseline` (created here).
+    fn baseline(setup: &'a Setup) -> Runner<'a> {
+        let runner = Runner {
+            setup,
+            group: format!("{}-baseline", setup.group),
+            store: setup._dir.path().join("baseline"),
+            outputs: ".baseline",
+        };
+        let created = runner
+            .command()
+            .args(["topics", "create", "--partitions", &PARTITIONS.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            created.status.success(),
+            "{}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        runner
+    }
+
     fn command(&self) -> std::process::Command {
         let mut c = billstream(
             &self.setup.prefix,
@@ -226,16 +248,7 @@ fn read_all(brokers: &str, topic: &str) -> Vec<(String, Vec<u8>)> {
         {
             ends.remove(&m.partition());
         }
-        let id = m
-            .headers()
-            .and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == "event_id")
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).to_string())
-            })
-            .unwrap_or_default();
-        records.push((id, m.payload().unwrap_or_default().to_vec()));
+        records.push((event_id_of(&m), m.payload().unwrap_or_default().to_vec()));
     }
     records
 }
@@ -269,9 +282,6 @@ fn dump_store(dir: &Path) -> Dump {
         dump
     })
 }
-
-/// Records to produce: (topic without prefix, key, payload).
-type Records = Vec<(String, String, Vec<u8>)>;
 
 /// The set-up records (plan, accounts, payments), then the usage.
 fn inputs(catalog: &Catalog, events: usize) -> (Records, Records) {
@@ -399,31 +409,6 @@ fn inputs(catalog: &Catalog, events: usize) -> (Records, Records) {
     (first, usage)
 }
 
-fn produce(brokers: &str, prefix: &str, records: &Records) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "20")
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        for chunk in records.chunks(5000) {
-            let mut pending = Vec::with_capacity(chunk.len());
-            for (topic, key, payload) in chunk {
-                let topic = format!("{prefix}{topic}");
-                let record = FutureRecord::to(&topic).key(key).payload(payload);
-                pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
-            }
-            for p in pending {
-                p.await.unwrap().map_err(|(e, _)| e).unwrap();
-            }
-        }
-    });
-}
-
 #[test]
 fn killed_twenty_times_ends_equal_to_an_uninterrupted_run() {
     let Some(setup) = heavy_setup("c") else {
@@ -432,28 +417,13 @@ fn killed_twenty_times_ends_equal_to_an_uninterrupted_run() {
     let kills = env_count("BILLSTREAM_CRASH_KILLS", 20);
     let events = env_count("BILLSTREAM_CRASH_EVENTS", 100_000);
     let catalog = Catalog::shared().unwrap();
-    let baseline = Runner {
-        setup: &setup,
-        group: format!("{}-baseline", setup.group),
-        store: setup._dir.path().join("baseline"),
-        outputs: ".baseline",
-    };
+    let baseline = Runner::baseline(&setup);
     let crashed = Runner {
         setup: &setup,
         group: setup.group.clone(),
         store: setup.store.clone(),
         outputs: "",
     };
-    let created = baseline
-        .command()
-        .args(["topics", "create", "--partitions", &PARTITIONS.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
 
     // Accounts, plans and payments first, folded by both before any usage,
     // so each account's records meet the engine in one order in both runs.
@@ -681,22 +651,7 @@ fn rebalance_a_third_member_joins_and_one_crashes_ends_equal_to_an_uninterrupted
     };
     let events = env_count("BILLSTREAM_REBALANCE_EVENTS", 30_000);
     let catalog = Catalog::shared().unwrap();
-    let baseline = Runner {
-        setup: &setup,
-        group: format!("{}-baseline", setup.group),
-        store: setup._dir.path().join("baseline"),
-        outputs: ".baseline",
-    };
-    let created = baseline
-        .command()
-        .args(["topics", "create", "--partitions", &PARTITIONS.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
+    let baseline = Runner::baseline(&setup);
     let store = std::sync::Arc::new(EmbeddedStore::open(&setup.store).unwrap());
     let group = setup.group.clone();
 

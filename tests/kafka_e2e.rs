@@ -398,6 +398,48 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
     );
 }
 
+/// The `event_id` header of an output record ("" when it has none).
+pub(crate) fn event_id_of(m: &impl Message) -> String {
+    use rdkafka::message::Headers;
+    m.headers()
+        .and_then(|h| {
+            h.iter()
+                .find(|h| h.key == "event_id")
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// Records to produce: (topic without prefix, key, payload).
+pub(crate) type Records = Vec<(String, String, Vec<u8>)>;
+
+/// Produce `records` under the topic `prefix` and wait for every ack.
+pub(crate) fn produce(brokers: &str, prefix: &str, records: &Records) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for chunk in records.chunks(5000) {
+            let mut pending = Vec::with_capacity(chunk.len());
+            for (topic, key, payload) in chunk {
+                let topic = format!("{prefix}{topic}");
+                let record = FutureRecord::to(&topic).key(key).payload(payload);
+                pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+            }
+            for p in pending {
+                p.await.unwrap().map_err(|(e, _)| e).unwrap();
+            }
+        }
+    });
+}
+
 /// Read every record of `topic` from the beginning until `done` says so
 /// or the deadline passes.
 pub(crate) fn read_until(
@@ -418,17 +460,7 @@ pub(crate) fn read_until(
     let end = Instant::now() + deadline;
     while Instant::now() < end && !done(&records) {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(300)) {
-            let id = m
-                .headers()
-                .and_then(|h| {
-                    use rdkafka::message::Headers;
-                    h.iter()
-                        .find(|h| h.key == "event_id")
-                        .and_then(|h| h.value)
-                        .map(|v| String::from_utf8_lossy(v).to_string())
-                })
-                .unwrap_or_default();
-            records.push((id, m.payload().unwrap_or_default().to_vec()));
+            records.push((event_id_of(&m), m.payload().unwrap_or_default().to_vec()));
         }
     }
     records
@@ -448,10 +480,6 @@ fn run_killed_mid_batch_resumes_without_applying_anything_twice() {
     };
 
     let catalog = Catalog::shared().unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
     let now = Timestamp::from_datetime(chrono::Utc::now());
     let month_start =
         Timestamp::parse_rfc3339(&format!("{}-01T00:00:00Z", &now.to_rfc3339()[..7])).unwrap();
@@ -471,23 +499,6 @@ fn run_killed_mid_batch_resumes_without_applying_anything_twice() {
             free_units: Decimal::ZERO,
             tiers: vec![],
         }],
-    };
-    let produce = |records: Vec<(String, String, Vec<u8>)>| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut pending = Vec::new();
-            for (topic, key, payload) in &records {
-                let topic = format!("{prefix}{topic}");
-                let record = FutureRecord::to(&topic).key(key).payload(payload);
-                pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
-            }
-            for p in pending {
-                p.await.unwrap().map_err(|(e, _)| e).unwrap();
-            }
-        });
     };
     let mut setup = vec![(
         "billing.plans.v1".to_string(),
@@ -514,7 +525,7 @@ fn run_killed_mid_batch_resumes_without_applying_anything_twice() {
             catalog.encode_input(&open).unwrap(),
         ));
     }
-    produce(setup);
+    produce(&brokers, &prefix, &setup);
 
     let spawn = |group: &str| {
         Running(
@@ -567,7 +578,7 @@ fn run_killed_mid_batch_resumes_without_applying_anything_twice() {
             )
         })
         .collect();
-    produce(usage);
+    produce(&brokers, &prefix, &usage);
     // Let it get some way into the stream, then kill -9 mid-flight.
     std::thread::sleep(Duration::from_millis(700));
     let mut first = first;

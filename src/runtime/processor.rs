@@ -121,11 +121,6 @@ impl<S: StateStore> Processor<S> {
         &self.engine
     }
 
-    /// The engine, to change its price book (plans topic updates).
-    pub fn engine_mut(&mut self) -> &mut Engine {
-        &mut self.engine
-    }
-
     /// The partitions this processor owns, with their epochs.
     pub fn owned_partitions(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
         self.epochs.iter().map(|(p, e)| (*p, *e))
@@ -428,12 +423,7 @@ impl<S: StateStore> Processor<S> {
     /// offsets were never committed). Returns how many accounts were dropped.
     pub fn release_partition(&mut self, partition: u32) -> usize {
         self.epochs.remove(&partition);
-        let ids: Vec<String> = self
-            .accounts
-            .iter()
-            .filter(|(_, s)| s.partition == partition)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let ids = self.accounts_of(partition);
         for id in &ids {
             if let Some(slot) = self.accounts.remove(id) {
                 if let Some(t) = slot.next_timer {
@@ -445,6 +435,15 @@ impl<S: StateStore> Processor<S> {
         self.dirty.retain(|id| accounts.contains_key(id));
         self.awaiting_ack.retain(|id| accounts.contains_key(id));
         ids.len()
+    }
+
+    /// Ids of the loaded accounts of `partition`.
+    fn accounts_of(&self, partition: u32) -> Vec<String> {
+        self.accounts
+            .iter()
+            .filter(|(_, s)| s.partition == partition)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Dead letters waiting to be published (they need no state write).
@@ -580,13 +579,7 @@ impl<S: StateStore> Processor<S> {
         partition: u32,
     ) -> Result<Vec<OutputRecord>, StoreError> {
         let mut outputs = Vec::new();
-        let ids: Vec<String> = self
-            .accounts
-            .iter()
-            .filter(|(_, s)| s.partition == partition)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in ids {
+        for id in self.accounts_of(partition) {
             let Some(stored) = self.store.load_account(&id).await? else {
                 continue;
             };

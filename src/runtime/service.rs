@@ -211,9 +211,7 @@ pub async fn serve<S: StateStore>(
         record_latency(&progress, &records);
         sink.publish(&outputs).await?;
         processor.published();
-        for m in &records {
-            source.processed(m);
-        }
+        source.processed(&records);
         if let Err(e) = source.commit() {
             eprintln!("warning: offset commit failed ({e}); those records will be delivered again and skipped as replays");
         }

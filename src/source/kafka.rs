@@ -4,6 +4,7 @@
 //! global table before processing starts.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -72,6 +73,8 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 #[derive(Default)]
 pub struct GroupContext {
     changes: Mutex<Vec<GroupChange>>,
+    /// Set with every push, so the per-record check takes no lock.
+    pending: AtomicBool,
 }
 
 impl GroupContext {
@@ -80,9 +83,11 @@ impl GroupContext {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(change);
+        self.pending.store(true, Ordering::Release);
     }
 
     fn take(&self) -> Vec<GroupChange> {
+        self.pending.store(false, Ordering::Release);
         std::mem::take(
             &mut *self
                 .changes
@@ -92,11 +97,7 @@ impl GroupContext {
     }
 
     fn pending(&self) -> bool {
-        !self
-            .changes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_empty()
+        self.pending.load(Ordering::Acquire)
     }
 }
 
@@ -132,8 +133,10 @@ pub struct SourceBatch {
 /// The input topics (usage, payments, accounts) in a consumer group.
 pub struct KafkaSource {
     consumer: StreamConsumer<GroupContext>,
-    /// Next offset to commit per (topic, partition), for records processed.
-    pending: BTreeMap<(String, i32), i64>,
+    /// Next offset to commit per (topic, partition), for records processed
+    /// (a handful of partitions: searched, not hashed, and no allocation
+    /// per record).
+    pending: Vec<(String, i32, i64)>,
 }
 
 impl KafkaSource {
@@ -172,7 +175,7 @@ impl KafkaSource {
             .map_err(|e| KafkaError::Client(e.to_string()))?;
         Ok(KafkaSource {
             consumer,
-            pending: BTreeMap::new(),
+            pending: Vec::new(),
         })
     }
 
@@ -223,14 +226,22 @@ impl KafkaSource {
         Ok(batch)
     }
 
-    /// Remember that `m` was processed: its offset is committed by the
-    /// next `commit`.
-    pub fn processed(&mut self, m: &OwnedMessage) {
-        let next = self
-            .pending
-            .entry((m.topic().to_string(), m.partition()))
-            .or_insert(0);
-        *next = (*next).max(m.offset() + 1);
+    /// Remember that `records` were processed: their offsets are committed
+    /// by the next `commit`.
+    pub fn processed(&mut self, records: &[OwnedMessage]) {
+        for m in records {
+            let next = m.offset() + 1;
+            match self
+                .pending
+                .iter_mut()
+                .find(|(t, p, _)| *p == m.partition() && t == m.topic())
+            {
+                Some((_, _, n)) => *n = (*n).max(next),
+                None => self
+                    .pending
+                    .push((m.topic().to_string(), m.partition(), next)),
+            }
+        }
     }
 
     /// Commit every processed record (call after its state is durable and
@@ -242,7 +253,7 @@ impl KafkaSource {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in std::mem::take(&mut self.pending) {
+        for (topic, partition, next) in std::mem::take(&mut self.pending) {
             tpl.add_partition_offset(&topic, partition, Offset::Offset(next))
                 .map_err(|e| KafkaError::Transient(e.to_string()))?;
         }
