@@ -1,6 +1,7 @@
 //! The processor: a batch folded account by account gives exactly what
 //! one-by-one processing gives, and replaying records below an account's
-//! stored position after a restart applies nothing twice.
+//! stored position after a restart applies nothing twice; and a hot account
+//! holds no other account back beyond the batch its records came in.
 
 use std::sync::Arc;
 
@@ -213,4 +214,115 @@ async fn outputs_persisted_but_not_acknowledged_are_republished_with_the_same_id
         third.unpublished_outputs(0).await.unwrap().is_empty(),
         "acknowledged outputs are not sent again"
     );
+}
+
+/// A hot account (ten times the traffic of each other account, on the same
+/// partition, interleaved with them) holds nobody back: after each batch is
+/// flushed, every account's records of that batch are durable (its stored
+/// input position is past its last record), batch after batch.
+#[tokio::test]
+async fn a_hot_account_does_not_delay_the_others_beyond_their_batch() {
+    let catalog = Catalog::shared().unwrap();
+    let decoder = Decoder::new(catalog).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = processor(dir.path()).await;
+    let t = Timestamp::parse_rfc3339("2026-03-02T10:00:00Z").unwrap();
+    // Open a0..a3 (a0 is the hot one) in a batch of their own.
+    let opens: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|a| {
+            let l = format!(r#"{{"event_id":"open-{a}","account_id":"a{a}","plan_id":"p","currency":"EUR","timezone":"UTC","tax_rate":"0.1","opened_at":"2026-03-01T00:00:00Z","environment":"prod"}}"#);
+            match parse_line(&l).unwrap() {
+                Decoded::Input(i) => (format!("a{a}"), catalog.encode_input(&i).unwrap()),
+                _ => unreachable!(),
+            }
+        })
+        .collect();
+    let mut offset = 0i64;
+    let mut batch_of =
+        |records: &[(String, Vec<u8>)], topic: &str| -> Vec<(SourcePos, String, Vec<u8>)> {
+            records
+                .iter()
+                .map(|(k, raw)| {
+                    offset += 1;
+                    (
+                        SourcePos {
+                            topic: topic.into(),
+                            partition: 0,
+                            offset,
+                        },
+                        k.clone(),
+                        raw.clone(),
+                    )
+                })
+                .collect()
+        };
+    let opened = batch_of(&opens, "accounts");
+    p.process_batch(&decoder, &as_batch(&opened, t))
+        .await
+        .unwrap();
+    p.flush().await.unwrap();
+
+    let mut n = 0;
+    for round in 0..5 {
+        // 13 records per cycle: ten for a0, one each for a1..a3, interleaved.
+        let mut usage = Vec::new();
+        for _ in 0..40 {
+            for slot in 0..13 {
+                let a = if slot % 4 == 3 { 1 + (slot / 4) % 3 } else { 0 };
+                n += 1;
+                let l = format!(
+                    r#"{{"event_id":"u{n}","account_id":"a{a}","subject":"s","metric":"m","quantity":"1","occurred_at":"2026-03-02T09:00:00Z","environment":"prod","attributes":{{}}}}"#
+                );
+                let Decoded::Input(i) = parse_line(&l).unwrap() else {
+                    unreachable!()
+                };
+                usage.push((format!("a{a}"), catalog.encode_input(&i).unwrap()));
+            }
+        }
+        let records = batch_of(&usage, "usage");
+        let share = |a: &str| records.iter().filter(|(_, k, _)| k == a).count();
+        assert_eq!(share("a0"), 10 * share("a1"), "a0 is ten times as busy");
+        p.process_batch(&decoder, &as_batch(&records, t))
+            .await
+            .unwrap();
+        p.flush().await.unwrap();
+        p.published();
+        for a in 0..4 {
+            let last = records
+                .iter()
+                .filter(|(_, k, _)| *k == format!("a{a}"))
+                .map(|(pos, _, _)| pos.offset)
+                .max()
+                .expect("every account has records in the batch");
+            let stored = p
+                .store()
+                .load_account(&format!("a{a}"))
+                .await
+                .unwrap()
+                .unwrap();
+            let next = stored
+                .offsets
+                .iter()
+                .find(|o| o.topic == "usage")
+                .map(|o| o.next);
+            assert_eq!(
+                next,
+                Some(last + 1),
+                "round {round}: a{a} is behind after its batch"
+            );
+        }
+    }
+    assert_eq!(p.stats.applied, 4 + 5 * 40 * 13);
+}
+
+fn as_batch(v: &[(SourcePos, String, Vec<u8>)], now: Timestamp) -> Vec<BatchRecord<'_>> {
+    v.iter()
+        .map(|(pos, key, raw)| BatchRecord {
+            pos: pos.clone(),
+            key: Some(key),
+            raw,
+            now,
+            rank: 0,
+        })
+        .collect()
 }
