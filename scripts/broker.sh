@@ -1,27 +1,45 @@
 #!/usr/bin/env bash
-# Sourced by scripts/test.sh and scripts/bench-e2e.sh: installs the tansu
-# Kafka-protocol broker when it is missing (a one-time `cargo install`,
-# about 10 minutes on two cores), starts it on 127.0.0.1 with durable
+# Sourced by scripts/test.sh and scripts/bench-e2e.sh: installs the
+# Kafka-protocol test broker when it is missing (a one-time `cargo install`,
+# 10-16 minutes on two cores), starts it on 127.0.0.1 with durable
 # sqlite storage in a temporary folder, exports BROKERS=127.0.0.1:<port>,
 # and stops it (removing the folder) when the calling script exits.
-# $broker_dir/tansu.log holds its log.
+# $broker_dir/broker.log holds its log.
 
-TANSU_VERSION=0.6.0
-if ! command -v tansu >/dev/null 2>&1; then
-  echo "== installing tansu $TANSU_VERSION (one time)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
-fi
+# BILLSTREAM_BROKER picks the broker: "tansu" (default) or "nisshi" (its
+# successor; needs a nightly toolchain to install, rustc >= 1.96).
+BROKER=${BILLSTREAM_BROKER:-tansu}
+case "$BROKER" in
+  tansu)
+    BROKER_VERSION=0.6.0
+    if ! command -v tansu >/dev/null 2>&1; then
+      echo "== installing tansu $BROKER_VERSION (one time)"
+      cargo install tansu --version "$BROKER_VERSION" --locked --features dynostore,libsql
+    fi
+    ;;
+  nisshi)
+    BROKER_VERSION=0.8.1
+    if ! command -v nisshi >/dev/null 2>&1; then
+      echo "== installing nisshi $BROKER_VERSION (one time, nightly toolchain)"
+      cargo +nightly install "nisshi@$BROKER_VERSION" --locked --no-default-features --features dynostore,libsql
+    fi
+    ;;
+  *)
+    echo "BILLSTREAM_BROKER must be tansu or nisshi, not $BROKER" >&2
+    exit 2
+    ;;
+esac
 
 broker_dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p "$broker_dir/data"
 (
   cd "$broker_dir"
-  exec tansu broker \
+  exec "$BROKER" broker \
     --listener-url "tcp://127.0.0.1:$port" \
     --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine "sqlite://data/tansu.db"
-) >"$broker_dir/tansu.log" 2>&1 &
+    --storage-engine "sqlite://data/broker.db"
+) >"$broker_dir/broker.log" 2>&1 &
 broker_pid=$!
 stop_broker() {
   kill "$broker_pid" 2>/dev/null || true
@@ -35,12 +53,12 @@ for _ in $(seq 1 100); do
     break
   fi
   if ! kill -0 "$broker_pid" 2>/dev/null; then
-    echo "tansu did not start:" >&2
-    cat "$broker_dir/tansu.log" >&2
+    echo "$BROKER did not start:" >&2
+    cat "$broker_dir/broker.log" >&2
     exit 1
   fi
   sleep 0.1
 done
-echo "== tansu $TANSU_VERSION on 127.0.0.1:$port"
+echo "== $BROKER $BROKER_VERSION on 127.0.0.1:$port"
 export BROKERS="127.0.0.1:$port"
 

@@ -22,7 +22,7 @@ export BILLSTREAM_TEST_BROKERS="$BROKERS"
 status=0
 cargo test --locked "$@" || status=$?
 if [ "$status" -ne 0 ]; then
-  echo "== tansu log (last 40 lines)" >&2
-  tail -n 40 "$broker_dir/tansu.log" >&2 || true
+  echo "== broker log (last 40 lines)" >&2
+  tail -n 40 "$broker_dir/broker.log" >&2 || true
 fi
 exit "$status"
