@@ -56,13 +56,21 @@ const OUTPUTS: [(&str, &str); 6] = [
     ("DLQ", "billing.dlq.v1"),
 ];
 
-/// The broker's test setup, when the crash and rebalance tests are asked for.
-fn heavy_setup(tag: &str) -> Option<Setup> {
+/// Held by each heavy test: on two cores, the crash loop and the rebalance
+/// test each load the broker enough; they take turns.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The broker's test setup, when the crash and rebalance tests are asked
+/// for, with this test's turn.
+fn heavy_setup(tag: &str) -> Option<(Setup, std::sync::MutexGuard<'static, ()>)> {
     if std::env::var("BILLSTREAM_TEST_CRASH").as_deref() != Ok("1") {
         eprintln!("kafka_crash: set BILLSTREAM_TEST_CRASH=1 to run the crash-loop and rebalance tests; not run");
         return None;
     }
-    setup_with(tag, PARTITIONS)
+    let turn = HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Some((setup_with(tag, PARTITIONS)?, turn))
 }
 
 fn env_count(name: &str, default: usize) -> usize {
@@ -169,39 +177,9 @@ impl<'a> Runner<'a> {
 
 /// Wait until `group` has committed the end of every input partition.
 fn wait_committed(brokers: &str, prefix: &str, group: &str, deadline: Duration) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .unwrap();
     let end = Instant::now() + deadline;
     loop {
-        let mut tpl = TopicPartitionList::new();
-        let mut highs = BTreeMap::new();
-        for topic in INPUTS {
-            let topic = format!("{prefix}{topic}");
-            for p in 0..PARTITIONS as i32 {
-                let (_, high) = consumer
-                    .fetch_watermarks(&topic, p, Duration::from_secs(30))
-                    .unwrap();
-                highs.insert((topic.clone(), p), high);
-                tpl.add_partition(&topic, p);
-            }
-        }
-        let committed = consumer
-            .committed_offsets(tpl, Duration::from_secs(30))
-            .unwrap();
-        let behind: i64 = committed
-            .elements()
-            .iter()
-            .map(|e| {
-                let high = highs[&(e.topic().to_string(), e.partition())];
-                match e.offset() {
-                    Offset::Offset(o) => (high - o).max(0),
-                    _ => high,
-                }
-            })
-            .sum();
+        let behind = records_behind(brokers, prefix, group);
         if behind == 0 {
             return;
         }
@@ -211,6 +189,41 @@ fn wait_committed(brokers: &str, prefix: &str, group: &str, deadline: Duration) 
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// Input records `group` has not committed yet.
+fn records_behind(brokers: &str, prefix: &str, group: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut highs = BTreeMap::new();
+    for topic in INPUTS {
+        let topic = format!("{prefix}{topic}");
+        for p in 0..PARTITIONS as i32 {
+            let (_, high) = consumer
+                .fetch_watermarks(&topic, p, Duration::from_secs(30))
+                .unwrap();
+            highs.insert((topic.clone(), p), high);
+            tpl.add_partition(&topic, p);
+        }
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(30))
+        .unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let high = highs[&(e.topic().to_string(), e.partition())];
+            match e.offset() {
+                Offset::Offset(o) => (high - o).max(0),
+                _ => high,
+            }
+        })
+        .sum()
 }
 
 /// Every record of an output topic: (event_id header, payload).
@@ -411,7 +424,7 @@ fn inputs(catalog: &Catalog, events: usize) -> (Records, Records) {
 
 #[test]
 fn killed_twenty_times_ends_equal_to_an_uninterrupted_run() {
-    let Some(setup) = heavy_setup("c") else {
+    let Some((setup, _turn)) = heavy_setup("c") else {
         return;
     };
     let kills = env_count("BILLSTREAM_CRASH_KILLS", 20);
@@ -450,14 +463,25 @@ fn killed_twenty_times_ends_equal_to_an_uninterrupted_run() {
     for k in 0..kills {
         let (mut running, assigned) = crashed.spawn();
         // Kill at a random moment after it has its partitions (or on the
-        // way there, if they are slow to come).
+        // way there, if they are slow to come): early, mid-batch, mid-flush,
+        // mid-publish, mid-commit.
         let _ = assigned.recv_timeout(Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(rng.random_range(0..800)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..2500)));
         running.0.kill().unwrap();
         running.0.wait().unwrap();
-        eprintln!("crash loop: kill {} of {kills}", k + 1);
+        let behind = records_behind(&setup.brokers, &setup.prefix, &crashed.group);
+        eprintln!(
+            "crash loop: kill {} of {kills}, {behind} of {} usage records left",
+            k + 1,
+            usage.len()
+        );
         std::thread::sleep(SESSION_EXPIRY);
     }
+    let behind = records_behind(&setup.brokers, &setup.prefix, &crashed.group);
+    assert!(
+        behind < usage.len() as i64,
+        "the killed runs committed nothing: the kills came too early to test anything"
+    );
     crashed.run_to_end(Duration::from_secs(600));
 
     assert_same_as_baseline(&setup, catalog, events, &baseline, &crashed.store, "");
@@ -652,7 +676,7 @@ fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn rebalance_a_third_member_joins_and_one_crashes_ends_equal_to_an_uninterrupted_run() {
-    let Some(setup) = heavy_setup("r") else {
+    let Some((setup, _turn)) = heavy_setup("r") else {
         return;
     };
     let events = env_count("BILLSTREAM_REBALANCE_EVENTS", 30_000);
