@@ -124,6 +124,8 @@ impl<'a> Runner<'a> {
             &self.setup.brokers,
         );
         c.env("BILLSTREAM__CLOCK", CLOCK)
+            .env("BILLSTREAM_LOG", "billstream=debug")
+            .env("BILLSTREAM_LOG_FORMAT", "text")
             .env("BILLSTREAM__BATCH__MAX_RECORDS", "2000")
             .env("BILLSTREAM__KAFKA__SESSION_TIMEOUT", SESSION_TIMEOUT)
             .env("BILLSTREAM__KAFKA__MAX_POLL_INTERVAL", "60s");
@@ -148,14 +150,13 @@ impl<'a> Runner<'a> {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let started = Instant::now();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("assigned") {
                     let _ = tx.send(());
                 }
-                if !line.contains("partition") {
-                    eprintln!("{line}");
-                }
+                eprintln!("[{:>6.2}s] {line}", started.elapsed().as_secs_f64());
             }
         });
         (Running(child), rx)
@@ -463,10 +464,12 @@ fn killed_twenty_times_ends_equal_to_an_uninterrupted_run() {
     for k in 0..kills {
         let (mut running, assigned) = crashed.spawn();
         // Kill at a random moment after it has its partitions (or on the
-        // way there, if they are slow to come): early, mid-batch, mid-flush,
-        // mid-publish, mid-commit.
+        // way there, if they are slow to come): its first records arrive
+        // about 1.5 s after the assignment, so some lives die before any
+        // work and the others mid-batch, mid-flush, mid-publish or
+        // mid-commit.
         let _ = assigned.recv_timeout(Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(rng.random_range(0..2500)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..3500)));
         running.0.kill().unwrap();
         running.0.wait().unwrap();
         let behind = records_behind(&setup.brokers, &setup.prefix, &crashed.group);

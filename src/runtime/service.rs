@@ -219,6 +219,13 @@ pub async fn serve<S: StateStore>(
             .records_done
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         progress.batches.fetch_add(1, Ordering::Relaxed);
+        if !records.is_empty() {
+            tracing::debug!(
+                records = records.len(),
+                outputs = outputs.len(),
+                "batch persisted, published and committed"
+            );
+        }
     }
     eprintln!("billstream run: stopping: persisting and committing");
     processor.advance_timers(clock.now());
