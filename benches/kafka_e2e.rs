@@ -151,8 +151,8 @@ async fn raw_consume(brokers: &str, prefix: &str, group: &str, n: u64) -> f64 {
     first.unwrap().elapsed().as_secs_f64()
 }
 
-/// Run the loop until `n` records are done; returns (seconds from first to
-/// last record, the running loop's stop handle, progress).
+/// Wait until the running loop has done `n` records; seconds from its
+/// first record to its last.
 async fn until_done(progress: &Progress, n: u64) -> f64 {
     let mut first = None;
     loop {
