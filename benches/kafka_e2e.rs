@@ -27,10 +27,12 @@ use billstream::engine::events::*;
 use billstream::engine::money::Currency;
 use billstream::engine::plan::{Charge, Model, Plan};
 use billstream::engine::time::{Anchor, Timestamp};
-use billstream::runtime::service::{serve, Progress};
+use billstream::runtime::service::{serve, Phase, Progress};
+use billstream::runtime::ProcessorStats;
 use billstream::store::EmbeddedStore;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rust_decimal::Decimal;
 
@@ -49,14 +51,26 @@ fn settings(brokers: &str, prefix: &str, group: &str) -> Settings {
         ("BILLSTREAM__KAFKA__TOPIC_PREFIX", prefix),
         ("BILLSTREAM__KAFKA__GROUP_ID", group),
         ("BILLSTREAM__KAFKA__SESSION_TIMEOUT", "30s"),
-        ("BILLSTREAM__BATCH__MAX_RECORDS", "20000"),
-        ("BILLSTREAM__BATCH__MAX_WAIT", "100ms"),
     ];
-    Settings::from_layers(
+    // Everything else is the shipped default, unless overridden the usual
+    // way (e.g. BILLSTREAM__BATCH__MAX_WAIT=100ms in the environment).
+    let overrides = std::env::vars().filter(|(k, _)| k.starts_with("BILLSTREAM__"));
+    let mut s = Settings::from_layers(
         None,
-        vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain(overrides),
     )
-    .expect("bench settings")
+    .expect("bench settings");
+    // BENCH_KAFKA_PROPERTIES="linger.ms=20;compression.type=lz4": extra
+    // librdkafka properties for the loop's clients, to compare settings.
+    if let Ok(extra) = std::env::var("BENCH_KAFKA_PROPERTIES") {
+        for kv in extra.split(';').filter(|kv| !kv.is_empty()) {
+            let (k, v) = kv.split_once('=').expect("BENCH_KAFKA_PROPERTIES: k=v;k=v");
+            s.kafka.properties.insert(k.to_string(), v.to_string());
+        }
+    }
+    s
 }
 
 struct Producer {
@@ -119,7 +133,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Time from the first to the last of `n` records of the input topics,
+/// Time from the first to the last of `n` records of the usage topic,
 /// consumed raw by a fresh group.
 async fn raw_consume(brokers: &str, prefix: &str, group: &str, n: u64) -> f64 {
     let consumer: StreamConsumer = ClientConfig::new()
@@ -131,16 +145,9 @@ async fn raw_consume(brokers: &str, prefix: &str, group: &str, n: u64) -> f64 {
         .set("queued.max.messages.kbytes", "16384")
         .create()
         .unwrap();
-    let topics: Vec<String> = [
-        "billing.usage.v1",
-        "billing.payments.v1",
-        "billing.accounts.v1",
-    ]
-    .iter()
-    .map(|t| format!("{prefix}{t}"))
-    .collect();
-    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).unwrap();
+    consumer
+        .subscribe(&[&format!("{prefix}billing.usage.v1")])
+        .unwrap();
     let mut seen = 0;
     let mut first = None;
     while seen < n {
@@ -151,20 +158,198 @@ async fn raw_consume(brokers: &str, prefix: &str, group: &str, n: u64) -> f64 {
     first.unwrap().elapsed().as_secs_f64()
 }
 
-/// Wait until the running loop has done `n` records; seconds from its
-/// first record to its last.
-async fn until_done(progress: &Progress, n: u64) -> f64 {
+/// The same Kafka traffic as the loop with no billing in it: consume the
+/// `n` usage records in batches (up to 10,000 or 100 ms), produce one
+/// `out_bytes` record per input through an idempotent producer, wait for
+/// the acks, commit. Seconds from the first record to the last commit.
+/// What the broker allows a consume-and-produce relay, so the loop's
+/// figure can be read against it.
+async fn relay(brokers: &str, prefix: &str, group: &str, n: u64, out_bytes: usize) -> f64 {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("queued.max.messages.kbytes", "16384")
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[&format!("{prefix}billing.usage.v1")])
+        .unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let topic = format!("{prefix}relay");
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .unwrap();
+    admin
+        .create_topics(
+            &[rdkafka::admin::NewTopic::new(
+                &topic,
+                PARTITIONS,
+                rdkafka::admin::TopicReplication::Fixed(1),
+            )],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let payload = vec![b'x'; out_bytes];
+    let mut seen = 0;
     let mut first = None;
-    loop {
-        let done = progress.records_done();
-        if done > 0 {
-            first.get_or_insert_with(Instant::now);
+    while seen < n {
+        let m = consumer.recv().await.expect("consume");
+        first.get_or_insert_with(Instant::now);
+        let batch_end = Instant::now() + Duration::from_millis(100);
+        let mut pending = vec![];
+        let mut last = m.detach();
+        loop {
+            seen += 1;
+            let key = last.key().unwrap_or_default().to_vec();
+            pending.push(
+                producer
+                    .send_result(FutureRecord::to(&topic).key(&key).payload(&payload))
+                    .map_err(|(e, _)| e)
+                    .expect("queue"),
+            );
+            if seen >= n || pending.len() >= 10_000 {
+                break;
+            }
+            match tokio::time::timeout_at(batch_end.into(), consumer.recv()).await {
+                Ok(m) => last = m.expect("consume").detach(),
+                Err(_) => break,
+            }
         }
-        if done >= n {
-            return first.unwrap().elapsed().as_secs_f64();
+        for p in pending {
+            p.await.expect("delivery").map_err(|(e, _)| e).expect("ack");
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        consumer
+            .commit_consumer_state(rdkafka::consumer::CommitMode::Async)
+            .expect("commit");
     }
+    first.unwrap().elapsed().as_secs_f64()
+}
+
+/// CPU seconds this process has used so far (user + system).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Wait until the running loop has done `n` records; seconds from the
+/// arrival of its first record to the commit of the last.
+async fn until_done(progress: &Progress, n: u64) -> f64 {
+    while progress.records_done() < n {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    progress
+        .first_record_at
+        .get()
+        .expect("records were done, so one arrived")
+        .elapsed()
+        .as_secs_f64()
+}
+
+/// A running loop: stop it with `stop`.
+struct Running {
+    handle: tokio::task::JoinHandle<anyhow::Result<ProcessorStats>>,
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    progress: Arc<Progress>,
+}
+
+fn start(s: Settings, store: Arc<EmbeddedStore>, owner: &'static str) -> Running {
+    let progress = Arc::new(Progress::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let p = progress.clone();
+    let handle = tokio::spawn(async move {
+        serve(&s, store, owner, p, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    Running {
+        handle,
+        stop_tx,
+        progress,
+    }
+}
+
+impl Running {
+    /// Stop cleanly; the workload is valid, so a rejection is a bench bug.
+    async fn stop(self) {
+        let _ = self.stop_tx.send(());
+        let stats = self.handle.await.unwrap().unwrap();
+        assert!(
+            stats.rejected.is_empty(),
+            "the bench workload was rejected: {:?}",
+            stats.rejected
+        );
+    }
+}
+
+fn plan(catalog: &Catalog) -> (&'static str, String, Vec<u8>) {
+    let plan = Plan {
+        plan_id: "p".into(),
+        currency: Currency::from_code("EUR").unwrap(),
+        recurring_fee: Decimal::ZERO,
+        minimum_spend: Decimal::ZERO,
+        charges: vec![Charge {
+            metric: "m".into(),
+            model: Model::PerUnit,
+            unit_price: Decimal::from_str("0.01").unwrap(),
+            package_size: None,
+            free_units: Decimal::ZERO,
+            tiers: vec![],
+        }],
+    };
+    (
+        "billing.plans.v1",
+        "p".into(),
+        catalog.encode_plan(&plan).unwrap(),
+    )
+}
+
+fn openings(catalog: &Catalog, accounts: usize) -> Vec<(&'static str, String, Vec<u8>)> {
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    let opened = Timestamp::parse_rfc3339(&format!("{month}-01T00:00:00Z")).unwrap();
+    (0..accounts)
+        .map(|a| {
+            let open = Input::Account(AccountCommand {
+                event_id: format!("open-{a}"),
+                account_id: format!("acct-{a}"),
+                occurred_at: opened,
+                environment: Some("prod".into()),
+                kind: AccountKind::AccountOpened {
+                    plan_id: "p".into(),
+                    currency: "EUR".into(),
+                    timezone: "UTC".into(),
+                    tax_rate: Decimal::ZERO,
+                    billing_anchor: Anchor::Calendar,
+                },
+            });
+            (
+                "billing.accounts.v1",
+                format!("acct-{a}"),
+                catalog.encode_input(&open).unwrap(),
+            )
+        })
+        .collect()
 }
 
 fn main() {
@@ -175,6 +360,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    billstream::cli::init_logging();
     let accounts = env("BENCH_ACCOUNTS", 100_000);
     let events = env("BENCH_USAGE", 200_000);
     let rounds = env("BENCH_ROUNDS", 3);
@@ -186,121 +372,106 @@ fn main() {
         .build()
         .unwrap();
     let tag = std::process::id();
-    let prefix = format!("bench{tag}.");
-    let s = settings(&brokers, &prefix, "x");
-    assert!(billstream::cli::topics::create_all(&s, PARTITIONS, 1).unwrap());
     rt.block_on(async {
-        let producer = Producer {
-            producer: ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
-                .set("linger.ms", "20")
-                .create()
-                .unwrap(),
-            prefix: prefix.clone(),
-        };
-        let plan = Plan {
-            plan_id: "p".into(),
-            currency: Currency::from_code("EUR").unwrap(),
-            recurring_fee: Decimal::ZERO,
-            minimum_spend: Decimal::ZERO,
-            charges: vec![Charge {
-                metric: "m".into(),
-                model: Model::PerUnit,
-                unit_price: Decimal::from_str("0.01").unwrap(),
-                package_size: None,
-                free_units: Decimal::ZERO,
-                tiers: vec![],
-            }],
-        };
-        producer.send(&[("billing.plans.v1", "p".into(), catalog.encode_plan(&plan).unwrap())]).await;
-        let month = chrono::Utc::now().format("%Y-%m").to_string();
-        let opened = Timestamp::parse_rfc3339(&format!("{month}-01T00:00:00Z")).unwrap();
-        let opens: Vec<_> = (0..accounts)
-            .map(|a| {
-                let open = Input::Account(AccountCommand {
-                    event_id: format!("open-{a}"),
-                    account_id: format!("acct-{a}"),
-                    occurred_at: opened,
-                    environment: Some("prod".into()),
-                    kind: AccountKind::AccountOpened {
-                        plan_id: "p".into(),
-                        currency: "EUR".into(),
-                        timezone: "UTC".into(),
-                        tax_rate: Decimal::ZERO,
-                        billing_anchor: Anchor::Calendar,
-                    },
-                });
-                ("billing.accounts.v1", format!("acct-{a}"), catalog.encode_input(&open).unwrap())
-            })
-            .collect();
-        let t = Instant::now();
-        producer.send(&opens).await;
-        producer.send(&usage(catalog, accounts, 0, events)).await;
-        let total = (accounts + events) as u64;
-        println!(
-            "produced {total} records ({accounts} account openings, {events} usage) in {:.1} s",
-            t.elapsed().as_secs_f64()
-        );
-
         let dir = tempfile::tempdir().unwrap();
         let (mut raw_rates, mut loop_rates, mut ratios) = (vec![], vec![], vec![]);
+        let mut relay_ratios = vec![];
         let mut kept = None;
         for round in 0..rounds {
-            let raw = raw_consume(&brokers, &prefix, &format!("raw-{tag}-{round}"), total).await;
+            // Each round on its own topics, group and store.
+            let prefix = format!("bench{tag}r{round}.");
             let group = format!("loop-{tag}-{round}");
-            let store = Arc::new(EmbeddedStore::open(&dir.path().join(format!("s{round}"))).unwrap());
-            let progress = Arc::new(Progress::default());
-            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let s = settings(&brokers, &prefix, &group);
-            let (p, st) = (progress.clone(), store.clone());
-            let handle = tokio::spawn(async move {
-                serve(&s, st, "bench", p, async {
-                    let _ = stop_rx.await;
-                })
-                .await
-            });
-            let took = until_done(&progress, total).await;
-            let (raw_rate, loop_rate) = (total as f64 / raw, total as f64 / took);
+            assert!(billstream::cli::topics::create_all_async(&s, PARTITIONS, 1).await.unwrap());
+            let producer = Producer {
+                producer: ClientConfig::new()
+                    .set("bootstrap.servers", &brokers)
+                    .set("linger.ms", "20")
+                    .create()
+                    .unwrap(),
+                prefix: prefix.clone(),
+            };
+            producer.send(&[plan(catalog)]).await;
+            producer.send(&openings(catalog, accounts)).await;
+            // The accounts are opened first (usage of an account nobody
+            // opened yet is a dead letter, not billing work).
+            let store = Arc::new(EmbeddedStore::open(&dir.path().join(format!("s{round}"))).unwrap());
+            let began = Instant::now();
+            let warm = start(s.clone(), store.clone(), "bench");
+            until_done(&warm.progress, accounts as u64).await;
+            let opened = began.elapsed().as_secs_f64();
+            warm.stop().await;
+            let t = Instant::now();
+            producer.send(&usage(catalog, accounts, 0, events)).await;
             println!(
-                "round {}: raw consume {:.0} records/s, billstream loop {:.0} records/s, ratio {:.2}",
+                "round {}: {accounts} accounts opened by the loop in {opened:.1} s (with the group join); {events} usage events produced in {:.1} s",
                 round + 1,
-                raw_rate,
-                loop_rate,
-                loop_rate / raw_rate
+                t.elapsed().as_secs_f64()
+            );
+            let raw = raw_consume(&brokers, &prefix, &format!("raw-{tag}-{round}"), events as u64).await;
+            // Journal entries of usage are about 310 bytes with headers.
+            let cpu = cpu_seconds();
+            let relayed = relay(&brokers, &prefix, &format!("relay-{tag}-{round}"), events as u64, 310).await;
+            let relay_cpu = cpu_seconds() - cpu;
+            let running = start(s.clone(), store.clone(), "bench");
+            let cpu = cpu_seconds();
+            let took = until_done(&running.progress, events as u64).await;
+            let loop_cpu = cpu_seconds() - cpu;
+            let (raw_rate, loop_rate) = (events as f64 / raw, events as f64 / took);
+            let relay_rate = events as f64 / relayed;
+            println!(
+                "  usage: raw consume {raw_rate:.0} records/s, relay {relay_rate:.0} records/s, billstream loop {loop_rate:.0} records/s; ratio to raw {:.2}, to relay {:.2}",
+                loop_rate / raw_rate,
+                loop_rate / relay_rate
+            );
+            println!(
+                "  CPU of this process: relay {:.1} µs per record, loop {:.1} µs per record",
+                relay_cpu * 1e6 / events as f64,
+                loop_cpu * 1e6 / events as f64
+            );
+            relay_ratios.push(loop_rate / relay_rate);
+            let phases: Vec<String> = Phase::ALL
+                .iter()
+                .map(|ph| format!("{} {:.2} s", ph.name(), running.progress.phase_seconds(*ph)))
+                .collect();
+            println!(
+                "  loop phases over {} batches: {}",
+                running.progress.batches.load(std::sync::atomic::Ordering::Relaxed),
+                phases.join(", ")
             );
             raw_rates.push(raw_rate);
             loop_rates.push(loop_rate);
             ratios.push(loop_rate / raw_rate);
             if round + 1 == rounds {
-                kept = Some((handle, stop_tx, progress, store, group));
+                kept = Some((running, store, s, producer));
             } else {
-                let _ = stop_tx.send(());
-                handle.await.unwrap().unwrap();
+                running.stop().await;
             }
         }
         println!(
-            "throughput (median of {rounds}): raw {:.0}/s, loop {:.0}/s, ratio {:.2}",
+            "throughput (median of {rounds}): raw {:.0}/s, loop {:.0}/s, ratio to raw {:.2}, ratio to relay {:.2}",
             median(raw_rates),
             median(loop_rates.clone()),
-            median(ratios)
+            median(ratios),
+            median(relay_ratios)
         );
 
         // Latency at half the loop's throughput.
-        let (handle, stop_tx, progress, store, group) = kept.unwrap();
+        let (running, store, s, producer) = kept.unwrap();
         let rate = (median(loop_rates) / 2.0).max(100.0);
-        progress.latency.lock().unwrap().clear();
+        running.progress.latency.lock().unwrap().clear();
         let n = (rate * latency_secs as f64) as usize;
         let records = usage(catalog, accounts, events, n);
-        let start = Instant::now();
+        let start_at = Instant::now();
         let per_tick = (rate / 100.0).ceil() as usize;
         for (i, chunk) in records.chunks(per_tick).enumerate() {
-            let due = start + Duration::from_millis(10 * i as u64);
+            let due = start_at + Duration::from_millis(10 * i as u64);
             tokio::time::sleep_until(due.into()).await;
             producer.send(chunk).await;
         }
-        until_done(&progress, total + n as u64).await;
+        until_done(&running.progress, (events + n) as u64).await;
         {
-            let h = progress.latency.lock().unwrap();
+            let h = running.progress.latency.lock().unwrap();
             println!(
                 "latency at {rate:.0} records/s for {latency_secs} s: {} records, p50 {} ms, p99 {} ms (produce → state persisted)",
                 h.count(),
@@ -308,35 +479,24 @@ fn main() {
                 h.quantile(0.99).unwrap_or(0)
             );
         }
-        let _ = stop_tx.send(());
-        handle.await.unwrap().unwrap();
+        running.stop().await;
 
         // Restart with ACCOUNTS accounts in the store.
         producer.send(&usage(catalog, accounts, events + n, PARTITIONS as usize * 4)).await;
-        let progress = Arc::new(Progress::default());
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let s = settings(&brokers, &prefix, &group);
-        let p = progress.clone();
-        let start = Instant::now();
-        let handle = tokio::spawn(async move {
-            serve(&s, store, "bench-restart", p, async {
-                let _ = stop_rx.await;
-            })
-            .await
-        });
-        while progress.partitions_owned.load(std::sync::atomic::Ordering::Relaxed) < PARTITIONS as u64 {
+        let began = Instant::now();
+        let running = start(s, store, "bench-restart");
+        while running.progress.partitions_owned.load(std::sync::atomic::Ordering::Relaxed) < PARTITIONS as u64 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let loaded = start.elapsed();
-        while progress.records_done() == 0 {
+        let loaded = began.elapsed();
+        while running.progress.records_done() == 0 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         println!(
             "restart with {accounts} accounts in the store: partitions assigned and accounts loaded after {:.2} s, first record persisted after {:.2} s (plus the broker's session expiry of a killed member)",
             loaded.as_secs_f64(),
-            start.elapsed().as_secs_f64()
+            began.elapsed().as_secs_f64()
         );
-        let _ = stop_tx.send(());
-        handle.await.unwrap().unwrap();
+        running.stop().await;
     });
 }

@@ -40,7 +40,7 @@ case "$BROKER" in
     ;;
 esac
 
-broker_dir=$(mktemp -d)
+broker_dir=$(mktemp -d -p "${BILLSTREAM_BROKER_TMP:-${TMPDIR:-/tmp}}")
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p "$broker_dir/data"
 (

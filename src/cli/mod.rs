@@ -49,7 +49,7 @@ enum Command {
 /// Logs go to stderr: readable in a terminal, JSON lines otherwise (or
 /// when BILLSTREAM_LOG_FORMAT=json); the level filter comes from
 /// BILLSTREAM_LOG (e.g. `info,rdkafka=debug`), default `warn`.
-fn init_logging() {
+pub fn init_logging() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("BILLSTREAM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

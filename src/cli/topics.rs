@@ -54,6 +54,15 @@ pub fn run(args: TopicsArgs) -> anyhow::Result<ExitCode> {
 /// Create every configured topic (idempotent: existing ones are left as
 /// they are). Prints one line per topic; false if any creation failed.
 pub fn create_all(settings: &Settings, partitions: i32, replication: i32) -> anyhow::Result<bool> {
+    super::block_on(create_all_async(settings, partitions, replication))
+}
+
+/// `create_all` for callers already inside a tokio runtime.
+pub async fn create_all_async(
+    settings: &Settings,
+    partitions: i32,
+    replication: i32,
+) -> anyhow::Result<bool> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &settings.kafka.brokers);
     let admin: AdminClient<DefaultClientContext> =
@@ -84,19 +93,17 @@ pub fn create_all(settings: &Settings, partitions: i32, replication: i32) -> any
             }
         })
         .collect();
-    super::block_on(async {
-        let results = admin.create_topics(&topics, &AdminOptions::new()).await?;
-        let mut failed = false;
-        for r in results {
-            match r {
-                Ok(name) => println!("created {name}"),
-                Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => println!("exists  {name}"),
-                Err((name, e)) => {
-                    eprintln!("error: topic {name}: {e}");
-                    failed = true;
-                }
+    let results = admin.create_topics(&topics, &AdminOptions::new()).await?;
+    let mut failed = false;
+    for r in results {
+        match r {
+            Ok(name) => println!("created {name}"),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => println!("exists  {name}"),
+            Err((name, e)) => {
+                eprintln!("error: topic {name}: {e}");
+                failed = true;
             }
         }
-        anyhow::Ok(!failed)
-    })
+    }
+    Ok(!failed)
 }

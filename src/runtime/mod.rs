@@ -5,4 +5,4 @@ pub mod batch;
 mod processor;
 pub mod service;
 
-pub use processor::{BatchRecord, Processor, ProcessorStats, SourcePos};
+pub use processor::{BatchRecord, Processor, ProcessorStats, SourcePos, Unacked};

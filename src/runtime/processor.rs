@@ -75,13 +75,18 @@ struct Slot {
     offsets: BTreeMap<(String, i32), i64>,
     dirty_offsets: BTreeSet<(String, i32)>,
     dirty: bool,
-    /// Journal seq of the last entry handed out by `flush`.
-    flushed_seq: u64,
     /// Outputs up to this seq were acknowledged by the sink.
     published_mark: u64,
     /// The watermark as last written to the store.
     mark_persisted: u64,
 }
+
+/// The accounts and journal seqs whose outputs one or more flushes handed
+/// out, waiting for the sink's acknowledgement (see
+/// `Processor::take_unacked`).
+#[derive(Debug, Default)]
+#[must_use = "pass it to Processor::acknowledged once the outputs are acknowledged"]
+pub struct Unacked(Vec<(String, u64)>);
 
 /// Folds records through the engine for the accounts of the partitions it
 /// owns, and persists them in batches.
@@ -95,8 +100,9 @@ pub struct Processor<S: StateStore> {
     dirty: Vec<String>,
     dead_letters: Vec<OutputRecord>,
     journal_buf: Vec<JournalEntry>,
-    /// Accounts whose flushed outputs wait for the sink's acknowledgement.
-    awaiting_ack: Vec<String>,
+    /// Accounts whose flushed outputs wait for the sink's acknowledgement,
+    /// with the journal seq of the last entry handed out.
+    awaiting_ack: Vec<(String, u64)>,
     pub stats: ProcessorStats,
 }
 
@@ -166,7 +172,6 @@ impl<S: StateStore> Processor<S> {
                     .map(|o| ((o.topic, o.partition), o.next))
                     .collect();
                 slot.next_timer = stored.next_timer.map(Timestamp);
-                slot.flushed_seq = stored.journal_head;
                 slot.published_mark = stored.published_upto;
                 slot.mark_persisted = stored.published_upto;
                 if let Some(t) = slot.next_timer {
@@ -433,7 +438,8 @@ impl<S: StateStore> Processor<S> {
         }
         let accounts = &self.accounts;
         self.dirty.retain(|id| accounts.contains_key(id));
-        self.awaiting_ack.retain(|id| accounts.contains_key(id));
+        self.awaiting_ack
+            .retain(|(id, _)| accounts.contains_key(id));
         ids.len()
     }
 
@@ -523,8 +529,7 @@ impl<S: StateStore> Processor<S> {
             slot.dirty_offsets.clear();
             slot.mark_persisted = slot.mark_persisted.max(slot.published_mark);
             if let Some((last, _)) = slot.journal.last() {
-                slot.flushed_seq = last.seq;
-                self.awaiting_ack.push(account_id.clone());
+                self.awaiting_ack.push((account_id.clone(), last.seq));
             }
             let Some(st) = &slot.state else {
                 slot.journal.clear();
@@ -538,13 +543,29 @@ impl<S: StateStore> Processor<S> {
         Ok(outputs)
     }
 
-    /// The sink acknowledged every output `flush` returned: remember it;
-    /// the watermark is written with each account's next write (so a
-    /// crash before that republishes those outputs with the same ids).
+    /// The sink acknowledged every output `flush` (and
+    /// `unpublished_outputs`) returned so far: remember it; the watermark
+    /// is written with each account's next write (so a crash before that
+    /// republishes those outputs with the same ids).
     pub fn published(&mut self) {
-        for account_id in std::mem::take(&mut self.awaiting_ack) {
+        let all = self.take_unacked();
+        self.acknowledged(all);
+    }
+
+    /// What the outputs handed out since the last call stand for, to be
+    /// passed to `acknowledged` once the sink confirmed them. Lets a caller
+    /// keep several flushes in flight and confirm them one at a time.
+    pub fn take_unacked(&mut self) -> Unacked {
+        Unacked(std::mem::take(&mut self.awaiting_ack))
+    }
+
+    /// The sink acknowledged the outputs behind `unacked`. Accounts that
+    /// were released in between are skipped (their next owner reads the
+    /// watermark from the store and republishes the rest).
+    pub fn acknowledged(&mut self, unacked: Unacked) {
+        for (account_id, seq) in unacked.0 {
             if let Some(slot) = self.accounts.get_mut(&account_id) {
-                slot.published_mark = slot.published_mark.max(slot.flushed_seq);
+                slot.published_mark = slot.published_mark.max(seq);
             }
         }
     }
@@ -604,10 +625,7 @@ impl<S: StateStore> Processor<S> {
                     from = record.seq + 1;
                 }
             }
-            if let Some(slot) = self.accounts.get_mut(&id) {
-                slot.flushed_seq = stored.journal_head;
-            }
-            self.awaiting_ack.push(id);
+            self.awaiting_ack.push((id, stored.journal_head));
         }
         Ok(outputs)
     }

@@ -4,7 +4,10 @@
 //! consume a batch → fold (grouped by account) → persist → publish →
 //! commit input offsets, in that order, so that nothing is published before
 //! the state behind it is durable and no offset is committed before its
-//! effects are published. The loop owns the partitions the group assigns
+//! effects are published. Two batches overlap: batch N's outputs travel to
+//! the broker while batch N+1 is fetched, folded and persisted; N's
+//! acknowledgements are awaited and its offsets committed only after that
+//! (and before any group change is handled). The loop owns the partitions the group assigns
 //! it: on assignment it claims each one in the store (a new ownership
 //! epoch fences off the previous owner), loads its accounts so their
 //! timers fire, and republishes outputs the previous owner persisted but
@@ -19,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use rdkafka::consumer::CommitMode;
 use rdkafka::message::{Message, OwnedMessage};
 
 use crate::config::Settings;
@@ -26,8 +30,8 @@ use crate::contracts::{Catalog, Decoder};
 use crate::engine::plan::PlanBook;
 use crate::engine::time::Timestamp;
 use crate::engine::Engine;
-use crate::runtime::{BatchRecord, Processor, ProcessorStats, SourcePos};
-use crate::sink::kafka::KafkaSink;
+use crate::runtime::{BatchRecord, Processor, ProcessorStats, SourcePos, Unacked};
+use crate::sink::kafka::{InFlight, KafkaSink};
 use crate::source::kafka::{GroupChange, KafkaSource, PlanFollower};
 use crate::store::{StateStore, StoreError};
 
@@ -92,11 +96,63 @@ pub struct Progress {
     /// Set once the plans table is loaded and the member has partitions.
     pub ready: AtomicU64,
     pub latency: Mutex<LatencyHistogram>,
+    /// When the first input record arrived (throughput is timed from it).
+    pub first_record_at: std::sync::OnceLock<std::time::Instant>,
+    /// Wall time spent in each phase of the loop, in microseconds, indexed
+    /// by `Phase`.
+    pub phase_micros: [AtomicU64; Phase::ALL.len()],
+}
+
+/// The phases of one turn of the loop, for timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for and collecting the batch's records.
+    Fetch,
+    /// Decoding and folding the batch, and timers.
+    Fold,
+    /// Writing the changed accounts to the store.
+    Persist,
+    /// Producing outputs and waiting for their acknowledgements.
+    Publish,
+    /// Committing input offsets.
+    Commit,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 5] = [
+        Phase::Fetch,
+        Phase::Fold,
+        Phase::Persist,
+        Phase::Publish,
+        Phase::Commit,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Fetch => "fetch",
+            Phase::Fold => "fold",
+            Phase::Persist => "persist",
+            Phase::Publish => "publish",
+            Phase::Commit => "commit",
+        }
+    }
 }
 
 impl Progress {
     pub fn records_done(&self) -> u64 {
         self.records_done.load(Ordering::Relaxed)
+    }
+
+    /// Seconds spent so far in `phase`.
+    pub fn phase_seconds(&self, phase: Phase) -> f64 {
+        self.phase_micros[phase as usize].load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    fn timed(&self, phase: Phase, since: &mut std::time::Instant) {
+        let now = std::time::Instant::now();
+        let micros = u64::try_from(now.duration_since(*since).as_micros()).unwrap_or(u64::MAX);
+        self.phase_micros[phase as usize].fetch_add(micros, Ordering::Relaxed);
+        *since = now;
     }
 }
 
@@ -136,15 +192,35 @@ pub async fn serve<S: StateStore>(
     );
 
     let mut assigned: BTreeSet<(String, i32)> = BTreeSet::new();
+    // The previous batch: persisted, its outputs handed to the producer,
+    // its acknowledgements and offset commit still to come. Waiting for
+    // them only after the next batch is folded and persisted keeps the
+    // producer, the store and the fold busy at the same time.
+    let mut in_flight: Option<Published> = None;
     let mut stop = std::pin::pin!(stop);
     loop {
+        let mut clock_in = std::time::Instant::now();
         let batch = tokio::select! {
             _ = &mut stop => break,
             b = source.next_batch(settings.batch.max_records, settings.batch.max_wait, Duration::from_millis(500)) => b?,
         };
+        if let Some(at) = batch.first_at {
+            progress.first_record_at.get_or_init(|| at);
+        }
         let now = clock.now();
         let mut records = batch.records;
         if !batch.changes.is_empty() {
+            // Finish the batch in flight before letting anything go.
+            if let Some(done) = in_flight.take() {
+                done.settle(
+                    &mut processor,
+                    &mut source,
+                    &progress,
+                    CommitMode::Sync,
+                    &mut clock_in,
+                )
+                .await?;
+            }
             // Records fetched before a revocation belong to partitions we
             // no longer own: unprocessed, uncommitted, someone re-reads them.
             let revoked: BTreeSet<(String, i32)> = batch
@@ -179,6 +255,7 @@ pub async fn serve<S: StateStore>(
                 .ready
                 .store(u64::from(!assigned.is_empty()), Ordering::Relaxed);
         }
+        progress.timed(Phase::Fetch, &mut clock_in);
         let updates = plans.poll_new()?;
         apply_plan_records(&mut processor, &decoder, &updates, now).await?;
         let owned: BTreeSet<u32> = processor.owned_partitions().map(|(p, _)| p).collect();
@@ -206,28 +283,50 @@ pub async fn serve<S: StateStore>(
             })
             .collect();
         processor.process_batch(&decoder, &batch_records).await?;
+        drop(batch_records);
         processor.advance_timers(now);
+        progress.timed(Phase::Fold, &mut clock_in);
         let outputs = processor.flush().await.map_err(fenced_is_fatal)?;
         record_latency(&progress, &records);
-        sink.publish(&outputs).await?;
-        processor.published();
-        source.processed(&records);
-        if let Err(e) = source.commit() {
-            eprintln!("warning: offset commit failed ({e}); those records will be delivered again and skipped as replays");
-        }
-        progress
-            .records_done
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
-        progress.batches.fetch_add(1, Ordering::Relaxed);
-        if !records.is_empty() {
+        progress.timed(Phase::Persist, &mut clock_in);
+        let sent = Published {
+            in_flight: sink.send(&outputs)?,
+            unacked: processor.take_unacked(),
+            records,
+        };
+        if !sent.records.is_empty() {
             tracing::debug!(
-                records = records.len(),
+                records = sent.records.len(),
                 outputs = outputs.len(),
-                "batch persisted, published and committed"
+                "batch persisted, outputs sent"
             );
         }
+        progress.timed(Phase::Publish, &mut clock_in);
+        // The previous batch's acknowledgements had a whole batch to arrive.
+        if let Some(done) = in_flight.replace(sent) {
+            done.settle(
+                &mut processor,
+                &mut source,
+                &progress,
+                CommitMode::Async,
+                &mut clock_in,
+            )
+            .await?;
+        }
+        progress.batches.fetch_add(1, Ordering::Relaxed);
     }
     eprintln!("billstream run: stopping: persisting and committing");
+    if let Some(done) = in_flight.take() {
+        let mut clock_in = std::time::Instant::now();
+        done.settle(
+            &mut processor,
+            &mut source,
+            &progress,
+            CommitMode::Sync,
+            &mut clock_in,
+        )
+        .await?;
+    }
     processor.advance_timers(clock.now());
     let outputs = processor.flush().await.map_err(fenced_is_fatal)?;
     sink.publish(&outputs).await?;
@@ -236,11 +335,44 @@ pub async fn serve<S: StateStore>(
         .persist_published_marks()
         .await
         .map_err(fenced_is_fatal)?;
-    if let Err(e) = source.commit() {
+    if let Err(e) = source.commit(CommitMode::Sync) {
         eprintln!("warning: final offset commit failed ({e}); the next owner skips those records as replays");
     }
     sink.flush(Duration::from_secs(10))?;
     Ok(processor.stats.clone())
+}
+
+/// A batch whose state is durable and whose outputs are with the producer.
+struct Published {
+    in_flight: InFlight,
+    unacked: Unacked,
+    records: Vec<OwnedMessage>,
+}
+
+impl Published {
+    /// Wait for the outputs' acknowledgements, then mark them published
+    /// and commit the batch's input offsets.
+    async fn settle<S: StateStore>(
+        self,
+        processor: &mut Processor<S>,
+        source: &mut KafkaSource,
+        progress: &Progress,
+        mode: CommitMode,
+        clock_in: &mut std::time::Instant,
+    ) -> anyhow::Result<()> {
+        self.in_flight.acknowledged().await?;
+        processor.acknowledged(self.unacked);
+        progress.timed(Phase::Publish, clock_in);
+        source.processed(&self.records);
+        if let Err(e) = source.commit(mode) {
+            eprintln!("warning: offset commit failed ({e}); those records will be delivered again and skipped as replays");
+        }
+        progress.timed(Phase::Commit, clock_in);
+        progress
+            .records_done
+            .fetch_add(self.records.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// A fenced write means another instance claimed one of our partitions

@@ -13,6 +13,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -104,6 +105,12 @@ impl GroupContext {
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
+    fn commit_callback(&self, result: KafkaResult<()>, _: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "offset commit failed; those records will be delivered again and skipped as replays");
+        }
+    }
+
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => self.push(GroupChange::Revoked(partitions_of(tpl))),
@@ -128,6 +135,8 @@ pub struct SourceBatch {
     pub records: Vec<OwnedMessage>,
     pub changes: Vec<GroupChange>,
     pub before_changes: usize,
+    /// When the first record arrived.
+    pub first_at: Option<Instant>,
 }
 
 /// The input topics (usage, payments, accounts) in a consumer group.
@@ -217,7 +226,9 @@ impl KafkaSource {
                     );
                     if !started {
                         started = true;
-                        deadline = Instant::now() + wait;
+                        let now = Instant::now();
+                        batch.first_at = Some(now);
+                        deadline = now + wait;
                     }
                 }
             }
@@ -247,8 +258,9 @@ impl KafkaSource {
     /// Commit every processed record (call after its state is durable and
     /// its outputs are published). A failed commit loses nothing: the
     /// records are delivered again and skipped as replays by the positions
-    /// kept with each account's state.
-    pub fn commit(&mut self) -> Result<(), KafkaError> {
+    /// kept with each account's state. `CommitMode::Async` returns at once
+    /// (a failure is logged by the context); `Sync` waits for the broker.
+    pub fn commit(&mut self, mode: CommitMode) -> Result<(), KafkaError> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -258,7 +270,7 @@ impl KafkaSource {
                 .map_err(|e| KafkaError::Transient(e.to_string()))?;
         }
         self.consumer
-            .commit(&tpl, CommitMode::Sync)
+            .commit(&tpl, mode)
             .map_err(|e| KafkaError::Transient(e.to_string()))
     }
 }
