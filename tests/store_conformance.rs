@@ -799,10 +799,13 @@ mod scylla {
     }
 
     impl FreshKeyspace {
-        pub async fn open_store(&self) -> ScyllaStore {
-            ScyllaStore::connect(&self.settings)
-                .await
-                .expect("connect to the test keyspace")
+        pub fn open_store(&self) -> impl std::future::Future<Output = ScyllaStore> + 'static {
+            let settings = self.settings.clone();
+            async move {
+                ScyllaStore::connect(&settings)
+                    .await
+                    .expect("connect to the test keyspace")
+            }
         }
     }
 
