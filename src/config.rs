@@ -138,9 +138,7 @@ pub struct KafkaSettings {
 /// Where billing state of record lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreSettings {
-    Embedded {
-        path: PathBuf,
-    },
+    Embedded { path: PathBuf },
     Scylla(ScyllaSettings),
 }
 
@@ -167,7 +165,9 @@ pub enum Replication {
     /// `NetworkTopologyStrategy` with one factor for every datacenter.
     NetworkTopology { factor: u32 },
     /// `NetworkTopologyStrategy` with a factor per named datacenter.
-    PerDatacenter { factors: std::collections::BTreeMap<String, u32> },
+    PerDatacenter {
+        factors: std::collections::BTreeMap<String, u32>,
+    },
 }
 
 impl Replication {
@@ -178,9 +178,9 @@ impl Replication {
             Replication::Simple { factor } => {
                 format!("{{'class': 'SimpleStrategy', 'replication_factor': {factor}}}")
             }
-            Replication::NetworkTopology { factor } => format!(
-                "{{'class': 'NetworkTopologyStrategy', 'replication_factor': {factor}}}"
-            ),
+            Replication::NetworkTopology { factor } => {
+                format!("{{'class': 'NetworkTopologyStrategy', 'replication_factor': {factor}}}")
+            }
             Replication::PerDatacenter { factors } => {
                 let mut map = String::from("{'class': 'NetworkTopologyStrategy'");
                 for (dc, factor) in factors {
@@ -301,7 +301,11 @@ impl RawStore {
         }
         let window = u64::try_from(dedup_window_micros).unwrap_or(0);
         Ok(ScyllaSettings {
-            nodes: self.scylla_nodes.iter().map(|n| n.trim().to_string()).collect(),
+            nodes: self
+                .scylla_nodes
+                .iter()
+                .map(|n| n.trim().to_string())
+                .collect(),
             keyspace: self.keyspace.clone(),
             replication,
             local_datacenter: (!local.is_empty()).then(|| local.to_string()),

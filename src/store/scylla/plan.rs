@@ -156,7 +156,13 @@ pub fn plan_write<'a>(
     for o in &w.offsets {
         offsets.insert((o.topic.clone(), o.partition), o.next);
     }
-    let fenced = ranges_after_write(&prev.fenced, prev.snapshot_stamp, stamp, prev.unsure, now_ms);
+    let fenced = ranges_after_write(
+        &prev.fenced,
+        prev.snapshot_stamp,
+        stamp,
+        prev.unsure,
+        now_ms,
+    );
 
     let mut mutations = Vec::with_capacity(1 + w.journal.len() + w.dedup.len() + w.invoices.len());
     mutations.push(Mutation::Statics {
@@ -378,7 +384,12 @@ pub fn split(plan: &WritePlan<'_>, budget: usize) -> Vec<BatchPlan> {
 }
 
 /// The stamp of a `mark_published` by `epoch`, or why there is none.
-pub fn publish_stamp(prev: &AccountMeta, partition: u32, epoch: u64, account_id: &str) -> Result<i64, StoreError> {
+pub fn publish_stamp(
+    prev: &AccountMeta,
+    partition: u32,
+    epoch: u64,
+    account_id: &str,
+) -> Result<i64, StoreError> {
     next_stamp(prev.last_stamp, epoch).map_err(|e| stamp_error(e, partition, epoch, account_id))
 }
 
@@ -715,7 +726,11 @@ mod tests {
         seen.sort_unstable();
         assert_eq!(seen, (0..=40).collect::<Vec<_>>(), "each mutation once");
         for b in &batches {
-            let bytes: usize = b.mutations.iter().map(|&i| size_of(&plan.mutations[i])).sum();
+            let bytes: usize = b
+                .mutations
+                .iter()
+                .map(|&i| size_of(&plan.mutations[i]))
+                .sum();
             assert!(bytes <= BATCH_BYTES, "batch of {bytes} bytes");
         }
     }

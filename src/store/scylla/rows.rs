@@ -56,7 +56,8 @@ pub fn account_from_statics(row: StaticsRow) -> Result<Option<(AccountMeta, Vec<
     let snapshot_stamp = snapshot_stamp.unwrap_or(0);
     let meta = AccountMeta {
         exists: true,
-        partition: u32::try_from(partition).map_err(|_| format!("partition is negative ({partition})"))?,
+        partition: u32::try_from(partition)
+            .map_err(|_| format!("partition is negative ({partition})"))?,
         journal_head: unsigned(head, "journal_head")?,
         published_upto: unsigned(published, "published_upto")?,
         next_timer,
@@ -186,7 +187,9 @@ mod tests {
         assert_eq!(account_from_statics(row).unwrap(), None);
         let mut row = statics();
         row.2 = Some(-1);
-        assert!(account_from_statics(row).unwrap_err().contains("journal_head"));
+        assert!(account_from_statics(row)
+            .unwrap_err()
+            .contains("journal_head"));
         let mut row = statics();
         row.0 = None;
         assert!(account_from_statics(row).is_err());
@@ -222,7 +225,10 @@ mod tests {
             })
         );
         // After the snapshot's write (a write that never completed).
-        assert_eq!(dedup_record(row(stamp(2, 9).unwrap()), &meta).unwrap(), None);
+        assert_eq!(
+            dedup_record(row(stamp(2, 9).unwrap()), &meta).unwrap(),
+            None
+        );
         // Inside a fenced range.
         assert_eq!(dedup_record(row(3), &meta).unwrap(), None);
         let short = (1, vec![1, 2], Some(0), Some(1));

@@ -79,8 +79,7 @@ mod tests {
         let statements = statements(&cql);
         assert_eq!(statements.len(), 1 + TABLES.len());
         assert!(statements[0].starts_with("CREATE KEYSPACE IF NOT EXISTS bs_test"));
-        assert!(statements[0]
-            .contains("{'class': 'SimpleStrategy', 'replication_factor': 1}"));
+        assert!(statements[0].contains("{'class': 'SimpleStrategy', 'replication_factor': 1}"));
         for (statement, table) in statements[1..].iter().zip(TABLES) {
             assert!(
                 statement.starts_with(&format!("CREATE TABLE IF NOT EXISTS bs_test.{table} (")),

@@ -172,9 +172,9 @@ impl Statements {
             prepared.insert(name, statement);
         }
         let mut take = |name: &str| {
-            prepared
-                .remove(name)
-                .ok_or_else(|| StoreError::Backend(format!("scylla store: statement {name} missing")))
+            prepared.remove(name).ok_or_else(|| {
+                StoreError::Backend(format!("scylla store: statement {name} missing"))
+            })
         };
         Ok(Statements {
             select_owner: take("select_owner")?,
@@ -270,7 +270,14 @@ impl SerializeRow for Mutation<'_> {
                 seen_at,
                 event_key,
                 fingerprint,
-            } => (account_id, seen_at, &event_key[..], fingerprint, ttl_secs, stamp)
+            } => (
+                account_id,
+                seen_at,
+                &event_key[..],
+                fingerprint,
+                ttl_secs,
+                stamp,
+            )
                 .serialize(ctx, writer),
             Mutation::TimerInsert {
                 account_id,
@@ -317,16 +324,25 @@ mod tests {
     fn every_write_carries_a_timestamp_and_nothing_deletes_billing_records() {
         for (name, text) in texts("ks") {
             let upper = text.to_ascii_uppercase();
-            let writes = upper.starts_with("INSERT") || upper.starts_with("UPDATE") || upper.starts_with("DELETE");
+            let writes = upper.starts_with("INSERT")
+                || upper.starts_with("UPDATE")
+                || upper.starts_with("DELETE");
             if writes && !name.starts_with("claim_") {
-                assert!(upper.contains("USING TIMESTAMP ?") || upper.contains("AND TIMESTAMP ?"), "{name}: {text}");
+                assert!(
+                    upper.contains("USING TIMESTAMP ?") || upper.contains("AND TIMESTAMP ?"),
+                    "{name}: {text}"
+                );
             }
             if name.starts_with("claim_") {
-                assert!(upper.contains(" IF "), "{name} must be a lightweight transaction");
+                assert!(
+                    upper.contains(" IF "),
+                    "{name} must be a lightweight transaction"
+                );
             }
             if upper.starts_with("DELETE") {
                 assert!(
-                    upper.starts_with("DELETE FROM KS.TIMERS ") || upper.starts_with("DELETE FROM KS.PARTITION_ACCOUNTS "),
+                    upper.starts_with("DELETE FROM KS.TIMERS ")
+                        || upper.starts_with("DELETE FROM KS.PARTITION_ACCOUNTS "),
                     "{name} deletes from a table of record: {text}"
                 );
             }

@@ -89,7 +89,9 @@ fn now_ms() -> i64 {
 async fn connect_session(settings: &ScyllaSettings) -> Result<Session, StoreError> {
     let mut policy = DefaultPolicy::builder().token_aware(true);
     if let Some(dc) = &settings.local_datacenter {
-        policy = policy.prefer_datacenter(dc.clone()).permit_dc_failover(false);
+        policy = policy
+            .prefer_datacenter(dc.clone())
+            .permit_dc_failover(false);
     }
     let profile = ExecutionProfile::builder()
         .consistency(Consistency::LocalQuorum)
@@ -122,7 +124,9 @@ pub async fn migrate(settings: &ScyllaSettings) -> Result<Vec<String>, StoreErro
         session
             .query_unpaged(statement.as_str(), ())
             .await
-            .map_err(|e| StoreError::Backend(format!("scylla store: migrate: {first_line}: {e}")))?;
+            .map_err(|e| {
+                StoreError::Backend(format!("scylla store: migrate: {first_line}: {e}"))
+            })?;
     }
     session
         .await_schema_agreement()
@@ -196,10 +200,18 @@ impl ScyllaStore {
             &self.statements.select_owner
         };
         let epochs: Vec<(Option<i64>,)> = self
-            .rows(statement, (cql_int(partition, "partition")?,), "read partition owner")
+            .rows(
+                statement,
+                (cql_int(partition, "partition")?,),
+                "read partition owner",
+            )
             .await?;
         let epoch = epochs.first().and_then(|(e,)| *e).unwrap_or(0);
-        u64::try_from(epoch).map_err(|_| StoreError::Backend(format!("scylla store: partition {partition} has a negative epoch")))
+        u64::try_from(epoch).map_err(|_| {
+            StoreError::Backend(format!(
+                "scylla store: partition {partition} has a negative epoch"
+            ))
+        })
     }
 
     /// `Fenced` if `epoch` is older than the partition's latest claim.
@@ -221,7 +233,11 @@ impl ScyllaStore {
         account_id: &str,
     ) -> Result<Option<(AccountMeta, Vec<u8>)>, StoreError> {
         let found: Vec<StaticsRow> = self
-            .rows(&self.statements.select_account, (account_id,), "read account")
+            .rows(
+                &self.statements.select_account,
+                (account_id,),
+                "read account",
+            )
             .await?;
         let account = match found.into_iter().next() {
             Some(row) => rows::account_from_statics(row).map_err(|e| {
@@ -286,7 +302,11 @@ impl ScyllaStore {
         (account_id, Ok(()))
     }
 
-    async fn send_batch(&self, plan: &WritePlan<'_>, batch: &plan::BatchPlan) -> Result<(), StoreError> {
+    async fn send_batch(
+        &self,
+        plan: &WritePlan<'_>,
+        batch: &plan::BatchPlan,
+    ) -> Result<(), StoreError> {
         let kind = if batch.logged {
             BatchType::Logged
         } else {
@@ -336,9 +356,15 @@ impl ScyllaStore {
         let ids: BTreeSet<&str> = writes.iter().map(|w| w.account_id.as_str()).collect();
         let missing: Vec<&str> = {
             let known = self.known();
-            ids.iter().copied().filter(|id| !known.accounts.contains_key(*id)).collect()
+            ids.iter()
+                .copied()
+                .filter(|id| !known.accounts.contains_key(*id))
+                .collect()
         };
-        let reads: Vec<_> = missing.into_iter().map(|id| self.read_account(id)).collect();
+        let reads: Vec<_> = missing
+            .into_iter()
+            .map(|id| self.read_account(id))
+            .collect();
         stream::iter(reads)
             .buffer_unordered(CONCURRENCY)
             .try_collect::<Vec<_>>()
@@ -370,14 +396,19 @@ impl ScyllaStore {
         // 4. Send: accounts in parallel, one account's plans in order.
         let mut per_account: BTreeMap<&str, Vec<&WritePlan<'_>>> = BTreeMap::new();
         for (w, plan) in writes.iter().zip(&plans) {
-            per_account.entry(w.account_id.as_str()).or_default().push(plan);
+            per_account
+                .entry(w.account_id.as_str())
+                .or_default()
+                .push(plan);
         }
         let sends: Vec<_> = per_account
             .iter()
             .map(|(id, account_plans)| self.send_account(id, account_plans))
             .collect();
-        let outcomes: Vec<(&str, Result<(), StoreError>)> =
-            stream::iter(sends).buffer_unordered(CONCURRENCY).collect().await;
+        let outcomes: Vec<(&str, Result<(), StoreError>)> = stream::iter(sends)
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
 
         // 5. Remember what landed; forget what may or may not have.
         let mut first_error = None;
@@ -386,7 +417,11 @@ impl ScyllaStore {
             let account_plans = &per_account[id];
             match outcome {
                 Ok(()) => {
-                    let after = account_plans.last().expect("one plan at least").after.clone();
+                    let after = account_plans
+                        .last()
+                        .expect("one plan at least")
+                        .after
+                        .clone();
                     known.floors.remove(id);
                     known.accounts.insert(id.to_owned(), after);
                     for plan in account_plans {
@@ -411,25 +446,37 @@ impl ScyllaStore {
         first_error.map_or(Ok(()), Err)
     }
 
-    async fn load_account_inner(&self, account_id: &str) -> Result<Option<StoredAccount>, StoreError> {
+    async fn load_account_inner(
+        &self,
+        account_id: &str,
+    ) -> Result<Option<StoredAccount>, StoreError> {
         Ok(self
             .read_account(account_id)
             .await?
             .map(|(meta, snapshot)| rows::stored_account(&meta, snapshot)))
     }
 
-    async fn load_dedup_inner(&self, account_id: &str, since: Micros) -> Result<Vec<DedupRecord>, StoreError> {
+    async fn load_dedup_inner(
+        &self,
+        account_id: &str,
+        since: Micros,
+    ) -> Result<Vec<DedupRecord>, StoreError> {
         let meta = self.meta(account_id).await?;
         if !meta.exists {
             return Ok(Vec::new());
         }
         let found: Vec<DedupRow> = self
-            .rows(&self.statements.select_dedup, (account_id, since), "read dedup ids")
+            .rows(
+                &self.statements.select_dedup,
+                (account_id, since),
+                "read dedup ids",
+            )
             .await?;
         let mut records = Vec::with_capacity(found.len());
         for row in found {
-            let record = rows::dedup_record(row, &meta)
-                .map_err(|e| StoreError::Backend(format!("scylla store: dedup of {account_id}: {e}")))?;
+            let record = rows::dedup_record(row, &meta).map_err(|e| {
+                StoreError::Backend(format!("scylla store: dedup of {account_id}: {e}"))
+            })?;
             records.extend(record);
         }
         Ok(records)
@@ -447,12 +494,17 @@ impl ScyllaStore {
         let from = i64::try_from(from_seq).unwrap_or(i64::MAX);
         let cap = i32::try_from(limit).unwrap_or(i32::MAX);
         let found: Vec<JournalRow> = self
-            .rows(&self.statements.select_journal, (account_id, from, cap), "read journal")
+            .rows(
+                &self.statements.select_journal,
+                (account_id, from, cap),
+                "read journal",
+            )
             .await?;
         let mut records = Vec::new();
         for row in found {
-            let record = rows::journal_record(row)
-                .map_err(|e| StoreError::Backend(format!("scylla store: journal of {account_id}: {e}")))?;
+            let record = rows::journal_record(row).map_err(|e| {
+                StoreError::Backend(format!("scylla store: journal of {account_id}: {e}"))
+            })?;
             records.extend(record);
             if records.len() == limit {
                 break;
@@ -507,9 +559,17 @@ impl ScyllaStore {
         }
     }
 
-    async fn invoice_inner(&self, account_id: &str, invoice_id: &str) -> Result<Option<InvoiceRecord>, StoreError> {
+    async fn invoice_inner(
+        &self,
+        account_id: &str,
+        invoice_id: &str,
+    ) -> Result<Option<InvoiceRecord>, StoreError> {
         let found: Vec<(Option<Vec<u8>>,)> = self
-            .rows(&self.statements.select_invoice, (account_id, invoice_id), "read invoice")
+            .rows(
+                &self.statements.select_invoice,
+                (account_id, invoice_id),
+                "read invoice",
+            )
             .await?;
         Ok(found.into_iter().next().map(|(document,)| InvoiceRecord {
             invoice_id: invoice_id.to_owned(),
@@ -519,7 +579,11 @@ impl ScyllaStore {
 
     async fn invoices_inner(&self, account_id: &str) -> Result<Vec<InvoiceRecord>, StoreError> {
         let found: Vec<(String, Option<Vec<u8>>)> = self
-            .rows(&self.statements.select_invoices, (account_id,), "read invoices")
+            .rows(
+                &self.statements.select_invoices,
+                (account_id,),
+                "read invoices",
+            )
             .await?;
         Ok(found
             .into_iter()
@@ -532,9 +596,18 @@ impl ScyllaStore {
 
     /// Whether the account's snapshot still has its timer at `at` in
     /// `partition` (an index row left by a fenced writer does not).
-    async fn timer_is_current(&self, account_id: &str, partition: u32, at: Micros) -> Result<bool, StoreError> {
+    async fn timer_is_current(
+        &self,
+        account_id: &str,
+        partition: u32,
+        at: Micros,
+    ) -> Result<bool, StoreError> {
         let found: Vec<(Option<i32>, Option<i64>)> = self
-            .rows(&self.statements.select_timer_of, (account_id,), "verify timer")
+            .rows(
+                &self.statements.select_timer_of,
+                (account_id,),
+                "verify timer",
+            )
             .await?;
         Ok(found.first().is_some_and(|(p, t)| {
             p.and_then(|p| u32::try_from(p).ok()) == Some(partition) && *t == Some(at)
@@ -565,7 +638,11 @@ impl ScyllaStore {
         let mut all_empty_so_far = true;
         for (bucket,) in buckets {
             let rows: Vec<(i64, String)> = self
-                .rows(&self.statements.select_timers, (p, bucket, up_to), "read timers")
+                .rows(
+                    &self.statements.select_timers,
+                    (p, bucket, up_to),
+                    "read timers",
+                )
                 .await?;
             if rows.is_empty() && all_empty_so_far && bucket < last_bucket {
                 empty_below = Some(bucket + 1);
@@ -624,7 +701,10 @@ impl ScyllaStore {
             } else {
                 let current_cql = cql_bigint(current, "epoch")?;
                 self.session
-                    .execute_unpaged(&self.statements.claim_next, (next_cql, owner, now, p, current_cql))
+                    .execute_unpaged(
+                        &self.statements.claim_next,
+                        (next_cql, owner, now, p, current_cql),
+                    )
                     .await
             }
             .map_err(backend("claim partition"))?;
@@ -645,7 +725,11 @@ impl ScyllaStore {
                 tracing::info!(partition, epoch = next, owner, "partition claimed");
                 return Ok(next);
             }
-            tracing::debug!(partition, attempt, "claim lost to a concurrent claim; retrying");
+            tracing::debug!(
+                partition,
+                attempt,
+                "claim lost to a concurrent claim; retrying"
+            );
             tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt + 1))).await;
         }
         Err(StoreError::Backend(format!(
@@ -656,16 +740,27 @@ impl ScyllaStore {
 
 impl StateStore for ScyllaStore {
     async fn commit(&self, writes: &[AccountWrite]) -> Result<(), StoreError> {
-        self.stats.record_n(StoreOp::AccountWrite, writes.len() as u64);
+        self.stats
+            .record_n(StoreOp::AccountWrite, writes.len() as u64);
         self.counted(StoreOp::Commit, self.commit_inner(writes).await)
     }
 
     async fn load_account(&self, account_id: &str) -> Result<Option<StoredAccount>, StoreError> {
-        self.counted(StoreOp::LoadAccount, self.load_account_inner(account_id).await)
+        self.counted(
+            StoreOp::LoadAccount,
+            self.load_account_inner(account_id).await,
+        )
     }
 
-    async fn load_dedup(&self, account_id: &str, since: Micros) -> Result<Vec<DedupRecord>, StoreError> {
-        self.counted(StoreOp::LoadDedup, self.load_dedup_inner(account_id, since).await)
+    async fn load_dedup(
+        &self,
+        account_id: &str,
+        since: Micros,
+    ) -> Result<Vec<DedupRecord>, StoreError> {
+        self.counted(
+            StoreOp::LoadDedup,
+            self.load_dedup_inner(account_id, since).await,
+        )
     }
 
     async fn read_journal(
@@ -689,12 +784,20 @@ impl StateStore for ScyllaStore {
     ) -> Result<(), StoreError> {
         self.counted(
             StoreOp::MarkPublished,
-            self.mark_published_inner(account_id, partition, epoch, seq).await,
+            self.mark_published_inner(account_id, partition, epoch, seq)
+                .await,
         )
     }
 
-    async fn invoice(&self, account_id: &str, invoice_id: &str) -> Result<Option<InvoiceRecord>, StoreError> {
-        self.counted(StoreOp::ReadInvoice, self.invoice_inner(account_id, invoice_id).await)
+    async fn invoice(
+        &self,
+        account_id: &str,
+        invoice_id: &str,
+    ) -> Result<Option<InvoiceRecord>, StoreError> {
+        self.counted(
+            StoreOp::ReadInvoice,
+            self.invoice_inner(account_id, invoice_id).await,
+        )
     }
 
     async fn invoices(&self, account_id: &str) -> Result<Vec<InvoiceRecord>, StoreError> {
