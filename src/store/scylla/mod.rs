@@ -12,6 +12,8 @@ mod schema;
 mod stamp;
 mod statements;
 mod store;
+#[cfg(test)]
+mod typecheck;
 
 pub use schema::{render as render_schema, statements as schema_statements, SCHEMA_CQL};
 pub use store::{migrate, ScyllaStore};
