@@ -4,9 +4,10 @@
 //! `plan_write` checks the write against what the store knows of the
 //! account (`AccountMeta`: journal head, watermark, timer, offsets, last
 //! stamp), stamps it (`stamp.rs`) and lists the mutations. All of them
-//! concern one account: its partition of `accounts` (snapshot in static
-//! columns, journal rows), its rows of `invoices` and `dedup`, and its
-//! entries of the two index tables when its timer or partition moved.
+//! concern one account: its row of `accounts` (the commit point), its
+//! journal rows, its rows of `invoices` and `dedup`, and its entries of the
+//! two index tables when its timer or partition moved. `split` orders them
+//! into batches.
 
 use std::collections::BTreeMap;
 
@@ -16,12 +17,20 @@ use crate::store::{AccountWrite, Micros, StoreError};
 /// Width of a bucket of the timer index: one UTC day.
 pub const TIMER_BUCKET_MICROS: i64 = 86_400 * 1_000_000;
 
+/// Journal entries per partition of the `journal` table.
+pub const JOURNAL_BLOCK: u64 = 10_000;
+
+/// The `journal` partition (block) of entry `seq`.
+pub fn journal_block(seq: u64) -> i64 {
+    (seq / JOURNAL_BLOCK) as i64
+}
+
 /// The day bucket of a timer at `at`.
 pub fn timer_bucket(at: Micros) -> i64 {
     at.div_euclid(TIMER_BUCKET_MICROS)
 }
 
-/// What the store knows of an account's static columns.
+/// What the store knows of an account's row.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AccountMeta {
     /// False for an account never written (then the rest is zero).
@@ -45,9 +54,10 @@ pub struct AccountMeta {
 /// One CQL mutation, borrowing its bytes from the write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mutation<'a> {
-    /// Every static column of the account (all rewritten by every write, so
-    /// the new owner's first write replaces all a fenced writer left).
-    Statics {
+    /// Every column of the account's row (all rewritten by every write, so
+    /// the new owner's first write replaces all a fenced writer left). The
+    /// commit point of the write.
+    Account {
         account_id: &'a str,
         stamp: i64,
         partition: i32,
@@ -61,6 +71,7 @@ pub enum Mutation<'a> {
     Journal {
         account_id: &'a str,
         stamp: i64,
+        block: i64,
         seq: i64,
         at: i64,
         entry: &'a [u8],
@@ -115,9 +126,8 @@ pub enum Mutation<'a> {
 pub struct WritePlan<'a> {
     pub mutations: Vec<Mutation<'a>>,
     /// True when the last batch (see `split`) spans more than the account's
-    /// partition of `accounts` (invoices, index rows): it must be LOGGED to
-    /// be all-or-nothing. A batch within that one partition is atomic and
-    /// isolated as UNLOGGED.
+    /// row (invoices, index rows): it must be LOGGED to be all-or-nothing.
+    /// The row alone is one single-partition write, atomic and isolated.
     pub logged: bool,
     /// Timer bucket the plan inserts into, if any (the caller remembers it).
     pub timer_bucket: Option<(u32, i64)>,
@@ -165,7 +175,7 @@ pub fn plan_write<'a>(
     );
 
     let mut mutations = Vec::with_capacity(1 + w.journal.len() + w.dedup.len() + w.invoices.len());
-    mutations.push(Mutation::Statics {
+    mutations.push(Mutation::Account {
         account_id: id,
         stamp,
         partition,
@@ -180,6 +190,7 @@ pub fn plan_write<'a>(
         mutations.push(Mutation::Journal {
             account_id: id,
             stamp,
+            block: journal_block(record.seq),
             seq: cql_bigint(record.seq, "journal seq")?,
             at: record.at,
             entry: &record.bytes,
@@ -285,7 +296,7 @@ fn size_of(m: &Mutation<'_>) -> usize {
     const OVERHEAD: usize = 64;
     OVERHEAD
         + match m {
-            Mutation::Statics {
+            Mutation::Account {
                 account_id,
                 snapshot,
                 offsets,
@@ -323,59 +334,41 @@ pub struct BatchPlan {
 }
 
 /// The batches of a plan, in the order they must be sent: first the dedup
-/// ids (never in the last batch, so the common write needs no LOGGED
-/// batch) and the oldest journal rows that do not fit in `budget`, in
-/// single-partition UNLOGGED batches that may go in parallel; then the last
-/// batch with the static columns, invoices, index rows and the journal rows
-/// that fit. Until the last batch lands nothing of the earlier ones is
-/// visible: readers stop at the journal head and ignore dedup ids stamped
-/// after the snapshot.
+/// ids and the journal rows, in UNLOGGED batches of one partition each (at
+/// most `budget` bytes) that may go in parallel; then the last batch, the
+/// commit point: the account's row, plus invoices and index rows when there
+/// are any (then LOGGED). Until the last batch lands nothing of the earlier
+/// ones is visible: readers stop at the journal head and ignore dedup ids
+/// stamped after the account row's write.
 pub fn split(plan: &WritePlan<'_>, budget: usize) -> Vec<BatchPlan> {
-    let mut dedup = Vec::new();
-    let mut journal = Vec::new();
-    let mut rest = Vec::new();
+    let mut ahead: Vec<(u8, i64, Vec<usize>, usize)> = Vec::new();
+    let mut last = Vec::new();
     for (i, m) in plan.mutations.iter().enumerate() {
-        match m {
-            Mutation::Dedup { .. } => dedup.push(i),
-            Mutation::Journal { .. } => journal.push(i),
-            _ => rest.push(i),
-        }
-    }
-    let size = |i: &usize| size_of(&plan.mutations[*i]);
-    let mut batches = Vec::new();
-    let chunk = |ids: &[usize], batches: &mut Vec<BatchPlan>| {
-        let mut current = Vec::new();
-        let mut bytes = 0;
-        for &i in ids {
-            if !current.is_empty() && bytes + size(&i) > budget {
-                batches.push(BatchPlan {
-                    logged: false,
-                    mutations: std::mem::take(&mut current),
-                });
-                bytes = 0;
+        // (table, partition within the account) of the ahead mutations.
+        let key = match m {
+            Mutation::Dedup { .. } => (0, 0),
+            Mutation::Journal { block, .. } => (1, *block),
+            _ => {
+                last.push(i);
+                continue;
             }
-            bytes += size(&i);
-            current.push(i);
+        };
+        let size = size_of(m);
+        match ahead.last_mut() {
+            Some((t, b, ids, bytes)) if (*t, *b) == key && *bytes + size <= budget => {
+                ids.push(i);
+                *bytes += size;
+            }
+            _ => ahead.push((key.0, key.1, vec![i], size)),
         }
-        if !current.is_empty() {
-            batches.push(BatchPlan {
-                logged: false,
-                mutations: current,
-            });
-        }
-    };
-    chunk(&dedup, &mut batches);
-    // Keep the newest journal rows that fit with the rest in the last batch.
-    let mut last_bytes: usize = rest.iter().map(size).sum();
-    let mut keep_from = journal.len();
-    while keep_from > 0 && last_bytes + size(&journal[keep_from - 1]) <= budget {
-        keep_from -= 1;
-        last_bytes += size(&journal[keep_from]);
     }
-    chunk(&journal[..keep_from], &mut batches);
-    let mut last = rest;
-    last.extend_from_slice(&journal[keep_from..]);
-    last.sort_unstable();
+    let mut batches: Vec<BatchPlan> = ahead
+        .into_iter()
+        .map(|(_, _, mutations, _)| BatchPlan {
+            logged: false,
+            mutations,
+        })
+        .collect();
     batches.push(BatchPlan {
         logged: plan.logged,
         mutations: last,
@@ -465,18 +458,19 @@ mod tests {
         let prev = existing(3, stamp(5, 7).unwrap());
         let w = write(4..=5);
         let plan = plan_write(&prev, &w, 100, 0, |_, _| true).unwrap();
-        assert!(!plan.logged, "only the account partition is written");
+        assert!(!plan.logged, "only the account row is in the last batch");
         assert_eq!(plan.mutations.len(), 3);
         let s = stamp(5, 8).unwrap();
         assert!(matches!(
             plan.mutations[0],
-            Mutation::Statics { stamp, journal_head: 5, published_upto: 0, partition: 2, .. } if stamp == s
+            Mutation::Account { stamp, journal_head: 5, published_upto: 0, partition: 2, .. } if stamp == s
         ));
         assert_eq!(
             plan.mutations[2],
             Mutation::Journal {
                 account_id: "acc",
                 stamp: s,
+                block: 0,
                 seq: 5,
                 at: 50,
                 entry: &[5]
@@ -543,7 +537,7 @@ mod tests {
         assert_eq!(
             plan.mutations,
             vec![
-                Mutation::Statics {
+                Mutation::Account {
                     account_id: "acc",
                     stamp: s,
                     partition: 2,
@@ -559,6 +553,7 @@ mod tests {
                 Mutation::Journal {
                     account_id: "acc",
                     stamp: s,
+                    block: 0,
                     seq: 1,
                     at: 10,
                     entry: &[1]
@@ -652,8 +647,8 @@ mod tests {
         assert_eq!(plan.after.published_upto, 6);
         assert_eq!(plan.after.offsets[&("usage".to_string(), 2)], 60);
         assert_eq!(plan.after.offsets[&("payments".to_string(), 2)], 7);
-        let Mutation::Statics { offsets, .. } = &plan.mutations[0] else {
-            panic!("statics first");
+        let Mutation::Account { offsets, .. } = &plan.mutations[0] else {
+            panic!("account row first");
         };
         assert_eq!(offsets.len(), 2, "the whole map is written every time");
     }
@@ -680,7 +675,7 @@ mod tests {
     }
 
     #[test]
-    fn dedup_goes_first_and_the_statics_last() {
+    fn dedup_and_journal_go_first_and_the_account_row_last() {
         let mut w = write(1..=2);
         w.dedup = (0..3)
             .map(|k| DedupRecord {
@@ -697,35 +692,49 @@ mod tests {
             [
                 BatchPlan {
                     logged: false,
+                    mutations: vec![1, 2]
+                },
+                BatchPlan {
+                    logged: false,
                     mutations: vec![3, 4, 5]
                 },
                 BatchPlan {
                     logged: false,
-                    mutations: vec![0, 1, 2]
+                    mutations: vec![0]
                 },
             ]
         );
     }
 
     #[test]
-    fn big_journal_is_split_oldest_first_and_every_batch_fits() {
-        let mut w = write(1..=40);
+    fn journal_batches_stay_within_one_block_and_the_budget() {
+        let prev = existing(JOURNAL_BLOCK - 3, 1);
+        let mut w = write(JOURNAL_BLOCK - 2..=JOURNAL_BLOCK + 40);
         for r in &mut w.journal {
             r.bytes = vec![0; 10_000];
         }
         w.snapshot = vec![0; 20_000];
-        let plan = plan_write(&existing(0, 1), &w, 1, 0, |_, _| true).unwrap();
+        let plan = plan_write(&prev, &w, 1, 0, |_, _| true).unwrap();
         let batches = split(&plan, BATCH_BYTES);
-        assert!(batches.len() > 4);
         let last = batches.last().unwrap();
-        assert!(last.mutations.contains(&0), "statics in the last batch");
-        // The last batch holds the newest journal rows, the first the oldest.
-        assert!(last.mutations.contains(&40));
-        assert!(batches[0].mutations.contains(&1));
+        assert_eq!(last.mutations, [0], "the account row alone, last");
         let mut seen: Vec<usize> = batches.iter().flat_map(|b| b.mutations.clone()).collect();
         seen.sort_unstable();
-        assert_eq!(seen, (0..=40).collect::<Vec<_>>(), "each mutation once");
-        for b in &batches {
+        assert_eq!(
+            seen,
+            (0..plan.mutations.len()).collect::<Vec<_>>(),
+            "each mutation once"
+        );
+        for b in &batches[..batches.len() - 1] {
+            let blocks: std::collections::BTreeSet<i64> = b
+                .mutations
+                .iter()
+                .map(|&i| match plan.mutations[i] {
+                    Mutation::Journal { block, .. } => block,
+                    ref other => panic!("{other:?} before the commit point"),
+                })
+                .collect();
+            assert_eq!(blocks.len(), 1, "a batch spans one journal partition");
             let bytes: usize = b
                 .mutations
                 .iter()
@@ -733,6 +742,16 @@ mod tests {
                 .sum();
             assert!(bytes <= BATCH_BYTES, "batch of {bytes} bytes");
         }
+        // The rows of block 0 and of block 1 are in different batches.
+        assert!(batches.len() > 4);
+    }
+
+    #[test]
+    fn journal_blocks_hold_ten_thousand_entries() {
+        assert_eq!(journal_block(1), 0);
+        assert_eq!(journal_block(9_999), 0);
+        assert_eq!(journal_block(10_000), 1);
+        assert_eq!(journal_block(123_456), 12);
     }
 
     #[test]

@@ -10,8 +10,8 @@ use crate::store::{DedupRecord, InputOffset, JournalRecord, StoredAccount};
 
 /// `SELECT partition, snapshot, journal_head, published_upto, next_timer,
 /// input_offsets, fenced_ranges, WRITETIME(snapshot),
-/// WRITETIME(published_upto) FROM accounts WHERE account_id = ? LIMIT 1`.
-pub type StaticsRow = (
+/// WRITETIME(published_upto) FROM accounts WHERE account_id = ?`.
+pub type AccountRow = (
     Option<i32>,
     Option<Vec<u8>>,
     Option<i64>,
@@ -23,9 +23,9 @@ pub type StaticsRow = (
     Option<i64>,
 );
 
-/// `SELECT seq, at, entry, journal_head FROM accounts WHERE account_id = ?
-/// AND seq >= ?` (the static head comes with every row).
-pub type JournalRow = (Option<i64>, Option<i64>, Option<Vec<u8>>, Option<i64>);
+/// `SELECT seq, at, entry FROM journal WHERE account_id = ? AND block = ?
+/// AND seq >= ? AND seq <= ?` (the upper bound is the account's head).
+pub type JournalRow = (i64, Option<i64>, Option<Vec<u8>>);
 
 /// `SELECT seen_at, event_key, fingerprint, WRITETIME(fingerprint) FROM dedup ...`.
 pub type DedupRow = (i64, Vec<u8>, Option<i64>, Option<i64>);
@@ -35,9 +35,9 @@ fn unsigned(value: Option<i64>, what: &str) -> Result<u64, String> {
     u64::try_from(v).map_err(|_| format!("{what} is negative ({v})"))
 }
 
-/// The account's static columns as `AccountMeta` and its snapshot, or
-/// `None` for an account never written (no snapshot).
-pub fn account_from_statics(row: StaticsRow) -> Result<Option<(AccountMeta, Vec<u8>)>, String> {
+/// The account's row as `AccountMeta` and its snapshot, or `None` for an
+/// account never written (no snapshot).
+pub fn account_from_row(row: AccountRow) -> Result<Option<(AccountMeta, Vec<u8>)>, String> {
     let (
         partition,
         snapshot,
@@ -94,20 +94,14 @@ pub fn stored_account(meta: &AccountMeta, snapshot: Vec<u8>) -> StoredAccount {
     }
 }
 
-/// A journal row, if it is part of the journal: rows past the static
-/// head are leftovers of a fenced or failed writer.
-pub fn journal_record(row: JournalRow) -> Result<Option<JournalRecord>, String> {
-    let (seq, at, entry, head) = row;
-    let Some(seq) = seq else { return Ok(None) };
-    let seq = unsigned(Some(seq), "seq")?;
-    if seq > unsigned(head, "journal_head")? {
-        return Ok(None);
-    }
-    Ok(Some(JournalRecord {
-        seq,
+/// A journal row.
+pub fn journal_record(row: JournalRow) -> Result<JournalRecord, String> {
+    let (seq, at, entry) = row;
+    Ok(JournalRecord {
+        seq: unsigned(Some(seq), "seq")?,
         at: at.unwrap_or(0),
         bytes: entry.unwrap_or_default(),
-    }))
+    })
 }
 
 /// A dedup row, if it is part of the account's history (see
@@ -134,7 +128,7 @@ mod tests {
     use super::*;
     use crate::store::scylla::stamp::stamp;
 
-    fn statics() -> StaticsRow {
+    fn account_row() -> AccountRow {
         let mut offsets = BTreeMap::new();
         offsets.insert(("usage".to_string(), 3), 100);
         offsets.insert(("accounts".to_string(), 3), 7);
@@ -152,8 +146,8 @@ mod tests {
     }
 
     #[test]
-    fn statics_row_maps_to_meta_and_stored_account() {
-        let (meta, snapshot) = account_from_statics(statics()).unwrap().unwrap();
+    fn account_row_maps_to_meta_and_stored_account() {
+        let (meta, snapshot) = account_from_row(account_row()).unwrap().unwrap();
         assert_eq!(meta.partition, 3);
         assert_eq!(meta.snapshot_stamp, stamp(2, 8).unwrap());
         assert_eq!(meta.last_stamp, stamp(2, 9).unwrap());
@@ -182,38 +176,33 @@ mod tests {
 
     #[test]
     fn no_snapshot_means_no_account_and_bad_values_are_errors() {
-        let mut row = statics();
+        let mut row = account_row();
         row.1 = None;
-        assert_eq!(account_from_statics(row).unwrap(), None);
-        let mut row = statics();
+        assert_eq!(account_from_row(row).unwrap(), None);
+        let mut row = account_row();
         row.2 = Some(-1);
-        assert!(account_from_statics(row)
-            .unwrap_err()
-            .contains("journal_head"));
-        let mut row = statics();
+        assert!(account_from_row(row).unwrap_err().contains("journal_head"));
+        let mut row = account_row();
         row.0 = None;
-        assert!(account_from_statics(row).is_err());
+        assert!(account_from_row(row).is_err());
     }
 
     #[test]
-    fn journal_rows_past_the_head_are_not_returned() {
-        let row = |seq| (Some(seq), Some(seq * 10), Some(vec![seq as u8]), Some(5));
+    fn journal_rows_map_and_a_negative_seq_is_an_error() {
         assert_eq!(
-            journal_record(row(5)).unwrap(),
-            Some(JournalRecord {
+            journal_record((5, Some(50), Some(vec![5]))).unwrap(),
+            JournalRecord {
                 seq: 5,
                 at: 50,
                 bytes: vec![5]
-            })
+            }
         );
-        assert_eq!(journal_record(row(6)).unwrap(), None);
-        // A static-only row (no journal rows in the range).
-        assert_eq!(journal_record((None, None, None, Some(5))).unwrap(), None);
+        assert!(journal_record((-1, None, None)).is_err());
     }
 
     #[test]
     fn dedup_rows_round_trip_and_outside_history_are_dropped() {
-        let (meta, _) = account_from_statics(statics()).unwrap().unwrap();
+        let (meta, _) = account_from_row(account_row()).unwrap().unwrap();
         let key = u128::MAX - 5;
         let row = |s: i64| (250, key.to_be_bytes().to_vec(), Some(-2), Some(s));
         assert_eq!(

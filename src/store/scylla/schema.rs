@@ -10,8 +10,9 @@ pub const SCHEMA_CQL: &str = include_str!("../../../schemas/cql/billstream.cql")
 
 /// The tables the store uses, in file order.
 #[cfg(test)]
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 8] = [
     "accounts",
+    "journal",
     "invoices",
     "dedup",
     "timers",

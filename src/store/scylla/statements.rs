@@ -30,19 +30,21 @@ pub fn texts(ks: &str) -> Vec<(&'static str, String)> {
             "select_account",
             format!(
                 "SELECT partition, snapshot, journal_head, published_upto, next_timer, input_offsets, fenced_ranges, \
-                 WRITETIME(snapshot), WRITETIME(published_upto) FROM {ks}.accounts WHERE account_id = ? LIMIT 1"
+                 WRITETIME(snapshot), WRITETIME(published_upto) FROM {ks}.accounts WHERE account_id = ?"
             ),
         ),
         (
             "select_timer_of",
-            format!("SELECT partition, next_timer FROM {ks}.accounts WHERE account_id = ? LIMIT 1"),
+            format!("SELECT partition, next_timer FROM {ks}.accounts WHERE account_id = ?"),
         ),
         (
             "select_journal",
-            format!("SELECT seq, at, entry, journal_head FROM {ks}.accounts WHERE account_id = ? AND seq >= ? LIMIT ?"),
+            format!(
+                "SELECT seq, at, entry FROM {ks}.journal WHERE account_id = ? AND block = ? AND seq >= ? AND seq <= ? LIMIT ?"
+            ),
         ),
         (
-            "update_statics",
+            "update_account",
             format!(
                 "UPDATE {ks}.accounts USING TIMESTAMP ? SET partition = ?, snapshot = ?, journal_head = ?, \
                  published_upto = ?, next_timer = ?, input_offsets = ?, fenced_ranges = ? WHERE account_id = ?"
@@ -50,7 +52,13 @@ pub fn texts(ks: &str) -> Vec<(&'static str, String)> {
         ),
         (
             "insert_journal",
-            format!("INSERT INTO {ks}.accounts (account_id, seq, at, entry) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
+            format!(
+                "INSERT INTO {ks}.journal (account_id, block, seq, at, entry) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"
+            ),
+        ),
+        (
+            "select_head",
+            format!("SELECT journal_head FROM {ks}.accounts WHERE account_id = ?"),
         ),
         (
             "update_published",
@@ -129,8 +137,9 @@ pub struct Statements {
     pub select_account: PreparedStatement,
     pub select_timer_of: PreparedStatement,
     pub select_journal: PreparedStatement,
-    pub update_statics: PreparedStatement,
+    pub update_account: PreparedStatement,
     pub insert_journal: PreparedStatement,
+    pub select_head: PreparedStatement,
     pub update_published: PreparedStatement,
     pub insert_invoice: PreparedStatement,
     pub select_invoice: PreparedStatement,
@@ -184,8 +193,9 @@ impl Statements {
             select_account: take("select_account")?,
             select_timer_of: take("select_timer_of")?,
             select_journal: take("select_journal")?,
-            update_statics: take("update_statics")?,
+            update_account: take("update_account")?,
             insert_journal: take("insert_journal")?,
+            select_head: take("select_head")?,
             update_published: take("update_published")?,
             insert_invoice: take("insert_invoice")?,
             select_invoice: take("select_invoice")?,
@@ -206,7 +216,7 @@ impl Statements {
     /// The statement a mutation binds to.
     pub fn for_mutation(&self, m: &Mutation<'_>) -> &PreparedStatement {
         match m {
-            Mutation::Statics { .. } => &self.update_statics,
+            Mutation::Account { .. } => &self.update_account,
             Mutation::Journal { .. } => &self.insert_journal,
             Mutation::Invoice { .. } => &self.insert_invoice,
             Mutation::Dedup { .. } => &self.insert_dedup,
@@ -228,7 +238,7 @@ impl SerializeRow for Mutation<'_> {
         writer: &mut RowWriter,
     ) -> Result<(), SerializationError> {
         match self {
-            Mutation::Statics {
+            Mutation::Account {
                 account_id,
                 stamp,
                 partition,
@@ -253,10 +263,11 @@ impl SerializeRow for Mutation<'_> {
             Mutation::Journal {
                 account_id,
                 stamp,
+                block,
                 seq,
                 at,
                 entry,
-            } => (account_id, seq, at, entry, stamp).serialize(ctx, writer),
+            } => (account_id, block, seq, at, entry, stamp).serialize(ctx, writer),
             Mutation::Invoice {
                 account_id,
                 stamp,
@@ -371,8 +382,8 @@ mod tests {
                 .map(|(_, t)| t.matches('?').count())
                 .unwrap()
         };
-        assert_eq!(markers("update_statics"), 9);
-        assert_eq!(markers("insert_journal"), 5);
+        assert_eq!(markers("update_account"), 9);
+        assert_eq!(markers("insert_journal"), 6);
         assert_eq!(markers("insert_invoice"), 4);
         assert_eq!(markers("insert_dedup"), 6);
         assert_eq!(markers("insert_timer"), 5);

@@ -2,11 +2,12 @@
 //!
 //! Per commit: one read of the ownership epoch per partition touched (a
 //! stale writer gets `Fenced` before it writes anything), then per account
-//! one batch within the account's partition (plus a dedup batch ahead, and
-//! a LOGGED batch only when invoices or index rows move), all stamped so
-//! that a newer epoch always wins (`stamp.rs`). Accounts go in parallel,
+//! its journal rows and dedup ids (single-partition batches), then its row
+//! of `accounts`, the commit point (LOGGED with invoices and index rows
+//! when there are any), all stamped so that a newer epoch always wins
+//! (`stamp.rs`). Accounts go in parallel,
 //! the writes of one account in order. What the store knows of each
-//! account's static columns is cached, so the hot path reads nothing but
+//! account's row is cached, so the hot path reads nothing but
 //! the epochs. ARCHITECTURE.md, "ScyllaDB store: fencing and guarantees",
 //! explains why this holds.
 
@@ -24,8 +25,11 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue, Row};
 
-use super::plan::{self, cql_bigint, cql_int, plan_write, timer_bucket, AccountMeta, WritePlan};
-use super::rows::{self, DedupRow, JournalRow, StaticsRow};
+use super::plan::{
+    self, cql_bigint, cql_int, journal_block, plan_write, timer_bucket, AccountMeta, WritePlan,
+    JOURNAL_BLOCK,
+};
+use super::rows::{self, AccountRow, DedupRow, JournalRow};
 use super::schema;
 use super::statements::Statements;
 use crate::config::ScyllaSettings;
@@ -44,7 +48,7 @@ const CLAIM_ATTEMPTS: u32 = 10;
 /// What the store remembers between calls (never held across an await).
 #[derive(Debug, Default)]
 struct Known {
-    /// Static columns per account as last read or written by this store.
+    /// Each account's row as last read or written by this store.
     accounts: HashMap<String, AccountMeta>,
     /// Stamps of writes whose outcome is unknown, per account: the next
     /// write must stamp above them and fence them off.
@@ -227,12 +231,12 @@ impl ScyllaStore {
         Ok(())
     }
 
-    /// Reads an account's static columns (and refreshes the cache).
+    /// Reads an account's row (and refreshes the cache).
     async fn read_account(
         &self,
         account_id: &str,
     ) -> Result<Option<(AccountMeta, Vec<u8>)>, StoreError> {
-        let found: Vec<StaticsRow> = self
+        let found: Vec<AccountRow> = self
             .rows(
                 &self.statements.select_account,
                 (account_id,),
@@ -240,7 +244,7 @@ impl ScyllaStore {
             )
             .await?;
         let account = match found.into_iter().next() {
-            Some(row) => rows::account_from_statics(row).map_err(|e| {
+            Some(row) => rows::account_from_row(row).map_err(|e| {
                 StoreError::Backend(format!("scylla store: account {account_id}: {e}"))
             })?,
             None => None,
@@ -491,25 +495,46 @@ impl ScyllaStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let from = i64::try_from(from_seq).unwrap_or(i64::MAX);
-        let cap = i32::try_from(limit).unwrap_or(i32::MAX);
-        let found: Vec<JournalRow> = self
+        // The head as stored now (rows past it are not part of the journal).
+        let heads: Vec<(Option<i64>,)> = self
             .rows(
-                &self.statements.select_journal,
-                (account_id, from, cap),
-                "read journal",
+                &self.statements.select_head,
+                (account_id,),
+                "read journal head",
             )
             .await?;
+        let head = heads
+            .first()
+            .and_then(|(h,)| *h)
+            .and_then(|h| u64::try_from(h).ok())
+            .unwrap_or(0);
         let mut records = Vec::new();
-        for row in found {
-            let record = rows::journal_record(row).map_err(|e| {
-                StoreError::Backend(format!("scylla store: journal of {account_id}: {e}"))
-            })?;
-            records.extend(record);
-            if records.len() == limit {
-                break;
+        let mut from = from_seq;
+        while from <= head && records.len() < limit {
+            let block = journal_block(from);
+            let block_last = ((from / JOURNAL_BLOCK + 1) * JOURNAL_BLOCK - 1).min(head);
+            let wanted = i32::try_from(limit - records.len()).unwrap_or(i32::MAX);
+            let found: Vec<JournalRow> = self
+                .rows(
+                    &self.statements.select_journal,
+                    (
+                        account_id,
+                        block,
+                        cql_bigint(from, "journal seq")?,
+                        cql_bigint(block_last, "journal seq")?,
+                        wanted,
+                    ),
+                    "read journal",
+                )
+                .await?;
+            for row in found {
+                records.push(rows::journal_record(row).map_err(|e| {
+                    StoreError::Backend(format!("scylla store: journal of {account_id}: {e}"))
+                })?);
             }
+            from = block_last + 1;
         }
+        records.truncate(limit);
         Ok(records)
     }
 

@@ -16,7 +16,7 @@ use scylla::serialize::writers::RowWriter;
 use scylla::value::{CqlTimestamp, Row};
 
 use super::plan::{plan_write, AccountMeta, Mutation};
-use super::rows::{DedupRow, JournalRow, StaticsRow};
+use super::rows::{AccountRow, DedupRow, JournalRow};
 use super::schema::{render, statements as split};
 use super::statements::texts;
 use crate::config::Replication;
@@ -284,7 +284,7 @@ fn every_mutation_binds_the_schema_types() {
     let mut seen = std::collections::BTreeSet::new();
     for m in &plan.mutations {
         let name = match m {
-            Mutation::Statics { .. } => "update_statics",
+            Mutation::Account { .. } => "update_account",
             Mutation::Journal { .. } => "insert_journal",
             Mutation::Invoice { .. } => "insert_invoice",
             Mutation::Dedup { .. } => "insert_dedup",
@@ -302,14 +302,14 @@ fn every_mutation_binds_the_schema_types() {
         9,
         "every kind of mutation was checked: {seen:?}"
     );
-    // A statics row without timer and offsets binds too (nulls, empty map).
+    // An account row without timer and offsets binds too (nulls, empty map).
     let bare_write = AccountWrite {
         next_timer: None,
         offsets: vec![],
         ..write.clone()
     };
     let bare = plan_write(&AccountMeta::default(), &bare_write, 60, 0, |_, _| true).unwrap();
-    checker.binds("update_statics", &bare.mutations[0]);
+    checker.binds("update_account", &bare.mutations[0]);
 }
 
 #[test]
@@ -322,10 +322,12 @@ fn every_read_binds_and_maps_the_schema_types() {
     c.binds("claim_first", &(1i32, 1i64, "owner", CqlTimestamp(0)));
     c.binds("claim_next", &(2i64, "owner", CqlTimestamp(0), 1i32, 1i64));
     c.binds("select_account", &("acc",));
-    c.reads::<StaticsRow>("select_account");
+    c.reads::<AccountRow>("select_account");
     c.binds("select_timer_of", &("acc",));
     c.reads::<(Option<i32>, Option<i64>)>("select_timer_of");
-    c.binds("select_journal", &("acc", 1i64, 10i32));
+    c.binds("select_head", &("acc",));
+    c.reads::<(Option<i64>,)>("select_head");
+    c.binds("select_journal", &("acc", 0i64, 1i64, 5i64, 10i32));
     c.reads::<JournalRow>("select_journal");
     c.binds("update_published", &(1i64, 2i64, "acc"));
     c.binds("select_invoice", &("acc", "inv"));
@@ -350,7 +352,7 @@ fn a_wrong_type_is_caught_by_this_check() {
     let specs = marker_specs(&c.texts["select_journal"], &c.tables);
     let mut buf = Vec::new();
     // seq is a bigint: an i32 must not pass.
-    let wrong = ("acc", 1i32, 10i32);
+    let wrong = ("acc", 0i64, 1i32, 5i64, 10i32);
     assert!(wrong
         .serialize(
             &RowSerializationContext::from_specs(&specs),
