@@ -31,6 +31,7 @@ use super::plan::{
 };
 use super::rows::{self, AccountRow, DedupRow, JournalRow};
 use super::schema;
+use super::stamp::MAX_EPOCH;
 use super::statements::Statements;
 use crate::config::ScyllaSettings;
 use crate::store::{
@@ -398,6 +399,7 @@ impl ScyllaStore {
         }
 
         // 4. Send: accounts in parallel, one account's plans in order.
+        let started = std::time::Instant::now();
         let mut per_account: BTreeMap<&str, Vec<&WritePlan<'_>>> = BTreeMap::new();
         for (w, plan) in writes.iter().zip(&plans) {
             per_account
@@ -447,6 +449,14 @@ impl ScyllaStore {
             }
         }
         drop(known);
+        tracing::debug!(
+            accounts = per_account.len(),
+            writes = writes.len(),
+            partitions = epochs.len(),
+            failed = first_error.is_some(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "scylla commit"
+        );
         first_error.map_or(Ok(()), Err)
     }
 
@@ -717,6 +727,11 @@ impl ScyllaStore {
         for attempt in 0..CLAIM_ATTEMPTS {
             let current = self.owner_epoch(partition, true).await?;
             let next = current + 1;
+            if next > MAX_EPOCH {
+                return Err(StoreError::Backend(format!(
+                    "scylla store: partition {partition} has used every epoch a write timestamp can carry ({MAX_EPOCH})"
+                )));
+            }
             let next_cql = cql_bigint(next, "epoch")?;
             let now = CqlTimestamp(now_ms());
             let result = if current == 0 {
