@@ -91,6 +91,11 @@ struct RawStore {
     path: String,
     scylla_nodes: Vec<String>,
     keyspace: String,
+    replication_class: String,
+    replication_factor: u32,
+    #[serde(default)]
+    datacenters: std::collections::BTreeMap<String, u32>,
+    local_datacenter: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,13 +138,180 @@ pub struct KafkaSettings {
 /// Where billing state of record lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreSettings {
-    Embedded {
-        path: PathBuf,
+    Embedded { path: PathBuf },
+    Scylla(ScyllaSettings),
+}
+
+/// Where and how the ScyllaDB store keeps its tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScyllaSettings {
+    /// Contact points, `host:port`.
+    pub nodes: Vec<String>,
+    /// A valid CQL identifier (checked), so it can be written into CQL text.
+    pub keyspace: String,
+    /// Replication of the keyspace, used by `billstream migrate`.
+    pub replication: Replication,
+    /// Datacenter whose nodes coordinate requests (`None` = any).
+    pub local_datacenter: Option<String>,
+    /// TTL of dedup records: the engine's dedup window plus one day.
+    pub dedup_ttl: Duration,
+}
+
+/// Keyspace replication (`store.replication_class` and its factors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replication {
+    /// `SimpleStrategy` with one factor (single datacenter, development).
+    Simple { factor: u32 },
+    /// `NetworkTopologyStrategy` with one factor for every datacenter.
+    NetworkTopology { factor: u32 },
+    /// `NetworkTopologyStrategy` with a factor per named datacenter.
+    PerDatacenter {
+        factors: std::collections::BTreeMap<String, u32>,
     },
-    Scylla {
-        nodes: Vec<String>,
-        keyspace: String,
-    },
+}
+
+impl Replication {
+    /// The CQL replication map, e.g.
+    /// `{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}`.
+    pub fn cql_map(&self) -> String {
+        match self {
+            Replication::Simple { factor } => {
+                format!("{{'class': 'SimpleStrategy', 'replication_factor': {factor}}}")
+            }
+            Replication::NetworkTopology { factor } => {
+                format!("{{'class': 'NetworkTopologyStrategy', 'replication_factor': {factor}}}")
+            }
+            Replication::PerDatacenter { factors } => {
+                let mut map = String::from("{'class': 'NetworkTopologyStrategy'");
+                for (dc, factor) in factors {
+                    map.push_str(&format!(", '{dc}': {factor}"));
+                }
+                map.push('}');
+                map
+            }
+        }
+    }
+}
+
+/// Highest replication factor accepted (a typo guard, not a limit of ScyllaDB).
+const MAX_REPLICATION_FACTOR: u32 = 9;
+
+/// A CQL identifier billstream can write unquoted: a letter, then letters,
+/// digits or `_`, at most 48 characters (ScyllaDB's keyspace name limit).
+fn is_cql_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 48
+}
+
+fn host_port(field: &str, text: &str) -> Result<(), ConfigError> {
+    let ok = text
+        .trim()
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(field, format!("{text:?} is not host:port")))
+    }
+}
+
+impl RawStore {
+    fn scylla(&self, dedup_window_micros: i64) -> Result<ScyllaSettings, ConfigError> {
+        if self.scylla_nodes.is_empty() {
+            return Err(invalid(
+                "store.scylla_nodes",
+                "needs at least one host:port when store.kind = \"scylla\"",
+            ));
+        }
+        for (i, node) in self.scylla_nodes.iter().enumerate() {
+            host_port(&format!("store.scylla_nodes[{i}]"), node)?;
+        }
+        if !is_cql_identifier(&self.keyspace) {
+            return Err(invalid(
+                "store.keyspace",
+                format!(
+                    "{:?} is not a keyspace name (a letter, then letters, digits or _, at most 48)",
+                    self.keyspace
+                ),
+            ));
+        }
+        let factor_ok = |field: &str, factor: u32| {
+            if (1..=MAX_REPLICATION_FACTOR).contains(&factor) {
+                Ok(factor)
+            } else {
+                Err(invalid(
+                    field,
+                    format!("{factor} is not between 1 and {MAX_REPLICATION_FACTOR}"),
+                ))
+            }
+        };
+        let replication = match self.replication_class.as_str() {
+            "SimpleStrategy" => {
+                if !self.datacenters.is_empty() {
+                    return Err(invalid(
+                        "store.datacenters",
+                        "needs store.replication_class = \"NetworkTopologyStrategy\"",
+                    ));
+                }
+                Replication::Simple {
+                    factor: factor_ok("store.replication_factor", self.replication_factor)?,
+                }
+            }
+            "NetworkTopologyStrategy" if self.datacenters.is_empty() => {
+                Replication::NetworkTopology {
+                    factor: factor_ok("store.replication_factor", self.replication_factor)?,
+                }
+            }
+            "NetworkTopologyStrategy" => {
+                for (dc, factor) in &self.datacenters {
+                    let field = format!("store.datacenters.{dc}");
+                    let name_ok = !dc.is_empty()
+                        && dc
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+                    if !name_ok {
+                        return Err(invalid(
+                            &field,
+                            "a datacenter name has letters, digits, '_', '-' or '.'",
+                        ));
+                    }
+                    factor_ok(&field, *factor)?;
+                }
+                Replication::PerDatacenter {
+                    factors: self.datacenters.clone(),
+                }
+            }
+            other => {
+                return Err(invalid(
+                    "store.replication_class",
+                    format!("{other:?} is not \"NetworkTopologyStrategy\" or \"SimpleStrategy\""),
+                ))
+            }
+        };
+        let local = self.local_datacenter.trim();
+        if let Replication::PerDatacenter { factors } = &replication {
+            if !local.is_empty() && !factors.contains_key(local) {
+                return Err(invalid(
+                    "store.local_datacenter",
+                    format!("{local:?} is not one of store.datacenters"),
+                ));
+            }
+        }
+        let window = u64::try_from(dedup_window_micros).unwrap_or(0);
+        Ok(ScyllaSettings {
+            nodes: self
+                .scylla_nodes
+                .iter()
+                .map(|n| n.trim().to_string())
+                .collect(),
+            keyspace: self.keyspace.clone(),
+            replication,
+            local_datacenter: (!local.is_empty()).then(|| local.to_string()),
+            dedup_ttl: Duration::from_micros(window) + Duration::from_secs(86_400),
+        })
+    }
 }
 
 /// Batching and back-pressure limits.
@@ -376,33 +548,6 @@ impl Raw {
             }
             *name = full;
         }
-        let store = match self.store.kind.as_str() {
-            "embedded" => {
-                nonempty("store.path", &self.store.path)?;
-                StoreSettings::Embedded {
-                    path: PathBuf::from(&self.store.path),
-                }
-            }
-            "scylla" => {
-                if self.store.scylla_nodes.is_empty() {
-                    return Err(invalid(
-                        "store.scylla_nodes",
-                        "needs at least one host:port when store.kind = \"scylla\"",
-                    ));
-                }
-                nonempty("store.keyspace", &self.store.keyspace)?;
-                StoreSettings::Scylla {
-                    nodes: self.store.scylla_nodes.clone(),
-                    keyspace: self.store.keyspace.clone(),
-                }
-            }
-            other => {
-                return Err(invalid(
-                    "store.kind",
-                    format!("{other:?} is not \"embedded\" or \"scylla\""),
-                ))
-            }
-        };
         let (session, poll) = (
             duration("kafka.session_timeout", &self.kafka.session_timeout)?,
             duration("kafka.max_poll_interval", &self.kafka.max_poll_interval)?,
@@ -458,6 +603,21 @@ impl Raw {
         if engine.max_quantity <= Decimal::ZERO {
             return Err(invalid("billing.max_quantity", "must be positive"));
         }
+        let store = match self.store.kind.as_str() {
+            "embedded" => {
+                nonempty("store.path", &self.store.path)?;
+                StoreSettings::Embedded {
+                    path: PathBuf::from(&self.store.path),
+                }
+            }
+            "scylla" => StoreSettings::Scylla(self.store.scylla(engine.dedup_window_micros)?),
+            other => {
+                return Err(invalid(
+                    "store.kind",
+                    format!("{other:?} is not \"embedded\" or \"scylla\""),
+                ))
+            }
+        };
         let clock = match self.clock.trim() {
             "wall" => Clock::Wall,
             text => Clock::Fixed(Timestamp::parse_rfc3339(text).ok_or_else(|| {
@@ -586,6 +746,34 @@ mod tests {
             ),
             ("[store]\nkind = \"postgres\"\n", "store.kind"),
             ("[store]\nkind = \"scylla\"\n", "store.scylla_nodes"),
+            (
+                "[store]\nkind = \"scylla\"\nscylla_nodes = [\"db1\"]\n",
+                "store.scylla_nodes[0]",
+            ),
+            (
+                "[store]\nkind = \"scylla\"\nscylla_nodes = [\"db1:9042\"]\nkeyspace = \"bill-stream\"\n",
+                "store.keyspace",
+            ),
+            (
+                "[store]\nkind = \"scylla\"\nscylla_nodes = [\"db1:9042\"]\nreplication_class = \"Everywhere\"\n",
+                "store.replication_class",
+            ),
+            (
+                "[store]\nkind = \"scylla\"\nscylla_nodes = [\"db1:9042\"]\nreplication_factor = 0\n",
+                "store.replication_factor",
+            ),
+            (
+                "[store]\nkind = \"scylla\"\nscylla_nodes = [\"db1:9042\"]\nreplication_class = \"SimpleStrategy\"\n[store.datacenters]\ndc1 = 3\n",
+                "store.datacenters",
+            ),
+            (
+                "[store]\nkind = \"scylla\"\nscylla_nodes = [\"db1:9042\"]\n[store.datacenters]\ndc1 = 30\n",
+                "store.datacenters.dc1",
+            ),
+            (
+                "[store]\nkind = \"scylla\"\nscylla_nodes = [\"db1:9042\"]\nlocal_datacenter = \"dc9\"\n[store.datacenters]\ndc1 = 3\n",
+                "store.local_datacenter",
+            ),
             ("[kafka]\ntopic_prefix = \"a b\"\n", "topics.usage"),
             ("[batch]\nprefetch_kbytes = 0\n", "batch.prefetch_kbytes"),
             ("clock = \"yesterday\"\n", "clock"),
@@ -601,6 +789,45 @@ mod tests {
                 "{file:?} gave {e}"
             );
         }
+    }
+
+    #[test]
+    fn scylla_store_settings_validate_into_replication() {
+        let s = load(
+            Some("[store]\nkind = \"scylla\"\nscylla_nodes = [\"db1:9042\", \"db2:9042\"]\nlocal_datacenter = \"eu\"\n[store.datacenters]\neu = 3\nus = 2\n"),
+            &[],
+        )
+        .unwrap();
+        let StoreSettings::Scylla(scylla) = s.store else {
+            panic!("expected the scylla store, got {:?}", s.store);
+        };
+        assert_eq!(scylla.nodes, ["db1:9042", "db2:9042"]);
+        assert_eq!(scylla.keyspace, "billstream");
+        assert_eq!(scylla.local_datacenter.as_deref(), Some("eu"));
+        assert_eq!(
+            scylla.replication.cql_map(),
+            "{'class': 'NetworkTopologyStrategy', 'eu': 3, 'us': 2}"
+        );
+        // The dedup TTL covers the dedup window (35 days) plus a day.
+        assert_eq!(scylla.dedup_ttl, Duration::from_secs(36 * 86_400));
+
+        let s = load(
+            Some("[store]\nkind = \"scylla\"\nscylla_nodes = [\"127.0.0.1:9042\"]\nreplication_class = \"SimpleStrategy\"\nreplication_factor = 1\n"),
+            &[("BILLSTREAM__BILLING__DEDUP_WINDOW", "40d")],
+        )
+        .unwrap();
+        let StoreSettings::Scylla(scylla) = s.store else {
+            panic!("expected the scylla store");
+        };
+        assert_eq!(
+            scylla.replication.cql_map(),
+            "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+        );
+        assert_eq!(scylla.dedup_ttl, Duration::from_secs(41 * 86_400));
+        assert_eq!(
+            Replication::NetworkTopology { factor: 3 }.cql_map(),
+            "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}"
+        );
     }
 
     #[test]

@@ -54,7 +54,36 @@ pub(crate) fn billstream(
         .env("BILLSTREAM__KAFKA__GROUP_ID", group)
         .env("BILLSTREAM__STORE__PATH", store)
         .env("BILLSTREAM__BATCH__MAX_WAIT", "200ms");
+    scylla_store_env(&mut c, store);
     c
+}
+
+/// With `BILLSTREAM_TEST_STORE=scylla` (and `BILLSTREAM_SCYLLA_NODES`), the
+/// binary keeps its state in ScyllaDB, in a keyspace named after the test's
+/// store folder (so a restarted member finds the same state); `setup_with`
+/// creates it with `billstream migrate`. The embedded store otherwise.
+pub(crate) fn scylla_store_env(c: &mut Command, store: &std::path::Path) -> bool {
+    if std::env::var("BILLSTREAM_TEST_STORE").as_deref() != Ok("scylla") {
+        return false;
+    }
+    let nodes = std::env::var("BILLSTREAM_SCYLLA_NODES")
+        .expect("BILLSTREAM_TEST_STORE=scylla needs BILLSTREAM_SCYLLA_NODES");
+    let list: Vec<String> = nodes
+        .split(',')
+        .map(|n| format!("\"{}\"", n.trim()))
+        .collect();
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(store, &mut hasher);
+    let keyspace = format!("billstream_e2e_{:016x}", std::hash::Hasher::finish(&hasher));
+    c.env("BILLSTREAM__STORE__KIND", "scylla")
+        .env(
+            "BILLSTREAM__STORE__SCYLLA_NODES",
+            format!("[{}]", list.join(",")),
+        )
+        .env("BILLSTREAM__STORE__KEYSPACE", keyspace)
+        .env("BILLSTREAM__STORE__REPLICATION_CLASS", "SimpleStrategy")
+        .env("BILLSTREAM__STORE__REPLICATION_FACTOR", "1");
+    true
 }
 
 /// Stops the processor with SIGTERM when dropped (and kills it if needed).
@@ -135,6 +164,15 @@ pub(crate) fn setup_with(tag: &str, partitions: u32) -> Option<Setup> {
         "topics create: {}",
         String::from_utf8_lossy(&created.stderr)
     );
+    let mut migrate = billstream(&prefix, &group, &store, &brokers);
+    if scylla_store_env(&mut migrate, &store) {
+        let migrated = migrate.arg("migrate").output().unwrap();
+        assert!(
+            migrated.status.success(),
+            "migrate: {}",
+            String::from_utf8_lossy(&migrated.stderr)
+        );
+    }
     Some(Setup {
         brokers,
         prefix,

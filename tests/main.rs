@@ -8,3 +8,4 @@ mod processor_batch;
 mod simulate_golden;
 mod store_conformance;
 mod store_kill9;
+mod store_write_economy;

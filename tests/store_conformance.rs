@@ -22,6 +22,13 @@
 //! The list of behaviours lives in `conformance_wrappers!`, so both backends
 //! always run the same suite; nothing in `behaviours` may depend on the
 //! backend.
+//!
+//! The `scylla` module below is that wrapper: with
+//! `BILLSTREAM_SCYLLA_NODES=127.0.0.1:9042` (see `docker-compose.yml`) each
+//! behaviour runs on a fresh keyspace `billstream_test_<random>`
+//! (SimpleStrategy, factor 1), created by the same migration as
+//! `billstream migrate`; without it each test prints that it was skipped
+//! and passes. Test keyspaces are left behind for inspection.
 
 use std::future::Future;
 use std::time::Duration;
@@ -778,5 +785,54 @@ mod embedded {
             err.to_string().contains("not-a-dir"),
             "error does not name the path: {err}"
         );
+    }
+}
+
+mod scylla {
+    use billstream::config::{Replication, ScyllaSettings};
+    use billstream::store::scylla::migrate;
+    use billstream::store::ScyllaStore;
+
+    /// A keyspace of its own for one test (left behind afterwards).
+    pub struct FreshKeyspace {
+        settings: ScyllaSettings,
+    }
+
+    impl FreshKeyspace {
+        pub fn open_store(&self) -> impl std::future::Future<Output = ScyllaStore> + 'static {
+            let settings = self.settings.clone();
+            async move {
+                ScyllaStore::connect(&settings)
+                    .await
+                    .expect("connect to the test keyspace")
+            }
+        }
+    }
+
+    /// A store on a fresh keyspace, or `None` (test skipped) when
+    /// `BILLSTREAM_SCYLLA_NODES` is not set.
+    pub async fn fresh_keyspace_store() -> Option<(FreshKeyspace, ScyllaStore)> {
+        let Ok(nodes) = std::env::var("BILLSTREAM_SCYLLA_NODES") else {
+            println!("skipped: BILLSTREAM_SCYLLA_NODES is not set (no ScyllaDB to run the live store suite on)");
+            return None;
+        };
+        let settings = ScyllaSettings {
+            nodes: nodes.split(',').map(|n| n.trim().to_string()).collect(),
+            keyspace: format!("billstream_test_{:016x}", rand::random::<u64>()),
+            replication: Replication::Simple { factor: 1 },
+            local_datacenter: None,
+            dedup_ttl: std::time::Duration::from_secs(36 * 86_400),
+        };
+        migrate(&settings)
+            .await
+            .expect("create the test keyspace (is ScyllaDB up?)");
+        let keyspace = FreshKeyspace { settings };
+        let store = keyspace.open_store().await;
+        Some((keyspace, store))
+    }
+
+    conformance_wrappers! {
+        fresh: match fresh_keyspace_store().await { Some(pair) => pair, None => return },
+        reopen: |keyspace: &FreshKeyspace| keyspace.open_store(),
     }
 }

@@ -2,6 +2,7 @@
 
 mod config;
 mod demo;
+mod migrate;
 mod run;
 mod schemas;
 mod simulate;
@@ -39,6 +40,9 @@ enum Command {
     /// Run the processor: consume the input topics in a consumer group, fold,
     /// persist, publish the outputs, commit. Stops cleanly on SIGINT/SIGTERM.
     Run(run::RunArgs),
+    /// Create the ScyllaDB keyspace and tables (store.kind = "scylla") if
+    /// missing; idempotent. --print shows the CQL instead.
+    Migrate(migrate::MigrateArgs),
     /// Manage the Kafka topics of the configuration.
     Topics(topics::TopicsArgs),
     /// Validate the configuration (defaults, --config file, BILLSTREAM__…
@@ -78,6 +82,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Schemas => schemas::run(),
         Command::Config(args) => config::run(args),
         Command::Run(args) => run::run(args),
+        Command::Migrate(args) => migrate::run(args),
         Command::Topics(args) => topics::run(args),
     };
     match result {

@@ -11,7 +11,7 @@ use clap::Args;
 
 use crate::config::{Settings, StoreSettings};
 use crate::runtime::service::{serve, Progress};
-use crate::store::EmbeddedStore;
+use crate::store::{EmbeddedStore, ScyllaStore, StateStore};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -29,35 +29,42 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if settings.kafka.transactional {
         bail!("config field `kafka.transactional`: transactions are not supported yet; set it to false");
     }
-    let path = match &settings.store {
-        StoreSettings::Embedded { path } => path.clone(),
-        StoreSettings::Scylla { .. } => {
-            bail!(
-                "config field `store.kind`: the ScyllaDB store is not built yet; use \"embedded\""
-            )
-        }
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let store = Arc::new(
-        EmbeddedStore::open(&path).with_context(|| format!("store at {}", path.display()))?,
-    );
-    let owner = format!("{}/pid-{}", settings.kafka.group_id, std::process::id());
-    let progress = Arc::new(Progress::default());
-    let stats = runtime.block_on(serve(
-        &settings,
-        store,
-        &owner,
-        progress.clone(),
-        shutdown_signal(),
-    ))?;
+    let stats = match &settings.store {
+        StoreSettings::Embedded { path } => {
+            let store = EmbeddedStore::open(path)
+                .with_context(|| format!("store at {}", path.display()))?;
+            runtime.block_on(serve_on(&settings, Arc::new(store)))?
+        }
+        StoreSettings::Scylla(scylla) => runtime.block_on(async {
+            let store = ScyllaStore::connect(scylla).await.with_context(|| {
+                format!(
+                    "ScyllaDB store, keyspace {} on {}",
+                    scylla.keyspace,
+                    scylla.nodes.join(", ")
+                )
+            })?;
+            serve_on(&settings, Arc::new(store)).await
+        })?,
+    };
     eprintln!(
         "billstream run: stopped ({} applied, {} duplicates, {} replays skipped, {} batches)",
         stats.applied, stats.duplicates, stats.replays_skipped, stats.batches
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The processing loop on `store`, until SIGINT/SIGTERM.
+async fn serve_on<S: StateStore>(
+    settings: &Settings,
+    store: Arc<S>,
+) -> anyhow::Result<crate::runtime::ProcessorStats> {
+    let owner = format!("{}/pid-{}", settings.kafka.group_id, std::process::id());
+    let progress = Arc::new(Progress::default());
+    serve(settings, store, &owner, progress, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {

@@ -1,15 +1,18 @@
 //! The state store: where billing state of record lives.
 //!
 //! The trait is shaped for ScyllaDB (per-account partitions, one batched
-//! write per account, no cross-account transactions) and implemented by an
-//! embedded store for the demo, simulations, tests and single-machine use.
+//! write per account, no cross-account transactions) and implemented twice:
+//! `scylla` for production, and an embedded store for the demo,
+//! simulations, tests and single-machine use.
 //! The store sees opaque bytes: the runtime serializes engine state, so the
 //! same trait serves every backend without knowing billing rules.
 
 mod embedded;
+pub mod scylla;
 mod stats;
 
 pub use embedded::EmbeddedStore;
+pub use scylla::ScyllaStore;
 pub use stats::{StoreOp, StoreStats};
 
 use std::future::Future;
