@@ -253,12 +253,18 @@ fn cpu_seconds() -> f64 {
 }
 
 /// Wait until the running loop has done `n` records; seconds from the
-/// arrival of its first record to the commit of the last.
-async fn until_done(progress: &Progress, n: u64) -> f64 {
-    while progress.records_done() < n {
+/// arrival of its first record to the commit of the last. Panics if the
+/// loop stopped on its own (its error is in the message).
+async fn until_done(running: &mut Running, n: u64) -> f64 {
+    while running.progress.records_done() < n {
+        if running.handle.is_finished() {
+            let ended = (&mut running.handle).await;
+            panic!("the loop ended before {n} records were done: {ended:?}");
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    progress
+    running
+        .progress
         .first_record_at
         .get()
         .expect("records were done, so one arrived")
@@ -397,8 +403,8 @@ fn main() {
             // opened yet is a dead letter, not billing work).
             let store = Arc::new(EmbeddedStore::open(&dir.path().join(format!("s{round}"))).unwrap());
             let began = Instant::now();
-            let warm = start(s.clone(), store.clone(), "bench");
-            until_done(&warm.progress, accounts as u64).await;
+            let mut warm = start(s.clone(), store.clone(), "bench");
+            until_done(&mut warm, accounts as u64).await;
             let opened = began.elapsed().as_secs_f64();
             warm.stop().await;
             let t = Instant::now();
@@ -413,9 +419,9 @@ fn main() {
             let cpu = cpu_seconds();
             let relayed = relay(&brokers, &prefix, &format!("relay-{tag}-{round}"), events as u64, 310).await;
             let relay_cpu = cpu_seconds() - cpu;
-            let running = start(s.clone(), store.clone(), "bench");
+            let mut running = start(s.clone(), store.clone(), "bench");
             let cpu = cpu_seconds();
-            let took = until_done(&running.progress, events as u64).await;
+            let took = until_done(&mut running, events as u64).await;
             let loop_cpu = cpu_seconds() - cpu;
             let (raw_rate, loop_rate) = (events as f64 / raw, events as f64 / took);
             let relay_rate = events as f64 / relayed;
@@ -457,7 +463,7 @@ fn main() {
         );
 
         // Latency at half the loop's throughput.
-        let (running, store, s, producer) = kept.unwrap();
+        let (mut running, store, s, producer) = kept.unwrap();
         let rate = (median(loop_rates) / 2.0).max(100.0);
         running.progress.latency.lock().unwrap().clear();
         let n = (rate * latency_secs as f64) as usize;
@@ -469,7 +475,7 @@ fn main() {
             tokio::time::sleep_until(due.into()).await;
             producer.send(chunk).await;
         }
-        until_done(&running.progress, (events + n) as u64).await;
+        until_done(&mut running, (events + n) as u64).await;
         {
             let h = running.progress.latency.lock().unwrap();
             println!(

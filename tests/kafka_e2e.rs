@@ -53,7 +53,13 @@ pub(crate) fn billstream(
         .env("BILLSTREAM__KAFKA__TOPIC_PREFIX", prefix)
         .env("BILLSTREAM__KAFKA__GROUP_ID", group)
         .env("BILLSTREAM__STORE__PATH", store)
-        .env("BILLSTREAM__BATCH__MAX_WAIT", "200ms");
+        .env("BILLSTREAM__BATCH__MAX_WAIT", "200ms")
+        // A producer queue smaller than a batch's outputs: publishing must
+        // wait for room instead of failing (the default holds 100,000).
+        .env(
+            "BILLSTREAM__KAFKA__PROPERTIES__QUEUE.BUFFERING.MAX.MESSAGES",
+            "\"16\"",
+        );
     scylla_store_env(&mut c, store);
     c
 }

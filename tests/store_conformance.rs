@@ -607,6 +607,50 @@ pub mod behaviours {
         assert!(store.accounts(0).await.unwrap().is_empty());
     }
 
+    pub async fn partition_loads_like_each_account<S: StateStore>(store: S) {
+        let record = |key: u128, seen_at| DedupRecord {
+            key,
+            fingerprint: key as u64,
+            seen_at,
+        };
+        let mut a = write("a", 1, 0, 1..=2);
+        a.dedup = vec![record(1, 100), record(2, 300)];
+        a.offsets = vec![InputOffset {
+            topic: "usage".into(),
+            partition: 1,
+            next: 7,
+        }];
+        a.next_timer = Some(5_000);
+        let mut b = write("b", 1, 0, 1..=1);
+        b.dedup = vec![record(3, 400)];
+        store
+            .commit(&[a, b, write("c", 2, 0, 1..=1)])
+            .await
+            .unwrap();
+        store.commit(&[write("a", 1, 0, 3..=3)]).await.unwrap();
+
+        let mut loaded = store.load_partition(1, 200).await.unwrap();
+        loaded.sort_by(|x, y| x.account_id.cmp(&y.account_id));
+        let ids: Vec<&str> = loaded.iter().map(|l| l.account_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        for l in &loaded {
+            let one = store.load_account(&l.account_id).await.unwrap().unwrap();
+            assert_eq!(l.stored, one, "{}", l.account_id);
+            let by_time = |mut v: Vec<DedupRecord>| {
+                v.sort_by_key(|r| (r.seen_at, r.key));
+                v
+            };
+            assert_eq!(
+                by_time(l.dedup.clone()),
+                by_time(store.load_dedup(&l.account_id, 200).await.unwrap())
+            );
+        }
+        assert_eq!(loaded[0].stored.journal_head, 3);
+        assert_eq!(loaded[0].stored.snapshot, b"a@3");
+        assert_eq!(loaded[0].dedup, vec![record(2, 300)]);
+        assert!(store.load_partition(0, 0).await.unwrap().is_empty());
+    }
+
     pub async fn stats_count_each_operation<S: StateStore>(store: S) {
         for (op, n) in store.stats().snapshot() {
             assert_eq!(n, 0, "fresh store has {n} {} ops", op.name());
@@ -729,6 +773,7 @@ macro_rules! conformance_wrappers {
             published_watermark_never_goes_back,
             published_watermark_rides_on_account_writes,
             accounts_listed_per_partition,
+            partition_loads_like_each_account,
             stats_count_each_operation,
         );
 

@@ -22,6 +22,7 @@ use crate::engine::tripwire::mask_card_numbers;
 use crate::engine::{AccountState, Engine, Rejection};
 use crate::store::{
     AccountWrite, DedupRecord, InputOffset, InvoiceRecord, JournalRecord, StateStore, StoreError,
+    StoredAccount,
 };
 
 /// Where an input record came from: topic (or file), partition, offset
@@ -75,6 +76,8 @@ struct Slot {
     offsets: BTreeMap<(String, i32), i64>,
     dirty_offsets: BTreeSet<(String, i32)>,
     dirty: bool,
+    /// Highest journal seq persisted (as loaded, then as flushed).
+    journal_head: u64,
     /// Outputs up to this seq were acknowledged by the sink.
     published_mark: u64,
     /// The watermark as last written to the store.
@@ -153,34 +156,53 @@ impl<S: StateStore> Processor<S> {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         if !self.accounts.contains_key(account_id) {
-            let mut slot = Slot {
-                partition,
-                ..Slot::default()
+            let loaded = match self.store.load_account(account_id).await? {
+                Some(stored) => {
+                    let since = now.0 - self.engine.config.dedup_window_micros;
+                    let dedup = self.store.load_dedup(account_id, since).await?;
+                    Some((stored, dedup))
+                }
+                None => None,
             };
-            if let Some(stored) = self.store.load_account(account_id).await? {
-                let mut state: AccountState =
-                    serde_json::from_slice(&stored.snapshot).map_err(|e| {
-                        StoreError::Backend(format!("snapshot of {account_id} does not parse: {e}"))
-                    })?;
-                let since = now.0 - self.engine.config.dedup_window_micros;
-                for r in self.store.load_dedup(account_id, since).await? {
-                    state.dedup.insert(r.key, r.fingerprint, r.seen_at);
-                }
-                slot.offsets = stored
-                    .offsets
-                    .into_iter()
-                    .map(|o| ((o.topic, o.partition), o.next))
-                    .collect();
-                slot.next_timer = stored.next_timer.map(Timestamp);
-                slot.published_mark = stored.published_upto;
-                slot.mark_persisted = stored.published_upto;
-                if let Some(t) = slot.next_timer {
-                    self.timers.insert((t, account_id.to_string()));
-                }
-                slot.state = Some(state);
-            }
-            self.accounts.insert(account_id.to_string(), slot);
+            self.insert_slot(account_id, partition, loaded)?;
         }
+        Ok(())
+    }
+
+    /// Put an account in memory from what the store returned (`None`: an
+    /// account the store has never seen).
+    fn insert_slot(
+        &mut self,
+        account_id: &str,
+        partition: u32,
+        loaded: Option<(StoredAccount, Vec<DedupRecord>)>,
+    ) -> Result<(), StoreError> {
+        let mut slot = Slot {
+            partition,
+            ..Slot::default()
+        };
+        if let Some((stored, dedup)) = loaded {
+            let mut state: AccountState = serde_json::from_slice(&stored.snapshot).map_err(|e| {
+                StoreError::Backend(format!("snapshot of {account_id} does not parse: {e}"))
+            })?;
+            for r in dedup {
+                state.dedup.insert(r.key, r.fingerprint, r.seen_at);
+            }
+            slot.offsets = stored
+                .offsets
+                .into_iter()
+                .map(|o| ((o.topic, o.partition), o.next))
+                .collect();
+            slot.next_timer = stored.next_timer.map(Timestamp);
+            slot.journal_head = stored.journal_head;
+            slot.published_mark = stored.published_upto;
+            slot.mark_persisted = stored.published_upto;
+            if let Some(t) = slot.next_timer {
+                self.timers.insert((t, account_id.to_string()));
+            }
+            slot.state = Some(state);
+        }
+        self.accounts.insert(account_id.to_string(), slot);
         Ok(())
     }
 
@@ -414,11 +436,19 @@ impl<S: StateStore> Processor<S> {
         now: Timestamp,
     ) -> Result<usize, StoreError> {
         self.epochs.insert(partition, epoch);
-        let ids = self.store.accounts(partition).await?;
-        for id in &ids {
-            self.load(id, partition, now).await?;
+        let since = now.0 - self.engine.config.dedup_window_micros;
+        let loaded = self.store.load_partition(partition, since).await?;
+        let count = loaded.len();
+        for account in loaded {
+            if !self.accounts.contains_key(&account.account_id) {
+                self.insert_slot(
+                    &account.account_id,
+                    partition,
+                    Some((account.stored, account.dedup)),
+                )?;
+            }
         }
-        Ok(ids.len())
+        Ok(count)
     }
 
     /// Let go of `partition` (revoked, or lost to another owner): forget its
@@ -529,6 +559,7 @@ impl<S: StateStore> Processor<S> {
             slot.dirty_offsets.clear();
             slot.mark_persisted = slot.mark_persisted.max(slot.published_mark);
             if let Some((last, _)) = slot.journal.last() {
+                slot.journal_head = last.seq;
                 self.awaiting_ack.push((account_id.clone(), last.seq));
             }
             let Some(st) = &slot.state else {
@@ -601,17 +632,18 @@ impl<S: StateStore> Processor<S> {
     ) -> Result<Vec<OutputRecord>, StoreError> {
         let mut outputs = Vec::new();
         for id in self.accounts_of(partition) {
-            let Some(stored) = self.store.load_account(&id).await? else {
+            let Some(slot) = self.accounts.get(&id) else {
                 continue;
             };
-            if stored.journal_head <= stored.published_upto {
+            let (head, published) = (slot.journal_head, slot.published_mark);
+            if head <= published {
                 continue;
             }
-            let Some(currency) = self.account(&id).map(|s| s.currency) else {
+            let Some(currency) = slot.state.as_ref().map(|s| s.currency) else {
                 continue;
             };
-            let mut from = stored.published_upto + 1;
-            while from <= stored.journal_head {
+            let mut from = published + 1;
+            while from <= head {
                 let page = self.store.read_journal(&id, from, 1000).await?;
                 if page.is_empty() {
                     break;
@@ -625,7 +657,7 @@ impl<S: StateStore> Processor<S> {
                     from = record.seq + 1;
                 }
             }
-            self.awaiting_ack.push((id, stored.journal_head));
+            self.awaiting_ack.push((id, head));
         }
         Ok(outputs)
     }

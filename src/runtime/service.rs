@@ -290,7 +290,7 @@ pub async fn serve<S: StateStore>(
         record_latency(&progress, &records);
         progress.timed(Phase::Persist, &mut clock_in);
         let sent = Published {
-            in_flight: sink.send(&outputs)?,
+            in_flight: sink.send(&outputs).await?,
             unacked: processor.take_unacked(),
             records,
         };
@@ -408,19 +408,25 @@ async fn on_group_change<S: StateStore>(
                 assigned.insert((topic, p));
             }
             for p in fresh {
+                let began = std::time::Instant::now();
                 let epoch = store
                     .claim_partition(p, owner)
                     .await
                     .with_context(|| format!("claiming partition {p}"))?;
+                let claimed = began.elapsed();
                 let loaded = processor.assign_partition(p, epoch, now).await?;
+                let load_took = began.elapsed() - claimed;
                 // Outputs persisted before a crash but never acknowledged:
                 // publish them again, with the same ids, before anything new.
                 let recovered = processor.unpublished_outputs(p).await?;
                 sink.publish(&recovered).await?;
                 processor.published();
                 eprintln!(
-                    "billstream run: partition {p} assigned (epoch {epoch}, {loaded} accounts loaded, {} outputs republished)",
-                    recovered.len()
+                    "billstream run: partition {p} assigned (epoch {epoch}, {loaded} accounts loaded, {} outputs republished; claim {} ms, load {} ms, republish {} ms)",
+                    recovered.len(),
+                    claimed.as_millis(),
+                    load_took.as_millis(),
+                    (began.elapsed() - claimed - load_took).as_millis()
                 );
             }
         }

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
@@ -68,15 +69,17 @@ impl KafkaSink {
 
     /// Publish and wait for every acknowledgement.
     pub async fn publish(&self, records: &[OutputRecord]) -> Result<(), KafkaError> {
-        self.send(records)?.acknowledged().await
+        self.send(records).await?.acknowledged().await
     }
 
-    /// Hand `records` to the producer, in order, without waiting: the
-    /// returned `InFlight` resolves once every one is acknowledged. Records
-    /// sent later to the same partition are written after these (the
-    /// idempotent producer keeps order per partition through retries).
-    pub fn send(&self, records: &[OutputRecord]) -> Result<InFlight, KafkaError> {
-        let mut pending = Vec::with_capacity(records.len());
+    /// Hand `records` to the producer, in order: the returned `InFlight`
+    /// resolves once every one is acknowledged. Records sent later to the
+    /// same partition are written after these (the idempotent producer
+    /// keeps order per partition through retries). When the producer's
+    /// queue is full, waits for acknowledgements to make room, so a batch
+    /// may have more outputs than the queue holds.
+    pub async fn send(&self, records: &[OutputRecord]) -> Result<InFlight, KafkaError> {
+        let mut pending = std::collections::VecDeque::with_capacity(records.len());
         for r in records {
             let payload = self.catalog.encode_output(r).map_err(|e| {
                 KafkaError::Client(format!(
@@ -94,16 +97,33 @@ impl KafkaSink {
                     key: "causation_id",
                     value: Some(r.causation_id.as_bytes()),
                 });
-            let record = FutureRecord::to(self.topic(r.topic))
+            let mut record = FutureRecord::to(self.topic(r.topic))
                 .key(r.key.as_bytes())
                 .payload(&payload)
                 .headers(headers);
-            match self.producer.send_result(record) {
-                Ok(delivery) => pending.push(delivery),
-                Err((e, _)) => return Err(KafkaError::Transient(format!("enqueue: {e}"))),
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push_back(delivery);
+                        break;
+                    }
+                    Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        // Make room: the oldest of ours is acknowledged
+                        // first; with none of ours queued, the queue holds
+                        // earlier batches' records, which drain on their own.
+                        match pending.pop_front() {
+                            Some(oldest) => acknowledged(oldest).await?,
+                            None => tokio::time::sleep(Duration::from_millis(5)).await,
+                        }
+                    }
+                    Err((e, _)) => return Err(KafkaError::Transient(format!("enqueue: {e}"))),
+                }
             }
         }
-        Ok(InFlight { pending })
+        Ok(InFlight {
+            pending: pending.into(),
+        })
     }
 
     /// Wait until everything sent so far is delivered (or `timeout`).
@@ -134,12 +154,16 @@ impl InFlight {
     /// published).
     pub async fn acknowledged(self) -> Result<(), KafkaError> {
         for delivery in self.pending {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(KafkaError::Transient(format!("delivery: {e}"))),
-                Err(_) => return Err(KafkaError::Transient("producer dropped a delivery".into())),
-            }
+            acknowledged(delivery).await?;
         }
         Ok(())
+    }
+}
+
+async fn acknowledged(delivery: DeliveryFuture) -> Result<(), KafkaError> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(KafkaError::Transient(format!("delivery: {e}"))),
+        Err(_) => Err(KafkaError::Transient("producer dropped a delivery".into())),
     }
 }

@@ -23,8 +23,8 @@ use redb::{
 };
 
 use super::{
-    AccountWrite, DedupRecord, InputOffset, InvoiceRecord, JournalRecord, Micros, StateStore,
-    StoreError, StoreOp, StoreStats, StoredAccount,
+    AccountWrite, DedupRecord, InputOffset, InvoiceRecord, JournalRecord, LoadedAccount, Micros,
+    StateStore, StoreError, StoreOp, StoreStats, StoredAccount,
 };
 
 /// Name of the database file inside the store directory.
@@ -201,35 +201,8 @@ impl EmbeddedStore {
         let ctx = "load_account";
         let txn = self.begin_read(ctx)?;
         let accounts = txn.open_table(ACCOUNTS).map_err(backend(ctx))?;
-        let Some(row) = accounts.get(account_id).map_err(backend(ctx))? else {
-            return Ok(None);
-        };
-        let (_, journal_head, published_upto, next_timer, snapshot) = row.value();
-        let snapshot = snapshot.to_vec();
-        let offsets_table = txn.open_table(OFFSETS).map_err(backend(ctx))?;
-        let mut offsets = Vec::new();
-        for item in offsets_table
-            .range((account_id, "", i32::MIN)..)
-            .map_err(backend(ctx))?
-        {
-            let (key, next) = item.map_err(backend(ctx))?;
-            let (account, topic, partition) = key.value();
-            if account != account_id {
-                break;
-            }
-            offsets.push(InputOffset {
-                topic: topic.to_owned(),
-                partition,
-                next: next.value(),
-            });
-        }
-        Ok(Some(StoredAccount {
-            snapshot,
-            journal_head,
-            published_upto,
-            offsets,
-            next_timer,
-        }))
+        let offsets = txn.open_table(OFFSETS).map_err(backend(ctx))?;
+        read_account(ctx, &accounts, &offsets, account_id)
     }
 
     fn load_dedup_sync(
@@ -240,20 +213,38 @@ impl EmbeddedStore {
         let ctx = "load_dedup";
         let txn = self.begin_read(ctx)?;
         let dedup = txn.open_table(DEDUP).map_err(backend(ctx))?;
-        let mut records = Vec::new();
-        for item in dedup
-            .range((account_id, since, 0u128)..=(account_id, i64::MAX, u128::MAX))
-            .map_err(backend(ctx))?
-        {
-            let (key, fingerprint) = item.map_err(backend(ctx))?;
-            let (_, seen_at, key) = key.value();
-            records.push(DedupRecord {
-                key,
-                fingerprint: fingerprint.value(),
-                seen_at,
+        read_dedup(ctx, &dedup, account_id, since)
+    }
+
+    /// Every account of a partition in one read transaction.
+    fn load_partition_sync(
+        &self,
+        partition: u32,
+        dedup_since: Micros,
+    ) -> Result<Vec<LoadedAccount>, StoreError> {
+        let ctx = "load_partition";
+        let txn = self.begin_read(ctx)?;
+        let index = txn.open_table(PARTITION_ACCOUNTS).map_err(backend(ctx))?;
+        let accounts = txn.open_table(ACCOUNTS).map_err(backend(ctx))?;
+        let offsets = txn.open_table(OFFSETS).map_err(backend(ctx))?;
+        let dedup = txn.open_table(DEDUP).map_err(backend(ctx))?;
+        let mut loaded = Vec::new();
+        for item in index.range((partition, "")..).map_err(backend(ctx))? {
+            let (key, _) = item.map_err(backend(ctx))?;
+            let (p, account_id) = key.value();
+            if p != partition {
+                break;
+            }
+            let Some(stored) = read_account(ctx, &accounts, &offsets, account_id)? else {
+                continue;
+            };
+            loaded.push(LoadedAccount {
+                account_id: account_id.to_owned(),
+                stored,
+                dedup: read_dedup(ctx, &dedup, account_id, dedup_since)?,
             });
         }
-        Ok(records)
+        Ok(loaded)
     }
 
     fn read_journal_sync(
@@ -663,6 +654,17 @@ impl StateStore for EmbeddedStore {
         self.counted(StoreOp::ListAccounts, self.accounts_sync(partition))
     }
 
+    async fn load_partition(
+        &self,
+        partition: u32,
+        dedup_since: Micros,
+    ) -> Result<Vec<LoadedAccount>, StoreError> {
+        self.counted(
+            StoreOp::LoadPartition,
+            self.load_partition_sync(partition, dedup_since),
+        )
+    }
+
     async fn claim_partition(&self, partition: u32, owner: &str) -> Result<u64, StoreError> {
         self.counted(
             StoreOp::ClaimPartition,
@@ -673,6 +675,66 @@ impl StateStore for EmbeddedStore {
     fn stats(&self) -> &StoreStats {
         &self.stats
     }
+}
+
+/// One account row with its input offsets, from tables of one transaction.
+fn read_account(
+    ctx: &'static str,
+    accounts: &impl ReadableTable<&'static str, AccountRow>,
+    offsets_table: &impl ReadableTable<(&'static str, &'static str, i32), i64>,
+    account_id: &str,
+) -> Result<Option<StoredAccount>, StoreError> {
+    let Some(row) = accounts.get(account_id).map_err(backend(ctx))? else {
+        return Ok(None);
+    };
+    let (_, journal_head, published_upto, next_timer, snapshot) = row.value();
+    let snapshot = snapshot.to_vec();
+    let mut offsets = Vec::new();
+    for item in offsets_table
+        .range((account_id, "", i32::MIN)..)
+        .map_err(backend(ctx))?
+    {
+        let (key, next) = item.map_err(backend(ctx))?;
+        let (account, topic, partition) = key.value();
+        if account != account_id {
+            break;
+        }
+        offsets.push(InputOffset {
+            topic: topic.to_owned(),
+            partition,
+            next: next.value(),
+        });
+    }
+    Ok(Some(StoredAccount {
+        snapshot,
+        journal_head,
+        published_upto,
+        offsets,
+        next_timer,
+    }))
+}
+
+/// The dedup records of an account seen at or after `since`.
+fn read_dedup(
+    ctx: &'static str,
+    dedup: &impl ReadableTable<(&'static str, i64, u128), u64>,
+    account_id: &str,
+    since: Micros,
+) -> Result<Vec<DedupRecord>, StoreError> {
+    let mut records = Vec::new();
+    for item in dedup
+        .range((account_id, since, 0u128)..=(account_id, i64::MAX, u128::MAX))
+        .map_err(backend(ctx))?
+    {
+        let (key, fingerprint) = item.map_err(backend(ctx))?;
+        let (_, seen_at, key) = key.value();
+        records.push(DedupRecord {
+            key,
+            fingerprint: fingerprint.value(),
+            seen_at,
+        });
+    }
+    Ok(records)
 }
 
 // --- crash-test writer -------------------------------------------------------

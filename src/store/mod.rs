@@ -98,6 +98,15 @@ pub struct StoredAccount {
     pub next_timer: Option<Micros>,
 }
 
+/// One account as `load_partition` returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedAccount {
+    pub account_id: String,
+    pub stored: StoredAccount,
+    /// Its dedup records seen at or after the `dedup_since` asked for.
+    pub dedup: Vec<DedupRecord>,
+}
+
 /// Store failures, by what the caller should do next.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -192,6 +201,34 @@ pub trait StateStore: Send + Sync + 'static {
         &self,
         partition: u32,
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Every account of `partition` with its snapshot and its dedup
+    /// records seen at or after `dedup_since`, in no particular order: what
+    /// a new owner loads after claiming the partition. A store that can
+    /// read them in one pass overrides this (counted once as
+    /// `LoadPartition`); the default reads them account by account (each
+    /// call counted as itself).
+    fn load_partition(
+        &self,
+        partition: u32,
+        dedup_since: Micros,
+    ) -> impl Future<Output = Result<Vec<LoadedAccount>, StoreError>> + Send {
+        async move {
+            let mut loaded = Vec::new();
+            for account_id in self.accounts(partition).await? {
+                let Some(stored) = self.load_account(&account_id).await? else {
+                    continue;
+                };
+                let dedup = self.load_dedup(&account_id, dedup_since).await?;
+                loaded.push(LoadedAccount {
+                    account_id,
+                    stored,
+                    dedup,
+                });
+            }
+            Ok(loaded)
+        }
+    }
 
     /// Take ownership of `partition`: returns the new epoch, strictly
     /// greater than any epoch granted before. Writes with older epochs fail.

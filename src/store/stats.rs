@@ -40,11 +40,13 @@ pub enum StoreOp {
     ListAccounts,
     /// `claim_partition`.
     ClaimPartition,
+    /// `load_partition` read in one pass (stores that override it).
+    LoadPartition,
 }
 
 impl StoreOp {
     /// Every kind, in a fixed order (the order of `StoreStats::snapshot`).
-    pub const ALL: [StoreOp; 11] = [
+    pub const ALL: [StoreOp; 12] = [
         StoreOp::AccountWrite,
         StoreOp::Commit,
         StoreOp::LoadAccount,
@@ -56,6 +58,7 @@ impl StoreOp {
         StoreOp::DueTimers,
         StoreOp::ListAccounts,
         StoreOp::ClaimPartition,
+        StoreOp::LoadPartition,
     ];
 
     /// Stable snake_case name, used as a metric label value.
@@ -72,6 +75,7 @@ impl StoreOp {
             StoreOp::DueTimers => "due_timers",
             StoreOp::ListAccounts => "list_accounts",
             StoreOp::ClaimPartition => "claim_partition",
+            StoreOp::LoadPartition => "load_partition",
         }
     }
 
