@@ -843,6 +843,13 @@ mod tests {
         assert_eq!(s.environment, "staging");
         assert_eq!(s.topics.dlq, "acme.billing.dlq.v1");
         assert_eq!(s.engine.retry_schedule_micros.len(), 4);
+        assert_eq!(s.api.role_claim, "realm_access.roles");
+        assert_eq!(
+            s.api.jwt.key,
+            JwtKey::Rs256 {
+                public_key_path: "/etc/billstream/idp-public.pem".into()
+            }
+        );
     }
 
     #[test]
