@@ -96,15 +96,15 @@ impl<'a> Tracer<'a> {
         let line = self.line;
         let period_start = line.for_period.start;
         match &stored.entry.event {
-            DomainEvent::InvoiceOpened { invoice_id, .. } => {
-                if *invoice_id == self.invoice.invoice_id {
-                    self.drafting = true;
-                }
+            DomainEvent::InvoiceOpened { invoice_id, .. }
+                if *invoice_id == self.invoice.invoice_id =>
+            {
+                self.drafting = true;
             }
-            DomainEvent::InvoiceIssued { invoice } => {
-                if invoice.invoice_id == self.invoice.invoice_id {
-                    self.done = true;
-                }
+            DomainEvent::InvoiceIssued { invoice }
+                if invoice.invoice_id == self.invoice.invoice_id =>
+            {
+                self.done = true;
             }
             DomainEvent::UsageApplied {
                 subject,
