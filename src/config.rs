@@ -52,6 +52,7 @@ struct Raw {
     store: RawStore,
     batch: RawBatch,
     billing: RawBilling,
+    api: RawApi,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +120,143 @@ struct RawBilling {
     expiry_warning: String,
     rollup_lateness: String,
     max_quantity: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: String,
+    role_claim: String,
+    jwt: RawJwt,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    algorithm: String,
+    secret: String,
+    public_key_path: String,
+    issuer: String,
+    audience: String,
+}
+
+/// The read-only HTTP API (`billstream api`, or `billstream run --api`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSettings {
+    pub listen: std::net::SocketAddr,
+    /// Claim of the token that lists its roles (an array of strings, or
+    /// one space-separated string); it must contain `billing:read`.
+    pub role_claim: String,
+    pub jwt: JwtSettings,
+}
+
+/// How bearer tokens are verified. The key is checked when the API
+/// starts (`api::auth::Verifier::from_settings`), so that processes that
+/// serve no API need none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtSettings {
+    pub key: JwtKey,
+    /// Required `iss` claim, if set.
+    pub issuer: Option<String>,
+    /// Required `aud` claim, if set.
+    pub audience: Option<String>,
+}
+
+/// The verification key, by algorithm.
+#[derive(Clone, PartialEq, Eq)]
+pub enum JwtKey {
+    /// HS256 with a shared secret (`api.jwt.secret`; empty = not configured).
+    Hs256 { secret: String },
+    /// RS256 with an RSA public key in a PEM file (`api.jwt.public_key_path`).
+    Rs256 { public_key_path: PathBuf },
+}
+
+/// The secret never reaches a log or `billstream config`.
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwtKey::Hs256 { secret } => f
+                .debug_struct("Hs256")
+                .field(
+                    "secret",
+                    &if secret.is_empty() {
+                        "<not set>"
+                    } else {
+                        "<redacted>"
+                    },
+                )
+                .finish(),
+            JwtKey::Rs256 { public_key_path } => f
+                .debug_struct("Rs256")
+                .field("public_key_path", public_key_path)
+                .finish(),
+        }
+    }
+}
+
+impl RawApi {
+    fn validate(&self) -> Result<ApiSettings, ConfigError> {
+        let listen = self.listen.trim().parse().map_err(|_| {
+            invalid(
+                "api.listen",
+                format!(
+                    "{:?} is not an address such as \"127.0.0.1:8080\"",
+                    self.listen
+                ),
+            )
+        })?;
+        let role_claim = self.role_claim.trim();
+        if role_claim.is_empty() {
+            return Err(invalid("api.role_claim", "must not be empty"));
+        }
+        let j = &self.jwt;
+        let key = match j.algorithm.trim() {
+            "HS256" => {
+                if !j.public_key_path.trim().is_empty() {
+                    return Err(invalid(
+                        "api.jwt.public_key_path",
+                        "is for RS256; HS256 takes api.jwt.secret",
+                    ));
+                }
+                if !j.secret.is_empty() && j.secret.len() < 32 {
+                    return Err(invalid(
+                        "api.jwt.secret",
+                        "must be at least 32 bytes (256 bits) for HS256",
+                    ));
+                }
+                JwtKey::Hs256 {
+                    secret: j.secret.clone(),
+                }
+            }
+            "RS256" => {
+                if !j.secret.is_empty() {
+                    return Err(invalid(
+                        "api.jwt.secret",
+                        "is for HS256; RS256 takes api.jwt.public_key_path",
+                    ));
+                }
+                JwtKey::Rs256 {
+                    public_key_path: PathBuf::from(j.public_key_path.trim()),
+                }
+            }
+            other => {
+                return Err(invalid(
+                    "api.jwt.algorithm",
+                    format!("{other:?} is not \"HS256\" or \"RS256\""),
+                ))
+            }
+        };
+        let optional = |v: &str| (!v.trim().is_empty()).then(|| v.trim().to_string());
+        Ok(ApiSettings {
+            listen,
+            role_claim: role_claim.to_string(),
+            jwt: JwtSettings {
+                key,
+                issuer: optional(&j.issuer),
+                audience: optional(&j.audience),
+            },
+        })
+    }
 }
 
 /// Kafka connection and consumer group.
@@ -358,6 +496,8 @@ pub struct Settings {
     pub batch: BatchSettings,
     /// The engine's rules (grace, terms, dunning, windows).
     pub engine: EngineConfig,
+    /// The read-only HTTP API.
+    pub api: ApiSettings,
 }
 
 /// Parse "500ms", "45s", "5m", "1h", "14d" (a whole number and a unit).
@@ -618,6 +758,7 @@ impl Raw {
                 ))
             }
         };
+        let api = self.api.validate()?;
         let clock = match self.clock.trim() {
             "wall" => Clock::Wall,
             text => Clock::Fixed(Timestamp::parse_rfc3339(text).ok_or_else(|| {
@@ -650,6 +791,7 @@ impl Raw {
                 prefetch_kbytes: self.batch.prefetch_kbytes,
             },
             engine,
+            api,
         })
     }
 }
@@ -701,6 +843,13 @@ mod tests {
         assert_eq!(s.environment, "staging");
         assert_eq!(s.topics.dlq, "acme.billing.dlq.v1");
         assert_eq!(s.engine.retry_schedule_micros.len(), 4);
+        assert_eq!(s.api.role_claim, "realm_access.roles");
+        assert_eq!(
+            s.api.jwt.key,
+            JwtKey::Rs256 {
+                public_key_path: "/etc/billstream/idp-public.pem".into()
+            }
+        );
     }
 
     #[test]
@@ -781,6 +930,18 @@ mod tests {
                 "[kafka]\nschema_registry_url = \"registry:8081\"\n",
                 "kafka.schema_registry_url",
             ),
+            ("[api]\nlisten = \"localhost\"\n", "api.listen"),
+            ("[api]\nrole_claim = \" \"\n", "api.role_claim"),
+            ("[api.jwt]\nalgorithm = \"none\"\n", "api.jwt.algorithm"),
+            ("[api.jwt]\nsecret = \"short\"\n", "api.jwt.secret"),
+            (
+                "[api.jwt]\nalgorithm = \"RS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n",
+                "api.jwt.secret",
+            ),
+            (
+                "[api.jwt]\npublic_key_path = \"key.pem\"\n",
+                "api.jwt.public_key_path",
+            ),
         ];
         for (file, field) in cases {
             let e = load(Some(file), &[]).unwrap_err();
@@ -827,6 +988,50 @@ mod tests {
         assert_eq!(
             Replication::NetworkTopology { factor: 3 }.cql_map(),
             "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}"
+        );
+    }
+
+    #[test]
+    fn api_settings_default_to_loopback_and_keep_the_secret_out_of_debug() {
+        let s = load(None, &[]).unwrap();
+        assert_eq!(s.api.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(s.api.role_claim, "roles");
+        assert_eq!(
+            s.api.jwt.key,
+            JwtKey::Hs256 {
+                secret: String::new()
+            }
+        );
+        let secret = "a-shared-secret-of-at-least-32-bytes!";
+        let s = load(
+            None,
+            &[
+                ("BILLSTREAM__API__JWT__SECRET", secret),
+                ("BILLSTREAM__API__JWT__ISSUER", "https://idp.example"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            s.api.jwt.key,
+            JwtKey::Hs256 {
+                secret: secret.into()
+            }
+        );
+        assert_eq!(s.api.jwt.issuer.as_deref(), Some("https://idp.example"));
+        assert_eq!(s.api.jwt.audience, None);
+        assert!(!format!("{s:?}").contains(secret));
+        let s = load(
+            Some(
+                "[api.jwt]\nalgorithm = \"RS256\"\npublic_key_path = \"/etc/billstream/idp.pem\"\n",
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            s.api.jwt.key,
+            JwtKey::Rs256 {
+                public_key_path: "/etc/billstream/idp.pem".into()
+            }
         );
     }
 

@@ -5,6 +5,7 @@
 //! `store` persists state, `runtime` drives batches through engine and store
 //! and hands outputs to the sinks, `cli` wires it all for the commands.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod contracts;

@@ -1,6 +1,7 @@
 //! The one integration-test binary (one link on two cores); each module is
 //! a test area.
 
+mod api;
 mod demo_smoke;
 mod kafka_crash;
 mod kafka_e2e;

@@ -1,5 +1,6 @@
 //! Command-line entry points; each subcommand wires edges to the runtime.
 
+mod api;
 mod config;
 mod demo;
 mod migrate;
@@ -48,6 +49,11 @@ enum Command {
     /// Validate the configuration (defaults, --config file, BILLSTREAM__…
     /// variables) and print the settings in effect.
     Config(config::ConfigArgs),
+    /// Serve the read-only HTTP API (accounts, invoices, journal, state as
+    /// of an instant, line lineage) on the configured store; bearer JWT
+    /// with the billing:read role. With the embedded store, while
+    /// `billstream run` holds it, use `billstream run --api` instead.
+    Api(api::ApiArgs),
 }
 
 /// Logs go to stderr: readable in a terminal, JSON lines otherwise (or
@@ -84,6 +90,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Run(args) => run::run(args),
         Command::Migrate(args) => migrate::run(args),
         Command::Topics(args) => topics::run(args),
+        Command::Api(args) => api::run(args),
     };
     match result {
         Ok(code) => code,

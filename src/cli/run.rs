@@ -19,6 +19,11 @@ pub struct RunArgs {
     /// environment variables override both (see `billstream config`).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Also serve the read-only HTTP API ([api] settings) from this
+    /// process, on the same store (the way to have it with the embedded
+    /// store, which one process opens at a time).
+    #[arg(long)]
+    pub api: bool,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -37,7 +42,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         StoreSettings::Embedded { path } => {
             let store = EmbeddedStore::open(path)
                 .with_context(|| format!("store at {}", path.display()))?;
-            runtime.block_on(serve_on(&settings, Arc::new(store)))?
+            runtime.block_on(serve_on(&settings, Arc::new(store), args.api))?
         }
         StoreSettings::Scylla(scylla) => runtime.block_on(async {
             let store = ScyllaStore::connect(scylla).await.with_context(|| {
@@ -47,7 +52,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     scylla.nodes.join(", ")
                 )
             })?;
-            serve_on(&settings, Arc::new(store)).await
+            serve_on(&settings, Arc::new(store), args.api).await
         })?,
     };
     eprintln!(
@@ -61,13 +66,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 async fn serve_on<S: StateStore>(
     settings: &Settings,
     store: Arc<S>,
+    api: bool,
 ) -> anyhow::Result<crate::runtime::ProcessorStats> {
+    if api {
+        crate::api::spawn_with_processor(settings, store.clone())?;
+    }
     let owner = format!("{}/pid-{}", settings.kafka.group_id, std::process::id());
     let progress = Arc::new(Progress::default());
     serve(settings, store, &owner, progress, shutdown_signal()).await
 }
 
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

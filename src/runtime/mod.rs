@@ -5,4 +5,6 @@ pub mod batch;
 mod processor;
 pub mod service;
 
-pub use processor::{BatchRecord, Processor, ProcessorStats, SourcePos, Unacked};
+pub use processor::{
+    BatchRecord, Processor, ProcessorStats, SourcePos, StoredJournalEntry, Unacked,
+};

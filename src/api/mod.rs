@@ -1,0 +1,14 @@
+//! The read-only HTTP API for support and accounting (SPEC §1): an
+//! account's state, its invoices, its journal, its state as of a past
+//! instant, and the lineage of an invoice line. Nothing here writes.
+
+pub mod auth;
+pub mod history;
+pub mod lineage;
+pub mod routes;
+mod serve;
+pub mod views;
+
+pub use auth::{Verifier, READ_ROLE};
+pub use routes::{router, ApiState, ROUTES};
+pub use serve::{serve, spawn_with_processor};

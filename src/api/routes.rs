@@ -1,0 +1,382 @@
+//! The routes: every one a GET (a `POST`, `PUT` or `DELETE` is answered
+//! 405: there is nothing to write or delete through this API), every one
+//! but `/healthz` behind the bearer-token check. `ROUTES` lists them for
+//! the test that keeps `docs/openapi.yaml` in step.
+
+use std::sync::{Arc, RwLock};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::{require_reader, Verifier};
+use super::history::Projection;
+use super::lineage::Tracer;
+use super::views::{account_view, rendered, time};
+use crate::engine::events::IssuedInvoice;
+use crate::engine::time::Timestamp;
+use crate::engine::{AccountState, Engine};
+use crate::runtime::StoredJournalEntry;
+use crate::store::{StateStore, StoreError};
+
+/// What the handlers read: the store, and the engine (its price book) to
+/// price the running draft.
+pub struct ApiState<S: StateStore> {
+    pub store: Arc<S>,
+    pub engine: Arc<RwLock<Engine>>,
+}
+
+pub const HEALTHZ: &str = "/healthz";
+pub const ACCOUNT: &str = "/v1/accounts/{account_id}";
+pub const ACCOUNT_AS_OF: &str = "/v1/accounts/{account_id}/as-of";
+pub const INVOICES: &str = "/v1/accounts/{account_id}/invoices";
+pub const INVOICE: &str = "/v1/accounts/{account_id}/invoices/{invoice_id}";
+pub const LINE_LINEAGE: &str =
+    "/v1/accounts/{account_id}/invoices/{invoice_id}/lines/{line}/lineage";
+pub const JOURNAL: &str = "/v1/accounts/{account_id}/journal";
+
+/// Every route of `router`, all `GET`.
+pub const ROUTES: [&str; 7] = [
+    HEALTHZ,
+    ACCOUNT,
+    ACCOUNT_AS_OF,
+    INVOICES,
+    INVOICE,
+    LINE_LINEAGE,
+    JOURNAL,
+];
+
+/// Journal entries per page at most.
+pub const MAX_PAGE: usize = 1000;
+
+/// The API's router.
+pub fn router<S: StateStore>(state: Arc<ApiState<S>>, verifier: Arc<Verifier>) -> Router {
+    let reads = Router::new()
+        .route(ACCOUNT, get(account::<S>))
+        .route(ACCOUNT_AS_OF, get(account_as_of::<S>))
+        .route(INVOICES, get(invoices::<S>))
+        .route(INVOICE, get(invoice::<S>))
+        .route(LINE_LINEAGE, get(line_lineage::<S>))
+        .route(JOURNAL, get(journal::<S>))
+        .route_layer(axum::middleware::from_fn_with_state(
+            verifier,
+            require_reader,
+        ))
+        .with_state(state);
+    Router::new()
+        .route(HEALTHZ, get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(reads)
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+}
+
+pub fn error_body(message: &str) -> Json<Value> {
+    Json(json!({ "error": message }))
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No such account, invoice, line or route: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// A malformed parameter: 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The store failed; the client may retry: 503.
+    #[error("store unavailable: {0}")]
+    Store(#[from] StoreError),
+    /// The answer needs a plan this instance's price book does not hold
+    /// yet (still loading the plans topic): 503.
+    #[error("{0}")]
+    PriceBook(String),
+    /// A stored record does not parse: a bug or corruption, 500.
+    #[error("stored record does not parse: {0}")]
+    Corrupt(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Store(_) | ApiError::PriceBook(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "API read failed");
+        }
+        (status, error_body(&self.to_string())).into_response()
+    }
+}
+
+type Reply = Result<Json<Value>, ApiError>;
+
+async fn load_state<S: StateStore>(store: &S, account_id: &str) -> Result<AccountState, ApiError> {
+    let stored = store
+        .load_account(account_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no account {account_id:?}")))?;
+    serde_json::from_slice(&stored.snapshot)
+        .map_err(|e| ApiError::Corrupt(format!("snapshot of {account_id}: {e}")))
+}
+
+fn parse_entry(account_id: &str, seq: u64, bytes: &[u8]) -> Result<StoredJournalEntry, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::Corrupt(format!("journal entry {account_id}/{seq}: {e}")))
+}
+
+/// Read the journal from the start, in pages, while `f` asks for more.
+async fn read_journal<S: StateStore>(
+    store: &S,
+    account_id: &str,
+    mut f: impl FnMut(StoredJournalEntry) -> bool,
+) -> Result<(), ApiError> {
+    let mut from = 1;
+    loop {
+        let page = store.read_journal(account_id, from, MAX_PAGE).await?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        from = last.seq + 1;
+        for record in &page {
+            if !f(parse_entry(account_id, record.seq, &record.bytes)?) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn account<S: StateStore>(
+    State(api): State<Arc<ApiState<S>>>,
+    Path(account_id): Path<String>,
+) -> Reply {
+    let st = load_state(&*api.store, &account_id).await?;
+    let draft = if st.finished {
+        None
+    } else {
+        let engine = api.engine.read().unwrap_or_else(|e| e.into_inner());
+        let needed = std::iter::once(st.plan_id.as_str())
+            .chain(st.pending_plan.as_ref().map(|(p, _)| p.as_str()))
+            .chain(st.open.iter().map(|u| u.plan_id.as_str()));
+        for plan_id in needed {
+            if engine.plans.get(plan_id).is_none() {
+                return Err(ApiError::PriceBook(format!(
+                    "plan {plan_id:?} is not in this instance's price book (yet): the draft cannot be priced"
+                )));
+            }
+        }
+        Some(engine.draft(&st))
+    };
+    Ok(Json(json!(account_view(&st, draft))))
+}
+
+#[derive(Deserialize)]
+struct AsOfQuery {
+    at: Option<String>,
+}
+
+async fn account_as_of<S: StateStore>(
+    State(api): State<Arc<ApiState<S>>>,
+    Path(account_id): Path<String>,
+    Query(q): Query<AsOfQuery>,
+) -> Reply {
+    let text = q.at.ok_or_else(|| {
+        ApiError::BadRequest("query parameter `at` (RFC 3339) is required".into())
+    })?;
+    let at = Timestamp::parse_rfc3339(&text).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "`at` = {text:?} is not an RFC 3339 instant such as 2026-03-15T00:00:00Z"
+        ))
+    })?;
+    let mut projection: Option<Projection> = None;
+    let mut bad_start = None;
+    read_journal(&*api.store, &account_id, |stored| {
+        if stored.entry.at > at {
+            return false;
+        }
+        match projection.as_mut() {
+            Some(p) => p.apply(&stored.entry),
+            None => match Projection::open(&stored.entry) {
+                Some(p) => projection = Some(p),
+                None => {
+                    bad_start = Some(stored.entry.seq);
+                    return false;
+                }
+            },
+        }
+        true
+    })
+    .await?;
+    if let Some(seq) = bad_start {
+        return Err(ApiError::Corrupt(format!(
+            "journal of {account_id} starts at seq {seq} without AccountOpened"
+        )));
+    }
+    match projection {
+        Some(p) => Ok(Json(json!(p.view(at)))),
+        None => {
+            // Tell "never existed" from "not yet open at that instant".
+            load_state(&*api.store, &account_id).await?;
+            Err(ApiError::NotFound(format!(
+                "account {account_id:?} was not open at {}",
+                time(at)
+            )))
+        }
+    }
+}
+
+fn parse_invoice(account_id: &str, bytes: &[u8]) -> Result<IssuedInvoice, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::Corrupt(format!("invoice of {account_id}: {e}")))
+}
+
+/// An issued invoice as the API shows it: the document plus where its
+/// collection stands (from the account's snapshot).
+fn invoice_json(st: &AccountState, inv: &IssuedInvoice, with_lines: bool) -> Value {
+    let c = st.currency;
+    let open = st.invoices.iter().find(|o| o.invoice_id == inv.invoice_id);
+    let (status, paid, remaining) = match open {
+        Some(o) if o.overdue => ("overdue", o.paid, o.remaining()),
+        Some(o) => ("open", o.paid, o.remaining()),
+        None => ("paid", inv.amount_due, crate::engine::money::Minor::ZERO),
+    };
+    let mut v = rendered(inv, c);
+    if let Value::Object(map) = &mut v {
+        if !with_lines {
+            map.remove("lines");
+        }
+        map.insert("status".into(), json!(status));
+        map.insert("amount_paid".into(), json!(c.format(paid)));
+        map.insert("remaining".into(), json!(c.format(remaining)));
+    }
+    v
+}
+
+async fn invoices<S: StateStore>(
+    State(api): State<Arc<ApiState<S>>>,
+    Path(account_id): Path<String>,
+) -> Reply {
+    let st = load_state(&*api.store, &account_id).await?;
+    let records = api.store.invoices(&account_id).await?;
+    let mut list = Vec::with_capacity(records.len());
+    for r in &records {
+        list.push(invoice_json(
+            &st,
+            &parse_invoice(&account_id, &r.bytes)?,
+            false,
+        ));
+    }
+    Ok(Json(json!({
+        "account_id": account_id,
+        "draft_invoice_id": (!st.finished).then_some(&st.draft_invoice_id),
+        "invoices": list,
+    })))
+}
+
+async fn load_invoice<S: StateStore>(
+    store: &S,
+    account_id: &str,
+    invoice_id: &str,
+) -> Result<(AccountState, IssuedInvoice), ApiError> {
+    let st = load_state(store, account_id).await?;
+    let record = store
+        .invoice(account_id, invoice_id)
+        .await?
+        .ok_or_else(|| {
+            let hint = if !st.finished && st.draft_invoice_id == invoice_id {
+                " (it is the open draft: see the account's state)"
+            } else {
+                ""
+            };
+            ApiError::NotFound(format!(
+                "no issued invoice {invoice_id:?} for account {account_id:?}{hint}"
+            ))
+        })?;
+    let inv = parse_invoice(account_id, &record.bytes)?;
+    Ok((st, inv))
+}
+
+async fn invoice<S: StateStore>(
+    State(api): State<Arc<ApiState<S>>>,
+    Path((account_id, invoice_id)): Path<(String, String)>,
+) -> Reply {
+    let (st, inv) = load_invoice(&*api.store, &account_id, &invoice_id).await?;
+    Ok(Json(invoice_json(&st, &inv, true)))
+}
+
+async fn line_lineage<S: StateStore>(
+    State(api): State<Arc<ApiState<S>>>,
+    Path((account_id, invoice_id, line)): Path<(String, String, String)>,
+) -> Reply {
+    let (st, inv) = load_invoice(&*api.store, &account_id, &invoice_id).await?;
+    let index: usize = line
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("line {line:?} is not a line index")))?;
+    let mut tracer = Tracer::new(&inv, index).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "invoice {invoice_id:?} has {} lines, no line {index}",
+            inv.lines.len()
+        ))
+    })?;
+    read_journal(&*api.store, &account_id, |stored| {
+        tracer.see(&stored);
+        !tracer.done
+    })
+    .await?;
+    let quantity: Option<rust_decimal::Decimal> = tracer
+        .inputs
+        .iter()
+        .filter_map(|i| i.quantity.as_deref()?.parse().ok())
+        .reduce(|a, b| a + b);
+    Ok(Json(json!({
+        "account_id": account_id,
+        "invoice_id": invoice_id,
+        "line_index": index,
+        "line": rendered(&inv.lines[index], st.currency),
+        "inputs": tracer.inputs,
+        "traced_quantity": quantity.map(|q| q.to_string()),
+    })))
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    from_seq: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn journal<S: StateStore>(
+    State(api): State<Arc<ApiState<S>>>,
+    Path(account_id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Reply {
+    let from = q.from_seq.unwrap_or(1).max(1);
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let st = load_state(&*api.store, &account_id).await?;
+    let page = api.store.read_journal(&account_id, from, limit).await?;
+    let mut entries = Vec::with_capacity(page.len());
+    for r in &page {
+        entries.push(rendered(
+            &parse_entry(&account_id, r.seq, &r.bytes)?,
+            st.currency,
+        ));
+    }
+    let next = page
+        .last()
+        .map(|r| r.seq + 1)
+        .filter(|n| page.len() == limit && *n <= st.journal_seq);
+    Ok(Json(json!({
+        "account_id": account_id,
+        "from_seq": from,
+        "entries": entries,
+        "next_from_seq": next,
+    })))
+}

@@ -1,0 +1,121 @@
+//! Serving the API: bind, load the price book from the plans topic (the
+//! draft's running total needs it), follow the topic, answer until stopped.
+
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::message::Message;
+
+use super::auth::Verifier;
+use super::routes::{router, ApiState};
+use crate::config::Settings;
+use crate::contracts::{Catalog, Decoded, Decoder};
+use crate::engine::plan::PlanBook;
+use crate::engine::Engine;
+use crate::source::kafka::PlanFollower;
+use crate::store::StateStore;
+
+/// How often new plan records are picked up.
+const PLAN_POLL: Duration = Duration::from_secs(5);
+
+fn apply_plans(
+    engine: &RwLock<Engine>,
+    decoder: &Decoder,
+    records: &[rdkafka::message::OwnedMessage],
+) {
+    let mut engine = engine.write().unwrap_or_else(|e| e.into_inner());
+    for m in records {
+        let Some(raw) = m.payload() else { continue };
+        match decoder.decode(raw) {
+            Ok(Decoded::Plan(plan)) => {
+                let id = plan.plan_id.clone();
+                if let Err(e) = engine.plans.upsert(plan) {
+                    tracing::warn!(plan_id = %id, error = %e, "API: plan refused");
+                }
+            }
+            Ok(Decoded::Input(_)) => {}
+            Err(e) => {
+                tracing::warn!(offset = m.offset(), error = %e, "API: plan record does not decode")
+            }
+        }
+    }
+}
+
+/// Read the plans topic to its end into a shared engine, then keep
+/// following it on a thread of its own (the Kafka client blocks).
+async fn load_price_book(settings: &Settings) -> anyhow::Result<Arc<RwLock<Engine>>> {
+    let engine = Arc::new(RwLock::new(Engine::new(
+        settings.engine.clone(),
+        PlanBook::new(),
+    )));
+    let decoder = Decoder::new(Catalog::shared()?)?;
+    let s = settings.clone();
+    let (follower, initial) =
+        tokio::task::spawn_blocking(move || PlanFollower::read_to_end(&s, Duration::from_secs(60)))
+            .await?
+            .with_context(|| format!("API: reading the plans topic {}", settings.topics.plans))?;
+    apply_plans(&engine, &decoder, &initial);
+    tracing::info!(
+        plans = engine.read().map(|e| e.plans.len()).unwrap_or(0),
+        "API: price book loaded"
+    );
+    let shared = engine.clone();
+    std::thread::Builder::new()
+        .name("api-plans".into())
+        .spawn(move || loop {
+            std::thread::sleep(PLAN_POLL);
+            match follower.poll_new() {
+                Ok(records) => apply_plans(&shared, &decoder, &records),
+                Err(e) => tracing::warn!(error = %e, "API: following the plans topic"),
+            }
+        })?;
+    Ok(engine)
+}
+
+/// Serve the API of `settings.api` on `store` until `stop` resolves.
+/// Fails before binding when the token key is missing (naming the field).
+pub async fn serve<S: StateStore>(
+    settings: &Settings,
+    store: Arc<S>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let verifier = Arc::new(Verifier::from_settings(&settings.api)?);
+    let listener = tokio::net::TcpListener::bind(settings.api.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "config field `api.listen`: cannot bind {}",
+                settings.api.listen
+            )
+        })?;
+    let engine = load_price_book(settings).await?;
+    let app = router(Arc::new(ApiState { store, engine }), verifier);
+    tracing::info!(listen = %settings.api.listen, "API: serving");
+    eprintln!(
+        "billstream api: listening on http://{}",
+        settings.api.listen
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+        .context("API server")
+}
+
+/// For `billstream run --api`: check the API's settings now (so a bad
+/// key stops the start), then serve next to the processor on the same
+/// store until the process ends.
+pub fn spawn_with_processor<S: StateStore>(
+    settings: &Settings,
+    store: Arc<S>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    Verifier::from_settings(&settings.api)?;
+    let settings = settings.clone();
+    Ok(tokio::spawn(async move {
+        if let Err(e) = serve(&settings, store, std::future::pending()).await {
+            tracing::error!(error = %format!("{e:#}"), "API stopped");
+            eprintln!("billstream run: API stopped: {e:#}");
+        }
+    }))
+}

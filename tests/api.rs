@@ -1,0 +1,791 @@
+//! The read-only HTTP API: state built through the real `Processor` on an
+//! embedded store, the router called in-process. Auth failures (401/403),
+//! every route's content with exact values, 404s, 405 for writes, and the
+//! OpenAPI file in step with the router.
+
+use std::sync::{Arc, RwLock};
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use billstream::api::{router, ApiState, Verifier, ROUTES};
+use billstream::config::{ApiSettings, JwtKey, JwtSettings};
+use billstream::contracts::{parse_line, Decoded};
+use billstream::engine::time::Timestamp;
+use billstream::engine::{Engine, EngineConfig};
+use billstream::runtime::{Processor, SourcePos};
+use billstream::store::{EmbeddedStore, StateStore};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const SECRET: &str = "test-secret-of-at-least-thirty-two-bytes";
+const PLAN: &str = r#"{"plan_id":"p","currency":"EUR","recurring_fee":"10.00","minimum_spend":"0","charges":[{"metric":"m","model":"per_unit","unit_price":"0.5"}]}"#;
+
+fn ts(s: &str) -> Timestamp {
+    Timestamp::parse_rfc3339(s).unwrap()
+}
+
+/// (topic, JSON line) in processing order; each is processed at its
+/// `occurred_at`.
+fn inputs() -> Vec<(&'static str, String)> {
+    let usage = |id: &str, subject: &str, qty: &str, at: &str| {
+        (
+            "billing.usage.v1",
+            format!(
+                r#"{{"event_id":"{id}","account_id":"a1","subject":"{subject}","metric":"m","quantity":"{qty}","occurred_at":"{at}","environment":"prod","attributes":{{}}}}"#
+            ),
+        )
+    };
+    vec![
+        ("billing.accounts.v1", r#"{"event_id":"open-a1","account_id":"a1","plan_id":"p","currency":"EUR","timezone":"UTC","tax_rate":"0.1","opened_at":"2026-03-01T00:00:00Z","environment":"prod"}"#.to_string()),
+        ("billing.payments.v1", r#"{"event_id":"pm-1","account_id":"a1","kind":"payment_method_attached","occurred_at":"2026-03-02T00:00:00Z","token_ref":"tok_secret_ref","brand":"visa","last4":"4242","expires":"2027-08"}"#.to_string()),
+        usage("u1", "app-1", "2", "2026-03-03T10:00:00Z"),
+        usage("u2", "app-2", "3.5", "2026-03-04T10:00:00Z"),
+        usage("u3", "app-1", "1", "2026-03-05T10:00:00Z"),
+        ("billing.payments.v1", r#"{"event_id":"fail-1","account_id":"a1","kind":"payment_failed","occurred_at":"2026-03-06T00:00:00Z","charge_id":"inv_a1_00001/attempt-1","invoice_id":"inv_a1_00001","retryable":true,"reason":"insufficient_funds"}"#.to_string()),
+        ("billing.payments.v1", r#"{"event_id":"top-1","account_id":"a1","kind":"credit_topped_up","occurred_at":"2026-03-06T12:00:00Z","amount":"5.00","currency":"EUR"}"#.to_string()),
+    ]
+}
+
+/// Runs the inputs, then the clock to 2026-04-02 (the March draft is
+/// issued on 1 April after the grace hour).
+async fn store_with_history(dir: &std::path::Path) -> (Arc<EmbeddedStore>, Engine) {
+    let store = Arc::new(EmbeddedStore::open(dir).unwrap());
+    let epoch = store.claim_partition(0, "test").await.unwrap();
+    let mut engine = Engine::new(EngineConfig::new("prod"), Default::default());
+    match parse_line(PLAN).unwrap() {
+        Decoded::Plan(p) => engine.plans.upsert(p).unwrap(),
+        _ => unreachable!(),
+    }
+    let mut p = Processor::new(engine.clone(), store.clone());
+    p.assign_partition(0, epoch, ts("2026-03-01T00:00:00Z"))
+        .await
+        .unwrap();
+    for (offset, (topic, line)) in inputs().iter().enumerate() {
+        let Ok(Decoded::Input(input)) = parse_line(line) else {
+            panic!("bad test input {line}");
+        };
+        let pos = SourcePos {
+            topic: topic.to_string(),
+            partition: 0,
+            offset: 100 + offset as i64,
+        };
+        let now = input.occurred_at();
+        p.apply(&pos, Some("a1"), line.as_bytes(), &input, now)
+            .await
+            .unwrap();
+        // One flush per input: several writes, like a running processor.
+        p.flush().await.unwrap();
+    }
+    p.advance_timers(ts("2026-04-02T00:00:00Z"));
+    p.flush().await.unwrap();
+    (store, engine)
+}
+
+fn hs256_settings() -> ApiSettings {
+    ApiSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        role_claim: "roles".into(),
+        jwt: JwtSettings {
+            key: JwtKey::Hs256 {
+                secret: SECRET.into(),
+            },
+            issuer: None,
+            audience: None,
+        },
+    }
+}
+
+fn app(store: Arc<EmbeddedStore>, engine: Engine, settings: &ApiSettings) -> Router {
+    let verifier = Arc::new(Verifier::from_settings(settings).unwrap());
+    router(
+        Arc::new(ApiState {
+            store,
+            engine: Arc::new(RwLock::new(engine)),
+        }),
+        verifier,
+    )
+}
+
+fn exp_in(secs: i64) -> i64 {
+    chrono::Utc::now().timestamp() + secs
+}
+
+fn hs256(claims: Value, secret: &str) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn reader_token() -> String {
+    hs256(
+        json!({"sub": "support-1", "exp": exp_in(600), "roles": ["billing:read"]}),
+        SECRET,
+    )
+}
+
+async fn call(app: &Router, method: Method, uri: &str, token: Option<&str>) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)))
+    };
+    (status, body)
+}
+
+async fn get(app: &Router, uri: &str) -> Value {
+    let (status, body) = call(app, Method::GET, uri, Some(&reader_token())).await;
+    assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+    body
+}
+
+#[tokio::test]
+async fn api_requests_without_a_valid_token_are_401_and_without_the_role_403() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = store_with_history(dir.path()).await;
+    let app = app(store, engine, &hs256_settings());
+    let uri = "/v1/accounts/a1";
+
+    // Missing header: 401 with a Bearer challenge.
+    let resp = app
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Bearer");
+
+    // Not a bearer scheme.
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::get(uri)
+                .header(header::AUTHORIZATION, "Basic c3VwcG9ydDpwdw==")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    let unauthorized = [
+        ("malformed", "not.a.jwt".to_string()),
+        (
+            "bad signature",
+            hs256(
+                json!({"exp": exp_in(600), "roles": ["billing:read"]}),
+                "another-secret-of-at-least-thirty-two-bytes",
+            ),
+        ),
+        (
+            "expired",
+            hs256(
+                json!({"exp": exp_in(-3600), "roles": ["billing:read"]}),
+                SECRET,
+            ),
+        ),
+        (
+            "no expiry",
+            hs256(json!({"roles": ["billing:read"]}), SECRET),
+        ),
+        (
+            "not yet valid",
+            hs256(
+                json!({"exp": exp_in(7200), "nbf": exp_in(3600), "roles": ["billing:read"]}),
+                SECRET,
+            ),
+        ),
+    ];
+    for (why, token) in &unauthorized {
+        let (status, body) = call(&app, Method::GET, uri, Some(token)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}: {body}");
+        assert_eq!(
+            body,
+            json!({"error": "invalid or expired bearer token"}),
+            "{why}"
+        );
+    }
+
+    for (why, claims) in [
+        ("no roles claim", json!({"exp": exp_in(600)})),
+        (
+            "other roles",
+            json!({"exp": exp_in(600), "roles": ["billing:write", "admin"]}),
+        ),
+        (
+            "role as a prefix only",
+            json!({"exp": exp_in(600), "roles": "billing:readers"}),
+        ),
+    ] {
+        let (status, body) = call(&app, Method::GET, uri, Some(&hs256(claims, SECRET))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{why}: {body}");
+        assert_eq!(
+            body,
+            json!({"error": "the token does not grant the billing:read role (claim `roles`)"})
+        );
+    }
+
+    // Roles as one space-separated string (OAuth `scope` style) are accepted.
+    let token = hs256(
+        json!({"exp": exp_in(600), "roles": "profile billing:read"}),
+        SECRET,
+    );
+    assert_eq!(
+        call(&app, Method::GET, uri, Some(&token)).await.0,
+        StatusCode::OK
+    );
+
+    // Every route but /healthz is behind the check.
+    for route in ROUTES.iter().filter(|r| **r != "/healthz") {
+        let uri = route
+            .replace("{account_id}", "a1")
+            .replace("{invoice_id}", "inv_a1_00001")
+            .replace("{line}", "0");
+        assert_eq!(
+            call(&app, Method::GET, &uri, None).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{uri}"
+        );
+    }
+    let (status, body) = call(&app, Method::GET, "/healthz", None).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+}
+
+#[tokio::test]
+async fn api_rs256_tokens_issuer_and_audience_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = store_with_history(dir.path()).await;
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let settings = ApiSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        role_claim: "realm_access.roles".into(),
+        jwt: JwtSettings {
+            key: JwtKey::Rs256 {
+                public_key_path: fixtures.join("api_rs256_public.pem"),
+            },
+            issuer: Some("https://idp.example".into()),
+            audience: Some("billstream".into()),
+        },
+    };
+    let app = app(store, engine, &settings);
+    let private = std::fs::read(fixtures.join("api_rs256_private.pem")).unwrap();
+    let rs256 = |claims: Value| {
+        encode(
+            &Header::new(Algorithm::RS256),
+            &claims,
+            &EncodingKey::from_rsa_pem(&private).unwrap(),
+        )
+        .unwrap()
+    };
+    let good = json!({"exp": exp_in(600), "iss": "https://idp.example", "aud": "billstream",
+                      "realm_access": {"roles": ["billing:read"]}});
+    let uri = "/v1/accounts/a1/invoices";
+    assert_eq!(
+        call(&app, Method::GET, uri, Some(&rs256(good.clone())))
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    let mut cases = Vec::new();
+    for (field, value) in [
+        ("iss", json!("https://evil.example")),
+        ("aud", json!("other")),
+    ] {
+        let mut claims = good.clone();
+        claims[field] = value;
+        cases.push((format!("wrong {field}"), rs256(claims)));
+        let mut claims = good.clone();
+        claims.as_object_mut().unwrap().remove(field);
+        cases.push((format!("no {field}"), rs256(claims)));
+    }
+    // An HS256 token cannot stand in for RS256 (no algorithm confusion).
+    cases.push(("HS256 token".into(), hs256(good.clone(), SECRET)));
+    for (why, token) in &cases {
+        assert_eq!(
+            call(&app, Method::GET, uri, Some(token)).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{why}"
+        );
+    }
+    let mut claims = good.clone();
+    claims["realm_access"] = json!({"roles": ["billing:write"]});
+    assert_eq!(
+        call(&app, Method::GET, uri, Some(&rs256(claims))).await.0,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[test]
+fn api_start_stops_naming_the_missing_key_field() {
+    let mut settings = hs256_settings();
+    settings.jwt.key = JwtKey::Hs256 {
+        secret: String::new(),
+    };
+    let e = Verifier::from_settings(&settings).err().unwrap();
+    assert!(e.to_string().contains("`api.jwt.secret`"), "{e}");
+    settings.jwt.key = JwtKey::Rs256 {
+        public_key_path: "/nonexistent/key.pem".into(),
+    };
+    let e = Verifier::from_settings(&settings).err().unwrap();
+    assert!(e.to_string().contains("`api.jwt.public_key_path`"), "{e}");
+    let not_a_key = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    settings.jwt.key = JwtKey::Rs256 {
+        public_key_path: not_a_key,
+    };
+    let e = Verifier::from_settings(&settings).err().unwrap();
+    assert!(e.to_string().contains("`api.jwt.public_key_path`"), "{e}");
+}
+
+#[tokio::test]
+async fn api_account_state_shows_credit_draft_running_total_masked_method_and_dunning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = store_with_history(dir.path()).await;
+    let app = app(store, engine, &hs256_settings());
+    let body = get(&app, "/v1/accounts/a1").await;
+    assert!(
+        !body.to_string().contains("tok_secret_ref"),
+        "token ref leaked: {body}"
+    );
+    assert_eq!(
+        body,
+        json!({
+            "account_id": "a1",
+            "currency": "EUR",
+            "timezone": "UTC",
+            "tax_rate": "0.1",
+            "opened_at": "2026-03-01T00:00:00Z",
+            "closed_at": null,
+            "plan_id": "p",
+            "pending_plan": null,
+            "credit": "0.00",
+            "outstanding": "20.57",
+            "dunning_stage": "overdue",
+            "payment_method": {"brand": "visa", "last4": "4242", "expires": "2027-08", "masked": "visa •••• 4242"},
+            "open_invoices": [
+                {"invoice_id": "inv_a1_00001", "number": "a1-00001", "issued_at": "2026-03-01T00:00:00Z",
+                 "due_at": "2026-03-15T00:00:00Z", "amount_due": "11.00", "paid": "5.00", "remaining": "6.00",
+                 "overdue": true, "charge_attempts": 2, "charge_outstanding": 2, "next_retry_at": null,
+                 "dunning_stopped": null, "stage": "overdue"},
+                {"invoice_id": "inv_a1_00002", "number": "a1-00002", "issued_at": "2026-04-01T01:00:00Z",
+                 "due_at": "2026-04-15T01:00:00Z", "amount_due": "14.57", "paid": "0.00", "remaining": "14.57",
+                 "overdue": false, "charge_attempts": 1, "charge_outstanding": 1, "next_retry_at": null,
+                 "dunning_stopped": null, "stage": "charge_pending"}
+            ],
+            "clock": "2026-04-02T00:00:00Z",
+            "journal_seq": body["journal_seq"],
+            "draft": {
+                "invoice_id": "inv_a1_00003",
+                "period_start": "2026-04-01T00:00:00Z",
+                "period_end": "2026-05-01T00:00:00Z",
+                "lines": [{"kind": "recurring_fee", "metric": null, "quantity": "1", "unit_price": null,
+                           "amount": "10.00", "for_period_start": "2026-05-01T00:00:00Z",
+                           "for_period_end": "2026-06-01T00:00:00Z", "subjects": {},
+                           "description": "p recurring fee"}],
+                "subtotal": "10.00",
+                "tax": "1.00",
+                "total": "11.00"
+            }
+        })
+    );
+    let (status, body) = call(
+        &app,
+        Method::GET,
+        "/v1/accounts/nobody",
+        Some(&reader_token()),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::NOT_FOUND,
+            json!({"error": "no account \"nobody\""})
+        )
+    );
+}
+
+#[tokio::test]
+async fn api_state_as_of_a_past_instant_is_rebuilt_from_the_journal() {
+    // Before the close: the draft carries March's usage, a retry is due.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = store_with_history(dir.path()).await;
+    let app = app(store, engine, &hs256_settings());
+    let body = get(&app, "/v1/accounts/a1/as-of?at=2026-03-06T18:00:00Z").await;
+    assert_eq!(
+        body,
+        json!({
+            "as_of": "2026-03-06T18:00:00Z",
+            "journal_seq": body["journal_seq"],
+            "last_change_at": "2026-03-06T12:00:00Z",
+            "account_id": "a1",
+            "currency": "EUR",
+            "timezone": "UTC",
+            "tax_rate": "0.1",
+            "opened_at": "2026-03-01T00:00:00Z",
+            "closed_at": null,
+            "plan_id": "p",
+            "pending_plan": null,
+            "credit": "0.00",
+            "outstanding": "6.00",
+            "dunning_stage": "retry_scheduled",
+            "payment_method": {"brand": "visa", "last4": "4242", "expires": "2027-08", "masked": "visa •••• 4242"},
+            "open_invoices": [
+                {"invoice_id": "inv_a1_00001", "number": "a1-00001", "issued_at": "2026-03-01T00:00:00Z",
+                 "due_at": "2026-03-15T00:00:00Z", "amount_due": "11.00", "paid": "5.00", "remaining": "6.00",
+                 "overdue": false, "charge_attempts": 1, "charge_outstanding": null,
+                 "next_retry_at": "2026-03-07T00:00:00Z", "dunning_stopped": null, "stage": "retry_scheduled"}
+            ],
+            "draft": {
+                "invoice_id": "inv_a1_00002",
+                "period_start": "2026-03-01T00:00:00Z",
+                "period_end": "2026-04-01T00:00:00Z",
+                "usage": [{"metric": "m", "for_period_start": "2026-03-01T00:00:00Z", "quantity": "6.5",
+                           "subjects": {"app-1": "3", "app-2": "3.5"}}],
+                "late_usage": [],
+                "adjustments": []
+            }
+        })
+    );
+    // Before the first change of the account, and of an unknown account.
+    let (status, body) = call(
+        &app,
+        Method::GET,
+        "/v1/accounts/a1/as-of?at=2026-02-01T00:00:00Z",
+        Some(&reader_token()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(
+        body,
+        json!({"error": "account \"a1\" was not open at 2026-02-01T00:00:00Z"})
+    );
+    let (status, _) = call(
+        &app,
+        Method::GET,
+        "/v1/accounts/nobody/as-of?at=2026-03-01T00:00:00Z",
+        Some(&reader_token()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for bad in [
+        "/v1/accounts/a1/as-of",
+        "/v1/accounts/a1/as-of?at=yesterday",
+    ] {
+        let (status, _) = call(&app, Method::GET, bad, Some(&reader_token())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn api_state_as_of_now_matches_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = store_with_history(dir.path()).await;
+    let app = app(store, engine, &hs256_settings());
+    let mut live = get(&app, "/v1/accounts/a1").await;
+    let mut rebuilt = get(&app, "/v1/accounts/a1/as-of?at=2026-04-02T00:00:00Z").await;
+    assert_eq!(live["journal_seq"], rebuilt["journal_seq"]);
+    for v in [&mut live, &mut rebuilt] {
+        let map = v.as_object_mut().unwrap();
+        for k in ["draft", "clock", "journal_seq", "as_of", "last_change_at"] {
+            map.remove(k);
+        }
+    }
+    assert_eq!(live, rebuilt);
+}
+
+#[tokio::test]
+async fn api_invoices_list_and_one_invoice_with_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = store_with_history(dir.path()).await;
+    let app = app(store, engine, &hs256_settings());
+    let list = get(&app, "/v1/accounts/a1/invoices").await;
+    assert_eq!(
+        list,
+        json!({
+            "account_id": "a1",
+            "draft_invoice_id": "inv_a1_00003",
+            "invoices": [
+                {"invoice_id": "inv_a1_00001", "number": "a1-00001",
+                 "period": {"start": "2026-03-01T00:00:00Z", "end": "2026-04-01T00:00:00Z"},
+                 "issued_at": "2026-03-01T00:00:00Z", "due_at": "2026-03-15T00:00:00Z", "currency": "EUR",
+                 "subtotal": "10.00", "tax": "1.00", "total": "11.00", "credit_applied": "0.00",
+                 "amount_due": "11.00", "status": "overdue", "amount_paid": "5.00", "remaining": "6.00"},
+                {"invoice_id": "inv_a1_00002", "number": "a1-00002",
+                 "period": {"start": "2026-03-01T00:00:00Z", "end": "2026-04-01T00:00:00Z"},
+                 "issued_at": "2026-04-01T01:00:00Z", "due_at": "2026-04-15T01:00:00Z", "currency": "EUR",
+                 "subtotal": "13.25", "tax": "1.32", "total": "14.57", "credit_applied": "0.00",
+                 "amount_due": "14.57", "status": "open", "amount_paid": "0.00", "remaining": "14.57"}
+            ]
+        })
+    );
+    let inv = get(&app, "/v1/accounts/a1/invoices/inv_a1_00002").await;
+    assert_eq!(
+        inv["lines"],
+        json!([
+            {"kind": "usage", "metric": "m", "quantity": "6.5", "unit_price": "0.5", "amount": "3.25",
+             "for_period": {"start": "2026-03-01T00:00:00Z", "end": "2026-04-01T00:00:00Z"},
+             "subjects": {"app-1": "3", "app-2": "3.5"}, "description": null},
+            {"kind": "recurring_fee", "metric": null, "quantity": "1", "unit_price": null, "amount": "10.00",
+             "for_period": {"start": "2026-04-01T00:00:00Z", "end": "2026-05-01T00:00:00Z"},
+             "subjects": {}, "description": "p recurring fee"}
+        ])
+    );
+    let mut without_lines = inv.clone();
+    without_lines.as_object_mut().unwrap().remove("lines");
+    assert_eq!(without_lines, list["invoices"][1]);
+
+    for (uri, error) in [
+        ("/v1/accounts/a1/invoices/inv_a1_00009", "no issued invoice \"inv_a1_00009\" for account \"a1\""),
+        ("/v1/accounts/a1/invoices/inv_a1_00003", "no issued invoice \"inv_a1_00003\" for account \"a1\" (it is the open draft: see the account's state)"),
+        ("/v1/accounts/nobody/invoices/inv_a1_00001", "no account \"nobody\""),
+        ("/v1/accounts/nobody/invoices", "no account \"nobody\""),
+    ] {
+        let (status, body) = call(&app, Method::GET, uri, Some(&reader_token())).await;
+        assert_eq!((status, body), (StatusCode::NOT_FOUND, json!({"error": error})), "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn api_line_lineage_names_the_input_events_and_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = store_with_history(dir.path()).await;
+    let app = app(store, engine, &hs256_settings());
+    let body = get(
+        &app,
+        "/v1/accounts/a1/invoices/inv_a1_00002/lines/0/lineage",
+    )
+    .await;
+    assert_eq!(body["traced_quantity"], "6.5");
+    assert_eq!(body["line"]["amount"], "3.25");
+    let inputs: Vec<Value> = body["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            json!([
+                i["event_id"],
+                i["source"],
+                i["quantity"],
+                i["subject"],
+                i["entry_type"]
+            ])
+        })
+        .collect();
+    let src = |offset: i64| json!({"topic": "billing.usage.v1", "partition": 0, "offset": offset});
+    assert_eq!(
+        inputs,
+        vec![
+            json!(["u1", src(102), "2", "app-1", "usage_applied"]),
+            json!(["u2", src(103), "3.5", "app-2", "usage_applied"]),
+            json!(["u3", src(104), "1", "app-1", "usage_applied"]),
+        ]
+    );
+    // The recurring fee goes back to the account's opening (its plan).
+    let body = get(
+        &app,
+        "/v1/accounts/a1/invoices/inv_a1_00002/lines/1/lineage",
+    )
+    .await;
+    assert_eq!(
+        body["inputs"],
+        json!([{"event_id": "open-a1", "journal_seq": 1, "at": "2026-03-01T00:00:00Z",
+                "source": {"topic": "billing.accounts.v1", "partition": 0, "offset": 100},
+                "entry_type": "account_opened", "quantity": null, "subject": null}])
+    );
+    assert_eq!(body["traced_quantity"], Value::Null);
+
+    let (status, body) = call(
+        &app,
+        Method::GET,
+        "/v1/accounts/a1/invoices/inv_a1_00002/lines/2/lineage",
+        Some(&reader_token()),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::NOT_FOUND,
+            json!({"error": "invoice \"inv_a1_00002\" has 2 lines, no line 2"})
+        )
+    );
+    let (status, _) = call(
+        &app,
+        Method::GET,
+        "/v1/accounts/a1/invoices/inv_a1_00002/lines/x/lineage",
+        Some(&reader_token()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn api_journal_pages_in_order_with_sources_and_rendered_money() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = store_with_history(dir.path()).await;
+    let app = app(store, engine, &hs256_settings());
+    let page = get(&app, "/v1/accounts/a1/journal?from_seq=1&limit=3").await;
+    assert_eq!(page["next_from_seq"], 4);
+    let e = &page["entries"];
+    assert_eq!(
+        e[0],
+        json!({"account_id": "a1", "seq": 1, "at": "2026-03-01T00:00:00Z", "causation_id": "open-a1",
+               "event": {"type": "account_opened", "plan_id": "p", "currency": "EUR", "timezone": "UTC",
+                         "tax_rate": "0.1", "anchor": "calendar", "opened_at": "2026-03-01T00:00:00Z"},
+               "source": {"topic": "billing.accounts.v1", "partition": 0, "offset": 100}})
+    );
+    assert_eq!(e[1]["event"]["type"], "invoice_issued");
+    assert_eq!(e[1]["event"]["invoice"]["total"], "11.00");
+    assert_eq!(e[1]["event"]["invoice"]["lines"][0]["amount"], "10.00");
+    assert_eq!(
+        e[2]["event"],
+        json!({"type": "invoice_opened", "invoice_id": "inv_a1_00002",
+        "period": {"start": "2026-03-01T00:00:00Z", "end": "2026-04-01T00:00:00Z"}})
+    );
+
+    // Walk every page: seqs 1..=head without gaps; the last page says so.
+    let head = get(&app, "/v1/accounts/a1").await["journal_seq"]
+        .as_u64()
+        .unwrap();
+    let mut from = 1;
+    let mut seen = Vec::new();
+    loop {
+        let page = get(
+            &app,
+            &format!("/v1/accounts/a1/journal?from_seq={from}&limit=4"),
+        )
+        .await;
+        seen.extend(
+            page["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["seq"].as_u64().unwrap()),
+        );
+        match page["next_from_seq"].as_u64() {
+            Some(n) => from = n,
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=head).collect::<Vec<_>>());
+    // Timer-driven entries carry no input position.
+    let last = get(&app, &format!("/v1/accounts/a1/journal?from_seq={head}")).await;
+    assert_eq!(last["entries"][0]["source"], Value::Null);
+    assert!(last["entries"][0]["causation_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("timer:"));
+
+    for bad in ["limit=0", "limit=1001", "from_seq=x"] {
+        let (status, _) = call(
+            &app,
+            Method::GET,
+            &format!("/v1/accounts/a1/journal?{bad}"),
+            Some(&reader_token()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let (status, _) = call(
+        &app,
+        Method::GET,
+        "/v1/accounts/nobody/journal",
+        Some(&reader_token()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn api_has_no_route_that_writes_or_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = store_with_history(dir.path()).await;
+    let app = app(store, engine, &hs256_settings());
+    let token = reader_token();
+    for route in ROUTES {
+        let uri = route
+            .replace("{account_id}", "a1")
+            .replace("{invoice_id}", "inv_a1_00001")
+            .replace("{line}", "0");
+        for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            let (status, _) = call(&app, method.clone(), &uri, Some(&token)).await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+        }
+    }
+    let (status, body) = call(&app, Method::GET, "/v1/accounts", Some(&token)).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::NOT_FOUND, json!({"error": "no such route"}))
+    );
+}
+
+/// Paths and methods of docs/openapi.yaml, read line by line (paths sit
+/// two spaces in under `paths:`, methods four).
+fn openapi_operations() -> Vec<(String, String)> {
+    let text = include_str!("../docs/openapi.yaml");
+    let mut ops = Vec::new();
+    let mut in_paths = false;
+    let mut path = None;
+    for line in text.lines() {
+        if !line.starts_with(' ') && !line.is_empty() {
+            in_paths = line == "paths:";
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        if let Some(p) = line.strip_prefix("  /") {
+            path = Some(format!("/{}", p.trim_end_matches(':')));
+        } else if let Some(m) = line.strip_prefix("    ").filter(|m| !m.starts_with(' ')) {
+            let method = m.trim_end_matches(':').to_string();
+            ops.push((path.clone().expect("a method under a path"), method));
+        }
+    }
+    ops
+}
+
+#[test]
+fn api_openapi_file_and_router_list_the_same_routes() {
+    let mut documented = openapi_operations();
+    documented.sort();
+    let mut routed: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|r| (r.to_string(), "get".to_string()))
+        .collect();
+    routed.sort();
+    assert_eq!(documented, routed);
+}
+
+#[tokio::test]
+async fn api_every_documented_route_is_served() {
+    // ROUTES is what the router mounts: each answers something other than
+    // the fallback's "no such route".
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = store_with_history(dir.path()).await;
+    let app = app(store, engine, &hs256_settings());
+    for (path, _) in openapi_operations() {
+        let uri = path
+            .replace("{account_id}", "a1")
+            .replace("{invoice_id}", "inv_a1_00001")
+            .replace("{line}", "0")
+            + "?at=2026-03-10T00:00:00Z";
+        let (status, body) = call(&app, Method::GET, &uri, Some(&reader_token())).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+    }
+}
