@@ -64,6 +64,7 @@ struct RawKafka {
     session_timeout: String,
     max_poll_interval: String,
     transactional: bool,
+    transactional_id: String,
     schema_registry_url: String,
     #[serde(default)]
     properties: std::collections::BTreeMap<String, String>,
@@ -267,6 +268,9 @@ pub struct KafkaSettings {
     pub session_timeout: Duration,
     pub max_poll_interval: Duration,
     pub transactional: bool,
+    /// `transactional.id` of this instance's producer when `transactional`
+    /// (stable across its restarts, unique among instances).
+    pub transactional_id: Option<String>,
     pub schema_registry_url: Option<String>,
     /// Extra librdkafka properties for every client (TLS, SASL, `debug`),
     /// applied after billstream's own settings.
@@ -649,6 +653,13 @@ impl Raw {
             }
         }
         nonempty("kafka.group_id", &self.kafka.group_id)?;
+        let transactional_id = self.kafka.transactional_id.trim();
+        if self.kafka.transactional && transactional_id.is_empty() {
+            return Err(invalid(
+                "kafka.transactional_id",
+                "needs a stable id per instance (e.g. its pod or host name) when kafka.transactional = true: a restart with the same id fences the crashed instance's open transaction at once",
+            ));
+        }
         let registry = self.kafka.schema_registry_url.trim();
         if !(registry.is_empty()
             || registry.starts_with("http://")
@@ -780,6 +791,10 @@ impl Raw {
                     &self.kafka.max_poll_interval,
                 )?,
                 transactional: self.kafka.transactional,
+                transactional_id: self
+                    .kafka
+                    .transactional
+                    .then(|| transactional_id.to_string()),
                 schema_registry_url: (!registry.is_empty()).then(|| registry.to_string()),
                 properties: self.kafka.properties.clone(),
             },
@@ -929,6 +944,10 @@ mod tests {
             (
                 "[kafka]\nschema_registry_url = \"registry:8081\"\n",
                 "kafka.schema_registry_url",
+            ),
+            (
+                "[kafka]\ntransactional = true\n",
+                "kafka.transactional_id",
             ),
             ("[api]\nlisten = \"localhost\"\n", "api.listen"),
             ("[api]\nrole_claim = \" \"\n", "api.role_claim"),

@@ -5,6 +5,7 @@ mod api;
 mod demo_smoke;
 mod kafka_crash;
 mod kafka_e2e;
+mod kafka_txn;
 mod processor_batch;
 mod simulate_golden;
 mod store_conformance;

@@ -31,9 +31,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if settings.kafka.schema_registry_url.is_some() {
         bail!("config field `kafka.schema_registry_url`: a Schema Registry is not supported yet; leave it empty to use the ids of schemas/manifest.json");
     }
-    if settings.kafka.transactional {
-        bail!("config field `kafka.transactional`: transactions are not supported yet; set it to false");
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -182,9 +182,10 @@ impl<S: StateStore> Processor<S> {
             ..Slot::default()
         };
         if let Some((stored, dedup)) = loaded {
-            let mut state: AccountState = serde_json::from_slice(&stored.snapshot).map_err(|e| {
-                StoreError::Backend(format!("snapshot of {account_id} does not parse: {e}"))
-            })?;
+            let mut state: AccountState =
+                serde_json::from_slice(&stored.snapshot).map_err(|e| {
+                    StoreError::Backend(format!("snapshot of {account_id} does not parse: {e}"))
+                })?;
             for r in dedup {
                 state.dedup.insert(r.key, r.fingerprint, r.seen_at);
             }

@@ -289,6 +289,23 @@ pub async fn serve<S: StateStore>(
         let outputs = processor.flush().await.map_err(fenced_is_fatal)?;
         record_latency(&progress, &records);
         progress.timed(Phase::Persist, &mut clock_in);
+        if sink.is_transactional() {
+            // Outputs and input offsets in one transaction, batch by
+            // batch (no overlap: the commit is the acknowledgement).
+            source.processed(&records);
+            let offsets = source.take_offsets()?;
+            if offsets.is_some() || !outputs.is_empty() {
+                sink.publish_in_transaction(&outputs, offsets).await?;
+            }
+            let unacked = processor.take_unacked();
+            processor.acknowledged(unacked);
+            progress.timed(Phase::Publish, &mut clock_in);
+            progress
+                .records_done
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            progress.batches.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let sent = Published {
             in_flight: sink.send(&outputs).await?,
             unacked: processor.take_unacked(),

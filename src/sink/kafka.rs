@@ -7,9 +7,11 @@
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::TopicPartitionList;
 
 use crate::config::Settings;
 use crate::contracts::{Catalog, OutputRecord, OutputTopic};
@@ -17,16 +19,26 @@ use crate::source::kafka::KafkaError;
 
 pub struct KafkaSink {
     producer: FutureProducer,
+    /// `kafka.transactional`: outputs (and, in the loop, input offsets)
+    /// are written in Kafka transactions.
+    transactional: bool,
     catalog: &'static Catalog,
     names: [String; 6],
 }
 
 impl KafkaSink {
+    /// With `kafka.transactional`, the producer gets
+    /// `kafka.transactional_id` and its transactions are initialised here,
+    /// which fences an earlier producer with the same id (this instance
+    /// before a crash) and aborts its open transaction.
     pub fn connect(
         settings: &Settings,
         catalog: &'static Catalog,
     ) -> Result<KafkaSink, KafkaError> {
         let mut config = ClientConfig::new();
+        if let Some(id) = &settings.kafka.transactional_id {
+            config.set("transactional.id", id);
+        }
         config
             .set("bootstrap.servers", &settings.kafka.brokers)
             .set("enable.idempotence", "true")
@@ -44,9 +56,15 @@ impl KafkaSink {
         let producer: FutureProducer = crate::source::kafka::with_properties(&mut config, settings)
             .create()
             .map_err(|e| KafkaError::Client(e.to_string()))?;
+        if settings.kafka.transactional {
+            producer
+                .init_transactions(TXN_TIMEOUT)
+                .map_err(|e| KafkaError::Client(format!("init_transactions: {e}")))?;
+        }
         let t = &settings.topics;
         Ok(KafkaSink {
             producer,
+            transactional: settings.kafka.transactional,
             catalog,
             names: [
                 t.invoices.clone(),
@@ -67,9 +85,55 @@ impl KafkaSink {
         &self.names[i]
     }
 
-    /// Publish and wait for every acknowledgement.
+    /// Publish and wait for every acknowledgement (in a transaction of its
+    /// own with `kafka.transactional`).
     pub async fn publish(&self, records: &[OutputRecord]) -> Result<(), KafkaError> {
+        if self.transactional {
+            if records.is_empty() {
+                return Ok(());
+            }
+            return self.publish_in_transaction(records, None).await;
+        }
         self.send(records).await?.acknowledged().await
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.transactional
+    }
+
+    /// With `kafka.transactional`: one transaction holding `records` and,
+    /// when given, the consumer group's next offsets for the inputs behind
+    /// them, so both become visible (to `read_committed` readers) and
+    /// committed together, or neither. On failure the transaction is
+    /// aborted and the error returned: the state is already durable, so a
+    /// restart republishes the outputs from the journal and skips the
+    /// inputs as replays.
+    pub async fn publish_in_transaction(
+        &self,
+        records: &[OutputRecord],
+        offsets: Option<(TopicPartitionList, ConsumerGroupMetadata)>,
+    ) -> Result<(), KafkaError> {
+        let producer = self.producer.clone();
+        blocking(move || producer.begin_transaction()).await?;
+        let result = async {
+            let in_flight = self.send(records).await?;
+            if let Some((tpl, group)) = offsets {
+                let producer = self.producer.clone();
+                blocking(move || producer.send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT))
+                    .await?;
+            }
+            let producer = self.producer.clone();
+            blocking(move || producer.commit_transaction(TXN_TIMEOUT)).await?;
+            in_flight.acknowledged().await
+        }
+        .await;
+        if let Err(e) = &result {
+            let producer = self.producer.clone();
+            if let Err(abort) = blocking(move || producer.abort_transaction(TXN_TIMEOUT)).await {
+                tracing::warn!(error = %e, abort = %abort, "transaction failed and could not be aborted");
+            }
+        }
+        result
     }
 
     /// Hand `records` to the producer, in order: the returned `InFlight`
@@ -158,6 +222,19 @@ impl InFlight {
         }
         Ok(())
     }
+}
+
+/// How long a transaction call may take before it fails.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A blocking librdkafka transaction call, off the async threads.
+async fn blocking(
+    call: impl FnOnce() -> rdkafka::error::KafkaResult<()> + Send + 'static,
+) -> Result<(), KafkaError> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|e| KafkaError::Transient(format!("transaction call: {e}")))?
+        .map_err(|e| KafkaError::Transient(format!("transaction: {e}")))
 }
 
 async fn acknowledged(delivery: DeliveryFuture) -> Result<(), KafkaError> {

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+    StreamConsumer,
 };
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message, OwnedMessage};
@@ -253,6 +254,27 @@ impl KafkaSource {
                     .push((m.topic().to_string(), m.partition(), next)),
             }
         }
+    }
+
+    /// The processed records' next offsets, handed over instead of
+    /// committed (to a Kafka transaction), with the group's metadata;
+    /// `None` when nothing is pending.
+    pub fn take_offsets(
+        &mut self,
+    ) -> Result<Option<(TopicPartitionList, ConsumerGroupMetadata)>, KafkaError> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let group = self
+            .consumer
+            .group_metadata()
+            .ok_or_else(|| KafkaError::Transient("no consumer group metadata".into()))?;
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, next) in std::mem::take(&mut self.pending) {
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(next))
+                .map_err(|e| KafkaError::Transient(e.to_string()))?;
+        }
+        Ok(Some((tpl, group)))
     }
 
     /// Commit every processed record (call after its state is durable and

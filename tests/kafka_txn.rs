@@ -1,0 +1,202 @@
+//! `kafka.transactional = true` against a broker with Kafka transactions.
+//!
+//! Gated: runs only with `BILLSTREAM_TEST_TRANSACTIONAL=1` and
+//! `BILLSTREAM_TEST_BROKERS` pointing at such a broker (Apache Kafka 2.5
+//! or later, for transactional offset commits with group metadata). The
+//! test brokers of `scripts/test.sh`
+//! (nisshi, tansu) have no transactions, so this has not run in the
+//! project's CI.
+//!
+//! A transactional run is killed mid-stream and restarted with the same
+//! `transactional.id` (which fences the killed producer and aborts its open
+//! transaction). Read committed, every usage event is applied, any
+//! repeated output is identical, and the group's committed offsets reach
+//! the end of the usage topic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::str::FromStr;
+use std::time::Duration;
+
+use billstream::contracts::Catalog;
+use billstream::engine::events::*;
+use billstream::engine::money::Currency;
+use billstream::engine::plan::{Charge, Model, Plan};
+use billstream::engine::time::{Anchor, Timestamp};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use rust_decimal::Decimal;
+
+use crate::kafka_e2e::{
+    billstream, decode_output, produce, read_until, setup, text, Records, Running, Setup,
+    SESSION_EXPIRY, SESSION_TIMEOUT,
+};
+
+const ACCOUNTS: usize = 10;
+const USAGE: usize = 3000;
+
+#[test]
+fn transactional_run_killed_and_restarted_commits_outputs_with_offsets() {
+    if std::env::var("BILLSTREAM_TEST_TRANSACTIONAL").as_deref() != Ok("1") {
+        eprintln!("kafka_txn: BILLSTREAM_TEST_TRANSACTIONAL=1 is not set (needs a broker with transactions); not run");
+        return;
+    }
+    let Some(Setup {
+        brokers,
+        prefix,
+        group,
+        _dir,
+        store,
+    }) = setup("txn")
+    else {
+        return;
+    };
+    let catalog = Catalog::shared().unwrap();
+    let now = Timestamp::from_datetime(chrono::Utc::now());
+    let month_start =
+        Timestamp::parse_rfc3339(&format!("{}-01T00:00:00Z", &now.to_rfc3339()[..7])).unwrap();
+    let used_at = Timestamp((now.0 - 2 * 3_600_000_000).max(month_start.0 + 120_000_000));
+    let plan = Plan {
+        plan_id: "metered".into(),
+        currency: Currency::from_code("EUR").unwrap(),
+        recurring_fee: Decimal::ZERO,
+        minimum_spend: Decimal::ZERO,
+        charges: vec![Charge {
+            metric: "m".into(),
+            model: Model::PerUnit,
+            unit_price: Decimal::from_str("0.01").unwrap(),
+            package_size: None,
+            free_units: Decimal::ZERO,
+            tiers: vec![],
+        }],
+    };
+    let mut inputs: Records = vec![(
+        "billing.plans.v1".into(),
+        "metered".into(),
+        catalog.encode_plan(&plan).unwrap(),
+    )];
+    for a in 0..ACCOUNTS {
+        let open = Input::Account(AccountCommand {
+            event_id: format!("open-{a}"),
+            account_id: format!("acct-{a}"),
+            occurred_at: month_start,
+            environment: Some("prod".into()),
+            kind: AccountKind::AccountOpened {
+                plan_id: "metered".into(),
+                currency: "EUR".into(),
+                timezone: "UTC".into(),
+                tax_rate: Decimal::ZERO,
+                billing_anchor: Anchor::Calendar,
+            },
+        });
+        inputs.push((
+            "billing.accounts.v1".into(),
+            format!("acct-{a}"),
+            catalog.encode_input(&open).unwrap(),
+        ));
+    }
+    produce(&brokers, &prefix, &inputs);
+    let usage: Records = (0..USAGE)
+        .map(|i| {
+            let a = i % ACCOUNTS;
+            let u = Input::Usage(UsageRecorded {
+                event_id: format!("u-{i}"),
+                account_id: format!("acct-{a}"),
+                subject: "app".into(),
+                metric: "m".into(),
+                quantity: Decimal::ONE,
+                occurred_at: used_at,
+                environment: "prod".into(),
+                attributes: Default::default(),
+            });
+            (
+                "billing.usage.v1".into(),
+                format!("acct-{a}"),
+                catalog.encode_input(&u).unwrap(),
+            )
+        })
+        .collect();
+
+    let spawn = || {
+        Running(
+            billstream(&prefix, &group, &store, &brokers)
+                .env("BILLSTREAM__KAFKA__TRANSACTIONAL", "true")
+                .env("BILLSTREAM__KAFKA__TRANSACTIONAL_ID", format!("{group}-0"))
+                .env("BILLSTREAM__BATCH__MAX_RECORDS", "500")
+                .env("BILLSTREAM__KAFKA__SESSION_TIMEOUT", SESSION_TIMEOUT)
+                .arg("run")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut first = spawn();
+    produce(&brokers, &prefix, &usage);
+    std::thread::sleep(Duration::from_millis(1500));
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    std::thread::sleep(SESSION_EXPIRY);
+    let second = spawn();
+
+    // Read committed (librdkafka's default isolation level): outputs of
+    // the aborted transaction never show.
+    let journal = format!("{prefix}billing.journal.v1");
+    let mut seen: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut applied = BTreeSet::new();
+    let mut scanned = 0;
+    let records = read_until(
+        &brokers,
+        &format!("{group}-reader"),
+        &journal,
+        Duration::from_secs(180),
+        |r| {
+            for (event_id, payload) in &r[scanned..] {
+                let record = decode_output(catalog, payload);
+                if record.get("type").map(text).as_deref() == Some("usage_applied") {
+                    applied.insert(text(&record["causation_id"]));
+                }
+                if let Some(earlier) = seen.insert(event_id.clone(), payload.clone()) {
+                    assert_eq!(
+                        &earlier, payload,
+                        "output {event_id} repeated with another payload"
+                    );
+                }
+            }
+            scanned = r.len();
+            applied.len() >= USAGE
+        },
+    );
+    let status = second.stop();
+    assert!(status.success(), "restarted run exited with {status}");
+    assert_eq!(
+        applied.len(),
+        USAGE,
+        "usage applied (of {} journal records read)",
+        records.len()
+    );
+
+    // The offsets went with the outputs: the group has committed the end
+    // of every usage partition.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", &group)
+        .create()
+        .unwrap();
+    let usage_topic = format!("{prefix}billing.usage.v1");
+    let (_, high) = consumer
+        .fetch_watermarks(&usage_topic, 0, Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&usage_topic, 0);
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    let offset = committed.elements()[0].offset();
+    assert_eq!(
+        offset,
+        Offset::Offset(high),
+        "committed offset of {usage_topic}[0]"
+    );
+}
