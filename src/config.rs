@@ -53,6 +53,13 @@ struct Raw {
     batch: RawBatch,
     billing: RawBilling,
     api: RawApi,
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -502,6 +509,9 @@ pub struct Settings {
     pub engine: EngineConfig,
     /// The read-only HTTP API.
     pub api: ApiSettings,
+    /// Where `billstream run` serves `/metrics`, `/healthz` and `/readyz`
+    /// (`None`: not served).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Parse "500ms", "45s", "5m", "1h", "14d" (a whole number and a unit).
@@ -770,6 +780,20 @@ impl Raw {
             }
         };
         let api = self.api.validate()?;
+        let metrics_text = self.metrics.listen.trim();
+        let metrics_listen = if metrics_text.is_empty() {
+            None
+        } else {
+            Some(metrics_text.parse().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    format!(
+                        "{:?} is not an address such as \"127.0.0.1:9464\" (or \"\" to serve no metrics)",
+                        self.metrics.listen
+                    ),
+                )
+            })?)
+        };
         let clock = match self.clock.trim() {
             "wall" => Clock::Wall,
             text => Clock::Fixed(Timestamp::parse_rfc3339(text).ok_or_else(|| {
@@ -807,6 +831,7 @@ impl Raw {
             },
             engine,
             api,
+            metrics_listen,
         })
     }
 }
@@ -950,6 +975,7 @@ mod tests {
                 "kafka.transactional_id",
             ),
             ("[api]\nlisten = \"localhost\"\n", "api.listen"),
+            ("[metrics]\nlisten = \"9464\"\n", "metrics.listen"),
             ("[api]\nrole_claim = \" \"\n", "api.role_claim"),
             ("[api.jwt]\nalgorithm = \"none\"\n", "api.jwt.algorithm"),
             ("[api.jwt]\nsecret = \"short\"\n", "api.jwt.secret"),

@@ -54,6 +54,9 @@ pub(crate) fn billstream(
         .env("BILLSTREAM__KAFKA__GROUP_ID", group)
         .env("BILLSTREAM__STORE__PATH", store)
         .env("BILLSTREAM__BATCH__MAX_WAIT", "200ms")
+        // Metrics on a port of the system's choosing (tests run several
+        // processors at once); a test that reads them sets its own.
+        .env("BILLSTREAM__METRICS__LISTEN", "127.0.0.1:0")
         // A producer queue smaller than a batch's outputs: publishing must
         // wait for room instead of failing (the default holds 100,000).
         .env(
@@ -312,8 +315,10 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
         .await;
     });
 
+    let metrics_addr = free_local_addr();
     let running = Running(
         billstream(&prefix, &group, &store, &brokers)
+            .env("BILLSTREAM__METRICS__LISTEN", &metrics_addr)
             .arg("run")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -387,6 +392,51 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
         }
         poll(&mut seen);
     }
+    // What the instance says about itself, before it stops.
+    let (ready_status, _) = http_get(&metrics_addr, "/readyz");
+    assert_eq!(ready_status, 200, "/readyz once partitions are assigned");
+    let (health_status, _) = http_get(&metrics_addr, "/healthz");
+    assert_eq!(health_status, 200);
+    let (metrics_status, metrics) = http_get(&metrics_addr, "/metrics");
+    assert_eq!(metrics_status, 200);
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{series} not in /metrics:\n{metrics}"))
+    };
+    assert_eq!(
+        value("billstream_dead_letters_total{reason=\"bad_magic\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("billstream_dead_letters_total{reason=\"card_number\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("billstream_invoices_issued_total{currency=\"EUR\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("billstream_invoiced_amount_total{currency=\"EUR\"}"),
+        33.0
+    );
+    assert_eq!(
+        value("billstream_charge_requests_total{attempt=\"1\"}"),
+        1.0
+    );
+    assert_eq!(value("billstream_ready"), 1.0);
+    assert!(value("billstream_records_processed_total{outcome=\"applied\"}") >= 4.0);
+    assert_eq!(
+        value("billstream_records_processed_total{outcome=\"duplicate\"}"),
+        1.0
+    );
+    assert!(
+        value(&format!(
+            "billstream_records_consumed_total{{topic=\"{prefix}billing.usage.v1\"}}"
+        )) >= 4.0
+    );
+    assert!(value("billstream_store_operations_total{op=\"commit\",outcome=\"ok\"}") >= 1.0);
     let status = running.stop();
     assert!(status.success(), "billstream run exited with {status}");
 
@@ -440,6 +490,31 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
         kinds,
         vec!["bad_magic".to_string(), "card_number".to_string()]
     );
+}
+
+/// A 127.0.0.1 address with a port free right now.
+pub(crate) fn free_local_addr() -> String {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap().to_string()
+}
+
+/// A plain HTTP/1.0 GET: (status, body).
+pub(crate) fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// The `event_id` header of an output record ("" when it has none).

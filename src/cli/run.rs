@@ -12,6 +12,7 @@ use clap::Args;
 use crate::config::{Settings, StoreSettings};
 use crate::runtime::service::{serve, Progress};
 use crate::store::{EmbeddedStore, ScyllaStore, StateStore};
+use crate::telemetry::{serve_http, Metrics, StoreStatsSource};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -69,7 +70,18 @@ async fn serve_on<S: StateStore>(
         crate::api::spawn_with_processor(settings, store.clone())?;
     }
     let owner = format!("{}/pid-{}", settings.kafka.group_id, std::process::id());
-    let progress = Arc::new(Progress::default());
+    let mut progress = Progress::default();
+    if let Some(listen) = settings.metrics_listen {
+        let metrics = Arc::new(Metrics::new(Some(
+            store.clone() as Arc<dyn StoreStatsSource>
+        )));
+        progress.metrics = Some(metrics.clone());
+        let progress = Arc::new(progress);
+        let bound = serve_http(listen, metrics, progress.clone()).await?;
+        eprintln!("billstream run: metrics on http://{bound}/metrics (/healthz, /readyz)");
+        return serve(settings, store, &owner, progress, shutdown_signal()).await;
+    }
+    let progress = Arc::new(progress);
     serve(settings, store, &owner, progress, shutdown_signal()).await
 }
 

@@ -64,6 +64,8 @@ pub struct ProcessorStats {
     pub rejected: BTreeMap<&'static str, u64>,
     pub plans_loaded: u64,
     pub batches: u64,
+    /// Account timers that came due and were advanced.
+    pub timers_fired: u64,
 }
 
 #[derive(Default)]
@@ -410,6 +412,7 @@ impl<S: StateStore> Processor<S> {
                 continue;
             };
             slot.next_timer = None;
+            self.stats.timers_fired += 1;
             if let Some(st) = slot.state.as_mut() {
                 let mut out = std::mem::take(&mut self.journal_buf);
                 self.engine.advance(st, now, &mut out);

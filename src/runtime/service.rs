@@ -26,7 +26,7 @@ use rdkafka::consumer::CommitMode;
 use rdkafka::message::{Message, OwnedMessage};
 
 use crate::config::Settings;
-use crate::contracts::{Catalog, Decoder};
+use crate::contracts::{Catalog, Decoder, OutputRecord};
 use crate::engine::plan::PlanBook;
 use crate::engine::time::Timestamp;
 use crate::engine::Engine;
@@ -34,6 +34,7 @@ use crate::runtime::{BatchRecord, Processor, ProcessorStats, SourcePos, Unacked}
 use crate::sink::kafka::{InFlight, KafkaSink};
 use crate::source::kafka::{GroupChange, KafkaSource, PlanFollower};
 use crate::store::{StateStore, StoreError};
+use crate::telemetry::Metrics;
 
 /// Produce-to-persist latency, counted per millisecond up to two minutes
 /// (one overflow bucket above), so quantiles are exact to the millisecond.
@@ -96,6 +97,9 @@ pub struct Progress {
     /// Set once the plans table is loaded and the member has partitions.
     pub ready: AtomicU64,
     pub latency: Mutex<LatencyHistogram>,
+    /// Prometheus metrics, when served (`None` in tests and benchmarks
+    /// that measure without them).
+    pub metrics: Option<Arc<Metrics>>,
     /// When the first input record arrived (throughput is timed from it).
     pub first_record_at: std::sync::OnceLock<std::time::Instant>,
     /// Wall time spent in each phase of the loop, in microseconds, indexed
@@ -150,8 +154,14 @@ impl Progress {
 
     fn timed(&self, phase: Phase, since: &mut std::time::Instant) {
         let now = std::time::Instant::now();
-        let micros = u64::try_from(now.duration_since(*since).as_micros()).unwrap_or(u64::MAX);
+        let took = now.duration_since(*since);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.phase_micros[phase as usize].fetch_add(micros, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.batch_duration
+                .with_label_values(&[phase.name()])
+                .observe(took.as_secs_f64());
+        }
         *since = now;
     }
 }
@@ -236,6 +246,13 @@ pub async fn serve<S: StateStore>(
             records.retain(|m| !revoked.contains(&(m.topic().to_string(), m.partition())));
             records.extend(after);
             for change in batch.changes {
+                if let Some(m) = &progress.metrics {
+                    let kind = match change {
+                        GroupChange::Assigned(_) => "assigned",
+                        GroupChange::Revoked(_) => "revoked",
+                    };
+                    m.rebalances.with_label_values(&[kind]).inc();
+                }
                 on_group_change(
                     change,
                     &mut assigned,
@@ -254,6 +271,11 @@ pub async fn serve<S: StateStore>(
             progress
                 .ready
                 .store(u64::from(!assigned.is_empty()), Ordering::Relaxed);
+            if let Some(m) = &progress.metrics {
+                m.partitions_owned
+                    .set(processor.owned_partitions().count() as i64);
+                m.ready.set(i64::from(!assigned.is_empty()));
+            }
         }
         progress.timed(Phase::Fetch, &mut clock_in);
         let updates = plans.poll_new()?;
@@ -282,9 +304,20 @@ pub async fn serve<S: StateStore>(
                 },
             })
             .collect();
+        let before = processor.stats.clone();
         processor.process_batch(&decoder, &batch_records).await?;
         drop(batch_records);
         processor.advance_timers(now);
+        if let Some(m) = &progress.metrics {
+            count_batch(m, &records, &before, &processor.stats);
+            m.timers_fired
+                .inc_by(processor.stats.timers_fired - before.timers_fired);
+            for (topic, partition, lag) in source.consumer_lag() {
+                m.consumer_lag
+                    .with_label_values(&[topic.as_str(), &partition.to_string()])
+                    .set(lag);
+            }
+        }
         progress.timed(Phase::Fold, &mut clock_in);
         let outputs = processor.flush().await.map_err(fenced_is_fatal)?;
         record_latency(&progress, &records);
@@ -296,6 +329,9 @@ pub async fn serve<S: StateStore>(
             let offsets = source.take_offsets()?;
             if offsets.is_some() || !outputs.is_empty() {
                 sink.publish_in_transaction(&outputs, offsets).await?;
+            }
+            if let Some(m) = &progress.metrics {
+                m.published(&outputs);
             }
             let unacked = processor.take_unacked();
             processor.acknowledged(unacked);
@@ -310,11 +346,12 @@ pub async fn serve<S: StateStore>(
             in_flight: sink.send(&outputs).await?,
             unacked: processor.take_unacked(),
             records,
+            outputs,
         };
         if !sent.records.is_empty() {
             tracing::debug!(
                 records = sent.records.len(),
-                outputs = outputs.len(),
+                outputs = sent.outputs.len(),
                 "batch persisted, outputs sent"
             );
         }
@@ -364,6 +401,8 @@ struct Published {
     in_flight: InFlight,
     unacked: Unacked,
     records: Vec<OwnedMessage>,
+    /// Kept for the metrics, counted once acknowledged.
+    outputs: Vec<OutputRecord>,
 }
 
 impl Published {
@@ -379,6 +418,9 @@ impl Published {
     ) -> anyhow::Result<()> {
         self.in_flight.acknowledged().await?;
         processor.acknowledged(self.unacked);
+        if let Some(m) = &progress.metrics {
+            m.published(&self.outputs);
+        }
         progress.timed(Phase::Publish, clock_in);
         source.processed(&self.records);
         if let Err(e) = source.commit(mode) {
@@ -487,6 +529,41 @@ async fn apply_plan_records<S: StateStore>(
     Ok(())
 }
 
+/// Per-batch counters: records by topic, outcomes from the processor's
+/// counters before and after the batch.
+fn count_batch(
+    m: &Metrics,
+    records: &[OwnedMessage],
+    before: &ProcessorStats,
+    after: &ProcessorStats,
+) {
+    if records.is_empty() {
+        return;
+    }
+    m.batch_records.observe(records.len() as f64);
+    let mut per_topic: Vec<(&str, u64)> = Vec::new();
+    for r in records {
+        match per_topic.iter_mut().find(|(t, _)| *t == r.topic()) {
+            Some((_, n)) => *n += 1,
+            None => per_topic.push((r.topic(), 1)),
+        }
+    }
+    for (topic, n) in per_topic {
+        m.records_consumed.with_label_values(&[topic]).inc_by(n);
+    }
+    let rejected = |s: &ProcessorStats| s.rejected.values().sum::<u64>();
+    for (outcome, n) in [
+        ("applied", after.applied - before.applied),
+        ("duplicate", after.duplicates - before.duplicates),
+        ("replay", after.replays_skipped - before.replays_skipped),
+        ("rejected", rejected(after) - rejected(before)),
+    ] {
+        if n > 0 {
+            m.records_processed.with_label_values(&[outcome]).inc_by(n);
+        }
+    }
+}
+
 fn record_latency(progress: &Progress, records: &[OwnedMessage]) {
     if records.is_empty() {
         return;
@@ -498,7 +575,11 @@ fn record_latency(progress: &Progress, records: &[OwnedMessage]) {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     for m in records {
         if let Some(produced) = m.timestamp().to_millis() {
-            h.record(u64::try_from(persisted - produced).unwrap_or(0));
+            let millis = u64::try_from(persisted - produced).unwrap_or(0);
+            h.record(millis);
+            if let Some(metrics) = &progress.metrics {
+                metrics.persist_latency.observe(millis as f64 / 1000.0);
+            }
         }
     }
 }

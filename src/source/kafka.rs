@@ -75,6 +75,9 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 #[derive(Default)]
 pub struct GroupContext {
     changes: Mutex<Vec<GroupChange>>,
+    /// Consumer lag per (topic, partition) from librdkafka's latest
+    /// statistics (every `statistics.interval.ms`).
+    lag: Mutex<Vec<(String, i32, i64)>>,
     /// Set with every push, so the per-record check takes no lock.
     pending: AtomicBool,
 }
@@ -103,7 +106,23 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lag = Vec::new();
+        for (name, topic) in &statistics.topics {
+            for (partition, p) in &topic.partitions {
+                // -1 = unknown (not fetched yet, or not assigned here).
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    lag.push((name.clone(), *partition, p.consumer_lag));
+                }
+            }
+        }
+        *self
+            .lag
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = lag;
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn commit_callback(&self, result: KafkaResult<()>, _: &TopicPartitionList) {
@@ -171,7 +190,9 @@ impl KafkaSource {
             .set(
                 "queued.max.messages.kbytes",
                 settings.batch.prefetch_kbytes.to_string(),
-            );
+            )
+            // Consumer lag for the metrics.
+            .set("statistics.interval.ms", "5000");
         let consumer: StreamConsumer<GroupContext> = with_properties(&mut config, settings)
             .create_with_context(GroupContext::default())
             .map_err(|e| KafkaError::Client(e.to_string()))?;
@@ -236,6 +257,17 @@ impl KafkaSource {
         }
         batch.before_changes = batch.records.len();
         Ok(batch)
+    }
+
+    /// Consumer lag per (topic, partition) as of librdkafka's latest
+    /// statistics.
+    pub fn consumer_lag(&self) -> Vec<(String, i32, i64)> {
+        self.consumer
+            .context()
+            .lag
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Remember that `records` were processed: their offsets are committed
