@@ -30,6 +30,7 @@ use billstream::engine::time::{Anchor, Timestamp};
 use billstream::runtime::service::{serve, Phase, Progress};
 use billstream::runtime::ProcessorStats;
 use billstream::store::EmbeddedStore;
+use billstream::telemetry::{Metrics, StoreStatsSource};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -279,8 +280,16 @@ struct Running {
     progress: Arc<Progress>,
 }
 
-fn start(s: Settings, store: Arc<EmbeddedStore>, owner: &'static str) -> Running {
-    let progress = Arc::new(Progress::default());
+/// Start a loop on `store`; with `metrics`, as `billstream run` does by
+/// default (Prometheus metrics updated; nothing scrapes them here).
+fn start(s: Settings, store: Arc<EmbeddedStore>, owner: &'static str, metrics: bool) -> Running {
+    let mut progress = Progress::default();
+    if metrics {
+        progress.metrics = Some(Arc::new(Metrics::new(Some(
+            store.clone() as Arc<dyn StoreStatsSource>
+        ))));
+    }
+    let progress = Arc::new(progress);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let p = progress.clone();
     let handle = tokio::spawn(async move {
@@ -382,6 +391,7 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let (mut raw_rates, mut loop_rates, mut ratios) = (vec![], vec![], vec![]);
         let mut relay_ratios = vec![];
+        let mut overheads = vec![];
         let mut kept = None;
         for round in 0..rounds {
             // Each round on its own topics, group and store.
@@ -402,10 +412,17 @@ fn main() {
             // The accounts are opened first (usage of an account nobody
             // opened yet is a dead letter, not billing work).
             let store = Arc::new(EmbeddedStore::open(&dir.path().join(format!("s{round}"))).unwrap());
+            // A second store and group for the same loop without metrics.
+            let plain_store =
+                Arc::new(EmbeddedStore::open(&dir.path().join(format!("s{round}-plain"))).unwrap());
+            let plain_settings = settings(&brokers, &prefix, &format!("{group}-plain"));
             let began = Instant::now();
-            let mut warm = start(s.clone(), store.clone(), "bench");
+            let mut warm = start(s.clone(), store.clone(), "bench", true);
             until_done(&mut warm, accounts as u64).await;
             let opened = began.elapsed().as_secs_f64();
+            warm.stop().await;
+            let mut warm = start(plain_settings.clone(), plain_store.clone(), "bench", false);
+            until_done(&mut warm, accounts as u64).await;
             warm.stop().await;
             let t = Instant::now();
             producer.send(&usage(catalog, accounts, 0, events)).await;
@@ -419,10 +436,36 @@ fn main() {
             let cpu = cpu_seconds();
             let relayed = relay(&brokers, &prefix, &format!("relay-{tag}-{round}"), events as u64, 310).await;
             let relay_cpu = cpu_seconds() - cpu;
-            let mut running = start(s.clone(), store.clone(), "bench");
+            // The loop without metrics, before or after the one with them
+            // (alternating by round, so drift does not favour either).
+            let plain = |first: bool| {
+                let (ps, pst) = (plain_settings.clone(), plain_store.clone());
+                async move {
+                    if first != (round % 2 == 0) {
+                        return None;
+                    }
+                    let mut plain = start(ps, pst, "bench-plain", false);
+                    let took = until_done(&mut plain, events as u64).await;
+                    plain.stop().await;
+                    Some(took)
+                }
+            };
+            let plain_before = plain(true).await;
+            let mut running = start(s.clone(), store.clone(), "bench", true);
             let cpu = cpu_seconds();
             let took = until_done(&mut running, events as u64).await;
             let loop_cpu = cpu_seconds() - cpu;
+            let plain_took = match plain_before {
+                Some(t) => t,
+                None => plain(false).await.expect("runs after"),
+            };
+            let overhead = took / plain_took;
+            println!(
+                "  loop with metrics {:.0} records/s, without {:.0} records/s: time with / without {overhead:.3}",
+                events as f64 / took,
+                events as f64 / plain_took
+            );
+            overheads.push(overhead);
             let (raw_rate, loop_rate) = (events as f64 / raw, events as f64 / took);
             let relay_rate = events as f64 / relayed;
             println!(
@@ -461,6 +504,10 @@ fn main() {
             median(ratios),
             median(relay_ratios)
         );
+        println!(
+            "metrics overhead (median of {rounds}): loop time with metrics / without {:.3}",
+            median(overheads)
+        );
 
         // Latency at half the loop's throughput.
         let (mut running, store, s, producer) = kept.unwrap();
@@ -490,7 +537,7 @@ fn main() {
         // Restart with ACCOUNTS accounts in the store.
         producer.send(&usage(catalog, accounts, events + n, PARTITIONS as usize * 4)).await;
         let began = Instant::now();
-        let running = start(s, store, "bench-restart");
+        let running = start(s, store, "bench-restart", true);
         while running.progress.partitions_owned.load(std::sync::atomic::Ordering::Relaxed) < PARTITIONS as u64 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }

@@ -142,7 +142,7 @@ impl<'a> Runner<'a> {
     }
 
     /// Start `billstream run`; its stderr is forwarded, and a message is
-    /// sent once it reports a partition assigned.
+    /// sent once it reports its first batch persisted.
     fn spawn(&self) -> (Running, mpsc::Receiver<()>) {
         let mut child = self
             .command()
@@ -156,7 +156,7 @@ impl<'a> Runner<'a> {
         let started = Instant::now();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("assigned") {
+                if line.contains("batch persisted") {
                     let _ = tx.send(());
                 }
                 eprintln!("[{:>6.2}s] {line}", started.elapsed().as_secs_f64());
@@ -465,14 +465,16 @@ fn killed_twenty_times_ends_equal_to_an_uninterrupted_run() {
     eprintln!("crash loop: {kills} kills, seed {seed}");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     for k in 0..kills {
-        let (mut running, assigned) = crashed.spawn();
-        // Kill at a random moment after it has its partitions (or on the
-        // way there, if they are slow to come): its first records arrive
-        // about 1.5 s after the assignment, so some lives die before any
-        // work and the others mid-batch, mid-flush, mid-publish or
-        // mid-commit.
-        let _ = assigned.recv_timeout(Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(rng.random_range(0..3500)));
+        let (mut running, working) = crashed.spawn();
+        // Kill at a random moment in the 3 s after its first batch is
+        // persisted (or on the way there, if it is slow to come): a batch
+        // takes about a second in the debug build, and a batch's offsets
+        // are committed once the next batch is persisted, so lives die
+        // mid-fold, mid-flush, mid-publish, between a publish and its
+        // commit, and mid-commit. Timing from the assignment instead had
+        // every kill land before the first commit on a loaded machine.
+        let _ = working.recv_timeout(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..3000)));
         running.0.kill().unwrap();
         running.0.wait().unwrap();
         let behind = records_behind(&setup.brokers, &setup.prefix, &crashed.group);
