@@ -326,3 +326,67 @@ fn as_batch(v: &[(SourcePos, String, Vec<u8>)], now: Timestamp) -> Vec<BatchReco
         })
         .collect()
 }
+
+#[tokio::test]
+async fn outputs_carry_the_trace_of_the_input_that_caused_them() {
+    let decoder = Decoder::new(Catalog::shared().unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = processor(dir.path()).await;
+    let now = Timestamp::parse_rfc3339("2026-03-06T00:00:00Z").unwrap();
+    let open = r#"{"event_id":"open-t","account_id":"t1","plan_id":"p","currency":"EUR","timezone":"UTC","tax_rate":"0.1","opened_at":"2026-03-01T00:00:00Z","environment":"prod"}"#;
+    let usage = r#"{"event_id":"u-t","account_id":"t1","subject":"s","metric":"m","quantity":"2","occurred_at":"2026-03-05T10:00:00Z","environment":"prod","attributes":{}}"#;
+    let bad = "not json";
+    let pos = |offset: i64| SourcePos {
+        topic: "usage".into(),
+        partition: 0,
+        offset,
+    };
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    // The opening is untraced; the usage and the bad record carry a trace.
+    p.trace_inputs([(pos(1), trace.to_string()), (pos(2), trace.to_string())].into());
+    let catalog = Catalog::shared().unwrap();
+    let avro = |line: &str| match parse_line(line) {
+        Ok(Decoded::Input(i)) => catalog.encode_input(&i).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let records = [avro(open), avro(usage), bad.as_bytes().to_vec()];
+    let batch: Vec<BatchRecord<'_>> = records
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| BatchRecord {
+            pos: pos(i as i64),
+            key: Some("t1"),
+            raw,
+            now,
+            rank: 0,
+        })
+        .collect();
+    p.process_batch(&decoder, &batch).await.unwrap();
+    let outputs = p.flush().await.unwrap();
+    let traced: Vec<&OutputRecord> = outputs.iter().filter(|o| o.traceparent.is_some()).collect();
+    let of_usage: Vec<&OutputRecord> = outputs.iter().filter(|o| o.causation_id == "u-t").collect();
+    assert!(!of_usage.is_empty(), "the usage made outputs");
+    for o in &of_usage {
+        let t = o.traceparent.as_deref().expect("usage outputs are traced");
+        assert!(
+            t.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && t.ends_with("-01"),
+            "{t}"
+        );
+        assert_ne!(t, trace, "a span of its own");
+    }
+    let dead: Vec<&OutputRecord> = outputs.iter().filter(|o| o.kind == "DeadLetter").collect();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].traceparent.is_some(), "the dead letter is traced");
+    assert_eq!(
+        traced.len(),
+        of_usage.len() + 1,
+        "nothing of the opening is traced"
+    );
+    // A second flush with no traced inputs carries nothing over.
+    assert!(p
+        .flush()
+        .await
+        .unwrap()
+        .iter()
+        .all(|o| o.traceparent.is_none()));
+}

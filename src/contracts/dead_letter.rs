@@ -69,6 +69,7 @@ impl DeadLetter {
             causation_id,
             kind: "DeadLetter",
             json,
+            traceparent: None,
         }
     }
 }

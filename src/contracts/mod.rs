@@ -21,4 +21,4 @@ pub use dead_letter::DeadLetter;
 pub use decode::{Decoded, Decoder};
 pub use errors::{ContractError, DecodeError, EncodeError};
 pub use json::{input_to_json, parse_line, plan_to_json};
-pub use outputs::{output_event_id, outputs_for, OutputRecord, OutputTopic};
+pub use outputs::{child_traceparent, output_event_id, outputs_for, OutputRecord, OutputTopic};

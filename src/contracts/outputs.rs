@@ -62,6 +62,36 @@ pub struct OutputRecord {
     pub kind: &'static str,
     /// The record in its pinned JSON shape, `event_id` and `causation_id` included.
     pub json: Value,
+    /// W3C `traceparent` header: the trace of the input record behind this
+    /// output, continued (`None` when that input carried none).
+    pub traceparent: Option<String>,
+}
+
+/// The `traceparent` an output of `input` (a W3C trace context of an input
+/// record) carries: the same trace id and flags, and a span id derived from
+/// the output's `event_id`, so a republished output carries the same header.
+/// `None` when `input` is not a valid version-00 traceparent.
+pub fn child_traceparent(input: &str, event_id: &str) -> Option<String> {
+    let mut parts = input.trim().split('-');
+    let (version, trace_id, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if parts.next().is_some()
+        || version != "00"
+        || !hex(trace_id, 32)
+        || !hex(parent, 16)
+        || !hex(flags, 2)
+        || trace_id.bytes().all(|b| b == b'0')
+        || parent.bytes().all(|b| b == b'0')
+    {
+        return None;
+    }
+    let span = xxhash_rust::xxh3::xxh3_64(event_id.as_bytes()).max(1);
+    Some(format!("00-{trace_id}-{span:016x}-{flags}"))
 }
 
 /// The deterministic id of the output of journal entry `seq` of an account on `topic`.
@@ -117,6 +147,7 @@ impl Emit<'_> {
             causation_id: e.causation_id.to_string(),
             kind,
             json: Value::Object(m),
+            traceparent: None,
         });
     }
 
@@ -309,6 +340,34 @@ pub fn outputs_for(entry: &JournalEntry, currency: Currency) -> Vec<OutputRecord
 
 #[cfg(test)]
 pub(crate) mod tests {
+
+    #[test]
+    fn child_traceparent_keeps_the_trace_and_makes_a_span_per_output() {
+        let input = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let a = child_traceparent(input, "evt-1").unwrap();
+        let b = child_traceparent(input, "evt-2").unwrap();
+        assert!(a.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(a.ends_with("-01"));
+        assert_eq!(a.len(), input.len());
+        assert_ne!(a, b);
+        assert_eq!(
+            a,
+            child_traceparent(input, "evt-1").unwrap(),
+            "deterministic"
+        );
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+        ] {
+            assert_eq!(child_traceparent(bad, "e"), None, "{bad:?}");
+        }
+    }
+
     use super::*;
     use crate::contracts::catalog::Catalog;
     use crate::engine::events::{CreditSource, DunningStop};

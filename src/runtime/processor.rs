@@ -27,7 +27,7 @@ use crate::store::{
 
 /// Where an input record came from: topic (or file), partition, offset
 /// (or line number). Kept with the journal entries it caused (lineage).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SourcePos {
     pub topic: String,
     pub partition: i32,
@@ -105,6 +105,8 @@ pub struct Processor<S: StateStore> {
     dirty: Vec<String>,
     dead_letters: Vec<OutputRecord>,
     journal_buf: Vec<JournalEntry>,
+    /// `traceparent` of the batch's traced input records (see `trace_inputs`).
+    traces: HashMap<SourcePos, String>,
     /// Accounts whose flushed outputs wait for the sink's acknowledgement,
     /// with the journal seq of the last entry handed out.
     awaiting_ack: Vec<(String, u64)>,
@@ -124,6 +126,7 @@ impl<S: StateStore> Processor<S> {
             dead_letters: Vec::new(),
             journal_buf: Vec::new(),
             awaiting_ack: Vec::new(),
+            traces: HashMap::new(),
             stats: ProcessorStats::default(),
         }
     }
@@ -397,7 +400,22 @@ impl<S: StateStore> Processor<S> {
             payload,
             received_at: now,
         };
-        self.dead_letters.push(dl.to_output());
+        let mut out = dl.to_output();
+        out.traceparent = self.traceparent_of(pos, &out.event_id);
+        self.dead_letters.push(out);
+    }
+
+    /// Trace contexts (W3C `traceparent`) of input records of the batch in
+    /// hand, by position: the outputs they cause carry the trace on. Kept
+    /// until the next `flush`.
+    pub fn trace_inputs(&mut self, traces: HashMap<SourcePos, String>) {
+        self.traces = traces;
+    }
+
+    fn traceparent_of(&self, pos: &SourcePos, event_id: &str) -> Option<String> {
+        self.traces
+            .get(pos)
+            .and_then(|t| crate::contracts::child_traceparent(t, event_id))
     }
 
     /// Fire the timers of every loaded account due at or before `now`,
@@ -570,10 +588,20 @@ impl<S: StateStore> Processor<S> {
                 slot.journal.clear();
                 continue;
             };
-            for (entry, _) in slot.journal.drain(..) {
-                outputs.extend(outputs_for(&entry, st.currency));
+            for (entry, source) in slot.journal.drain(..) {
+                let mut out = outputs_for(&entry, st.currency);
+                if let Some(pos) = source.filter(|_| !self.traces.is_empty()) {
+                    for o in &mut out {
+                        o.traceparent = self
+                            .traces
+                            .get(&pos)
+                            .and_then(|t| crate::contracts::child_traceparent(t, &o.event_id));
+                    }
+                }
+                outputs.extend(out);
             }
         }
+        self.traces.clear();
         outputs.append(&mut self.dead_letters);
         Ok(outputs)
     }

@@ -304,6 +304,7 @@ pub async fn serve<S: StateStore>(
                 },
             })
             .collect();
+        processor.trace_inputs(traces_of(&records));
         let before = processor.stats.clone();
         processor.process_batch(&decoder, &batch_records).await?;
         drop(batch_records);
@@ -527,6 +528,43 @@ async fn apply_plan_records<S: StateStore>(
             .await?;
     }
     Ok(())
+}
+
+/// The W3C `traceparent` headers of a batch's input records, by position
+/// (each traced record also logged at debug level with its trace id, so a
+/// support engineer can find it by that id).
+fn traces_of(records: &[OwnedMessage]) -> std::collections::HashMap<SourcePos, String> {
+    use rdkafka::message::Headers;
+    let mut traces = std::collections::HashMap::new();
+    for m in records {
+        let Some(headers) = m.headers() else { continue };
+        let Some(value) = headers
+            .iter()
+            .find(|h| h.key == "traceparent")
+            .and_then(|h| h.value)
+        else {
+            continue;
+        };
+        let Ok(trace) = std::str::from_utf8(value) else {
+            continue;
+        };
+        tracing::debug!(
+            traceparent = trace,
+            topic = m.topic(),
+            partition = m.partition(),
+            offset = m.offset(),
+            "traced input record"
+        );
+        traces.insert(
+            SourcePos {
+                topic: m.topic().to_string(),
+                partition: m.partition(),
+                offset: m.offset(),
+            },
+            trace.to_string(),
+        );
+    }
+    traces
 }
 
 /// Per-batch counters: records by topic, outcomes from the processor's

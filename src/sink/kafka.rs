@@ -152,7 +152,7 @@ impl KafkaSink {
                     self.topic(r.topic)
                 ))
             })?;
-            let headers = OwnedHeaders::new()
+            let mut headers = OwnedHeaders::new()
                 .insert(Header {
                     key: "event_id",
                     value: Some(r.event_id.as_bytes()),
@@ -161,6 +161,12 @@ impl KafkaSink {
                     key: "causation_id",
                     value: Some(r.causation_id.as_bytes()),
                 });
+            if let Some(trace) = &r.traceparent {
+                headers = headers.insert(Header {
+                    key: "traceparent",
+                    value: Some(trace.as_bytes()),
+                });
+            }
             let mut record = FutureRecord::to(self.topic(r.topic))
                 .key(r.key.as_bytes())
                 .payload(&payload)
