@@ -256,7 +256,9 @@ fn check_expr(expr: &str) -> Vec<String> {
             while open < b.len() && b[open] == b' ' {
                 open += 1;
             }
-            let Some(close) = (b.get(open) == Some(&b'(')).then(|| matching_close(b, open)).flatten()
+            let Some(close) = (b.get(open) == Some(&b'('))
+                .then(|| matching_close(b, open))
+                .flatten()
             else {
                 problems.push(format!("`{keyword}` without a label list in {expr:?}"));
                 continue;
@@ -346,7 +348,12 @@ fn panels(dashboard: &Value) -> Vec<&Value> {
         walk(list, &mut out);
     }
     // Old-style rows: {"rows": [{"panels": [...]}]}.
-    for row in dashboard.get("rows").and_then(Value::as_array).into_iter().flatten() {
+    for row in dashboard
+        .get("rows")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(list) = row.get("panels") {
             walk(list, &mut out);
         }
@@ -359,7 +366,12 @@ fn expressions(dashboard: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for p in panels(dashboard) {
         let title = p.get("title").and_then(Value::as_str).unwrap_or("?");
-        for t in p.get("targets").and_then(Value::as_array).into_iter().flatten() {
+        for t in p
+            .get("targets")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(expr) = t.get("expr").and_then(Value::as_str) {
                 out.push((format!("panel {title:?}"), expr.to_string()));
             }
@@ -369,7 +381,9 @@ fn expressions(dashboard: &Value) -> Vec<(String, String)> {
 }
 
 fn variable_queries(dashboard: &Value) -> Vec<(String, String)> {
-    let list = dashboard.pointer("/templating/list").and_then(Value::as_array);
+    let list = dashboard
+        .pointer("/templating/list")
+        .and_then(Value::as_array);
     let mut out = Vec::new();
     for v in list.into_iter().flatten() {
         if v.get("type").and_then(Value::as_str) != Some("query") {
@@ -391,7 +405,10 @@ fn variable_queries(dashboard: &Value) -> Vec<(String, String)> {
 #[test]
 fn dashboards_query_only_registered_metrics_and_labels() {
     let files = dashboard_files();
-    assert!(files.len() >= 4, "expected the four dashboards, found {files:?}");
+    assert!(
+        files.len() >= 4,
+        "expected the four dashboards, found {files:?}"
+    );
     let mut problems = Vec::new();
     let mut used = BTreeSet::new();
     for file in &files {
@@ -425,15 +442,32 @@ fn dashboards_have_unique_uids_panels_and_the_provisioned_datasource() {
     let datasources =
         std::fs::read_to_string(repo().join("dashboards/provisioning/datasources/prometheus.yml"))
             .expect("datasource provisioning file");
-    assert!(datasources.contains("url: http://prometheus:9090"), "{datasources}");
+    assert!(
+        datasources.contains("url: http://prometheus:9090"),
+        "{datasources}"
+    );
     assert!(datasources.contains("uid: prometheus"), "{datasources}");
     let mut uids = BTreeSet::new();
     for file in dashboard_files() {
         let d = load(&file);
-        let uid = d["uid"].as_str().unwrap_or_else(|| panic!("{}: no uid", file.display()));
-        assert!(!uid.is_empty() && uid.len() <= 40, "{}: uid {uid:?}", file.display());
-        assert!(uids.insert(uid.to_string()), "{}: uid {uid:?} used twice", file.display());
-        assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()), "{}: no title", file.display());
+        let uid = d["uid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no uid", file.display()));
+        assert!(
+            !uid.is_empty() && uid.len() <= 40,
+            "{}: uid {uid:?}",
+            file.display()
+        );
+        assert!(
+            uids.insert(uid.to_string()),
+            "{}: uid {uid:?} used twice",
+            file.display()
+        );
+        assert!(
+            d["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{}: no title",
+            file.display()
+        );
         let shown: Vec<_> = panels(&d)
             .into_iter()
             .filter(|p| p.get("type").and_then(Value::as_str) != Some("row"))
@@ -443,8 +477,16 @@ fn dashboards_have_unique_uids_panels_and_the_provisioned_datasource() {
         // so the dashboards work without an import step.
         for p in shown {
             let title = p.get("title").and_then(Value::as_str).unwrap_or("?");
-            for t in p.get("targets").and_then(Value::as_array).into_iter().flatten() {
-                for ds in [p.get("datasource"), t.get("datasource")].into_iter().flatten() {
+            for t in p
+                .get("targets")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                for ds in [p.get("datasource"), t.get("datasource")]
+                    .into_iter()
+                    .flatten()
+                {
                     assert_eq!(
                         ds.get("uid").and_then(Value::as_str),
                         Some("prometheus"),
@@ -475,7 +517,10 @@ fn dashboard_provisioning_points_at_the_mounted_folder() {
     );
     for dir in ["datasources", "dashboards"] {
         let mount = format!("./dashboards/provisioning/{dir}:/etc/grafana/provisioning/{dir}:ro");
-        assert!(compose.contains(&mount), "docker-compose.yml must mount {mount}");
+        assert!(
+            compose.contains(&mount),
+            "docker-compose.yml must mount {mount}"
+        );
     }
     let prometheus =
         std::fs::read_to_string(repo().join("deploy/prometheus.yml")).expect("prometheus config");
@@ -503,14 +548,32 @@ fn dashboard_check_reports_what_is_not_registered() {
             "{expr}: expected a problem mentioning {needle:?}, got {problems:?}"
         );
     };
-    bad("rate(billstream_records_dropped_total[5m])", "not registered");
+    bad(
+        "rate(billstream_records_dropped_total[5m])",
+        "not registered",
+    );
     bad("rate(billstream_ready_sum[5m])", "is a gauge");
-    bad("rate(billstream_records_consumed_total_count[5m])", "is a counter");
+    bad(
+        "rate(billstream_records_consumed_total_count[5m])",
+        "is a counter",
+    );
     bad("billstream_batch_records", "is a histogram");
-    bad("rate(billstream_payments_total{currency=\"EUR\"}[5m])", "currency");
-    bad("sum by (account_id) (rate(billstream_invoices_issued_total[5m]))", "account_id");
-    bad("sum(rate(billstream_dead_letters_total[5m])) by (topic)", "topic");
-    bad("sum by (le) (rate(billstream_batch_duration_seconds_sum[5m]))", "le");
+    bad(
+        "rate(billstream_payments_total{currency=\"EUR\"}[5m])",
+        "currency",
+    );
+    bad(
+        "sum by (account_id) (rate(billstream_invoices_issued_total[5m]))",
+        "account_id",
+    );
+    bad(
+        "sum(rate(billstream_dead_letters_total[5m])) by (topic)",
+        "by (topic)",
+    );
+    bad(
+        "sum by (le) (rate(billstream_batch_duration_seconds_sum[5m]))",
+        "by (le)",
+    );
     // A name inside a label value is not a metric.
     assert_eq!(
         check_expr("sum(billstream_ready{job=\"billstream_other\"})"),
@@ -518,4 +581,38 @@ fn dashboard_check_reports_what_is_not_registered() {
     );
     assert!(!check_variable_query("label_values(billstream_ready, topic)").is_empty());
     assert!(check_variable_query("label_values(billstream_ready, instance)").is_empty());
+}
+
+#[test]
+fn dashboard_check_reaches_panels_nested_in_rows_and_variables() {
+    let d = serde_json::json!({
+        "panels": [
+            {"type": "row", "title": "collapsed", "panels": [
+                {"type": "timeseries", "title": "inner",
+                 "targets": [{"expr": "rate(billstream_nope_total[5m])"}]}
+            ]},
+            {"type": "stat", "title": "top",
+             "targets": [{"expr": "sum(billstream_ready)"}]}
+        ],
+        "templating": {"list": [
+            {"type": "query", "name": "topic",
+             "query": {"query": "label_values(billstream_ready, topic)"}}
+        ]}
+    });
+    let exprs = expressions(&d);
+    assert_eq!(exprs.len(), 2, "{exprs:?}");
+    let problems: Vec<String> = exprs
+        .iter()
+        .chain(variable_queries(&d).iter())
+        .flat_map(|(_, e)| check_variable_query(e))
+        .collect();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].contains("billstream_nope_total"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].contains("label_values(billstream_ready, topic)"),
+        "{problems:?}"
+    );
 }
