@@ -24,6 +24,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::consumer::CommitMode;
 use rdkafka::message::{Message, OwnedMessage};
+use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::contracts::{Catalog, Decoder, OutputRecord};
@@ -282,6 +283,14 @@ pub async fn serve<S: StateStore>(
         apply_plan_records(&mut processor, &decoder, &updates, now).await?;
         let owned: BTreeSet<u32> = processor.owned_partitions().map(|(p, _)| p).collect();
         records.retain(|m| owned.contains(&partition_of(m.partition())));
+        // One span per batch: what is done for it (store writes, publishing,
+        // dead letters) is logged inside; `outputs` is filled once known.
+        let span = tracing::debug_span!(
+            "batch",
+            n = progress.batches.load(Ordering::Relaxed) + 1,
+            records = records.len(),
+            outputs = tracing::field::Empty,
+        );
 
         let batch_records: Vec<BatchRecord<'_>> = records
             .iter()
@@ -306,7 +315,10 @@ pub async fn serve<S: StateStore>(
             .collect();
         processor.trace_inputs(traces_of(&records));
         let before = processor.stats.clone();
-        processor.process_batch(&decoder, &batch_records).await?;
+        processor
+            .process_batch(&decoder, &batch_records)
+            .instrument(span.clone())
+            .await?;
         drop(batch_records);
         processor.advance_timers(now);
         if let Some(m) = &progress.metrics {
@@ -320,7 +332,12 @@ pub async fn serve<S: StateStore>(
             }
         }
         progress.timed(Phase::Fold, &mut clock_in);
-        let outputs = processor.flush().await.map_err(fenced_is_fatal)?;
+        let outputs = processor
+            .flush()
+            .instrument(span.clone())
+            .await
+            .map_err(fenced_is_fatal)?;
+        span.record("outputs", outputs.len());
         record_latency(&progress, &records);
         progress.timed(Phase::Persist, &mut clock_in);
         if sink.is_transactional() {
@@ -329,7 +346,9 @@ pub async fn serve<S: StateStore>(
             source.processed(&records);
             let offsets = source.take_offsets()?;
             if offsets.is_some() || !outputs.is_empty() {
-                sink.publish_in_transaction(&outputs, offsets).await?;
+                sink.publish_in_transaction(&outputs, offsets)
+                    .instrument(span.clone())
+                    .await?;
             }
             if let Some(m) = &progress.metrics {
                 m.published(&outputs);
@@ -344,17 +363,19 @@ pub async fn serve<S: StateStore>(
             continue;
         }
         let sent = Published {
-            in_flight: sink.send(&outputs).await?,
+            in_flight: sink.send(&outputs).instrument(span.clone()).await?,
             unacked: processor.take_unacked(),
             records,
             outputs,
         };
         if !sent.records.is_empty() {
-            tracing::debug!(
-                records = sent.records.len(),
-                outputs = sent.outputs.len(),
-                "batch persisted, outputs sent"
-            );
+            span.in_scope(|| {
+                tracing::debug!(
+                    records = sent.records.len(),
+                    outputs = sent.outputs.len(),
+                    "batch persisted, outputs sent"
+                )
+            });
         }
         progress.timed(Phase::Publish, &mut clock_in);
         // The previous batch's acknowledgements had a whole batch to arrive.
@@ -366,6 +387,7 @@ pub async fn serve<S: StateStore>(
                 CommitMode::Async,
                 &mut clock_in,
             )
+            .instrument(span)
             .await?;
         }
         progress.batches.fetch_add(1, Ordering::Relaxed);
