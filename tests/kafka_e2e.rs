@@ -7,7 +7,7 @@
 //! 127.0.0.1 and sets `BILLSTREAM_TEST_BROKERS`; without it this test says
 //! so and does nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -18,6 +18,8 @@ use billstream::engine::events::*;
 use billstream::engine::money::Currency;
 use billstream::engine::plan::{Charge, Model, Plan};
 use billstream::engine::time::{Anchor, Timestamp};
+use billstream::engine::tripwire::mask_card_numbers;
+use billstream::engine::Rejection;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -752,4 +754,617 @@ fn run_killed_mid_batch_resumes_without_applying_anything_twice() {
         }
     }
     assert_eq!(applied.len(), USAGE, "every usage event applied once");
+}
+
+/// Issue 3: bad records of every kind the engine rejects (all of
+/// `Rejection::KINDS`), an invalid plan, and undecodable bytes of every
+/// `DecodeError` kind a producer can send all arrive in the DLQ, each with
+/// its source topic, partition, offset, key, kind and original bytes
+/// (card digits masked); a good usage record produced after them, on the
+/// same account and partition, is applied.
+#[test]
+fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continues() {
+    let Some(Setup {
+        brokers,
+        prefix,
+        group,
+        _dir,
+        store,
+    }) = setup("dlq")
+    else {
+        return;
+    };
+    const REJECTION_KINDS: [&str; 18] = [
+        "conflict",
+        "from_future",
+        "before_account_opened",
+        "account_closed",
+        "unknown_account",
+        "account_already_open",
+        "unknown_plan",
+        "unknown_metric",
+        "invalid_quantity",
+        "invalid_amount",
+        "currency_mismatch",
+        "card_number",
+        "wrong_environment",
+        "unknown_charge",
+        "invalid_field",
+        "too_late",
+        "refund_exceeds_credit",
+        "unknown_payment_method",
+    ];
+    // Every `DecodeError::kind()`: all of them can come from a producer.
+    const DECODE_KINDS: [&str; 7] = [
+        "too_short",
+        "bad_magic",
+        "unknown_schema_id",
+        "body_mismatch",
+        "invalid_field",
+        "bad_json",
+        "not_cloud_event",
+    ];
+    assert_eq!(
+        Rejection::KINDS.iter().copied().collect::<BTreeSet<_>>(),
+        REJECTION_KINDS.into_iter().collect(),
+        "Rejection::KINDS changed: give this test a record for the new kind"
+    );
+    assert_eq!(Rejection::KINDS.len(), REJECTION_KINDS.len());
+    // `KINDS` is a list kept by hand: a new `Rejection` variant stops this
+    // match from compiling until the lists here and a record below cover it.
+    fn _every_variant_is_listed(r: &Rejection) {
+        use Rejection::*;
+        match r {
+            Conflict { .. }
+            | FromFuture { .. }
+            | BeforeAccountOpened { .. }
+            | AccountClosed { .. }
+            | UnknownAccount { .. }
+            | AccountAlreadyOpen { .. }
+            | UnknownPlan { .. }
+            | UnknownMetric { .. }
+            | InvalidQuantity { .. }
+            | InvalidAmount { .. }
+            | CurrencyMismatch { .. }
+            | CardNumber { .. }
+            | WrongEnvironment { .. }
+            | UnknownCharge { .. }
+            | InvalidField { .. }
+            | TooLate { .. }
+            | RefundExceedsCredit { .. }
+            | UnknownPaymentMethod { .. } => {}
+        }
+    }
+
+    /// Who refuses the record: the engine (a `Rejection`), the decoder (a
+    /// `DecodeError`) or the price book (a plan that does not validate).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Origin {
+        Engine,
+        Decode,
+        Plan,
+    }
+    /// A bad input as produced, and the kind its dead letter must carry.
+    struct Bad {
+        key: String,
+        kind: &'static str,
+        origin: Origin,
+        payload: Vec<u8>,
+    }
+    /// (account, type, causation id) of journal entries.
+    type Entries = BTreeSet<(String, String, String)>;
+    fn has(entries: &Entries, account: &str, kind: &str, cause: &str) -> bool {
+        entries.contains(&(account.to_string(), kind.to_string(), cause.to_string()))
+    }
+
+    let catalog = Catalog::shared().unwrap();
+    let d = |s: &str| Decimal::from_str(s).unwrap();
+    let at = |s: &str| Timestamp::parse_rfc3339(s).unwrap();
+    // The processing clock is frozen, so "from the future" and "too late"
+    // do not depend on when the test runs.
+    const CLOCK: &str = "2026-03-15T12:00:00Z";
+    const RECENT: &str = "2026-03-15T10:00:00Z";
+    // `a` opened in October 2025: at the clock, October is an issued period
+    // older than the three kept for late usage. `b` is closed; `nobody`
+    // was never opened.
+    let (a, b, nobody) = ("acct-dlq-a", "acct-dlq-b", "acct-dlq-nobody");
+    let plan = |plan_id: &str, fee: &str| Plan {
+        plan_id: plan_id.into(),
+        currency: Currency::from_code("EUR").unwrap(),
+        recurring_fee: d(fee),
+        minimum_spend: Decimal::ZERO,
+        charges: vec![Charge {
+            metric: "m".into(),
+            model: Model::PerUnit,
+            unit_price: d("0.50"),
+            package_size: None,
+            free_units: Decimal::ZERO,
+            tiers: vec![],
+        }],
+    };
+    let opened = |id: &str, account: &str, opened_at: &str| {
+        Input::Account(AccountCommand {
+            event_id: id.into(),
+            account_id: account.into(),
+            occurred_at: at(opened_at),
+            environment: Some("prod".into()),
+            kind: AccountKind::AccountOpened {
+                plan_id: "metered".into(),
+                currency: "EUR".into(),
+                timezone: "UTC".into(),
+                tax_rate: Decimal::ZERO,
+                billing_anchor: Anchor::Calendar,
+            },
+        })
+    };
+    let command = |id: &str, account: &str, occurred: &str, kind: AccountKind| {
+        Input::Account(AccountCommand {
+            event_id: id.into(),
+            account_id: account.into(),
+            occurred_at: at(occurred),
+            environment: Some("prod".into()),
+            kind,
+        })
+    };
+    let payment = |id: &str, kind: PaymentKind| {
+        Input::Payment(PaymentEvent {
+            event_id: id.into(),
+            account_id: a.into(),
+            occurred_at: at(RECENT),
+            environment: Some("prod".into()),
+            kind,
+        })
+    };
+    // Recent usage in this instance's environment; `..usage(…)` for others.
+    let usage = |id: &str, account: &str, metric: &str, qty: &str| UsageRecorded {
+        event_id: id.into(),
+        account_id: account.into(),
+        subject: "app-1".into(),
+        metric: metric.into(),
+        quantity: d(qty),
+        occurred_at: at(RECENT),
+        environment: "prod".into(),
+        attributes: Default::default(),
+    };
+    let enc = |input: &Input| catalog.encode_input(input).unwrap();
+    let enc_usage = |u: UsageRecorded| enc(&Input::Usage(u));
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // One record, acknowledged before the next is sent: (topic, partition, offset).
+    let send = |topic: &str, key: &str, payload: &[u8]| {
+        let topic = format!("{prefix}{topic}");
+        let record = FutureRecord::to(&topic).key(key).payload(payload);
+        let delivery = rt
+            .block_on(producer.send(record, Duration::from_secs(10)))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        (topic, delivery.partition, delivery.offset)
+    };
+    let mut bad: BTreeMap<(String, i32, i64), Bad> = BTreeMap::new();
+    let mut reject =
+        |topic: &str, key: &str, kind: &'static str, origin: Origin, payload: Vec<u8>| {
+            let pos = send(topic, key, &payload);
+            let other = bad.insert(
+                pos,
+                Bad {
+                    key: key.into(),
+                    kind,
+                    origin,
+                    payload,
+                },
+            );
+            assert!(other.is_none(), "two records at one position");
+        };
+
+    // The price book and the accounts, before the processor starts; a plan
+    // that does not validate is dead-lettered when the price book is read.
+    produce(
+        &brokers,
+        &prefix,
+        &vec![
+            (
+                "billing.plans.v1".into(),
+                "metered".into(),
+                catalog.encode_plan(&plan("metered", "0")).unwrap(),
+            ),
+            (
+                "billing.accounts.v1".into(),
+                a.into(),
+                enc(&opened("open-a", a, "2025-10-01T00:00:00Z")),
+            ),
+            (
+                "billing.accounts.v1".into(),
+                b.into(),
+                enc(&opened("open-b", b, "2026-03-01T00:00:00Z")),
+            ),
+            (
+                "billing.accounts.v1".into(),
+                b.into(),
+                enc(&command(
+                    "close-b",
+                    b,
+                    "2026-03-02T00:00:00Z",
+                    AccountKind::AccountClosed,
+                )),
+            ),
+        ],
+    );
+    reject(
+        "billing.plans.v1",
+        "bad-plan",
+        "invalid_plan",
+        Origin::Plan,
+        catalog.encode_plan(&plan("bad-plan", "-1")).unwrap(),
+    );
+
+    let running = Running(
+        billstream(&prefix, &group, &store, &brokers)
+            .env("BILLSTREAM__CLOCK", CLOCK)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    // (account, type, causation id) of every journal entry, read from the
+    // start until `want` holds.
+    let journal = format!("{prefix}billing.journal.v1");
+    let read_journal = |reader: &str, want: &dyn Fn(&Entries) -> bool| {
+        let mut entries = Entries::new();
+        let mut scanned = 0;
+        read_until(
+            &brokers,
+            &format!("{group}-{reader}"),
+            &journal,
+            Duration::from_secs(90),
+            |r| {
+                for (_, payload) in &r[scanned..] {
+                    let e = decode_output(catalog, payload);
+                    entries.insert((
+                        text(&e["account_id"]),
+                        text(&e["type"]),
+                        text(&e["causation_id"]),
+                    ));
+                }
+                scanned = r.len();
+                want(&entries)
+            },
+        );
+        entries
+    };
+    // The bad records below need `a` open and `b` closed first (Kafka
+    // orders records only within one topic's partition).
+    let set_up = |e: &Entries| {
+        has(e, a, "account_opened", "open-a") && has(e, b, "account_closed", "close-b")
+    };
+    assert!(
+        set_up(&read_journal("setup", &set_up)),
+        "accounts not set up within 90 s"
+    );
+
+    // One record per rejection kind.
+    let usage_topic = "billing.usage.v1";
+    // Same event id as an applied event, other payload.
+    send(usage_topic, a, &enc_usage(usage("u-dup", a, "m", "1")));
+    let engine = Origin::Engine;
+    reject(
+        usage_topic,
+        a,
+        "conflict",
+        engine,
+        enc_usage(usage("u-dup", a, "m", "2")),
+    );
+    reject(
+        usage_topic,
+        a,
+        "from_future",
+        engine,
+        enc_usage(UsageRecorded {
+            occurred_at: at("2026-03-15T13:00:00Z"),
+            ..usage("u-future", a, "m", "1")
+        }),
+    );
+    reject(
+        usage_topic,
+        a,
+        "before_account_opened",
+        engine,
+        enc_usage(UsageRecorded {
+            occurred_at: at("2025-09-15T00:00:00Z"),
+            ..usage("u-before", a, "m", "1")
+        }),
+    );
+    reject(
+        usage_topic,
+        b,
+        "account_closed",
+        engine,
+        enc_usage(UsageRecorded {
+            occurred_at: at("2026-03-10T00:00:00Z"),
+            ..usage("u-closed", b, "m", "1")
+        }),
+    );
+    reject(
+        usage_topic,
+        nobody,
+        "unknown_account",
+        engine,
+        enc_usage(usage("u-nobody", nobody, "m", "1")),
+    );
+    reject(
+        "billing.accounts.v1",
+        a,
+        "account_already_open",
+        engine,
+        enc(&opened("open-a-again", a, "2025-10-01T00:00:00Z")),
+    );
+    reject(
+        "billing.accounts.v1",
+        a,
+        "unknown_plan",
+        engine,
+        enc(&command(
+            "to-no-plan",
+            a,
+            RECENT,
+            AccountKind::PlanChanged {
+                plan_id: "no-such-plan".into(),
+            },
+        )),
+    );
+    reject(
+        usage_topic,
+        a,
+        "unknown_metric",
+        engine,
+        enc_usage(usage("u-metric", a, "gpu.hours", "1")),
+    );
+    reject(
+        usage_topic,
+        a,
+        "invalid_quantity",
+        engine,
+        enc_usage(usage("u-negative", a, "m", "-1")),
+    );
+    let payments = "billing.payments.v1";
+    reject(
+        payments,
+        a,
+        "invalid_amount",
+        engine,
+        enc(&payment(
+            "top-up-fraction",
+            PaymentKind::CreditToppedUp {
+                amount: d("0.001"),
+                currency: "EUR".into(),
+            },
+        )),
+    );
+    reject(
+        payments,
+        a,
+        "currency_mismatch",
+        engine,
+        enc(&payment(
+            "top-up-usd",
+            PaymentKind::CreditToppedUp {
+                amount: d("10.00"),
+                currency: "USD".into(),
+            },
+        )),
+    );
+    // As CloudEvents JSON: the dead letter keeps the text, digits masked.
+    let card = format!(
+        r#"{{"specversion":"1.0","type":"billing.usage.v1","source":"/test","id":"u-card","time":"{RECENT}","data":{{"event_id":"u-card","account_id":"{a}","subject":"card 4111 1111 1111 1111","metric":"m","quantity":"1","occurred_at":"{RECENT}","environment":"prod","attributes":{{}}}}}}"#
+    );
+    reject(usage_topic, a, "card_number", engine, card.into_bytes());
+    reject(
+        usage_topic,
+        a,
+        "wrong_environment",
+        engine,
+        enc_usage(UsageRecorded {
+            environment: "staging".into(),
+            ..usage("u-staging", a, "m", "1")
+        }),
+    );
+    reject(
+        payments,
+        a,
+        "unknown_charge",
+        engine,
+        enc(&payment(
+            "paid-unknown",
+            PaymentKind::PaymentSucceeded {
+                charge_id: format!("inv_{a}_00099/attempt-1"),
+                invoice_id: format!("inv_{a}_00099"),
+                amount: d("10.00"),
+                currency: "EUR".into(),
+            },
+        )),
+    );
+    reject(
+        payments,
+        a,
+        "invalid_field",
+        engine,
+        enc(&payment(
+            "card-last2",
+            PaymentKind::PaymentMethodAttached {
+                token_ref: "psp:tok_1".into(),
+                brand: "visa".into(),
+                last4: "42".into(),
+                expires: "2030-01".into(),
+            },
+        )),
+    );
+    reject(
+        usage_topic,
+        a,
+        "too_late",
+        engine,
+        enc_usage(UsageRecorded {
+            occurred_at: at("2025-10-15T00:00:00Z"),
+            ..usage("u-october", a, "m", "1")
+        }),
+    );
+    reject(
+        payments,
+        a,
+        "refund_exceeds_credit",
+        engine,
+        enc(&payment(
+            "refund",
+            PaymentKind::PaymentRefunded {
+                amount: d("5.00"),
+                currency: "EUR".into(),
+                reason: "goodwill".into(),
+            },
+        )),
+    );
+    reject(
+        payments,
+        a,
+        "unknown_payment_method",
+        engine,
+        enc(&payment(
+            "detach",
+            PaymentKind::PaymentMethodDetached {
+                token_ref: "psp:tok_unknown".into(),
+            },
+        )),
+    );
+
+    // One record per decode error kind, on every input topic.
+    let decode = Origin::Decode;
+    reject("billing.accounts.v1", a, "too_short", decode, vec![0, 0, 0]);
+    reject(payments, a, "bad_magic", decode, b"\x07garbage".to_vec());
+    reject(
+        usage_topic,
+        a,
+        "unknown_schema_id",
+        decode,
+        vec![0, 0, 0, 3, 232, 1],
+    );
+    let whole = enc_usage(usage("u-truncated", a, "m", "1.5"));
+    reject(
+        usage_topic,
+        a,
+        "body_mismatch",
+        decode,
+        whole[..whole.len() - 1].to_vec(),
+    );
+    // "1.5" patched into "1x5" in place: the same length, not a decimal.
+    let mut patched = whole;
+    let dot = patched.windows(3).position(|w| w == b"1.5").unwrap() + 1;
+    patched[dot] = b'x';
+    reject(usage_topic, a, "invalid_field", decode, patched);
+    reject(usage_topic, a, "bad_json", decode, b"{oops".to_vec());
+    reject(
+        usage_topic,
+        a,
+        "not_cloud_event",
+        decode,
+        br#"{"specversion":"0.3"}"#.to_vec(),
+    );
+
+    // The good record, after every bad one, on the account most of them named.
+    send(usage_topic, a, &enc_usage(usage("u-good", a, "m", "3")));
+
+    // The table covers every kind, each exactly once.
+    let kinds_of = |origin: Origin| -> Vec<&'static str> {
+        let mut kinds: Vec<&'static str> = bad
+            .values()
+            .filter(|x| x.origin == origin)
+            .map(|x| x.kind)
+            .collect();
+        kinds.sort();
+        kinds
+    };
+    let sorted = |mut kinds: Vec<&'static str>| {
+        kinds.sort();
+        kinds
+    };
+    assert_eq!(kinds_of(Origin::Engine), sorted(REJECTION_KINDS.to_vec()));
+    assert_eq!(kinds_of(Origin::Decode), sorted(DECODE_KINDS.to_vec()));
+
+    let dlq = format!("{prefix}billing.dlq.v1");
+    // Outputs are published at least once under stable ids: count ids.
+    let dead = read_until(
+        &brokers,
+        &format!("{group}-dlq"),
+        &dlq,
+        Duration::from_secs(120),
+        |r| r.iter().map(|(id, _)| id).collect::<BTreeSet<_>>().len() >= bad.len(),
+    );
+    let entries = read_journal("after", &|e: &Entries| has(e, a, "usage_applied", "u-good"));
+    let status = running.stop();
+    assert!(status.success(), "billstream run exited with {status}");
+
+    // Processing went on past every bad record: the good one was applied,
+    // as was the first of the conflicting pair.
+    assert!(
+        has(&entries, a, "usage_applied", "u-good"),
+        "the good usage after the bad records was not applied"
+    );
+    assert!(has(&entries, a, "usage_applied", "u-dup"));
+
+    let mut letters: BTreeMap<(String, i32, i64), BTreeMap<String, Value>> = BTreeMap::new();
+    for (_, payload) in &dead {
+        let r = decode_output(catalog, payload);
+        let pos = (
+            text(&r["source_topic"]),
+            match r["partition"] {
+                Value::Int(p) => p,
+                ref other => panic!("partition {other:?}"),
+            },
+            match r["offset"] {
+                Value::Long(o) => o,
+                ref other => panic!("offset {other:?}"),
+            },
+        );
+        if let Some(other) = letters.insert(pos.clone(), r.clone()) {
+            assert_eq!(other, r, "two different dead letters for {pos:?}");
+        }
+    }
+    // Exactly one dead letter per bad record, at its position, of its kind.
+    let want: BTreeMap<_, _> = bad
+        .iter()
+        .map(|(pos, x)| (pos.clone(), x.kind.to_string()))
+        .collect();
+    let got: BTreeMap<_, _> = letters
+        .iter()
+        .map(|(pos, r)| (pos.clone(), text(&r["error_kind"])))
+        .collect();
+    assert_eq!(
+        got, want,
+        "dead letters by (source topic, partition, offset)"
+    );
+    for (pos, sent) in &bad {
+        let r = &letters[pos];
+        let what = format!("{} dead letter", sent.kind);
+        assert_eq!(text(&r["key"]), sent.key, "key of the {what}");
+        assert_eq!(
+            text(&r["causation_id"]),
+            format!("{}/{}/{}", pos.0, pos.1, pos.2),
+            "causation of the {what}"
+        );
+        assert!(!text(&r["reason"]).is_empty(), "reason of the {what}");
+        let payload = if sent.kind == "card_number" {
+            let original = std::str::from_utf8(&sent.payload).unwrap();
+            let masked = mask_card_numbers(original);
+            assert!(masked.contains("card **** **** **** 1111") && masked != original);
+            masked.into_bytes()
+        } else {
+            sent.payload.clone()
+        };
+        assert_eq!(r["payload"], Value::Bytes(payload), "payload of the {what}");
+    }
 }
