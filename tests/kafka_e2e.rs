@@ -535,6 +535,85 @@ pub(crate) fn event_id_of(m: &impl Message) -> String {
 /// Records to produce: (topic without prefix, key, payload).
 pub(crate) type Records = Vec<(String, String, Vec<u8>)>;
 
+/// The `metered` plan (EUR, 0.01 per unit of `m`, no fee) and the openings
+/// of `acct-0`…`acct-{accounts-1}` at `opened_at`.
+pub(crate) fn metered_plan_and_accounts(
+    catalog: &Catalog,
+    accounts: usize,
+    opened_at: Timestamp,
+) -> Records {
+    let plan = Plan {
+        plan_id: "metered".into(),
+        currency: Currency::from_code("EUR").unwrap(),
+        recurring_fee: Decimal::ZERO,
+        minimum_spend: Decimal::ZERO,
+        charges: vec![Charge {
+            metric: "m".into(),
+            model: Model::PerUnit,
+            unit_price: Decimal::from_str("0.01").unwrap(),
+            package_size: None,
+            free_units: Decimal::ZERO,
+            tiers: vec![],
+        }],
+    };
+    let mut records = vec![(
+        "billing.plans.v1".to_string(),
+        "metered".to_string(),
+        catalog.encode_plan(&plan).unwrap(),
+    )];
+    for a in 0..accounts {
+        let open = Input::Account(AccountCommand {
+            event_id: format!("open-{a}"),
+            account_id: format!("acct-{a}"),
+            occurred_at: opened_at,
+            environment: Some("prod".into()),
+            kind: AccountKind::AccountOpened {
+                plan_id: "metered".into(),
+                currency: "EUR".into(),
+                timezone: "UTC".into(),
+                tax_rate: Decimal::ZERO,
+                billing_anchor: Anchor::Calendar,
+            },
+        });
+        records.push((
+            "billing.accounts.v1".into(),
+            format!("acct-{a}"),
+            catalog.encode_input(&open).unwrap(),
+        ));
+    }
+    records
+}
+
+/// `n` usage events `u-0`… of one unit of `m`, spread over the accounts
+/// of `metered_plan_and_accounts` in turn, on subjects `app-0..2`.
+pub(crate) fn metered_usage(
+    catalog: &Catalog,
+    accounts: usize,
+    n: usize,
+    at: Timestamp,
+) -> Records {
+    (0..n)
+        .map(|i| {
+            let a = i % accounts;
+            let u = Input::Usage(UsageRecorded {
+                event_id: format!("u-{i}"),
+                account_id: format!("acct-{a}"),
+                subject: format!("app-{}", i % 3),
+                metric: "m".into(),
+                quantity: Decimal::ONE,
+                occurred_at: at,
+                environment: "prod".into(),
+                attributes: Default::default(),
+            });
+            (
+                "billing.usage.v1".to_string(),
+                format!("acct-{a}"),
+                catalog.encode_input(&u).unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Produce `records` under the topic `prefix` and wait for every ack.
 pub(crate) fn produce(brokers: &str, prefix: &str, records: &Records) {
     let producer: FutureProducer = ClientConfig::new()
@@ -607,45 +686,7 @@ fn run_killed_mid_batch_resumes_without_applying_anything_twice() {
     let used_at = Timestamp((now.0 - 2 * 3_600_000_000).max(month_start.0 + 120_000_000));
     const ACCOUNTS: usize = 20;
     const USAGE: usize = 4000;
-    let plan = Plan {
-        plan_id: "metered".into(),
-        currency: Currency::from_code("EUR").unwrap(),
-        recurring_fee: Decimal::ZERO,
-        minimum_spend: Decimal::ZERO,
-        charges: vec![Charge {
-            metric: "m".into(),
-            model: Model::PerUnit,
-            unit_price: Decimal::from_str("0.01").unwrap(),
-            package_size: None,
-            free_units: Decimal::ZERO,
-            tiers: vec![],
-        }],
-    };
-    let mut setup = vec![(
-        "billing.plans.v1".to_string(),
-        "metered".to_string(),
-        catalog.encode_plan(&plan).unwrap(),
-    )];
-    for a in 0..ACCOUNTS {
-        let open = Input::Account(AccountCommand {
-            event_id: format!("open-{a}"),
-            account_id: format!("acct-{a}"),
-            occurred_at: month_start,
-            environment: Some("prod".into()),
-            kind: AccountKind::AccountOpened {
-                plan_id: "metered".into(),
-                currency: "EUR".into(),
-                timezone: "UTC".into(),
-                tax_rate: Decimal::ZERO,
-                billing_anchor: Anchor::Calendar,
-            },
-        });
-        setup.push((
-            "billing.accounts.v1".into(),
-            format!("acct-{a}"),
-            catalog.encode_input(&open).unwrap(),
-        ));
-    }
+    let setup = metered_plan_and_accounts(catalog, ACCOUNTS, month_start);
     produce(&brokers, &prefix, &setup);
 
     let spawn = |group: &str| {
@@ -679,26 +720,7 @@ fn run_killed_mid_batch_resumes_without_applying_anything_twice() {
         opened.len()
     );
 
-    let usage: Vec<(String, String, Vec<u8>)> = (0..USAGE)
-        .map(|i| {
-            let a = i % ACCOUNTS;
-            let u = Input::Usage(UsageRecorded {
-                event_id: format!("u-{i}"),
-                account_id: format!("acct-{a}"),
-                subject: format!("app-{}", i % 3),
-                metric: "m".into(),
-                quantity: Decimal::ONE,
-                occurred_at: used_at,
-                environment: "prod".into(),
-                attributes: Default::default(),
-            });
-            (
-                "billing.usage.v1".to_string(),
-                format!("acct-{a}"),
-                catalog.encode_input(&u).unwrap(),
-            )
-        })
-        .collect();
+    let usage = metered_usage(catalog, ACCOUNTS, USAGE, used_at);
     produce(&brokers, &prefix, &usage);
     // Let it get some way into the stream, then kill -9 mid-flight.
     std::thread::sleep(Duration::from_millis(700));

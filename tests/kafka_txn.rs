@@ -15,22 +15,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
-use std::str::FromStr;
 use std::time::Duration;
 
 use billstream::contracts::Catalog;
-use billstream::engine::events::*;
-use billstream::engine::money::Currency;
-use billstream::engine::plan::{Charge, Model, Plan};
-use billstream::engine::time::{Anchor, Timestamp};
+use billstream::engine::time::Timestamp;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use rust_decimal::Decimal;
 
 use crate::kafka_e2e::{
-    billstream, decode_output, produce, read_until, setup, text, Records, Running, Setup,
-    SESSION_EXPIRY, SESSION_TIMEOUT,
+    billstream, decode_output, metered_plan_and_accounts, metered_usage, produce, read_until,
+    setup, text, Running, Setup, SESSION_EXPIRY, SESSION_TIMEOUT,
 };
 
 const ACCOUNTS: usize = 10;
@@ -57,66 +52,12 @@ fn transactional_run_killed_and_restarted_commits_outputs_with_offsets() {
     let month_start =
         Timestamp::parse_rfc3339(&format!("{}-01T00:00:00Z", &now.to_rfc3339()[..7])).unwrap();
     let used_at = Timestamp((now.0 - 2 * 3_600_000_000).max(month_start.0 + 120_000_000));
-    let plan = Plan {
-        plan_id: "metered".into(),
-        currency: Currency::from_code("EUR").unwrap(),
-        recurring_fee: Decimal::ZERO,
-        minimum_spend: Decimal::ZERO,
-        charges: vec![Charge {
-            metric: "m".into(),
-            model: Model::PerUnit,
-            unit_price: Decimal::from_str("0.01").unwrap(),
-            package_size: None,
-            free_units: Decimal::ZERO,
-            tiers: vec![],
-        }],
-    };
-    let mut inputs: Records = vec![(
-        "billing.plans.v1".into(),
-        "metered".into(),
-        catalog.encode_plan(&plan).unwrap(),
-    )];
-    for a in 0..ACCOUNTS {
-        let open = Input::Account(AccountCommand {
-            event_id: format!("open-{a}"),
-            account_id: format!("acct-{a}"),
-            occurred_at: month_start,
-            environment: Some("prod".into()),
-            kind: AccountKind::AccountOpened {
-                plan_id: "metered".into(),
-                currency: "EUR".into(),
-                timezone: "UTC".into(),
-                tax_rate: Decimal::ZERO,
-                billing_anchor: Anchor::Calendar,
-            },
-        });
-        inputs.push((
-            "billing.accounts.v1".into(),
-            format!("acct-{a}"),
-            catalog.encode_input(&open).unwrap(),
-        ));
-    }
-    produce(&brokers, &prefix, &inputs);
-    let usage: Records = (0..USAGE)
-        .map(|i| {
-            let a = i % ACCOUNTS;
-            let u = Input::Usage(UsageRecorded {
-                event_id: format!("u-{i}"),
-                account_id: format!("acct-{a}"),
-                subject: "app".into(),
-                metric: "m".into(),
-                quantity: Decimal::ONE,
-                occurred_at: used_at,
-                environment: "prod".into(),
-                attributes: Default::default(),
-            });
-            (
-                "billing.usage.v1".into(),
-                format!("acct-{a}"),
-                catalog.encode_input(&u).unwrap(),
-            )
-        })
-        .collect();
+    produce(
+        &brokers,
+        &prefix,
+        &metered_plan_and_accounts(catalog, ACCOUNTS, month_start),
+    );
+    let usage = metered_usage(catalog, ACCOUNTS, USAGE, used_at);
 
     let spawn = || {
         Running(
