@@ -399,8 +399,20 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
     assert_eq!(ready_status, 200, "/readyz once partitions are assigned");
     let (health_status, _) = http_get(&metrics_addr, "/healthz");
     assert_eq!(health_status, 200);
-    let (metrics_status, metrics) = http_get(&metrics_addr, "/metrics");
-    assert_eq!(metrics_status, 200);
+    // A batch is counted once its outputs are acknowledged, which the loop
+    // checks on its next turn (at most an idle wait later): scrape until
+    // the last batch's dead letters show.
+    let scrape_until = Instant::now() + Duration::from_secs(15);
+    let metrics = loop {
+        let (metrics_status, metrics) = http_get(&metrics_addr, "/metrics");
+        assert_eq!(metrics_status, 200);
+        let settled = metrics.contains("billstream_dead_letters_total{reason=\"bad_magic\"}")
+            && metrics.contains("billstream_dead_letters_total{reason=\"card_number\"}");
+        if settled || Instant::now() > scrape_until {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let value = |series: &str| -> f64 {
         metrics
             .lines()
