@@ -17,39 +17,117 @@ use prometheus::{
 use crate::contracts::{OutputRecord, OutputTopic};
 use crate::store::{StoreOp, StoreStats};
 
-/// Every metric family the code registers, with its type and labels; the
-/// dashboards test reads this list.
-pub const METRICS: &[(&str, &str, &[&str])] = &[
-    ("billstream_records_consumed_total", "counter", &["topic"]),
+/// Every metric family the code registers: name, type, labels and help
+/// text; the dashboards test reads this list.
+pub const METRICS: &[(&str, &str, &[&str], &str)] = &[
+    (
+        "billstream_records_consumed_total",
+        "counter",
+        &["topic"],
+        "Input records consumed, by topic",
+    ),
     (
         "billstream_records_processed_total",
         "counter",
         &["outcome"],
+        "Input records by outcome (applied, duplicate, replay, rejected)",
     ),
-    ("billstream_dead_letters_total", "counter", &["reason"]),
-    ("billstream_batch_records", "histogram", &[]),
-    ("billstream_batch_duration_seconds", "histogram", &["phase"]),
-    ("billstream_persist_latency_seconds", "histogram", &[]),
+    (
+        "billstream_dead_letters_total",
+        "counter",
+        &["reason"],
+        "Records sent to the dead-letter topic, by reason kind",
+    ),
+    (
+        "billstream_batch_records",
+        "histogram",
+        &[],
+        "Records per batch",
+    ),
+    (
+        "billstream_batch_duration_seconds",
+        "histogram",
+        &["phase"],
+        "Time per batch in each phase of the loop",
+    ),
+    (
+        "billstream_persist_latency_seconds",
+        "histogram",
+        &[],
+        "From a record's Kafka timestamp to its state being persisted",
+    ),
     (
         "billstream_consumer_lag_records",
         "gauge",
         &["topic", "partition"],
+        "Records behind the end of each input partition",
     ),
-    ("billstream_partitions_owned", "gauge", &[]),
-    ("billstream_ready", "gauge", &[]),
+    (
+        "billstream_partitions_owned",
+        "gauge",
+        &[],
+        "Partitions this instance owns",
+    ),
+    (
+        "billstream_ready",
+        "gauge",
+        &[],
+        "1 once the plans table is loaded and partitions are assigned",
+    ),
     (
         "billstream_store_operations_total",
         "counter",
         &["op", "outcome"],
+        "State store operations, by kind and outcome",
     ),
-    ("billstream_invoices_issued_total", "counter", &["currency"]),
-    ("billstream_invoiced_amount_total", "counter", &["currency"]),
-    ("billstream_charge_requests_total", "counter", &["attempt"]),
-    ("billstream_payments_total", "counter", &["outcome"]),
-    ("billstream_notifications_total", "counter", &["kind"]),
-    ("billstream_timers_fired_total", "counter", &[]),
-    ("billstream_outputs_published_total", "counter", &["topic"]),
-    ("billstream_rebalances_total", "counter", &["change"]),
+    (
+        "billstream_invoices_issued_total",
+        "counter",
+        &["currency"],
+        "Invoices issued, by currency",
+    ),
+    (
+        "billstream_invoiced_amount_total",
+        "counter",
+        &["currency"],
+        "Total of issued invoices, by currency (in currency units; exact amounts are in the invoices topic)",
+    ),
+    (
+        "billstream_charge_requests_total",
+        "counter",
+        &["attempt"],
+        "Charge requests published, by attempt",
+    ),
+    (
+        "billstream_payments_total",
+        "counter",
+        &["outcome"],
+        "Payment results applied, by outcome",
+    ),
+    (
+        "billstream_notifications_total",
+        "counter",
+        &["kind"],
+        "Notifications published, by kind",
+    ),
+    (
+        "billstream_timers_fired_total",
+        "counter",
+        &[],
+        "Timer events produced (period closes, due dates, retries, rollups)",
+    ),
+    (
+        "billstream_outputs_published_total",
+        "counter",
+        &["topic"],
+        "Output records acknowledged by the broker, by topic",
+    ),
+    (
+        "billstream_rebalances_total",
+        "counter",
+        &["change"],
+        "Partition assignment changes, by change (assigned, revoked)",
+    ),
 ];
 
 /// The metrics of one running instance.
@@ -74,42 +152,26 @@ pub struct Metrics {
     pub rebalances: IntCounterVec,
 }
 
+fn spec(
+    name: &str,
+) -> &'static (
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    &'static str,
+) {
+    METRICS
+        .iter()
+        .find(|(n, _, _, _)| *n == name)
+        .expect("every metric is listed in METRICS")
+}
+
 fn help(name: &str) -> &'static str {
-    match name {
-        "billstream_records_consumed_total" => "Input records consumed, by topic",
-        "billstream_records_processed_total" => {
-            "Input records by outcome (applied, duplicate, replay, rejected)"
-        }
-        "billstream_dead_letters_total" => "Records sent to the dead-letter topic, by reason kind",
-        "billstream_batch_records" => "Records per batch",
-        "billstream_batch_duration_seconds" => "Time per batch in each phase of the loop",
-        "billstream_persist_latency_seconds" => {
-            "From a record's Kafka timestamp to its state being persisted"
-        }
-        "billstream_consumer_lag_records" => "Records behind the end of each input partition",
-        "billstream_partitions_owned" => "Partitions this instance owns",
-        "billstream_ready" => "1 once the plans table is loaded and partitions are assigned",
-        "billstream_store_operations_total" => "State store operations, by kind and outcome",
-        "billstream_invoices_issued_total" => "Invoices issued, by currency",
-        "billstream_invoiced_amount_total" => {
-            "Total of issued invoices, by currency (in currency units; exact amounts are in the invoices topic)"
-        }
-        "billstream_charge_requests_total" => "Charge requests published, by attempt",
-        "billstream_payments_total" => "Payment results applied, by outcome",
-        "billstream_notifications_total" => "Notifications published, by kind",
-        "billstream_timers_fired_total" => "Timer events produced (period closes, due dates, retries, rollups)",
-        "billstream_outputs_published_total" => "Output records acknowledged by the broker, by topic",
-        "billstream_rebalances_total" => "Partition assignment changes, by change (assigned, revoked)",
-        _ => "billstream metric",
-    }
+    spec(name).3
 }
 
 fn labels(name: &str) -> &'static [&'static str] {
-    METRICS
-        .iter()
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, _, l)| *l)
-        .expect("every metric is listed in METRICS")
+    spec(name).2
 }
 
 fn counter_vec(registry: &Registry, name: &str) -> IntCounterVec {
@@ -468,7 +530,8 @@ mod tests {
             .inc();
         metrics.rebalances.with_label_values(&["assigned"]).inc();
         let text = metrics.render();
-        for (name, kind, _) in METRICS {
+        for (name, kind, _, help) in METRICS {
+            assert!(!help.is_empty(), "{name} has help text");
             assert!(
                 text.contains(&format!("# TYPE {name} {kind}")),
                 "{name} ({kind}) missing from:\n{text}"

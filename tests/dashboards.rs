@@ -51,8 +51,8 @@ struct Family {
 
 /// Resolve a series name to its registered family, or say why not.
 fn resolve(series: &str) -> Result<Family, String> {
-    let find = |n: &str| METRICS.iter().find(|(name, _, _)| *name == n);
-    if let Some((name, kind, labels)) = find(series) {
+    let find = |n: &str| METRICS.iter().find(|(name, _, _, _)| *name == n);
+    if let Some((name, kind, labels, _)) = find(series) {
         if *kind == "histogram" {
             return Err(format!(
                 "{series} is a histogram: query {series}_bucket, _sum or _count"
@@ -66,7 +66,7 @@ fn resolve(series: &str) -> Result<Family, String> {
     }
     for suffix in ["_bucket", "_sum", "_count"] {
         if let Some(base) = series.strip_suffix(suffix) {
-            if let Some((name, kind, labels)) = find(base) {
+            if let Some((name, kind, labels, _)) = find(base) {
                 if *kind != "histogram" {
                     return Err(format!(
                         "{series}: {base} is a {kind}, it has no {suffix} series"
@@ -431,7 +431,7 @@ fn dashboards_query_only_registered_metrics_and_labels() {
     // probably missing a panel: list them so the gap is visible.
     let unused: Vec<_> = METRICS
         .iter()
-        .map(|(n, _, _)| *n)
+        .map(|(n, _, _, _)| *n)
         .filter(|n| !used.contains(n))
         .collect();
     assert!(unused.is_empty(), "metrics no dashboard shows: {unused:?}");
