@@ -113,6 +113,9 @@ struct RawBatch {
     max_records: u64,
     max_wait: String,
     prefetch_kbytes: u64,
+    checkpoint_events: u64,
+    checkpoint_interval: String,
+    max_unwritten_events: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -472,6 +475,14 @@ pub struct BatchSettings {
     /// in KiB (librdkafka's `queued.max.messages.kbytes`): consumption of
     /// a partition pauses while this much waits, and resumes as it drains.
     pub prefetch_kbytes: u64,
+    /// An account whose only changes are usage is written once it holds
+    /// this many unwritten records (1: every batch)...
+    pub checkpoint_events: u32,
+    /// ...or once its changes have waited this long...
+    pub checkpoint_interval: Duration,
+    /// ...or when more records than this wait unwritten across all
+    /// accounts (then every account is written). Bounds the memory held.
+    pub max_unwritten_events: u64,
 }
 
 /// The processing clock that drives timers (period close, due dates,
@@ -728,6 +739,20 @@ impl Raw {
                 "must be between 1 and 2097151 (KiB)",
             ));
         }
+        if !(1..=1_000_000).contains(&self.batch.checkpoint_events) {
+            return Err(invalid(
+                "batch.checkpoint_events",
+                "must be between 1 (write every batch) and 1000000",
+            ));
+        }
+        let checkpoint_interval =
+            duration("batch.checkpoint_interval", &self.batch.checkpoint_interval)?;
+        if checkpoint_interval > Duration::from_secs(3600) {
+            return Err(invalid(
+                "batch.checkpoint_interval",
+                "must be at most 1h (a crash replays up to this much input)",
+            ));
+        }
         let b = &self.billing;
         let mut engine = EngineConfig::new(self.environment.trim());
         engine.grace_micros = micros("billing.grace", &b.grace)?;
@@ -828,6 +853,9 @@ impl Raw {
                 max_records: self.batch.max_records as usize,
                 max_wait: duration("batch.max_wait", &self.batch.max_wait)?,
                 prefetch_kbytes: self.batch.prefetch_kbytes,
+                checkpoint_events: self.batch.checkpoint_events as u32,
+                checkpoint_interval,
+                max_unwritten_events: self.batch.max_unwritten_events,
             },
             engine,
             api,
@@ -853,6 +881,9 @@ mod tests {
         assert_eq!(s.engine, EngineConfig::new("prod"));
         assert_eq!(s.topics.usage, "billing.usage.v1");
         assert_eq!(s.batch.max_wait, Duration::from_millis(500));
+        assert_eq!(s.batch.checkpoint_events, 100);
+        assert_eq!(s.batch.checkpoint_interval, Duration::from_secs(120));
+        assert_eq!(s.batch.max_unwritten_events, 1_000_000);
         assert_eq!(
             s.store,
             StoreSettings::Embedded {
@@ -965,6 +996,9 @@ mod tests {
             ),
             ("[kafka]\ntopic_prefix = \"a b\"\n", "topics.usage"),
             ("[batch]\nprefetch_kbytes = 0\n", "batch.prefetch_kbytes"),
+            ("[batch]\ncheckpoint_events = 0\n", "batch.checkpoint_events"),
+            ("[batch]\ncheckpoint_interval = \"2h\"\n", "batch.checkpoint_interval"),
+            ("[batch]\ncheckpoint_interval = \"soon\"\n", "batch.checkpoint_interval"),
             ("clock = \"yesterday\"\n", "clock"),
             (
                 "[kafka]\nschema_registry_url = \"registry:8081\"\n",

@@ -4,11 +4,12 @@
 //! holds no other account back beyond the batch its records came in.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use billstream::contracts::{parse_line, Catalog, Decoded, Decoder, OutputRecord};
 use billstream::engine::time::Timestamp;
 use billstream::engine::{Engine, EngineConfig};
-use billstream::runtime::{BatchRecord, Processor, SourcePos};
+use billstream::runtime::{BatchRecord, Checkpoint, Processor, SourcePos};
 use billstream::store::{EmbeddedStore, StateStore};
 
 const PLAN: &str = r#"{"plan_id":"p","currency":"EUR","recurring_fee":"10.00","minimum_spend":"0","charges":[{"metric":"m","model":"per_unit","unit_price":"0.5"}]}"#;
@@ -116,6 +117,7 @@ async fn batch_grouped_by_account_equals_one_by_one_and_replays_apply_nothing() 
                 raw,
                 now: *now,
                 rank: 0,
+                produced_ms: None,
             })
             .collect()
     };
@@ -323,6 +325,7 @@ fn as_batch(v: &[(SourcePos, String, Vec<u8>)], now: Timestamp) -> Vec<BatchReco
             raw,
             now,
             rank: 0,
+            produced_ms: None,
         })
         .collect()
 }
@@ -359,6 +362,7 @@ async fn outputs_carry_the_trace_of_the_input_that_caused_them() {
             raw,
             now,
             rank: 0,
+            produced_ms: None,
         })
         .collect();
     p.process_batch(&decoder, &batch).await.unwrap();
@@ -389,4 +393,231 @@ async fn outputs_carry_the_trace_of_the_input_that_caused_them() {
         .unwrap()
         .iter()
         .all(|o| o.traceparent.is_none()));
+}
+
+/// The record of `line` at offset `i` of partition 0 of topic "t".
+async fn feed(p: &mut Processor<EmbeddedStore>, i: usize, line: &str) {
+    let d = parse_line(line);
+    let now = now_of(&d);
+    let key = match &d {
+        Ok(Decoded::Input(input)) => Some(input.account_id().to_string()),
+        _ => None,
+    };
+    let pos = SourcePos {
+        topic: "t".into(),
+        partition: 0,
+        offset: i as i64,
+    };
+    p.process(&pos, key.as_deref(), line.as_bytes(), d, now)
+        .await
+        .unwrap();
+}
+
+fn usage(id: &str, account: &str, env: &str) -> String {
+    format!(
+        r#"{{"event_id":"{id}","account_id":"{account}","subject":"s","metric":"m","quantity":"1","occurred_at":"2026-03-02T10:00:00Z","environment":"{env}","attributes":{{}}}}"#
+    )
+}
+
+fn keys(outputs: &[OutputRecord]) -> std::collections::BTreeSet<String> {
+    outputs.iter().map(|o| o.key.clone()).collect()
+}
+
+/// Write economy: an account whose only changes are usage waits for the
+/// checkpoint (enough records, or old enough), its outputs with it, and
+/// its first held offset bounds what may be committed; any other change,
+/// or too much held in all, is written at once.
+#[tokio::test]
+async fn usage_only_changes_wait_for_the_checkpoint_and_hold_back_their_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = processor(dir.path()).await;
+    let policy = Checkpoint {
+        events: 3,
+        interval: Duration::from_secs(10),
+        max_unwritten: 100,
+    };
+    let t0 = Instant::now();
+    let lines = lines();
+    for (i, open) in lines.iter().take(3).enumerate() {
+        feed(&mut p, i, open).await;
+    }
+    let out = p.flush_due(&policy, t0).await.unwrap();
+    assert_eq!(keys(&out), ["a0", "a1", "a2"].map(String::from).into());
+    assert!(
+        p.commit_floor().is_empty(),
+        "opening an account is written at once"
+    );
+
+    for (i, (id, account)) in [("x1", "a0"), ("x2", "a0"), ("x3", "a0"), ("y1", "a1")]
+        .into_iter()
+        .enumerate()
+    {
+        feed(&mut p, 10 + i, &usage(id, account, "prod")).await;
+    }
+    let out = p.flush_due(&policy, t0).await.unwrap();
+    assert_eq!(
+        keys(&out),
+        ["a0".to_string()].into(),
+        "a0 reached 3 records"
+    );
+    assert_eq!(p.commit_floor(), vec![(("t".to_string(), 0), 13)]);
+    assert_eq!(p.held_records(), 1);
+    let stored = p.store().load_account("a1").await.unwrap().unwrap();
+    assert_eq!(stored.offsets[0].next, 2, "a1's usage is not written yet");
+
+    let out = p
+        .flush_due(&policy, t0 + Duration::from_secs(9))
+        .await
+        .unwrap();
+    assert!(out.is_empty(), "a1 waited 9 s of 10");
+    let out = p
+        .flush_due(&policy, t0 + Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(keys(&out), ["a1".to_string()].into(), "a1 waited 10 s");
+    assert!(p.commit_floor().is_empty());
+    assert_eq!(p.held_records(), 0);
+
+    // A rejected record is dead-lettered now: its account is written with it.
+    feed(&mut p, 20, &usage("z1", "a2", "prod")).await;
+    feed(&mut p, 21, &usage("z2", "a2", "staging")).await;
+    let out = p.flush_due(&policy, t0).await.unwrap();
+    assert!(out
+        .iter()
+        .any(|o| o.topic == billstream::contracts::OutputTopic::Dlq));
+    assert!(keys(&out).contains("a2"));
+    assert!(p.commit_floor().is_empty());
+
+    // Too much held across accounts: everything is written.
+    let tight = Checkpoint {
+        max_unwritten: 1,
+        ..policy
+    };
+    feed(&mut p, 30, &usage("w1", "a0", "prod")).await;
+    feed(&mut p, 31, &usage("w2", "a1", "prod")).await;
+    let out = p.flush_due(&tight, t0).await.unwrap();
+    assert_eq!(keys(&out), ["a0", "a1"].map(String::from).into());
+
+    // Letting partition 0 go writes what it held; other partitions' stay.
+    feed(&mut p, 40, &usage("v1", "a0", "prod")).await;
+    let out = p
+        .flush_partitions(&std::collections::BTreeSet::from([1]))
+        .await
+        .unwrap();
+    assert!(out.is_empty());
+    let out = p
+        .flush_partitions(&std::collections::BTreeSet::from([0]))
+        .await
+        .unwrap();
+    assert_eq!(keys(&out), ["a0".to_string()].into());
+}
+
+/// A processor that holds usage under the checkpoint, killed at any batch
+/// and restarted from the offsets it could commit, ends where a processor
+/// that writes every batch ends: the same state and journal per account,
+/// and the same outputs, no id published with two payloads.
+#[tokio::test]
+async fn a_crash_while_changes_are_held_replays_to_the_same_end() {
+    let lines = lines();
+    let until = Timestamp::parse_rfc3339("2026-04-02T00:00:00Z").unwrap();
+    let policy = Checkpoint {
+        events: 7,
+        interval: Duration::from_secs(3600),
+        max_unwritten: 10_000,
+    };
+    let batches: Vec<std::ops::Range<usize>> = (0..lines.len())
+        .step_by(20)
+        .map(|s| s..(s + 20).min(lines.len()))
+        .collect();
+    let ends = |dir: &std::path::Path| {
+        let dir = dir.to_path_buf();
+        async move {
+            let store = EmbeddedStore::open(&dir).unwrap();
+            let mut out = Vec::new();
+            for a in ["a0", "a1", "a2", "a3"] {
+                let stored = store.load_account(a).await.unwrap().unwrap();
+                let journal = store.read_journal(a, 1, 10_000).await.unwrap();
+                let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                let journal: Vec<String> = journal.iter().map(|r| text(&r.bytes)).collect();
+                out.push((a, text(&stored.snapshot), journal));
+            }
+            out
+        }
+    };
+
+    let reference_dir = tempfile::tempdir().unwrap();
+    let mut reference = processor(reference_dir.path()).await;
+    let mut expected = Vec::new();
+    for range in &batches {
+        for i in range.clone() {
+            feed(&mut reference, i, &lines[i]).await;
+        }
+        expected.extend(reference.flush().await.unwrap());
+        reference.published();
+    }
+    reference.advance_timers(until);
+    expected.extend(reference.flush().await.unwrap());
+    drop(reference);
+
+    let mut held_at_crash = Vec::new();
+    for crash_after in 1..batches.len() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut published = Vec::new();
+        let mut committed = 0i64;
+        let mut first = processor(dir.path()).await;
+        let t0 = Instant::now();
+        for range in &batches[..crash_after] {
+            for i in range.clone() {
+                feed(&mut first, i, &lines[i]).await;
+            }
+            published.extend(first.flush_due(&policy, t0).await.unwrap());
+            first.published();
+            committed = first
+                .commit_floor()
+                .first()
+                .map_or(range.end as i64, |(_, f)| *f);
+        }
+        held_at_crash.push(first.held_records());
+        drop(first); // kill -9: what was held is gone
+
+        let mut second = processor(dir.path()).await;
+        published.extend(second.unpublished_outputs(0).await.unwrap());
+        second.published();
+        for (i, line) in lines.iter().enumerate().skip(committed as usize) {
+            feed(&mut second, i, line).await;
+            if i % 20 == 19 {
+                published.extend(second.flush_due(&policy, t0).await.unwrap());
+                second.published();
+            }
+        }
+        second.advance_timers(until);
+        published.extend(second.flush().await.unwrap());
+        drop(second);
+
+        assert_eq!(
+            ends(dir.path()).await,
+            ends(reference_dir.path()).await,
+            "crash after batch {crash_after}: state and journals"
+        );
+        let distinct = |v: &[OutputRecord]| {
+            v.iter()
+                .map(|o| (o.event_id.clone(), o.json.to_string()))
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        let got = distinct(&published);
+        assert_eq!(
+            got,
+            distinct(&expected),
+            "crash after batch {crash_after}: outputs"
+        );
+        let ids: std::collections::BTreeSet<&String> = got.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids.len(), got.len(), "an id published with two payloads");
+    }
+    // Opening accounts is written at once, so nothing is held after batch
+    // 1; many later crashes must lose held changes, or this tests little.
+    assert_eq!(held_at_crash[0], 0);
+    assert!(
+        held_at_crash.iter().filter(|h| **h > 0).count() * 3 >= held_at_crash.len(),
+        "held at each crash: {held_at_crash:?}"
+    );
 }

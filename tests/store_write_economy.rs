@@ -1,24 +1,30 @@
 //! Write economy (issue 4): state writes per usage event at steady state
 //! with 10,000 active accounts, measured on the embedded store through the
-//! real `Processor` (fold → one write per changed account per flush), with
-//! the store's own op counters (`StoreOp::AccountWrite`), which the
-//! ScyllaDB store fills the same way.
+//! real `Processor` with the shipped batching and checkpoint defaults
+//! (`config/default.toml`), counted by the store's own op counters
+//! (`StoreOp::AccountWrite`), which the ScyllaDB store fills the same way.
 //!
-//! Each flush writes every account it changed once, so writes per event =
-//! accounts changed per batch ÷ events per batch. The test runs two batch
-//! sizes of the default batching (`batch.max_records = 200000`,
-//! `batch.max_wait = 500ms`): full batches of 200,000 events, and batches of
-//! 20,000 (a 40,000 events/s stream cut by the 500 ms wait), prints the
-//! figures (`--nocapture`), and checks the counters against that formula.
-//! Counts, not times: the figures do not depend on the machine.
+//! A stream of usage at a steady rate over 10,000 accounts (random account,
+//! metric and subject) is cut into batches by `batch.max_wait` (500 ms) and
+//! flushed as `billstream run` flushes them (`flush_due`, with the wall
+//! clock simulated: the test runs faster than real time). An account whose
+//! only changes are usage is written once it holds `checkpoint_events`
+//! records or after `checkpoint_interval`, so at steady state writes per
+//! event = max(1 / checkpoint_events, accounts / (rate × interval)). After
+//! a warm-up (so accounts are at random points of their checkpoint), the
+//! writes of a window are counted. For contrast, the same stream with
+//! `checkpoint_events = 1` (write every batch) is measured too. Counts,
+//! not times: the figures do not depend on the machine.
 
-use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use billstream::config::Settings;
 use billstream::contracts::{parse_line, Decoded};
+use billstream::engine::events::{Input, UsageRecorded};
 use billstream::engine::time::Timestamp;
 use billstream::engine::{Engine, EngineConfig};
-use billstream::runtime::{Processor, SourcePos};
+use billstream::runtime::{Checkpoint, Processor, SourcePos};
 use billstream::store::{EmbeddedStore, StateStore, StoreOp};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -30,11 +36,22 @@ fn decoded(line: &str) -> Decoded {
     parse_line(line).expect("test input parses")
 }
 
-/// Runs `batches` batches of `per_batch` usage events over the accounts
-/// (random account, metric and subject; event time advancing by 10 ms per
-/// event, processing clock = event time) after a warm-up batch; returns
-/// (events, account writes, distinct accounts changed summed over batches).
-async fn measure(per_batch: usize, batches: usize) -> (u64, u64, u64) {
+struct Figures {
+    events: u64,
+    writes: u64,
+    max_held: u64,
+}
+
+/// Streams usage at `rate` events/s in batches of `batch.max_wait`,
+/// flushing each with `policy`: `warm_up` seconds uncounted, then `window`
+/// seconds counted.
+async fn measure(
+    policy: Checkpoint,
+    max_wait: Duration,
+    rate: u64,
+    warm_up: u64,
+    window: u64,
+) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let epoch = store.claim_partition(0, "economy").await.unwrap();
@@ -72,67 +89,96 @@ async fn measure(per_batch: usize, batches: usize) -> (u64, u64, u64) {
     processor.published();
 
     let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let wall = Instant::now();
+    let per_batch = rate * max_wait.as_millis() as u64 / 1000;
+    let step = max_wait.as_micros() as i64 / per_batch as i64;
+    let batches = (warm_up + window) * 1000 / max_wait.as_millis() as u64;
+    let counted_from = warm_up * 1000 / max_wait.as_millis() as u64;
     let mut at = start.0;
     let mut event = 0u64;
-    let (mut events, mut writes, mut changed) = (0, 0, 0);
-    // Batch 0 is the warm-up (first usage of every account), not counted.
-    for batch in 0..=batches {
+    let mut figures = Figures {
+        events: 0,
+        writes: 0,
+        max_held: 0,
+    };
+    let mut usage = UsageRecorded {
+        quantity: 1.into(),
+        environment: "prod".into(),
+        ..UsageRecorded::default()
+    };
+    for batch in 0..batches {
         let before = store.stats().get(StoreOp::AccountWrite);
-        let mut touched = HashSet::new();
         for _ in 0..per_batch {
             let a = rng.random_range(0..ACCOUNTS);
-            let metric = ["api.calls", "disk.gb_hours"][rng.random_range(0..2)];
-            let subject = rng.random_range(0..4);
-            at += 10_000;
+            at += step;
             event += 1;
-            let when = Timestamp(at).to_rfc3339();
-            let line = format!(
-                r#"{{"event_id":"u{event}","account_id":"acc-{a}","subject":"s{subject}","metric":"{metric}","quantity":"1","occurred_at":"{when}","environment":"prod","attributes":{{}}}}"#
-            );
-            let Decoded::Input(input) = decoded(&line) else {
-                panic!("usage")
-            };
+            usage.event_id = format!("u{event}");
+            usage.account_id = format!("acc-{a}");
+            usage.metric = ["api.calls", "disk.gb_hours"][rng.random_range(0..2)].into();
+            usage.subject = format!("s{}", rng.random_range(0..4));
+            usage.occurred_at = Timestamp(at);
+            let input = Input::Usage(usage.clone());
             processor
                 .apply(
                     &next_pos(),
-                    Some(&format!("acc-{a}")),
+                    Some(&usage.account_id),
                     b"",
                     &input,
                     Timestamp(at),
                 )
                 .await
                 .unwrap();
-            touched.insert(a);
         }
         processor.advance_timers(Timestamp(at));
-        processor.flush().await.unwrap();
+        let now = wall + max_wait * (batch as u32 + 1);
+        processor.flush_due(&policy, now).await.unwrap();
         processor.published();
-        if batch > 0 {
-            events += per_batch as u64;
-            writes += store.stats().get(StoreOp::AccountWrite) - before;
-            changed += touched.len() as u64;
+        figures.max_held = figures.max_held.max(processor.held_records());
+        if batch >= counted_from {
+            figures.events += per_batch;
+            figures.writes += store.stats().get(StoreOp::AccountWrite) - before;
         }
     }
-    (events, writes, changed)
+    figures
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn state_writes_per_usage_event_with_ten_thousand_accounts() {
-    for (per_batch, batches) in [(200_000, 1), (20_000, 3)] {
-        let (events, writes, changed) = measure(per_batch, batches).await;
-        let ratio = writes as f64 / events as f64;
-        println!(
-            "write economy: {ACCOUNTS} accounts, {per_batch} events per batch, {batches} batches: {writes} account writes for {events} usage events = {ratio:.4} writes per event ({changed} accounts touched by usage)"
-        );
-        // One write per changed account per batch: the accounts the usage
-        // touched, plus any whose timer alone fired (none, or few).
-        assert!(
-            writes >= changed,
-            "{writes} writes < {changed} accounts changed"
-        );
-        assert!(
-            writes <= changed + (ACCOUNTS * batches) as u64 / 100,
-            "{writes} writes for {changed} accounts changed: more than one write per account per batch"
-        );
-    }
+    let defaults = Settings::from_layers(None, std::iter::empty()).unwrap();
+    let policy = Checkpoint::from(&defaults.batch);
+    let max_wait = defaults.batch.max_wait;
+    // 20,000 events/s: each account gets 2 a second and reaches
+    // checkpoint_events (100) in 50 s, before checkpoint_interval (120 s).
+    let (rate, warm_up, window) = (20_000, 100, 50);
+    let f = measure(policy, max_wait, rate, warm_up, window).await;
+    let ratio = f.writes as f64 / f.events as f64;
+    println!(
+        "write economy: {ACCOUNTS} accounts, {rate} events/s, defaults ({} events / {:?} checkpoint, {:?} batches): {} account writes for {} usage events = {ratio:.4} writes per event; at most {} records held unwritten",
+        policy.events, policy.interval, max_wait, f.writes, f.events, f.max_held
+    );
+    assert!(
+        ratio <= 0.0105,
+        "{ratio:.4} writes per usage event; target 0.01"
+    );
+    assert!(
+        ratio >= 0.009,
+        "{ratio:.4}: fewer writes than one per {} events means records were lost",
+        policy.events
+    );
+    assert!(f.max_held <= policy.max_unwritten);
+
+    // The same stream with every batch written, for contrast: one write
+    // per account touched per batch.
+    let every = Checkpoint {
+        events: 1,
+        ..policy
+    };
+    let f = measure(every, max_wait, rate, 1, 2).await;
+    let ratio = f.writes as f64 / f.events as f64;
+    println!(
+        "write economy: {ACCOUNTS} accounts, {rate} events/s, checkpoint_events = 1: {} account writes for {} usage events = {ratio:.4} writes per event",
+        f.writes, f.events
+    );
+    // 10,000 events over 10,000 accounts: 1 - 1/e of them are touched.
+    assert!((0.6..0.66).contains(&ratio), "{ratio:.4}");
 }

@@ -6,5 +6,5 @@ mod processor;
 pub mod service;
 
 pub use processor::{
-    BatchRecord, Processor, ProcessorStats, SourcePos, StoredJournalEntry, Unacked,
+    BatchRecord, Checkpoint, Processor, ProcessorStats, SourcePos, StoredJournalEntry, Unacked,
 };

@@ -1,15 +1,22 @@
 //! The batch processor: fold → persist → emit, the same for every edge.
 //!
 //! Records of one account are applied in the order they arrive; accounts
-//! are independent. Changes accumulate per account until `flush`, which
-//! writes every dirty account once (snapshot, journal, invoices, dedup ids,
-//! next timer, input positions) and only then returns the outputs, so
+//! are independent. Changes accumulate per account until a flush, which
+//! writes each changed account once (snapshot, journal, invoices, dedup
+//! ids, next timer, input positions) and only then returns the outputs, so
 //! nothing is published before the state that produced it is durable.
 //! Each account remembers the input position after the last record it
 //! applied: a replayed record below it is skipped, never applied twice.
+//!
+//! `flush` writes every changed account. `flush_due` (the Kafka loop) may
+//! hold an account whose only changes are usage in memory for later
+//! flushes, under a `Checkpoint` policy, so that one write covers many
+//! usage events; its outputs wait with it, and `commit_floor` says from
+//! which input offsets on nothing may be committed until it is written.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +51,63 @@ pub struct BatchRecord<'a> {
     /// Order among one account's records of the batch that come from
     /// different topics: lower first (see `batch::group_by_account_ranked`).
     pub rank: u8,
+    /// When the record was produced (Kafka timestamp, ms since the epoch),
+    /// for the produce-to-persisted latency; `None` when unknown.
+    pub produced_ms: Option<i64>,
+}
+
+/// When an account whose only changes are usage is written (see
+/// `Processor::flush_due`): once it holds `events` unwritten records, or
+/// its changes have waited `interval`, or more than `max_unwritten`
+/// records wait across all accounts. Any other change (an invoice, a
+/// payment, a charge, a notification, a rejected record) is written at the
+/// next flush. Holding is always safe, whatever it holds: nothing held is
+/// published, and its input offsets are not committed, so a crash re-reads
+/// and re-applies it; it is a matter of latency and memory only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub events: u32,
+    pub interval: Duration,
+    pub max_unwritten: u64,
+}
+
+impl From<&crate::config::BatchSettings> for Checkpoint {
+    fn from(b: &crate::config::BatchSettings) -> Checkpoint {
+        Checkpoint {
+            events: b.checkpoint_events,
+            interval: b.checkpoint_interval,
+            max_unwritten: b.max_unwritten_events,
+        }
+    }
+}
+
+impl Checkpoint {
+    /// Every change is written at the next flush.
+    pub const EVERY_FLUSH: Checkpoint = Checkpoint {
+        events: 1,
+        interval: Duration::ZERO,
+        max_unwritten: 0,
+    };
+}
+
+/// Whether a change may wait in memory for the checkpoint: usage and its
+/// hourly rollups, whose outputs feed statistics; invoices, payments,
+/// charges and notifications go out at the next flush.
+fn may_wait(event: &DomainEvent) -> bool {
+    matches!(
+        event,
+        DomainEvent::UsageApplied { .. } | DomainEvent::UsageRolledUp { .. }
+    )
+}
+
+/// Which changed accounts a flush writes.
+#[derive(Debug, Clone, Copy)]
+enum Due<'a> {
+    All,
+    /// Those of these partitions (and any that must be written anyway).
+    Partitions(&'a BTreeSet<u32>),
+    /// Those the policy says are due at this instant.
+    Policy(&'a Checkpoint, Instant),
 }
 
 /// A journal entry as stored: the entry and the input position behind it.
@@ -68,12 +132,20 @@ pub struct ProcessorStats {
     pub timers_fired: u64,
 }
 
+/// A journal entry not yet written: the input position behind it and
+/// that input's `traceparent`, if it carried one.
+struct Unwritten {
+    entry: JournalEntry,
+    source: Option<SourcePos>,
+    trace: Option<Arc<str>>,
+}
+
 #[derive(Default)]
 struct Slot {
     state: Option<AccountState>,
     partition: u32,
     next_timer: Option<Timestamp>,
-    journal: Vec<(JournalEntry, Option<SourcePos>)>,
+    journal: Vec<Unwritten>,
     dedup: Vec<DedupRecord>,
     offsets: BTreeMap<(String, i32), i64>,
     dirty_offsets: BTreeSet<(String, i32)>,
@@ -84,6 +156,18 @@ struct Slot {
     published_mark: u64,
     /// The watermark as last written to the store.
     mark_persisted: u64,
+    /// Records applied since the account was last written.
+    held: u32,
+    /// Something other than usage changed the account since its last
+    /// write (or one of its records was rejected): write at the next flush.
+    must_write: bool,
+    /// When a flush first left this account's changes unwritten.
+    held_since: Option<Instant>,
+    /// Per input topic-partition, the offset of the first record applied
+    /// since the last write: nothing from there on may be committed yet.
+    first_unwritten: Vec<((String, i32), i64)>,
+    /// Produce times (ms) of the records applied since the last write.
+    produced: Vec<i64>,
 }
 
 /// The accounts and journal seqs whose outputs one or more flushes handed
@@ -110,6 +194,9 @@ pub struct Processor<S: StateStore> {
     /// Accounts whose flushed outputs wait for the sink's acknowledgement,
     /// with the journal seq of the last entry handed out.
     awaiting_ack: Vec<(String, u64)>,
+    /// Produce times (ms) of records whose effects are now written (or
+    /// needed no write), for `take_persisted_produce_times`.
+    persisted_produced: Vec<i64>,
     pub stats: ProcessorStats,
 }
 
@@ -127,6 +214,7 @@ impl<S: StateStore> Processor<S> {
             journal_buf: Vec::new(),
             awaiting_ack: Vec::new(),
             traces: HashMap::new(),
+            persisted_produced: Vec::new(),
             stats: ProcessorStats::default(),
         }
     }
@@ -271,15 +359,33 @@ impl<S: StateStore> Processor<S> {
         let mut scratch = Decoded::Input(Input::Usage(UsageRecorded::default()));
         for i in order {
             let r = &records[i as usize];
-            match decoder.decode_into(r.raw, &mut scratch) {
+            let account = match decoder.decode_into(r.raw, &mut scratch) {
                 Ok(()) => match &scratch {
-                    Decoded::Input(input) => self.apply(&r.pos, r.key, r.raw, input, r.now).await?,
+                    Decoded::Input(input) => {
+                        self.apply(&r.pos, r.key, r.raw, input, r.now).await?;
+                        Some(input.account_id())
+                    }
                     plan @ Decoded::Plan(_) => {
                         self.process(&r.pos, r.key, r.raw, Ok(plan.clone()), r.now)
-                            .await?
+                            .await?;
+                        None
                     }
                 },
-                Err(e) => self.process(&r.pos, r.key, r.raw, Err(e), r.now).await?,
+                Err(e) => {
+                    self.process(&r.pos, r.key, r.raw, Err(e), r.now).await?;
+                    None
+                }
+            };
+            if let Some(produced) = r.produced_ms {
+                // Timed when the account's write lands, or now if nothing
+                // of the record waits to be written.
+                match account
+                    .and_then(|a| self.accounts.get_mut(a))
+                    .filter(|s| s.dirty)
+                {
+                    Some(slot) => slot.produced.push(produced),
+                    None => self.persisted_produced.push(produced),
+                }
             }
         }
         Ok(())
@@ -302,6 +408,7 @@ impl<S: StateStore> Processor<S> {
             engine,
             journal_buf,
             stats,
+            traces,
             ..
         } = self;
         let slot = accounts.get_mut(account_id).expect("loaded above");
@@ -317,9 +424,15 @@ impl<S: StateStore> Processor<S> {
         let out = journal_buf;
         let result = engine.apply(&mut slot.state, input, now, out);
         let had_state = slot.state.is_some();
+        let trace: Option<Arc<str>> = traces.get(pos).map(|t| Arc::from(t.as_str()));
         for entry in out.drain(..) {
-            let src = (*entry.causation_id == *input.event_id()).then(|| pos.clone());
-            slot.journal.push((entry, src));
+            let own = *entry.causation_id == *input.event_id();
+            slot.must_write |= !may_wait(&entry.event);
+            slot.journal.push(Unwritten {
+                entry,
+                source: own.then(|| pos.clone()),
+                trace: trace.clone().filter(|_| own),
+            });
         }
         match &result {
             Ok(Outcome::Applied) => {
@@ -334,6 +447,13 @@ impl<S: StateStore> Processor<S> {
             Err(_) => {}
         }
         if had_state {
+            if !slot.first_unwritten.iter().any(|(s, _)| *s == source) {
+                slot.first_unwritten.push((source.clone(), pos.offset));
+            }
+            slot.held = slot.held.saturating_add(1);
+            // A dead letter is published at once: write the position that
+            // records it with it, so a replay cannot make a second one.
+            slot.must_write |= result.is_err();
             slot.offsets.insert(source.clone(), pos.offset + 1);
             slot.dirty_offsets.insert(source);
             self.mark_dirty(account_id);
@@ -406,8 +526,8 @@ impl<S: StateStore> Processor<S> {
     }
 
     /// Trace contexts (W3C `traceparent`) of input records of the batch in
-    /// hand, by position: the outputs they cause carry the trace on. Kept
-    /// until the next `flush`.
+    /// hand, by position: the outputs they cause carry the trace on (kept
+    /// with the journal entries they cause until those are written).
     pub fn trace_inputs(&mut self, traces: HashMap<SourcePos, String>) {
         self.traces = traces;
     }
@@ -434,7 +554,12 @@ impl<S: StateStore> Processor<S> {
             if let Some(st) = slot.state.as_mut() {
                 let mut out = std::mem::take(&mut self.journal_buf);
                 self.engine.advance(st, now, &mut out);
-                slot.journal.extend(out.drain(..).map(|e| (e, None)));
+                slot.must_write |= out.iter().any(|e| !may_wait(&e.event));
+                slot.journal.extend(out.drain(..).map(|entry| Unwritten {
+                    entry,
+                    source: None,
+                    trace: None,
+                }));
                 self.journal_buf = out;
             }
             self.mark_dirty(&account_id);
@@ -512,18 +637,118 @@ impl<S: StateStore> Processor<S> {
     /// Persist every changed account (one write each), then return the
     /// outputs of what was persisted, in journal order per account.
     pub async fn flush(&mut self) -> Result<Vec<OutputRecord>, StoreError> {
-        let mut writes = Vec::with_capacity(self.dirty.len());
-        for account_id in &self.dirty {
+        self.flush_where(Due::All).await
+    }
+
+    /// Persist the changed accounts that `policy` says are due at `now`
+    /// (an account with any change other than usage always is), and return
+    /// their outputs; the others stay in memory, their outputs with them,
+    /// until a later flush. See `commit_floor` for the offsets they hold.
+    pub async fn flush_due(
+        &mut self,
+        policy: &Checkpoint,
+        now: Instant,
+    ) -> Result<Vec<OutputRecord>, StoreError> {
+        self.flush_where(Due::Policy(policy, now)).await
+    }
+
+    /// Persist every changed account of `partitions` (before letting them
+    /// go), and any other account that must be written anyway.
+    pub async fn flush_partitions(
+        &mut self,
+        partitions: &BTreeSet<u32>,
+    ) -> Result<Vec<OutputRecord>, StoreError> {
+        self.flush_where(Due::Partitions(partitions)).await
+    }
+
+    async fn flush_where(&mut self, due: Due<'_>) -> Result<Vec<OutputRecord>, StoreError> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let held: u64 = dirty
+            .iter()
+            .filter_map(|id| self.accounts.get(id))
+            .map(|s| u64::from(s.held))
+            .sum();
+        let (to_write, kept): (Vec<String>, Vec<String>) = dirty.into_iter().partition(|id| {
+            let slot = &self.accounts[id];
+            slot.must_write
+                || match due {
+                    Due::All => true,
+                    Due::Partitions(ps) => ps.contains(&slot.partition),
+                    Due::Policy(policy, now) => {
+                        held > policy.max_unwritten
+                            || slot.held >= policy.events
+                            || slot.held_since.is_some_and(|t| {
+                                now.saturating_duration_since(t) >= policy.interval
+                            })
+                    }
+                }
+        });
+        self.dirty = kept;
+        if let Due::Policy(_, now) = due {
+            for id in &self.dirty {
+                let slot = self
+                    .accounts
+                    .get_mut(id)
+                    .expect("dirty accounts are loaded");
+                slot.held_since.get_or_insert(now);
+            }
+        }
+        if let Err(e) = self.write(&to_write).await {
+            // Nothing was written: every account stays changed.
+            self.dirty.extend(to_write);
+            return Err(e);
+        }
+        self.stats.batches += 1;
+        let mut outputs = Vec::new();
+        for account_id in to_write {
             let slot = self
                 .accounts
-                .get(account_id)
+                .get_mut(&account_id)
                 .expect("dirty accounts are loaded");
+            slot.dirty = false;
+            slot.must_write = false;
+            slot.held = 0;
+            slot.held_since = None;
+            slot.first_unwritten.clear();
+            slot.dedup.clear();
+            slot.dirty_offsets.clear();
+            self.persisted_produced.append(&mut slot.produced);
+            slot.mark_persisted = slot.mark_persisted.max(slot.published_mark);
+            if let Some(last) = slot.journal.last() {
+                slot.journal_head = last.entry.seq;
+                self.awaiting_ack.push((account_id.clone(), last.entry.seq));
+            }
+            let Some(st) = &slot.state else {
+                slot.journal.clear();
+                continue;
+            };
+            for pending in slot.journal.drain(..) {
+                let mut out = outputs_for(&pending.entry, st.currency);
+                if let Some(trace) = &pending.trace {
+                    for o in &mut out {
+                        o.traceparent = crate::contracts::child_traceparent(trace, &o.event_id);
+                    }
+                }
+                outputs.extend(out);
+            }
+        }
+        self.traces.clear();
+        outputs.append(&mut self.dead_letters);
+        Ok(outputs)
+    }
+
+    /// Write `accounts` (all changed and loaded) to the store in one commit.
+    async fn write(&self, accounts: &[String]) -> Result<(), StoreError> {
+        let mut writes = Vec::with_capacity(accounts.len());
+        for account_id in accounts {
+            let slot = &self.accounts[account_id];
             let Some(st) = &slot.state else { continue };
             let snapshot = serde_json::to_vec(st)
                 .map_err(|e| StoreError::Backend(format!("snapshot of {account_id}: {e}")))?;
             let mut journal = Vec::with_capacity(slot.journal.len());
             let mut invoices = Vec::new();
-            for (entry, source) in &slot.journal {
+            for pending in &slot.journal {
+                let entry = &pending.entry;
                 if let DomainEvent::InvoiceIssued { invoice } = &entry.event {
                     invoices.push(InvoiceRecord {
                         invoice_id: invoice.invoice_id.clone(),
@@ -533,7 +758,7 @@ impl<S: StateStore> Processor<S> {
                 }
                 let stored = StoredJournalEntry {
                     entry: entry.clone(),
-                    source: source.clone(),
+                    source: pending.source.clone(),
                 };
                 journal.push(JournalRecord {
                     seq: entry.seq,
@@ -566,44 +791,41 @@ impl<S: StateStore> Processor<S> {
                     .collect(),
             });
         }
-        if !writes.is_empty() {
-            self.store.commit(&writes).await?;
+        if writes.is_empty() {
+            return Ok(());
         }
-        self.stats.batches += 1;
-        let mut outputs = Vec::new();
-        for account_id in std::mem::take(&mut self.dirty) {
-            let slot = self
-                .accounts
-                .get_mut(&account_id)
-                .expect("dirty accounts are loaded");
-            slot.dirty = false;
-            slot.dedup.clear();
-            slot.dirty_offsets.clear();
-            slot.mark_persisted = slot.mark_persisted.max(slot.published_mark);
-            if let Some((last, _)) = slot.journal.last() {
-                slot.journal_head = last.seq;
-                self.awaiting_ack.push((account_id.clone(), last.seq));
-            }
-            let Some(st) = &slot.state else {
-                slot.journal.clear();
-                continue;
-            };
-            for (entry, source) in slot.journal.drain(..) {
-                let mut out = outputs_for(&entry, st.currency);
-                if let Some(pos) = source.filter(|_| !self.traces.is_empty()) {
-                    for o in &mut out {
-                        o.traceparent = self
-                            .traces
-                            .get(&pos)
-                            .and_then(|t| crate::contracts::child_traceparent(t, &o.event_id));
-                    }
+        self.store.commit(&writes).await
+    }
+
+    /// Per input topic-partition, the lowest offset whose effects are not
+    /// written yet (held by `flush_due`): commit nothing at or above it.
+    /// Empty when every change is written.
+    pub fn commit_floor(&self) -> Vec<((String, i32), i64)> {
+        let mut floor: Vec<((String, i32), i64)> = Vec::new();
+        for slot in self.dirty.iter().filter_map(|id| self.accounts.get(id)) {
+            for (source, first) in &slot.first_unwritten {
+                match floor.iter_mut().find(|(s, _)| s == source) {
+                    Some((_, f)) => *f = (*f).min(*first),
+                    None => floor.push((source.clone(), *first)),
                 }
-                outputs.extend(out);
             }
         }
-        self.traces.clear();
-        outputs.append(&mut self.dead_letters);
-        Ok(outputs)
+        floor
+    }
+
+    /// Records applied to accounts whose changes are not written yet.
+    pub fn held_records(&self) -> u64 {
+        self.dirty
+            .iter()
+            .filter_map(|id| self.accounts.get(id))
+            .map(|s| u64::from(s.held))
+            .sum()
+    }
+
+    /// Produce times (ms since the epoch) of the records whose effects
+    /// were written since the last call (or needed no write).
+    pub fn take_persisted_produce_times(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.persisted_produced)
     }
 
     /// The sink acknowledged every output `flush` (and

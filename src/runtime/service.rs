@@ -31,13 +31,13 @@ use crate::contracts::{Catalog, Decoder, OutputRecord};
 use crate::engine::plan::PlanBook;
 use crate::engine::time::Timestamp;
 use crate::engine::Engine;
-use crate::runtime::{BatchRecord, Processor, ProcessorStats, SourcePos, Unacked};
+use crate::runtime::{BatchRecord, Checkpoint, Processor, ProcessorStats, SourcePos, Unacked};
 use crate::sink::kafka::{InFlight, KafkaSink};
 use crate::source::kafka::{GroupChange, KafkaSource, PlanFollower};
 use crate::store::{StateStore, StoreError};
 use crate::telemetry::Metrics;
 
-/// Produce-to-persist latency, counted per millisecond up to two minutes
+/// Produce-to-persist latency, counted per millisecond up to ten minutes
 /// (one overflow bucket above), so quantiles are exact to the millisecond.
 #[derive(Debug, Clone)]
 pub struct LatencyHistogram {
@@ -47,7 +47,7 @@ pub struct LatencyHistogram {
 impl Default for LatencyHistogram {
     fn default() -> Self {
         LatencyHistogram {
-            counts: vec![0; 120_001],
+            counts: vec![0; 600_001],
         }
     }
 }
@@ -90,7 +90,8 @@ impl LatencyHistogram {
 #[derive(Debug, Default)]
 pub struct Progress {
     /// Input records whose effects are durable and published (offsets
-    /// handed to the commit).
+    /// handed to the commit, or held back only by records of other
+    /// accounts that the checkpoint policy keeps unwritten).
     pub records_done: AtomicU64,
     pub batches: AtomicU64,
     /// Store partitions owned right now.
@@ -183,6 +184,7 @@ pub async fn serve<S: StateStore>(
     let catalog = Catalog::shared()?;
     let decoder = Decoder::new(catalog)?;
     let clock = settings.clock;
+    let checkpoint = Checkpoint::from(&settings.batch);
     let mut processor = Processor::new(
         Engine::new(settings.engine.clone(), PlanBook::new()),
         store.clone(),
@@ -208,6 +210,9 @@ pub async fn serve<S: StateStore>(
     // them only after the next batch is folded and persisted keeps the
     // producer, the store and the fold busy at the same time.
     let mut in_flight: Option<Published> = None;
+    // Records of settled batches; those still held unwritten by the
+    // checkpoint policy are not done yet (see `Progress::records_done`).
+    let mut settled = Settled::default();
     let mut stop = std::pin::pin!(stop);
     loop {
         let mut clock_in = std::time::Instant::now();
@@ -227,6 +232,7 @@ pub async fn serve<S: StateStore>(
                     &mut processor,
                     &mut source,
                     &progress,
+                    &mut settled,
                     CommitMode::Sync,
                     &mut clock_in,
                 )
@@ -258,10 +264,12 @@ pub async fn serve<S: StateStore>(
                     change,
                     &mut assigned,
                     &mut processor,
+                    &mut source,
                     store.as_ref(),
                     &sink,
                     owner,
                     now,
+                    &progress,
                 )
                 .await?;
             }
@@ -304,6 +312,7 @@ pub async fn serve<S: StateStore>(
                 raw: m.payload().unwrap_or_default(),
                 now,
                 // Account commands, then payments, then usage (see batch.rs).
+                produced_ms: m.timestamp().to_millis(),
                 rank: if m.topic() == settings.topics.accounts {
                     0
                 } else if m.topic() == settings.topics.payments {
@@ -333,18 +342,20 @@ pub async fn serve<S: StateStore>(
         }
         progress.timed(Phase::Fold, &mut clock_in);
         let outputs = processor
-            .flush()
+            .flush_due(&checkpoint, std::time::Instant::now())
             .instrument(span.clone())
             .await
             .map_err(fenced_is_fatal)?;
+        let floor = processor.commit_floor();
+        let held = processor.held_records();
         span.record("outputs", outputs.len());
-        record_latency(&progress, &records);
+        record_latency(&progress, &processor.take_persisted_produce_times());
         progress.timed(Phase::Persist, &mut clock_in);
         if sink.is_transactional() {
             // Outputs and input offsets in one transaction, batch by
             // batch (no overlap: the commit is the acknowledgement).
             source.processed(&records);
-            let offsets = source.take_offsets()?;
+            let offsets = source.take_offsets(&floor)?;
             if offsets.is_some() || !outputs.is_empty() {
                 sink.publish_in_transaction(&outputs, offsets)
                     .instrument(span.clone())
@@ -356,9 +367,7 @@ pub async fn serve<S: StateStore>(
             let unacked = processor.take_unacked();
             processor.acknowledged(unacked);
             progress.timed(Phase::Publish, &mut clock_in);
-            progress
-                .records_done
-                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            settled.add(&progress, records.len(), held);
             progress.batches.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -367,6 +376,8 @@ pub async fn serve<S: StateStore>(
             unacked: processor.take_unacked(),
             records,
             outputs,
+            floor,
+            held,
         };
         if !sent.records.is_empty() {
             span.in_scope(|| {
@@ -384,6 +395,7 @@ pub async fn serve<S: StateStore>(
                 &mut processor,
                 &mut source,
                 &progress,
+                &mut settled,
                 CommitMode::Async,
                 &mut clock_in,
             )
@@ -399,20 +411,27 @@ pub async fn serve<S: StateStore>(
             &mut processor,
             &mut source,
             &progress,
+            &mut settled,
             CommitMode::Sync,
             &mut clock_in,
         )
         .await?;
     }
     processor.advance_timers(clock.now());
+    // Everything held by the checkpoint policy is written now.
     let outputs = processor.flush().await.map_err(fenced_is_fatal)?;
+    record_latency(&progress, &processor.take_persisted_produce_times());
     sink.publish(&outputs).await?;
+    if let Some(m) = &progress.metrics {
+        m.published(&outputs);
+    }
     processor.published();
+    settled.add(&progress, 0, 0);
     processor
         .persist_published_marks()
         .await
         .map_err(fenced_is_fatal)?;
-    if let Err(e) = source.commit(CommitMode::Sync) {
+    if let Err(e) = source.commit(CommitMode::Sync, &[]) {
         eprintln!("warning: final offset commit failed ({e}); the next owner skips those records as replays");
     }
     sink.flush(Duration::from_secs(10))?;
@@ -426,6 +445,27 @@ struct Published {
     records: Vec<OwnedMessage>,
     /// Kept for the metrics, counted once acknowledged.
     outputs: Vec<OutputRecord>,
+    /// What the checkpoint policy held unwritten when it was persisted:
+    /// offsets from the floor on stay uncommitted.
+    floor: Vec<((String, i32), i64)>,
+    held: u64,
+}
+
+/// Records of the batches settled so far.
+#[derive(Default)]
+struct Settled {
+    records: u64,
+}
+
+impl Settled {
+    /// Count a settled batch of `records`, with `held` records (of it or
+    /// earlier ones) still unwritten, into `Progress::records_done`.
+    fn add(&mut self, progress: &Progress, records: usize, held: u64) {
+        self.records += records as u64;
+        progress
+            .records_done
+            .fetch_max(self.records.saturating_sub(held), Ordering::Relaxed);
+    }
 }
 
 impl Published {
@@ -436,6 +476,7 @@ impl Published {
         processor: &mut Processor<S>,
         source: &mut KafkaSource,
         progress: &Progress,
+        settled: &mut Settled,
         mode: CommitMode,
         clock_in: &mut std::time::Instant,
     ) -> anyhow::Result<()> {
@@ -446,13 +487,11 @@ impl Published {
         }
         progress.timed(Phase::Publish, clock_in);
         source.processed(&self.records);
-        if let Err(e) = source.commit(mode) {
+        if let Err(e) = source.commit(mode, &self.floor) {
             eprintln!("warning: offset commit failed ({e}); those records will be delivered again and skipped as replays");
         }
         progress.timed(Phase::Commit, clock_in);
-        progress
-            .records_done
-            .fetch_add(self.records.len() as u64, Ordering::Relaxed);
+        settled.add(progress, self.records.len(), self.held);
         Ok(())
     }
 }
@@ -470,14 +509,17 @@ fn fenced_is_fatal(e: StoreError) -> anyhow::Error {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // the loop's parts, borrowed for one change
 async fn on_group_change<S: StateStore>(
     change: GroupChange,
     assigned: &mut BTreeSet<(String, i32)>,
     processor: &mut Processor<S>,
+    source: &mut KafkaSource,
     store: &S,
     sink: &KafkaSink,
     owner: &str,
     now: Timestamp,
+    progress: &Progress,
 ) -> anyhow::Result<()> {
     match change {
         GroupChange::Assigned(list) => {
@@ -517,14 +559,60 @@ async fn on_group_change<S: StateStore>(
                 assigned.remove(tp);
             }
             let still: BTreeSet<u32> = assigned.iter().map(|(_, p)| partition_of(*p)).collect();
-            let owned: Vec<u32> = processor.owned_partitions().map(|(p, _)| p).collect();
-            for p in owned {
-                if !still.contains(&p) {
-                    let dropped = processor.release_partition(p);
-                    eprintln!("billstream run: partition {p} revoked ({dropped} accounts dropped from memory)");
-                }
+            let gone: BTreeSet<u32> = processor
+                .owned_partitions()
+                .map(|(p, _)| p)
+                .filter(|p| !still.contains(p))
+                .collect();
+            hand_over(processor, source, sink, &gone, &list, progress).await?;
+            for p in gone {
+                let dropped = processor.release_partition(p);
+                eprintln!("billstream run: partition {p} revoked ({dropped} accounts dropped from memory)");
             }
+            source.forget(&list.into_iter().collect());
         }
+    }
+    Ok(())
+}
+
+/// Before partitions are let go: write what the checkpoint policy held of
+/// their accounts, publish it, and commit their offsets, so the next owner
+/// starts where this one stopped. If the next owner already claimed them
+/// (the write is fenced), it is left to that owner: it reads the same
+/// records again from the last commit, which never passed what was held.
+async fn hand_over<S: StateStore>(
+    processor: &mut Processor<S>,
+    source: &mut KafkaSource,
+    sink: &KafkaSink,
+    gone: &BTreeSet<u32>,
+    revoked: &[(String, i32)],
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let outputs = match processor.flush_partitions(gone).await {
+        Ok(outputs) => outputs,
+        Err(StoreError::Fenced { .. }) => {
+            eprintln!("warning: partitions {gone:?} were claimed by their next owner before their held changes were written; it re-reads those records");
+            return Ok(());
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("state store")),
+    };
+    record_latency(progress, &processor.take_persisted_produce_times());
+    sink.publish(&outputs).await?;
+    if let Some(m) = &progress.metrics {
+        m.published(&outputs);
+    }
+    processor.published();
+    // Held offsets of the partitions that stay still bound the commit.
+    let floor: Vec<((String, i32), i64)> = processor
+        .commit_floor()
+        .into_iter()
+        .filter(|(tp, _)| !revoked.contains(tp))
+        .collect();
+    if let Err(e) = source.commit(CommitMode::Sync, &floor) {
+        eprintln!("warning: offset commit at revocation failed ({e}); the next owner skips those records as replays");
     }
     Ok(())
 }
@@ -624,8 +712,10 @@ fn count_batch(
     }
 }
 
-fn record_latency(progress: &Progress, records: &[OwnedMessage]) {
-    if records.is_empty() {
+/// Produce-to-persisted latency of records whose effects were just
+/// written (`produced`: their Kafka timestamps in ms).
+fn record_latency(progress: &Progress, produced: &[i64]) {
+    if produced.is_empty() {
         return;
     }
     let persisted = chrono::Utc::now().timestamp_millis();
@@ -633,13 +723,11 @@ fn record_latency(progress: &Progress, records: &[OwnedMessage]) {
         .latency
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for m in records {
-        if let Some(produced) = m.timestamp().to_millis() {
-            let millis = u64::try_from(persisted - produced).unwrap_or(0);
-            h.record(millis);
-            if let Some(metrics) = &progress.metrics {
-                metrics.persist_latency.observe(millis as f64 / 1000.0);
-            }
+    for at in produced {
+        let millis = u64::try_from(persisted - at).unwrap_or(0);
+        h.record(millis);
+        if let Some(metrics) = &progress.metrics {
+            metrics.persist_latency.observe(millis as f64 / 1000.0);
         }
     }
 }
@@ -655,11 +743,11 @@ mod tests {
         for ms in 1..=100 {
             h.record(ms);
         }
-        h.record(500_000);
+        h.record(900_000);
         assert_eq!(h.count(), 101);
         assert_eq!(h.quantile(0.5), Some(51));
         assert_eq!(h.quantile(0.99), Some(100));
-        assert_eq!(h.quantile(1.0), Some(120_000));
+        assert_eq!(h.quantile(1.0), Some(600_000));
         h.clear();
         assert_eq!(h.count(), 0);
     }

@@ -3,7 +3,7 @@
 //! and its outputs are published; and the plans topic, read in full as a
 //! global table before processing starts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -162,11 +162,23 @@ pub struct SourceBatch {
 /// The input topics (usage, payments, accounts) in a consumer group.
 pub struct KafkaSource {
     consumer: StreamConsumer<GroupContext>,
-    /// Next offset to commit per (topic, partition), for records processed
-    /// (a handful of partitions: searched, not hashed, and no allocation
-    /// per record).
-    pending: Vec<(String, i32, i64)>,
+    /// Per (topic, partition): the offset after the last record processed,
+    /// and the offset last handed to a commit (a handful of partitions:
+    /// searched, not hashed, and no allocation per record).
+    offsets: Vec<Position>,
 }
+
+/// Where one input partition stands.
+struct Position {
+    topic: String,
+    partition: i32,
+    processed: i64,
+    committed: i64,
+}
+
+/// Per input (topic, partition), the lowest offset whose effects are not
+/// durable yet (`Processor::commit_floor`): no commit reaches past it.
+pub type Floor = [((String, i32), i64)];
 
 impl KafkaSource {
     pub fn connect(settings: &Settings) -> Result<KafkaSource, KafkaError> {
@@ -206,7 +218,7 @@ impl KafkaSource {
             .map_err(|e| KafkaError::Client(e.to_string()))?;
         Ok(KafkaSource {
             consumer,
-            pending: Vec::new(),
+            offsets: Vec::new(),
         })
     }
 
@@ -271,61 +283,81 @@ impl KafkaSource {
     }
 
     /// Remember that `records` were processed: their offsets are committed
-    /// by the next `commit`.
+    /// by the next `commit`, up to the floor it is given.
     pub fn processed(&mut self, records: &[OwnedMessage]) {
         for m in records {
             let next = m.offset() + 1;
             match self
-                .pending
+                .offsets
                 .iter_mut()
-                .find(|(t, p, _)| *p == m.partition() && t == m.topic())
+                .find(|o| o.partition == m.partition() && o.topic == m.topic())
             {
-                Some((_, _, n)) => *n = (*n).max(next),
-                None => self
-                    .pending
-                    .push((m.topic().to_string(), m.partition(), next)),
+                Some(o) => o.processed = o.processed.max(next),
+                None => self.offsets.push(Position {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    processed: next,
+                    committed: -1,
+                }),
             }
         }
     }
 
-    /// The processed records' next offsets, handed over instead of
-    /// committed (to a Kafka transaction), with the group's metadata;
-    /// `None` when nothing is pending.
+    /// What may be committed now: per partition the processed offset held
+    /// below `floor`, where that moved past the last commit.
+    fn committable(&mut self, floor: &Floor) -> Result<Option<TopicPartitionList>, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for o in &mut self.offsets {
+            let held = floor
+                .iter()
+                .find(|((t, p), _)| *p == o.partition && *t == o.topic)
+                .map_or(i64::MAX, |(_, f)| *f);
+            let next = o.processed.min(held);
+            if next > o.committed {
+                tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(next))
+                    .map_err(|e| KafkaError::Transient(e.to_string()))?;
+                o.committed = next;
+            }
+        }
+        Ok((tpl.count() > 0).then_some(tpl))
+    }
+
+    /// The offsets `commit` would commit, handed over instead (to a Kafka
+    /// transaction), with the group's metadata; `None` when nothing moved.
     pub fn take_offsets(
         &mut self,
+        floor: &Floor,
     ) -> Result<Option<(TopicPartitionList, ConsumerGroupMetadata)>, KafkaError> {
-        if self.pending.is_empty() {
+        let Some(tpl) = self.committable(floor)? else {
             return Ok(None);
-        }
+        };
         let group = self
             .consumer
             .group_metadata()
             .ok_or_else(|| KafkaError::Transient("no consumer group metadata".into()))?;
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition, next) in std::mem::take(&mut self.pending) {
-            tpl.add_partition_offset(&topic, partition, Offset::Offset(next))
-                .map_err(|e| KafkaError::Transient(e.to_string()))?;
-        }
         Ok(Some((tpl, group)))
     }
 
-    /// Commit every processed record (call after its state is durable and
-    /// its outputs are published). A failed commit loses nothing: the
-    /// records are delivered again and skipped as replays by the positions
-    /// kept with each account's state. `CommitMode::Async` returns at once
-    /// (a failure is logged by the context); `Sync` waits for the broker.
-    pub fn commit(&mut self, mode: CommitMode) -> Result<(), KafkaError> {
-        if self.pending.is_empty() {
-            return Ok(());
+    /// Commit the processed records below `floor` (call after their state
+    /// is durable and their outputs are published). A failed commit loses
+    /// nothing: the records are delivered again and skipped as replays by
+    /// the positions kept with each account's state. `CommitMode::Async`
+    /// returns at once (a failure is logged by the context); `Sync` waits
+    /// for the broker.
+    pub fn commit(&mut self, mode: CommitMode, floor: &Floor) -> Result<(), KafkaError> {
+        match self.committable(floor)? {
+            None => Ok(()),
+            Some(tpl) => self
+                .consumer
+                .commit(&tpl, mode)
+                .map_err(|e| KafkaError::Transient(e.to_string())),
         }
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition, next) in std::mem::take(&mut self.pending) {
-            tpl.add_partition_offset(&topic, partition, Offset::Offset(next))
-                .map_err(|e| KafkaError::Transient(e.to_string()))?;
-        }
-        self.consumer
-            .commit(&tpl, mode)
-            .map_err(|e| KafkaError::Transient(e.to_string()))
+    }
+
+    /// Forget the positions of partitions this member no longer reads.
+    pub fn forget(&mut self, partitions: &BTreeSet<(String, i32)>) {
+        self.offsets
+            .retain(|o| !partitions.contains(&(o.topic.clone(), o.partition)));
     }
 }
 
