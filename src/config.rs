@@ -1009,6 +1009,10 @@ mod tests {
         let s = load(Some(&readme[start..end]), &[]).unwrap();
         assert_eq!(s.environment, "staging");
         assert_eq!(s.topics.dlq, "acme.billing.dlq.v1");
+        assert_eq!(
+            s.kafka.schema_registry.map(|r| r.url).as_deref(),
+            Some("http://schema-registry:8081")
+        );
         assert_eq!(s.engine.retry_schedule_micros.len(), 4);
         assert_eq!(s.api.role_claim, "realm_access.roles");
         assert_eq!(

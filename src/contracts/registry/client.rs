@@ -452,6 +452,24 @@ mod tests {
     }
 
     #[test]
+    fn an_https_client_builds_on_the_system_roots_or_says_what_is_missing() {
+        let settings = RegistrySettings {
+            url: "https://registry.example:8081".into(),
+            basic_auth: Some(crate::config::BasicAuth {
+                username: "u".into(),
+                password: "pw-never-printed".into(),
+            }),
+            timeout: Duration::from_secs(1),
+        };
+        // No request is sent; on a machine without CA certificates the
+        // error names the way out.
+        match RegistryClient::new(&settings) {
+            Ok(client) => assert!(!format!("{client:?}").contains("pw-never-printed")),
+            Err(e) => assert!(e.to_string().contains("SSL_CERT_FILE"), "{e}"),
+        }
+    }
+
+    #[test]
     fn only_the_registry_s_own_404_means_not_found() {
         let refused = |status, error_code| RegistryError::Refused {
             method: "GET",
