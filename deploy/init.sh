@@ -5,8 +5,8 @@
 #   1. the topics of the configuration (BILLSTREAM_PARTITIONS each);
 #   2. the ScyllaDB keyspace and tables (`billstream migrate`);
 #   3. the Avro schemas of schemas/, under their manifest ids, in the
-#      registry at SCHEMA_REGISTRY_URL (for consumers; billstream itself
-#      uses the manifest ids).
+#      registry at SCHEMA_REGISTRY_URL (billstream run looks them up there;
+#      producers and consumers may use either the manifest or the registry).
 # Configuration comes from the same BILLSTREAM__… variables as the processor.
 set -eu
 

@@ -4,10 +4,12 @@
 #
 #   deploy/register-schemas.sh http://127.0.0.1:8081 schemas
 #
-# billstream frames its Kafka records with the manifest's ids (it does not
-# talk to a registry yet), so a consumer that resolves ids through the
-# registry must find the same schema under the same id: missing schemas are
-# registered in IMPORT mode with their manifest id. Subjects follow
+# Records framed with the manifest's ids (billstream without
+# kafka.schema_registry_url, producers that use the manifest) and the
+# registry must agree, so missing schemas are registered in IMPORT mode with
+# their manifest id; `billstream run` with the registry then looks up those
+# same ids. (`billstream schemas register` registers under the same
+# subjects but lets the registry choose the ids.) Subjects follow
 # TopicRecordNameStrategy, `<topic>-<record full name>`, because most topics
 # carry several record types; a topic with a single record type also gets
 # `<topic>-value` (TopicNameStrategy). Idempotent: a schema already under

@@ -73,6 +73,9 @@ struct RawKafka {
     transactional: bool,
     transactional_id: String,
     schema_registry_url: String,
+    schema_registry_username: String,
+    schema_registry_password: String,
+    schema_registry_timeout: String,
     #[serde(default)]
     properties: std::collections::BTreeMap<String, String>,
 }
@@ -91,6 +94,41 @@ pub struct Topics {
     pub usage_rollups: String,
     pub journal: String,
     pub dlq: String,
+}
+
+impl Topics {
+    /// Every topic, in field order.
+    fn all(&self) -> [&str; 10] {
+        [
+            &self.usage,
+            &self.payments,
+            &self.accounts,
+            &self.plans,
+            &self.invoices,
+            &self.charges,
+            &self.notifications,
+            &self.usage_rollups,
+            &self.journal,
+            &self.dlq,
+        ]
+    }
+
+    /// The name in this configuration (renamed, prefix applied) of the
+    /// topic whose built-in default name is `default`: `schemas/manifest.json`
+    /// names each record's topic by its default name.
+    pub fn configured(&self, default: &str) -> Option<&str> {
+        static DEFAULT: std::sync::OnceLock<Option<Topics>> = std::sync::OnceLock::new();
+        let defaults = DEFAULT.get_or_init(|| {
+            let mut table = parse_layer("built-in defaults", DEFAULTS).ok()?;
+            table.remove("topics")?.try_into().ok()
+        });
+        let i = defaults
+            .as_ref()?
+            .all()
+            .iter()
+            .position(|t| *t == default)?;
+        Some(self.all()[i])
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -281,10 +319,40 @@ pub struct KafkaSettings {
     /// `transactional.id` of this instance's producer when `transactional`
     /// (stable across its restarts, unique among instances).
     pub transactional_id: Option<String>,
-    pub schema_registry_url: Option<String>,
+    /// A Confluent-compatible Schema Registry (`kafka.schema_registry_url`);
+    /// `None`: schema ids come from `schemas/manifest.json`.
+    pub schema_registry: Option<RegistrySettings>,
     /// Extra librdkafka properties for every client (TLS, SASL, `debug`),
     /// applied after billstream's own settings.
     pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// How to reach the Schema Registry (`src/contracts/registry/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// Base URL, `http://` or `https://`, without a trailing slash.
+    pub url: String,
+    /// HTTP basic auth (`kafka.schema_registry_username` / `_password`).
+    pub basic_auth: Option<BasicAuth>,
+    /// Longest wait for one answer (`kafka.schema_registry_timeout`).
+    pub timeout: Duration,
+}
+
+/// A user name and password; the password never reaches a log or
+/// `billstream config`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Where billing state of record lives.
@@ -366,6 +434,74 @@ fn host_port(field: &str, text: &str) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(invalid(field, format!("{text:?} is not host:port")))
+    }
+}
+
+impl RawKafka {
+    fn registry(&self) -> Result<Option<RegistrySettings>, ConfigError> {
+        let url = self.schema_registry_url.trim().trim_end_matches('/');
+        let timeout = duration(
+            "kafka.schema_registry_timeout",
+            &self.schema_registry_timeout,
+        )?;
+        if timeout.is_zero() {
+            return Err(invalid(
+                "kafka.schema_registry_timeout",
+                "must be more than 0",
+            ));
+        }
+        let (username, password) = (
+            self.schema_registry_username.trim(),
+            &self.schema_registry_password,
+        );
+        if url.is_empty() {
+            if !username.is_empty() || !password.is_empty() {
+                return Err(invalid(
+                    "kafka.schema_registry_url",
+                    "is empty, but a registry user name or password is set",
+                ));
+            }
+            return Ok(None);
+        }
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .ok_or_else(|| {
+                invalid(
+                    "kafka.schema_registry_url",
+                    format!("{url:?} must start with http:// or https:// (or be empty)"),
+                )
+            })?;
+        if rest.is_empty() || rest.contains(['@', '?', '#']) || rest.contains(char::is_whitespace) {
+            return Err(invalid(
+                "kafka.schema_registry_url",
+                format!("{url:?} is not a base URL such as \"https://registry:8081\" (credentials go in kafka.schema_registry_username and _password)"),
+            ));
+        }
+        let basic_auth = match (username.is_empty(), password.is_empty()) {
+            (true, true) => None,
+            (false, false) => Some(BasicAuth {
+                username: username.to_string(),
+                password: password.clone(),
+            }),
+            (true, false) => {
+                return Err(invalid(
+                    "kafka.schema_registry_username",
+                    "is empty, but kafka.schema_registry_password is set",
+                ))
+            }
+            (false, true) => {
+                return Err(invalid(
+                    "kafka.schema_registry_password",
+                    "is empty, but kafka.schema_registry_username is set (set it from the environment: BILLSTREAM__KAFKA__SCHEMA_REGISTRY_PASSWORD)",
+                ))
+            }
+        };
+        Ok(Some(RegistrySettings {
+            url: url.to_string(),
+            basic_auth,
+            timeout,
+        }))
     }
 }
 
@@ -681,16 +817,7 @@ impl Raw {
                 "needs a stable id per instance (e.g. its pod or host name) when kafka.transactional = true: a restart with the same id fences the crashed instance's open transaction at once",
             ));
         }
-        let registry = self.kafka.schema_registry_url.trim();
-        if !(registry.is_empty()
-            || registry.starts_with("http://")
-            || registry.starts_with("https://"))
-        {
-            return Err(invalid(
-                "kafka.schema_registry_url",
-                "must start with http:// or https:// (or be empty)",
-            ));
-        }
+        let schema_registry = self.kafka.registry()?;
         let prefix = &self.kafka.topic_prefix;
         let mut topics = self.topics.clone();
         for (field, name) in [
@@ -844,7 +971,7 @@ impl Raw {
                     .kafka
                     .transactional
                     .then(|| transactional_id.to_string()),
-                schema_registry_url: (!registry.is_empty()).then(|| registry.to_string()),
+                schema_registry,
                 properties: self.kafka.properties.clone(),
             },
             topics,
@@ -890,7 +1017,7 @@ mod tests {
                 path: "data/state".into()
             }
         );
-        assert_eq!(s.kafka.schema_registry_url, None);
+        assert_eq!(s.kafka.schema_registry, None);
         assert_eq!(s.clock, Clock::Wall);
     }
 
@@ -913,6 +1040,10 @@ mod tests {
         let s = load(Some(&readme[start..end]), &[]).unwrap();
         assert_eq!(s.environment, "staging");
         assert_eq!(s.topics.dlq, "acme.billing.dlq.v1");
+        assert_eq!(
+            s.kafka.schema_registry.map(|r| r.url).as_deref(),
+            Some("http://schema-registry:8081")
+        );
         assert_eq!(s.engine.retry_schedule_micros.len(), 4);
         assert_eq!(s.api.role_claim, "realm_access.roles");
         assert_eq!(
@@ -1003,6 +1134,26 @@ mod tests {
             (
                 "[kafka]\nschema_registry_url = \"registry:8081\"\n",
                 "kafka.schema_registry_url",
+            ),
+            (
+                "[kafka]\nschema_registry_url = \"https://user:pw@registry:8081\"\n",
+                "kafka.schema_registry_url",
+            ),
+            (
+                "[kafka]\nschema_registry_username = \"sr\"\n",
+                "kafka.schema_registry_url",
+            ),
+            (
+                "[kafka]\nschema_registry_url = \"http://registry:8081\"\nschema_registry_username = \"sr\"\n",
+                "kafka.schema_registry_password",
+            ),
+            (
+                "[kafka]\nschema_registry_url = \"http://registry:8081\"\nschema_registry_password = \"pw\"\n",
+                "kafka.schema_registry_username",
+            ),
+            (
+                "[kafka]\nschema_registry_timeout = \"0s\"\n",
+                "kafka.schema_registry_timeout",
             ),
             (
                 "[kafka]\ntransactional = true\n",
@@ -1112,6 +1263,58 @@ mod tests {
                 public_key_path: "/etc/billstream/idp.pem".into()
             }
         );
+    }
+
+    #[test]
+    fn registry_settings_take_the_password_from_the_environment_and_hide_it() {
+        let s = load(
+            Some("[kafka]\nschema_registry_url = \"https://registry.example:8081/\"\nschema_registry_username = \"billstream\"\n"),
+            &[
+                ("BILLSTREAM__KAFKA__SCHEMA_REGISTRY_PASSWORD", "s3cret-from-env"),
+                ("BILLSTREAM__KAFKA__SCHEMA_REGISTRY_TIMEOUT", "3s"),
+            ],
+        )
+        .unwrap();
+        let registry = s.kafka.schema_registry.clone().expect("a registry");
+        assert_eq!(registry.url, "https://registry.example:8081");
+        assert_eq!(registry.timeout, Duration::from_secs(3));
+        assert_eq!(
+            registry.basic_auth,
+            Some(BasicAuth {
+                username: "billstream".into(),
+                password: "s3cret-from-env".into()
+            })
+        );
+        assert!(!format!("{s:?}").contains("s3cret-from-env"));
+        let plain = load(
+            None,
+            &[(
+                "BILLSTREAM__KAFKA__SCHEMA_REGISTRY_URL",
+                "http://127.0.0.1:8081",
+            )],
+        )
+        .unwrap();
+        let registry = plain.kafka.schema_registry.expect("a registry");
+        assert_eq!(registry.basic_auth, None);
+        assert_eq!(registry.timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn manifest_topics_map_to_configured_names() {
+        let s = load(
+            Some("[kafka]\ntopic_prefix = \"acme.\"\n[topics]\nusage = \"metering\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            s.topics.configured("billing.usage.v1"),
+            Some("acme.metering")
+        );
+        assert_eq!(
+            s.topics.configured("billing.dlq.v1"),
+            Some("acme.billing.dlq.v1")
+        );
+        assert_eq!(s.topics.configured("billing.nope.v1"), None);
     }
 
     #[test]

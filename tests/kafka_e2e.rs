@@ -828,7 +828,8 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
         "refund_exceeds_credit",
         "unknown_payment_method",
     ];
-    // Every `DecodeError::kind()`: all of them can come from a producer.
+    // Every `DecodeError::kind()` a producer can cause without a Schema
+    // Registry (`incompatible_schema` needs one: tests/schema_registry.rs).
     const DECODE_KINDS: [&str; 7] = [
         "too_short",
         "bad_magic",

@@ -8,6 +8,7 @@ mod kafka_crash;
 mod kafka_e2e;
 mod kafka_txn;
 mod processor_batch;
+mod schema_registry;
 mod simulate_golden;
 mod store_conformance;
 mod store_kill9;

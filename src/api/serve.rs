@@ -11,6 +11,7 @@ use rdkafka::message::Message;
 use super::auth::Verifier;
 use super::routes::{router, ApiState};
 use crate::config::Settings;
+use crate::contracts::registry::WriterSchemas;
 use crate::contracts::{Catalog, Decoded, Decoder};
 use crate::engine::plan::PlanBook;
 use crate::engine::Engine;
@@ -50,25 +51,52 @@ async fn load_price_book(settings: &Settings) -> anyhow::Result<Arc<RwLock<Engin
         settings.engine.clone(),
         PlanBook::new(),
     )));
-    let decoder = Decoder::new(Catalog::shared()?)?;
+    // Plan records framed with a Schema Registry's ids are read as `run`
+    // reads them: this build's ids looked up, writer schemas learnt.
+    let catalog = Catalog::shared()?;
+    let (ids, mut writers) = WriterSchemas::for_settings(
+        settings.kafka.schema_registry.as_ref(),
+        catalog,
+        &settings.topics,
+    )
+    .await
+    .context("API: schema ids")?;
+    let mut decoder = Decoder::with_ids(catalog, &ids)?;
     let s = settings.clone();
     let (follower, initial) =
         tokio::task::spawn_blocking(move || PlanFollower::read_to_end(&s, Duration::from_secs(60)))
             .await?
             .with_context(|| format!("API: reading the plans topic {}", settings.topics.plans))?;
+    writers
+        .learn(&mut decoder, initial.iter().filter_map(|m| m.payload()))
+        .await
+        .context("API: reading the plans topic")?;
     apply_plans(&engine, &decoder, &initial);
     tracing::info!(
         plans = engine.read().map(|e| e.plans.len()).unwrap_or(0),
         "API: price book loaded"
     );
     let shared = engine.clone();
+    let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name("api-plans".into())
-        .spawn(move || loop {
-            std::thread::sleep(PLAN_POLL);
-            match follower.poll_new() {
-                Ok(records) => apply_plans(&shared, &decoder, &records),
-                Err(e) => tracing::warn!(error = %e, "API: following the plans topic"),
+        .spawn(move || {
+            // Records kept while the registry cannot be asked about their
+            // schema ids, tried again on the next poll.
+            let mut waiting = Vec::new();
+            loop {
+                std::thread::sleep(PLAN_POLL);
+                match follower.poll_new() {
+                    Ok(records) => waiting.extend(records),
+                    Err(e) => tracing::warn!(error = %e, "API: following the plans topic"),
+                }
+                let payloads = waiting.iter().filter_map(|m| m.payload());
+                if let Err(e) = runtime.block_on(writers.learn(&mut decoder, payloads)) {
+                    tracing::warn!(error = %e, "API: plan records wait for the Schema Registry");
+                    continue;
+                }
+                apply_plans(&shared, &decoder, &waiting);
+                waiting.clear();
             }
         })?;
     Ok(engine)

@@ -36,10 +36,13 @@ enum Command {
     /// usage and payment events) and write the outputs as JSON lines: a
     /// pricing simulation ("what would these customers pay on this plan").
     Simulate(simulate::SimulateArgs),
-    /// List and validate the Avro schemas in schemas/ and the id manifest.
-    Schemas,
+    /// List and validate the Avro schemas in schemas/ and the id manifest;
+    /// `schemas register` registers them in the configured Schema Registry.
+    Schemas(schemas::SchemasArgs),
     /// Run the processor: consume the input topics in a consumer group, fold,
     /// persist, publish the outputs, commit. Stops cleanly on SIGINT/SIGTERM.
+    /// With kafka.schema_registry_url, schema ids come from the registry
+    /// (run `billstream schemas register` first).
     Run(run::RunArgs),
     /// Create the ScyllaDB keyspace and tables (store.kind = "scylla") if
     /// missing; idempotent. --print shows the CQL instead.
@@ -85,7 +88,7 @@ pub fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Simulate(args) => simulate::run(args),
-        Command::Schemas => schemas::run(),
+        Command::Schemas(args) => schemas::run(args),
         Command::Config(args) => config::run(args),
         Command::Run(args) => run::run(args),
         Command::Migrate(args) => migrate::run(args),

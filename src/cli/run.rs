@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 
 use crate::config::{Settings, StoreSettings};
@@ -29,9 +29,6 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(args.config.as_deref())?;
-    if settings.kafka.schema_registry_url.is_some() {
-        bail!("config field `kafka.schema_registry_url`: a Schema Registry is not supported yet; leave it empty to use the ids of schemas/manifest.json");
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -110,6 +110,51 @@ impl SchemaEntry {
     }
 }
 
+/// The Confluent schema id each schema of the catalog travels under: the
+/// manifest's, or the ones a Schema Registry gave (`contracts::registry`).
+/// Indexed like `Catalog::entries`, so finding an id costs one array read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaIds {
+    ids: Box<[u32]>,
+}
+
+impl SchemaIds {
+    /// The ids of `schemas/manifest.json`.
+    pub fn manifest(catalog: &Catalog) -> SchemaIds {
+        SchemaIds {
+            ids: catalog.entries.iter().map(|e| e.id).collect(),
+        }
+    }
+
+    /// Ids from elsewhere, one per entry of `catalog`, in its order.
+    pub fn from_ids(catalog: &Catalog, ids: Vec<u32>) -> Result<SchemaIds, ContractError> {
+        if ids.len() != catalog.entries.len() {
+            return Err(ContractError::Catalog(format!(
+                "{} schema ids for {} schemas",
+                ids.len(),
+                catalog.entries.len()
+            )));
+        }
+        let mut seen = HashSet::new();
+        if let Some(dup) = ids.iter().find(|id| !seen.insert(**id)) {
+            return Err(ContractError::Catalog(format!(
+                "schema id {dup} names two different schemas"
+            )));
+        }
+        Ok(SchemaIds { ids: ids.into() })
+    }
+
+    /// The id of the catalog's `index`-th entry.
+    pub fn get(&self, index: usize) -> u32 {
+        self.ids[index]
+    }
+
+    /// Every id, in catalog order.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ids.iter().copied()
+    }
+}
+
 /// One line of `billstream schemas`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchemaSummary {
@@ -224,17 +269,22 @@ impl Catalog {
         &self.entries
     }
 
+    /// Where a record (short or full name) is in `entries`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        let short = name
+            .strip_prefix(NAMESPACE)
+            .and_then(|n| n.strip_prefix('.'))
+            .unwrap_or(name);
+        self.by_record.get(short).copied()
+    }
+
     pub fn by_id(&self, id: u32) -> Option<&SchemaEntry> {
         self.by_id.get(&id).map(|&i| &self.entries[i])
     }
 
     /// Look up by short record name (`InvoiceIssued`) or full name.
     pub fn by_record(&self, name: &str) -> Option<&SchemaEntry> {
-        let short = name
-            .strip_prefix(NAMESPACE)
-            .and_then(|n| n.strip_prefix('.'))
-            .unwrap_or(name);
-        self.by_record.get(short).map(|&i| &self.entries[i])
+        self.index_of(name).map(|i| &self.entries[i])
     }
 
     /// Check the rules every schema must keep beyond parsing, and that the
@@ -297,6 +347,18 @@ mod tests {
         }
         assert!(catalog.by_id(0).is_none());
         assert!(catalog.by_record("Nope").is_none());
+    }
+
+    #[test]
+    fn schema_ids_are_one_per_entry_and_distinct() {
+        let catalog = Catalog::shared().unwrap();
+        let manifest = SchemaIds::manifest(catalog);
+        assert!(manifest.iter().eq(catalog.entries().iter().map(|e| e.id)));
+        let n = catalog.entries().len() as u32;
+        let ids = SchemaIds::from_ids(catalog, (0..n).map(|i| 1000 + i).collect()).unwrap();
+        assert_eq!(ids.get(catalog.index_of("UsageRecorded").unwrap()), 1000);
+        assert!(SchemaIds::from_ids(catalog, vec![1]).is_err());
+        assert!(SchemaIds::from_ids(catalog, vec![7; n as usize]).is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use apache_avro::Schema;
 use rust_decimal::Decimal;
 
 use super::avro_binary::{Cursor, Skip};
-use super::catalog::{Catalog, NAMESPACE};
+use super::catalog::{Catalog, SchemaIds, NAMESPACE};
 use super::cloudevents;
 use super::decimal::{decimal_field, timestamp_field, truncate};
 use super::errors::{ContractError, DecodeError};
@@ -93,19 +93,30 @@ pub struct Decoder {
     readers: Vec<(u32, Reader)>,
     /// This build's input schemas by short record name, for writer schemas.
     own: HashMap<String, Schema>,
+    /// Ids whose writer schema a registry gave but this build cannot read,
+    /// with the reason (their records are dead-lettered with it).
+    refused: Vec<(u32, String)>,
 }
 
 impl Decoder {
-    /// Compile a reader for every input schema of the catalog.
+    /// Compile a reader for every input schema of the catalog, under the
+    /// manifest's ids.
     pub fn new(catalog: &Catalog) -> Result<Decoder, ContractError> {
+        Decoder::with_ids(catalog, &SchemaIds::manifest(catalog))
+    }
+
+    /// The same under other ids (a Schema Registry's): records framed with
+    /// a manifest id are then unknown unless the registry says otherwise.
+    pub fn with_ids(catalog: &Catalog, ids: &SchemaIds) -> Result<Decoder, ContractError> {
         let mut decoder = Decoder {
             readers: Vec::new(),
             own: HashMap::new(),
+            refused: Vec::new(),
         };
-        for e in catalog.entries() {
+        for (i, e) in catalog.entries().iter().enumerate() {
             if e.record == "UsageRecorded" || Cold::for_record(&e.record).is_some() {
                 decoder.own.insert(e.record.clone(), e.schema.clone());
-                decoder.add(e.id, &e.record, &e.schema)?;
+                decoder.add(ids.get(i), &e.record, &e.schema)?;
             }
         }
         if !decoder.own.contains_key("UsageRecorded") {
@@ -144,7 +155,22 @@ impl Decoder {
             })?
             .to_string();
         self.readers.retain(|(i, _)| *i != id);
+        self.refused.retain(|(i, _)| *i != id);
         self.add(id, &short, &writer)
+    }
+
+    /// Whether records framed with `id` have a reader, or were refused.
+    pub fn knows(&self, id: u32) -> bool {
+        self.readers.iter().any(|(i, _)| *i == id) || self.refused.iter().any(|(i, _)| *i == id)
+    }
+
+    /// Remember that the writer schema of `id` cannot be read (`reason`):
+    /// its records become `DecodeError::IncompatibleSchema` dead letters
+    /// instead of `UnknownSchemaId`.
+    pub fn refuse(&mut self, id: u32, reason: String) {
+        self.readers.retain(|(i, _)| *i != id);
+        self.refused.retain(|(i, _)| *i != id);
+        self.refused.push((id, reason));
     }
 
     fn add(&mut self, id: u32, record: &str, writer: &Schema) -> Result<(), ContractError> {
@@ -221,12 +247,15 @@ impl Decoder {
     /// Decode one Confluent-framed Avro record.
     pub fn decode_avro(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
         let (id, body) = framing::split(bytes)?;
-        let reader = self
-            .readers
-            .iter()
-            .find(|(i, _)| *i == id)
-            .map(|(_, r)| r)
-            .ok_or(DecodeError::UnknownSchemaId(id))?;
+        let Some(reader) = self.readers.iter().find(|(i, _)| *i == id).map(|(_, r)| r) else {
+            return Err(match self.refused.iter().find(|(i, _)| *i == id) {
+                Some((_, reason)) => DecodeError::IncompatibleSchema {
+                    id,
+                    reason: reason.clone(),
+                },
+                None => DecodeError::UnknownSchemaId(id),
+            });
+        };
         match reader {
             Reader::Usage(r) => r.read(body).map(|u| Decoded::Input(Input::Usage(u))),
             Reader::Cold {
@@ -647,6 +676,47 @@ mod tests {
         assert!(d
             .register_writer_schema(4243, r#"{"type":"record","name":"Other","fields":[]}"#)
             .is_err());
+    }
+
+    #[test]
+    fn registry_ids_replace_the_manifest_ids_and_refused_ids_say_why() {
+        let catalog = Catalog::shared().unwrap();
+        let n = catalog.entries().len() as u32;
+        let ids = SchemaIds::from_ids(catalog, (0..n).map(|i| 9000 + i).collect()).unwrap();
+        let mut d = Decoder::with_ids(catalog, &ids).unwrap();
+        let input = &sample_inputs()[0];
+        let manifest_framed = catalog.encode_input(input).unwrap();
+        let usage_index = catalog.index_of("UsageRecorded").unwrap();
+        let registry_framed = framing::encode(ids.get(usage_index), &manifest_framed[5..]);
+        assert_eq!(
+            d.decode(&registry_framed),
+            Ok(Decoded::Input(input.clone()))
+        );
+        let manifest_id = catalog.entries()[usage_index].id;
+        assert!(d.knows(ids.get(usage_index)) && !d.knows(manifest_id));
+        assert_eq!(
+            d.decode(&manifest_framed),
+            Err(DecodeError::UnknownSchemaId(manifest_id))
+        );
+        d.refuse(manifest_id, "not an input record".into());
+        assert!(d.knows(manifest_id));
+        let refused = d.decode(&manifest_framed).unwrap_err();
+        assert_eq!(refused.kind(), "incompatible_schema");
+        assert_eq!(
+            refused.to_string(),
+            format!(
+                "schema id {manifest_id} cannot be read as a billstream input: not an input record"
+            )
+        );
+        let mut scratch = Decoded::Input(input.clone());
+        assert_eq!(d.decode_into(&manifest_framed, &mut scratch), Err(refused));
+        // A later registration of the same id lifts the refusal.
+        let usage_text = catalog.entries()[usage_index].text;
+        d.register_writer_schema(manifest_id, usage_text).unwrap();
+        assert_eq!(
+            d.decode(&manifest_framed),
+            Ok(Decoded::Input(input.clone()))
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use apache_avro::types::Value;
 use apache_avro::Schema;
 use serde_json::Value as Json;
 
-use super::catalog::Catalog;
+use super::catalog::{Catalog, SchemaIds};
 use super::dead_letter::base64_decode;
 use super::errors::EncodeError;
 use super::framing;
@@ -30,6 +30,17 @@ impl Catalog {
     /// An output record as Confluent-framed Avro, with the manifest's id.
     pub fn encode_output(&self, record: &OutputRecord) -> Result<Vec<u8>, EncodeError> {
         self.encode_json(record.kind, &record.json, &[])
+    }
+
+    /// An output record as Confluent-framed Avro, with its id from `ids`
+    /// (a Schema Registry's): the same bytes as `encode_output` but for
+    /// the four of the frame.
+    pub fn encode_output_with(
+        &self,
+        record: &OutputRecord,
+        ids: &SchemaIds,
+    ) -> Result<Vec<u8>, EncodeError> {
+        self.encode_framed(record.kind, &record.json, &[], |i| ids.get(i))
     }
 
     /// An input as Confluent-framed Avro (tests, benchmarks, demo producer).
@@ -51,11 +62,21 @@ impl Catalog {
         json: &Json,
         ignore: &[&str],
     ) -> Result<Vec<u8>, EncodeError> {
-        let entry = self
-            .by_record(record)
+        self.encode_framed(record, json, ignore, |i| self.entries()[i].id)
+    }
+
+    fn encode_framed(
+        &self,
+        record: &str,
+        json: &Json,
+        ignore: &[&str],
+        id_of: impl Fn(usize) -> u32,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let index = self
+            .index_of(record)
             .ok_or_else(|| EncodeError::UnknownRecord(record.to_string()))?;
-        let body = avro_body(&entry.schema, record, json, ignore)?;
-        Ok(framing::encode(entry.id, &body))
+        let body = avro_body(&self.entries()[index].schema, record, json, ignore)?;
+        Ok(framing::encode(id_of(index), &body))
     }
 
     /// The Avro `Value` of a pinned-JSON record (for a registry-framed sink
@@ -249,6 +270,35 @@ fn to_value(schema: &Schema, json: &Json, ignore: &[&str], path: &str) -> Result
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn outputs_take_their_frame_id_from_the_id_mapping() {
+        let catalog = Catalog::shared().unwrap();
+        let record = crate::contracts::DeadLetter {
+            source_topic: "billing.usage.v1".into(),
+            partition: 0,
+            offset: 7,
+            key: Some("acct-1".into()),
+            error_kind: "bad_magic".into(),
+            reason: "r".into(),
+            payload: b"x".to_vec(),
+            received_at: crate::engine::time::Timestamp(0),
+        }
+        .to_output();
+        let manifest = catalog.encode_output(&record).unwrap();
+        let n = catalog.entries().len() as u32;
+        let ids = SchemaIds::from_ids(catalog, (0..n).map(|i| 500 + i).collect()).unwrap();
+        let registry = catalog.encode_output_with(&record, &ids).unwrap();
+        let index = catalog.index_of("DeadLetter").unwrap() as u32;
+        assert_eq!(framing::split(&registry).unwrap().0, 500 + index);
+        assert_eq!(manifest[5..], registry[5..], "same body, other frame id");
+        assert_eq!(
+            catalog
+                .encode_output_with(&record, &SchemaIds::manifest(catalog))
+                .unwrap(),
+            manifest
+        );
+    }
 
     #[test]
     fn json_that_does_not_fit_the_schema_is_refused_with_its_path() {

@@ -18,6 +18,11 @@ pub enum DecodeError {
     /// The frame names a schema id that is neither in the manifest nor registered.
     #[error("unknown schema id {0}")]
     UnknownSchemaId(u32),
+    /// The frame names a schema id whose writer schema (from the Schema
+    /// Registry) this build cannot read: not an input record, another
+    /// schema type, or not resolvable into this build's reader schema.
+    #[error("schema id {id} cannot be read as a billstream input: {reason}")]
+    IncompatibleSchema { id: u32, reason: String },
     /// The Avro body does not match its schema (truncated, bad varint, bad union branch, trailing bytes…).
     #[error("Avro body does not match its schema: {0}")]
     BodyMismatch(String),
@@ -39,6 +44,7 @@ impl DecodeError {
             DecodeError::TooShort(_) => "too_short",
             DecodeError::BadMagic(_) => "bad_magic",
             DecodeError::UnknownSchemaId(_) => "unknown_schema_id",
+            DecodeError::IncompatibleSchema { .. } => "incompatible_schema",
             DecodeError::BodyMismatch(_) => "body_mismatch",
             DecodeError::InvalidField { .. } => "invalid_field",
             DecodeError::BadJson(_) => "bad_json",

@@ -1,7 +1,8 @@
 //! Contracts: the bytes on the topics and in files, and their mapping to
 //! and from engine types. Avro schemas in `schemas/` are the single source
 //! of truth; this module loads them, frames and decodes inputs (Confluent
-//! Avro or CloudEvents JSON) and derives and encodes outputs.
+//! Avro or CloudEvents JSON) and derives and encodes outputs; with a
+//! Schema Registry, `registry` gives the schema ids on the wire.
 
 pub mod avro_binary;
 pub mod catalog;
@@ -14,9 +15,10 @@ pub mod errors;
 pub mod framing;
 pub mod json;
 pub mod outputs;
+pub mod registry;
 pub mod usage_reader;
 
-pub use catalog::{Catalog, SchemaEntry, SchemaSummary};
+pub use catalog::{Catalog, SchemaEntry, SchemaIds, SchemaSummary};
 pub use dead_letter::DeadLetter;
 pub use decode::{Decoded, Decoder};
 pub use errors::{ContractError, DecodeError, EncodeError};

@@ -27,6 +27,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use tracing::Instrument;
 
 use crate::config::Settings;
+use crate::contracts::registry::WriterSchemas;
 use crate::contracts::{Catalog, Decoder, OutputRecord};
 use crate::engine::plan::PlanBook;
 use crate::engine::time::Timestamp;
@@ -182,7 +183,19 @@ pub async fn serve<S: StateStore>(
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<ProcessorStats> {
     let catalog = Catalog::shared()?;
-    let decoder = Decoder::new(catalog)?;
+    // Schema ids: the manifest's, or the registry's (looked up now: a
+    // schema not registered stops the start). `writers` learns the writer
+    // schemas of ids the decoder does not know, batch by batch.
+    let (ids, mut writers) = WriterSchemas::for_settings(
+        settings.kafka.schema_registry.as_ref(),
+        catalog,
+        &settings.topics,
+    )
+    .await?;
+    if let Some(url) = writers.registry_url() {
+        eprintln!("billstream run: schema ids from the Schema Registry at {url}");
+    }
+    let mut decoder = Decoder::with_ids(catalog, &ids)?;
     let clock = settings.clock;
     let checkpoint = Checkpoint::from(&settings.batch);
     let mut processor = Processor::new(
@@ -191,13 +204,20 @@ pub async fn serve<S: StateStore>(
     );
 
     let (plans, initial) = PlanFollower::read_to_end(settings, Duration::from_secs(60))?;
-    apply_plan_records(&mut processor, &decoder, &initial, clock.now()).await?;
+    apply_plan_records(
+        &mut processor,
+        &mut decoder,
+        &mut writers,
+        &initial,
+        clock.now(),
+    )
+    .await?;
     eprintln!(
         "billstream run: {} plans loaded from {}",
         processor.engine().plans.len(),
         settings.topics.plans
     );
-    let sink = KafkaSink::connect(settings, catalog)?;
+    let sink = KafkaSink::connect(settings, catalog, ids)?;
     let mut source = KafkaSource::connect(settings)?;
     eprintln!(
         "billstream run: consuming as group {} (member {owner})",
@@ -288,7 +308,7 @@ pub async fn serve<S: StateStore>(
         }
         progress.timed(Phase::Fetch, &mut clock_in);
         let updates = plans.poll_new()?;
-        apply_plan_records(&mut processor, &decoder, &updates, now).await?;
+        apply_plan_records(&mut processor, &mut decoder, &mut writers, &updates, now).await?;
         let owned: BTreeSet<u32> = processor.owned_partitions().map(|(p, _)| p).collect();
         records.retain(|m| owned.contains(&partition_of(m.partition())));
         // One span per batch: what is done for it (store writes, publishing,
@@ -300,6 +320,11 @@ pub async fn serve<S: StateStore>(
             outputs = tracing::field::Empty,
         );
 
+        // Writer schemas of ids not seen before, fetched before the
+        // (synchronous) decode; a registry outage stops the loop here.
+        writers
+            .learn(&mut decoder, records.iter().filter_map(|m| m.payload()))
+            .await?;
         let batch_records: Vec<BatchRecord<'_>> = records
             .iter()
             .map(|m| BatchRecord {
@@ -621,10 +646,14 @@ async fn hand_over<S: StateStore>(
 /// does not decode or validate becomes a dead letter.
 async fn apply_plan_records<S: StateStore>(
     processor: &mut Processor<S>,
-    decoder: &Decoder,
+    decoder: &mut Decoder,
+    writers: &mut WriterSchemas,
     records: &[OwnedMessage],
     now: Timestamp,
 ) -> anyhow::Result<()> {
+    writers
+        .learn(decoder, records.iter().filter_map(|m| m.payload()))
+        .await?;
     for m in records {
         let Some(raw) = m.payload() else { continue }; // tombstone
         let pos = SourcePos {

@@ -1,5 +1,5 @@
-//! The Kafka sink: output records, Avro-encoded with Confluent framing,
-//! keyed by account, with `event_id` and `causation_id` in headers, through
+//! The Kafka sink: output records, Avro-encoded with Confluent framing
+//! (under the manifest's or the Schema Registry's ids), keyed by account, with `event_id` and `causation_id` in headers, through
 //! an idempotent producer. `publish` returns once every record is
 //! acknowledged, so callers can then mark them published and commit input
 //! offsets.
@@ -14,7 +14,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::TopicPartitionList;
 
 use crate::config::Settings;
-use crate::contracts::{Catalog, OutputRecord, OutputTopic};
+use crate::contracts::{Catalog, OutputRecord, OutputTopic, SchemaIds};
 use crate::source::kafka::KafkaError;
 
 pub struct KafkaSink {
@@ -23,6 +23,8 @@ pub struct KafkaSink {
     /// are written in Kafka transactions.
     transactional: bool,
     catalog: &'static Catalog,
+    /// The schema id of each record type in the frame.
+    ids: SchemaIds,
     names: [String; 6],
 }
 
@@ -34,6 +36,7 @@ impl KafkaSink {
     pub fn connect(
         settings: &Settings,
         catalog: &'static Catalog,
+        ids: SchemaIds,
     ) -> Result<KafkaSink, KafkaError> {
         let mut config = ClientConfig::new();
         if let Some(id) = &settings.kafka.transactional_id {
@@ -66,6 +69,7 @@ impl KafkaSink {
             producer,
             transactional: settings.kafka.transactional,
             catalog,
+            ids,
             names: [
                 t.invoices.clone(),
                 t.charges.clone(),
@@ -145,7 +149,7 @@ impl KafkaSink {
     pub async fn send(&self, records: &[OutputRecord]) -> Result<InFlight, KafkaError> {
         let mut pending = std::collections::VecDeque::with_capacity(records.len());
         for r in records {
-            let payload = self.catalog.encode_output(r).map_err(|e| {
+            let payload = self.catalog.encode_output_with(r, &self.ids).map_err(|e| {
                 KafkaError::Client(format!(
                     "encode {} for {}: {e}",
                     r.kind,
