@@ -7,15 +7,19 @@
 //!    raw consumption with an rdkafka `StreamConsumer` (no processing), and
 //!    the full loop consume → fold → persist → produce → commit. Each is
 //!    timed from its first record to its last; the ratio is the figure.
+//!    The loop's last record is done when it is folded and the loop has
+//!    stopped: the stop writes, publishes and commits everything the
+//!    checkpoint still held, so the time covers all the work.
 //!    Repeated ROUNDS times, each round with fresh groups and store.
-//! 2. Latency: the loop keeps running while usage is produced at half the
-//!    measured loop throughput for LATENCY_SECS; produce-to-persisted
-//!    latency (Kafka create time to the state write) p50/p99.
+//! 2. Latency: a loop in the same group and store runs while usage is
+//!    produced at half the measured loop throughput for LATENCY_SECS;
+//!    produce-to-persisted latency (Kafka create time to the state write,
+//!    including the wait for the account's checkpoint) p50/p99.
 //! 3. Restart: a new loop on the store with ACCOUNTS accounts in it, in the
 //!    same group: time until its partitions are assigned and their
-//!    accounts loaded, and until a record produced before it started is
-//!    persisted. The broker's wait for a killed member's session to expire
-//!    comes on top and is `kafka.session_timeout`.
+//!    accounts loaded, and until it folds a record produced before it
+//!    started (processing resumed). The broker's wait for a killed member's
+//!    session to expire comes on top and is `kafka.session_timeout`.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -256,6 +260,8 @@ fn cpu_seconds() -> f64 {
 /// Wait until the running loop has done `n` records; seconds from the
 /// arrival of its first record to the commit of the last. Panics if the
 /// loop stopped on its own (its error is in the message).
+/// Wait until `n` records are done (written and published); seconds since
+/// the first record.
 async fn until_done(running: &mut Running, n: u64) -> f64 {
     while running.progress.records_done() < n {
         if running.handle.is_finished() {
@@ -271,6 +277,31 @@ async fn until_done(running: &mut Running, n: u64) -> f64 {
         .expect("records were done, so one arrived")
         .elapsed()
         .as_secs_f64()
+}
+
+/// Wait until `n` records are folded, then stop the loop (which writes,
+/// publishes and commits whatever the checkpoint held); seconds from the
+/// first record to the end of the stop.
+async fn fold_and_stop(mut running: Running, n: u64) -> f64 {
+    while running
+        .progress
+        .records_folded
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < n
+    {
+        if running.handle.is_finished() {
+            let ended = (&mut running.handle).await;
+            panic!("the loop ended before {n} records were folded: {ended:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let first = *running
+        .progress
+        .first_record_at
+        .get()
+        .expect("records were folded, so one arrived");
+    running.stop().await;
+    first.elapsed().as_secs_f64()
 }
 
 /// A running loop: stop it with `stop`.
@@ -444,16 +475,15 @@ fn main() {
                     if first != (round % 2 == 0) {
                         return None;
                     }
-                    let mut plain = start(ps, pst, "bench-plain", false);
-                    let took = until_done(&mut plain, events as u64).await;
-                    plain.stop().await;
-                    Some(took)
+                    let plain = start(ps, pst, "bench-plain", false);
+                    Some(fold_and_stop(plain, events as u64).await)
                 }
             };
             let plain_before = plain(true).await;
-            let mut running = start(s.clone(), store.clone(), "bench", true);
+            let running = start(s.clone(), store.clone(), "bench", true);
+            let progress = running.progress.clone();
             let cpu = cpu_seconds();
-            let took = until_done(&mut running, events as u64).await;
+            let took = fold_and_stop(running, events as u64).await;
             let loop_cpu = cpu_seconds() - cpu;
             let plain_took = match plain_before {
                 Some(t) => t,
@@ -481,20 +511,18 @@ fn main() {
             relay_ratios.push(loop_rate / relay_rate);
             let phases: Vec<String> = Phase::ALL
                 .iter()
-                .map(|ph| format!("{} {:.2} s", ph.name(), running.progress.phase_seconds(*ph)))
+                .map(|ph| format!("{} {:.2} s", ph.name(), progress.phase_seconds(*ph)))
                 .collect();
             println!(
                 "  loop phases over {} batches: {}",
-                running.progress.batches.load(std::sync::atomic::Ordering::Relaxed),
+                progress.batches.load(std::sync::atomic::Ordering::Relaxed),
                 phases.join(", ")
             );
             raw_rates.push(raw_rate);
             loop_rates.push(loop_rate);
             ratios.push(loop_rate / raw_rate);
             if round + 1 == rounds {
-                kept = Some((running, store, s, producer));
-            } else {
-                running.stop().await;
+                kept = Some((store, s, producer));
             }
         }
         println!(
@@ -510,9 +538,12 @@ fn main() {
         );
 
         // Latency at half the loop's throughput.
-        let (mut running, store, s, producer) = kept.unwrap();
+        let (store, s, producer) = kept.unwrap();
         let rate = (median(loop_rates) / 2.0).max(100.0);
-        running.progress.latency.lock().unwrap().clear();
+        let mut running = start(s.clone(), store.clone(), "bench", true);
+        while running.progress.ready.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let n = (rate * latency_secs as f64) as usize;
         let records = usage(catalog, accounts, events, n);
         let start_at = Instant::now();
@@ -522,14 +553,17 @@ fn main() {
             tokio::time::sleep_until(due.into()).await;
             producer.send(chunk).await;
         }
-        until_done(&mut running, (events + n) as u64).await;
+        // Done means written: records held by the checkpoint wait for it.
+        until_done(&mut running, n as u64).await;
         {
             let h = running.progress.latency.lock().unwrap();
             println!(
-                "latency at {rate:.0} records/s for {latency_secs} s: {} records, p50 {} ms, p99 {} ms (produce → state persisted)",
+                "latency at {rate:.0} records/s for {latency_secs} s: {} records, p50 {} ms, p99 {} ms (produce → state persisted, checkpoint {} records / {:?})",
                 h.count(),
                 h.quantile(0.5).unwrap_or(0),
-                h.quantile(0.99).unwrap_or(0)
+                h.quantile(0.99).unwrap_or(0),
+                s.batch.checkpoint_events,
+                s.batch.checkpoint_interval
             );
         }
         running.stop().await;
@@ -542,11 +576,11 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let loaded = began.elapsed();
-        while running.progress.records_done() == 0 {
+        while running.progress.records_folded.load(std::sync::atomic::Ordering::Relaxed) == 0 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         println!(
-            "restart with {accounts} accounts in the store: partitions assigned and accounts loaded after {:.2} s, first record persisted after {:.2} s (plus the broker's session expiry of a killed member)",
+            "restart with {accounts} accounts in the store: partitions assigned and accounts loaded after {:.2} s, first record folded after {:.2} s (plus the broker's session expiry of a killed member)",
             loaded.as_secs_f64(),
             began.elapsed().as_secs_f64()
         );

@@ -72,6 +72,7 @@ struct RawKafka {
     max_poll_interval: String,
     transactional: bool,
     transactional_id: String,
+    group_instance_id: String,
     schema_registry_url: String,
     schema_registry_username: String,
     schema_registry_password: String,
@@ -319,6 +320,9 @@ pub struct KafkaSettings {
     /// `transactional.id` of this instance's producer when `transactional`
     /// (stable across its restarts, unique among instances).
     pub transactional_id: Option<String>,
+    /// Static group membership (`group.instance.id`): stable across this
+    /// instance's restarts and unique among instances; `None`: dynamic.
+    pub group_instance_id: Option<String>,
     /// A Confluent-compatible Schema Registry (`kafka.schema_registry_url`);
     /// `None`: schema ids come from `schemas/manifest.json`.
     pub schema_registry: Option<RegistrySettings>,
@@ -817,6 +821,18 @@ impl Raw {
                 "needs a stable id per instance (e.g. its pod or host name) when kafka.transactional = true: a restart with the same id fences the crashed instance's open transaction at once",
             ));
         }
+        let group_instance_id = self.kafka.group_instance_id.trim();
+        if !group_instance_id.is_empty()
+            && (group_instance_id.len() > 249
+                || !group_instance_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c)))
+        {
+            return Err(invalid(
+                "kafka.group_instance_id",
+                format!("{group_instance_id:?}: use letters, digits, '.', '-' and '_' (at most 249), e.g. the pod name"),
+            ));
+        }
         let schema_registry = self.kafka.registry()?;
         let prefix = &self.kafka.topic_prefix;
         let mut topics = self.topics.clone();
@@ -971,6 +987,8 @@ impl Raw {
                     .kafka
                     .transactional
                     .then(|| transactional_id.to_string()),
+                group_instance_id: (!group_instance_id.is_empty())
+                    .then(|| group_instance_id.to_string()),
                 schema_registry,
                 properties: self.kafka.properties.clone(),
             },
@@ -1128,6 +1146,7 @@ mod tests {
             ("[kafka]\ntopic_prefix = \"a b\"\n", "topics.usage"),
             ("[batch]\nprefetch_kbytes = 0\n", "batch.prefetch_kbytes"),
             ("[batch]\ncheckpoint_events = 0\n", "batch.checkpoint_events"),
+            ("[kafka]\ngroup_instance_id = \"pod 1\"\n", "kafka.group_instance_id"),
             ("[batch]\ncheckpoint_interval = \"2h\"\n", "batch.checkpoint_interval"),
             ("[batch]\ncheckpoint_interval = \"soon\"\n", "batch.checkpoint_interval"),
             ("clock = \"yesterday\"\n", "clock"),

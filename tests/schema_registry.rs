@@ -1005,18 +1005,38 @@ fn run_with_a_schema_registry_frames_with_its_ids_and_learns_evolved_writer_sche
             own_usage("u-after", "16"),
         ),
     ];
-    crate::kafka_e2e::produce(&brokers, &prefix, &records);
+    // The plan and the opening first, and the usage once the account is
+    // open: records of different topics have no order between them, and
+    // usage of an account not yet open is a dead letter.
+    let (opening, usage) = records.split_at(2);
+    crate::kafka_e2e::produce(&brokers, &prefix, &opening.to_vec());
 
     let mut run = billstream(&prefix, &group, &store, &brokers);
     with_registry(&mut run);
     let running = Running(
         run.env("BILLSTREAM__CLOCK", CLOCK)
+            // Usage outputs as soon as their batch is written (the test
+            // reads them while the loop runs), not at the checkpoint.
+            .env("BILLSTREAM__BATCH__CHECKPOINT_EVENTS", "1")
             .arg("run")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap(),
     );
+    let opened = read_until(
+        &brokers,
+        &format!("{group}-opened"),
+        &format!("{prefix}billing.journal.v1"),
+        Duration::from_secs(90),
+        |records| {
+            records.iter().any(|(_, payload)| {
+                text(&read_with_registry(&mock, payload).1["type"]) == "account_opened"
+            })
+        },
+    );
+    assert!(!opened.is_empty(), "the account was never opened");
+    crate::kafka_e2e::produce(&brokers, &prefix, &usage.to_vec());
     let journal_id = id_of("JournalEntry");
     let mut applied = BTreeMap::new();
     let journal = read_until(

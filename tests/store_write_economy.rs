@@ -40,6 +40,22 @@ struct Figures {
     events: u64,
     writes: u64,
     max_held: u64,
+    /// Resident memory (KiB) grown from the start of the stream to where
+    /// the most records were held (process-wide: meaningful when the test
+    /// runs alone, e.g. with `--test-threads=1`; printed, not asserted).
+    rss_growth_kib: i64,
+}
+
+fn rss_kib() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Streams usage at `rate` events/s in batches of `batch.max_wait`,
@@ -100,7 +116,9 @@ async fn measure(
         events: 0,
         writes: 0,
         max_held: 0,
+        rss_growth_kib: 0,
     };
+    let rss_start = rss_kib();
     let mut usage = UsageRecorded {
         quantity: 1.into(),
         environment: "prod".into(),
@@ -133,7 +151,11 @@ async fn measure(
         let now = wall + max_wait * (batch as u32 + 1);
         processor.flush_due(&policy, now).await.unwrap();
         processor.published();
-        figures.max_held = figures.max_held.max(processor.held_records());
+        let held = processor.held_records();
+        if held > figures.max_held {
+            figures.max_held = held;
+            figures.rss_growth_kib = rss_kib() - rss_start;
+        }
         if batch >= counted_from {
             figures.events += per_batch;
             figures.writes += store.stats().get(StoreOp::AccountWrite) - before;
@@ -153,8 +175,10 @@ async fn state_writes_per_usage_event_with_ten_thousand_accounts() {
     let f = measure(policy, max_wait, rate, warm_up, window).await;
     let ratio = f.writes as f64 / f.events as f64;
     println!(
-        "write economy: {ACCOUNTS} accounts, {rate} events/s, defaults ({} events / {:?} checkpoint, {:?} batches): {} account writes for {} usage events = {ratio:.4} writes per event; at most {} records held unwritten",
-        policy.events, policy.interval, max_wait, f.writes, f.events, f.max_held
+        "write economy: {ACCOUNTS} accounts, {rate} events/s, defaults ({} events / {:?} checkpoint, {:?} batches): {} account writes for {} usage events = {ratio:.4} writes per event; at most {} records held unwritten (resident memory +{} MiB then, {} bytes per held record)",
+        policy.events, policy.interval, max_wait, f.writes, f.events, f.max_held,
+        f.rss_growth_kib / 1024,
+        f.rss_growth_kib * 1024 / f.max_held.max(1) as i64
     );
     assert!(
         ratio <= 0.0105,

@@ -94,6 +94,8 @@ pub struct Progress {
     /// handed to the commit, or held back only by records of other
     /// accounts that the checkpoint policy keeps unwritten).
     pub records_done: AtomicU64,
+    /// Input records folded (their effects may still be held unwritten).
+    pub records_folded: AtomicU64,
     pub batches: AtomicU64,
     /// Store partitions owned right now.
     pub partitions_owned: AtomicU64,
@@ -354,6 +356,9 @@ pub async fn serve<S: StateStore>(
             .instrument(span.clone())
             .await?;
         drop(batch_records);
+        progress
+            .records_folded
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
         processor.advance_timers(now);
         if let Some(m) = &progress.metrics {
             count_batch(m, &records, &before, &processor.stats);

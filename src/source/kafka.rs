@@ -205,6 +205,11 @@ impl KafkaSource {
             )
             // Consumer lag for the metrics.
             .set("statistics.interval.ms", "5000");
+        if let Some(id) = &settings.kafka.group_instance_id {
+            // Static membership: a restart with the same id takes this
+            // member's place (and partitions) without a rebalance.
+            config.set("group.instance.id", id);
+        }
         let consumer: StreamConsumer<GroupContext> = with_properties(&mut config, settings)
             .create_with_context(GroupContext::default())
             .map_err(|e| KafkaError::Client(e.to_string()))?;
