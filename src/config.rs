@@ -326,7 +326,8 @@ pub struct KafkaSettings {
     /// A Confluent-compatible Schema Registry (`kafka.schema_registry_url`);
     /// `None`: schema ids come from `schemas/manifest.json`.
     pub schema_registry: Option<RegistrySettings>,
-    /// Extra librdkafka properties for every client (TLS, SASL, `debug`),
+    /// Extra librdkafka properties for every client (`debug`, tuning; no
+    /// TLS or SASL in this build: rdkafka's `ssl`/`sasl` features are off),
     /// applied after billstream's own settings.
     pub properties: std::collections::BTreeMap<String, String>,
 }
