@@ -36,6 +36,7 @@ use billstream::engine::plan::{Charge, Model, Plan};
 use billstream::engine::time::{Anchor, Timestamp};
 use billstream::runtime::service::{serve, Phase, Progress};
 use billstream::runtime::ProcessorStats;
+use billstream::source::kafka::KafkaSource;
 use billstream::store::EmbeddedStore;
 use billstream::telemetry::{Metrics, StoreStatsSource};
 use rdkafka::config::ClientConfig;
@@ -164,6 +165,32 @@ async fn raw_consume(brokers: &str, prefix: &str, group: &str, n: u64) -> f64 {
         seen += 1;
     }
     first.unwrap().elapsed().as_secs_f64()
+}
+
+/// The loop's own source (`KafkaSource` with the loop's settings) in a
+/// fresh group, taking batches as the loop takes them and doing nothing
+/// with them, until `n` usage records came; seconds from the first record.
+/// Tells the source's share of the loop's time from the rest.
+async fn source_only(s: &Settings, n: u64) -> f64 {
+    let mut source = KafkaSource::connect(s).expect("connect the source");
+    let (mut seen, mut first) = (0, None);
+    while seen < n {
+        let batch = source
+            .next_batch(
+                s.batch.max_records,
+                s.batch.max_wait,
+                Duration::from_millis(500),
+            )
+            .await
+            .expect("fetch");
+        first = first.or(batch.first_at);
+        seen += batch
+            .records
+            .iter()
+            .filter(|m| m.topic() == s.topics.usage)
+            .count() as u64;
+    }
+    first.expect("records came").elapsed().as_secs_f64()
 }
 
 /// The same Kafka traffic as the loop with no billing in it: consume the
@@ -466,6 +493,15 @@ fn main() {
                 t.elapsed().as_secs_f64()
             );
             let raw = raw_consume(&brokers, &prefix, &format!("raw-{tag}-{round}"), events as u64).await;
+            let sourced = source_only(
+                &settings(&brokers, &prefix, &format!("source-{tag}-{round}")),
+                events as u64,
+            )
+            .await;
+            println!(
+                "  the loop's source alone (its batches, no processing): {:.0} records/s",
+                events as f64 / sourced
+            );
             // Journal entries of usage are about 310 bytes with headers.
             let cpu = cpu_seconds();
             let relayed = relay(&brokers, &prefix, &format!("relay-{tag}-{round}"), events as u64, 310).await;
