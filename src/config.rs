@@ -683,6 +683,15 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     }
 }
 
+/// Kafka's rule for topic names (also used for ids billstream hands to
+/// Kafka): at most 249 of letters, digits, '.', '-' and '_'.
+fn kafka_name(name: &str) -> bool {
+    name.len() <= 249
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+}
+
 fn duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
     parse_duration(text).ok_or_else(|| {
         invalid(field, format!("{text:?} is not a duration (write e.g. \"500ms\", \"45s\", \"5m\", \"1h\", \"14d\")"))
@@ -823,12 +832,7 @@ impl Raw {
             ));
         }
         let group_instance_id = self.kafka.group_instance_id.trim();
-        if !group_instance_id.is_empty()
-            && (group_instance_id.len() > 249
-                || !group_instance_id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c)))
-        {
+        if !group_instance_id.is_empty() && !kafka_name(group_instance_id) {
             return Err(invalid(
                 "kafka.group_instance_id",
                 format!("{group_instance_id:?}: use letters, digits, '.', '-' and '_' (at most 249), e.g. the pod name"),
@@ -852,11 +856,7 @@ impl Raw {
             let name: &mut String = name;
             nonempty(field, name.as_str())?;
             let full = format!("{prefix}{name}");
-            if full.len() > 249
-                || !full
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
-            {
+            if !kafka_name(&full) {
                 return Err(invalid(
                     field,
                     format!("{full:?} is not a valid Kafka topic name"),

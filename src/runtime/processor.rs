@@ -424,7 +424,12 @@ impl<S: StateStore> Processor<S> {
         let out = journal_buf;
         let result = engine.apply(&mut slot.state, input, now, out);
         let had_state = slot.state.is_some();
-        let trace: Option<Arc<str>> = traces.get(pos).map(|t| Arc::from(t.as_str()));
+        // Most batches carry no trace: skip hashing the position then.
+        let trace: Option<Arc<str>> = if traces.is_empty() {
+            None
+        } else {
+            traces.get(pos).map(|t| Arc::from(t.as_str()))
+        };
         for entry in out.drain(..) {
             let own = *entry.causation_id == *input.event_id();
             slot.must_write |= !may_wait(&entry.event);
