@@ -73,6 +73,7 @@ struct RawKafka {
     transactional: bool,
     transactional_id: String,
     group_instance_id: String,
+    id_headers: bool,
     schema_registry_url: String,
     schema_registry_username: String,
     schema_registry_password: String,
@@ -323,6 +324,9 @@ pub struct KafkaSettings {
     /// Static group membership (`group.instance.id`): stable across this
     /// instance's restarts and unique among instances; `None`: dynamic.
     pub group_instance_id: Option<String>,
+    /// `kafka.id_headers`: outputs also carry `event_id` and
+    /// `causation_id` as Kafka headers (they are always in the payload).
+    pub id_headers: bool,
     /// A Confluent-compatible Schema Registry (`kafka.schema_registry_url`);
     /// `None`: schema ids come from `schemas/manifest.json`.
     pub schema_registry: Option<RegistrySettings>,
@@ -990,6 +994,7 @@ impl Raw {
                     .then(|| transactional_id.to_string()),
                 group_instance_id: (!group_instance_id.is_empty())
                     .then(|| group_instance_id.to_string()),
+                id_headers: self.kafka.id_headers,
                 schema_registry,
                 properties: self.kafka.properties.clone(),
             },

@@ -38,8 +38,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
 
 use super::kafka_e2e::{
-    billstream, decode_output, event_id_of, produce, setup_with, text, Records, Running, Setup,
-    SESSION_TIMEOUT,
+    billstream, decode_output, event_id_of, header_of, produce, setup_with, text, Records, Running,
+    Setup, SESSION_TIMEOUT,
 };
 
 const PARTITIONS: u32 = 4;
@@ -276,6 +276,8 @@ fn read_all(brokers: &str, topic: &str) -> Vec<(String, Vec<u8>)> {
         {
             ends.remove(&m.partition());
         }
+        // kafka.id_headers is off by default: the ids are only in the payload.
+        assert_eq!(header_of(&m, "event_id"), None);
         records.push((event_id_of(&m), m.payload().unwrap_or_default().to_vec()));
     }
     records

@@ -321,6 +321,7 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
     let running = Running(
         billstream(&prefix, &group, &store, &brokers)
             .env("BILLSTREAM__METRICS__LISTEN", &metrics_addr)
+            .env("BILLSTREAM__KAFKA__ID_HEADERS", "true")
             .arg("run")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -348,6 +349,12 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
     let poll = |seen: &mut BTreeMap<String, Vec<BTreeMap<String, Value>>>| {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
             let record = decode_output(catalog, m.payload().unwrap());
+            // kafka.id_headers: the ids in the headers are the payload's.
+            assert_eq!(header_of(&m, "event_id"), Some(text(&record["event_id"])));
+            assert_eq!(
+                header_of(&m, "causation_id"),
+                Some(text(&record["causation_id"]))
+            );
             seen.entry(m.topic().to_string()).or_default().push(record);
         }
     };
@@ -531,17 +538,24 @@ pub(crate) fn http_get(addr: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// The `event_id` header of an output record ("" when it has none).
+/// The `event_id` of an output record: its header with `kafka.id_headers`,
+/// else read from the payload (every output schema has the field).
 pub(crate) fn event_id_of(m: &impl Message) -> String {
+    header_of(m, "event_id").unwrap_or_else(|| {
+        let record = decode_output(Catalog::shared().unwrap(), m.payload().unwrap_or_default());
+        text(&record["event_id"])
+    })
+}
+
+/// A header's value as text, if the record has it.
+pub(crate) fn header_of(m: &impl Message, key: &str) -> Option<String> {
     use rdkafka::message::Headers;
-    m.headers()
-        .and_then(|h| {
-            h.iter()
-                .find(|h| h.key == "event_id")
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).to_string())
-        })
-        .unwrap_or_default()
+    m.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == key)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).to_string())
+    })
 }
 
 /// Records to produce: (topic without prefix, key, payload).

@@ -1018,6 +1018,9 @@ fn run_with_a_schema_registry_frames_with_its_ids_and_learns_evolved_writer_sche
             // Usage outputs as soon as their batch is written (the test
             // reads them while the loop runs), not at the checkpoint.
             .env("BILLSTREAM__BATCH__CHECKPOINT_EVENTS", "1")
+            // Output ids read from headers: the payloads are framed with the
+            // mock registry's ids, which the tests' catalog does not know.
+            .env("BILLSTREAM__KAFKA__ID_HEADERS", "true")
             .arg("run")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -449,9 +449,18 @@ pub async fn serve<S: StateStore>(
     }
     processor.advance_timers(clock.now());
     // Everything held by the checkpoint policy is written now.
+    let held = processor.held_records();
+    let started = std::time::Instant::now();
     let outputs = processor.flush().await.map_err(fenced_is_fatal)?;
+    let written = started.elapsed();
     record_latency(&progress, &processor.take_persisted_produce_times());
     sink.publish(&outputs).await?;
+    eprintln!(
+        "billstream run: stop wrote {held} held records in {} ms and published {} outputs in {} ms",
+        written.as_millis(),
+        outputs.len(),
+        (started.elapsed() - written).as_millis()
+    );
     if let Some(m) = &progress.metrics {
         m.published(&outputs);
     }

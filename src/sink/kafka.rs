@@ -1,6 +1,7 @@
 //! The Kafka sink: output records, Avro-encoded with Confluent framing
-//! (under the manifest's or the Schema Registry's ids), keyed by account, with `event_id` and `causation_id` in headers, through
-//! an idempotent producer. `publish` returns once every record is
+//! (under the manifest's or the Schema Registry's ids), keyed by account,
+//! with the cause's `traceparent` header (and, with `kafka.id_headers`,
+//! `event_id` and `causation_id` headers), through an idempotent producer. `publish` returns once every record is
 //! acknowledged, so callers can then mark them published and commit input
 //! offsets.
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::TopicPartitionList;
 
@@ -22,6 +23,8 @@ pub struct KafkaSink {
     /// `kafka.transactional`: outputs (and, in the loop, input offsets)
     /// are written in Kafka transactions.
     transactional: bool,
+    /// `kafka.id_headers`: `event_id` and `causation_id` headers too.
+    id_headers: bool,
     catalog: &'static Catalog,
     /// The schema id of each record type in the frame.
     ids: SchemaIds,
@@ -68,6 +71,7 @@ impl KafkaSink {
         Ok(KafkaSink {
             producer,
             transactional: settings.kafka.transactional,
+            id_headers: settings.kafka.id_headers,
             catalog,
             ids,
             names: [
@@ -156,15 +160,18 @@ impl KafkaSink {
                     self.topic(r.topic)
                 ))
             })?;
-            let mut headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "event_id",
-                    value: Some(r.event_id.as_bytes()),
-                })
-                .insert(Header {
-                    key: "causation_id",
-                    value: Some(r.causation_id.as_bytes()),
-                });
+            let mut headers = OwnedHeaders::new();
+            if self.id_headers {
+                headers = headers
+                    .insert(Header {
+                        key: "event_id",
+                        value: Some(r.event_id.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: "causation_id",
+                        value: Some(r.causation_id.as_bytes()),
+                    });
+            }
             if let Some(trace) = &r.traceparent {
                 headers = headers.insert(Header {
                     key: "traceparent",
@@ -173,8 +180,10 @@ impl KafkaSink {
             }
             let mut record = FutureRecord::to(self.topic(r.topic))
                 .key(r.key.as_bytes())
-                .payload(&payload)
-                .headers(headers);
+                .payload(&payload);
+            if headers.count() > 0 {
+                record = record.headers(headers);
+            }
             loop {
                 match self.producer.send_result(record) {
                     Ok(delivery) => {
