@@ -453,6 +453,7 @@ fn main() {
         let (mut raw_rates, mut loop_rates, mut ratios) = (vec![], vec![], vec![]);
         let mut relay_ratios = vec![];
         let mut overheads = vec![];
+        let mut header_costs = vec![];
         let mut kept = None;
         for round in 0..rounds {
             // Each round on its own topics, group and store.
@@ -477,14 +478,25 @@ fn main() {
             let plain_store =
                 Arc::new(EmbeddedStore::open(&dir.path().join(format!("s{round}-plain"))).unwrap());
             let plain_settings = settings(&brokers, &prefix, &format!("{group}-plain"));
+            // A third for the loop with `kafka.id_headers` (two more headers
+            // per output record), to show what headers cost on this broker.
+            let headers_store =
+                Arc::new(EmbeddedStore::open(&dir.path().join(format!("s{round}-headers"))).unwrap());
+            let mut headers_settings = settings(&brokers, &prefix, &format!("{group}-headers"));
+            headers_settings.kafka.id_headers = true;
             let began = Instant::now();
             let mut warm = start(s.clone(), store.clone(), "bench", true);
             until_done(&mut warm, accounts as u64).await;
             let opened = began.elapsed().as_secs_f64();
             warm.stop().await;
-            let mut warm = start(plain_settings.clone(), plain_store.clone(), "bench", false);
-            until_done(&mut warm, accounts as u64).await;
-            warm.stop().await;
+            for (warm_settings, warm_store) in [
+                (&plain_settings, &plain_store),
+                (&headers_settings, &headers_store),
+            ] {
+                let mut warm = start(warm_settings.clone(), warm_store.clone(), "bench", false);
+                until_done(&mut warm, accounts as u64).await;
+                warm.stop().await;
+            }
             let t = Instant::now();
             producer.send(&usage(catalog, accounts, 0, events)).await;
             println!(
@@ -502,7 +514,7 @@ fn main() {
                 "  the loop's source alone (its batches, no processing): {:.0} records/s",
                 events as f64 / sourced
             );
-            // Journal entries of usage are about 310 bytes with headers.
+            // Journal entries of usage are about 310 bytes.
             let cpu = cpu_seconds();
             let relayed = relay(&brokers, &prefix, &format!("relay-{tag}-{round}"), events as u64, 310).await;
             let relay_cpu = cpu_seconds() - cpu;
@@ -535,6 +547,17 @@ fn main() {
                 events as f64 / plain_took
             );
             overheads.push(overhead);
+            let with_headers = fold_and_stop(
+                start(headers_settings, headers_store, "bench-headers", true),
+                events as u64,
+            )
+            .await;
+            println!(
+                "  loop with kafka.id_headers {:.0} records/s: time with / without {:.3}",
+                events as f64 / with_headers,
+                with_headers / took
+            );
+            header_costs.push(with_headers / took);
             let (raw_rate, loop_rate) = (events as f64 / raw, events as f64 / took);
             let relay_rate = events as f64 / relayed;
             println!(
@@ -574,6 +597,10 @@ fn main() {
         println!(
             "metrics overhead (median of {rounds}): loop time with metrics / without {:.3}",
             median(overheads)
+        );
+        println!(
+            "id headers (median of {rounds}): loop time with kafka.id_headers / without {:.3}",
+            median(header_costs)
         );
 
         // Latency at half the loop's throughput.

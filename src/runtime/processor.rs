@@ -818,6 +818,15 @@ impl<S: StateStore> Processor<S> {
         floor
     }
 
+    /// The partitions of the accounts whose changes are not written yet.
+    pub fn unwritten_partitions(&self) -> BTreeSet<u32> {
+        self.dirty
+            .iter()
+            .filter_map(|id| self.accounts.get(id))
+            .map(|s| s.partition)
+            .collect()
+    }
+
     /// Records applied to accounts whose changes are not written yet.
     pub fn held_records(&self) -> u64 {
         self.dirty

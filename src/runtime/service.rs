@@ -451,15 +451,15 @@ pub async fn serve<S: StateStore>(
     // Everything held by the checkpoint policy is written now.
     let held = processor.held_records();
     let started = std::time::Instant::now();
-    let outputs = processor.flush().await.map_err(fenced_is_fatal)?;
-    let written = started.elapsed();
+    let outputs = match write_and_publish(&mut processor, &sink, None).await {
+        Ok(outputs) => outputs,
+        Err(e) => return Err(store_fenced_is_fatal(e)),
+    };
     record_latency(&progress, &processor.take_persisted_produce_times());
-    sink.publish(&outputs).await?;
     eprintln!(
-        "billstream run: stop wrote {held} held records in {} ms and published {} outputs in {} ms",
-        written.as_millis(),
+        "billstream run: stop wrote {held} held records and published {} outputs in {} ms",
         outputs.len(),
-        (started.elapsed() - written).as_millis()
+        started.elapsed().as_millis()
     );
     if let Some(m) = &progress.metrics {
         m.published(&outputs);
@@ -539,6 +539,14 @@ impl Published {
 /// while this batch was in hand (we missed the rebalance, e.g. stalled
 /// past `kafka.max_poll_interval`). Nothing of the batch was published or
 /// committed; stop, and let a restart rejoin the group.
+/// `fenced_is_fatal` for an error that may hold a `StoreError`.
+fn store_fenced_is_fatal(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<StoreError>() {
+        Ok(store) => fenced_is_fatal(store),
+        Err(other) => other,
+    }
+}
+
 fn fenced_is_fatal(e: StoreError) -> anyhow::Error {
     match e {
         StoreError::Fenced { .. } => anyhow::anyhow!(
@@ -630,16 +638,15 @@ async fn hand_over<S: StateStore>(
     if gone.is_empty() {
         return Ok(());
     }
-    let outputs = match processor.flush_partitions(gone).await {
+    let outputs = match write_and_publish(processor, sink, Some(gone)).await {
         Ok(outputs) => outputs,
-        Err(StoreError::Fenced { .. }) => {
+        Err(e) if matches!(e.downcast_ref(), Some(StoreError::Fenced { .. })) => {
             eprintln!("warning: partitions {gone:?} were claimed by their next owner before their held changes were written; it re-reads those records");
             return Ok(());
         }
-        Err(e) => return Err(anyhow::Error::new(e).context("state store")),
+        Err(e) => return Err(e),
     };
     record_latency(progress, &processor.take_persisted_produce_times());
-    sink.publish(&outputs).await?;
     if let Some(m) = &progress.metrics {
         m.published(&outputs);
     }
@@ -654,6 +661,56 @@ async fn hand_over<S: StateStore>(
         eprintln!("warning: offset commit at revocation failed ({e}); the next owner skips those records as replays");
     }
     Ok(())
+}
+
+/// Write the changes held for `partitions` (every partition: `None`) and
+/// publish their outputs, returning once all are acknowledged. Without
+/// transactions the partitions are written one at a time and each one's
+/// outputs are handed to the producer before the next is written, so the
+/// store writes and the publishing overlap (outputs still go out only
+/// after the state that made them is durable). With `kafka.transactional`
+/// everything is written first and published in one transaction. A store
+/// error is returned as a `StoreError` inside the `anyhow::Error`; outputs
+/// of partitions written before it may already be with the producer (they
+/// are durable, so a republish sends them again under the same ids).
+async fn write_and_publish<S: StateStore>(
+    processor: &mut Processor<S>,
+    sink: &KafkaSink,
+    partitions: Option<&BTreeSet<u32>>,
+) -> anyhow::Result<Vec<OutputRecord>> {
+    let mut order: Vec<BTreeSet<u32>> = processor
+        .unwritten_partitions()
+        .into_iter()
+        .filter(|p| partitions.is_none_or(|ps| ps.contains(p)))
+        .map(|p| BTreeSet::from([p]))
+        .collect();
+    if sink.is_transactional() {
+        order = vec![order.into_iter().flatten().collect()];
+    }
+    let mut outputs = Vec::new();
+    let mut sent: Vec<InFlight> = Vec::new();
+    for chunk in order {
+        let written = processor.flush_partitions(&chunk).await?;
+        if !sink.is_transactional() {
+            sent.push(sink.send(&written).await?);
+        }
+        outputs.extend(written);
+    }
+    if partitions.is_none() {
+        // Accounts of no partition, if any (none in the loop).
+        let rest = processor.flush().await?;
+        if !sink.is_transactional() {
+            sent.push(sink.send(&rest).await?);
+        }
+        outputs.extend(rest);
+    }
+    if sink.is_transactional() {
+        sink.publish(&outputs).await?;
+    }
+    for in_flight in sent {
+        in_flight.acknowledged().await?;
+    }
+    Ok(outputs)
 }
 
 /// Plan records go through the processor like any record: a plan that
