@@ -28,7 +28,7 @@ use billstream::contracts::Catalog;
 use billstream::engine::events::*;
 use billstream::engine::money::Currency;
 use billstream::engine::plan::{Charge, Model, Plan};
-use billstream::engine::time::{Anchor, Timestamp};
+use billstream::engine::time::Timestamp;
 use billstream::store::{EmbeddedStore, StateStore};
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
@@ -38,8 +38,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
 
 use super::kafka_e2e::{
-    billstream, decode_output, event_id_of, header_of, produce, setup_with, text, Records, Running,
-    Setup, SESSION_TIMEOUT,
+    account_opened, billstream, decode_output, event_id_of, header_of, output_ok, produce,
+    setup_with, text, Records, Running, Setup, SESSION_TIMEOUT,
 };
 
 const PARTITIONS: u32 = 4;
@@ -106,15 +106,11 @@ impl<'a> Runner<'a> {
             store: setup._dir.path().join("baseline"),
             outputs: ".baseline",
         };
-        let created = runner
-            .command()
-            .args(["topics", "create", "--partitions", &PARTITIONS.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            created.status.success(),
-            "{}",
-            String::from_utf8_lossy(&created.stderr)
+        output_ok(
+            runner
+                .command()
+                .args(["topics", "create", "--partitions", &PARTITIONS.to_string()]),
+            "topics create",
         );
         runner
     }
@@ -336,19 +332,13 @@ fn inputs(catalog: &Catalog, events: usize) -> (Records, Records) {
         catalog.encode_plan(&plan).unwrap(),
     )];
     for a in 0..ACCOUNTS {
-        let open = Input::Account(AccountCommand {
-            event_id: format!("open-{a}"),
-            account_id: account(a),
-            occurred_at: ts("2026-11-01T00:00:00Z"),
-            environment: Some("prod".into()),
-            kind: AccountKind::AccountOpened {
-                plan_id: "hosting".into(),
-                currency: "EUR".into(),
-                timezone: "UTC".into(),
-                tax_rate: Decimal::from_str("0.19").unwrap(),
-                billing_anchor: Anchor::Calendar,
-            },
-        });
+        let open = account_opened(
+            &format!("open-{a}"),
+            &account(a),
+            "hosting",
+            "0.19",
+            ts("2026-11-01T00:00:00Z"),
+        );
         first.push((
             "billing.accounts.v1".into(),
             account(a),

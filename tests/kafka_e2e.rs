@@ -166,23 +166,18 @@ pub(crate) fn setup_with(tag: &str, partitions: u32) -> Option<Setup> {
     let (prefix, group) = (format!("{suffix}."), format!("billstream-{suffix}"));
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("state");
-    let created = billstream(&prefix, &group, &store, &brokers)
-        .args(["topics", "create", "--partitions", &partitions.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        created.status.success(),
-        "topics create: {}",
-        String::from_utf8_lossy(&created.stderr)
+    output_ok(
+        billstream(&prefix, &group, &store, &brokers).args([
+            "topics",
+            "create",
+            "--partitions",
+            &partitions.to_string(),
+        ]),
+        "topics create",
     );
     let mut migrate = billstream(&prefix, &group, &store, &brokers);
     if scylla_store_env(&mut migrate, &store) {
-        let migrated = migrate.arg("migrate").output().unwrap();
-        assert!(
-            migrated.status.success(),
-            "migrate: {}",
-            String::from_utf8_lossy(&migrated.stderr)
-        );
+        output_ok(migrate.arg("migrate"), "migrate");
     }
     Some(Setup {
         brokers,
@@ -190,6 +185,73 @@ pub(crate) fn setup_with(tag: &str, partitions: u32) -> Option<Setup> {
         group,
         _dir: dir,
         store,
+    })
+}
+
+/// The output of `command` run to its end; panics with `what` and the
+/// command's stderr unless it succeeded.
+pub(crate) fn output_ok(command: &mut Command, what: &str) -> std::process::Output {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Instants on the wall clock (the processing clock of `run`): the start
+/// of this month (UTC), and two hours ago but at least two minutes after
+/// that start: usage whose hourly rollup has closed, so it is emitted at
+/// once.
+pub(crate) fn month_start_and_used_at() -> (Timestamp, Timestamp) {
+    let now = Timestamp::from_datetime(chrono::Utc::now());
+    let month_start =
+        Timestamp::parse_rfc3339(&format!("{}-01T00:00:00Z", &now.to_rfc3339()[..7])).unwrap();
+    let used_at = Timestamp((now.0 - 2 * 3_600_000_000).max(month_start.0 + 120_000_000));
+    (month_start, used_at)
+}
+
+/// A plan in EUR: `recurring_fee` a month and one per-unit charge on
+/// metric `m` at `unit_price`, with no free units and no minimum spend.
+pub(crate) fn per_unit_plan(plan_id: &str, recurring_fee: &str, unit_price: &str) -> Plan {
+    Plan {
+        plan_id: plan_id.into(),
+        currency: Currency::from_code("EUR").unwrap(),
+        recurring_fee: Decimal::from_str(recurring_fee).unwrap(),
+        minimum_spend: Decimal::ZERO,
+        charges: vec![Charge {
+            metric: "m".into(),
+            model: Model::PerUnit,
+            unit_price: Decimal::from_str(unit_price).unwrap(),
+            package_size: None,
+            free_units: Decimal::ZERO,
+            tiers: vec![],
+        }],
+    }
+}
+
+/// The command opening `account` on plan `plan_id` at `opened_at`: in EUR,
+/// UTC, calendar months, the `prod` environment, taxed at `tax_rate`.
+pub(crate) fn account_opened(
+    event_id: &str,
+    account: &str,
+    plan_id: &str,
+    tax_rate: &str,
+    opened_at: Timestamp,
+) -> Input {
+    Input::Account(AccountCommand {
+        event_id: event_id.into(),
+        account_id: account.into(),
+        occurred_at: opened_at,
+        environment: Some("prod".into()),
+        kind: AccountKind::AccountOpened {
+            plan_id: plan_id.into(),
+            currency: "EUR".into(),
+            timezone: "UTC".into(),
+            tax_rate: Decimal::from_str(tax_rate).unwrap(),
+            billing_anchor: Anchor::Calendar,
+        },
     })
 }
 
@@ -227,41 +289,13 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
         }
     };
     let d = |s: &str| Decimal::from_str(s).unwrap();
-    let at = |s: &str| Timestamp::parse_rfc3339(s).unwrap();
     let acct = "acct-e2e";
     // Dates relative to the wall clock (the processing clock of `run`):
     // the account opens at the start of this month (UTC), usage two hours
     // ago, so its hourly rollup has closed and is emitted at once.
-    let now = Timestamp::from_datetime(chrono::Utc::now());
-    let month_start = at(&format!("{}-01T00:00:00Z", &now.to_rfc3339()[..7]));
-    let used_at = Timestamp((now.0 - 2 * 3_600_000_000).max(month_start.0 + 120_000_000));
-    let plan = Plan {
-        plan_id: "metered".into(),
-        currency: Currency::from_code("EUR").unwrap(),
-        recurring_fee: d("30.00"),
-        minimum_spend: Decimal::ZERO,
-        charges: vec![Charge {
-            metric: "m".into(),
-            model: Model::PerUnit,
-            unit_price: d("0.50"),
-            package_size: None,
-            free_units: Decimal::ZERO,
-            tiers: vec![],
-        }],
-    };
-    let open = Input::Account(AccountCommand {
-        event_id: "open-1".into(),
-        account_id: acct.into(),
-        occurred_at: month_start,
-        environment: Some("prod".into()),
-        kind: AccountKind::AccountOpened {
-            plan_id: "metered".into(),
-            currency: "EUR".into(),
-            timezone: "UTC".into(),
-            tax_rate: d("0.10"),
-            billing_anchor: Anchor::Calendar,
-        },
-    });
+    let (month_start, used_at) = month_start_and_used_at();
+    let plan = per_unit_plan("metered", "30.00", "0.50");
+    let open = account_opened("open-1", acct, "metered", "0.10", month_start);
     let card = Input::Payment(PaymentEvent {
         event_id: "card-1".into(),
         account_id: acct.into(),
@@ -568,39 +602,20 @@ pub(crate) fn metered_plan_and_accounts(
     accounts: usize,
     opened_at: Timestamp,
 ) -> Records {
-    let plan = Plan {
-        plan_id: "metered".into(),
-        currency: Currency::from_code("EUR").unwrap(),
-        recurring_fee: Decimal::ZERO,
-        minimum_spend: Decimal::ZERO,
-        charges: vec![Charge {
-            metric: "m".into(),
-            model: Model::PerUnit,
-            unit_price: Decimal::from_str("0.01").unwrap(),
-            package_size: None,
-            free_units: Decimal::ZERO,
-            tiers: vec![],
-        }],
-    };
+    let plan = per_unit_plan("metered", "0", "0.01");
     let mut records = vec![(
         "billing.plans.v1".to_string(),
         "metered".to_string(),
         catalog.encode_plan(&plan).unwrap(),
     )];
     for a in 0..accounts {
-        let open = Input::Account(AccountCommand {
-            event_id: format!("open-{a}"),
-            account_id: format!("acct-{a}"),
-            occurred_at: opened_at,
-            environment: Some("prod".into()),
-            kind: AccountKind::AccountOpened {
-                plan_id: "metered".into(),
-                currency: "EUR".into(),
-                timezone: "UTC".into(),
-                tax_rate: Decimal::ZERO,
-                billing_anchor: Anchor::Calendar,
-            },
-        });
+        let open = account_opened(
+            &format!("open-{a}"),
+            &format!("acct-{a}"),
+            "metered",
+            "0",
+            opened_at,
+        );
         records.push((
             "billing.accounts.v1".into(),
             format!("acct-{a}"),
@@ -706,10 +721,7 @@ fn run_killed_mid_batch_resumes_without_applying_anything_twice() {
     };
 
     let catalog = Catalog::shared().unwrap();
-    let now = Timestamp::from_datetime(chrono::Utc::now());
-    let month_start =
-        Timestamp::parse_rfc3339(&format!("{}-01T00:00:00Z", &now.to_rfc3339()[..7])).unwrap();
-    let used_at = Timestamp((now.0 - 2 * 3_600_000_000).max(month_start.0 + 120_000_000));
+    let (month_start, used_at) = month_start_and_used_at();
     const ACCOUNTS: usize = 20;
     const USAGE: usize = 4000;
     let setup = metered_plan_and_accounts(catalog, ACCOUNTS, month_start);
@@ -917,34 +929,9 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
     // older than the three kept for late usage. `b` is closed; `nobody`
     // was never opened.
     let (a, b, nobody) = ("acct-dlq-a", "acct-dlq-b", "acct-dlq-nobody");
-    let plan = |plan_id: &str, fee: &str| Plan {
-        plan_id: plan_id.into(),
-        currency: Currency::from_code("EUR").unwrap(),
-        recurring_fee: d(fee),
-        minimum_spend: Decimal::ZERO,
-        charges: vec![Charge {
-            metric: "m".into(),
-            model: Model::PerUnit,
-            unit_price: d("0.50"),
-            package_size: None,
-            free_units: Decimal::ZERO,
-            tiers: vec![],
-        }],
-    };
+    let plan = |plan_id: &str, fee: &str| per_unit_plan(plan_id, fee, "0.50");
     let opened = |id: &str, account: &str, opened_at: &str| {
-        Input::Account(AccountCommand {
-            event_id: id.into(),
-            account_id: account.into(),
-            occurred_at: at(opened_at),
-            environment: Some("prod".into()),
-            kind: AccountKind::AccountOpened {
-                plan_id: "metered".into(),
-                currency: "EUR".into(),
-                timezone: "UTC".into(),
-                tax_rate: Decimal::ZERO,
-                billing_anchor: Anchor::Calendar,
-            },
-        })
+        account_opened(id, account, "metered", "0", at(opened_at))
     };
     let command = |id: &str, account: &str, occurred: &str, kind: AccountKind| {
         Input::Account(AccountCommand {

@@ -18,14 +18,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use billstream::contracts::Catalog;
-use billstream::engine::time::Timestamp;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka_e2e::{
-    billstream, decode_output, metered_plan_and_accounts, metered_usage, produce, read_until,
-    setup, text, Running, Setup, SESSION_EXPIRY, SESSION_TIMEOUT,
+    billstream, decode_output, metered_plan_and_accounts, metered_usage, month_start_and_used_at,
+    produce, read_until, setup, text, Running, SESSION_EXPIRY, SESSION_TIMEOUT,
 };
 
 const ACCOUNTS: usize = 10;
@@ -37,33 +36,26 @@ fn transactional_run_killed_and_restarted_commits_outputs_with_offsets() {
         eprintln!("kafka_txn: BILLSTREAM_TEST_TRANSACTIONAL=1 is not set (needs a broker with transactions); not run");
         return;
     }
-    let Some(Setup {
-        brokers,
-        prefix,
-        group,
-        _dir,
-        store,
-    }) = setup("txn")
-    else {
+    let Some(setup) = setup("txn") else {
         return;
     };
     let catalog = Catalog::shared().unwrap();
-    let now = Timestamp::from_datetime(chrono::Utc::now());
-    let month_start =
-        Timestamp::parse_rfc3339(&format!("{}-01T00:00:00Z", &now.to_rfc3339()[..7])).unwrap();
-    let used_at = Timestamp((now.0 - 2 * 3_600_000_000).max(month_start.0 + 120_000_000));
+    let (month_start, used_at) = month_start_and_used_at();
     produce(
-        &brokers,
-        &prefix,
+        &setup.brokers,
+        &setup.prefix,
         &metered_plan_and_accounts(catalog, ACCOUNTS, month_start),
     );
     let usage = metered_usage(catalog, ACCOUNTS, USAGE, used_at);
 
     let spawn = || {
         Running(
-            billstream(&prefix, &group, &store, &brokers)
+            billstream(&setup.prefix, &setup.group, &setup.store, &setup.brokers)
                 .env("BILLSTREAM__KAFKA__TRANSACTIONAL", "true")
-                .env("BILLSTREAM__KAFKA__TRANSACTIONAL_ID", format!("{group}-0"))
+                .env(
+                    "BILLSTREAM__KAFKA__TRANSACTIONAL_ID",
+                    format!("{}-0", setup.group),
+                )
                 .env("BILLSTREAM__BATCH__MAX_RECORDS", "500")
                 .env("BILLSTREAM__KAFKA__SESSION_TIMEOUT", SESSION_TIMEOUT)
                 .arg("run")
@@ -74,7 +66,7 @@ fn transactional_run_killed_and_restarted_commits_outputs_with_offsets() {
         )
     };
     let mut first = spawn();
-    produce(&brokers, &prefix, &usage);
+    produce(&setup.brokers, &setup.prefix, &usage);
     std::thread::sleep(Duration::from_millis(1500));
     first.0.kill().unwrap();
     first.0.wait().unwrap();
@@ -83,13 +75,13 @@ fn transactional_run_killed_and_restarted_commits_outputs_with_offsets() {
 
     // Read committed (librdkafka's default isolation level): outputs of
     // the aborted transaction never show.
-    let journal = format!("{prefix}billing.journal.v1");
+    let journal = format!("{}billing.journal.v1", setup.prefix);
     let mut seen: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut applied = BTreeSet::new();
     let mut scanned = 0;
     let records = read_until(
-        &brokers,
-        &format!("{group}-reader"),
+        &setup.brokers,
+        &format!("{}-reader", setup.group),
         &journal,
         Duration::from_secs(180),
         |r| {
@@ -121,11 +113,11 @@ fn transactional_run_killed_and_restarted_commits_outputs_with_offsets() {
     // The offsets went with the outputs: the group has committed the end
     // of every usage partition.
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", &group)
+        .set("bootstrap.servers", &setup.brokers)
+        .set("group.id", &setup.group)
         .create()
         .unwrap();
-    let usage_topic = format!("{prefix}billing.usage.v1");
+    let usage_topic = format!("{}billing.usage.v1", setup.prefix);
     let (_, high) = consumer
         .fetch_watermarks(&usage_topic, 0, Duration::from_secs(10))
         .unwrap();

@@ -34,7 +34,9 @@ use billstream::engine::time::Timestamp;
 use rust_decimal::Decimal;
 use serde_json::json;
 
-use crate::kafka_e2e::{billstream, read_until, setup, text, Running, Setup};
+use crate::kafka_e2e::{
+    account_opened, billstream, output_ok, per_unit_plan, read_until, setup, text, Running,
+};
 
 // ---------------------------------------------------------------- the mock
 
@@ -789,14 +791,9 @@ fn schemas_register_puts_every_schema_under_its_subjects_and_is_idempotent() {
     let mock = MockRegistry::start(1);
     let dir = tempfile::tempdir().unwrap();
     let run = || {
-        let out = binary(&mock.url, &dir.path().join("state"))
-            .args(["schemas", "register"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "schemas register: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = output_ok(
+            binary(&mock.url, &dir.path().join("state")).args(["schemas", "register"]),
+            "schemas register",
         );
         String::from_utf8(out.stdout).unwrap()
     };
@@ -880,14 +877,7 @@ fn run_with_a_registry_that_lacks_the_schemas_stops_naming_the_field_and_the_com
 /// a good record after them is applied.
 #[test]
 fn run_with_a_schema_registry_frames_with_its_ids_and_learns_evolved_writer_schemas() {
-    let Some(Setup {
-        brokers,
-        prefix,
-        group,
-        _dir,
-        store,
-    }) = setup("sr")
-    else {
+    let Some(setup) = setup("sr") else {
         return;
     };
     let mock = MockRegistry::start(101);
@@ -895,18 +885,13 @@ fn run_with_a_schema_registry_frames_with_its_ids_and_learns_evolved_writer_sche
     let with_registry = |c: &mut Command| {
         c.env("BILLSTREAM__KAFKA__SCHEMA_REGISTRY_URL", &mock.url);
     };
-    let mut register = billstream(&prefix, &group, &store, &brokers);
+    let mut register = billstream(&setup.prefix, &setup.group, &setup.store, &setup.brokers);
     with_registry(&mut register);
-    let out = register.args(["schemas", "register"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    output_ok(register.args(["schemas", "register"]), "schemas register");
     let id_of = |record: &str| {
         let e = catalog.by_record(record).unwrap();
         let id = mock
-            .with(|r| r.latest(&format!("{prefix}{}-{}", e.topic, e.name)))
+            .with(|r| r.latest(&format!("{}{}-{}", setup.prefix, e.topic, e.name)))
             .unwrap();
         assert_ne!(
             id, e.id,
@@ -917,7 +902,7 @@ fn run_with_a_schema_registry_frames_with_its_ids_and_learns_evolved_writer_sche
     let evolved_id = mock
         .with(|r| {
             r.register(
-                &format!("{prefix}billing.usage.v1-value"),
+                &format!("{}billing.usage.v1-value", setup.prefix),
                 &evolved_usage_schema(),
                 "AVRO",
             )
@@ -928,33 +913,8 @@ fn run_with_a_schema_registry_frames_with_its_ids_and_learns_evolved_writer_sche
     const CLOCK: &str = "2026-03-15T12:00:00Z";
     let at = |s: &str| Timestamp::parse_rfc3339(s).unwrap();
     let acct = "acct-sr";
-    let plan = billstream::engine::plan::Plan {
-        plan_id: "metered".into(),
-        currency: billstream::engine::money::Currency::from_code("EUR").unwrap(),
-        recurring_fee: Decimal::ZERO,
-        minimum_spend: Decimal::ZERO,
-        charges: vec![billstream::engine::plan::Charge {
-            metric: "m".into(),
-            model: billstream::engine::plan::Model::PerUnit,
-            unit_price: "0.50".parse().unwrap(),
-            package_size: None,
-            free_units: Decimal::ZERO,
-            tiers: vec![],
-        }],
-    };
-    let open = Input::Account(AccountCommand {
-        event_id: "open-sr".into(),
-        account_id: acct.into(),
-        occurred_at: at("2026-03-01T00:00:00Z"),
-        environment: Some("prod".into()),
-        kind: AccountKind::AccountOpened {
-            plan_id: "metered".into(),
-            currency: "EUR".into(),
-            timezone: "UTC".into(),
-            tax_rate: Decimal::ZERO,
-            billing_anchor: Default::default(),
-        },
-    });
+    let plan = per_unit_plan("metered", "0", "0.50");
+    let open = account_opened("open-sr", acct, "metered", "0", at("2026-03-01T00:00:00Z"));
     let used_at = at("2026-03-15T10:00:00Z");
     let own_usage = |id: &str, qty: &str| {
         reframe(
@@ -1009,9 +969,9 @@ fn run_with_a_schema_registry_frames_with_its_ids_and_learns_evolved_writer_sche
     // open: records of different topics have no order between them, and
     // usage of an account not yet open is a dead letter.
     let (opening, usage) = records.split_at(2);
-    crate::kafka_e2e::produce(&brokers, &prefix, &opening.to_vec());
+    crate::kafka_e2e::produce(&setup.brokers, &setup.prefix, &opening.to_vec());
 
-    let mut run = billstream(&prefix, &group, &store, &brokers);
+    let mut run = billstream(&setup.prefix, &setup.group, &setup.store, &setup.brokers);
     with_registry(&mut run);
     let running = Running(
         run.env("BILLSTREAM__CLOCK", CLOCK)
@@ -1028,9 +988,9 @@ fn run_with_a_schema_registry_frames_with_its_ids_and_learns_evolved_writer_sche
             .unwrap(),
     );
     let opened = read_until(
-        &brokers,
-        &format!("{group}-opened"),
-        &format!("{prefix}billing.journal.v1"),
+        &setup.brokers,
+        &format!("{}-opened", setup.group),
+        &format!("{}billing.journal.v1", setup.prefix),
         Duration::from_secs(90),
         |records| {
             records.iter().any(|(_, payload)| {
@@ -1039,13 +999,13 @@ fn run_with_a_schema_registry_frames_with_its_ids_and_learns_evolved_writer_sche
         },
     );
     assert!(!opened.is_empty(), "the account was never opened");
-    crate::kafka_e2e::produce(&brokers, &prefix, &usage.to_vec());
+    crate::kafka_e2e::produce(&setup.brokers, &setup.prefix, &usage.to_vec());
     let journal_id = id_of("JournalEntry");
     let mut applied = BTreeMap::new();
     let journal = read_until(
-        &brokers,
-        &format!("{group}-journal"),
-        &format!("{prefix}billing.journal.v1"),
+        &setup.brokers,
+        &format!("{}-journal", setup.group),
+        &format!("{}billing.journal.v1", setup.prefix),
         Duration::from_secs(90),
         |records| {
             for (_, payload) in records {
@@ -1062,9 +1022,9 @@ fn run_with_a_schema_registry_frames_with_its_ids_and_learns_evolved_writer_sche
         },
     );
     let dead = read_until(
-        &brokers,
-        &format!("{group}-dlq"),
-        &format!("{prefix}billing.dlq.v1"),
+        &setup.brokers,
+        &format!("{}-dlq", setup.group),
+        &format!("{}billing.dlq.v1", setup.prefix),
         Duration::from_secs(30),
         |records| records.len() >= 2,
     );
