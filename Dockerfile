@@ -2,13 +2,14 @@
 # billstream's container image (docker-compose.yml builds it).
 #
 # Builder: the Rust toolchain plus what rdkafka's bundled librdkafka build
-# needs. Cargo.toml uses rdkafka's default features (libz, no cmake-build,
-# no ssl/sasl/zstd), so librdkafka is built with its own ./configure and
-# make, and links the system zlib; no cmake, OpenSSL or SASL headers.
-# Builder and runtime are the same Debian release, so the glibc matches.
+# needs. rdkafka's default features (libz, no cmake-build) plus `ssl`
+# (billstream's `tls` feature: TLS, and SASL PLAIN/SCRAM over it), so
+# librdkafka is built with its own ./configure and make and links the
+# system zlib and OpenSSL (no cmake, no Cyrus SASL/GSSAPI). Builder and
+# runtime are the same Debian release, so glibc and OpenSSL match.
 FROM rust:1.95-trixie AS builder
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential pkg-config zlib1g-dev \
+    && apt-get install -y --no-install-recommends build-essential pkg-config zlib1g-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -16,7 +17,7 @@ COPY . .
 ENV CARGO_PROFILE_RELEASE_DEBUG=0
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin billstream \
+    cargo build --release --locked --features tls --bin billstream \
     && cp target/release/billstream /usr/local/bin/billstream
 
 # Runtime: the binary (schemas, CQL and default configuration are built
@@ -24,7 +25,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # latter, and the one-shot init scripts. Runs as an unprivileged user.
 FROM debian:trixie-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl jq \
+    && apt-get install -y --no-install-recommends ca-certificates curl jq libssl3t64 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 billstream \
     && useradd --system --uid 10001 --gid billstream --home-dir /var/lib/billstream \

@@ -79,7 +79,31 @@ struct RawKafka {
     schema_registry_password: String,
     schema_registry_timeout: String,
     #[serde(default)]
-    properties: std::collections::BTreeMap<String, String>,
+    properties: std::collections::BTreeMap<String, PropertyValue>,
+}
+
+/// A librdkafka property value: librdkafka takes text, but `linger.ms = 5`
+/// in the file or `BILLSTREAM__KAFKA__PROPERTIES__LINGER.MS=5` in the
+/// environment reads as a number, so numbers and booleans are accepted and
+/// passed on as their text.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum PropertyValue {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl PropertyValue {
+    fn text(&self) -> String {
+        match self {
+            PropertyValue::Text(s) => s.clone(),
+            PropertyValue::Integer(n) => n.to_string(),
+            PropertyValue::Float(x) => x.to_string(),
+            PropertyValue::Bool(b) => b.to_string(),
+        }
+    }
 }
 
 /// Topic names (before the prefix).
@@ -330,9 +354,9 @@ pub struct KafkaSettings {
     /// A Confluent-compatible Schema Registry (`kafka.schema_registry_url`);
     /// `None`: schema ids come from `schemas/manifest.json`.
     pub schema_registry: Option<RegistrySettings>,
-    /// Extra librdkafka properties for every client (`debug`, tuning; no
-    /// TLS or SASL in this build: rdkafka's `ssl`/`sasl` features are off),
-    /// applied after billstream's own settings.
+    /// Extra librdkafka properties for every client (`debug`, tuning, TLS
+    /// and SASL: `security.protocol`, `ssl.ca.location`, `sasl.*`), applied
+    /// after billstream's own settings.
     pub properties: std::collections::BTreeMap<String, String>,
 }
 
@@ -842,6 +866,17 @@ impl Raw {
                 format!("{group_instance_id:?}: use letters, digits, '.', '-' and '_' (at most 249), e.g. the pod name"),
             ));
         }
+        if !cfg!(feature = "tls") {
+            if let Some(protocol) = self.kafka.properties.get("security.protocol") {
+                let protocol = protocol.text();
+                if !protocol.eq_ignore_ascii_case("plaintext") {
+                    return Err(invalid(
+                        "kafka.properties.security.protocol",
+                        format!("{protocol:?}: this billstream was built without TLS and SASL; build it with `cargo build --release --features tls` (needs OpenSSL's headers and pkg-config), or use PLAINTEXT"),
+                    ));
+                }
+            }
+        }
         let schema_registry = self.kafka.registry()?;
         let prefix = &self.kafka.topic_prefix;
         let mut topics = self.topics.clone();
@@ -996,7 +1031,12 @@ impl Raw {
                     .then(|| group_instance_id.to_string()),
                 id_headers: self.kafka.id_headers,
                 schema_registry,
-                properties: self.kafka.properties.clone(),
+                properties: self
+                    .kafka
+                    .properties
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.text()))
+                    .collect(),
             },
             topics,
             store,
@@ -1058,8 +1098,16 @@ mod tests {
     #[test]
     fn readme_example_parses() {
         let readme = include_str!("../README.md");
-        let start =
-            readme.find("```toml\n").expect("README has a toml example") + "```toml\n".len();
+        // The example of the Configuration section (other sections have
+        // smaller ones).
+        let section = readme
+            .find("\n## Configuration\n")
+            .expect("README has a Configuration section");
+        let start = section
+            + readme[section..]
+                .find("```toml\n")
+                .expect("the Configuration section has a toml example")
+            + "```toml\n".len();
         let end = start + readme[start..].find("```").expect("the example is closed");
         let s = load(Some(&readme[start..end]), &[]).unwrap();
         assert_eq!(s.environment, "staging");
@@ -1076,6 +1124,60 @@ mod tests {
                 public_key_path: "/etc/billstream/idp-public.pem".into()
             }
         );
+    }
+
+    #[test]
+    fn kafka_properties_take_numbers_and_booleans_as_text() {
+        let s = load(
+            Some("[kafka.properties]\n\"linger.ms\" = 20\n\"debug\" = \"broker\"\n"),
+            &[
+                ("BILLSTREAM__KAFKA__PROPERTIES__SOCKET.TIMEOUT.MS", "5000"),
+                (
+                    "BILLSTREAM__KAFKA__PROPERTIES__ENABLE.SSL.CERTIFICATE.VERIFICATION",
+                    "false",
+                ),
+                (
+                    "BILLSTREAM__KAFKA__PROPERTIES__SECURITY.PROTOCOL",
+                    "PLAINTEXT",
+                ),
+            ],
+        )
+        .unwrap();
+        let p = |k: &str| s.kafka.properties.get(k).map(String::as_str);
+        assert_eq!(p("linger.ms"), Some("20"));
+        assert_eq!(p("debug"), Some("broker"));
+        assert_eq!(p("socket.timeout.ms"), Some("5000"));
+        assert_eq!(p("enable.ssl.certificate.verification"), Some("false"));
+        assert_eq!(p("security.protocol"), Some("PLAINTEXT"));
+    }
+
+    #[test]
+    fn a_secure_protocol_needs_the_tls_build() {
+        let e = load(
+            None,
+            &[(
+                "BILLSTREAM__KAFKA__PROPERTIES__SECURITY.PROTOCOL",
+                "SASL_SSL",
+            )],
+        );
+        if cfg!(feature = "tls") {
+            e.unwrap();
+        } else {
+            let message = e.unwrap_err().to_string();
+            assert!(
+                message.contains("kafka.properties.security.protocol")
+                    && message.contains("--features tls"),
+                "{message}"
+            );
+        }
+        load(
+            None,
+            &[(
+                "BILLSTREAM__KAFKA__PROPERTIES__SECURITY.PROTOCOL",
+                "plaintext",
+            )],
+        )
+        .unwrap();
     }
 
     #[test]

@@ -657,11 +657,24 @@ pub(crate) fn metered_usage(
 
 /// Produce `records` under the topic `prefix` and wait for every ack.
 pub(crate) fn produce(brokers: &str, prefix: &str, records: &Records) {
-    let producer: FutureProducer = ClientConfig::new()
+    produce_with(brokers, prefix, records, &[]);
+}
+
+/// `produce` with extra librdkafka properties (`security.protocol`…).
+pub(crate) fn produce_with(
+    brokers: &str,
+    prefix: &str,
+    records: &Records,
+    properties: &[(&str, &str)],
+) {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
-        .set("linger.ms", "20")
-        .create()
-        .unwrap();
+        .set("linger.ms", "20");
+    for (k, v) in properties {
+        config.set(*k, *v);
+    }
+    let producer: FutureProducer = config.create().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -688,14 +701,29 @@ pub(crate) fn read_until(
     group: &str,
     topic: &str,
     deadline: Duration,
+    done: impl FnMut(&[(String, Vec<u8>)]) -> bool,
+) -> Vec<(String, Vec<u8>)> {
+    read_until_with(brokers, group, topic, deadline, &[], done)
+}
+
+/// `read_until` with extra librdkafka properties (`security.protocol`…).
+pub(crate) fn read_until_with(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    deadline: Duration,
+    properties: &[(&str, &str)],
     mut done: impl FnMut(&[(String, Vec<u8>)]) -> bool,
 ) -> Vec<(String, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in properties {
+        config.set(*k, *v);
+    }
+    let consumer: BaseConsumer = config.create().unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let mut records = Vec::new();
     let end = Instant::now() + deadline;

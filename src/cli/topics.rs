@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -93,7 +94,15 @@ pub async fn create_all_async(
             }
         })
         .collect();
-    let results = admin.create_topics(&topics, &AdminOptions::new()).await?;
+    let results = admin
+        .create_topics(&topics, &AdminOptions::new())
+        .await
+        .with_context(|| {
+            format!(
+                "creating the topics on kafka.brokers = {:?} (a broker that does not answer times out after librdkafka's socket.timeout.ms, 60 s by default; is the address right, and for a TLS listener does kafka.properties set security.protocol and ssl.ca.location?)",
+                settings.kafka.brokers
+            )
+        })?;
     let mut failed = false;
     for r in results {
         match r {
