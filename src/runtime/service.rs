@@ -535,10 +535,6 @@ impl Published {
     }
 }
 
-/// A fenced write means another instance claimed one of our partitions
-/// while this batch was in hand (we missed the rebalance, e.g. stalled
-/// past `kafka.max_poll_interval`). Nothing of the batch was published or
-/// committed; stop, and let a restart rejoin the group.
 /// `fenced_is_fatal` for an error that may hold a `StoreError`.
 fn store_fenced_is_fatal(e: anyhow::Error) -> anyhow::Error {
     match e.downcast::<StoreError>() {
@@ -547,6 +543,10 @@ fn store_fenced_is_fatal(e: anyhow::Error) -> anyhow::Error {
     }
 }
 
+/// A fenced write means another instance claimed one of our partitions
+/// while this batch was in hand (we missed the rebalance, e.g. stalled
+/// past `kafka.max_poll_interval`). Nothing of the batch was published or
+/// committed; stop, and let a restart rejoin the group.
 fn fenced_is_fatal(e: StoreError) -> anyhow::Error {
     match e {
         StoreError::Fenced { .. } => anyhow::anyhow!(
@@ -678,34 +678,23 @@ async fn write_and_publish<S: StateStore>(
     sink: &KafkaSink,
     partitions: Option<&BTreeSet<u32>>,
 ) -> anyhow::Result<Vec<OutputRecord>> {
-    let mut order: Vec<BTreeSet<u32>> = processor
+    // Every changed account belongs to one of these.
+    let due: BTreeSet<u32> = processor
         .unwritten_partitions()
         .into_iter()
         .filter(|p| partitions.is_none_or(|ps| ps.contains(p)))
-        .map(|p| BTreeSet::from([p]))
         .collect();
     if sink.is_transactional() {
-        order = vec![order.into_iter().flatten().collect()];
+        let outputs = processor.flush_partitions(&due).await?;
+        sink.publish(&outputs).await?;
+        return Ok(outputs);
     }
     let mut outputs = Vec::new();
-    let mut sent: Vec<InFlight> = Vec::new();
-    for chunk in order {
-        let written = processor.flush_partitions(&chunk).await?;
-        if !sink.is_transactional() {
-            sent.push(sink.send(&written).await?);
-        }
+    let mut sent = Vec::new();
+    for p in due {
+        let written = processor.flush_partitions(&BTreeSet::from([p])).await?;
+        sent.push(sink.send(&written).await?);
         outputs.extend(written);
-    }
-    if partitions.is_none() {
-        // Accounts of no partition, if any (none in the loop).
-        let rest = processor.flush().await?;
-        if !sink.is_transactional() {
-            sent.push(sink.send(&rest).await?);
-        }
-        outputs.extend(rest);
-    }
-    if sink.is_transactional() {
-        sink.publish(&outputs).await?;
     }
     for in_flight in sent {
         in_flight.acknowledged().await?;

@@ -1,9 +1,9 @@
 //! The Kafka sink: output records, Avro-encoded with Confluent framing
 //! (under the manifest's or the Schema Registry's ids), keyed by account,
 //! with the cause's `traceparent` header (and, with `kafka.id_headers`,
-//! `event_id` and `causation_id` headers), through an idempotent producer. `publish` returns once every record is
-//! acknowledged, so callers can then mark them published and commit input
-//! offsets.
+//! `event_id` and `causation_id` headers), through an idempotent producer.
+//! `publish` returns once every record is acknowledged, so callers can
+//! then mark them published and commit input offsets.
 
 use std::time::Duration;
 
