@@ -9,6 +9,7 @@ mod kafka_e2e;
 mod kafka_tls;
 mod kafka_txn;
 mod processor_batch;
+mod processor_rejections;
 mod schema_registry;
 mod simulate_golden;
 mod store_conformance;

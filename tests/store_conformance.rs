@@ -45,8 +45,8 @@ async fn within_timeout(name: &str, behaviour: impl Future<Output = ()>) {
 
 pub mod behaviours {
     use billstream::store::{
-        AccountWrite, DedupRecord, InputOffset, InvoiceRecord, JournalRecord, StateStore,
-        StoreError, StoreOp,
+        AccountWrite, DeadLetterRecord, DedupRecord, InputOffset, InvoiceRecord, JournalRecord,
+        StateStore, StoreError, StoreOp,
     };
 
     /// A write of `account` in `partition` appending journal `seqs`, with a
@@ -75,6 +75,8 @@ pub mod behaviours {
             next_timer: None,
             offsets: Vec::new(),
             published_upto: None,
+            dead_letters: Vec::new(),
+            dead_letters_published: Vec::new(),
         }
     }
 
@@ -91,6 +93,8 @@ pub mod behaviours {
             next_timer: at,
             offsets: Vec::new(),
             published_upto: None,
+            dead_letters: Vec::new(),
+            dead_letters_published: Vec::new(),
         }
     }
 
@@ -590,6 +594,96 @@ pub mod behaviours {
         assert_eq!(published_upto(&store, "a").await, 8);
     }
 
+    fn letter(id: &str) -> DeadLetterRecord {
+        DeadLetterRecord {
+            id: id.to_owned(),
+            bytes: format!("dead letter {id}").into_bytes(),
+        }
+    }
+
+    async fn kept_letters<S: StateStore>(store: &S, account: &str) -> Vec<String> {
+        store
+            .load_account(account)
+            .await
+            .unwrap()
+            .expect("account exists")
+            .dead_letters
+            .into_iter()
+            .map(|d| {
+                assert_eq!(d.bytes, letter(&d.id).bytes, "bytes of {}", d.id);
+                d.id
+            })
+            .collect()
+    }
+
+    /// Issue 12 item 8: a dead letter is written with the account write
+    /// that moves the input position past its record, and kept until a
+    /// later write says it was acknowledged; a write that fails or is
+    /// fenced keeps none of its dead letters.
+    pub async fn dead_letters_are_kept_with_the_account_until_acknowledged<S: StateStore>(
+        store: S,
+    ) {
+        let epoch = store.claim_partition(0, "first").await.unwrap();
+        let mut w = write("a", 0, epoch, 1..=1);
+        w.dead_letters = vec![letter("d2"), letter("d1")];
+        w.offsets = vec![InputOffset {
+            topic: "usage".into(),
+            partition: 0,
+            next: 8,
+        }];
+        store.commit(&[w]).await.unwrap();
+        assert_eq!(kept_letters(&store, "a").await, ["d1", "d2"]);
+
+        // A write without dead letters keeps them; one acknowledging d1 and
+        // an id never kept drops d1 only, and may add new ones.
+        store
+            .commit(&[write("a", 0, epoch, 2..=2)])
+            .await
+            .unwrap();
+        assert_eq!(kept_letters(&store, "a").await, ["d1", "d2"]);
+        let mut w = write("a", 0, epoch, 3..=3);
+        w.dead_letters_published = vec!["d1".into(), "never-kept".into()];
+        w.dead_letters = vec![letter("d3")];
+        store.commit(&[w]).await.unwrap();
+        assert_eq!(kept_letters(&store, "a").await, ["d2", "d3"]);
+
+        // A failed write (journal gap) keeps nothing of it.
+        let mut w = write("a", 0, epoch, 9..=9);
+        w.dead_letters = vec![letter("d9")];
+        w.dead_letters_published = vec!["d2".into()];
+        assert!(store.commit(&[w]).await.is_err());
+        assert_eq!(kept_letters(&store, "a").await, ["d2", "d3"]);
+
+        // A fenced writer neither adds nor drops any.
+        let newer = store.claim_partition(0, "second").await.unwrap();
+        let mut w = write("a", 0, epoch, 4..=4);
+        w.dead_letters = vec![letter("d8")];
+        w.dead_letters_published = vec!["d2".into(), "d3".into()];
+        assert!(matches!(
+            store.commit(&[w]).await,
+            Err(StoreError::Fenced { .. })
+        ));
+        assert_eq!(kept_letters(&store, "a").await, ["d2", "d3"]);
+
+        // The new owner loads them with the partition, and acknowledges them.
+        let loaded = store.load_partition(0, 0).await.unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(
+            loaded[0].stored,
+            store.load_account("a").await.unwrap().unwrap()
+        );
+        let mut w = write("a", 0, newer, 4..=4);
+        w.dead_letters_published = vec!["d2".into(), "d3".into()];
+        store.commit(&[w]).await.unwrap();
+        assert!(kept_letters(&store, "a").await.is_empty());
+        // Other accounts keep their own.
+        let mut w = write("b", 0, newer, 1..=1);
+        w.dead_letters = vec![letter("d1")];
+        store.commit(&[w]).await.unwrap();
+        assert_eq!(kept_letters(&store, "b").await, ["d1"]);
+        assert!(kept_letters(&store, "a").await.is_empty());
+    }
+
     pub async fn accounts_listed_per_partition<S: StateStore>(store: S) {
         store
             .commit(&[
@@ -718,9 +812,11 @@ pub mod behaviours {
             partition: 1,
             next: 55,
         }];
+        w.dead_letters = vec![letter("d1")];
         store.commit(&[w]).await.unwrap();
         store.mark_published("a", 3, epoch, 2).await.unwrap();
         let before = store.load_account("a").await.unwrap().unwrap();
+        assert_eq!(before.dead_letters, [letter("d1")]);
         drop(store);
 
         let store = reopen().await;
@@ -772,6 +868,7 @@ macro_rules! conformance_wrappers {
             invoice_upsert_keeps_latest,
             published_watermark_never_goes_back,
             published_watermark_rides_on_account_writes,
+            dead_letters_are_kept_with_the_account_until_acknowledged,
             accounts_listed_per_partition,
             partition_loads_like_each_account,
             stats_count_each_operation,

@@ -241,6 +241,11 @@ impl<S: StateStore> Processor<S> {
         self.accounts.values().filter_map(|s| s.state.as_ref())
     }
 
+    /// How many accounts this processor holds in memory (open or not).
+    pub fn resident_accounts(&self) -> usize {
+        self.accounts.len()
+    }
+
     /// Make sure the account is in memory (loading it from the store).
     async fn load(
         &mut self,
@@ -785,6 +790,8 @@ impl<S: StateStore> Processor<S> {
                 next_timer: slot.next_timer.map(|t| t.0),
                 published_upto: (slot.published_mark > slot.mark_persisted)
                     .then_some(slot.published_mark),
+                dead_letters: Vec::new(),
+                dead_letters_published: Vec::new(),
                 offsets: slot
                     .dirty_offsets
                     .iter()

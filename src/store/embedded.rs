@@ -711,6 +711,7 @@ fn read_account(
         published_upto,
         offsets,
         next_timer,
+        dead_letters: Vec::new(),
     }))
 }
 
@@ -867,6 +868,8 @@ fn torture_loop(dir: &Path) -> Result<Infallible, (i32, String)> {
                         next: k as i64 + 1,
                     }],
                     published_upto: None,
+                    dead_letters: Vec::new(),
+                    dead_letters_published: Vec::new(),
                 });
             }
             store

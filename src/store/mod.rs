@@ -57,6 +57,16 @@ pub struct InputOffset {
     pub next: i64,
 }
 
+/// A dead letter kept with the account whose input position records the
+/// rejected record (see `AccountWrite::dead_letters`): `id` is its
+/// `event_id`, `bytes` the record as the runtime will publish it (opaque
+/// to the store).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeadLetterRecord {
+    pub id: String,
+    pub bytes: Vec<u8>,
+}
+
 /// Everything one batch changes for one account, written atomically.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountWrite {
@@ -84,6 +94,14 @@ pub struct AccountWrite {
     /// sink (carried on the next write instead of a write of its own; the
     /// watermark only rises and never passes the journal head).
     pub published_upto: Option<u64>,
+    /// Dead letters of this batch's rejected records of the account (whose
+    /// positions `offsets` moves past): kept, in the same atomic write, until
+    /// the sink acknowledged them, so a crash before publishing cannot lose
+    /// them (the replayed record is skipped as below the position).
+    pub dead_letters: Vec<DeadLetterRecord>,
+    /// Ids of kept dead letters the sink acknowledged since the account's
+    /// last write: no longer kept (ids not kept are ignored).
+    pub dead_letters_published: Vec<String>,
 }
 
 /// What `load_account` returns: the latest snapshot and what sits next to it.
@@ -96,6 +114,8 @@ pub struct StoredAccount {
     pub published_upto: u64,
     pub offsets: Vec<InputOffset>,
     pub next_timer: Option<Micros>,
+    /// Dead letters kept and not yet acknowledged, ordered by id.
+    pub dead_letters: Vec<DeadLetterRecord>,
 }
 
 /// One account as `load_partition` returns it.

@@ -439,6 +439,8 @@ mod tests {
             next_timer: None,
             offsets: Vec::new(),
             published_upto: None,
+            dead_letters: Vec::new(),
+            dead_letters_published: Vec::new(),
         }
     }
 

@@ -91,6 +91,7 @@ pub fn stored_account(meta: &AccountMeta, snapshot: Vec<u8>) -> StoredAccount {
             })
             .collect(),
         next_timer: meta.next_timer,
+        dead_letters: Vec::new(),
     }
 }
 

@@ -272,6 +272,8 @@ fn every_mutation_binds_the_schema_types() {
             next: 2,
         }],
         published_upto: Some(1),
+        dead_letters: Vec::new(),
+        dead_letters_published: Vec::new(),
     };
     let mut prev = AccountMeta {
         exists: true,
