@@ -862,7 +862,7 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
     else {
         return;
     };
-    const REJECTION_KINDS: [&str; 18] = [
+    const REJECTION_KINDS: [&str; 19] = [
         "conflict",
         "from_future",
         "before_account_opened",
@@ -881,6 +881,7 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
         "too_late",
         "refund_exceeds_credit",
         "unknown_payment_method",
+        "key_mismatch",
     ];
     // Every `DecodeError::kind()` a producer can cause without a Schema
     // Registry (`incompatible_schema` needs one: tests/schema_registry.rs).
@@ -921,7 +922,8 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
             | InvalidField { .. }
             | TooLate { .. }
             | RefundExceedsCredit { .. }
-            | UnknownPaymentMethod { .. } => {}
+            | UnknownPaymentMethod { .. }
+            | KeyMismatch { .. } => {}
         }
     }
 
@@ -1304,6 +1306,16 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
                 token_ref: "psp:tok_unknown".into(),
             },
         )),
+    );
+
+    // `a`'s usage under `nobody`'s key: on `nobody`'s partition, perhaps
+    // another owner's; refused before it reaches any account.
+    reject(
+        usage_topic,
+        nobody,
+        "key_mismatch",
+        engine,
+        enc_usage(usage("u-mis-keyed", a, "m", "1")),
     );
 
     // One record per decode error kind, on every input topic.

@@ -172,17 +172,7 @@ async fn outputs_persisted_but_not_acknowledged_are_republished_with_the_same_id
     let lines = lines();
     let mut first = processor(dir.path()).await;
     for (i, l) in lines.iter().take(40).enumerate() {
-        let d = parse_line(l);
-        let now = now_of(&d);
-        let pos = SourcePos {
-            topic: "t".into(),
-            partition: 0,
-            offset: i as i64,
-        };
-        first
-            .process(&pos, None, l.as_bytes(), d, now)
-            .await
-            .unwrap();
+        feed(&mut first, i, l).await;
     }
     let sent = first.flush().await.unwrap();
     // Crash: the sink never acknowledged them.

@@ -85,7 +85,10 @@ async fn fold(p: &mut Processor<EmbeddedStore>, records: &[Rec]) {
 }
 
 fn dead_letters(outputs: &[OutputRecord]) -> Vec<&OutputRecord> {
-    outputs.iter().filter(|o| o.topic == OutputTopic::Dlq).collect()
+    outputs
+        .iter()
+        .filter(|o| o.topic == OutputTopic::Dlq)
+        .collect()
 }
 
 fn kind(o: &OutputRecord) -> &str {
@@ -125,7 +128,10 @@ async fn issue_12_a_record_whose_key_is_not_its_account_is_dead_lettered_key_mis
         assert_eq!(letter.json["offset"], offset);
         assert_eq!(letter.json["key"].as_str(), key);
         let reason = letter.json["reason"].as_str().unwrap();
-        assert!(reason.contains("\"a\""), "reason names the account: {reason}");
+        assert!(
+            reason.contains("\"a\""),
+            "reason names the account: {reason}"
+        );
     }
     assert_eq!(p.stats.rejected.get("key_mismatch"), Some(&2));
     assert_eq!(p.stats.applied, 2, "only the two openings were applied");
@@ -136,7 +142,11 @@ async fn issue_12_a_record_whose_key_is_not_its_account_is_dead_lettered_key_mis
 
     // The event id was not used up: produced again under the right key,
     // it is applied (not a duplicate).
-    fold(&mut p, &[rec("usage", 2, Some("a"), &usage("u-1", "a", "m"))]).await;
+    fold(
+        &mut p,
+        &[rec("usage", 2, Some("a"), &usage("u-1", "a", "m"))],
+    )
+    .await;
     let out = p.flush().await.unwrap();
     assert!(dead_letters(&out).is_empty(), "{out:#?}");
     assert_eq!((p.stats.applied, p.stats.duplicates), (3, 0));
@@ -163,14 +173,26 @@ async fn issue_12_a_plan_keyed_by_another_plan_id_is_dead_lettered_key_mismatch(
     // The plans topic is compacted by key: a plan under another plan's key
     // would let compaction delete one of the two.
     let wrong = plan("gold");
-    p.process(&pos(0), Some("silver"), &wrong, decoder.decode(&wrong), now())
-        .await
-        .unwrap();
+    p.process(
+        &pos(0),
+        Some("silver"),
+        &wrong,
+        decoder.decode(&wrong),
+        now(),
+    )
+    .await
+    .unwrap();
     assert!(p.engine().plans.get("gold").is_none());
     let right = plan("silver");
-    p.process(&pos(1), Some("silver"), &right, decoder.decode(&right), now())
-        .await
-        .unwrap();
+    p.process(
+        &pos(1),
+        Some("silver"),
+        &right,
+        decoder.decode(&right),
+        now(),
+    )
+    .await
+    .unwrap();
     assert!(p.engine().plans.get("silver").is_some());
     let out = p.flush().await.unwrap();
     let dlq = dead_letters(&out);
@@ -192,7 +214,14 @@ async fn issue_12_a_flood_of_records_for_never_opened_accounts_leaves_no_residen
     let flood: Vec<Rec> = ghosts
         .iter()
         .enumerate()
-        .map(|(i, id)| rec("usage", i as i64, Some(id), &usage(&format!("g{i}"), id, "m")))
+        .map(|(i, id)| {
+            rec(
+                "usage",
+                i as i64,
+                Some(id),
+                &usage(&format!("g{i}"), id, "m"),
+            )
+        })
         .collect();
     fold(&mut p, &flood).await;
     let out = p.flush().await.unwrap();
@@ -204,7 +233,11 @@ async fn issue_12_a_flood_of_records_for_never_opened_accounts_leaves_no_residen
         "only the open account is held in memory"
     );
     // Still an ordinary account for the opening that comes later.
-    fold(&mut p, &[rec("accounts", 1, Some("ghost-7"), &opened("ghost-7"))]).await;
+    fold(
+        &mut p,
+        &[rec("accounts", 1, Some("ghost-7"), &opened("ghost-7"))],
+    )
+    .await;
     p.flush().await.unwrap();
     assert_eq!(p.resident_accounts(), 2);
     assert!(p.account("ghost-7").is_some());
@@ -275,13 +308,22 @@ async fn issue_12_an_acknowledged_dead_letter_is_dropped_with_the_accounts_next_
     first.published();
     fold(
         &mut first,
-        &[rec("usage", 0, Some("a"), &usage("u-gpu", "a", "gpu.hours"))],
+        &[rec(
+            "usage",
+            0,
+            Some("a"),
+            &usage("u-gpu", "a", "gpu.hours"),
+        )],
     )
     .await;
     assert_eq!(dlq_ids(&first.flush().await.unwrap()).len(), 1);
     first.published();
     // The account's next write (a usage event) carries the acknowledgement.
-    fold(&mut first, &[rec("usage", 1, Some("a"), &usage("u-ok", "a", "m"))]).await;
+    fold(
+        &mut first,
+        &[rec("usage", 1, Some("a"), &usage("u-ok", "a", "m"))],
+    )
+    .await;
     first.flush().await.unwrap();
     first.published();
     drop(first);

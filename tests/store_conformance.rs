@@ -636,10 +636,7 @@ pub mod behaviours {
 
         // A write without dead letters keeps them; one acknowledging d1 and
         // an id never kept drops d1 only, and may add new ones.
-        store
-            .commit(&[write("a", 0, epoch, 2..=2)])
-            .await
-            .unwrap();
+        store.commit(&[write("a", 0, epoch, 2..=2)]).await.unwrap();
         assert_eq!(kept_letters(&store, "a").await, ["d1", "d2"]);
         let mut w = write("a", 0, epoch, 3..=3);
         w.dead_letters_published = vec!["d1".into(), "never-kept".into()];

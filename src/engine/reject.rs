@@ -73,6 +73,18 @@ pub enum Rejection {
     /// A payment method command that does not match the attached method.
     #[error("payment method {token_ref:?} is not the one attached")]
     UnknownPaymentMethod { token_ref: String },
+    /// The record's Kafka key is not the id its payload is about (the
+    /// account id on input topics, the plan id on the plans topic), or it
+    /// has none: the key decides the partition, and so the owner.
+    #[error(
+        "record key {} is not the payload's {field} {expected:?}; the topic is keyed by {field}",
+        key.as_deref().map_or_else(|| "(none)".to_string(), |k| format!("{k:?}"))
+    )]
+    KeyMismatch {
+        key: Option<String>,
+        field: &'static str,
+        expected: String,
+    },
 }
 
 impl Rejection {
@@ -97,6 +109,7 @@ impl Rejection {
             Rejection::TooLate { .. } => "too_late",
             Rejection::RefundExceedsCredit { .. } => "refund_exceeds_credit",
             Rejection::UnknownPaymentMethod { .. } => "unknown_payment_method",
+            Rejection::KeyMismatch { .. } => "key_mismatch",
         }
     }
 
@@ -120,5 +133,6 @@ impl Rejection {
         "too_late",
         "refund_exceeds_credit",
         "unknown_payment_method",
+        "key_mismatch",
     ];
 }

@@ -7,6 +7,17 @@
 //! nothing is published before the state that produced it is durable.
 //! Each account remembers the input position after the last record it
 //! applied: a replayed record below it is skipped, never applied twice.
+//! A record is applied only to the account its Kafka key names (the key
+//! decides the partition, and so the owner): one whose key is not its
+//! payload's `account_id`, or that has none, is dead-lettered
+//! `key_mismatch`. A rejected record of an existing account moves that
+//! position too, so its dead letter is written with the account and kept
+//! in the store until the sink acknowledged it, like any output; a record
+//! that touches no stored account (decode error, key mismatch, unknown
+//! account) moves no stored position and leaves nothing in memory: its
+//! dead letter is durable through the input offset, committed only after
+//! the letter was acknowledged, and a redelivery makes it again under the
+//! same id.
 //!
 //! `flush` writes every changed account. `flush_due` (the Kafka loop) may
 //! hold an account whose only changes are usage in memory for later
@@ -20,16 +31,18 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::contracts::{outputs_for, DeadLetter, DecodeError, Decoded, Decoder, OutputRecord};
+use crate::contracts::{
+    outputs_for, DeadLetter, DecodeError, Decoded, Decoder, OutputRecord, OutputTopic,
+};
 use crate::engine::dedup;
 use crate::engine::events::{DomainEvent, Input, JournalEntry, UsageRecorded};
 use crate::engine::fold::Outcome;
 use crate::engine::time::Timestamp;
-use crate::engine::tripwire::mask_card_numbers;
+use crate::engine::tripwire::{find_card_number, mask_card_numbers};
 use crate::engine::{AccountState, Engine, Rejection};
 use crate::store::{
-    AccountWrite, DedupRecord, InputOffset, InvoiceRecord, JournalRecord, StateStore, StoreError,
-    StoredAccount,
+    AccountWrite, DeadLetterRecord, DedupRecord, InputOffset, InvoiceRecord, JournalRecord,
+    StateStore, StoreError, StoredAccount,
 };
 
 /// Where an input record came from: topic (or file), partition, offset
@@ -168,6 +181,15 @@ struct Slot {
     first_unwritten: Vec<((String, i32), i64)>,
     /// Produce times (ms) of the records applied since the last write.
     produced: Vec<i64>,
+    /// Dead letters of rejected records of this account not written yet
+    /// (they go out with the write that records their positions).
+    dead_letters: Vec<OutputRecord>,
+    /// Ids of written dead letters the sink acknowledged: the next write
+    /// tells the store to stop keeping them.
+    dead_letters_acked: Vec<String>,
+    /// Dead letters the store kept unacknowledged when the account was
+    /// loaded (a crash before publishing): published again.
+    recovered_dead_letters: Vec<OutputRecord>,
 }
 
 /// The accounts and journal seqs whose outputs one or more flushes handed
@@ -175,7 +197,65 @@ struct Slot {
 /// `Processor::take_unacked`).
 #[derive(Debug, Default)]
 #[must_use = "pass it to Processor::acknowledged once the outputs are acknowledged"]
-pub struct Unacked(Vec<(String, u64)>);
+pub struct Unacked(Vec<Handed>);
+
+/// What one flush (or a republish) handed out for one account: outputs of
+/// its journal up to `seq`, and the dead letters `dead_letters`.
+#[derive(Debug)]
+struct Handed {
+    account_id: String,
+    seq: u64,
+    dead_letters: Vec<String>,
+}
+
+/// A dead letter as the store keeps it (`DeadLetterRecord::bytes`): the
+/// record exactly as it was handed to the sink, so a republish sends the
+/// same thing under the same id.
+#[derive(Serialize, Deserialize)]
+struct KeptDeadLetter {
+    key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
+    record: serde_json::Value,
+}
+
+fn keep_dead_letter(o: &OutputRecord) -> Result<DeadLetterRecord, StoreError> {
+    let kept = KeptDeadLetter {
+        key: o.key.clone(),
+        traceparent: o.traceparent.clone(),
+        record: o.json.clone(),
+    };
+    Ok(DeadLetterRecord {
+        id: o.event_id.clone(),
+        bytes: serde_json::to_vec(&kept)
+            .map_err(|e| StoreError::Backend(format!("dead letter {}: {e}", o.event_id)))?,
+    })
+}
+
+fn restore_dead_letter(
+    account_id: &str,
+    kept: &DeadLetterRecord,
+) -> Result<OutputRecord, StoreError> {
+    let k: KeptDeadLetter = serde_json::from_slice(&kept.bytes).map_err(|e| {
+        StoreError::Backend(format!(
+            "dead letter {} of {account_id} does not parse: {e}",
+            kept.id
+        ))
+    })?;
+    let causation_id = k.record["causation_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Ok(OutputRecord {
+        topic: OutputTopic::Dlq,
+        key: k.key,
+        event_id: kept.id.clone(),
+        causation_id,
+        kind: "DeadLetter",
+        json: k.record,
+        traceparent: k.traceparent,
+    })
+}
 
 /// Folds records through the engine for the accounts of the partitions it
 /// owns, and persists them in batches.
@@ -192,8 +272,8 @@ pub struct Processor<S: StateStore> {
     /// `traceparent` of the batch's traced input records (see `trace_inputs`).
     traces: HashMap<SourcePos, String>,
     /// Accounts whose flushed outputs wait for the sink's acknowledgement,
-    /// with the journal seq of the last entry handed out.
-    awaiting_ack: Vec<(String, u64)>,
+    /// with the journal seq of the last entry and the dead letters handed out.
+    awaiting_ack: Vec<Handed>,
     /// Produce times (ms) of records whose effects are now written (or
     /// needed no write), for `take_persisted_produce_times`.
     persisted_produced: Vec<i64>,
@@ -296,6 +376,11 @@ impl<S: StateStore> Processor<S> {
             slot.journal_head = stored.journal_head;
             slot.published_mark = stored.published_upto;
             slot.mark_persisted = stored.published_upto;
+            slot.recovered_dead_letters = stored
+                .dead_letters
+                .iter()
+                .map(|d| restore_dead_letter(account_id, d))
+                .collect::<Result<_, _>>()?;
             if let Some(t) = slot.next_timer {
                 self.timers.insert((t, account_id.to_string()));
             }
@@ -323,6 +408,19 @@ impl<S: StateStore> Processor<S> {
             }
             Ok(Decoded::Plan(plan)) => {
                 let id = plan.plan_id.clone();
+                // The plans topic is compacted by key: a plan under another
+                // plan's key could be compacted away by that plan. (A record
+                // without a key cannot be on a compacted topic; the file
+                // edges have no keys.)
+                if key.is_some_and(|k| k != id) {
+                    let rejection = Rejection::KeyMismatch {
+                        key: key.map(str::to_string),
+                        field: "plan_id",
+                        expected: id,
+                    };
+                    self.reject(pos, key, raw, rejection, now, None);
+                    return Ok(());
+                }
                 match self.engine.plans.upsert(plan) {
                     Ok(()) => self.stats.plans_loaded += 1,
                     Err(e) => {
@@ -368,7 +466,7 @@ impl<S: StateStore> Processor<S> {
                 Ok(()) => match &scratch {
                     Decoded::Input(input) => {
                         self.apply(&r.pos, r.key, r.raw, input, r.now).await?;
-                        Some(input.account_id())
+                        Some(input.account_id()).filter(|a| r.key == Some(*a))
                     }
                     plan @ Decoded::Plan(_) => {
                         self.process(&r.pos, r.key, r.raw, Ok(plan.clone()), r.now)
@@ -406,6 +504,18 @@ impl<S: StateStore> Processor<S> {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let account_id = input.account_id();
+        if key != Some(account_id) {
+            // Applied under another key, the account would be folded on
+            // the key's partition, possibly by another owner, as well as
+            // on its own: two owners of one account.
+            let rejection = Rejection::KeyMismatch {
+                key: key.map(str::to_string),
+                field: "account_id",
+                expected: account_id.to_string(),
+            };
+            self.reject(pos, key, raw, rejection, now, None);
+            return Ok(());
+        }
         let partition = u32::try_from(pos.partition).unwrap_or(0);
         self.load(account_id, partition, now).await?;
         let Self {
@@ -456,37 +566,77 @@ impl<S: StateStore> Processor<S> {
             Ok(Outcome::Duplicate) => stats.duplicates += 1,
             Err(_) => {}
         }
-        if had_state {
+        if !had_state {
+            // Never opened (or its opening was rejected): nothing of it is
+            // kept in memory, however many such ids arrive.
+            debug_assert!(slot.journal.is_empty() && !slot.dirty);
+            accounts.remove(account_id);
+        } else {
             if !slot.first_unwritten.iter().any(|(s, _)| *s == source) {
                 slot.first_unwritten.push((source.clone(), pos.offset));
             }
             slot.held = slot.held.saturating_add(1);
-            // A dead letter is published at once: write the position that
-            // records it with it, so a replay cannot make a second one.
+            // A rejected record's position is written at the next flush,
+            // with its dead letter (kept until acknowledged): a replay is
+            // skipped, and a crash before publishing republishes the letter.
             slot.must_write |= result.is_err();
             slot.offsets.insert(source.clone(), pos.offset + 1);
             slot.dirty_offsets.insert(source);
             self.mark_dirty(account_id);
         }
         if let Err(rejection) = result {
-            *self.stats.rejected.entry(rejection.kind()).or_default() += 1;
-            let payload = match &rejection {
-                // Never keep a card number: mask the payload as text.
-                Rejection::CardNumber { .. } => {
-                    mask_card_numbers(&String::from_utf8_lossy(raw)).into_bytes()
-                }
-                _ => raw.to_vec(),
-            };
-            self.dead_letter(
+            self.reject(
                 pos,
                 key,
-                rejection.kind(),
-                rejection.to_string(),
-                payload,
+                raw,
+                rejection,
                 now,
+                had_state.then_some(account_id),
             );
         }
         Ok(())
+    }
+
+    /// Count a rejected input and make its dead letter: kept with
+    /// `account` (an existing account whose position moves past the
+    /// record) or, when none, published with the next flush.
+    fn reject(
+        &mut self,
+        pos: &SourcePos,
+        key: Option<&str>,
+        raw: &[u8],
+        rejection: Rejection,
+        now: Timestamp,
+        account: Option<&str>,
+    ) {
+        *self.stats.rejected.entry(rejection.kind()).or_default() += 1;
+        let payload = match &rejection {
+            // Never keep a card number: mask the payload as text.
+            Rejection::CardNumber { .. } => {
+                mask_card_numbers(&String::from_utf8_lossy(raw)).into_bytes()
+            }
+            // Refused before the engine scanned it for card numbers.
+            Rejection::KeyMismatch { .. } => {
+                let text = String::from_utf8_lossy(raw);
+                match find_card_number(&text) {
+                    Some(_) => mask_card_numbers(&text).into_bytes(),
+                    None => raw.to_vec(),
+                }
+            }
+            _ => raw.to_vec(),
+        };
+        let out = self.dead_letter_record(
+            pos,
+            key,
+            rejection.kind(),
+            rejection.to_string(),
+            payload,
+            now,
+        );
+        match account.and_then(|a| self.accounts.get_mut(a)) {
+            Some(slot) => slot.dead_letters.push(out),
+            None => self.dead_letters.push(out),
+        }
     }
 
     fn mark_dirty(&mut self, account_id: &str) {
@@ -511,6 +661,8 @@ impl<S: StateStore> Processor<S> {
         }
     }
 
+    /// A dead letter published with the next flush, durable through the
+    /// input offset (see the module doc).
     fn dead_letter(
         &mut self,
         pos: &SourcePos,
@@ -520,6 +672,19 @@ impl<S: StateStore> Processor<S> {
         payload: Vec<u8>,
         now: Timestamp,
     ) {
+        let out = self.dead_letter_record(pos, key, kind, reason, payload, now);
+        self.dead_letters.push(out);
+    }
+
+    fn dead_letter_record(
+        &self,
+        pos: &SourcePos,
+        key: Option<&str>,
+        kind: &str,
+        reason: String,
+        payload: Vec<u8>,
+        now: Timestamp,
+    ) -> OutputRecord {
         let dl = DeadLetter {
             source_topic: pos.topic.clone(),
             partition: pos.partition,
@@ -532,7 +697,7 @@ impl<S: StateStore> Processor<S> {
         };
         let mut out = dl.to_output();
         out.traceparent = self.traceparent_of(pos, &out.event_id);
-        self.dead_letters.push(out);
+        out
     }
 
     /// Trace contexts (W3C `traceparent`) of input records of the batch in
@@ -626,7 +791,7 @@ impl<S: StateStore> Processor<S> {
         let accounts = &self.accounts;
         self.dirty.retain(|id| accounts.contains_key(id));
         self.awaiting_ack
-            .retain(|(id, _)| accounts.contains_key(id));
+            .retain(|h| accounts.contains_key(&h.account_id));
         ids.len()
     }
 
@@ -639,9 +804,16 @@ impl<S: StateStore> Processor<S> {
             .collect()
     }
 
-    /// Dead letters waiting to be published (they need no state write).
+    /// Dead letters waiting to be published: those that need no state
+    /// write, and those to be written with their accounts.
     pub fn pending_dead_letters(&self) -> usize {
         self.dead_letters.len()
+            + self
+                .dirty
+                .iter()
+                .filter_map(|id| self.accounts.get(id))
+                .map(|s| s.dead_letters.len())
+                .sum::<usize>()
     }
 
     /// Persist every changed account (one write each), then return the
@@ -724,12 +896,25 @@ impl<S: StateStore> Processor<S> {
             slot.dirty_offsets.clear();
             self.persisted_produced.append(&mut slot.produced);
             slot.mark_persisted = slot.mark_persisted.max(slot.published_mark);
-            if let Some(last) = slot.journal.last() {
-                slot.journal_head = last.entry.seq;
-                self.awaiting_ack.push((account_id.clone(), last.entry.seq));
+            slot.dead_letters_acked.clear();
+            // Written now, and kept by the store until acknowledged (with
+            // any the store still kept at load that no republish took).
+            let mut letters = std::mem::take(&mut slot.dead_letters);
+            letters.append(&mut slot.recovered_dead_letters);
+            let seq = slot.journal.last().map(|last| last.entry.seq);
+            if let Some(seq) = seq {
+                slot.journal_head = seq;
+            }
+            if seq.is_some() || !letters.is_empty() {
+                self.awaiting_ack.push(Handed {
+                    account_id: account_id.clone(),
+                    seq: seq.unwrap_or(0),
+                    dead_letters: letters.iter().map(|o| o.event_id.clone()).collect(),
+                });
             }
             let Some(st) = &slot.state else {
                 slot.journal.clear();
+                outputs.append(&mut letters);
                 continue;
             };
             for pending in slot.journal.drain(..) {
@@ -741,6 +926,7 @@ impl<S: StateStore> Processor<S> {
                 }
                 outputs.extend(out);
             }
+            outputs.append(&mut letters);
         }
         self.traces.clear();
         outputs.append(&mut self.dead_letters);
@@ -790,8 +976,12 @@ impl<S: StateStore> Processor<S> {
                 next_timer: slot.next_timer.map(|t| t.0),
                 published_upto: (slot.published_mark > slot.mark_persisted)
                     .then_some(slot.published_mark),
-                dead_letters: Vec::new(),
-                dead_letters_published: Vec::new(),
+                dead_letters: slot
+                    .dead_letters
+                    .iter()
+                    .map(keep_dead_letter)
+                    .collect::<Result<_, _>>()?,
+                dead_letters_published: slot.dead_letters_acked.clone(),
                 offsets: slot
                     .dirty_offsets
                     .iter()
@@ -869,20 +1059,25 @@ impl<S: StateStore> Processor<S> {
     /// were released in between are skipped (their next owner reads the
     /// watermark from the store and republishes the rest).
     pub fn acknowledged(&mut self, unacked: Unacked) {
-        for (account_id, seq) in unacked.0 {
-            if let Some(slot) = self.accounts.get_mut(&account_id) {
-                slot.published_mark = slot.published_mark.max(seq);
+        for handed in unacked.0 {
+            if let Some(slot) = self.accounts.get_mut(&handed.account_id) {
+                slot.published_mark = slot.published_mark.max(handed.seq);
+                slot.dead_letters_acked.extend(handed.dead_letters);
             }
         }
     }
 
-    /// Write the published watermark of every account whose mark moved
-    /// (at shutdown, so a clean restart republishes nothing).
+    /// Write the published watermark of every account whose mark moved,
+    /// and drop its acknowledged dead letters from the store (at shutdown,
+    /// so a clean restart republishes nothing).
     pub async fn persist_published_marks(&mut self) -> Result<(), StoreError> {
         let ids: Vec<String> = self
             .accounts
             .iter()
-            .filter(|(_, s)| s.state.is_some() && s.published_mark > s.mark_persisted)
+            .filter(|(_, s)| {
+                s.state.is_some()
+                    && (s.published_mark > s.mark_persisted || !s.dead_letters_acked.is_empty())
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in &ids {
@@ -897,43 +1092,67 @@ impl<S: StateStore> Processor<S> {
         Ok(())
     }
 
-    /// Outputs of journal entries that were persisted but never
-    /// acknowledged (a crash between commit and publish), re-derived from
-    /// the journal with the same ids, for the loaded accounts of
-    /// `partition`. Publish them, then call `published`.
+    /// Outputs that were persisted but never acknowledged (a crash between
+    /// commit and publish), for the loaded accounts of `partition`: those
+    /// of journal entries, re-derived from the journal with the same ids,
+    /// and the dead letters the store kept. Publish them, then call
+    /// `published`.
     pub async fn unpublished_outputs(
         &mut self,
         partition: u32,
     ) -> Result<Vec<OutputRecord>, StoreError> {
         let mut outputs = Vec::new();
         for id in self.accounts_of(partition) {
-            let Some(slot) = self.accounts.get(&id) else {
+            let Some(slot) = self.accounts.get_mut(&id) else {
                 continue;
             };
+            let letters = std::mem::take(&mut slot.recovered_dead_letters);
             let (head, published) = (slot.journal_head, slot.published_mark);
-            if head <= published {
-                continue;
-            }
-            let Some(currency) = slot.state.as_ref().map(|s| s.currency) else {
-                continue;
+            let currency = slot.state.as_ref().map(|s| s.currency);
+            let seq = match currency {
+                Some(currency) if head > published => {
+                    self.republish_journal(&id, published + 1, head, currency, &mut outputs)
+                        .await?;
+                    head
+                }
+                _ => 0,
             };
-            let mut from = published + 1;
-            while from <= head {
-                let page = self.store.read_journal(&id, from, 1000).await?;
-                if page.is_empty() {
-                    break;
-                }
-                for record in &page {
-                    let stored_entry: StoredJournalEntry = serde_json::from_slice(&record.bytes)
-                        .map_err(|e| {
-                            StoreError::Backend(format!("journal {id}/{}: {e}", record.seq))
-                        })?;
-                    outputs.extend(outputs_for(&stored_entry.entry, currency));
-                    from = record.seq + 1;
-                }
+            if seq > 0 || !letters.is_empty() {
+                self.awaiting_ack.push(Handed {
+                    account_id: id,
+                    seq,
+                    dead_letters: letters.iter().map(|o| o.event_id.clone()).collect(),
+                });
             }
-            self.awaiting_ack.push((id, head));
+            outputs.extend(letters);
         }
         Ok(outputs)
+    }
+
+    /// Outputs of the journal entries `from..=head` of `id`, appended to
+    /// `outputs`.
+    async fn republish_journal(
+        &self,
+        id: &str,
+        mut from: u64,
+        head: u64,
+        currency: crate::engine::money::Currency,
+        outputs: &mut Vec<OutputRecord>,
+    ) -> Result<(), StoreError> {
+        while from <= head {
+            let page = self.store.read_journal(id, from, 1000).await?;
+            if page.is_empty() {
+                break;
+            }
+            for record in &page {
+                let stored_entry: StoredJournalEntry = serde_json::from_slice(&record.bytes)
+                    .map_err(|e| {
+                        StoreError::Backend(format!("journal {id}/{}: {e}", record.seq))
+                    })?;
+                outputs.extend(outputs_for(&stored_entry.entry, currency));
+                from = record.seq + 1;
+            }
+        }
+        Ok(())
     }
 }

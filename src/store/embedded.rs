@@ -8,8 +8,9 @@
 //! all-or-nothing across every account it carries (stronger than the trait
 //! asks). The work runs inline in the async methods: a commit blocks its
 //! runtime thread for the fsync. Billing records (journal, invoices, dedup ids) are
-//! only ever inserted; the one row ever removed is an account's entry in the
-//! timer index when its timer moves.
+//! only ever inserted; the rows ever removed are an account's entry in the
+//! timer index when its timer moves, and a kept dead letter once the sink
+//! acknowledged it (the DLQ topic is its record).
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
@@ -23,8 +24,8 @@ use redb::{
 };
 
 use super::{
-    AccountWrite, DedupRecord, InputOffset, InvoiceRecord, JournalRecord, LoadedAccount, Micros,
-    StateStore, StoreError, StoreOp, StoreStats, StoredAccount,
+    AccountWrite, DeadLetterRecord, DedupRecord, InputOffset, InvoiceRecord, JournalRecord,
+    LoadedAccount, Micros, StateStore, StoreError, StoreOp, StoreStats, StoredAccount,
 };
 
 /// Name of the database file inside the store directory.
@@ -55,6 +56,9 @@ const TIMERS: TableDefinition<(u32, i64, &str), ()> = TableDefinition::new("time
 const OFFSETS: TableDefinition<(&str, &str, i32), i64> = TableDefinition::new("offsets");
 /// partition → (epoch, owner): the latest ownership claim.
 const OWNERSHIP: TableDefinition<u32, (u64, &str)> = TableDefinition::new("ownership");
+/// (account_id, dead letter id) → the dead letter: kept from the write
+/// that recorded its input position until a write says it was acknowledged.
+const DEAD_LETTERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("dead_letters");
 
 /// The account row without its snapshot, copied out of the table.
 #[derive(Debug, Clone, Copy)]
@@ -139,6 +143,7 @@ impl EmbeddedStore {
             txn.open_table(TIMERS).map_err(backend(ctx))?;
             txn.open_table(OFFSETS).map_err(backend(ctx))?;
             txn.open_table(OWNERSHIP).map_err(backend(ctx))?;
+            txn.open_table(DEAD_LETTERS).map_err(backend(ctx))?;
         }
         txn.commit().map_err(backend("open: commit table creation"))
     }
@@ -202,7 +207,8 @@ impl EmbeddedStore {
         let txn = self.begin_read(ctx)?;
         let accounts = txn.open_table(ACCOUNTS).map_err(backend(ctx))?;
         let offsets = txn.open_table(OFFSETS).map_err(backend(ctx))?;
-        read_account(ctx, &accounts, &offsets, account_id)
+        let letters = txn.open_table(DEAD_LETTERS).map_err(backend(ctx))?;
+        read_account(ctx, &accounts, &offsets, &letters, account_id)
     }
 
     fn load_dedup_sync(
@@ -228,6 +234,7 @@ impl EmbeddedStore {
         let accounts = txn.open_table(ACCOUNTS).map_err(backend(ctx))?;
         let offsets = txn.open_table(OFFSETS).map_err(backend(ctx))?;
         let dedup = txn.open_table(DEDUP).map_err(backend(ctx))?;
+        let letters = txn.open_table(DEAD_LETTERS).map_err(backend(ctx))?;
         let mut loaded = Vec::new();
         for item in index.range((partition, "")..).map_err(backend(ctx))? {
             let (key, _) = item.map_err(backend(ctx))?;
@@ -235,7 +242,7 @@ impl EmbeddedStore {
             if p != partition {
                 break;
             }
-            let Some(stored) = read_account(ctx, &accounts, &offsets, account_id)? else {
+            let Some(stored) = read_account(ctx, &accounts, &offsets, &letters, account_id)? else {
                 continue;
             };
             loaded.push(LoadedAccount {
@@ -478,6 +485,7 @@ struct CommitTables<'txn> {
     dedup: Table<'txn, (&'static str, i64, u128), u64>,
     timers: Table<'txn, (u32, i64, &'static str), ()>,
     offsets: Table<'txn, (&'static str, &'static str, i32), i64>,
+    dead_letters: Table<'txn, (&'static str, &'static str), &'static [u8]>,
 }
 
 impl<'txn> CommitTables<'txn> {
@@ -492,6 +500,7 @@ impl<'txn> CommitTables<'txn> {
             dedup: txn.open_table(DEDUP).map_err(backend(ctx))?,
             timers: txn.open_table(TIMERS).map_err(backend(ctx))?,
             offsets: txn.open_table(OFFSETS).map_err(backend(ctx))?,
+            dead_letters: txn.open_table(DEAD_LETTERS).map_err(backend(ctx))?,
         })
     }
 
@@ -535,6 +544,16 @@ impl<'txn> CommitTables<'txn> {
         for offset in &w.offsets {
             self.offsets
                 .insert((id, offset.topic.as_str(), offset.partition), offset.next)
+                .map_err(backend(ctx))?;
+        }
+        for published in &w.dead_letters_published {
+            self.dead_letters
+                .remove((id, published.as_str()))
+                .map_err(backend(ctx))?;
+        }
+        for letter in &w.dead_letters {
+            self.dead_letters
+                .insert((id, letter.id.as_str()), letter.bytes.as_slice())
                 .map_err(backend(ctx))?;
         }
 
@@ -677,11 +696,13 @@ impl StateStore for EmbeddedStore {
     }
 }
 
-/// One account row with its input offsets, from tables of one transaction.
+/// One account row with its input offsets and kept dead letters, from
+/// tables of one transaction.
 fn read_account(
     ctx: &'static str,
     accounts: &impl ReadableTable<&'static str, AccountRow>,
     offsets_table: &impl ReadableTable<(&'static str, &'static str, i32), i64>,
+    letters_table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     account_id: &str,
 ) -> Result<Option<StoredAccount>, StoreError> {
     let Some(row) = accounts.get(account_id).map_err(backend(ctx))? else {
@@ -705,13 +726,28 @@ fn read_account(
             next: next.value(),
         });
     }
+    let mut dead_letters = Vec::new();
+    for item in letters_table
+        .range((account_id, "")..)
+        .map_err(backend(ctx))?
+    {
+        let (key, bytes) = item.map_err(backend(ctx))?;
+        let (account, id) = key.value();
+        if account != account_id {
+            break;
+        }
+        dead_letters.push(DeadLetterRecord {
+            id: id.to_owned(),
+            bytes: bytes.value().to_vec(),
+        });
+    }
     Ok(Some(StoredAccount {
         snapshot,
         journal_head,
         published_upto,
         offsets,
         next_timer,
-        dead_letters: Vec::new(),
+        dead_letters,
     }))
 }
 

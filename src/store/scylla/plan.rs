@@ -41,6 +41,8 @@ pub struct AccountMeta {
     pub next_timer: Option<Micros>,
     pub offsets: BTreeMap<(String, i32), i64>,
     pub fenced: Vec<FencedRange>,
+    /// Dead letters kept in the row (id → record), until acknowledged.
+    pub dead_letters: BTreeMap<String, Vec<u8>>,
     /// Stamp of the last complete write (the snapshot's; 0 = never written).
     pub snapshot_stamp: i64,
     /// Highest stamp used on the account as far as this store knows (the
@@ -67,6 +69,8 @@ pub enum Mutation<'a> {
         next_timer: Option<i64>,
         offsets: BTreeMap<(String, i32), i64>,
         fenced: Vec<(i64, i64, i64)>,
+        /// Every kept dead letter, the whole map (like `offsets`).
+        dead_letters: BTreeMap<String, Vec<u8>>,
     },
     Journal {
         account_id: &'a str,
@@ -166,6 +170,13 @@ pub fn plan_write<'a>(
     for o in &w.offsets {
         offsets.insert((o.topic.clone(), o.partition), o.next);
     }
+    let mut dead_letters = prev.dead_letters.clone();
+    for id in &w.dead_letters_published {
+        dead_letters.remove(id);
+    }
+    for d in &w.dead_letters {
+        dead_letters.insert(d.id.clone(), d.bytes.clone());
+    }
     let fenced = ranges_after_write(
         &prev.fenced,
         prev.snapshot_stamp,
@@ -185,6 +196,7 @@ pub fn plan_write<'a>(
         next_timer: w.next_timer,
         offsets: offsets.clone(),
         fenced: fenced.iter().map(|r| r.to_tuple()).collect(),
+        dead_letters: dead_letters.clone(),
     });
     for record in &w.journal {
         mutations.push(Mutation::Journal {
@@ -280,6 +292,7 @@ pub fn plan_write<'a>(
             next_timer: w.next_timer,
             offsets,
             fenced,
+            dead_letters,
             snapshot_stamp: stamp,
             last_stamp: stamp,
             unsure: false,
@@ -301,12 +314,17 @@ fn size_of(m: &Mutation<'_>) -> usize {
                 snapshot,
                 offsets,
                 fenced,
+                dead_letters,
                 ..
             } => {
                 account_id.len()
                     + snapshot.len()
                     + offsets.keys().map(|(t, _)| t.len() + 16).sum::<usize>()
                     + fenced.len() * 24
+                    + dead_letters
+                        .iter()
+                        .map(|(id, d)| id.len() + d.len() + 8)
+                        .sum::<usize>()
             }
             Mutation::Journal {
                 account_id, entry, ..
@@ -551,6 +569,7 @@ mod tests {
                     offsets,
                     // A new account: anything stamped before is a zombie's.
                     fenced: vec![(0, s, 1_000)],
+                    dead_letters: BTreeMap::new(),
                 },
                 Mutation::Journal {
                     account_id: "acc",
@@ -653,6 +672,29 @@ mod tests {
             panic!("account row first");
         };
         assert_eq!(offsets.len(), 2, "the whole map is written every time");
+    }
+
+    #[test]
+    fn dead_letters_are_kept_in_the_row_until_acknowledged() {
+        let mut prev = existing(2, stamp(5, 1).unwrap());
+        prev.dead_letters.insert("d1".into(), b"one".to_vec());
+        prev.dead_letters.insert("d2".into(), b"two".to_vec());
+        let mut w = write(3..=3);
+        w.dead_letters_published = vec!["d1".into(), "unknown".into()];
+        w.dead_letters = vec![crate::store::DeadLetterRecord {
+            id: "d3".into(),
+            bytes: b"three".to_vec(),
+        }];
+        let plan = plan_write(&prev, &w, 1, 0, |_, _| true).unwrap();
+        let kept: Vec<&str> = plan.after.dead_letters.keys().map(String::as_str).collect();
+        assert_eq!(kept, ["d2", "d3"]);
+        let Mutation::Account { dead_letters, .. } = &plan.mutations[0] else {
+            panic!("account row first");
+        };
+        assert_eq!(dead_letters, &plan.after.dead_letters, "the whole map");
+        // Part of the commit point: the row alone, unlogged.
+        assert!(!plan.logged);
+        assert_eq!(split(&plan, BATCH_BYTES).last().unwrap().mutations, [0]);
     }
 
     #[test]

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use super::plan::AccountMeta;
 use super::stamp::{in_history, FencedRange};
-use crate::store::{DedupRecord, InputOffset, JournalRecord, StoredAccount};
+use crate::store::{DeadLetterRecord, DedupRecord, InputOffset, JournalRecord, StoredAccount};
 
 /// `SELECT partition, snapshot, journal_head, published_upto, next_timer,
-/// input_offsets, fenced_ranges, WRITETIME(snapshot),
+/// input_offsets, fenced_ranges, dead_letters, WRITETIME(snapshot),
 /// WRITETIME(published_upto) FROM accounts WHERE account_id = ?`.
 pub type AccountRow = (
     Option<i32>,
@@ -19,6 +19,7 @@ pub type AccountRow = (
     Option<i64>,
     Option<BTreeMap<(String, i32), i64>>,
     Option<Vec<(i64, i64, i64)>>,
+    Option<BTreeMap<String, Vec<u8>>>,
     Option<i64>,
     Option<i64>,
 );
@@ -46,6 +47,7 @@ pub fn account_from_row(row: AccountRow) -> Result<Option<(AccountMeta, Vec<u8>)
         next_timer,
         offsets,
         fenced,
+        dead_letters,
         snapshot_stamp,
         published_stamp,
     ) = row;
@@ -67,6 +69,7 @@ pub fn account_from_row(row: AccountRow) -> Result<Option<(AccountMeta, Vec<u8>)
             .into_iter()
             .map(FencedRange::from_tuple)
             .collect(),
+        dead_letters: dead_letters.unwrap_or_default(),
         snapshot_stamp,
         last_stamp: snapshot_stamp.max(published_stamp.unwrap_or(0)),
         unsure: false,
@@ -91,7 +94,14 @@ pub fn stored_account(meta: &AccountMeta, snapshot: Vec<u8>) -> StoredAccount {
             })
             .collect(),
         next_timer: meta.next_timer,
-        dead_letters: Vec::new(),
+        dead_letters: meta
+            .dead_letters
+            .iter()
+            .map(|(id, bytes)| DeadLetterRecord {
+                id: id.clone(),
+                bytes: bytes.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -141,6 +151,7 @@ mod tests {
             Some(9_000),
             Some(offsets),
             Some(vec![(1, 5, 0)]),
+            Some(BTreeMap::from([("d1".to_string(), b"letter".to_vec())])),
             Some(stamp(2, 8).unwrap()),
             Some(stamp(2, 9).unwrap()),
         )
@@ -158,6 +169,13 @@ mod tests {
         assert_eq!(stored.journal_head, 12);
         assert_eq!(stored.published_upto, 12, "clamped to the head");
         assert_eq!(stored.next_timer, Some(9_000));
+        assert_eq!(
+            stored.dead_letters,
+            [DeadLetterRecord {
+                id: "d1".into(),
+                bytes: b"letter".to_vec()
+            }]
+        );
         assert_eq!(
             stored.offsets,
             [

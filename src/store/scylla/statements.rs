@@ -30,7 +30,7 @@ pub fn texts(ks: &str) -> Vec<(&'static str, String)> {
             "select_account",
             format!(
                 "SELECT partition, snapshot, journal_head, published_upto, next_timer, input_offsets, fenced_ranges, \
-                 WRITETIME(snapshot), WRITETIME(published_upto) FROM {ks}.accounts WHERE account_id = ?"
+                 dead_letters, WRITETIME(snapshot), WRITETIME(published_upto) FROM {ks}.accounts WHERE account_id = ?"
             ),
         ),
         (
@@ -47,7 +47,8 @@ pub fn texts(ks: &str) -> Vec<(&'static str, String)> {
             "update_account",
             format!(
                 "UPDATE {ks}.accounts USING TIMESTAMP ? SET partition = ?, snapshot = ?, journal_head = ?, \
-                 published_upto = ?, next_timer = ?, input_offsets = ?, fenced_ranges = ? WHERE account_id = ?"
+                 published_upto = ?, next_timer = ?, input_offsets = ?, fenced_ranges = ?, dead_letters = ? \
+                 WHERE account_id = ?"
             ),
         ),
         (
@@ -248,6 +249,7 @@ impl SerializeRow for Mutation<'_> {
                 next_timer,
                 offsets,
                 fenced,
+                dead_letters,
             } => (
                 stamp,
                 partition,
@@ -257,6 +259,7 @@ impl SerializeRow for Mutation<'_> {
                 next_timer,
                 offsets,
                 fenced,
+                dead_letters,
                 account_id,
             )
                 .serialize(ctx, writer),
@@ -382,7 +385,7 @@ mod tests {
                 .map(|(_, t)| t.matches('?').count())
                 .unwrap()
         };
-        assert_eq!(markers("update_account"), 9);
+        assert_eq!(markers("update_account"), 10);
         assert_eq!(markers("insert_journal"), 6);
         assert_eq!(markers("insert_invoice"), 4);
         assert_eq!(markers("insert_dedup"), 6);

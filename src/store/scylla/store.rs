@@ -260,7 +260,14 @@ impl ScyllaStore {
                 meta.unsure = true;
             }
         }
-        known.accounts.insert(account_id.to_owned(), meta.clone());
+        if meta.exists || meta.unsure {
+            known.accounts.insert(account_id.to_owned(), meta.clone());
+        } else {
+            // An account never written is not remembered (its meta is the
+            // default, read again by a commit): a flood of records for ids
+            // that were never opened leaves nothing behind.
+            known.accounts.remove(account_id);
+        }
         drop(known);
         Ok(account.map(|(_, snapshot)| (meta, snapshot)))
     }

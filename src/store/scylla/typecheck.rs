@@ -272,8 +272,11 @@ fn every_mutation_binds_the_schema_types() {
             next: 2,
         }],
         published_upto: Some(1),
-        dead_letters: Vec::new(),
-        dead_letters_published: Vec::new(),
+        dead_letters: vec![crate::store::DeadLetterRecord {
+            id: "d".into(),
+            bytes: b"letter".to_vec(),
+        }],
+        dead_letters_published: vec!["c".into()],
     };
     let mut prev = AccountMeta {
         exists: true,
@@ -308,6 +311,7 @@ fn every_mutation_binds_the_schema_types() {
     let bare_write = AccountWrite {
         next_timer: None,
         offsets: vec![],
+        dead_letters: vec![],
         ..write.clone()
     };
     let bare = plan_write(&AccountMeta::default(), &bare_write, 60, 0, |_, _| true).unwrap();
