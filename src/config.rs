@@ -11,7 +11,8 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use crate::engine::time::Timestamp;
+use crate::engine::config::InputWindows;
+use crate::engine::time::{Timestamp, MICROS_PER_DAY};
 use crate::engine::EngineConfig;
 
 /// The defaults, embedded at build time from the readable file.
@@ -189,8 +190,12 @@ struct RawBilling {
     payment_terms: String,
     retry_schedule: Vec<String>,
     future_tolerance: String,
+    late_window: String,
     dedup_window: String,
-    late_periods: u32,
+    /// Replaced by `late_window` (issue 12): refused with a pointer to it.
+    #[serde(default)]
+    late_periods: Option<toml::Value>,
+    max_backdating: String,
     credit_low_threshold: String,
     expiry_warning: String,
     rollup_lateness: String,
@@ -406,7 +411,8 @@ pub struct ScyllaSettings {
     pub replication: Replication,
     /// Datacenter whose nodes coordinate requests (`None` = any).
     pub local_datacenter: Option<String>,
-    /// TTL of dedup records: the engine's dedup window plus one day.
+    /// TTL of dedup records: the engine's dedup window and future
+    /// tolerance, plus one day.
     pub dedup_ttl: Duration,
 }
 
@@ -539,7 +545,10 @@ impl RawKafka {
 }
 
 impl RawStore {
-    fn scylla(&self, dedup_window_micros: i64) -> Result<ScyllaSettings, ConfigError> {
+    /// `dedup_micros`: how long after its write a dedup id may still be
+    /// needed (dedup window + future tolerance: an id counts from at most
+    /// that tolerance after its processing instant).
+    fn scylla(&self, dedup_micros: i64) -> Result<ScyllaSettings, ConfigError> {
         if self.scylla_nodes.is_empty() {
             return Err(invalid(
                 "store.scylla_nodes",
@@ -620,7 +629,7 @@ impl RawStore {
                 ));
             }
         }
-        let window = u64::try_from(dedup_window_micros).unwrap_or(0);
+        let window = u64::try_from(dedup_micros).unwrap_or(0);
         Ok(ScyllaSettings {
             nodes: self
                 .scylla_nodes
@@ -947,17 +956,28 @@ impl Raw {
             .map(|(i, d)| micros(&format!("billing.retry_schedule[{i}]"), d))
             .collect::<Result<_, _>>()?;
         engine.future_tolerance_micros = micros("billing.future_tolerance", &b.future_tolerance)?;
-        engine.dedup_window_micros = micros("billing.dedup_window", &b.dedup_window)?;
-        if engine.dedup_window_micros < 35 * crate::engine::time::MICROS_PER_DAY {
+        if engine.future_tolerance_micros > MICROS_PER_DAY {
+            return Err(invalid("billing.future_tolerance", "must be at most 1d"));
+        }
+        if b.late_periods.is_some() {
             return Err(invalid(
-                "billing.dedup_window",
-                "must be at least 35 days (SPEC §4)",
+                "billing.late_periods",
+                "was replaced by billing.late_window, a duration (e.g. \"35d\"): late input is \
+                 bounded by its age, which the dedup window always covers",
             ));
         }
-        if b.late_periods == 0 {
-            return Err(invalid("billing.late_periods", "must be at least 1"));
+        engine.windows = InputWindows::new(
+            micros("billing.late_window", &b.late_window)?,
+            micros("billing.dedup_window", &b.dedup_window)?,
+        )
+        .map_err(|e| invalid(&format!("billing.{}", e.setting), e.reason))?;
+        engine.max_backdating_micros = micros("billing.max_backdating", &b.max_backdating)?;
+        if engine.max_backdating_micros > 3660 * MICROS_PER_DAY {
+            return Err(invalid(
+                "billing.max_backdating",
+                "must be at most 3660d (an opening closes every period since it at once)",
+            ));
         }
-        engine.late_periods = b.late_periods as usize;
         engine.credit_low_threshold =
             decimal("billing.credit_low_threshold", &b.credit_low_threshold)?;
         if engine.credit_low_threshold.is_sign_negative() {
@@ -979,7 +999,10 @@ impl Raw {
                     path: PathBuf::from(&self.store.path),
                 }
             }
-            "scylla" => StoreSettings::Scylla(self.store.scylla(engine.dedup_window_micros)?),
+            "scylla" => StoreSettings::Scylla(
+                self.store
+                    .scylla(engine.windows.dedup_micros() + engine.future_tolerance_micros)?,
+            ),
             other => {
                 return Err(invalid(
                     "store.kind",
@@ -1083,6 +1106,25 @@ mod tests {
         );
         assert_eq!(s.kafka.schema_registry, None);
         assert_eq!(s.clock, Clock::Wall);
+    }
+
+    #[test]
+    fn issue_12_late_window_dedup_window_and_max_backdating_are_validated_at_start() {
+        let s = load(
+            Some("[billing]\nlate_window = \"7d\"\ndedup_window = \"60d\"\nmax_backdating = \"30d\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.engine.windows.late_micros(), 7 * MICROS_PER_DAY);
+        assert_eq!(s.engine.windows.dedup_micros(), 60 * MICROS_PER_DAY);
+        assert_eq!(s.engine.max_backdating_micros, 30 * MICROS_PER_DAY);
+        // A late window the dedup window does not cover cannot be set.
+        let e = load(None, &[("BILLSTREAM__BILLING__LATE_WINDOW", "40d")]).unwrap_err();
+        let message = e.to_string();
+        assert!(
+            message.contains("`billing.late_window`") && message.contains("billing.dedup_window"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -1217,6 +1259,16 @@ mod tests {
                 "billing.retry_schedule[1]",
             ),
             ("[billing]\ndedup_window = \"7d\"\n", "billing.dedup_window"),
+            ("[billing]\nlate_window = \"36d\"\n", "billing.late_window"),
+            (
+                "[billing]\nlate_window = \"90d\"\ndedup_window = \"60d\"\n",
+                "billing.late_window",
+            ),
+            ("[billing]\nlate_window = \"soon\"\n", "billing.late_window"),
+            ("[billing]\nlate_periods = 3\n", "billing.late_periods"),
+            ("[billing]\nmax_backdating = \"5000d\"\n", "billing.max_backdating"),
+            ("[billing]\nmax_backdating = \"-1d\"\n", "billing.max_backdating"),
+            ("[billing]\nfuture_tolerance = \"2d\"\n", "billing.future_tolerance"),
             (
                 "[billing]\ncredit_low_threshold = \"five\"\n",
                 "billing.credit_low_threshold",
@@ -1326,8 +1378,9 @@ mod tests {
             scylla.replication.cql_map(),
             "{'class': 'NetworkTopologyStrategy', 'eu': 3, 'us': 2}"
         );
-        // The dedup TTL covers the dedup window (35 days) plus a day.
-        assert_eq!(scylla.dedup_ttl, Duration::from_secs(36 * 86_400));
+        // The dedup TTL covers the dedup window (35 days) and the future
+        // tolerance (5 minutes), plus a day.
+        assert_eq!(scylla.dedup_ttl, Duration::from_secs(36 * 86_400 + 300));
 
         let s = load(
             Some("[store]\nkind = \"scylla\"\nscylla_nodes = [\"127.0.0.1:9042\"]\nreplication_class = \"SimpleStrategy\"\nreplication_factor = 1\n"),
@@ -1341,7 +1394,7 @@ mod tests {
             scylla.replication.cql_map(),
             "{'class': 'SimpleStrategy', 'replication_factor': 1}"
         );
-        assert_eq!(scylla.dedup_ttl, Duration::from_secs(41 * 86_400));
+        assert_eq!(scylla.dedup_ttl, Duration::from_secs(41 * 86_400 + 300));
         assert_eq!(
             Replication::NetworkTopology { factor: 3 }.cql_map(),
             "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}"

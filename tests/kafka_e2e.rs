@@ -921,6 +921,7 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
             | UnknownCharge { .. }
             | InvalidField { .. }
             | TooLate { .. }
+            | TooOld { .. }
             | RefundExceedsCredit { .. }
             | UnknownPaymentMethod { .. }
             | KeyMismatch { .. } => {}
@@ -955,8 +956,8 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
     // do not depend on when the test runs.
     const CLOCK: &str = "2026-03-15T12:00:00Z";
     const RECENT: &str = "2026-03-15T10:00:00Z";
-    // `a` opened in October 2025: at the clock, October is an issued period
-    // older than the three kept for late usage. `b` is closed; `nobody`
+    // `a` opened in October 2025: at the clock, October is older than the
+    // 35-day late window. `b` is closed; `nobody`
     // was never opened.
     let (a, b, nobody) = ("acct-dlq-a", "acct-dlq-b", "acct-dlq-nobody");
     let plan = |plan_id: &str, fee: &str| per_unit_plan(plan_id, fee, "0.50");
@@ -1137,14 +1138,15 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
             ..usage("u-future", a, "m", "1")
         }),
     );
+    // (Inside the 35-day late window, which is checked first.)
     reject(
         usage_topic,
-        a,
+        b,
         "before_account_opened",
         engine,
         enc_usage(UsageRecorded {
-            occurred_at: at("2025-09-15T00:00:00Z"),
-            ..usage("u-before", a, "m", "1")
+            occurred_at: at("2026-02-20T00:00:00Z"),
+            ..usage("u-before", b, "m", "1")
         }),
     );
     reject(

@@ -6,6 +6,7 @@ mod dashboards;
 mod demo_smoke;
 mod kafka_crash;
 mod kafka_e2e;
+mod kafka_redelivery;
 mod kafka_tls;
 mod kafka_txn;
 mod processor_batch;

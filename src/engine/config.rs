@@ -5,7 +5,7 @@
 
 use rust_decimal::Decimal;
 
-use super::time::{MICROS_PER_DAY, MICROS_PER_HOUR, MICROS_PER_MINUTE};
+use super::time::{Timestamp, MICROS_PER_DAY, MICROS_PER_HOUR, MICROS_PER_MINUTE};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -20,10 +20,12 @@ pub struct EngineConfig {
     pub retry_schedule_micros: Vec<i64>,
     /// How far in the future `occurred_at` may be (default 5 min).
     pub future_tolerance_micros: i64,
-    /// How long event ids are remembered for dedup (default 35 days).
-    pub dedup_window_micros: i64,
-    /// Issued periods kept for pricing late usage (default 3).
-    pub late_periods: usize,
+    /// How old an input may be and how long its id is remembered: one
+    /// pair, consistent by construction (`InputWindows::new`).
+    pub windows: InputWindows,
+    /// How far before the processing clock an `AccountOpened` may be dated
+    /// (default 400 days): bounds the periods one opening closes at once.
+    pub max_backdating_micros: i64,
     /// Credit balance (major units) under which `CreditLow` is sent.
     pub credit_low_threshold: Decimal,
     /// Warn this long before a payment method expires (default 30 days).
@@ -42,12 +44,132 @@ impl EngineConfig {
             payment_terms_micros: 14 * MICROS_PER_DAY,
             retry_schedule_micros: vec![MICROS_PER_DAY, 3 * MICROS_PER_DAY, 7 * MICROS_PER_DAY],
             future_tolerance_micros: 5 * MICROS_PER_MINUTE,
-            dedup_window_micros: 35 * MICROS_PER_DAY,
-            late_periods: 3,
+            windows: InputWindows::DEFAULT,
+            max_backdating_micros: 400 * MICROS_PER_DAY,
             credit_low_threshold: Decimal::from(5),
             expiry_warning_micros: 30 * MICROS_PER_DAY,
             rollup_lateness_micros: 5 * MICROS_PER_MINUTE,
             max_quantity: Decimal::from(1_000_000_000_000i64),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The earliest `occurred_at` an input may carry when the account's
+    /// processing clock reads `clock` (`AccountOpened` of a new account
+    /// excepted: `max_backdating` bounds it): older input is `too_late`.
+    pub fn earliest_accepted(&self, clock: Timestamp) -> Timestamp {
+        clock.plus(-self.windows.late_micros())
+    }
+
+    /// Dedup ids remembered from an instant before this are forgotten once
+    /// the account's clock reads `clock`; stores load the ids from here on.
+    /// The extra `future_tolerance` also covers ids stored before issue 12,
+    /// which count from their first processing instant, at most that much
+    /// before their `occurred_at`.
+    pub fn dedup_forget_before(&self, clock: Timestamp) -> i64 {
+        clock
+            .0
+            .saturating_sub(self.windows.dedup_micros())
+            .saturating_sub(self.future_tolerance_micros)
+    }
+}
+
+/// The late window (how old, by `occurred_at` against the account's
+/// processing clock, an input may be) and the dedup window (how long an id
+/// is remembered, counted from the later of its `occurred_at` and its first
+/// processing). Only `new` makes one, and it refuses a late window longer
+/// than the dedup window: no input can be accepted once its id could have
+/// been forgotten (SPEC §4), whatever the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputWindows {
+    late_micros: i64,
+    dedup_micros: i64,
+}
+
+/// A window setting `InputWindows::new` refused: which one, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowError {
+    /// `"late_window"` or `"dedup_window"`.
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+impl InputWindows {
+    /// 35 days each (SPEC §4's dedup window).
+    pub const DEFAULT: InputWindows = InputWindows {
+        late_micros: 35 * MICROS_PER_DAY,
+        dedup_micros: 35 * MICROS_PER_DAY,
+    };
+    /// SPEC §4: ids are remembered for at least 35 days.
+    pub const MIN_DEDUP_MICROS: i64 = 35 * MICROS_PER_DAY;
+    /// Bounds the ids (and issued periods) one account keeps.
+    pub const MAX_DEDUP_MICROS: i64 = 400 * MICROS_PER_DAY;
+    /// Below a day, ordinary delivery delays would be `too_late`.
+    pub const MIN_LATE_MICROS: i64 = MICROS_PER_DAY;
+
+    pub fn new(late_micros: i64, dedup_micros: i64) -> Result<InputWindows, WindowError> {
+        let refuse = |setting, reason: &str| {
+            Err(WindowError {
+                setting,
+                reason: reason.to_string(),
+            })
+        };
+        if dedup_micros < Self::MIN_DEDUP_MICROS {
+            return refuse("dedup_window", "must be at least 35 days (SPEC §4)");
+        }
+        if dedup_micros > Self::MAX_DEDUP_MICROS {
+            return refuse("dedup_window", "must be at most 400 days");
+        }
+        if late_micros < Self::MIN_LATE_MICROS {
+            return refuse("late_window", "must be at least 1 day");
+        }
+        if late_micros > dedup_micros {
+            return refuse(
+                "late_window",
+                "must not be longer than billing.dedup_window: input older than the \
+                 dedup window could be a redelivery whose id was forgotten",
+            );
+        }
+        Ok(InputWindows {
+            late_micros,
+            dedup_micros,
+        })
+    }
+
+    pub fn late_micros(self) -> i64 {
+        self.late_micros
+    }
+
+    pub fn dedup_micros(self) -> i64 {
+        self.dedup_micros
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_12_a_late_window_longer_than_the_dedup_window_is_refused() {
+        let day = MICROS_PER_DAY;
+        assert_eq!(
+            InputWindows::new(35 * day, 35 * day),
+            Ok(InputWindows::DEFAULT)
+        );
+        assert!(InputWindows::new(7 * day, 60 * day).is_ok());
+        for (late, dedup, setting) in [
+            (36 * day, 35 * day, "late_window"),
+            (90 * day, 60 * day, "late_window"),
+            (day / 2, 35 * day, "late_window"),
+            (7 * day, 34 * day, "dedup_window"),
+            (7 * day, 401 * day, "dedup_window"),
+        ] {
+            assert_eq!(
+                InputWindows::new(late, dedup).unwrap_err().setting,
+                setting,
+                "late {late} dedup {dedup}"
+            );
         }
     }
 }

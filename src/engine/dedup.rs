@@ -4,6 +4,14 @@
 //! the same id with the same payload is a duplicate (counted, ignored), the
 //! same id with another payload is a conflict. Entries expire after the
 //! window, oldest first.
+//!
+//! An id's window counts from the later of its event's `occurred_at` and
+//! its first processing instant (`remembered_from`), and the fold refuses
+//! (`too_late`) any input whose `occurred_at` is older than the late window,
+//! which is never longer than the dedup window (`InputWindows`). So an id is
+//! remembered for as long as its input could be accepted, by construction,
+//! whatever the processing clock does (the expiry cutoff and the age check
+//! both read the account's monotonic clock; `Engine::apply`).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -41,8 +49,8 @@ impl Hasher for KeyHasher {
     }
 }
 
-/// One map from key to (fingerprint, first seen), plus the oldest
-/// first-seen instant inline: the per-event expiry check reads one field,
+/// One map from key to (fingerprint, remembered from), plus the oldest
+/// such instant inline: the per-event expiry check reads one field,
 /// and the map is swept only when something is actually due to expire.
 #[derive(Debug, Clone, Default)]
 pub struct DedupWindow {
@@ -90,7 +98,7 @@ impl DedupWindow {
         self.seen.entry(key).or_insert((fingerprint, seen_at));
     }
 
-    /// Forget ids seen before `cutoff`.
+    /// Forget ids remembered from before `cutoff`.
     pub fn expire(&mut self, cutoff: i64) {
         if self.seen.is_empty() || self.oldest >= cutoff {
             return;
@@ -107,10 +115,18 @@ impl DedupWindow {
         self.seen.is_empty()
     }
 
-    /// Entries (key, fingerprint, first seen), in no particular order.
+    /// Entries (key, fingerprint, remembered from), in no particular order.
     pub fn entries(&self) -> impl Iterator<Item = (u128, u64, i64)> + '_ {
         self.seen.iter().map(|(k, (f, at))| (*k, *f, *at))
     }
+}
+
+/// The instant an input's id is remembered from: the later of its
+/// `occurred_at` and the processing instant `now` of its first apply.
+/// Never earlier than `occurred_at`, so the id outlives the input's
+/// acceptability; never later than `now` + the future tolerance.
+pub fn remembered_from(input: &Input, now: super::time::Timestamp) -> i64 {
+    input.occurred_at().0.max(now.0)
 }
 
 /// The dedup key of an event id.

@@ -95,6 +95,21 @@ fn check_text(field: &str, value: &str) -> Result<(), Rejection> {
     }
 }
 
+/// A duration as configured: "35d", "5h", "30m" or "90s".
+fn duration_text(micros: i64) -> String {
+    use super::time::{MICROS_PER_DAY, MICROS_PER_MINUTE, MICROS_PER_SECOND};
+    for (unit, suffix) in [
+        (MICROS_PER_DAY, "d"),
+        (MICROS_PER_HOUR, "h"),
+        (MICROS_PER_MINUTE, "m"),
+    ] {
+        if micros % unit == 0 {
+            return format!("{}{suffix}", micros / unit);
+        }
+    }
+    format!("{}s", micros / MICROS_PER_SECOND)
+}
+
 fn add_subject(subjects: &mut Vec<(Name, Decimal)>, subject: &str, qty: Decimal) -> Name {
     let t = name::tag(subject);
     match subjects.iter_mut().find(|(s, _)| s.is(t, subject)) {
@@ -164,7 +179,8 @@ impl Engine {
                     },
                 ) => {
                     let mut st = self.open_account(cmd, now, out)?;
-                    st.dedup.insert(key, fingerprint, now.0);
+                    st.dedup
+                        .insert(key, fingerprint, dedup::remembered_from(input, now));
                     self.refresh_timer(&mut st);
                     self.advance(&mut st, now, out);
                     *slot = Some(st);
@@ -178,7 +194,8 @@ impl Engine {
         // One probe: the id is recorded now and taken back if the input is
         // rejected (rejections leave no trace, so a fixed input can be
         // replayed from the dead-letter topic).
-        match st.dedup.check_and_insert(key, fingerprint, now.0) {
+        let from = dedup::remembered_from(input, now);
+        match st.dedup.check_and_insert(key, fingerprint, from) {
             Seen::Duplicate => return Ok(Outcome::Duplicate),
             Seen::Conflict => {
                 return Err(Rejection::Conflict {
@@ -186,6 +203,31 @@ impl Engine {
                 })
             }
             Seen::New => {}
+        }
+        // An id new to the window may still be a redelivery whose id was
+        // forgotten: accept it only if it is younger than the late window,
+        // within which the window remembers every id (`InputWindows`).
+        // `st.clock` (advanced above, never backwards) is the clock the
+        // window expires by. An opening is refused by existence instead.
+        let earliest = self.config.earliest_accepted(st.clock);
+        if input.occurred_at() < earliest
+            && !matches!(
+                input,
+                Input::Account(AccountCommand {
+                    kind: AccountKind::AccountOpened { .. },
+                    ..
+                })
+            )
+        {
+            st.dedup.remove(key);
+            return Err(Rejection::TooOld {
+                occurred_at: input.occurred_at(),
+                earliest,
+                limit: format!(
+                    "billing.late_window ({}) accepts: dedup may have forgotten an older id",
+                    duration_text(self.config.windows.late_micros())
+                ),
+            });
         }
         let mut emit = Emit::new(out, now, input.event_id());
         let applied = match input {
@@ -313,8 +355,10 @@ impl Engine {
             self.fire(st, t, out);
             self.refresh_timer(st);
         }
-        st.dedup.expire(now.0 - self.config.dedup_window_micros);
+        // The account's clock never goes back, so neither does the expiry
+        // cutoff nor the late-window check that reads the same clock.
         st.clock = st.clock.max(now);
+        st.dedup.expire(self.config.dedup_forget_before(st.clock));
     }
 
     fn fire(&self, st: &mut AccountState, t: Timestamp, out: &mut Vec<JournalEntry>) {
@@ -561,9 +605,10 @@ impl Engine {
             totals,
             billed,
         });
-        if st.closed.len() > self.config.late_periods {
-            st.closed.remove(0);
-        }
+        // Keep the issued periods late input can still reach: those ending
+        // after the earliest accepted instant (the clock only moves on).
+        let earliest = self.config.earliest_accepted(emit.at);
+        st.closed.retain(|c| c.period.end > earliest);
         lines.append(&mut st.pending_lines);
 
         let next = next_period(p, st.timezone, st.anchor);
@@ -957,6 +1002,19 @@ impl Engine {
             });
         }
         let opened_at = cmd.occurred_at;
+        // Every period from the opening to now is closed in this one apply:
+        // bound how far back that reaches.
+        let earliest = now.plus(-self.config.max_backdating_micros);
+        if opened_at < earliest {
+            return Err(Rejection::TooOld {
+                occurred_at: opened_at,
+                earliest,
+                limit: format!(
+                    "billing.max_backdating ({}) accepts for an AccountOpened",
+                    duration_text(self.config.max_backdating_micros)
+                ),
+            });
+        }
         let current = period_containing(opened_at, tz, *billing_anchor);
         let mut st = AccountState {
             account_id: Arc::from(cmd.account_id.as_str()),

@@ -67,6 +67,16 @@ pub enum Rejection {
     /// Usage for a period older than the late window kept in state.
     #[error("usage for the period starting {period_start} is older than the late-usage window")]
     TooLate { period_start: Timestamp },
+    /// Older than the engine accepts: `occurred_at` before the late window
+    /// (the id of such an input may be forgotten by dedup, so it could be a
+    /// redelivery), or an opening backdated beyond `billing.max_backdating`.
+    /// Kind `too_late`.
+    #[error("occurred_at {occurred_at} is before {earliest}, the earliest {limit}")]
+    TooOld {
+        occurred_at: Timestamp,
+        earliest: Timestamp,
+        limit: String,
+    },
     /// A refund larger than the account's credit balance.
     #[error("refund of {amount} exceeds the credit balance {balance}")]
     RefundExceedsCredit { amount: String, balance: String },
@@ -106,7 +116,7 @@ impl Rejection {
             Rejection::WrongEnvironment { .. } => "wrong_environment",
             Rejection::UnknownCharge { .. } => "unknown_charge",
             Rejection::InvalidField { .. } => "invalid_field",
-            Rejection::TooLate { .. } => "too_late",
+            Rejection::TooLate { .. } | Rejection::TooOld { .. } => "too_late",
             Rejection::RefundExceedsCredit { .. } => "refund_exceeds_credit",
             Rejection::UnknownPaymentMethod { .. } => "unknown_payment_method",
             Rejection::KeyMismatch { .. } => "key_mismatch",

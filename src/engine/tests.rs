@@ -1188,3 +1188,257 @@ fn timers_fire_at_their_own_instant_when_the_clock_jumps() {
         .all(|w| w[0].seq + 1 == w[1].seq && w[0].at <= w[1].at));
     let _ = (MICROS_PER_DAY, MICROS_PER_HOUR);
 }
+
+// ---- issue 12: redelivery after the dedup window, backdated openings ----
+
+/// A stream of one account: opened on `flat` with a card, the opening
+/// invoice paid by the card, a top-up, a credit note and March usage;
+/// March is issued on 1 April.
+fn issue_12_stream(h: &mut Harness) -> Vec<(Input, Timestamp)> {
+    let pay = |id: &str, at: &str, kind: PaymentKind| {
+        Input::Payment(PaymentEvent {
+            event_id: id.into(),
+            account_id: "acct".into(),
+            occurred_at: ts(at),
+            environment: Some("prod".into()),
+            kind,
+        })
+    };
+    let mut stream = vec![
+        (
+            open_cmd("open", "flat", ts("2026-03-01T00:00:00Z")),
+            ts("2026-03-01T00:00:00Z"),
+        ),
+        (
+            pay(
+                "card",
+                "2026-03-01T00:10:00Z",
+                PaymentKind::PaymentMethodAttached {
+                    token_ref: "tok_1".into(),
+                    brand: "visa".into(),
+                    last4: "4242".into(),
+                    expires: "2030-12".into(),
+                },
+            ),
+            ts("2026-03-01T00:10:00Z"),
+        ),
+        (
+            pay(
+                "paid-1",
+                "2026-03-01T00:20:00Z",
+                PaymentKind::PaymentSucceeded {
+                    charge_id: "inv_acct_00001/attempt-1".into(),
+                    invoice_id: "inv_acct_00001".into(),
+                    amount: d("37.20"),
+                    currency: "EUR".into(),
+                },
+            ),
+            ts("2026-03-01T00:20:00Z"),
+        ),
+        (
+            pay(
+                "top-up",
+                "2026-03-02T00:00:00Z",
+                PaymentKind::CreditToppedUp {
+                    amount: d("10.00"),
+                    currency: "EUR".into(),
+                },
+            ),
+            ts("2026-03-02T00:00:00Z"),
+        ),
+        (
+            Input::Account(AccountCommand {
+                event_id: "goodwill".into(),
+                account_id: "acct".into(),
+                occurred_at: ts("2026-03-02T01:00:00Z"),
+                environment: Some("prod".into()),
+                kind: AccountKind::AdjustmentIssued {
+                    adjustment: AdjustmentKind::CreditNote,
+                    amount: d("5.00"),
+                    currency: "EUR".into(),
+                    reason: "goodwill".into(),
+                    invoice_id: None,
+                },
+            }),
+            ts("2026-03-02T01:00:00Z"),
+        ),
+    ];
+    for (i, day) in ["03", "10", "20", "28"].iter().enumerate() {
+        let at = ts(&format!("2026-03-{day}T12:00:00Z"));
+        stream.push((
+            Input::Usage(usage(
+                &format!("u{i}"),
+                "acct",
+                "app",
+                "container.hours",
+                "800",
+                at,
+            )),
+            at,
+        ));
+    }
+    for (input, now) in &stream {
+        assert_eq!(
+            h.feed(input.clone(), *now),
+            Ok(Outcome::Applied),
+            "{input:?}"
+        );
+    }
+    h.advance("2026-04-01T01:00:00Z");
+    stream
+}
+
+/// (charge id, invoice id, amount, attempt) of each charge request.
+type Charges = Vec<(String, String, Minor, u32)>;
+
+/// The invoices and charge requests of a harness.
+fn money_out(h: &Harness) -> (Vec<IssuedInvoice>, Charges) {
+    (h.invoices().into_iter().cloned().collect(), h.charges())
+}
+
+/// What one input of the stream looks like under the same id with another
+/// payload (same occurred_at: a producer that reuses an id).
+fn issue_12_conflicting(input: &Input) -> Input {
+    let mut other = input.clone();
+    match &mut other {
+        Input::Usage(u) => u.quantity = d("5000"),
+        Input::Payment(p) => match &mut p.kind {
+            PaymentKind::CreditToppedUp { amount, .. }
+            | PaymentKind::PaymentSucceeded { amount, .. } => *amount = d("500.00"),
+            PaymentKind::PaymentMethodAttached { token_ref, .. } => *token_ref = "tok_2".into(),
+            other => panic!("no conflicting payload for {other:?}"),
+        },
+        Input::Account(a) => match &mut a.kind {
+            AccountKind::AdjustmentIssued { amount, .. } => *amount = d("500.00"),
+            AccountKind::AccountOpened { plan_id, .. } => *plan_id = "tiered".into(),
+            other => panic!("no conflicting payload for {other:?}"),
+        },
+    }
+    other
+}
+
+#[test]
+fn issue_12_redelivery_after_the_dedup_window_is_not_billed_twice() {
+    // The stream alone, then the same stream with every record delivered
+    // again 36 to 40 days after it was first applied (the dedup window is
+    // 35 days), once with its own payload and once with another payload
+    // under the same id. March is issued then, so usage would be a late
+    // line and payments would become credit.
+    let mut alone = Harness::new();
+    issue_12_stream(&mut alone);
+    let mut again = Harness::new();
+    let stream = issue_12_stream(&mut again);
+    let mut redeliveries: Vec<(Timestamp, Input)> = Vec::new();
+    for (input, first_seen) in &stream {
+        for days in [36, 40] {
+            let now = first_seen.plus(days * MICROS_PER_DAY);
+            redeliveries.push((now, input.clone()));
+            redeliveries.push((now, issue_12_conflicting(input)));
+        }
+    }
+    redeliveries.sort_by_key(|(now, _)| *now);
+    let mut applied_again = Vec::new();
+    for (now, redelivered) in redeliveries {
+        if let Ok(Outcome::Applied) = again.feed(redelivered.clone(), now) {
+            applied_again.push(format!("{} at {now}", redelivered.event_id()));
+        }
+    }
+    assert_eq!(applied_again, Vec::<String>::new(), "applied again");
+    alone.advance("2026-06-01T01:00:00Z");
+    again.advance("2026-06-01T01:00:00Z");
+    assert_eq!(money_out(&again), money_out(&alone));
+    assert_eq!(again.st().credit, alone.st().credit);
+    assert!(again
+        .invoices()
+        .iter()
+        .all(|i| i.lines.iter().all(|l| l.kind != LineKind::LateUsage)));
+}
+
+#[test]
+fn issue_12_redelivered_payments_after_the_dedup_window_never_become_credit() {
+    let mut h = Harness::new();
+    let stream = issue_12_stream(&mut h);
+    let credit = h.st().credit;
+    let charges = h.charges();
+    // The top-up, the card's success for the paid opening invoice and the
+    // credit note, delivered again 38 days later.
+    for (input, first_seen) in &stream[2..5] {
+        let now = first_seen.plus(38 * MICROS_PER_DAY);
+        for redelivered in [input.clone(), issue_12_conflicting(input)] {
+            let r = h.feed(redelivered.clone(), now);
+            assert_eq!(
+                r.as_ref().map_err(Rejection::kind),
+                Err("too_late"),
+                "{redelivered:?}"
+            );
+            let reason = r.unwrap_err().to_string();
+            assert!(
+                reason.ends_with("the earliest billing.late_window (35d) accepts: dedup may have forgotten an older id"),
+                "{reason}"
+            );
+            assert_eq!(h.st().credit, credit, "{redelivered:?} changed the credit");
+        }
+    }
+    assert_eq!(h.charges(), charges);
+}
+
+#[test]
+fn issue_12_an_event_dated_ahead_of_the_clock_is_remembered_while_it_can_be_accepted() {
+    // Usage 4 minutes ahead of the clock (inside the 5-minute tolerance)
+    // is remembered from its own time, not from the processing clock:
+    // delivered again just inside 35 days of its occurred_at, it is a
+    // duplicate, not a second late line.
+    let mut h = Harness::new();
+    h.open("flat", "2026-03-01T00:00:00Z");
+    let seen = ts("2026-03-02T00:00:00Z");
+    let occurred = seen.plus(4 * 60 * 1_000_000);
+    let r = h.usage_at("ahead", "container.hours", "a", "100", occurred, seen);
+    assert_eq!(r, Ok(Outcome::Applied));
+    let again = occurred.plus(35 * MICROS_PER_DAY - 60 * 1_000_000);
+    let r = h.usage_at("ahead", "container.hours", "a", "100", occurred, again);
+    assert_eq!(r, Ok(Outcome::Duplicate));
+    let r = h.usage_at("ahead", "container.hours", "a", "7", occurred, again);
+    assert_eq!(r.map_err(|e| e.kind()), Err("conflict"));
+    assert!(h.st().pending_lines.is_empty());
+}
+
+#[test]
+fn issue_12_a_processing_clock_that_steps_back_does_not_reopen_the_window() {
+    // The account's clock reached 10 April; a later input carries an
+    // earlier processing instant (a restarted instance with a skewed
+    // clock). Usage of 2 March, forgotten by then, stays too late.
+    let mut h = Harness::new();
+    h.open("flat", "2026-03-01T00:00:00Z");
+    let first = ts("2026-03-02T00:00:00Z");
+    h.usage_at("u", "container.hours", "a", "100", first, first)
+        .unwrap();
+    h.advance("2026-04-10T00:00:00Z");
+    let back = ts("2026-04-01T12:00:00Z");
+    let r = h.usage_at("u", "container.hours", "a", "100", first, back);
+    assert!(!matches!(r, Ok(Outcome::Applied)), "{r:?}");
+    assert!(h.st().pending_lines.is_empty());
+}
+
+#[test]
+fn issue_12_opening_backdated_beyond_max_backdating_is_dead_lettered() {
+    let mut h = Harness::new();
+    let now = ts("2026-03-01T02:00:00Z");
+    // Thirty years back: hundreds of periods to close in one apply.
+    let r = h.feed(open_cmd("old", "flat", ts("1996-03-01T00:00:00Z")), now);
+    let e = r.unwrap_err();
+    assert_eq!(e.kind(), "too_late");
+    assert_eq!(
+        e.to_string(),
+        "occurred_at 1996-03-01T00:00:00Z is before 2025-01-25T02:00:00Z, the earliest \
+         billing.max_backdating (400d) accepts for an AccountOpened"
+    );
+    assert!(h.state.is_none());
+    assert!(h.journal.is_empty());
+    // Within the limit (default 400 days) it still opens and catches up.
+    let r = h.feed(open_cmd("recent", "flat", ts("2025-06-01T00:00:00Z")), now);
+    assert_eq!(r, Ok(Outcome::Applied));
+    assert_eq!(h.st().opened_at, ts("2025-06-01T00:00:00Z"));
+    // June 2025 … February 2026 issued, March 2026 is the draft.
+    assert_eq!(h.st().current.start, ts("2026-03-01T00:00:00Z"));
+    assert_eq!(h.invoices().len(), 10);
+}

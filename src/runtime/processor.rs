@@ -336,7 +336,7 @@ impl<S: StateStore> Processor<S> {
         if !self.accounts.contains_key(account_id) {
             let loaded = match self.store.load_account(account_id).await? {
                 Some(stored) => {
-                    let since = now.0 - self.engine.config.dedup_window_micros;
+                    let since = self.engine.config.dedup_forget_before(now);
                     let dedup = self.store.load_dedup(account_id, since).await?;
                     Some((stored, dedup))
                 }
@@ -559,7 +559,7 @@ impl<S: StateStore> Processor<S> {
                 slot.dedup.push(DedupRecord {
                     key: dedup::key(input.event_id()),
                     fingerprint: dedup::fingerprint(input),
-                    seen_at: now.0,
+                    seen_at: dedup::remembered_from(input, now),
                 });
                 stats.applied += 1;
             }
@@ -758,7 +758,7 @@ impl<S: StateStore> Processor<S> {
         now: Timestamp,
     ) -> Result<usize, StoreError> {
         self.epochs.insert(partition, epoch);
-        let since = now.0 - self.engine.config.dedup_window_micros;
+        let since = self.engine.config.dedup_forget_before(now);
         let loaded = self.store.load_partition(partition, since).await?;
         let count = loaded.len();
         for account in loaded {

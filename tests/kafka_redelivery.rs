@@ -1,0 +1,349 @@
+//! Issue 12, item 1, against a Kafka-protocol broker: a stream is
+//! processed, then a slice of its old records is produced again 41
+//! (simulated) days later, with `billstream run`'s frozen processing clock
+//! (`clock`) moved on by as much; the invoices and charge requests are
+//! those of the stream alone, and each old record is dead-lettered as
+//! `too_late` instead of being billed again as late usage or becoming
+//! credit.
+//!
+//! Needs a broker (`BILLSTREAM_TEST_BROKERS`, see tests/kafka_e2e.rs);
+//! without one it says so and does nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::str::FromStr;
+use std::time::Duration;
+
+use billstream::contracts::Catalog;
+use billstream::engine::events::*;
+use billstream::engine::time::Timestamp;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rust_decimal::Decimal;
+
+use super::kafka_e2e::{
+    account_opened, billstream, decode_output, per_unit_plan, produce, read_until, setup, text,
+    Records, Running, Setup,
+};
+
+/// Every record of `topic` (one partition) up to its end now, as
+/// (event id, decoded record), one per event id (outputs are published at
+/// least once).
+fn read_all(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+) -> BTreeMap<String, BTreeMap<String, apache_avro::types::Value>> {
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let (_, end) = probe
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap();
+    let records = read_until(brokers, group, topic, Duration::from_secs(60), |r| {
+        r.len() as i64 >= end
+    });
+    assert!(
+        records.len() as i64 >= end,
+        "{topic}: read {} of {end} records",
+        records.len()
+    );
+    let catalog = Catalog::shared().unwrap();
+    records
+        .into_iter()
+        .map(|(id, payload)| (id, decode_output(catalog, &payload)))
+        .collect()
+}
+
+#[test]
+fn issue_12_records_produced_again_41_days_later_change_no_invoice_or_charge() {
+    let Some(Setup {
+        brokers,
+        prefix,
+        group,
+        _dir,
+        store,
+    }) = setup("redeliver")
+    else {
+        return;
+    };
+    let catalog = Catalog::shared().unwrap();
+    let d = |s: &str| Decimal::from_str(s).unwrap();
+    let at = |s: &str| Timestamp::parse_rfc3339(s).unwrap();
+    let acct = "acct-redeliver";
+    // The processing clock of each run: mid-March, 41 days later (March
+    // issued on 1 April, the March records older than the 35-day windows),
+    // and just after April is issued.
+    const MARCH: &str = "2026-03-15T12:00:00Z";
+    const LATER: &str = "2026-04-25T12:00:00Z";
+    const MAY: &str = "2026-05-01T02:00:00Z";
+    let run_at = |clock: &str| {
+        Running(
+            billstream(&prefix, &group, &store, &brokers)
+                .env("BILLSTREAM__CLOCK", clock)
+                .arg("run")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let enc = |topic: &str, input: &Input| -> (String, String, Vec<u8>) {
+        (
+            topic.to_string(),
+            acct.to_string(),
+            catalog.encode_input(input).unwrap(),
+        )
+    };
+    let payment = |id: &str, occurred: &str, kind: PaymentKind| {
+        Input::Payment(PaymentEvent {
+            event_id: id.into(),
+            account_id: acct.into(),
+            occurred_at: at(occurred),
+            environment: Some("prod".into()),
+            kind,
+        })
+    };
+    let usage = |id: &str, qty: &str, occurred: &str| {
+        Input::Usage(UsageRecorded {
+            event_id: id.into(),
+            account_id: acct.into(),
+            subject: "app-1".into(),
+            metric: "m".into(),
+            quantity: d(qty),
+            occurred_at: at(occurred),
+            environment: "prod".into(),
+            attributes: Default::default(),
+        })
+    };
+    let (payments, usage_topic) = ("billing.payments.v1", "billing.usage.v1");
+    let card = payment(
+        "card",
+        "2026-03-01T00:01:00Z",
+        PaymentKind::PaymentMethodAttached {
+            token_ref: "psp:tok_1".into(),
+            brand: "visa".into(),
+            last4: "4242".into(),
+            expires: "2030-01".into(),
+        },
+    );
+    let paid = payment(
+        "paid-1",
+        "2026-03-01T00:02:00Z",
+        PaymentKind::PaymentSucceeded {
+            charge_id: format!("inv_{acct}_00001/attempt-1"),
+            invoice_id: format!("inv_{acct}_00001"),
+            amount: d("30.00"),
+            currency: "EUR".into(),
+        },
+    );
+    let top_up = payment(
+        "top-up",
+        "2026-03-03T00:00:00Z",
+        PaymentKind::CreditToppedUp {
+            amount: d("5.00"),
+            currency: "EUR".into(),
+        },
+    );
+    let used: Vec<Input> = (0..10)
+        .map(|i| usage(&format!("u-{i}"), "1", "2026-03-15T10:00:00Z"))
+        .collect();
+
+    // (account, type, causation id) of every journal entry, one per entry
+    // id, read from the start until `want` holds.
+    type Entries = BTreeMap<(String, String, String), usize>;
+    let journal = format!("{prefix}billing.journal.v1");
+    let read_journal = |reader: &str, want: &dyn Fn(&Entries) -> bool| -> Entries {
+        let mut ids = BTreeSet::new();
+        let mut entries = Entries::new();
+        let mut scanned = 0;
+        read_until(
+            &brokers,
+            &format!("{group}-{reader}"),
+            &journal,
+            Duration::from_secs(90),
+            |r| {
+                for (id, payload) in &r[scanned..] {
+                    if ids.insert(id.clone()) {
+                        let e = decode_output(catalog, payload);
+                        *entries
+                            .entry((
+                                text(&e["account_id"]),
+                                text(&e["type"]),
+                                text(&e["causation_id"]),
+                            ))
+                            .or_default() += 1;
+                    }
+                }
+                scanned = r.len();
+                want(&entries)
+            },
+        );
+        entries
+    };
+    let has = |e: &Entries, kind: &str, cause: &str| {
+        e.contains_key(&(acct.to_string(), kind.to_string(), cause.to_string()))
+    };
+    let count = |e: &Entries, kind: &str| -> usize {
+        e.iter()
+            .filter(|((a, k, _), _)| a == acct && k == kind)
+            .map(|(_, n)| n)
+            .sum()
+    };
+
+    // 1. The stream, on a clock frozen in mid-March. Each step waits for the
+    //    one before (Kafka orders records only within one topic's partition).
+    produce(
+        &brokers,
+        &prefix,
+        &vec![
+            (
+                "billing.plans.v1".into(),
+                "metered".into(),
+                catalog
+                    .encode_plan(&per_unit_plan("metered", "30.00", "0.50"))
+                    .unwrap(),
+            ),
+            enc(
+                "billing.accounts.v1",
+                &account_opened("open", acct, "metered", "0", at("2026-03-01T00:00:00Z")),
+            ),
+        ],
+    );
+    let running = run_at(MARCH);
+    let opened = |e: &Entries| has(e, "account_opened", "open");
+    assert!(
+        opened(&read_journal("opened", &opened)),
+        "not opened in 90 s"
+    );
+    produce(&brokers, &prefix, &vec![enc(payments, &card)]);
+    let charged = |e: &Entries| has(e, "charge_requested", "card");
+    assert!(
+        charged(&read_journal("card", &charged)),
+        "no charge in 90 s"
+    );
+    let mut stream: Records = vec![enc(payments, &paid), enc(payments, &top_up)];
+    stream.extend(used.iter().map(|u| enc(usage_topic, u)));
+    produce(&brokers, &prefix, &stream);
+    let applied = |e: &Entries| {
+        has(e, "payment_succeeded", "paid-1")
+            && has(e, "credit_added", "top-up")
+            && (0..10).all(|i| has(e, "usage_applied", &format!("u-{i}")))
+    };
+    assert!(
+        applied(&read_journal("march", &applied)),
+        "the March stream was not applied in 90 s"
+    );
+    let status = running.stop();
+    assert!(status.success(), "billstream run exited with {status}");
+
+    // 2. 41 days later: March is issued (5.00 of usage, April's 30.00 fee,
+    //    the 5.00 credit applied: a charge of 30.00). Then the old records
+    //    come again: every usage event, one of them with another quantity,
+    //    the card, its success for the paid opening invoice, the top-up.
+    let running = run_at(LATER);
+    let march_issued = |e: &Entries| count(e, "invoice_issued") >= 2;
+    assert!(
+        march_issued(&read_journal("issued", &march_issued)),
+        "March was not issued in 90 s"
+    );
+    let mut again: Records = used.iter().map(|u| enc(usage_topic, u)).collect();
+    again.push(enc(usage_topic, &usage("u-3", "7", "2026-03-15T10:00:00Z")));
+    again.push(enc(payments, &card));
+    again.push(enc(payments, &paid));
+    again.push(enc(payments, &top_up));
+    let redelivered = again.len();
+    produce(&brokers, &prefix, &again);
+    // A new event after them, on the same account and partition.
+    produce(
+        &brokers,
+        &prefix,
+        &vec![enc(
+            usage_topic,
+            &usage("u-after", "2", "2026-04-25T10:00:00Z"),
+        )],
+    );
+    let after = |e: &Entries| has(e, "usage_applied", "u-after");
+    assert!(
+        after(&read_journal("after", &after)),
+        "u-after not applied in 90 s"
+    );
+    let status = running.stop();
+    assert!(status.success(), "billstream run exited with {status}");
+
+    // 3. April is issued: u-after's 1.00 and May's fee, nothing else.
+    let running = run_at(MAY);
+    let april_issued = |e: &Entries| count(e, "invoice_issued") >= 3;
+    let entries = read_journal("april", &april_issued);
+    assert!(april_issued(&entries), "April was not issued in 90 s");
+    let status = running.stop();
+    assert!(status.success(), "billstream run exited with {status}");
+
+    // No input was applied twice.
+    for i in 0..10 {
+        let key = (
+            acct.to_string(),
+            "usage_applied".to_string(),
+            format!("u-{i}"),
+        );
+        assert_eq!(entries.get(&key), Some(&1), "u-{i} applied once");
+    }
+    for (kind, cause) in [
+        ("payment_succeeded", "paid-1"),
+        ("credit_added", "top-up"),
+        ("payment_method_attached", "card"),
+    ] {
+        let key = (acct.to_string(), kind.to_string(), cause.to_string());
+        assert_eq!(entries.get(&key), Some(&1), "{kind} of {cause} once");
+    }
+
+    // The invoices and charges of the stream alone.
+    let invoices = read_all(
+        &brokers,
+        &format!("{group}-invoices"),
+        &format!("{prefix}billing.invoices.v1"),
+    );
+    let issued: BTreeMap<String, String> = invoices
+        .values()
+        .filter(|r| r.contains_key("lines"))
+        .map(|r| (text(&r["invoice_id"]), text(&r["total"])))
+        .collect();
+    let inv = |n: u32| format!("inv_{acct}_{n:05}");
+    assert_eq!(
+        issued,
+        BTreeMap::from([
+            (inv(1), "30.00".to_string()),
+            (inv(2), "35.00".to_string()),
+            (inv(3), "31.00".to_string()),
+        ]),
+        "issued invoices and their totals"
+    );
+    let charges: BTreeSet<(String, String)> = read_all(
+        &brokers,
+        &format!("{group}-charges"),
+        &format!("{prefix}billing.charges.v1"),
+    )
+    .values()
+    .map(|r| (text(&r["charge_id"]), text(&r["amount"])))
+    .collect();
+    assert_eq!(
+        charges,
+        BTreeSet::from([
+            (format!("{}/attempt-1", inv(1)), "30.00".to_string()),
+            (format!("{}/attempt-1", inv(2)), "30.00".to_string()),
+            (format!("{}/attempt-1", inv(3)), "31.00".to_string()),
+        ]),
+        "charge requests"
+    );
+
+    // Each record produced again was dead-lettered as too late.
+    let dead = read_all(
+        &brokers,
+        &format!("{group}-dlq"),
+        &format!("{prefix}billing.dlq.v1"),
+    );
+    let kinds: Vec<String> = dead.values().map(|r| text(&r["error_kind"])).collect();
+    assert_eq!(kinds.len(), redelivered, "dead letters: {kinds:?}");
+    assert!(kinds.iter().all(|k| k == "too_late"), "{kinds:?}");
+}
