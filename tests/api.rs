@@ -820,16 +820,27 @@ async fn store_with_long_history(dir: &std::path::Path) -> (Arc<EmbeddedStore>, 
     )];
     for day in 1..=25 {
         let at = format!("2026-01-{day:02}T10:00:00Z");
-        inputs.push(("billing.usage.v1", usage(format!("jan-{day}"), "1.5", at), None));
+        inputs.push((
+            "billing.usage.v1",
+            usage(format!("jan-{day}"), "1.5", at),
+            None,
+        ));
     }
-    for (i, late) in ["2026-01-28T10:00:00Z", "2026-01-29T10:00:00Z"].iter().enumerate() {
+    for (i, late) in ["2026-01-28T10:00:00Z", "2026-01-29T10:00:00Z"]
+        .iter()
+        .enumerate()
+    {
         let line = usage(format!("late-{i}"), "2", late.to_string());
         inputs.push(("billing.usage.v1", line, Some("2026-02-10T00:00:00Z")));
     }
     for month in 2..=11 {
         for day in [3, 17] {
             let at = format!("2026-{month:02}-{day:02}T10:00:00Z");
-            inputs.push(("billing.usage.v1", usage(format!("u-{month}-{day}"), "4", at), None));
+            inputs.push((
+                "billing.usage.v1",
+                usage(format!("u-{month}-{day}"), "4", at),
+                None,
+            ));
         }
     }
     store_from(dir, inputs, "2026-01-01T00:00:00Z", "2026-12-02T00:00:00Z").await
@@ -913,16 +924,26 @@ async fn issue_12_api_lineage_pages_through_every_input_exactly_once() {
             for limit in [1, 2, 3, 7] {
                 let (items, pages) = walk(&app, &uri, "inputs", limit).await;
                 assert_eq!(items, all, "{uri} limit {limit}");
-                assert_eq!(pages.len(), all.len().div_ceil(limit).max(1), "{uri} limit {limit}");
+                assert_eq!(
+                    pages.len(),
+                    all.len().div_ceil(limit).max(1),
+                    "{uri} limit {limit}"
+                );
                 let last = pages.last().unwrap();
-                assert_eq!(last["traced_quantity"], whole["traced_quantity"], "{uri} limit {limit}");
+                assert_eq!(
+                    last["traced_quantity"], whole["traced_quantity"],
+                    "{uri} limit {limit}"
+                );
                 for p in &pages {
                     assert_eq!(p["line"], whole["line"]);
                 }
             }
         }
     }
-    assert!(seen_big && seen_late, "the history has a 25-input line and a late line");
+    assert!(
+        seen_big && seen_late,
+        "the history has a 25-input line and a late line"
+    );
 }
 
 #[tokio::test]
@@ -943,7 +964,14 @@ async fn issue_12_api_bad_limit_or_cursor_is_a_400_with_a_clear_message() {
         .to_string();
     let mut cases: Vec<(String, &str)> = Vec::new();
     for uri in [invoices, line0] {
-        for bad in ["limit=0", "limit=1001", "limit=abc", "limit=-1", "limit=", "limit=1.5"] {
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=abc",
+            "limit=-1",
+            "limit=",
+            "limit=1.5",
+        ] {
             cases.push((format!("{uri}?{bad}"), "`limit`"));
         }
         for bad in ["cursor=", "cursor=nope", "cursor=00", "cursor=%F0%9F%92%B8"] {

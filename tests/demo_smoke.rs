@@ -88,7 +88,8 @@ fn issue_12_demo_refuses_to_delete_a_state_folder_it_did_not_create() {
     assert!(!o.status.success());
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
-        stderr.contains(&state.display().to_string()) && stderr.contains("not created by billstream"),
+        stderr.contains(&state.display().to_string())
+            && stderr.contains("not created by billstream"),
         "{stderr}"
     );
     assert_eq!(

@@ -234,8 +234,9 @@ fn issue_12_simulate_far_future_line_is_from_future_and_bills_nothing_after_unti
     let dlq = records(&out, "billing.dlq.v1");
     for id in ["u-future", "open-z"] {
         assert!(
-            dlq.iter().any(|r| r["error_kind"] == "from_future"
-                && r["payload"].as_str().unwrap().contains(id)),
+            dlq.iter()
+                .any(|r| r["error_kind"] == "from_future"
+                    && r["payload"].as_str().unwrap().contains(id)),
             "{id} is not dead-lettered as from_future: {dlq:?}"
         );
     }
@@ -313,7 +314,10 @@ fn issue_12_simulate_bills_the_same_whatever_the_order_of_the_accounts_file() {
     // Every account is billed: an invoice per opening at least.
     let invoices = String::from_utf8(outputs[0].1[0].clone()).unwrap();
     for id in ["acct-a", "acct-b", "acct-c", "acct-d"] {
-        assert!(invoices.contains(&format!("inv_{id}_00002")), "{id}: {invoices}");
+        assert!(
+            invoices.contains(&format!("inv_{id}_00002")),
+            "{id}: {invoices}"
+        );
     }
     for (name, o) in &outputs[1..] {
         assert!(o == &outputs[0].1, "{name} bills differently from by_id");
@@ -330,7 +334,8 @@ fn issue_12_simulate_refuses_to_delete_a_state_folder_it_did_not_create() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&state.display().to_string()) && stderr.contains("not created by billstream"),
+        stderr.contains(&state.display().to_string())
+            && stderr.contains("not created by billstream"),
         "{stderr}"
     );
     assert_eq!(

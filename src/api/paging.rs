@@ -79,7 +79,7 @@ pub fn decode_cursor<T: DeserializeOwned>(cursor: &str, listing: &[&str]) -> Res
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || !text.is_ascii() {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
         return None;
     }
     (0..text.len())
@@ -98,12 +98,19 @@ mod tests {
         assert!(c.bytes().all(|b| b.is_ascii_hexdigit()));
         let back: String = decode_cursor(&c, &["invoices", "a1"]).unwrap();
         assert_eq!(back, "inv_a1_00002");
-        for other in [&["invoices", "a2"][..], &["lineage", "a1"], &["invoices", "a1", ""]] {
+        for other in [
+            &["invoices", "a2"][..],
+            &["lineage", "a1"],
+            &["invoices", "a1", ""],
+        ] {
             let e = decode_cursor::<String>(&c, other).unwrap_err();
             assert!(e.to_string().contains("another listing"), "{e}");
         }
         for bad in ["", "0", "zz", "00", "é1"] {
-            assert!(decode_cursor::<String>(bad, &["invoices", "a1"]).is_err(), "{bad:?}");
+            assert!(
+                decode_cursor::<String>(bad, &["invoices", "a1"]).is_err(),
+                "{bad:?}"
+            );
         }
     }
 

@@ -38,14 +38,16 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub plans: PathBuf,
     /// JSON-lines file of account commands (account opened: event_id, account_id, plan_id,
-    /// currency, timezone, tax_rate, opened_at, environment).
+    /// currency, timezone, tax_rate, opened_at, environment), in any order: each line is
+    /// applied at its own time (an opening at its opened_at).
     #[arg(long)]
     pub accounts: PathBuf,
     /// JSON-lines files of usage, payment and account events, each in arrival order.
     #[arg(long, num_args = 1.., required = true)]
     pub events: Vec<PathBuf>,
     /// Run the clock up to this instant (RFC 3339), firing every timer on the way
-    /// (period closes, due dates, retries).
+    /// (period closes, due dates, retries). The clock never passes it: lines dated
+    /// later are rejected as from_future.
     #[arg(long)]
     pub until: String,
     /// Folder for the outputs: one <topic>.jsonl per output topic, and the store.
@@ -73,7 +75,11 @@ impl Line {
     /// (`file` 0) by content, so its order does not matter; within an
     /// events file by line.
     fn order_key(&self) -> (Timestamp, usize, &str, usize) {
-        let content = if self.file == 0 { self.raw.as_str() } else { "" };
+        let content = if self.file == 0 {
+            self.raw.as_str()
+        } else {
+            ""
+        };
         (self.arrival, self.file, content, self.line)
     }
 }
@@ -87,7 +93,12 @@ enum Arrival {
     AtOwnTime,
 }
 
-fn read_lines(path: &Path, file: usize, arrival: Arrival, until: Timestamp) -> anyhow::Result<Vec<Line>> {
+fn read_lines(
+    path: &Path,
+    file: usize,
+    arrival: Arrival,
+    until: Timestamp,
+) -> anyhow::Result<Vec<Line>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut clock = Timestamp(i64::MIN);
