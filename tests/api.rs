@@ -51,6 +51,21 @@ fn inputs() -> Vec<(&'static str, String)> {
 /// Runs the inputs, then the clock to 2026-04-02 (the March draft is
 /// issued on 1 April after the grace hour).
 async fn store_with_history(dir: &std::path::Path) -> (Arc<EmbeddedStore>, Engine) {
+    let inputs = inputs()
+        .into_iter()
+        .map(|(topic, line)| (topic, line, None))
+        .collect();
+    store_from(dir, inputs, "2026-03-01T00:00:00Z", "2026-04-02T00:00:00Z").await
+}
+
+/// Runs (topic, JSON line, processing time: its `occurred_at` if `None`)
+/// in order from `start`, then the clock to `until`.
+async fn store_from(
+    dir: &std::path::Path,
+    inputs: Vec<(&str, String, Option<&str>)>,
+    start: &str,
+    until: &str,
+) -> (Arc<EmbeddedStore>, Engine) {
     let store = Arc::new(EmbeddedStore::open(dir).unwrap());
     let epoch = store.claim_partition(0, "test").await.unwrap();
     let mut engine = Engine::new(EngineConfig::new("prod"), Default::default());
@@ -59,10 +74,8 @@ async fn store_with_history(dir: &std::path::Path) -> (Arc<EmbeddedStore>, Engin
         _ => unreachable!(),
     }
     let mut p = Processor::new(engine.clone(), store.clone());
-    p.assign_partition(0, epoch, ts("2026-03-01T00:00:00Z"))
-        .await
-        .unwrap();
-    for (offset, (topic, line)) in inputs().iter().enumerate() {
+    p.assign_partition(0, epoch, ts(start)).await.unwrap();
+    for (offset, (topic, line, at)) in inputs.iter().enumerate() {
         let Ok(Decoded::Input(input)) = parse_line(line) else {
             panic!("bad test input {line}");
         };
@@ -71,14 +84,14 @@ async fn store_with_history(dir: &std::path::Path) -> (Arc<EmbeddedStore>, Engin
             partition: 0,
             offset: 100 + offset as i64,
         };
-        let now = input.occurred_at();
-        p.apply(&pos, Some("a1"), line.as_bytes(), &input, now)
+        let now = at.map_or(input.occurred_at(), ts);
+        p.apply(&pos, Some(input.account_id()), line.as_bytes(), &input, now)
             .await
             .unwrap();
         // One flush per input: several writes, like a running processor.
         p.flush().await.unwrap();
     }
-    p.advance_timers(ts("2026-04-02T00:00:00Z"));
+    p.advance_timers(ts(until));
     p.flush().await.unwrap();
     (store, engine)
 }
@@ -532,7 +545,8 @@ async fn api_invoices_list_and_one_invoice_with_lines() {
                  "issued_at": "2026-04-01T01:00:00Z", "due_at": "2026-04-15T01:00:00Z", "currency": "EUR",
                  "subtotal": "13.25", "tax": "1.32", "total": "14.57", "credit_applied": "0.00",
                  "amount_due": "14.57", "status": "open", "amount_paid": "0.00", "remaining": "14.57"}
-            ]
+            ],
+            "next": null
         })
     );
     let inv = get(&app, "/v1/accounts/a1/invoices/inv_a1_00002").await;
@@ -787,5 +801,195 @@ async fn api_every_documented_route_is_served() {
             + "?at=2026-03-10T00:00:00Z";
         let (status, body) = call(&app, Method::GET, &uri, Some(&reader_token())).await;
         assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+    }
+}
+
+/// Account a2 from 2026-01-01: 25 usage events in January, two a month
+/// after, two January events delivered late in February, to 2026-12-02:
+/// 12 issued invoices, lines with 1 to 25 inputs.
+async fn store_with_long_history(dir: &std::path::Path) -> (Arc<EmbeddedStore>, Engine) {
+    let usage = |id: String, qty: &str, at: String| {
+        format!(
+            r#"{{"event_id":"{id}","account_id":"a2","subject":"app-1","metric":"m","quantity":"{qty}","occurred_at":"{at}","environment":"prod","attributes":{{}}}}"#
+        )
+    };
+    let mut inputs = vec![(
+        "billing.accounts.v1",
+        r#"{"event_id":"open-a2","account_id":"a2","plan_id":"p","currency":"EUR","timezone":"UTC","tax_rate":"0.1","opened_at":"2026-01-01T00:00:00Z","environment":"prod"}"#.to_string(),
+        None,
+    )];
+    for day in 1..=25 {
+        let at = format!("2026-01-{day:02}T10:00:00Z");
+        inputs.push((
+            "billing.usage.v1",
+            usage(format!("jan-{day}"), "1.5", at),
+            None,
+        ));
+    }
+    for (i, late) in ["2026-01-28T10:00:00Z", "2026-01-29T10:00:00Z"]
+        .iter()
+        .enumerate()
+    {
+        let line = usage(format!("late-{i}"), "2", late.to_string());
+        inputs.push(("billing.usage.v1", line, Some("2026-02-10T00:00:00Z")));
+    }
+    for month in 2..=11 {
+        for day in [3, 17] {
+            let at = format!("2026-{month:02}-{day:02}T10:00:00Z");
+            inputs.push((
+                "billing.usage.v1",
+                usage(format!("u-{month}-{day}"), "4", at),
+                None,
+            ));
+        }
+    }
+    store_from(dir, inputs, "2026-01-01T00:00:00Z", "2026-12-02T00:00:00Z").await
+}
+
+/// Every page of `uri` (with `limit`), following `next`; each page holds at
+/// most `limit` items of `field`, and only the last has no `next`.
+async fn walk(app: &Router, uri: &str, field: &str, limit: usize) -> (Vec<Value>, Vec<Value>) {
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    let mut items = Vec::new();
+    let mut pages = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let mut page_uri = format!("{uri}{sep}limit={limit}");
+        if let Some(c) = &next {
+            page_uri.push_str(&format!("&cursor={c}"));
+        }
+        let page = get(app, &page_uri).await;
+        let got = page[field].as_array().unwrap().clone();
+        assert!(got.len() <= limit, "{page_uri}: {} items", got.len());
+        next = page["next"].as_str().map(str::to_string);
+        if next.is_some() {
+            assert_eq!(got.len(), limit, "{page_uri}: a short page before the last");
+        }
+        items.extend(got);
+        pages.push(page);
+        if next.is_none() {
+            return (items, pages);
+        }
+        assert!(pages.len() < 1000, "{uri}: paging does not end");
+    }
+}
+
+#[tokio::test]
+async fn issue_12_api_invoices_page_through_every_invoice_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = store_with_long_history(dir.path()).await;
+    let app = app(store, engine, &hs256_settings());
+    let uri = "/v1/accounts/a2/invoices";
+    let (all, pages) = walk(&app, uri, "invoices", 1000).await;
+    assert_eq!(pages.len(), 1);
+    let ids: Vec<String> = (1..=12).map(|n| format!("inv_a2_{n:05}")).collect();
+    let got: Vec<&str> = all
+        .iter()
+        .map(|i| i["invoice_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, ids, "every issued invoice, in invoice id order");
+    for limit in [1, 2, 5, 11, 12, 13] {
+        let (items, pages) = walk(&app, uri, "invoices", limit).await;
+        assert_eq!(items, all, "limit {limit}");
+        assert_eq!(pages.len(), 12_usize.div_ceil(limit), "limit {limit}");
+        for p in &pages {
+            assert_eq!(p["draft_invoice_id"], "inv_a2_00013");
+        }
+    }
+    // Without a limit: the default page (100) holds them all.
+    let page = get(&app, uri).await;
+    assert_eq!(page["invoices"].as_array().unwrap().len(), 12);
+    assert_eq!(page["next"], Value::Null);
+}
+
+#[tokio::test]
+async fn issue_12_api_lineage_pages_through_every_input_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = store_with_long_history(dir.path()).await;
+    let app = app(store, engine, &hs256_settings());
+    let mut seen_big = false;
+    let mut seen_late = false;
+    for n in 1..=12 {
+        let invoice = get(&app, &format!("/v1/accounts/a2/invoices/inv_a2_{n:05}")).await;
+        for (index, line) in invoice["lines"].as_array().unwrap().iter().enumerate() {
+            let uri = format!("/v1/accounts/a2/invoices/inv_a2_{n:05}/lines/{index}/lineage");
+            let (all, pages) = walk(&app, &uri, "inputs", 1000).await;
+            assert_eq!(pages.len(), 1);
+            let whole = &pages[0];
+            if line["kind"] == "usage" || line["kind"] == "late_usage" {
+                assert_eq!(whole["traced_quantity"], line["quantity"], "{uri}");
+            }
+            seen_big |= all.len() == 25;
+            seen_late |= line["kind"] == "late_usage" && all.len() == 2;
+            for limit in [1, 2, 3, 7] {
+                let (items, pages) = walk(&app, &uri, "inputs", limit).await;
+                assert_eq!(items, all, "{uri} limit {limit}");
+                assert_eq!(
+                    pages.len(),
+                    all.len().div_ceil(limit).max(1),
+                    "{uri} limit {limit}"
+                );
+                let last = pages.last().unwrap();
+                assert_eq!(
+                    last["traced_quantity"], whole["traced_quantity"],
+                    "{uri} limit {limit}"
+                );
+                for p in &pages {
+                    assert_eq!(p["line"], whole["line"]);
+                }
+            }
+        }
+    }
+    assert!(
+        seen_big && seen_late,
+        "the history has a 25-input line and a late line"
+    );
+}
+
+#[tokio::test]
+async fn issue_12_api_bad_limit_or_cursor_is_a_400_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = store_with_long_history(dir.path()).await;
+    let app = app(store, engine, &hs256_settings());
+    let invoices = "/v1/accounts/a2/invoices";
+    let line0 = "/v1/accounts/a2/invoices/inv_a2_00002/lines/0/lineage";
+    let line1 = "/v1/accounts/a2/invoices/inv_a2_00002/lines/1/lineage";
+    let invoices_next = get(&app, &format!("{invoices}?limit=1")).await["next"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let line0_next = get(&app, &format!("{line0}?limit=1")).await["next"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut cases: Vec<(String, &str)> = Vec::new();
+    for uri in [invoices, line0] {
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=abc",
+            "limit=-1",
+            "limit=",
+            "limit=1.5",
+        ] {
+            cases.push((format!("{uri}?{bad}"), "`limit`"));
+        }
+        for bad in ["cursor=", "cursor=nope", "cursor=00", "cursor=%F0%9F%92%B8"] {
+            cases.push((format!("{uri}?{bad}"), "`cursor`"));
+        }
+    }
+    // A cursor is good only for the listing that gave it.
+    cases.push((format!("{line0}?cursor={invoices_next}"), "`cursor`"));
+    cases.push((format!("{invoices}?cursor={line0_next}"), "`cursor`"));
+    cases.push((format!("{line1}?cursor={line0_next}"), "`cursor`"));
+    cases.push((
+        format!("/v1/accounts/a2/invoices/inv_a2_00003/lines/0/lineage?cursor={line0_next}"),
+        "`cursor`",
+    ));
+    for (uri, names) in &cases {
+        let (status, body) = call(&app, Method::GET, uri, Some(&reader_token())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        let message = body["error"].as_str().unwrap();
+        assert!(message.contains(names), "{uri}: {message}");
     }
 }

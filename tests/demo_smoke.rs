@@ -56,9 +56,50 @@ fn demo_is_deterministic_for_a_seed_and_fills_every_topic() {
         assert!(!x.is_empty(), "{topic} is empty");
         assert_eq!(x, y, "{topic} differs for the same seed");
     }
+    // The processing clock never passes the simulated days (70 from
+    // 2026-01-01): nothing is journalled after 2026-03-12.
+    let end = chrono::DateTime::parse_from_rfc3339("2026-03-12T00:00:00Z").unwrap();
+    for line in read(a.path(), "billing.journal.v1").lines() {
+        let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+        let at = chrono::DateTime::parse_from_rfc3339(entry["at"].as_str().unwrap()).unwrap();
+        assert!(at <= end, "journalled after the end: {line}");
+    }
     assert_ne!(
         read(a.path(), "billing.journal.v1"),
         read(c.path(), "billing.journal.v1"),
         "another seed gives another run"
     );
+}
+
+#[test]
+fn issue_12_demo_refuses_to_delete_a_state_folder_it_did_not_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::write(state.join("notes.txt"), "keep me").unwrap();
+    let run = |out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_billstream"))
+            .args(["demo", "--accounts", "3", "--days", "2", "--quiet", "--out"])
+            .arg(out)
+            .output()
+            .expect("demo runs")
+    };
+    let o = run(dir.path());
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&state.display().to_string())
+            && stderr.contains("not created by billstream"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.join("notes.txt")).unwrap(),
+        "keep me"
+    );
+    // A folder the demo made itself is replaced on the next run.
+    let own = dir.path().join("own");
+    for _ in 0..2 {
+        let o = run(&own);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
 }

@@ -7,20 +7,43 @@ use std::process::Command;
 
 use serde_json::Value;
 
+fn fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/simulate")
+}
+
 fn run_simulate(out: &Path) -> std::process::Output {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/simulate");
+    simulate_with(
+        out,
+        &fixtures().join("accounts.jsonl"),
+        &fixtures().join("events.jsonl"),
+    )
+}
+
+/// `simulate` on the fixture plans with these accounts and events, until
+/// 2026-05-01T02:00:00Z.
+fn simulate_with(out: &Path, accounts: &Path, events: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_billstream"))
         .arg("simulate")
         .arg("--plans")
-        .arg(fixtures.join("plans.jsonl"))
+        .arg(fixtures().join("plans.jsonl"))
         .arg("--accounts")
-        .arg(fixtures.join("accounts.jsonl"))
+        .arg(accounts)
         .arg("--events")
-        .arg(fixtures.join("events.jsonl"))
-        .args(["--until", "2026-05-01T02:00:00Z", "--out"])
+        .arg(events)
+        .args(["--until", UNTIL, "--out"])
         .arg(out)
         .output()
         .expect("billstream simulate runs")
+}
+
+const UNTIL: &str = "2026-05-01T02:00:00Z";
+
+fn ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "simulate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn records(out: &Path, topic: &str) -> Vec<Value> {
@@ -56,13 +79,14 @@ fn issued(out: &Path) -> BTreeMap<String, [String; 5]> {
 fn simulate_hosting_plan_golden_totals() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_simulate(dir.path());
-    assert!(
-        out.status.success(),
-        "simulate failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got = issued(dir.path());
-    let want: BTreeMap<String, [&str; 5]> = [
+    ok(&out);
+    assert_eq!(issued(dir.path()), golden());
+}
+
+/// The hand-checked invoices of the fixtures: invoice_id → (subtotal, tax,
+/// total, credit_applied, amount_due).
+fn golden() -> BTreeMap<String, [String; 5]> {
+    [
         // acct-a opens 2026-03-22 (UTC): 10 of 31 days of the 31.00 fee = 10.00; tax 20% = 2.00.
         (
             "inv_acct-a_00001",
@@ -100,13 +124,8 @@ fn simulate_hosting_plan_golden_totals() {
         ),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let got_str: BTreeMap<String, [&str; 5]> = got
-        .iter()
-        .map(|(k, v)| (k.clone(), [&*v[0], &*v[1], &*v[2], &*v[3], &*v[4]]))
-        .collect();
-    assert_eq!(got_str, want);
+    .map(|(k, v): (&str, [&str; 5])| (k.to_string(), v.map(str::to_string)))
+    .collect()
 }
 
 #[test]
@@ -155,7 +174,7 @@ fn simulate_plan_errors_stop_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let plans = dir.path().join("plans.jsonl");
     std::fs::write(&plans, "{\"plan_id\":\"p\",\"currency\":\"EUR\",\"recurring_fee\":\"-1\",\"minimum_spend\":\"0\",\"charges\":[]}\n").unwrap();
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/simulate");
+    let fixtures = fixtures();
     let out = Command::new(env!("CARGO_BIN_EXE_billstream"))
         .args(["simulate", "--plans"])
         .arg(&plans)
@@ -173,4 +192,163 @@ fn simulate_plan_errors_stop_with_file_and_line() {
         stderr.contains("plans.jsonl:1") && stderr.contains("recurring_fee"),
         "{stderr}"
     );
+}
+
+/// Writes `lines` as a JSON-lines file `name` in `dir`.
+fn write_lines(dir: &Path, name: &str, lines: &[String]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+fn fixture_lines(name: &str) -> Vec<String> {
+    std::fs::read_to_string(fixtures().join(name))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn issue_12_simulate_far_future_line_is_from_future_and_bills_nothing_after_until() {
+    let dir = tempfile::tempdir().unwrap();
+    // One usage line and one opening dated decades ahead, in the middle of
+    // otherwise ordinary files.
+    let mut events = fixture_lines("events.jsonl");
+    events.insert(
+        2,
+        r#"{"event_id":"u-future","account_id":"acct-a","subject":"app-1","metric":"container.hours","quantity":"1","occurred_at":"2061-01-01T00:00:00Z","environment":"prod","attributes":{}}"#.into(),
+    );
+    let mut accounts = fixture_lines("accounts.jsonl");
+    accounts.insert(
+        1,
+        r#"{"event_id":"open-z","account_id":"acct-z","plan_id":"hosting","currency":"EUR","timezone":"UTC","tax_rate":"0.20","opened_at":"2070-01-01T00:00:00Z","environment":"prod"}"#.into(),
+    );
+    let out = dir.path().join("out");
+    let run = simulate_with(
+        &out,
+        &write_lines(dir.path(), "accounts.jsonl", &accounts),
+        &write_lines(dir.path(), "events.jsonl", &events),
+    );
+    ok(&run);
+    let dlq = records(&out, "billing.dlq.v1");
+    for id in ["u-future", "open-z"] {
+        assert!(
+            dlq.iter()
+                .any(|r| r["error_kind"] == "from_future"
+                    && r["payload"].as_str().unwrap().contains(id)),
+            "{id} is not dead-lettered as from_future: {dlq:?}"
+        );
+    }
+    let until = chrono::DateTime::parse_from_rfc3339(UNTIL).unwrap();
+    for r in records(&out, "billing.invoices.v1") {
+        if let Some(at) = r["issued_at"].as_str() {
+            let at = chrono::DateTime::parse_from_rfc3339(at).unwrap();
+            assert!(at <= until, "an invoice issued after --until: {r}");
+        }
+    }
+    // Nothing else moved: the same invoices as without the two lines.
+    assert_eq!(issued(&out), golden());
+}
+
+#[test]
+fn issue_12_simulate_bills_the_same_whatever_the_order_of_the_accounts_file() {
+    let open = |id: &str, tz: &str, at: &str| {
+        format!(
+            r#"{{"event_id":"open-{id}","account_id":"{id}","plan_id":"hosting","currency":"EUR","timezone":"{tz}","tax_rate":"0.20","opened_at":"{at}","environment":"prod"}}"#
+        )
+    };
+    let usage = |n: u32, id: &str, qty: &str, at: &str| {
+        format!(
+            r#"{{"event_id":"u{n}","account_id":"{id}","subject":"app-1","metric":"container.hours","quantity":"{qty}","occurred_at":"{at}","environment":"prod","attributes":{{}}}}"#
+        )
+    };
+    // Sorted by account id, as an export would be; the openings are not in
+    // time order, and c and d open at the same instant.
+    let by_id = vec![
+        open("acct-a", "UTC", "2026-03-20T00:00:00Z"),
+        open("acct-b", "Europe/Berlin", "2026-03-01T00:00:00+01:00"),
+        open("acct-c", "UTC", "2026-03-10T00:00:00Z"),
+        open("acct-d", "UTC", "2026-03-10T00:00:00Z"),
+    ];
+    let events = vec![
+        usage(1, "acct-b", "10", "2026-03-05T10:00:00Z"),
+        usage(2, "acct-d", "20", "2026-03-11T10:00:00Z"),
+        usage(3, "acct-c", "30", "2026-03-12T10:00:00Z"),
+        usage(4, "acct-a", "40", "2026-03-21T10:00:00Z"),
+        usage(5, "acct-b", "50", "2026-04-03T10:00:00Z"),
+        usage(6, "acct-c", "60", "2026-04-04T10:00:00Z"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let events = write_lines(dir.path(), "events.jsonl", &events);
+    let mut reversed = by_id.clone();
+    reversed.reverse();
+    let shuffled = vec![
+        by_id[2].clone(),
+        by_id[0].clone(),
+        by_id[3].clone(),
+        by_id[1].clone(),
+    ];
+    let mut outputs = Vec::new();
+    for (name, accounts) in [
+        ("by_id", by_id),
+        ("reversed", reversed),
+        ("shuffled", shuffled),
+    ] {
+        let out = dir.path().join(name);
+        let accounts = write_lines(dir.path(), &format!("{name}.jsonl"), &accounts);
+        ok(&simulate_with(&out, &accounts, &events));
+        let dlq = std::fs::read_to_string(out.join("billing.dlq.v1.jsonl")).unwrap();
+        assert_eq!(dlq, "", "{name}: lines were rejected");
+        let read = |topic: &str| std::fs::read(out.join(format!("{topic}.jsonl"))).unwrap();
+        outputs.push((
+            name,
+            [
+                read("billing.invoices.v1"),
+                read("billing.charges.v1"),
+                read("billing.notifications.v1"),
+                read("billing.usage-rollups.v1"),
+            ],
+        ));
+    }
+    // Every account is billed: an invoice per opening at least.
+    let invoices = String::from_utf8(outputs[0].1[0].clone()).unwrap();
+    for id in ["acct-a", "acct-b", "acct-c", "acct-d"] {
+        assert!(
+            invoices.contains(&format!("inv_{id}_00002")),
+            "{id}: {invoices}"
+        );
+    }
+    for (name, o) in &outputs[1..] {
+        assert!(o == &outputs[0].1, "{name} bills differently from by_id");
+    }
+}
+
+#[test]
+fn issue_12_simulate_refuses_to_delete_a_state_folder_it_did_not_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::write(state.join("thesis.tex"), "years of work").unwrap();
+    let out = run_simulate(dir.path());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&state.display().to_string())
+            && stderr.contains("not created by billstream"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.join("thesis.tex")).unwrap(),
+        "years of work"
+    );
+}
+
+#[test]
+fn issue_12_simulate_reruns_into_its_own_out_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&run_simulate(dir.path()));
+    // The second run replaces the state folder the first one created.
+    ok(&run_simulate(dir.path()));
+    assert_eq!(issued(dir.path()), golden());
 }

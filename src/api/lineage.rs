@@ -17,7 +17,7 @@
 //!   reason made while this invoice was the draft.
 
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::views::time;
 use crate::engine::events::{DomainEvent, IssuedInvoice, Line, LineKind};
@@ -43,13 +43,23 @@ pub struct LineInput {
 pub struct Tracer<'a> {
     invoice: &'a IssuedInvoice,
     line: &'a Line,
-    /// Inside the window in which this invoice was the draft.
-    drafting: bool,
     /// The issue entry was seen: stop reading.
     pub done: bool,
     pub inputs: Vec<LineInput>,
-    /// Debit adjustments already matched (each entry backs one line).
+    state: TracerState,
+}
+
+/// What the tracer has learnt from the entries read so far: with the seq
+/// of the last one, enough to resume after it (a page's cursor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracerState {
+    /// Inside the window in which this invoice was the draft.
+    drafting: bool,
+    /// Matching debit adjustments still to pass over: they back earlier
+    /// lines of the same amount and reason (each entry backs one line).
     skip_adjustments: usize,
+    /// This (adjustment) line's entry was found.
+    adjustment_taken: bool,
 }
 
 impl<'a> Tracer<'a> {
@@ -68,11 +78,25 @@ impl<'a> Tracer<'a> {
         Some(Tracer {
             invoice,
             line,
-            drafting: false,
             done: false,
             inputs: Vec::new(),
-            skip_adjustments,
+            state: TracerState {
+                drafting: false,
+                skip_adjustments,
+                adjustment_taken: false,
+            },
         })
+    }
+
+    /// Where the trace stands, to resume after the last entry seen.
+    pub fn state(&self) -> TracerState {
+        self.state
+    }
+
+    /// Continue a trace from `state` (the next entry read must follow the
+    /// one it was taken after).
+    pub fn resume(&mut self, state: TracerState) {
+        self.state = state;
     }
 
     fn take(&mut self, stored: &StoredJournalEntry, quantity: Option<(Decimal, &str)>) {
@@ -99,7 +123,7 @@ impl<'a> Tracer<'a> {
             DomainEvent::InvoiceOpened { invoice_id, .. }
                 if *invoice_id == self.invoice.invoice_id =>
             {
-                self.drafting = true;
+                self.state.drafting = true;
             }
             DomainEvent::InvoiceIssued { invoice }
                 if invoice.invoice_id == self.invoice.invoice_id =>
@@ -117,7 +141,7 @@ impl<'a> Tracer<'a> {
                 let wanted = match line.kind {
                     LineKind::Usage => !late && line.metric.as_deref() == Some(&**metric),
                     LineKind::LateUsage => {
-                        *late && self.drafting && line.metric.as_deref() == Some(&**metric)
+                        *late && self.state.drafting && line.metric.as_deref() == Some(&**metric)
                     }
                     // On the period's own invoice the true-up covers its
                     // on-time usage; as a correction, the late usage.
@@ -125,7 +149,7 @@ impl<'a> Tracer<'a> {
                         if period_start == self.invoice.period.start {
                             !late
                         } else {
-                            *late && self.drafting
+                            *late && self.state.drafting
                         }
                     }
                     LineKind::RecurringFee | LineKind::Adjustment => false,
@@ -144,17 +168,14 @@ impl<'a> Tracer<'a> {
             }
             DomainEvent::DebitAdjustmentAdded { amount, reason }
                 if line.kind == LineKind::Adjustment
-                    && self.drafting
+                    && self.state.drafting
                     && *amount == line.amount
                     && line.description.as_deref() == Some(reason.as_str()) =>
             {
-                if self.skip_adjustments > 0 {
-                    self.skip_adjustments -= 1;
-                } else if !self
-                    .inputs
-                    .iter()
-                    .any(|i| i.entry_type == "debit_adjustment_added")
-                {
+                if self.state.skip_adjustments > 0 {
+                    self.state.skip_adjustments -= 1;
+                } else if !self.state.adjustment_taken {
+                    self.state.adjustment_taken = true;
                     self.take(stored, None);
                 }
             }

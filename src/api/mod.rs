@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod history;
 pub mod lineage;
+pub mod paging;
 pub mod routes;
 mod serve;
 pub mod views;

@@ -10,12 +10,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::auth::{require_reader, Verifier};
 use super::history::Projection;
-use super::lineage::Tracer;
+use super::lineage::{Tracer, TracerState};
+use super::paging::{decode_cursor, encode_cursor, parse_limit, PageQuery};
 use super::views::{account_view, rendered, time};
 use crate::engine::events::IssuedInvoice;
 use crate::engine::time::Timestamp;
@@ -50,8 +51,7 @@ pub const ROUTES: [&str; 7] = [
     JOURNAL,
 ];
 
-/// Journal entries per page at most.
-pub const MAX_PAGE: usize = 1000;
+use super::paging::MAX_PAGE;
 
 /// The API's router.
 pub fn router<S: StateStore>(state: Arc<ApiState<S>>, verifier: Arc<Verifier>) -> Router {
@@ -129,13 +129,13 @@ fn parse_entry(account_id: &str, seq: u64, bytes: &[u8]) -> Result<StoredJournal
         .map_err(|e| ApiError::Corrupt(format!("journal entry {account_id}/{seq}: {e}")))
 }
 
-/// Read the journal from the start, in pages, while `f` asks for more.
+/// Read the journal from seq `from`, in pages, while `f` asks for more.
 async fn read_journal<S: StateStore>(
     store: &S,
     account_id: &str,
+    mut from: u64,
     mut f: impl FnMut(StoredJournalEntry) -> bool,
 ) -> Result<(), ApiError> {
-    let mut from = 1;
     loop {
         let page = store.read_journal(account_id, from, MAX_PAGE).await?;
         let Some(last) = page.last() else {
@@ -194,7 +194,7 @@ async fn account_as_of<S: StateStore>(
     })?;
     let mut projection: Option<Projection> = None;
     let mut bad_start = None;
-    read_journal(&*api.store, &account_id, |stored| {
+    read_journal(&*api.store, &account_id, 1, |stored| {
         if stored.entry.at > at {
             return false;
         }
@@ -256,24 +256,43 @@ fn invoice_json(st: &AccountState, inv: &IssuedInvoice, with_lines: bool) -> Val
     v
 }
 
+/// A page of an account's issued invoices, in invoice id order (ids grow
+/// with each invoice, so a new one lands after every cursor: the order is
+/// stable while pages are read). The cursor is the last id shown.
 async fn invoices<S: StateStore>(
     State(api): State<Arc<ApiState<S>>>,
     Path(account_id): Path<String>,
+    Query(q): Query<PageQuery>,
 ) -> Reply {
+    let limit = parse_limit(q.limit.as_deref())?;
+    let listing = ["invoices", account_id.as_str()];
+    let after: Option<String> = q
+        .cursor
+        .as_deref()
+        .map(|c| decode_cursor(c, &listing))
+        .transpose()?;
     let st = load_state(&*api.store, &account_id).await?;
-    let records = api.store.invoices(&account_id).await?;
-    let mut list = Vec::with_capacity(records.len());
-    for r in &records {
+    let mut records = api.store.invoices(&account_id).await?;
+    records.sort_unstable_by(|a, b| a.invoice_id.cmp(&b.invoice_id));
+    let start = after.map_or(0, |a| records.partition_point(|r| r.invoice_id <= a));
+    let page = &records[start..(start + limit).min(records.len())];
+    let mut list = Vec::with_capacity(page.len());
+    for r in page {
         list.push(invoice_json(
             &st,
             &parse_invoice(&account_id, &r.bytes)?,
             false,
         ));
     }
+    let next = page
+        .last()
+        .filter(|_| start + page.len() < records.len())
+        .map(|r| encode_cursor(&listing, &r.invoice_id));
     Ok(Json(json!({
         "account_id": account_id,
         "draft_invoice_id": (!st.finished).then_some(&st.draft_invoice_id),
         "invoices": list,
+        "next": next,
     })))
 }
 
@@ -308,9 +327,23 @@ async fn invoice<S: StateStore>(
     Ok(Json(invoice_json(&st, &inv, true)))
 }
 
+/// Where a page of a lineage stopped: after journal entry `seq`, with the
+/// tracer's state there and the quantity traced so far.
+#[derive(Serialize, Deserialize)]
+struct LineageCursor {
+    seq: u64,
+    tracer: TracerState,
+    traced: Option<rust_decimal::Decimal>,
+}
+
+/// A page of the inputs behind one line, in journal order. The journal is
+/// read from where the previous page stopped (the cursor carries the
+/// tracer's state) until the page is full and one more input is seen, or
+/// the invoice's issue entry.
 async fn line_lineage<S: StateStore>(
     State(api): State<Arc<ApiState<S>>>,
     Path((account_id, invoice_id, line)): Path<(String, String, String)>,
+    Query(q): Query<PageQuery>,
 ) -> Reply {
     let (st, inv) = load_invoice(&*api.store, &account_id, &invoice_id).await?;
     let index: usize = line
@@ -322,44 +355,88 @@ async fn line_lineage<S: StateStore>(
             inv.lines.len()
         ))
     })?;
-    read_journal(&*api.store, &account_id, |stored| {
+    let limit = parse_limit(q.limit.as_deref())?;
+    let line_index = index.to_string();
+    let listing = [
+        "lineage",
+        account_id.as_str(),
+        invoice_id.as_str(),
+        line_index.as_str(),
+    ];
+    let resume: Option<LineageCursor> = q
+        .cursor
+        .as_deref()
+        .map(|c| decode_cursor(c, &listing))
+        .transpose()?;
+    let (from, traced_before) = match resume {
+        Some(c) => {
+            tracer.resume(c.tracer);
+            (c.seq.saturating_add(1), c.traced)
+        }
+        None => (1, None),
+    };
+    // (seq, tracer state) just after the page's last input.
+    let mut page_end: Option<(u64, TracerState)> = None;
+    read_journal(&*api.store, &account_id, from, |stored| {
         tracer.see(&stored);
+        if tracer.inputs.len() > limit {
+            return false;
+        }
+        if tracer.inputs.len() == limit && page_end.is_none() {
+            page_end = Some((stored.entry.seq, tracer.state()));
+        }
         !tracer.done
     })
     .await?;
-    let quantity: Option<rust_decimal::Decimal> = tracer
+    let more = tracer.inputs.len() > limit;
+    tracer.inputs.truncate(limit);
+    let traced = tracer
         .inputs
         .iter()
-        .filter_map(|i| i.quantity.as_deref()?.parse().ok())
-        .reduce(|a, b| a + b);
+        .filter_map(|i| i.quantity.as_deref()?.parse::<rust_decimal::Decimal>().ok())
+        .chain(traced_before)
+        .try_fold(None, |sum: Option<rust_decimal::Decimal>, q| {
+            sum.map_or(Some(q), |s| s.checked_add(q)).map(Some)
+        })
+        .ok_or_else(|| {
+            ApiError::Corrupt(format!(
+                "the quantities behind line {index} of {invoice_id} overflow"
+            ))
+        })?;
+    let next = page_end.filter(|_| more).map(|(seq, tracer)| {
+        encode_cursor(
+            &listing,
+            LineageCursor {
+                seq,
+                tracer,
+                traced,
+            },
+        )
+    });
     Ok(Json(json!({
         "account_id": account_id,
         "invoice_id": invoice_id,
         "line_index": index,
         "line": rendered(&inv.lines[index], st.currency),
         "inputs": tracer.inputs,
-        "traced_quantity": quantity.map(|q| q.to_string()),
+        "traced_quantity": traced.map(|q| q.to_string()),
+        "next": next,
     })))
 }
 
 #[derive(Deserialize)]
-struct PageQuery {
+struct JournalQuery {
     from_seq: Option<u64>,
-    limit: Option<usize>,
+    limit: Option<String>,
 }
 
 async fn journal<S: StateStore>(
     State(api): State<Arc<ApiState<S>>>,
     Path(account_id): Path<String>,
-    Query(q): Query<PageQuery>,
+    Query(q): Query<JournalQuery>,
 ) -> Reply {
     let from = q.from_seq.unwrap_or(1).max(1);
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        )));
-    }
+    let limit = parse_limit(q.limit.as_deref())?;
     let st = load_state(&*api.store, &account_id).await?;
     let page = api.store.read_journal(&account_id, from, limit).await?;
     let mut entries = Vec::with_capacity(page.len());

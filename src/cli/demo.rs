@@ -14,7 +14,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -88,10 +87,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         engine.plans.upsert(plan)?;
     }
     let state_dir = args.out.join("state");
-    if state_dir.exists() {
-        std::fs::remove_dir_all(&state_dir)
-            .with_context(|| format!("cannot clear {}", state_dir.display()))?;
-    }
+    super::scratch::fresh_state_dir(&state_dir)?;
     let store = Arc::new(EmbeddedStore::open(&state_dir)?);
     let mut sink = FileSink::create(&args.out)?;
     let start = Timestamp::parse_rfc3339("2026-01-01T00:00:00Z").expect("literal");

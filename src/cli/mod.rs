@@ -6,6 +6,7 @@ mod demo;
 mod migrate;
 mod run;
 mod schemas;
+mod scratch;
 mod simulate;
 mod summary;
 pub mod topics;

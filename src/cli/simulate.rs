@@ -1,10 +1,21 @@
 //! `billstream simulate`: the engine on user-supplied JSON-lines files.
 //!
-//! Every file is read in order; a line's arrival time is the latest
+//! An events file is read in order; a line's arrival time is the latest
 //! `occurred_at` seen so far in its file (so a line older than the ones
-//! before it arrives late, as late usage does). Files are merged by arrival
-//! time and driven through the real processor and embedded store; timers
-//! fire on that clock and finally up to `--until`.
+//! before it arrives late, as late usage does). Only lines dated at or
+//! before `--until` move that clock: a line dated later arrives at the
+//! clock as it stands and, more than the allowed skew ahead of it, is
+//! rejected `from_future` as in `run`. So the processing clock never passes
+//! `--until`, and one far-future line cannot bill decades ahead.
+//!
+//! The accounts file is not a stream: each line arrives at its own
+//! `occurred_at` (an opening at its `opened_at`; after `--until`, at
+//! `--until`), and lines of the same instant are taken in the order of
+//! their content, so the file's order does not change a single output.
+//!
+//! Files are merged by arrival time and driven through the real processor
+//! and embedded store; timers fire on that clock and finally up to
+//! `--until`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,14 +38,16 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub plans: PathBuf,
     /// JSON-lines file of account commands (account opened: event_id, account_id, plan_id,
-    /// currency, timezone, tax_rate, opened_at, environment).
+    /// currency, timezone, tax_rate, opened_at, environment), in any order: each line is
+    /// applied at its own time (an opening at its opened_at).
     #[arg(long)]
     pub accounts: PathBuf,
     /// JSON-lines files of usage, payment and account events, each in arrival order.
     #[arg(long, num_args = 1.., required = true)]
     pub events: Vec<PathBuf>,
     /// Run the clock up to this instant (RFC 3339), firing every timer on the way
-    /// (period closes, due dates, retries).
+    /// (period closes, due dates, retries). The clock never passes it: lines dated
+    /// later are rejected as from_future.
     #[arg(long)]
     pub until: String,
     /// Folder for the outputs: one <topic>.jsonl per output topic, and the store.
@@ -57,7 +70,35 @@ struct Line {
     decoded: Result<Decoded, crate::contracts::DecodeError>,
 }
 
-fn read_lines(path: &Path, file: usize) -> anyhow::Result<Vec<Line>> {
+impl Line {
+    /// Processing order: by arrival, then file; within the accounts file
+    /// (`file` 0) by content, so its order does not matter; within an
+    /// events file by line.
+    fn order_key(&self) -> (Timestamp, usize, &str, usize) {
+        let content = if self.file == 0 {
+            self.raw.as_str()
+        } else {
+            ""
+        };
+        (self.arrival, self.file, content, self.line)
+    }
+}
+
+/// How a file's lines get their arrival time.
+#[derive(Clone, Copy)]
+enum Arrival {
+    /// A stream in arrival order: the latest `occurred_at` so far.
+    InFileOrder,
+    /// Each line at its own `occurred_at` (the accounts file).
+    AtOwnTime,
+}
+
+fn read_lines(
+    path: &Path,
+    file: usize,
+    arrival: Arrival,
+    until: Timestamp,
+) -> anyhow::Result<Vec<Line>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut clock = Timestamp(i64::MIN);
@@ -67,11 +108,23 @@ fn read_lines(path: &Path, file: usize) -> anyhow::Result<Vec<Line>> {
             continue;
         }
         let decoded = parse_line(raw);
-        if let Ok(Decoded::Input(input)) = &decoded {
-            clock = clock.max(input.occurred_at());
-        }
+        let occurred_at = match &decoded {
+            Ok(Decoded::Input(input)) => Some(input.occurred_at()),
+            _ => None,
+        };
+        let at = match arrival {
+            // Lines dated after --until do not move the clock: they arrive
+            // at it and the engine's skew check rejects them.
+            Arrival::InFileOrder => {
+                if let Some(t) = occurred_at.filter(|t| *t <= until) {
+                    clock = clock.max(t);
+                }
+                clock
+            }
+            Arrival::AtOwnTime => occurred_at.map_or(Timestamp(i64::MIN), |t| t.min(until)),
+        };
         out.push(Line {
-            arrival: clock,
+            arrival: at,
             file,
             line: i + 1,
             raw: raw.to_string(),
@@ -110,15 +163,17 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let mut lines = Vec::new();
     for (i, f) in files.iter().enumerate() {
-        lines.extend(read_lines(f, i)?);
+        let arrival = if i == 0 {
+            Arrival::AtOwnTime
+        } else {
+            Arrival::InFileOrder
+        };
+        lines.extend(read_lines(f, i, arrival, until)?);
     }
-    lines.sort_by_key(|l| (l.arrival, l.file));
+    lines.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
 
     let state_dir = args.out.join("state");
-    if state_dir.exists() {
-        std::fs::remove_dir_all(&state_dir)
-            .with_context(|| format!("cannot clear {}", state_dir.display()))?;
-    }
+    super::scratch::fresh_state_dir(&state_dir)?;
     let store = Arc::new(EmbeddedStore::open(&state_dir)?);
     let mut sink = FileSink::create(&args.out)?;
     let mut summary = Summary::default();
