@@ -8,6 +8,7 @@ mod kafka_crash;
 mod kafka_e2e;
 mod kafka_tls;
 mod kafka_txn;
+mod privacy;
 mod processor_batch;
 mod schema_registry;
 mod simulate_golden;

@@ -25,8 +25,7 @@ use crate::engine::dedup;
 use crate::engine::events::{DomainEvent, Input, JournalEntry, UsageRecorded};
 use crate::engine::fold::Outcome;
 use crate::engine::time::Timestamp;
-use crate::engine::tripwire::mask_card_numbers;
-use crate::engine::{AccountState, Engine, Rejection};
+use crate::engine::{AccountState, Engine};
 use crate::store::{
     AccountWrite, DedupRecord, InputOffset, InvoiceRecord, JournalRecord, StateStore, StoreError,
     StoredAccount,
@@ -313,7 +312,7 @@ impl<S: StateStore> Processor<S> {
         let input = match decoded {
             Err(e) => {
                 *self.stats.rejected.entry(e.kind()).or_default() += 1;
-                self.dead_letter(pos, key, e.kind(), e.to_string(), raw.to_vec(), now);
+                self.dead_letter(pos, key, e.kind(), e.to_string(), raw, None, now);
                 return Ok(());
             }
             Ok(Decoded::Plan(plan)) => {
@@ -327,7 +326,8 @@ impl<S: StateStore> Processor<S> {
                             Some(&id),
                             "invalid_plan",
                             e.to_string(),
-                            raw.to_vec(),
+                            raw,
+                            None,
                             now,
                         )
                     }
@@ -465,19 +465,13 @@ impl<S: StateStore> Processor<S> {
         }
         if let Err(rejection) = result {
             *self.stats.rejected.entry(rejection.kind()).or_default() += 1;
-            let payload = match &rejection {
-                // Never keep a card number: mask the payload as text.
-                Rejection::CardNumber { .. } => {
-                    mask_card_numbers(&String::from_utf8_lossy(raw)).into_bytes()
-                }
-                _ => raw.to_vec(),
-            };
             self.dead_letter(
                 pos,
                 key,
                 rejection.kind(),
                 rejection.to_string(),
-                payload,
+                raw,
+                Some(input),
                 now,
             );
         }
@@ -506,13 +500,19 @@ impl<S: StateStore> Processor<S> {
         }
     }
 
+    /// Dead-letter the record at `pos`. Every dead letter is made here,
+    /// and masked here (`DeadLetter::redacted`: reason, key and payload;
+    /// `decoded` is the input the bytes decoded to, if they did) before it
+    /// is kept anywhere.
+    #[allow(clippy::too_many_arguments)]
     fn dead_letter(
         &mut self,
         pos: &SourcePos,
         key: Option<&str>,
         kind: &str,
         reason: String,
-        payload: Vec<u8>,
+        raw: &[u8],
+        decoded: Option<&Input>,
         now: Timestamp,
     ) {
         let dl = DeadLetter {
@@ -522,9 +522,10 @@ impl<S: StateStore> Processor<S> {
             key: key.map(str::to_string),
             error_kind: kind.to_string(),
             reason,
-            payload,
+            payload: raw.to_vec(),
             received_at: now,
-        };
+        }
+        .redacted(decoded);
         let mut out = dl.to_output();
         out.traceparent = self.traceparent_of(pos, &out.event_id);
         self.dead_letters.push(out);
