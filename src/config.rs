@@ -372,9 +372,15 @@ pub struct KafkaProperties(pub std::collections::BTreeMap<String, String>);
 /// configuration (they embed credentials), or a private key in PEM.
 pub fn is_secret_property(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    ["password", "secret", "jaas", "oauthbearer.config", "key.pem"]
-        .iter()
-        .any(|marker| name.contains(marker))
+    [
+        "password",
+        "secret",
+        "jaas",
+        "oauthbearer.config",
+        "key.pem",
+    ]
+    .iter()
+    .any(|marker| name.contains(marker))
 }
 
 impl std::fmt::Debug for KafkaProperties {

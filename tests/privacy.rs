@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use billstream::contracts::{
-    parse_line, Catalog, Decoded, DecodeError, Decoder, OutputRecord, OutputTopic,
+    parse_line, Catalog, DecodeError, Decoded, Decoder, OutputRecord, OutputTopic,
 };
 use billstream::engine::events::{
     AccountCommand, AccountKind, AdjustmentKind, Input, PaymentEvent, PaymentKind, UsageRecorded,
@@ -153,7 +153,13 @@ impl Rig {
             _ => None,
         };
         self.p
-            .process(&pos, key.as_deref(), raw, decoded, ts("2026-03-06T00:00:00Z"))
+            .process(
+                &pos,
+                key.as_deref(),
+                raw,
+                decoded,
+                ts("2026-03-06T00:00:00Z"),
+            )
             .await
             .unwrap();
         self.p.flush().await.unwrap()
@@ -214,7 +220,9 @@ fn holds(bytes: &[u8], card: &Card) -> bool {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'u') {
-            let hex = bytes.get(i + 2..i + 6).and_then(|h| std::str::from_utf8(h).ok());
+            let hex = bytes
+                .get(i + 2..i + 6)
+                .and_then(|h| std::str::from_utf8(h).ok());
             if let Some(c) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 plain.push(c);
                 i += 6;
@@ -308,7 +316,9 @@ fn ce(data: &str) -> Vec<u8> {
 }
 
 fn usage_line(fields: &str) -> String {
-    format!(r#"{{"event_id":"u-1","account_id":"a1",{fields},"occurred_at":"{AT}","attributes":{{}}}}"#)
+    format!(
+        r#"{{"event_id":"u-1","account_id":"a1",{fields},"occurred_at":"{AT}","attributes":{{}}}}"#
+    )
 }
 
 /// Every input path a card number can take, for one card.
@@ -641,7 +651,9 @@ async fn issue_12_a_number_failing_luhn_and_an_exact_duplicate_are_not_dead_lett
     assert!(dead_letters(&again).is_empty(), "{again:?}");
     assert_eq!(rig.p.stats.duplicates, 1);
     // A card-like identifier is opaque (SPEC §4): the event is applied.
-    let id_like_card = format!(r#"{{"event_id":"4012888888881881","account_id":"a1","subject":"s","metric":"m","quantity":"1","occurred_at":"{AT}","environment":"prod","attributes":{{}}}}"#);
+    let id_like_card = format!(
+        r#"{{"event_id":"4012888888881881","account_id":"a1","subject":"s","metric":"m","quantity":"1","occurred_at":"{AT}","environment":"prod","attributes":{{}}}}"#
+    );
     let out = rig.line(&id_like_card).await;
     assert!(dead_letters(&out).is_empty(), "{out:?}");
     assert_eq!(rig.p.stats.applied, 3, "opening and two usage events");
@@ -653,11 +665,21 @@ async fn issue_12_a_number_failing_luhn_and_an_exact_duplicate_are_not_dead_lett
 #[tokio::test]
 async fn issue_12_input_without_environment_is_rejected_and_moves_no_money() {
     let lines = [
-        format!(r#"{{"event_id":"top-1","account_id":"a1","kind":"credit_topped_up","amount":"100.00","currency":"EUR","occurred_at":"{AT}"}}"#),
-        format!(r#"{{"event_id":"adj-1","account_id":"a1","kind":"adjustment_issued","adjustment":"credit_note","amount":"50.00","currency":"EUR","reason":"goodwill","occurred_at":"{AT}"}}"#),
-        format!(r#"{{"event_id":"plan-1","account_id":"a1","kind":"plan_changed","plan_id":"p","occurred_at":"{AT}"}}"#),
-        format!(r#"{{"event_id":"close-1","account_id":"a1","kind":"account_closed","occurred_at":"{AT}"}}"#),
-        format!(r#"{{"event_id":"top-2","account_id":"a1","kind":"credit_topped_up","amount":"100.00","currency":"EUR","occurred_at":"{AT}","environment":"test"}}"#),
+        format!(
+            r#"{{"event_id":"top-1","account_id":"a1","kind":"credit_topped_up","amount":"100.00","currency":"EUR","occurred_at":"{AT}"}}"#
+        ),
+        format!(
+            r#"{{"event_id":"adj-1","account_id":"a1","kind":"adjustment_issued","adjustment":"credit_note","amount":"50.00","currency":"EUR","reason":"goodwill","occurred_at":"{AT}"}}"#
+        ),
+        format!(
+            r#"{{"event_id":"plan-1","account_id":"a1","kind":"plan_changed","plan_id":"p","occurred_at":"{AT}"}}"#
+        ),
+        format!(
+            r#"{{"event_id":"close-1","account_id":"a1","kind":"account_closed","occurred_at":"{AT}"}}"#
+        ),
+        format!(
+            r#"{{"event_id":"top-2","account_id":"a1","kind":"credit_topped_up","amount":"100.00","currency":"EUR","occurred_at":"{AT}","environment":"test"}}"#
+        ),
     ];
     let mut rig = Rig::new().await;
     let before = rig.credit();
@@ -687,7 +709,10 @@ async fn issue_12_input_without_environment_is_rejected_and_moves_no_money() {
     };
     let out = rig.record(&top_up(None)).await;
     assert_eq!(dead_letters(&out).len(), 1, "{out:?}");
-    assert_eq!(dead_letters(&out)[0].json["error_kind"], "wrong_environment");
+    assert_eq!(
+        dead_letters(&out)[0].json["error_kind"],
+        "wrong_environment"
+    );
     assert!(dead_letters(&out)[0].json["reason"]
         .as_str()
         .unwrap()
@@ -737,7 +762,11 @@ fn issue_12_simulate_never_prints_a_card_number() {
         .arg(&out_dir)
         .output()
         .expect("billstream simulate runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.lines().count() >= lines.len(), "{stderr}");
     let mut written = Vec::new();
@@ -749,7 +778,11 @@ fn issue_12_simulate_never_prints_a_card_number() {
     }
     for card in CARDS {
         assert!(!holds(&out.stdout, card), "{}: stdout", card.shape);
-        assert!(!holds(&out.stderr, card), "{}: stderr:\n{stderr}", card.shape);
+        assert!(
+            !holds(&out.stderr, card),
+            "{}: stderr:\n{stderr}",
+            card.shape
+        );
         for (path, bytes) in &written {
             assert!(!holds(bytes, card), "{}: {path}", card.shape);
         }
@@ -775,14 +808,29 @@ fn issue_12_config_redacts_kafka_property_secrets() {
     for (k, v) in secrets {
         cmd.env(format!("BILLSTREAM__KAFKA__PROPERTIES__{k}"), v);
     }
-    cmd.env("BILLSTREAM__KAFKA__PROPERTIES__SASL.USERNAME", "billing-user");
+    cmd.env(
+        "BILLSTREAM__KAFKA__PROPERTIES__SASL.USERNAME",
+        "billing-user",
+    );
     let out = cmd.output().expect("billstream config runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for (k, v) in secrets {
-        let shown = v.split('"').find(|p| p.contains("pw") || p.contains("secret"));
-        assert!(!stdout.contains(shown.unwrap_or(v)), "{k} printed:\n{stdout}");
-        assert!(stdout.contains(&k.to_lowercase()), "{k} not listed:\n{stdout}");
+        let shown = v
+            .split('"')
+            .find(|p| p.contains("pw") || p.contains("secret"));
+        assert!(
+            !stdout.contains(shown.unwrap_or(v)),
+            "{k} printed:\n{stdout}"
+        );
+        assert!(
+            stdout.contains(&k.to_lowercase()),
+            "{k} not listed:\n{stdout}"
+        );
     }
     assert!(stdout.contains("billing-user"), "{stdout}");
     assert!(stdout.contains("<redacted>"), "{stdout}");
