@@ -362,7 +362,72 @@ pub struct KafkaSettings {
     /// Extra librdkafka properties for every client (`debug`, tuning, TLS
     /// and SASL: `security.protocol`, `ssl.ca.location`, `sasl.*`), applied
     /// after billstream's own settings.
-    pub properties: std::collections::BTreeMap<String, String>,
+    pub properties: KafkaProperties,
+}
+
+/// `kafka.properties`: a map of librdkafka property names to values. Its
+/// `Debug` (what `billstream config` prints) shows every name but redacts
+/// the value of any secret-looking one (`is_secret_property`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaProperties(pub std::collections::BTreeMap<String, String>);
+
+/// Whether a librdkafka property holds a secret: any password
+/// (`sasl.password`, `ssl.key.password`, `ssl.keystore.password`…), any
+/// secret (`sasl.oauthbearer.client.secret`), a JAAS or OAUTHBEARER
+/// configuration (they embed credentials), or a private key in PEM.
+pub fn is_secret_property(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "jaas",
+        "oauthbearer.config",
+        "key.pem",
+    ]
+    .iter()
+    .any(|marker| name.contains(marker))
+}
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown: &dyn std::fmt::Debug = if is_secret_property(k) {
+                    &"<redacted>"
+                } else {
+                    v
+                };
+                (k, shown)
+            }))
+            .finish()
+    }
+}
+
+impl std::ops::Deref for KafkaProperties {
+    type Target = std::collections::BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KafkaProperties {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a KafkaProperties {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl FromIterator<(String, String)> for KafkaProperties {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        KafkaProperties(iter.into_iter().collect())
+    }
 }
 
 /// How to reach the Schema Registry (`src/contracts/registry/`).

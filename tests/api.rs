@@ -39,12 +39,12 @@ fn inputs() -> Vec<(&'static str, String)> {
     };
     vec![
         ("billing.accounts.v1", r#"{"event_id":"open-a1","account_id":"a1","plan_id":"p","currency":"EUR","timezone":"UTC","tax_rate":"0.1","opened_at":"2026-03-01T00:00:00Z","environment":"prod"}"#.to_string()),
-        ("billing.payments.v1", r#"{"event_id":"pm-1","account_id":"a1","kind":"payment_method_attached","occurred_at":"2026-03-02T00:00:00Z","token_ref":"tok_secret_ref","brand":"visa","last4":"4242","expires":"2027-08"}"#.to_string()),
+        ("billing.payments.v1", r#"{"event_id":"pm-1","account_id":"a1","kind":"payment_method_attached","occurred_at":"2026-03-02T00:00:00Z","token_ref":"tok_secret_ref","brand":"visa","last4":"4242","expires":"2027-08","environment":"prod"}"#.to_string()),
         usage("u1", "app-1", "2", "2026-03-03T10:00:00Z"),
         usage("u2", "app-2", "3.5", "2026-03-04T10:00:00Z"),
         usage("u3", "app-1", "1", "2026-03-05T10:00:00Z"),
-        ("billing.payments.v1", r#"{"event_id":"fail-1","account_id":"a1","kind":"payment_failed","occurred_at":"2026-03-06T00:00:00Z","charge_id":"inv_a1_00001/attempt-1","invoice_id":"inv_a1_00001","retryable":true,"reason":"insufficient_funds"}"#.to_string()),
-        ("billing.payments.v1", r#"{"event_id":"top-1","account_id":"a1","kind":"credit_topped_up","occurred_at":"2026-03-06T12:00:00Z","amount":"5.00","currency":"EUR"}"#.to_string()),
+        ("billing.payments.v1", r#"{"event_id":"fail-1","account_id":"a1","kind":"payment_failed","occurred_at":"2026-03-06T00:00:00Z","charge_id":"inv_a1_00001/attempt-1","invoice_id":"inv_a1_00001","retryable":true,"reason":"insufficient_funds","environment":"prod"}"#.to_string()),
+        ("billing.payments.v1", r#"{"event_id":"top-1","account_id":"a1","kind":"credit_topped_up","occurred_at":"2026-03-06T12:00:00Z","amount":"5.00","currency":"EUR","environment":"prod"}"#.to_string()),
     ]
 }
 

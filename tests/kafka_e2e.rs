@@ -300,7 +300,7 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
         event_id: "card-1".into(),
         account_id: acct.into(),
         occurred_at: month_start.plus(60_000_000),
-        environment: None,
+        environment: Some("prod".into()),
         kind: PaymentKind::PaymentMethodAttached {
             token_ref: "psp:tok_1".into(),
             brand: "visa".into(),

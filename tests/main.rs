@@ -9,6 +9,7 @@ mod kafka_e2e;
 mod kafka_redelivery;
 mod kafka_tls;
 mod kafka_txn;
+mod privacy;
 mod processor_batch;
 mod processor_rejections;
 mod schema_registry;

@@ -170,7 +170,13 @@ pub async fn require_reader(
     match verifier.check(authorization) {
         Ok(()) => next.run(request).await,
         Err(e) => {
-            tracing::info!(path = %request.uri().path(), refused = %e, "API request refused");
+            // The path holds an account id: opaque, but never logged as a
+            // card number (SPEC §4).
+            tracing::info!(
+                path = %crate::contracts::redact::redact_text(request.uri().path()),
+                refused = %e,
+                "API request refused"
+            );
             e.into_response()
         }
     }

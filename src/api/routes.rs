@@ -107,7 +107,10 @@ impl IntoResponse for ApiError {
             ApiError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
-            tracing::warn!(error = %self, "API read failed");
+            tracing::warn!(
+                error = %crate::contracts::redact::redact_text(&self.to_string()),
+                "API read failed"
+            );
         }
         (status, error_body(&self.to_string())).into_response()
     }

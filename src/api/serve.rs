@@ -11,6 +11,7 @@ use rdkafka::message::Message;
 use super::auth::Verifier;
 use super::routes::{router, ApiState};
 use crate::config::Settings;
+use crate::contracts::redact::redact_text;
 use crate::contracts::registry::WriterSchemas;
 use crate::contracts::{Catalog, Decoded, Decoder};
 use crate::engine::plan::PlanBook;
@@ -33,12 +34,20 @@ fn apply_plans(
             Ok(Decoded::Plan(plan)) => {
                 let id = plan.plan_id.clone();
                 if let Err(e) = engine.plans.upsert(plan) {
-                    tracing::warn!(plan_id = %id, error = %e, "API: plan refused");
+                    tracing::warn!(
+                        plan_id = %redact_text(&id),
+                        error = %redact_text(&e.to_string()),
+                        "API: plan refused"
+                    );
                 }
             }
             Ok(Decoded::Input(_)) => {}
             Err(e) => {
-                tracing::warn!(offset = m.offset(), error = %e, "API: plan record does not decode")
+                tracing::warn!(
+                    offset = m.offset(),
+                    error = %redact_text(&e.to_string()),
+                    "API: plan record does not decode"
+                )
             }
         }
     }

@@ -25,6 +25,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::summary::Summary;
+use crate::contracts::redact::redact_text;
 use crate::contracts::{parse_line, Decoded, OutputTopic};
 use crate::engine::time::Timestamp;
 use crate::engine::{Engine, EngineConfig};
@@ -153,9 +154,9 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             Ok(Decoded::Plan(plan)) => engine
                 .plans
                 .upsert(plan)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", at()))?,
+                .map_err(|e| anyhow::anyhow!("{}: {}", at(), redact_text(&e.to_string())))?,
             Ok(Decoded::Input(_)) => anyhow::bail!("{}: expected a plan, found an event", at()),
-            Err(e) => anyhow::bail!("{}: {e}", at()),
+            Err(e) => anyhow::bail!("{}: {}", at(), redact_text(&e.to_string())),
         }
     }
     let files: Vec<PathBuf> = std::iter::once(args.accounts.clone())
@@ -192,7 +193,15 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
                 offset: l.line as i64,
             };
             if let Err(e) = &l.decoded {
-                eprintln!("{}:{}: {}: {e}", names[l.file], l.line, e.kind());
+                // The reason can quote the input: masked like a dead letter's.
+                let reason = e.to_string();
+                eprintln!(
+                    "{}:{}: {}: {}",
+                    names[l.file],
+                    l.line,
+                    e.kind(),
+                    redact_text(&reason)
+                );
             }
             let now = l.arrival.max(Timestamp(0));
             let key = match &l.decoded {
@@ -237,7 +246,8 @@ async fn publish(
     for r in outputs.iter().filter(|r| r.topic == OutputTopic::Dlq) {
         *rejected += 1;
         let j = &r.json;
-        // Decode errors were reported as they were read.
+        // Decode errors were reported as they were read. The reason is the
+        // dead letter's, already masked.
         if crate::engine::Rejection::KINDS.contains(&j["error_kind"].as_str().unwrap_or("")) {
             let file = j["source_topic"].as_str().unwrap_or("?");
             debug_assert!(names.iter().any(|n| n == file));

@@ -1,13 +1,16 @@
 //! The dead-letter record: an input that could not be applied, with where
-//! it came from, why, and its bytes (already masked by the caller where
-//! they looked like card data), so an operator can fix and replay it. Its
-//! id is derived from the input's position, so re-rejecting the same
-//! input after a restart yields the same record.
+//! it came from, why, and its bytes, so an operator can fix and replay it.
+//! Its id is derived from the input's position, so re-rejecting the same
+//! input after a restart yields the same record. Reason, key and payload
+//! are masked (`redact`) when it is made and again when it is published:
+//! no card number reaches the DLQ, whatever path the input took.
 
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::outputs::{OutputRecord, OutputTopic, OUTPUT_ID_NAMESPACE};
+use super::redact::{redact_payload, redact_text};
+use crate::engine::events::Input;
 use crate::engine::time::Timestamp;
 
 /// An input that could not be applied.
@@ -23,31 +26,50 @@ pub struct DeadLetter {
     pub key: Option<String>,
     /// Machine-readable kind, e.g. a `DecodeError::kind()`.
     pub error_kind: String,
-    /// Human-readable reason.
+    /// Human-readable reason (card-like digits masked).
     pub reason: String,
-    /// The input bytes, card-like digits already masked.
+    /// The input bytes, card-like digits masked in place.
     pub payload: Vec<u8>,
     pub received_at: Timestamp,
 }
 
 impl DeadLetter {
+    /// The same dead letter with every card-like number in its reason, key
+    /// and payload masked (`redact`); `decoded` is the input the payload
+    /// decoded to, if it did, so its fields are masked exactly. Masking
+    /// twice changes nothing.
+    pub fn redacted(mut self, decoded: Option<&Input>) -> DeadLetter {
+        if let std::borrow::Cow::Owned(r) = redact_text(&self.reason) {
+            self.reason = r;
+        }
+        if let Some(key) = &self.key {
+            if let std::borrow::Cow::Owned(k) = redact_text(key) {
+                self.key = Some(k);
+            }
+        }
+        self.payload = redact_payload(&self.payload, decoded);
+        self
+    }
+
     /// `<source_topic>/<partition>/<offset>`: what caused the dead letter.
     pub fn causation_id(&self) -> String {
         format!("{}/{}/{}", self.source_topic, self.partition, self.offset)
     }
 
-    /// The record for `billing.dlq.v1`. The payload is a string when it is
-    /// UTF-8 (`payload_encoding: "utf8"`), base64 otherwise.
+    /// The record for `billing.dlq.v1`, masked (`redacted`) whoever made
+    /// this dead letter. The payload is a string when it is UTF-8
+    /// (`payload_encoding: "utf8"`), base64 otherwise.
     pub fn to_output(&self) -> OutputRecord {
+        let this = self.clone().redacted(None);
         let causation_id = self.causation_id();
         let event_id = Uuid::new_v5(
             &OUTPUT_ID_NAMESPACE,
             format!("dlq/{causation_id}").as_bytes(),
         )
         .to_string();
-        let (payload, encoding) = match std::str::from_utf8(&self.payload) {
+        let (payload, encoding) = match std::str::from_utf8(&this.payload) {
             Ok(text) => (text.to_string(), "utf8"),
-            Err(_) => (base64_encode(&self.payload), "base64"),
+            Err(_) => (base64_encode(&this.payload), "base64"),
         };
         let json = json!({
             "event_id": event_id,
@@ -55,16 +77,16 @@ impl DeadLetter {
             "source_topic": self.source_topic,
             "partition": self.partition,
             "offset": self.offset,
-            "key": self.key,
+            "key": this.key,
             "error_kind": self.error_kind,
-            "reason": self.reason,
+            "reason": this.reason,
             "payload": payload,
             "payload_encoding": encoding,
             "received_at": Value::String(self.received_at.to_rfc3339()),
         });
         OutputRecord {
             topic: OutputTopic::Dlq,
-            key: self.key.clone().unwrap_or_default(),
+            key: this.key.clone().unwrap_or_default(),
             event_id,
             causation_id,
             kind: "DeadLetter",

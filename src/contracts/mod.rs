@@ -15,6 +15,7 @@ pub mod errors;
 pub mod framing;
 pub mod json;
 pub mod outputs;
+pub mod redact;
 pub mod registry;
 pub mod usage_reader;
 

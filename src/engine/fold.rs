@@ -110,6 +110,17 @@ fn duration_text(micros: i64) -> String {
     format!("{}s", micros / MICROS_PER_SECOND)
 }
 
+/// A quantity or amount written with 13 or more digits is read as text by
+/// SPEC §4's rule: a card number given as a number is still a card
+/// number. (Cheap: most numbers are far below 10^12 and never formatted.)
+fn check_number(field: &str, value: Decimal) -> Result<(), Rejection> {
+    const TWELVE_DIGITS: i128 = 999_999_999_999;
+    if value.mantissa().abs() <= TWELVE_DIGITS {
+        return Ok(());
+    }
+    check_text(field, &value.to_string())
+}
+
 fn add_subject(subjects: &mut Vec<(Name, Decimal)>, subject: &str, qty: Decimal) -> Name {
     let t = name::tag(subject);
     match subjects.iter_mut().find(|(s, _)| s.is(t, subject)) {
@@ -256,22 +267,13 @@ impl Engine {
         Ok(Outcome::Applied)
     }
 
-    /// Checks that need no account state: environment, card numbers in
-    /// free text, the future-skew limit.
+    /// Checks that need no account state, in this order: card numbers
+    /// first (SPEC §4: whatever else is wrong with an input, a card number
+    /// in it is what it is rejected for, masked), then the environment
+    /// (every input must name this instance's: one that names none is
+    /// refused like one that names another, SPEC §7), then the
+    /// future-skew limit.
     fn check_envelope(&self, input: &Input, now: Timestamp) -> Result<(), Rejection> {
-        let env = match input {
-            Input::Usage(u) => Some(u.environment.as_str()),
-            Input::Payment(p) => p.environment.as_deref(),
-            Input::Account(a) => a.environment.as_deref(),
-        };
-        if let Some(env) = env {
-            if env != self.config.environment {
-                return Err(Rejection::WrongEnvironment {
-                    expected: self.config.environment.clone(),
-                    got: env.to_string(),
-                });
-            }
-        }
         match input {
             Input::Usage(u) => {
                 check_text("subject", &u.subject)?;
@@ -283,21 +285,42 @@ impl Engine {
                         check_text(&format!("attributes.{k}"), v)?;
                     }
                 }
+                check_number("quantity", u.quantity)?;
             }
             Input::Payment(p) => match &p.kind {
-                PaymentKind::PaymentFailed { reason, .. }
-                | PaymentKind::PaymentRefunded { reason, .. } => check_text("reason", reason)?,
-                PaymentKind::BankTransferReceived { reference, .. } => {
-                    check_text("reference", reference)?
+                PaymentKind::PaymentFailed { reason, .. } => check_text("reason", reason)?,
+                PaymentKind::PaymentRefunded { reason, amount, .. } => {
+                    check_text("reason", reason)?;
+                    check_number("amount", *amount)?;
+                }
+                PaymentKind::BankTransferReceived {
+                    reference, amount, ..
+                } => {
+                    check_text("reference", reference)?;
+                    check_number("amount", *amount)?;
                 }
                 PaymentKind::PaymentMethodAttached { brand, .. } => check_text("brand", brand)?,
-                _ => {}
+                PaymentKind::CreditToppedUp { amount, .. }
+                | PaymentKind::PaymentSucceeded { amount, .. } => check_number("amount", *amount)?,
+                PaymentKind::PaymentMethodDetached { .. } => {}
             },
             Input::Account(a) => {
-                if let AccountKind::AdjustmentIssued { reason, .. } = &a.kind {
+                if let AccountKind::AdjustmentIssued { reason, amount, .. } = &a.kind {
                     check_text("reason", reason)?;
+                    check_number("amount", *amount)?;
                 }
             }
+        }
+        let env = match input {
+            Input::Usage(u) => Some(u.environment.as_str()),
+            Input::Payment(p) => p.environment.as_deref(),
+            Input::Account(a) => a.environment.as_deref(),
+        };
+        if env != Some(self.config.environment.as_str()) {
+            return Err(Rejection::WrongEnvironment {
+                expected: self.config.environment.clone(),
+                got: env.map(str::to_string),
+            });
         }
         let occurred_at = input.occurred_at();
         if occurred_at.0 > now.0.saturating_add(self.config.future_tolerance_micros) {

@@ -66,7 +66,7 @@ fn script(account: &str, plan: usize, ops: &[Op]) -> Vec<(Timestamp, Input)> {
             event_id: id,
             account_id: account.into(),
             occurred_at,
-            environment: None,
+            environment: Some("prod".into()),
             kind,
         })
     };

@@ -52,9 +52,13 @@ pub enum Rejection {
     /// A free-text field looks like a payment card number (masked here).
     #[error("field {field} looks like a card number: {masked:?}")]
     CardNumber { field: String, masked: String },
-    /// The event belongs to another environment than this instance serves.
-    #[error("event for environment {got:?} reached an instance serving {expected:?}")]
-    WrongEnvironment { expected: String, got: String },
+    /// The event belongs to another environment than this instance serves,
+    /// or names none (`got: None`): it is never applied (SPEC §7).
+    #[error("{}", wrong_environment(expected, got.as_deref()))]
+    WrongEnvironment {
+        expected: String,
+        got: Option<String>,
+    },
     /// A payment result for a charge this account never requested.
     #[error("charge {charge_id:?} of invoice {invoice_id:?} is not known for this account")]
     UnknownCharge {
@@ -95,6 +99,15 @@ pub enum Rejection {
         field: &'static str,
         expected: String,
     },
+}
+
+fn wrong_environment(expected: &str, got: Option<&str>) -> String {
+    match got {
+        Some(got) => format!("event for environment {got:?} reached an instance serving {expected:?}"),
+        None => format!(
+            "event names no environment; this instance serves {expected:?} and applies only events that name it"
+        ),
+    }
 }
 
 impl Rejection {

@@ -173,7 +173,7 @@ impl Harness {
                 event_id: id,
                 account_id: "acct".into(),
                 occurred_at: ts(at),
-                environment: None,
+                environment: Some("prod".into()),
                 kind,
             }),
             ts(at),

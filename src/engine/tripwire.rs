@@ -27,11 +27,16 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
 
 /// Byte range `[start, end)` of the first card-like number in `text`.
 pub fn find_card_number(text: &str) -> Option<(usize, usize)> {
-    let b = text.as_bytes();
+    find_from(text.as_bytes(), 0)
+}
+
+/// The first card-like number in `b` at or after `from` (SPEC §4's rule;
+/// the byte before `from` still counts as context).
+fn find_from(b: &[u8], from: usize) -> Option<(usize, usize)> {
     if b.len() < 13 {
         return None;
     }
-    let mut i = 0;
+    let mut i = from;
     while i < b.len() {
         if !b[i].is_ascii_digit() || (i > 0 && b[i - 1].is_ascii_digit()) {
             i += 1;
@@ -48,6 +53,9 @@ pub fn find_card_number(text: &str) -> Option<(usize, usize)> {
         }
         for grouping in GROUPINGS {
             if let Some(end) = match_grouping(b, i, grouping) {
+                if b.get(end).is_some_and(u8::is_ascii_digit) {
+                    continue;
+                }
                 let digits: Vec<u8> = b[i..end]
                     .iter()
                     .copied()
@@ -63,8 +71,20 @@ pub fn find_card_number(text: &str) -> Option<(usize, usize)> {
     None
 }
 
+/// Every card-like number in `b` by SPEC §4's rule, as byte ranges.
+pub fn card_spans(b: &[u8]) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut from = 0;
+    while let Some((s, e)) = find_from(b, from) {
+        spans.push((s, e));
+        from = e;
+    }
+    spans
+}
+
 /// Match `grouping` at `start`: digit groups of the given sizes separated by
-/// exactly one space or dash, with no digit right before or after.
+/// exactly one space or dash. Returns the end; the caller decides whether a
+/// digit may follow.
 fn match_grouping(b: &[u8], start: usize, grouping: &[usize]) -> Option<usize> {
     let mut pos = start;
     for (g, &len) in grouping.iter().enumerate() {
@@ -80,30 +100,107 @@ fn match_grouping(b: &[u8], start: usize, grouping: &[usize]) -> Option<usize> {
         }
         pos += len;
     }
-    match b.get(pos) {
-        Some(c) if c.is_ascii_digit() => None,
-        _ => Some(pos),
+    Some(pos)
+}
+
+/// Every window of `b` that would be a card number if the bytes around it
+/// were not digits: 13–19 contiguous digits anywhere inside a digit run,
+/// and the groupings, Luhn-valid. For bytes whose structure is unknown (an
+/// Avro body: a string's length byte can be an ASCII digit right before
+/// or after the card), where SPEC §4's "not part of a longer digit run"
+/// cannot be judged. Linear: Luhn sums come from prefix sums.
+pub fn loose_card_spans(b: &[u8]) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let run_end = b[i..]
+            .iter()
+            .position(|c| !c.is_ascii_digit())
+            .map_or(b.len(), |p| i + p);
+        if run_end - i >= 13 {
+            contiguous_windows(b, i, run_end, &mut spans);
+        }
+        i = run_end;
+    }
+    for start in 0..b.len() {
+        // Every grouping starts with a group of four digits and a separator.
+        if !matches!(b.get(start + 4), Some(b' ') | Some(b'-')) {
+            continue;
+        }
+        for grouping in GROUPINGS {
+            if let Some(end) = match_grouping(b, start, grouping) {
+                let digits: Vec<u8> = b[start..end]
+                    .iter()
+                    .copied()
+                    .filter(u8::is_ascii_digit)
+                    .collect();
+                if luhn_valid(&digits) {
+                    spans.push((start, end));
+                }
+            }
+        }
+    }
+    spans
+}
+
+/// The Luhn-valid windows of 13–19 digits within the digit run `[s, e)`.
+fn contiguous_windows(b: &[u8], s: usize, e: usize, out: &mut Vec<(usize, usize)>) {
+    let run = &b[s..e];
+    // plain[p][k], doubled[p][k]: sums over run[..k] of the digits at
+    // positions of parity p, as they are and as Luhn doubles them.
+    let mut plain = [vec![0u32; run.len() + 1], vec![0u32; run.len() + 1]];
+    let mut doubled = [vec![0u32; run.len() + 1], vec![0u32; run.len() + 1]];
+    for (k, d) in run.iter().enumerate() {
+        let v = u32::from(d - b'0');
+        let dv = if v * 2 > 9 { v * 2 - 9 } else { v * 2 };
+        for p in 0..2 {
+            let mine = k % 2 == p;
+            plain[p][k + 1] = plain[p][k] + if mine { v } else { 0 };
+            doubled[p][k + 1] = doubled[p][k] + if mine { dv } else { 0 };
+        }
+    }
+    for from in 0..run.len() {
+        for len in 13..=19 {
+            let to = from + len;
+            if to > run.len() {
+                break;
+            }
+            // The last digit is not doubled, the one before it is, …
+            let q = (to - 1) % 2;
+            let sum = plain[q][to] - plain[q][from] + doubled[1 - q][to] - doubled[1 - q][from];
+            if sum.is_multiple_of(10) {
+                out.push((s + from, s + to));
+            }
+        }
+    }
+}
+
+/// Mask the digits of `b[start..end]` with `*`, keeping the first
+/// `keep_first` and the last four. Lengths never change.
+pub fn mask_span(b: &mut [u8], (start, end): (usize, usize), keep_first: usize) {
+    let digits: Vec<usize> = (start..end).filter(|&p| b[p].is_ascii_digit()).collect();
+    let last = digits.len().saturating_sub(4);
+    for &p in digits.get(keep_first.min(last)..last).unwrap_or(&[]) {
+        b[p] = b'*';
     }
 }
 
 /// `text` with the digits of every card-like number masked except the last
 /// four, so a DLQ record shows where it was without holding the number.
 pub fn mask_card_numbers(text: &str) -> String {
-    let mut out = text.to_string();
-    let mut from = 0;
-    while let Some((s, e)) = find_card_number(&out[from..]).map(|(s, e)| (s + from, e + from)) {
-        let digit_positions: Vec<usize> = (s..e)
-            .filter(|&p| out.as_bytes()[p].is_ascii_digit())
-            .collect();
-        let keep = digit_positions.len().saturating_sub(4);
-        let mut bytes = out.into_bytes();
-        for &p in &digit_positions[..keep] {
-            bytes[p] = b'*';
-        }
-        out = String::from_utf8(bytes).expect("ASCII digits replaced by ASCII");
-        from = e;
+    let spans = card_spans(text.as_bytes());
+    if spans.is_empty() {
+        return text.to_string();
     }
-    out
+    let mut bytes = text.as_bytes().to_vec();
+    for span in spans {
+        mask_span(&mut bytes, span, 0);
+    }
+    String::from_utf8(bytes).expect("ASCII digits replaced by ASCII")
 }
 
 #[cfg(test)]
@@ -147,6 +244,41 @@ mod tests {
     fn short_numbers_and_plain_text_pass() {
         assert!(find_card_number("container-1234 ran 12 hours").is_none());
         assert!(find_card_number("order 123456789012").is_none());
+    }
+
+    #[test]
+    fn loose_spans_find_cards_inside_longer_digit_runs() {
+        // '4' and '0' are Avro length bytes around the card here.
+        let b = b"x44012888888881881002024";
+        assert!(find_card_number(std::str::from_utf8(b).unwrap()).is_none());
+        let spans = loose_card_spans(b);
+        assert!(spans.contains(&(2, 18)), "{spans:?}");
+        // Every window found passes Luhn, and a brute-force search agrees.
+        let mut brute = Vec::new();
+        for s in 0..b.len() {
+            for e in s + 13..=(s + 19).min(b.len()) {
+                if b[s..e].iter().all(u8::is_ascii_digit) && luhn_valid(&b[s..e]) {
+                    brute.push((s, e));
+                }
+            }
+        }
+        let mut contiguous: Vec<_> = spans.clone();
+        contiguous.sort_unstable();
+        brute.sort_unstable();
+        assert_eq!(contiguous, brute);
+        assert!(loose_card_spans(b"9 4111 1111 1111 11119").contains(&(2, 21)));
+        // One window only, failing Luhn.
+        assert!(loose_card_spans(b"4222222222223").is_empty());
+    }
+
+    #[test]
+    fn mask_span_keeps_first_and_last_digits_as_asked() {
+        let mut b = *b"44012888888881881x";
+        mask_span(&mut b, (1, 17), 1);
+        assert_eq!(&b, b"44***********1881x");
+        let mut b = *b"4111 1111 1111 1111";
+        mask_span(&mut b, (0, 19), 0);
+        assert_eq!(&b, b"**** **** **** 1111");
     }
 
     #[test]

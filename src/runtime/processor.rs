@@ -38,7 +38,6 @@ use crate::engine::dedup;
 use crate::engine::events::{DomainEvent, Input, JournalEntry, UsageRecorded};
 use crate::engine::fold::Outcome;
 use crate::engine::time::Timestamp;
-use crate::engine::tripwire::{find_card_number, mask_card_numbers};
 use crate::engine::{AccountState, Engine, Rejection};
 use crate::store::{
     AccountWrite, DeadLetterRecord, DedupRecord, InputOffset, InvoiceRecord, JournalRecord,
@@ -403,7 +402,7 @@ impl<S: StateStore> Processor<S> {
         let input = match decoded {
             Err(e) => {
                 *self.stats.rejected.entry(e.kind()).or_default() += 1;
-                self.dead_letter(pos, key, e.kind(), e.to_string(), raw.to_vec(), now);
+                self.dead_letter(pos, key, e.kind(), e.to_string(), raw, None, now);
                 return Ok(());
             }
             Ok(Decoded::Plan(plan)) => {
@@ -418,7 +417,7 @@ impl<S: StateStore> Processor<S> {
                         field: "plan_id",
                         expected: id,
                     };
-                    self.reject(pos, key, raw, rejection, now, None);
+                    self.reject(pos, key, raw, None, rejection, now, None);
                     return Ok(());
                 }
                 match self.engine.plans.upsert(plan) {
@@ -430,7 +429,8 @@ impl<S: StateStore> Processor<S> {
                             Some(&id),
                             "invalid_plan",
                             e.to_string(),
-                            raw.to_vec(),
+                            raw,
+                            None,
                             now,
                         )
                     }
@@ -513,7 +513,7 @@ impl<S: StateStore> Processor<S> {
                 field: "account_id",
                 expected: account_id.to_string(),
             };
-            self.reject(pos, key, raw, rejection, now, None);
+            self.reject(pos, key, raw, Some(input), rejection, now, None);
             return Ok(());
         }
         let partition = u32::try_from(pos.partition).unwrap_or(0);
@@ -589,6 +589,7 @@ impl<S: StateStore> Processor<S> {
                 pos,
                 key,
                 raw,
+                Some(input),
                 rejection,
                 now,
                 had_state.then_some(account_id),
@@ -600,37 +601,29 @@ impl<S: StateStore> Processor<S> {
     /// Count a rejected input and make its dead letter: kept with
     /// `account` (an existing account whose position moves past the
     /// record) or, when none, published with the next flush.
+    /// Count a rejection and dead-letter its record: with the account
+    /// it belongs to when that account has state (written, and kept until
+    /// acknowledged, with the position that moves past the record), else
+    /// with the next flush. `decoded` is the input the bytes decoded to.
+    #[allow(clippy::too_many_arguments)]
     fn reject(
         &mut self,
         pos: &SourcePos,
         key: Option<&str>,
         raw: &[u8],
+        decoded: Option<&Input>,
         rejection: Rejection,
         now: Timestamp,
         account: Option<&str>,
     ) {
         *self.stats.rejected.entry(rejection.kind()).or_default() += 1;
-        let payload = match &rejection {
-            // Never keep a card number: mask the payload as text.
-            Rejection::CardNumber { .. } => {
-                mask_card_numbers(&String::from_utf8_lossy(raw)).into_bytes()
-            }
-            // Refused before the engine scanned it for card numbers.
-            Rejection::KeyMismatch { .. } => {
-                let text = String::from_utf8_lossy(raw);
-                match find_card_number(&text) {
-                    Some(_) => mask_card_numbers(&text).into_bytes(),
-                    None => raw.to_vec(),
-                }
-            }
-            _ => raw.to_vec(),
-        };
         let out = self.dead_letter_record(
             pos,
             key,
             rejection.kind(),
             rejection.to_string(),
-            payload,
+            raw,
+            decoded,
             now,
         );
         match account.and_then(|a| self.accounts.get_mut(a)) {
@@ -661,28 +654,35 @@ impl<S: StateStore> Processor<S> {
         }
     }
 
-    /// A dead letter published with the next flush, durable through the
-    /// input offset (see the module doc).
+    /// A dead letter of no account, published with the next flush, durable
+    /// through the input offset (see the module doc).
+    #[allow(clippy::too_many_arguments)]
     fn dead_letter(
         &mut self,
         pos: &SourcePos,
         key: Option<&str>,
         kind: &str,
         reason: String,
-        payload: Vec<u8>,
+        raw: &[u8],
+        decoded: Option<&Input>,
         now: Timestamp,
     ) {
-        let out = self.dead_letter_record(pos, key, kind, reason, payload, now);
+        let out = self.dead_letter_record(pos, key, kind, reason, raw, decoded, now);
         self.dead_letters.push(out);
     }
 
+    /// Every dead letter is made here, and masked here
+    /// (`DeadLetter::redacted`: reason, key and payload; `decoded` is the
+    /// input the bytes decoded to, if they did) before it is kept anywhere.
+    #[allow(clippy::too_many_arguments)]
     fn dead_letter_record(
         &self,
         pos: &SourcePos,
         key: Option<&str>,
         kind: &str,
         reason: String,
-        payload: Vec<u8>,
+        raw: &[u8],
+        decoded: Option<&Input>,
         now: Timestamp,
     ) -> OutputRecord {
         let dl = DeadLetter {
@@ -692,9 +692,10 @@ impl<S: StateStore> Processor<S> {
             key: key.map(str::to_string),
             error_kind: kind.to_string(),
             reason,
-            payload,
+            payload: raw.to_vec(),
             received_at: now,
-        };
+        }
+        .redacted(decoded);
         let mut out = dl.to_output();
         out.traceparent = self.traceparent_of(pos, &out.event_id);
         out

@@ -306,7 +306,7 @@ impl World {
             event_id,
             account_id: account.into(),
             occurred_at: at,
-            environment: None,
+            environment: Some(self.environment.clone()),
             kind,
         }))
     }
