@@ -988,10 +988,7 @@ impl Raw {
         if !(1..=MAX_SUBJECTS).contains(&b.max_subjects) {
             return Err(invalid(
                 "billing.max_subjects",
-                format!(
-                    "{} is not between 1 and {MAX_SUBJECTS}",
-                    b.max_subjects
-                ),
+                format!("{} is not between 1 and {MAX_SUBJECTS}", b.max_subjects),
             ));
         }
         engine.max_subjects = b.max_subjects as usize;
@@ -1132,9 +1129,21 @@ mod tests {
         assert_eq!(s.engine.max_subjects, 7);
         assert_eq!(s.kafka.max_record_bytes, 2_000_000);
         for (var, value, field) in [
-            ("BILLSTREAM__BILLING__MAX_SUBJECTS", "0", "billing.max_subjects"),
-            ("BILLSTREAM__BILLING__MAX_SUBJECTS", "10001", "billing.max_subjects"),
-            ("BILLSTREAM__KAFKA__MAX_RECORD_BYTES", "1000", "kafka.max_record_bytes"),
+            (
+                "BILLSTREAM__BILLING__MAX_SUBJECTS",
+                "0",
+                "billing.max_subjects",
+            ),
+            (
+                "BILLSTREAM__BILLING__MAX_SUBJECTS",
+                "10001",
+                "billing.max_subjects",
+            ),
+            (
+                "BILLSTREAM__KAFKA__MAX_RECORD_BYTES",
+                "1000",
+                "kafka.max_record_bytes",
+            ),
         ] {
             let err = load(None, &[(var, value)]).unwrap_err();
             assert!(err.to_string().contains(field), "{err}");

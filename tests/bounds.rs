@@ -42,18 +42,30 @@ async fn issue_12_a_poison_plan_on_the_plans_topic_is_dead_lettered_and_cannot_c
         Decoded::Plan(plan) => catalog.encode_plan(&plan).unwrap(),
         _ => unreachable!(),
     };
-    p.process(&pos("billing.plans.v1", 0), Some("poison"), &plan, decoder.decode(&plan), now)
-        .await
-        .unwrap();
+    p.process(
+        &pos("billing.plans.v1", 0),
+        Some("poison"),
+        &plan,
+        decoder.decode(&plan),
+        now,
+    )
+    .await
+    .unwrap();
     // Opened at a period start: the whole fee is invoiced at once.
     let open = r#"{"event_id":"o1","account_id":"a1","plan_id":"poison","currency":"EUR","timezone":"UTC","tax_rate":"0.2","opened_at":"2026-03-01T00:00:00Z","environment":"prod"}"#;
     let open = match parse_line(open).unwrap() {
         Decoded::Input(i) => catalog.encode_input(&i).unwrap(),
         _ => unreachable!(),
     };
-    p.process(&pos("billing.accounts.v1", 0), Some("a1"), &open, decoder.decode(&open), now)
-        .await
-        .unwrap();
+    p.process(
+        &pos("billing.accounts.v1", 0),
+        Some("a1"),
+        &open,
+        decoder.decode(&open),
+        now,
+    )
+    .await
+    .unwrap();
     let out = p.flush().await.unwrap();
     let kinds: Vec<&str> = out
         .iter()
@@ -145,7 +157,10 @@ fn issue_12_an_output_over_the_record_limit_goes_out_bounded_with_its_id() {
     let line = &small.json["lines"][0];
     assert_eq!(line["amount"], "5000.00");
     let note = line["description"].as_str().unwrap();
-    assert!(note.contains("truncated") && note.contains("inv_acct_00002"), "{note}");
+    assert!(
+        note.contains("truncated") && note.contains("inv_acct_00002"),
+        "{note}"
+    );
     // Below the limit nothing changes.
     let fine = big_invoice(3, 5);
     let (bytes, bounded) = catalog.encode_output_bounded(&fine, limit).unwrap();
@@ -193,6 +208,12 @@ fn issue_12_a_dead_letter_and_a_journal_entry_over_the_limit_go_out_bounded() {
     };
     let (bytes, bounded) = catalog.encode_output_bounded(&journal, limit).unwrap();
     assert!(bytes.len() <= limit);
-    let payload = bounded.unwrap().json["payload"].as_str().unwrap().to_string();
-    assert!(payload.contains("truncated") && payload.contains("acct"), "{payload}");
+    let payload = bounded.unwrap().json["payload"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        payload.contains("truncated") && payload.contains("acct"),
+        "{payload}"
+    );
 }

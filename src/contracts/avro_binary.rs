@@ -144,9 +144,7 @@ impl<'a> Cursor<'a> {
             // bytes each would otherwise announce billions of items.
             if count > self.empty_items {
                 return Err(mismatch(
-                    &format!(
-                        "more than {MAX_EMPTY_ITEMS} items of no size in one message"
-                    ),
+                    &format!("more than {MAX_EMPTY_ITEMS} items of no size in one message"),
                     start,
                 ));
             }

@@ -165,7 +165,11 @@ fn cut_kind(kind: &str, key: &str, json: &mut Value, size: usize, max: usize, de
         }
         "JournalEntry" if !deep => {
             let seq = m.get("seq").map(Value::to_string).unwrap_or_default();
-            let kind = m.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+            let kind = m
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             let pointer = json!({
                 "type": kind,
                 "truncated": note(

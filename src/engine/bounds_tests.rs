@@ -77,12 +77,22 @@ fn issue_12_every_plan_value_is_bounded_and_the_error_names_it() {
     assert_eq!(ok.validate(), Ok(()));
     let huge = d("10000000000000000000000000000");
     let tiny = Decimal::new(1, 28);
-    let cases: Vec<(&str, Box<dyn Fn(&mut Plan)>)> = vec![
+    type Break = Box<dyn Fn(&mut Plan)>;
+    let cases: Vec<(&str, Break)> = vec![
         ("recurring_fee", Box::new(move |p| p.recurring_fee = huge)),
         ("minimum_spend", Box::new(move |p| p.minimum_spend = huge)),
-        ("unit_price", Box::new(move |p| p.charges[0].unit_price = huge)),
-        ("unit_price", Box::new(move |p| p.charges[0].unit_price = tiny)),
-        ("free_units", Box::new(move |p| p.charges[0].free_units = huge)),
+        (
+            "unit_price",
+            Box::new(move |p| p.charges[0].unit_price = huge),
+        ),
+        (
+            "unit_price",
+            Box::new(move |p| p.charges[0].unit_price = tiny),
+        ),
+        (
+            "free_units",
+            Box::new(move |p| p.charges[0].free_units = huge),
+        ),
         ("recurring_fee", Box::new(move |p| p.recurring_fee = tiny)),
         (
             "package_size",
@@ -161,7 +171,9 @@ fn issue_12_usage_whose_charge_no_line_can_carry_is_rejected_not_wrapped() {
     let t0 = ts("2026-03-01T00:00:00Z");
     let mut slot = None;
     let mut out = Vec::new();
-    engine.apply(&mut slot, &open("a", &plan, t0), t0, &mut out).unwrap();
+    engine
+        .apply(&mut slot, &open("a", &plan, t0), t0, &mut out)
+        .unwrap();
     let mut rejected = 0;
     for i in 0..40 {
         let u = Input::Usage(usage(&format!("u{i}"), "a", "s", "m", "1000", t0));
@@ -210,7 +222,9 @@ fn issue_12_credit_cannot_grow_past_the_balance_bound() {
 
 // ---- item 5: the subject breakdown is bounded -------------------------
 
-fn invoice_line_subjects(h: &Harness) -> Vec<(String, Decimal, std::collections::BTreeMap<String, Decimal>)> {
+fn invoice_line_subjects(
+    h: &Harness,
+) -> Vec<(String, Decimal, std::collections::BTreeMap<String, Decimal>)> {
     h.invoices()
         .iter()
         .flat_map(|i| i.lines.iter())
@@ -227,7 +241,8 @@ fn issue_12_subjects_of_a_line_are_capped_top_n_plus_other_and_still_sum_to_the_
     // Three real apps with big usage, interleaved with 500 request ids.
     for i in 0..500 {
         let at = format!("2026-03-{:02}T{:02}:00:00Z", 2 + i % 20, i % 24);
-        h.usage("container.hours", &format!("req-{i}"), "0.5", &at).unwrap();
+        h.usage("container.hours", &format!("req-{i}"), "0.5", &at)
+            .unwrap();
         if i % 10 == 0 {
             for app in ["app-a", "app-b", "app-c"] {
                 h.usage("container.hours", app, "7", &at).unwrap();
@@ -247,7 +262,11 @@ fn issue_12_subjects_of_a_line_are_capped_top_n_plus_other_and_still_sum_to_the_
     }
     assert_eq!(subjects[super::fold::OTHER_SUBJECT], d("250"));
     // Bounded in state too, not only on the invoice.
-    assert!(h.st().resident_bytes() < 16 * 1024, "{}", h.st().resident_bytes());
+    assert!(
+        h.st().resident_bytes() < 16 * 1024,
+        "{}",
+        h.st().resident_bytes()
+    );
 }
 
 #[test]
@@ -256,7 +275,8 @@ fn issue_12_default_cap_keeps_an_invoice_of_a_request_id_flood_small() {
     h.open("flat", "2026-03-01T00:00:00Z");
     for i in 0..5000 {
         let at = format!("2026-03-{:02}T{:02}:00:00Z", 2 + (i / 24) % 20, i % 24);
-        h.usage("container.hours", &format!("request-{i:08}"), "1", &at).unwrap();
+        h.usage("container.hours", &format!("request-{i:08}"), "1", &at)
+            .unwrap();
     }
     h.advance("2026-04-02T00:00:00Z");
     let lines = invoice_line_subjects(&h);
@@ -271,7 +291,8 @@ fn issue_12_late_usage_lines_cap_their_subjects_too() {
     let mut h = Harness::new();
     h.engine.config.max_subjects = 2;
     h.open("flat", "2026-03-01T00:00:00Z");
-    h.usage("container.hours", "app", "1", "2026-03-05T00:00:00Z").unwrap();
+    h.usage("container.hours", "app", "1", "2026-03-05T00:00:00Z")
+        .unwrap();
     h.advance("2026-04-01T02:00:00Z");
     for i in 0..50 {
         let id = format!("late-{i}");
@@ -292,7 +313,10 @@ fn issue_12_late_usage_lines_cap_their_subjects_too() {
         .find(|l| l.kind == LineKind::LateUsage)
         .unwrap();
     assert_eq!(line.subjects.len(), 3, "{:?}", line.subjects);
-    assert_eq!(line.subjects.values().copied().sum::<Decimal>(), line.quantity);
+    assert_eq!(
+        line.subjects.values().copied().sum::<Decimal>(),
+        line.quantity
+    );
     assert_eq!(line.quantity, d("100"));
 }
 
@@ -302,10 +326,19 @@ fn issue_12_rollup_buckets_of_an_hour_are_capped_per_metric() {
     h.engine.config.max_subjects = 4;
     h.open("flat", "2026-03-01T00:00:00Z");
     for i in 0..200 {
-        h.usage("container.hours", &format!("req-{i}"), "1", "2026-03-05T10:00:00Z")
-            .unwrap();
+        h.usage(
+            "container.hours",
+            &format!("req-{i}"),
+            "1",
+            "2026-03-05T10:00:00Z",
+        )
+        .unwrap();
     }
-    assert!(h.st().rollups.len() <= 5, "{} buckets", h.st().rollups.len());
+    assert!(
+        h.st().rollups.len() <= 5,
+        "{} buckets",
+        h.st().rollups.len()
+    );
     h.advance("2026-03-05T12:00:00Z");
     let rolled: Vec<_> = h
         .events()
@@ -370,7 +403,10 @@ fn price() -> impl Strategy<Value = Decimal> {
 }
 
 fn plan_quantity() -> impl Strategy<Value = Decimal> {
-    plan_value(super::plan::MAX_PLAN_QUANTITY, super::plan::QUANTITY_DECIMALS)
+    plan_value(
+        super::plan::MAX_PLAN_QUANTITY,
+        super::plan::QUANTITY_DECIMALS,
+    )
 }
 
 fn tier() -> impl Strategy<Value = Tier> {
@@ -463,7 +499,11 @@ fn check_journal(journal: &[JournalEntry], st: &AccountState) -> Result<(), Test
         match &e.event {
             DomainEvent::InvoiceIssued { invoice: inv } => {
                 let sum: i128 = inv.lines.iter().map(|l| i128::from(l.amount.0)).sum();
-                prop_assert_eq!(sum, i128::from(inv.subtotal.0), "lines add up to the subtotal");
+                prop_assert_eq!(
+                    sum,
+                    i128::from(inv.subtotal.0),
+                    "lines add up to the subtotal"
+                );
                 prop_assert_eq!(
                     i128::from(inv.subtotal.0) + i128::from(inv.tax.0),
                     i128::from(inv.total.0)
@@ -484,7 +524,8 @@ fn check_journal(journal: &[JournalEntry], st: &AccountState) -> Result<(), Test
                 }
             }
             DomainEvent::ChargeRequested { amount, .. } => prop_assert!(amount.is_positive()),
-            DomainEvent::CreditAdded { balance, .. } | DomainEvent::CreditApplied { balance, .. } => {
+            DomainEvent::CreditAdded { balance, .. }
+            | DomainEvent::CreditApplied { balance, .. } => {
                 prop_assert!(balance.0 >= 0)
             }
             _ => {}
@@ -501,7 +542,14 @@ fn the_fuzz_makes_plans_validation_accepts_too() {
     use proptest::strategy::ValueTree;
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let valid = (0..400)
-        .filter(|_| plan().new_tree(&mut runner).unwrap().current().validate().is_ok())
+        .filter(|_| {
+            plan()
+                .new_tree(&mut runner)
+                .unwrap()
+                .current()
+                .validate()
+                .is_ok()
+        })
         .count();
     assert!(valid >= 80, "{valid} of 400");
 }

@@ -881,8 +881,8 @@ impl Engine {
                 .map_or(Minor::ZERO, |(_, a)| *a)
         };
         let metric_key = BilledKey::Metric(u.metric.clone());
-        let new_amount = Self::line_amount(st, charge, new_total)
-            .ok_or_else(|| Rejection::InvalidQuantity {
+        let new_amount =
+            Self::line_amount(st, charge, new_total).ok_or_else(|| Rejection::InvalidQuantity {
                 quantity: u.quantity.to_string(),
                 reason: too_dear(st, &u.metric, new_total),
             })?;
@@ -1009,8 +1009,8 @@ impl Engine {
                 let lo = st
                     .rollups
                     .partition_point(|r| (r.hour, r.metric.as_str()) < key);
-                let hi = lo
-                    + st.rollups[lo..].partition_point(|r| (r.hour, r.metric.as_str()) == key);
+                let hi =
+                    lo + st.rollups[lo..].partition_point(|r| (r.hour, r.metric.as_str()) == key);
                 let named = st.rollups[lo..hi]
                     .iter()
                     .filter(|r| r.subject.as_str() != OTHER_SUBJECT)
@@ -1225,10 +1225,7 @@ impl Engine {
                     }
                     AdjustmentKind::Debit => {
                         let pending = Minor::checked_sum(
-                            st.pending_lines
-                                .iter()
-                                .map(|l| l.amount)
-                                .chain([amount]),
+                            st.pending_lines.iter().map(|l| l.amount).chain([amount]),
                         );
                         if !pending.is_some_and(|p| p.within(Minor::MAX_BALANCE)) {
                             return Err(Rejection::InvalidAmount {

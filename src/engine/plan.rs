@@ -27,7 +27,8 @@ pub const MAX_PRICE: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0
 /// Most decimals of a unit price (a price per byte still fits).
 pub const PRICE_DECIMALS: u32 = 18;
 /// Largest free allowance, package size or tier bound (10^24 units).
-pub const MAX_PLAN_QUANTITY: Decimal = Decimal::from_parts(2_701_131_776, 466_537_709, 54_210, false, 0);
+pub const MAX_PLAN_QUANTITY: Decimal =
+    Decimal::from_parts(2_701_131_776, 466_537_709, 54_210, false, 0);
 /// Most decimals of a plan quantity.
 pub const QUANTITY_DECIMALS: u32 = 18;
 /// Most tiers of one charge.
@@ -197,7 +198,12 @@ impl Plan {
                 None => Ok(()),
             };
             bounded("unit_price", c.unit_price, MAX_PRICE, PRICE_DECIMALS)?;
-            bounded("free_units", c.free_units, MAX_PLAN_QUANTITY, QUANTITY_DECIMALS)?;
+            bounded(
+                "free_units",
+                c.free_units,
+                MAX_PLAN_QUANTITY,
+                QUANTITY_DECIMALS,
+            )?;
             if let Some(size) = c.package_size {
                 bounded("package_size", size, MAX_PLAN_QUANTITY, QUANTITY_DECIMALS)?;
             }

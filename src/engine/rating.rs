@@ -12,9 +12,7 @@ use super::plan::{Charge, Model};
 /// The exact (unrounded) amount of `charge` for `quantity` units in one
 /// period, in major units. `None` only on arithmetic overflow.
 pub fn rate(charge: &Charge, quantity: Decimal) -> Option<Decimal> {
-    let billable = quantity
-        .checked_sub(charge.free_units)?
-        .max(Decimal::ZERO);
+    let billable = quantity.checked_sub(charge.free_units)?.max(Decimal::ZERO);
     if billable.is_zero() {
         return Some(Decimal::ZERO);
     }
@@ -56,7 +54,12 @@ pub fn rate(charge: &Charge, quantity: Decimal) -> Option<Decimal> {
 
 /// The amount of `charge` for `quantity` in minor units of `currency`,
 /// if it is at most `max` (`None`: it would not fit on a line).
-pub fn line_amount(charge: &Charge, quantity: Decimal, currency: Currency, max: Minor) -> Option<Minor> {
+pub fn line_amount(
+    charge: &Charge,
+    quantity: Decimal,
+    currency: Currency,
+    max: Minor,
+) -> Option<Minor> {
     rate(charge, quantity)
         .and_then(|a| currency.round(a))
         .filter(|a| a.within(max))
@@ -101,7 +104,12 @@ pub fn safe_total(charge: &Charge, currency: Currency, max: Minor) -> Decimal {
             }
             _ => units,
         };
-        Some(charge.free_units.checked_add(billable).unwrap_or(Decimal::MAX))
+        Some(
+            charge
+                .free_units
+                .checked_add(billable)
+                .unwrap_or(Decimal::MAX),
+        )
     };
     inner().unwrap_or(Decimal::ZERO)
 }

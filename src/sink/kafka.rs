@@ -238,9 +238,13 @@ impl KafkaSink {
     fn payload_limit(&self, r: &OutputRecord) -> usize {
         /// Record framing (lengths, attributes, header counts), rounded up.
         const FRAMING: usize = 512;
-        let mut headers = r.traceparent.as_ref().map_or(0, |t| "traceparent".len() + t.len());
+        let mut headers = r
+            .traceparent
+            .as_ref()
+            .map_or(0, |t| "traceparent".len() + t.len());
         if self.id_headers {
-            headers += "event_id".len() + r.event_id.len() + "causation_id".len() + r.causation_id.len();
+            headers +=
+                "event_id".len() + r.event_id.len() + "causation_id".len() + r.causation_id.len();
         }
         self.max_record_bytes
             .saturating_sub(r.key.len() + headers + FRAMING)
