@@ -18,6 +18,13 @@ use crate::engine::EngineConfig;
 /// The defaults, embedded at build time from the readable file.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
+/// Most subjects `billing.max_subjects` may name per metric and period.
+const MAX_SUBJECTS: u32 = 10_000;
+/// Bounds of `kafka.max_record_bytes`: a bounded invoice or dead letter
+/// needs some room; Kafka's own limits stop far below the upper one.
+const MIN_RECORD_BYTES: u64 = 64 * 1024;
+const MAX_RECORD_BYTES: u64 = 256 * 1024 * 1024;
+
 /// Prefix of environment overrides: `BILLSTREAM__KAFKA__BROKERS=…`.
 pub const ENV_PREFIX: &str = "BILLSTREAM__";
 
@@ -75,6 +82,7 @@ struct RawKafka {
     transactional_id: String,
     group_instance_id: String,
     id_headers: bool,
+    max_record_bytes: u64,
     schema_registry_url: String,
     schema_registry_username: String,
     schema_registry_password: String,
@@ -200,6 +208,7 @@ struct RawBilling {
     expiry_warning: String,
     rollup_lateness: String,
     max_quantity: String,
+    max_subjects: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -356,6 +365,10 @@ pub struct KafkaSettings {
     /// `kafka.id_headers`: outputs also carry `event_id` and
     /// `causation_id` as Kafka headers (they are always in the payload).
     pub id_headers: bool,
+    /// `kafka.max_record_bytes`: the largest record (payload, key and
+    /// headers) the sink produces; a larger output or dead letter goes out
+    /// in a bounded form under the same id (`contracts::bounded`).
+    pub max_record_bytes: usize,
     /// A Confluent-compatible Schema Registry (`kafka.schema_registry_url`);
     /// `None`: schema ids come from `schemas/manifest.json`.
     pub schema_registry: Option<RegistrySettings>,
@@ -1057,6 +1070,22 @@ impl Raw {
         if engine.max_quantity <= Decimal::ZERO {
             return Err(invalid("billing.max_quantity", "must be positive"));
         }
+        if !(1..=MAX_SUBJECTS).contains(&b.max_subjects) {
+            return Err(invalid(
+                "billing.max_subjects",
+                format!("{} is not between 1 and {MAX_SUBJECTS}", b.max_subjects),
+            ));
+        }
+        engine.max_subjects = b.max_subjects as usize;
+        let max_record_bytes = self.kafka.max_record_bytes;
+        if !(MIN_RECORD_BYTES..=MAX_RECORD_BYTES).contains(&max_record_bytes) {
+            return Err(invalid(
+                "kafka.max_record_bytes",
+                format!(
+                    "{max_record_bytes} is not between {MIN_RECORD_BYTES} and {MAX_RECORD_BYTES}"
+                ),
+            ));
+        }
         let store = match self.store.kind.as_str() {
             "embedded" => {
                 nonempty("store.path", &self.store.path)?;
@@ -1118,6 +1147,7 @@ impl Raw {
                 group_instance_id: (!group_instance_id.is_empty())
                     .then(|| group_instance_id.to_string()),
                 id_headers: self.kafka.id_headers,
+                max_record_bytes: max_record_bytes as usize,
                 schema_registry,
                 properties: self
                     .kafka
@@ -1170,6 +1200,7 @@ mod tests {
             }
         );
         assert_eq!(s.kafka.schema_registry, None);
+        assert_eq!(s.kafka.max_record_bytes, 1_000_000);
         assert_eq!(s.clock, Clock::Wall);
     }
 
@@ -1190,6 +1221,40 @@ mod tests {
             message.contains("`billing.late_window`") && message.contains("billing.dedup_window"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn issue_12_subject_and_record_bounds_are_validated_naming_the_field() {
+        let s = load(
+            None,
+            &[
+                ("BILLSTREAM__BILLING__MAX_SUBJECTS", "7"),
+                ("BILLSTREAM__KAFKA__MAX_RECORD_BYTES", "2000000"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.engine.max_subjects, 7);
+        assert_eq!(s.kafka.max_record_bytes, 2_000_000);
+        for (var, value, field) in [
+            (
+                "BILLSTREAM__BILLING__MAX_SUBJECTS",
+                "0",
+                "billing.max_subjects",
+            ),
+            (
+                "BILLSTREAM__BILLING__MAX_SUBJECTS",
+                "10001",
+                "billing.max_subjects",
+            ),
+            (
+                "BILLSTREAM__KAFKA__MAX_RECORD_BYTES",
+                "1000",
+                "kafka.max_record_bytes",
+            ),
+        ] {
+            let err = load(None, &[(var, value)]).unwrap_err();
+            assert!(err.to_string().contains(field), "{err}");
+        }
     }
 
     #[test]

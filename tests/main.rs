@@ -2,6 +2,7 @@
 //! a test area.
 
 mod api;
+mod bounds;
 mod dashboards;
 mod demo_smoke;
 mod kafka_crash;

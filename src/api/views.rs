@@ -174,7 +174,9 @@ impl CoreParts<'_> {
                 effective_at: time(at),
             }),
             credit: c.format(self.credit),
-            outstanding: c.format(self.invoices.iter().map(OpenInvoice::remaining).sum()),
+            outstanding: c.format(Minor::saturating_sum(
+                self.invoices.iter().map(OpenInvoice::remaining),
+            )),
             dunning_stage: dunning_stage(&open_invoices),
             payment_method: self.payment_method,
             open_invoices,

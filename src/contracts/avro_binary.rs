@@ -13,6 +13,9 @@ use super::errors::DecodeError;
 pub struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Items of no encoded size (null, empty record) still allowed in this
+    /// message: they cost no bytes, so the length cannot bound them.
+    empty_items: usize,
 }
 
 fn mismatch(what: &str, pos: usize) -> DecodeError {
@@ -21,7 +24,11 @@ fn mismatch(what: &str, pos: usize) -> DecodeError {
 
 impl<'a> Cursor<'a> {
     pub fn new(buf: &'a [u8]) -> Cursor<'a> {
-        Cursor { buf, pos: 0 }
+        Cursor {
+            buf,
+            pos: 0,
+            empty_items: MAX_EMPTY_ITEMS,
+        }
     }
 
     pub fn position(&self) -> usize {
@@ -132,10 +139,19 @@ impl<'a> Cursor<'a> {
             raw
         };
         let count = usize::try_from(count).map_err(|_| mismatch("bad block count", start))?;
-        let limit = self
-            .remaining()
-            .checked_div(min_item)
-            .unwrap_or(MAX_EMPTY_ITEMS);
+        if min_item == 0 {
+            // Bounded per message, not per block: many blocks of a few
+            // bytes each would otherwise announce billions of items.
+            if count > self.empty_items {
+                return Err(mismatch(
+                    &format!("more than {MAX_EMPTY_ITEMS} items of no size in one message"),
+                    start,
+                ));
+            }
+            self.empty_items -= count;
+            return Ok(count);
+        }
+        let limit = self.remaining() / min_item;
         if count > limit {
             return Err(mismatch(
                 &format!(
@@ -159,7 +175,8 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Most items of zero encoded size (null, empty record) one block may hold.
+/// Most items of zero encoded size (null, empty record) one message may
+/// hold, over all its arrays and blocks.
 const MAX_EMPTY_ITEMS: usize = 1 << 16;
 
 /// A compiled walk over one schema's encoding.
@@ -377,6 +394,38 @@ mod tests {
         // A billion nulls is refused too, instead of looping.
         let skip = Skip::Array(Box::new(Skip::Null));
         assert!(skip.run(&mut Cursor::new(&bytes)).is_err());
+    }
+
+    #[test]
+    fn issue_12_zero_size_items_are_capped_per_message_not_only_per_block() {
+        // Many blocks of the per-block maximum of nulls: a few bytes each,
+        // billions of items in one small message.
+        let mut bytes = Vec::new();
+        for _ in 0..1000 {
+            bytes.extend(zigzag(MAX_EMPTY_ITEMS as i64));
+        }
+        bytes.extend(zigzag(0));
+        let skip = Skip::Array(Box::new(Skip::Null));
+        let err = skip.run(&mut Cursor::new(&bytes)).unwrap_err();
+        assert!(err.to_string().contains("items of no size"), "{err}");
+        // The same through two arrays of empty records in one message,
+        // each within the per-block limit.
+        let empty = Skip::Record(vec![]);
+        let rec = Skip::Record(vec![
+            Skip::Array(Box::new(empty.clone())),
+            Skip::Array(Box::new(empty)),
+        ]);
+        let mut bytes = Vec::new();
+        for _ in 0..2 {
+            bytes.extend(zigzag(MAX_EMPTY_ITEMS as i64 / 2 + 1));
+            bytes.extend(zigzag(0));
+        }
+        assert!(rec.run(&mut Cursor::new(&bytes)).is_err());
+        // Up to the cap is fine.
+        let mut bytes = zigzag(MAX_EMPTY_ITEMS as i64);
+        bytes.extend(zigzag(0));
+        let skip = Skip::Array(Box::new(Skip::Null));
+        assert_eq!(skip.run(&mut Cursor::new(&bytes)), Ok(()));
     }
 
     #[test]

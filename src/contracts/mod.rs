@@ -5,6 +5,7 @@
 //! Schema Registry, `registry` gives the schema ids on the wire.
 
 pub mod avro_binary;
+pub mod bounded;
 pub mod catalog;
 pub mod cloudevents;
 pub mod dead_letter;

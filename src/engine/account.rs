@@ -76,7 +76,7 @@ pub struct OpenInvoice {
 
 impl OpenInvoice {
     pub fn remaining(&self) -> Minor {
-        self.amount_due - self.paid
+        self.amount_due.saturating_sub(self.paid)
     }
 }
 
@@ -235,6 +235,6 @@ impl AccountState {
 
     /// Total amount still owed on issued invoices.
     pub fn outstanding(&self) -> Minor {
-        self.invoices.iter().map(OpenInvoice::remaining).sum()
+        Minor::saturating_sum(self.invoices.iter().map(OpenInvoice::remaining))
     }
 }

@@ -34,6 +34,9 @@ pub struct EngineConfig {
     pub rollup_lateness_micros: i64,
     /// Largest quantity one usage event may carry.
     pub max_quantity: Decimal,
+    /// Subjects named per account, metric and period (and per rollup
+    /// hour); the rest are summed into one `(other)` subject.
+    pub max_subjects: usize,
 }
 
 impl EngineConfig {
@@ -50,6 +53,7 @@ impl EngineConfig {
             expiry_warning_micros: 30 * MICROS_PER_DAY,
             rollup_lateness_micros: 5 * MICROS_PER_MINUTE,
             max_quantity: Decimal::from(1_000_000_000_000i64),
+            max_subjects: 100,
         }
     }
 }

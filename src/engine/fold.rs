@@ -20,8 +20,8 @@ use super::events::{
 };
 use super::money::{round_ratio_half_even, Currency, Minor};
 use super::name::{self, Name};
-use super::plan::{Plan, PlanBook};
-use super::rating::{display_unit_price, rate};
+use super::plan::{Charge, Plan, PlanBook};
+use super::rating::{display_unit_price, line_amount};
 use super::reject::Rejection;
 use super::time::{next_period, period_containing, Anchor, Period, Timestamp, MICROS_PER_HOUR};
 use super::tripwire::{find_card_number, mask_card_numbers};
@@ -121,21 +121,95 @@ fn check_number(field: &str, value: Decimal) -> Result<(), Rejection> {
     check_text(field, &value.to_string())
 }
 
-fn add_subject(subjects: &mut Vec<(Name, Decimal)>, subject: &str, qty: Decimal) -> Name {
+/// The subject that holds the usage of every subject past the cap.
+pub const OTHER_SUBJECT: &str = "(other)";
+
+/// Add `qty` of `subject` to a metric's breakdown, which names at most
+/// `cap` subjects: when it is full, a subject's event larger than the
+/// smallest named subject's total takes that subject's place (whose total
+/// moves to `OTHER_SUBJECT`), any other goes to `OTHER_SUBJECT`. The
+/// breakdown always sums to the metric's total. Returns the subject's name
+/// (shared with the breakdown when it is named there).
+fn add_subject(
+    subjects: &mut Vec<(Name, Decimal)>,
+    subject: &str,
+    qty: Decimal,
+    cap: usize,
+) -> Name {
     let t = name::tag(subject);
-    match subjects.iter_mut().find(|(s, _)| s.is(t, subject)) {
-        Some((s, q)) => {
-            *q += qty;
-            s.clone()
-        }
+    if let Some((s, q)) = subjects.iter_mut().find(|(s, _)| s.is(t, subject)) {
+        *q = q.saturating_add(qty);
+        return s.clone();
+    }
+    let name = Name::new(subject);
+    let other_tag = name::tag(OTHER_SUBJECT);
+    let is_other = |s: &Name| s.is(other_tag, OTHER_SUBJECT);
+    let named = subjects.iter().filter(|(s, _)| !is_other(s)).count();
+    if named < cap {
+        // Exact growth: this vector is resident for every active account.
+        subjects.reserve_exact(1);
+        subjects.push((name.clone(), qty));
+        return name;
+    }
+    let smallest = subjects
+        .iter()
+        .enumerate()
+        .filter(|(_, (s, _))| !is_other(s))
+        .min_by_key(|(_, (_, q))| *q)
+        .map(|(i, (_, q))| (i, *q));
+    let to_other = match smallest {
+        Some((i, q)) if qty > q => std::mem::replace(&mut subjects[i], (name.clone(), qty)).1,
+        _ => qty,
+    };
+    match subjects.iter_mut().find(|(s, _)| is_other(s)) {
+        Some((_, q)) => *q = q.saturating_add(to_other),
         None => {
-            // Exact growth: this vector is resident for every active account.
             subjects.reserve_exact(1);
-            let name = Name::new(subject);
-            subjects.push((name.clone(), qty));
-            name
+            subjects.push((Name::new(OTHER_SUBJECT), to_other));
         }
     }
+    name
+}
+
+/// `add_subject` for a line's breakdown (late usage lines).
+fn add_line_subject(
+    subjects: &mut std::collections::BTreeMap<String, Decimal>,
+    subject: &str,
+    qty: Decimal,
+    cap: usize,
+) {
+    if let Some(q) = subjects.get_mut(subject) {
+        *q = q.saturating_add(qty);
+        return;
+    }
+    let named = subjects.len() - usize::from(subjects.contains_key(OTHER_SUBJECT));
+    if named < cap {
+        subjects.insert(subject.to_string(), qty);
+        return;
+    }
+    let smallest = subjects
+        .iter()
+        .filter(|(s, _)| s.as_str() != OTHER_SUBJECT)
+        .min_by_key(|(_, q)| **q)
+        .map(|(s, q)| (s.clone(), *q));
+    let to_other = match smallest {
+        Some((s, q)) if qty > q => {
+            subjects.remove(&s);
+            subjects.insert(subject.to_string(), qty);
+            q
+        }
+        _ => qty,
+    };
+    let other = subjects.entry(OTHER_SUBJECT.to_string()).or_default();
+    *other = other.saturating_add(to_other);
+}
+
+/// Why usage is refused whose period total no line could carry.
+fn too_dear(st: &AccountState, metric: &str, total: Decimal) -> String {
+    format!(
+        "the charge for {metric} on the period total {total} would exceed the largest amount one line may carry ({})",
+        st.currency.format(Minor::MAX_AMOUNT)
+    )
 }
 
 /// `amount × part / whole`, rounded half-to-even once to minor units.
@@ -153,10 +227,14 @@ pub fn prorate(currency: Currency, amount: Decimal, part: i64, whole: i64) -> Mi
     };
     match exact().and_then(|v| i64::try_from(v).ok()) {
         Some(v) => Minor(v),
-        // Beyond i128: fall back to 28-digit decimal arithmetic.
-        None => currency
-            .round(amount * Decimal::from(part) / Decimal::from(whole))
-            .unwrap_or(Minor(i64::MAX)),
+        // Beyond i128 (not for a plan within the bounds): 28-digit
+        // decimal arithmetic, held at the largest amount a line may carry.
+        None => amount
+            .checked_mul(Decimal::from(part))
+            .and_then(|a| a.checked_div(Decimal::from(whole)))
+            .and_then(|a| currency.round(a))
+            .filter(|a| a.within(Minor::MAX_AMOUNT))
+            .unwrap_or(Minor::MAX_AMOUNT),
     }
 }
 
@@ -478,10 +556,10 @@ impl Engine {
         prorate(st.currency, plan.minimum_spend, part, whole)
     }
 
-    fn round(st: &AccountState, exact: Option<Decimal>) -> Minor {
-        exact
-            .and_then(|a| st.currency.round(a))
-            .unwrap_or(Minor(i64::MAX))
+    /// The amount of `charge` on `total` in the account's currency, if a
+    /// line can carry it (`Minor::MAX_AMOUNT`).
+    fn line_amount(st: &AccountState, charge: &Charge, total: Decimal) -> Option<Minor> {
+        line_amount(charge, total, st.currency, Minor::MAX_AMOUNT)
     }
 
     /// Usage and minimum-spend lines of a period, with the usage sum.
@@ -499,8 +577,20 @@ impl Engine {
             let Some(charge) = plan.charge(m.metric.as_str()) else {
                 continue;
             };
-            let amount = Self::round(st, rate(charge, m.total));
-            usage_sum += amount;
+            // Usage is refused before its total can outgrow a line; only a
+            // plan replaced by a dearer one mid-period can get here with
+            // `None`: the line is not billed, and says so.
+            let (amount, description) = match Self::line_amount(st, charge, m.total) {
+                Some(amount) => (amount, None),
+                None => (
+                    Minor::ZERO,
+                    Some(format!(
+                        "not billed: the charge on this total exceeds the largest amount one line may carry ({}); bill it with a debit adjustment",
+                        st.currency.format(Minor::MAX_AMOUNT)
+                    )),
+                ),
+            };
+            usage_sum = usage_sum.saturating_add(amount);
             lines.push(Line {
                 kind: LineKind::Usage,
                 metric: Some(m.metric.as_str().to_string()),
@@ -513,7 +603,7 @@ impl Engine {
                     .iter()
                     .map(|(s, q)| (s.to_string(), *q))
                     .collect(),
-                description: None,
+                description,
             });
         }
         let minimum = self.minimum_for(st, plan, p);
@@ -523,7 +613,7 @@ impl Engine {
                 metric: None,
                 quantity: Decimal::ONE,
                 unit_price: None,
-                amount: minimum - usage_sum,
+                amount: minimum.saturating_sub(usage_sum),
                 for_period: p,
                 subjects: Default::default(),
                 description: Some(format!("minimum spend {}", st.currency.format(minimum))),
@@ -574,7 +664,7 @@ impl Engine {
                 lines.extend(Self::fee_line(st, plan, next));
             }
         }
-        let subtotal: Minor = lines.iter().map(|l| l.amount).sum();
+        let subtotal = Minor::saturating_sum(lines.iter().map(|l| l.amount));
         let tax = self.tax(st, subtotal);
         Draft {
             invoice_id: st.draft_invoice_id.clone(),
@@ -582,12 +672,18 @@ impl Engine {
             lines,
             subtotal,
             tax,
-            total: subtotal + tax,
+            total: subtotal.saturating_add(tax),
         }
     }
 
-    fn tax(&self, st: &AccountState, subtotal: Minor) -> Minor {
-        Self::round(st, st.currency.to_major(subtotal).checked_mul(st.tax_rate))
+    /// Tax on `subtotal`, rounded once; the rate is in [0, 1), so it is
+    /// smaller than the subtotal and of its sign.
+    pub(crate) fn tax(&self, st: &AccountState, subtotal: Minor) -> Minor {
+        st.currency
+            .to_major(subtotal)
+            .checked_mul(st.tax_rate)
+            .and_then(|t| st.currency.round(t))
+            .unwrap_or(Minor::ZERO)
     }
 
     fn invoice_id(account_id: &str, seq: u32) -> String {
@@ -725,7 +821,17 @@ impl Engine {
                     .iter()
                     .position(|m| m.metric.is(metric_tag, &u.metric))
             });
-            if known.is_none() {
+            let old_total = match (idx, known) {
+                (Some(i), Some(k)) => st.open[i].metrics[k].total,
+                _ => Decimal::ZERO,
+            };
+            let new_total = old_total
+                .checked_add(u.quantity)
+                .ok_or_else(|| bad_qty("period total would overflow"))?;
+            // Below the price book's safe total no line can outgrow
+            // `Minor::MAX_AMOUNT`: one comparison per event; above it, rate.
+            let rate_it = new_total > self.plans.safe_total();
+            if known.is_none() || rate_it {
                 let plan_id = match idx {
                     Some(i) => st.open[i].plan_id.as_str(),
                     None => self.plan_for_ref(st, period.start),
@@ -733,11 +839,14 @@ impl Engine {
                 let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan {
                     plan_id: plan_id.to_string(),
                 })?;
-                if plan.charge(&u.metric).is_none() {
+                let Some(charge) = plan.charge(&u.metric) else {
                     return Err(Rejection::UnknownMetric {
                         metric: u.metric.clone(),
                         plan_id: plan_id.to_string(),
                     });
+                };
+                if rate_it && Self::line_amount(st, charge, new_total).is_none() {
+                    return Err(bad_qty(&too_dear(st, &u.metric, new_total)));
                 }
             }
             let idx = match idx {
@@ -769,11 +878,13 @@ impl Engine {
                     open.metrics.last_mut().expect("just pushed")
                 }
             };
-            m.total = m
-                .total
-                .checked_add(u.quantity)
-                .ok_or_else(|| bad_qty("period total would overflow"))?;
-            let subject = add_subject(&mut m.subjects, &u.subject, u.quantity);
+            m.total = new_total;
+            let subject = add_subject(
+                &mut m.subjects,
+                &u.subject,
+                u.quantity,
+                self.config.max_subjects,
+            );
             (m.metric.clone(), subject)
         };
         self.add_to_rollup(st, u, &metric, &subject, emit.at);
@@ -838,24 +949,32 @@ impl Engine {
                 .map_or(Minor::ZERO, |(_, a)| *a)
         };
         let metric_key = BilledKey::Metric(u.metric.clone());
-        let new_amount = Self::round(st, rate(charge, new_total));
-        let delta = new_amount - billed_of(&metric_key);
-        // Minimum spend on the new totals.
+        let new_amount =
+            Self::line_amount(st, charge, new_total).ok_or_else(|| Rejection::InvalidQuantity {
+                quantity: u.quantity.to_string(),
+                reason: too_dear(st, &u.metric, new_total),
+            })?;
+        // Both within `Minor::MAX_AMOUNT`: the difference fits.
+        let delta = new_amount.saturating_sub(billed_of(&metric_key));
+        // Minimum spend on the new totals (a charge that no longer rates
+        // within a line counts what it was billed).
         let mut usage_sum = new_amount;
         for (m, q) in &closed.totals {
             if *m != u.metric {
                 if let Some(c) = plan.charge(m) {
-                    usage_sum += Self::round(st, rate(c, *q));
+                    let amount = Self::line_amount(st, c, *q)
+                        .unwrap_or_else(|| billed_of(&BilledKey::Metric(m.clone())));
+                    usage_sum = usage_sum.saturating_add(amount);
                 }
             }
         }
         let minimum = self.minimum_for(st, plan, period);
         let new_true_up = if usage_sum < minimum {
-            minimum - usage_sum
+            minimum.saturating_sub(usage_sum)
         } else {
             Minor::ZERO
         };
-        let min_delta = new_true_up - billed_of(&BilledKey::MinimumSpend);
+        let min_delta = new_true_up.saturating_sub(billed_of(&BilledKey::MinimumSpend));
         let unit_price = display_unit_price(charge);
 
         // Validated: now change state.
@@ -881,9 +1000,15 @@ impl Engine {
         });
         match pending {
             Some(line) => {
-                line.quantity += u.quantity;
-                line.amount += delta;
-                *line.subjects.entry(u.subject.clone()).or_default() += u.quantity;
+                // At most the period's new total (checked above).
+                line.quantity = line.quantity.saturating_add(u.quantity);
+                line.amount = line.amount.saturating_add(delta);
+                add_line_subject(
+                    &mut line.subjects,
+                    &u.subject,
+                    u.quantity,
+                    self.config.max_subjects,
+                );
             }
             None => st.pending_lines.push(Line {
                 kind: LineKind::LateUsage,
@@ -905,7 +1030,7 @@ impl Engine {
                 .iter_mut()
                 .find(|l| l.kind == LineKind::MinimumSpend && l.for_period == period);
             match pending_min {
-                Some(line) => line.amount += min_delta,
+                Some(line) => line.amount = line.amount.saturating_add(min_delta),
                 None => st.pending_lines.push(Line {
                     kind: LineKind::MinimumSpend,
                     metric: None,
@@ -942,10 +1067,26 @@ impl Engine {
             .find(|r| r.hour == hour && r.metric == *metric && r.subject == *subject)
         {
             Some(r) => {
-                r.quantity += u.quantity;
+                r.quantity = r.quantity.saturating_add(u.quantity);
                 r.count += 1;
             }
             None => {
+                // At most `max_subjects` named buckets per hour and metric;
+                // past them, the hour's `OTHER_SUBJECT` bucket takes the usage.
+                let key = (hour, metric.as_str());
+                let lo = st
+                    .rollups
+                    .partition_point(|r| (r.hour, r.metric.as_str()) < key);
+                let hi =
+                    lo + st.rollups[lo..].partition_point(|r| (r.hour, r.metric.as_str()) == key);
+                let named = st.rollups[lo..hi]
+                    .iter()
+                    .filter(|r| r.subject.as_str() != OTHER_SUBJECT)
+                    .count();
+                if named >= self.config.max_subjects && subject.as_str() != OTHER_SUBJECT {
+                    let other = Name::new(OTHER_SUBJECT);
+                    return self.add_to_rollup(st, u, metric, &other, now);
+                }
                 // Insert in (hour, metric, subject) order: emission order is
                 // then deterministic and needs no sort.
                 let at = st.rollups.partition_point(|r| {
@@ -1147,6 +1288,7 @@ impl Engine {
                 let amount = self.money_in(st, *amount, currency)?;
                 match adjustment {
                     AdjustmentKind::CreditNote => {
+                        self.credit_room(st, amount)?;
                         st.credit_note_seq += 1;
                         let credit_note_id =
                             format!("cn_{}_{:05}", st.account_id, st.credit_note_seq);
@@ -1163,6 +1305,18 @@ impl Engine {
                         self.pay_from_credit(st, emit);
                     }
                     AdjustmentKind::Debit => {
+                        let pending = Minor::checked_sum(
+                            st.pending_lines.iter().map(|l| l.amount).chain([amount]),
+                        );
+                        if !pending.is_some_and(|p| p.within(Minor::MAX_BALANCE)) {
+                            return Err(Rejection::InvalidAmount {
+                                amount: st.currency.format(amount),
+                                reason: format!(
+                                    "the lines waiting for the next invoice would exceed {}",
+                                    st.currency.format(Minor::MAX_BALANCE)
+                                ),
+                            });
+                        }
                         st.pending_lines.push(Line {
                             kind: LineKind::Adjustment,
                             metric: None,
@@ -1213,8 +1367,11 @@ impl Engine {
                 st.currency.exponent()
             ))
         })?;
-        if minor.0 > i64::MAX / 4 {
-            return Err(bad("too large"));
+        if !minor.within(Minor::MAX_AMOUNT) {
+            return Err(bad(&format!(
+                "above the largest amount, {}",
+                st.currency.format(Minor::MAX_AMOUNT)
+            )));
         }
         Ok(minor)
     }

@@ -24,6 +24,8 @@ pub use events::{DomainEvent, Input, JournalEntry};
 pub use fold::Engine;
 pub use reject::Rejection;
 #[cfg(test)]
+mod bounds_tests;
+#[cfg(test)]
 mod properties;
 #[cfg(test)]
 mod tests;

@@ -130,51 +130,63 @@ pub struct Minor(pub i64);
 impl Minor {
     pub const ZERO: Minor = Minor(0);
 
+    /// The largest amount one line, payment or adjustment may carry:
+    /// 10^15 minor units (10 trillion in a 2-decimal currency).
+    pub const MAX_AMOUNT: Minor = Minor(1_000_000_000_000_000);
+
+    /// The largest balance (credit, the lines waiting for the next
+    /// invoice): 10^17 minor units, a hundred times less than `i64` holds.
+    pub const MAX_BALANCE: Minor = Minor(100_000_000_000_000_000);
+
+    /// `self + other`, `None` past `i64`.
     pub fn checked_add(self, other: Minor) -> Option<Minor> {
         self.0.checked_add(other.0).map(Minor)
     }
 
+    /// `self - other`, `None` past `i64`.
+    pub fn checked_sub(self, other: Minor) -> Option<Minor> {
+        self.0.checked_sub(other.0).map(Minor)
+    }
+
+    /// `self + other`, held at the ends of `i64`: the sign is never wrong.
+    /// For sums the bounds (`MAX_AMOUNT`, `MAX_BALANCE`, the plan limits)
+    /// keep far inside `i64`; where a sum cannot be refused (a timer) this
+    /// is the last line, never a wrap.
+    pub fn saturating_add(self, other: Minor) -> Minor {
+        Minor(self.0.saturating_add(other.0))
+    }
+
+    /// `self - other`, held at the ends of `i64` (see `saturating_add`).
+    pub fn saturating_sub(self, other: Minor) -> Minor {
+        Minor(self.0.saturating_sub(other.0))
+    }
+
+    /// The negated amount (`i64::MIN` is held at `i64::MAX`).
+    pub fn saturating_neg(self) -> Minor {
+        Minor(self.0.saturating_neg())
+    }
+
+    /// The exact sum of `amounts` (added in 128 bits, so no order of
+    /// addition can overflow), `None` if it does not fit in `i64`.
+    pub fn checked_sum<I: IntoIterator<Item = Minor>>(amounts: I) -> Option<Minor> {
+        let exact: i128 = amounts.into_iter().map(|m| i128::from(m.0)).sum();
+        i64::try_from(exact).ok().map(Minor)
+    }
+
+    /// The exact sum of `amounts`, held at the ends of `i64` (see
+    /// `saturating_add`): it has the sign of the true sum.
+    pub fn saturating_sum<I: IntoIterator<Item = Minor>>(amounts: I) -> Minor {
+        let exact: i128 = amounts.into_iter().map(|m| i128::from(m.0)).sum();
+        Minor(exact.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64)
+    }
+
+    /// Within `-bound..=bound`.
+    pub fn within(self, bound: Minor) -> bool {
+        self.0.unsigned_abs() <= bound.0.unsigned_abs()
+    }
+
     pub fn is_positive(self) -> bool {
         self.0 > 0
-    }
-}
-
-impl std::ops::Add for Minor {
-    type Output = Minor;
-    fn add(self, o: Minor) -> Minor {
-        Minor(self.0 + o.0)
-    }
-}
-
-impl std::ops::Sub for Minor {
-    type Output = Minor;
-    fn sub(self, o: Minor) -> Minor {
-        Minor(self.0 - o.0)
-    }
-}
-
-impl std::ops::AddAssign for Minor {
-    fn add_assign(&mut self, o: Minor) {
-        self.0 += o.0;
-    }
-}
-
-impl std::ops::SubAssign for Minor {
-    fn sub_assign(&mut self, o: Minor) {
-        self.0 -= o.0;
-    }
-}
-
-impl std::ops::Neg for Minor {
-    type Output = Minor;
-    fn neg(self) -> Minor {
-        Minor(-self.0)
-    }
-}
-
-impl std::iter::Sum for Minor {
-    fn sum<I: Iterator<Item = Minor>>(iter: I) -> Minor {
-        iter.fold(Minor::ZERO, |a, b| a + b)
     }
 }
 
@@ -185,7 +197,8 @@ pub fn round_ratio_half_even(num: i128, den: i128) -> i128 {
     debug_assert!(den > 0);
     let q = num.div_euclid(den);
     let r = num.rem_euclid(den);
-    match (2 * r).cmp(&den) {
+    // `r` against `den - r`, not `2r` against `den`: no overflow near the ends.
+    match r.cmp(&(den - r)) {
         std::cmp::Ordering::Less => q,
         std::cmp::Ordering::Greater => q + 1,
         std::cmp::Ordering::Equal => q + (q & 1),

@@ -2,7 +2,11 @@
 //!
 //! Plans arrive on a compacted topic read in full by every instance; the
 //! engine sees them as an immutable `PlanBook` and validates each plan once
-//! when it is added, so rating never meets a malformed plan.
+//! when it is added, so rating never meets a malformed plan. Every value is
+//! bounded (`MAX_FEE`, `MAX_PRICE`, `MAX_PLAN_QUANTITY`, their decimals,
+//! `MAX_TIERS`, `MAX_CHARGES`): a plan beyond them is refused (a dead
+//! letter in `run`, an error with file and line in `simulate`), so no fee,
+//! price or tier can make an invoice that `i64` minor units cannot carry.
 
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
@@ -10,7 +14,43 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::money::Currency;
+use super::money::{Currency, Minor};
+use super::rating;
+
+/// Largest recurring fee, minimum spend or tier flat fee, in major units
+/// (10^12: with at most 3 decimals of minor unit, within `Minor::MAX_AMOUNT`).
+pub const MAX_FEE: Decimal = Decimal::from_parts(3_567_587_328, 232, 0, false, 0);
+/// Most decimals of a fee (the minor unit has at most 3).
+pub const FEE_DECIMALS: u32 = 6;
+/// Largest unit price, in major units (10^9).
+pub const MAX_PRICE: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+/// Most decimals of a unit price (a price per byte still fits).
+pub const PRICE_DECIMALS: u32 = 18;
+/// Largest free allowance, package size or tier bound (10^24 units).
+pub const MAX_PLAN_QUANTITY: Decimal =
+    Decimal::from_parts(2_701_131_776, 466_537_709, 54_210, false, 0);
+/// Most decimals of a plan quantity.
+pub const QUANTITY_DECIMALS: u32 = 18;
+/// Most tiers of one charge.
+pub const MAX_TIERS: usize = 64;
+/// Most charges of one plan (one invoice line each).
+pub const MAX_CHARGES: usize = 256;
+/// Longest plan id or metric name, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Why a value is out of bounds, if it is: negative, above `max`, or with
+/// more than `decimals` decimals.
+fn out_of_range(v: Decimal, max: Decimal, decimals: u32) -> Option<String> {
+    if v.is_sign_negative() && !v.is_zero() {
+        Some("must not be negative".into())
+    } else if v > max {
+        Some(format!("{v} is above the largest allowed, {max}"))
+    } else if v.normalize().scale() > decimals {
+        Some(format!("{v} has more than {decimals} decimals"))
+    } else {
+        None
+    }
+}
 
 /// How a metric's quantity in a period is turned into an amount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +105,13 @@ pub struct Plan {
 pub enum PlanError {
     #[error("plan {plan}: {field} must not be negative")]
     Negative { plan: String, field: String },
+    /// A value beyond the bounds every plan must keep.
+    #[error("plan {plan}: {field}: {reason}")]
+    OutOfRange {
+        plan: String,
+        field: String,
+        reason: String,
+    },
     #[error("plan {plan}: metric {metric:?} is charged twice")]
     DuplicateMetric { plan: String, metric: String },
     #[error("plan {plan}, metric {metric}: {reason}")]
@@ -89,6 +136,13 @@ impl Plan {
         if self.plan_id.is_empty() {
             return Err(PlanError::EmptyId);
         }
+        if self.plan_id.len() > MAX_NAME_BYTES {
+            return Err(PlanError::OutOfRange {
+                plan: self.plan_id.chars().take(40).collect(),
+                field: "plan_id".into(),
+                reason: format!("longer than {MAX_NAME_BYTES} bytes"),
+            });
+        }
         for (field, v) in [
             ("recurring_fee", self.recurring_fee),
             ("minimum_spend", self.minimum_spend),
@@ -99,6 +153,20 @@ impl Plan {
                     field: field.into(),
                 });
             }
+            if let Some(reason) = out_of_range(v, MAX_FEE, FEE_DECIMALS) {
+                return Err(PlanError::OutOfRange {
+                    plan: plan(),
+                    field: field.into(),
+                    reason,
+                });
+            }
+        }
+        if self.charges.len() > MAX_CHARGES {
+            return Err(PlanError::OutOfRange {
+                plan: plan(),
+                field: "charges".into(),
+                reason: format!("{} charges, at most {MAX_CHARGES}", self.charges.len()),
+            });
         }
         for (i, c) in self.charges.iter().enumerate() {
             if self.charges[..i].iter().any(|o| o.metric == c.metric) {
@@ -109,14 +177,48 @@ impl Plan {
             }
             let bad = |reason: &str| PlanError::Charge {
                 plan: plan(),
-                metric: c.metric.clone(),
+                metric: c.metric.chars().take(MAX_NAME_BYTES).collect(),
                 reason: reason.into(),
             };
+            if c.metric.is_empty() || c.metric.len() > MAX_NAME_BYTES {
+                return Err(bad(&format!(
+                    "metric must have 1 to {MAX_NAME_BYTES} bytes"
+                )));
+            }
             if c.unit_price.is_sign_negative() && !c.unit_price.is_zero() {
                 return Err(bad("unit_price must not be negative"));
             }
             if c.free_units.is_sign_negative() && !c.free_units.is_zero() {
                 return Err(bad("free_units must not be negative"));
+            }
+            let bounded = |field: &str, v: Decimal, max: Decimal, decimals: u32| match out_of_range(
+                v, max, decimals,
+            ) {
+                Some(reason) => Err(bad(&format!("{field}: {reason}"))),
+                None => Ok(()),
+            };
+            bounded("unit_price", c.unit_price, MAX_PRICE, PRICE_DECIMALS)?;
+            bounded(
+                "free_units",
+                c.free_units,
+                MAX_PLAN_QUANTITY,
+                QUANTITY_DECIMALS,
+            )?;
+            if let Some(size) = c.package_size {
+                bounded("package_size", size, MAX_PLAN_QUANTITY, QUANTITY_DECIMALS)?;
+            }
+            if c.tiers.len() > MAX_TIERS {
+                return Err(bad(&format!(
+                    "tiers: {} tiers, at most {MAX_TIERS}",
+                    c.tiers.len()
+                )));
+            }
+            for t in &c.tiers {
+                bounded("tier unit_price", t.unit_price, MAX_PRICE, PRICE_DECIMALS)?;
+                bounded("tier flat_fee", t.flat_fee, MAX_FEE, FEE_DECIMALS)?;
+                if let Some(u) = t.up_to {
+                    bounded("tier up_to", u, MAX_PLAN_QUANTITY, QUANTITY_DECIMALS)?;
+                }
             }
             match c.model {
                 Model::PerUnit => {}
@@ -168,6 +270,12 @@ pub struct PlanBook {
     /// Looked up once per usage event: a fast hasher, not SipHash (plan
     /// ids are not attacker-chosen keys of an open-ended map).
     plans: FxHashMap<String, Arc<Plan>>,
+    /// Per plan, the smallest period total of any of its charges beyond
+    /// which the charge might exceed `Minor::MAX_AMOUNT` (`rating::safe_total`).
+    safe_totals: FxHashMap<String, Decimal>,
+    /// The smallest of `safe_totals`: a usage total at or below it needs
+    /// no rating to know its line fits (the hot path's one comparison).
+    safe_total: Option<Decimal>,
 }
 
 impl PlanBook {
@@ -178,8 +286,22 @@ impl PlanBook {
     /// Add or replace a plan after validating it.
     pub fn upsert(&mut self, plan: Plan) -> Result<(), PlanError> {
         plan.validate()?;
+        let safe = plan
+            .charges
+            .iter()
+            .map(|c| rating::safe_total(c, plan.currency, Minor::MAX_AMOUNT))
+            .min()
+            .unwrap_or(Decimal::MAX);
+        self.safe_totals.insert(plan.plan_id.clone(), safe);
+        self.safe_total = self.safe_totals.values().min().copied();
         self.plans.insert(plan.plan_id.clone(), Arc::new(plan));
         Ok(())
+    }
+
+    /// A period total of any metric at or below this rates within
+    /// `Minor::MAX_AMOUNT` under every plan of the book.
+    pub fn safe_total(&self) -> Decimal {
+        self.safe_total.unwrap_or(Decimal::MAX)
     }
 
     pub fn get(&self, plan_id: &str) -> Option<&Arc<Plan>> {

@@ -278,7 +278,7 @@ proptest! {
                 DomainEvent::InvoiceIssued { invoice } => {
                     let lines: i64 = invoice.lines.iter().map(|l| l.amount.0).sum();
                     prop_assert_eq!(lines, invoice.subtotal.0);
-                    prop_assert_eq!(invoice.subtotal + invoice.tax, invoice.total);
+                    prop_assert_eq!(invoice.subtotal.checked_add(invoice.tax), Some(invoice.total));
                     totals += invoice.total.0;
                 }
                 DomainEvent::PaymentSucceeded { amount, .. } | DomainEvent::BankTransferApplied { amount, .. } => money_in += amount.0,
@@ -380,7 +380,8 @@ proptest! {
             if let DomainEvent::InvoiceIssued { invoice } = &e.event {
                 for l in &invoice.lines {
                     if let (LineKind::Usage | LineKind::LateUsage, Some(m)) = (l.kind, &l.metric) {
-                        *billed.entry((l.for_period.start, m.clone())).or_default() += l.amount;
+                        let b = billed.entry((l.for_period.start, m.clone())).or_default();
+                        *b = b.checked_add(l.amount).unwrap();
                     }
                 }
             }

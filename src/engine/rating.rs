@@ -6,12 +6,13 @@
 
 use rust_decimal::Decimal;
 
+use super::money::{Currency, Minor};
 use super::plan::{Charge, Model};
 
 /// The exact (unrounded) amount of `charge` for `quantity` units in one
 /// period, in major units. `None` only on arithmetic overflow.
 pub fn rate(charge: &Charge, quantity: Decimal) -> Option<Decimal> {
-    let billable = (quantity - charge.free_units).max(Decimal::ZERO);
+    let billable = quantity.checked_sub(charge.free_units)?.max(Decimal::ZERO);
     if billable.is_zero() {
         return Some(Decimal::ZERO);
     }
@@ -28,7 +29,7 @@ pub fn rate(charge: &Charge, quantity: Decimal) -> Option<Decimal> {
             for tier in &charge.tiers {
                 let upper = tier.up_to.map_or(billable, |u| u.min(billable));
                 if upper > lower {
-                    let units = upper - lower;
+                    let units = upper.checked_sub(lower)?;
                     total = total.checked_add(units.checked_mul(tier.unit_price)?)?;
                     total = total.checked_add(tier.flat_fee)?;
                 }
@@ -49,6 +50,68 @@ pub fn rate(charge: &Charge, quantity: Decimal) -> Option<Decimal> {
                 .checked_add(tier.flat_fee)
         }
     }
+}
+
+/// The amount of `charge` for `quantity` in minor units of `currency`,
+/// if it is at most `max` (`None`: it would not fit on a line).
+pub fn line_amount(
+    charge: &Charge,
+    quantity: Decimal,
+    currency: Currency,
+    max: Minor,
+) -> Option<Minor> {
+    rate(charge, quantity)
+        .and_then(|a| currency.round(a))
+        .filter(|a| a.within(max))
+}
+
+/// A period total at or below which `charge` rates to at most `max` minor
+/// units of `currency`, whatever its model: the dearest price applied to
+/// every billable unit plus every flat fee bounds every model from above
+/// (packages: one more package than the units fill). Conservative, so
+/// the hot path can skip rating below it; above it, rate and compare.
+pub fn safe_total(charge: &Charge, currency: Currency, max: Minor) -> Decimal {
+    let inner = || -> Option<Decimal> {
+        let budget = currency.to_major(max);
+        let (price, flats) = match charge.model {
+            Model::PerUnit | Model::Package => (charge.unit_price, Decimal::ZERO),
+            Model::Graduated | Model::Volume => {
+                let price = charge.tiers.iter().map(|t| t.unit_price).max()?;
+                let mut flats = Decimal::ZERO;
+                for t in &charge.tiers {
+                    flats = flats.checked_add(t.flat_fee)?;
+                }
+                (price, flats)
+            }
+        };
+        let budget = budget.checked_sub(flats)?;
+        if budget <= Decimal::ZERO {
+            return Some(Decimal::ZERO);
+        }
+        if price.is_zero() {
+            return Some(Decimal::MAX);
+        }
+        // Past `Decimal`'s range: no total it can hold is too much.
+        let units = budget
+            .checked_div(price)
+            .map_or(Decimal::MAX, |u| u.floor());
+        let billable = match charge.model {
+            Model::Package => {
+                let packages = (units - Decimal::ONE).max(Decimal::ZERO);
+                packages
+                    .checked_mul(charge.package_size?)
+                    .unwrap_or(Decimal::MAX)
+            }
+            _ => units,
+        };
+        Some(
+            charge
+                .free_units
+                .checked_add(billable)
+                .unwrap_or(Decimal::MAX),
+        )
+    };
+    inner().unwrap_or(Decimal::ZERO)
 }
 
 /// The unit price to print on a line, where one price describes it.

@@ -58,18 +58,18 @@ impl Engine {
         lines: Vec<Line>,
         emit: &mut Emit,
     ) {
-        let subtotal: Minor = lines.iter().map(|l| l.amount).sum();
-        let tax = st
-            .currency
-            .round(st.currency.to_major(subtotal) * st.tax_rate)
-            .unwrap_or(Minor::ZERO);
-        let total = subtotal + tax;
+        // Every line is bounded (plan limits, `Minor::MAX_AMOUNT` per line,
+        // `Minor::MAX_BALANCE` for the lines waiting), so these sums sit far
+        // inside `i64`; saturating is the last line, and keeps the sign.
+        let subtotal = Minor::saturating_sum(lines.iter().map(|l| l.amount));
+        let tax = self.tax(st, subtotal);
+        let total = subtotal.saturating_add(tax);
         let credit_applied = if total.is_positive() && st.credit.is_positive() {
             total.min(st.credit)
         } else {
             Minor::ZERO
         };
-        let amount_due = (total - credit_applied).max(Minor::ZERO);
+        let amount_due = total.saturating_sub(credit_applied).max(Minor::ZERO);
         let due_at = emit.at.plus(self.config.payment_terms_micros);
         let number = format!("{}-{seq:05}", st.account_id);
         emit.push(
@@ -92,7 +92,7 @@ impl Engine {
             },
         );
         if credit_applied.is_positive() {
-            st.credit -= credit_applied;
+            st.credit = st.credit.saturating_sub(credit_applied);
             let balance = st.credit;
             emit.push(
                 st,
@@ -105,7 +105,12 @@ impl Engine {
             self.check_credit_low(st, emit);
         }
         if total < Minor::ZERO {
-            self.add_credit(st, -total, CreditSource::NegativeInvoice, emit);
+            self.add_credit(
+                st,
+                total.saturating_neg(),
+                CreditSource::NegativeInvoice,
+                emit,
+            );
         }
         if amount_due.is_positive() {
             st.invoices.push(OpenInvoice {
@@ -150,6 +155,23 @@ impl Engine {
         emit.push(st, event);
     }
 
+    /// Refuse an input that would take the credit balance past
+    /// `Minor::MAX_BALANCE` (checked before anything changes).
+    pub(crate) fn credit_room(&self, st: &AccountState, amount: Minor) -> Result<(), Rejection> {
+        match st.credit.checked_add(amount) {
+            Some(c) if c.within(Minor::MAX_BALANCE) => Ok(()),
+            _ => Err(Rejection::InvalidAmount {
+                amount: st.currency.format(amount),
+                reason: format!(
+                    "the credit balance would exceed the largest balance, {}",
+                    st.currency.format(Minor::MAX_BALANCE)
+                ),
+            }),
+        }
+    }
+
+    /// Add to the credit balance. Inputs check `credit_room` first; a
+    /// negative invoice (a timer, which cannot be refused) saturates.
     pub(crate) fn add_credit(
         &self,
         st: &mut AccountState,
@@ -157,7 +179,7 @@ impl Engine {
         source: CreditSource,
         emit: &mut Emit,
     ) {
-        st.credit += amount;
+        st.credit = st.credit.saturating_add(amount);
         let balance = st.credit;
         emit.push(
             st,
@@ -198,7 +220,7 @@ impl Engine {
     ) -> Minor {
         let inv = &mut st.invoices[idx];
         let take = amount.min(inv.remaining());
-        inv.paid += take;
+        inv.paid = inv.paid.saturating_add(take);
         let (invoice_id, paid, remaining) = (inv.invoice_id.clone(), inv.paid, inv.remaining());
         if remaining == Minor::ZERO {
             let total = st.invoices.remove(idx).amount_due;
@@ -213,14 +235,14 @@ impl Engine {
                 },
             );
         }
-        amount - take
+        amount.saturating_sub(take)
     }
 
     /// Pay open invoices from credit, oldest first.
     pub(crate) fn pay_from_credit(&self, st: &mut AccountState, emit: &mut Emit) {
         while st.credit.is_positive() && !st.invoices.is_empty() {
             let take = st.credit.min(st.invoices[0].remaining());
-            st.credit -= take;
+            st.credit = st.credit.saturating_sub(take);
             let (invoice_id, balance) = (st.invoices[0].invoice_id.clone(), st.credit);
             emit.push(
                 st,
@@ -280,6 +302,7 @@ impl Engine {
         match &p.kind {
             PaymentKind::CreditToppedUp { amount, currency } => {
                 let amount = self.money_in(st, *amount, currency)?;
+                self.credit_room(st, amount)?;
                 self.add_credit(st, amount, CreditSource::TopUp, emit);
                 self.pay_from_credit(st, emit);
             }
@@ -291,6 +314,12 @@ impl Engine {
             } => {
                 let amount = self.money_in(st, *amount, currency)?;
                 let attempt = self.known_attempt(st, charge_id, invoice_id)?;
+                let owed = st
+                    .invoices
+                    .iter()
+                    .find(|i| i.invoice_id == *invoice_id)
+                    .map_or(Minor::ZERO, |i| i.remaining());
+                self.credit_room(st, amount.saturating_sub(owed.min(amount)))?;
                 emit.push(
                     st,
                     DomainEvent::PaymentSucceeded {
@@ -371,7 +400,7 @@ impl Engine {
                         balance: st.currency.format(st.credit),
                     });
                 }
-                st.credit -= amount;
+                st.credit = st.credit.saturating_sub(amount);
                 let balance = st.credit;
                 emit.push(
                     st,
@@ -392,6 +421,8 @@ impl Engine {
                     .invoices
                     .iter()
                     .position(|i| i.number == *reference || i.invoice_id == *reference);
+                let owed = idx.map_or(Minor::ZERO, |i| st.invoices[i].remaining());
+                self.credit_room(st, amount.saturating_sub(owed.min(amount)))?;
                 let invoice_id = idx.map(|i| st.invoices[i].invoice_id.clone());
                 emit.push(
                     st,

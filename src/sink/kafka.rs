@@ -25,6 +25,9 @@ pub struct KafkaSink {
     transactional: bool,
     /// `kafka.id_headers`: `event_id` and `causation_id` headers too.
     id_headers: bool,
+    /// `kafka.max_record_bytes`: a larger record goes out bounded
+    /// (`contracts::bounded`) instead of failing the publish.
+    max_record_bytes: usize,
     catalog: &'static Catalog,
     /// The schema id of each record type in the frame.
     ids: SchemaIds,
@@ -58,7 +61,15 @@ impl KafkaSink {
             // similar report: confluentinc/librdkafka#2986). Override
             // with kafka.properties.
             .set("max.in.flight.requests.per.connection", "1")
-            .set("message.timeout.ms", "60000");
+            .set("message.timeout.ms", "60000")
+            // Room for the largest record the sink makes (kafka.max_record_bytes,
+            // librdkafka's default otherwise); kafka.properties may override.
+            .set(
+                "message.max.bytes",
+                (settings.kafka.max_record_bytes + 1024)
+                    .max(1_000_000)
+                    .to_string(),
+            );
         let producer: FutureProducer = crate::source::kafka::with_properties(&mut config, settings)
             .create()
             .map_err(|e| KafkaError::Client(e.to_string()))?;
@@ -72,6 +83,7 @@ impl KafkaSink {
             producer,
             transactional: settings.kafka.transactional,
             id_headers: settings.kafka.id_headers,
+            max_record_bytes: settings.kafka.max_record_bytes,
             catalog,
             ids,
             names: [
@@ -153,13 +165,25 @@ impl KafkaSink {
     pub async fn send(&self, records: &[OutputRecord]) -> Result<InFlight, KafkaError> {
         let mut pending = std::collections::VecDeque::with_capacity(records.len());
         for r in records {
-            let payload = self.catalog.encode_output_with(r, &self.ids).map_err(|e| {
-                KafkaError::Client(format!(
-                    "encode {} for {}: {e}",
-                    r.kind,
-                    self.topic(r.topic)
-                ))
-            })?;
+            let (payload, bounded) = self
+                .catalog
+                .encode_output_bounded_with(r, &self.ids, self.payload_limit(r))
+                .map_err(|e| {
+                    KafkaError::Client(format!(
+                        "encode {} for {}: {e}",
+                        r.kind,
+                        self.topic(r.topic)
+                    ))
+                })?;
+            if bounded.is_some() {
+                tracing::warn!(
+                    topic = self.topic(r.topic),
+                    kind = r.kind,
+                    event_id = %r.event_id,
+                    limit = self.max_record_bytes,
+                    "output over kafka.max_record_bytes sent in its bounded form"
+                );
+            }
             let mut headers = OwnedHeaders::new();
             if self.id_headers {
                 headers = headers
@@ -207,6 +231,23 @@ impl KafkaSink {
         Ok(InFlight {
             pending: pending.into(),
         })
+    }
+
+    /// The payload bytes `r` may take: `kafka.max_record_bytes` less its
+    /// key, its headers and Kafka's per-record framing.
+    fn payload_limit(&self, r: &OutputRecord) -> usize {
+        /// Record framing (lengths, attributes, header counts), rounded up.
+        const FRAMING: usize = 512;
+        let mut headers = r
+            .traceparent
+            .as_ref()
+            .map_or(0, |t| "traceparent".len() + t.len());
+        if self.id_headers {
+            headers +=
+                "event_id".len() + r.event_id.len() + "causation_id".len() + r.causation_id.len();
+        }
+        self.max_record_bytes
+            .saturating_sub(r.key.len() + headers + FRAMING)
     }
 
     /// Wait until everything sent so far is delivered (or `timeout`).
