@@ -4,6 +4,7 @@
 mod api;
 mod dashboards;
 mod demo_smoke;
+mod hostile_corpus;
 mod kafka_crash;
 mod kafka_e2e;
 mod kafka_tls;
