@@ -5,6 +5,7 @@ mod api;
 mod bounds;
 mod dashboards;
 mod demo_smoke;
+mod hostile_corpus;
 mod kafka_crash;
 mod kafka_e2e;
 mod kafka_redelivery;
