@@ -6,6 +6,7 @@ mod bounds;
 mod dashboards;
 mod demo_smoke;
 mod hostile_corpus;
+mod kafka_bounded;
 mod kafka_crash;
 mod kafka_e2e;
 mod kafka_redelivery;
