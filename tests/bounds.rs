@@ -3,13 +3,11 @@
 //! with its file and line) instead of panicking every instance, and an
 //! output too large for the broker goes out bounded under the same id.
 
-use std::path::Path;
-use std::process::Command;
-
 use billstream::contracts::{parse_line, Catalog, Decoded, Decoder, OutputRecord, OutputTopic};
 use billstream::engine::time::Timestamp;
 use billstream::runtime::SourcePos;
 
+use super::simulate_golden::simulate_plans;
 use super::support::{engine, processor_in};
 
 const POISON: &str = r#"{"plan_id":"poison","currency":"EUR","recurring_fee":"100000000000000000","minimum_spend":"0","charges":[{"metric":"m","model":"per_unit","unit_price":"1"}]}"#;
@@ -76,18 +74,7 @@ fn issue_12_simulate_stops_on_a_plan_beyond_the_bounds_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let plans = dir.path().join("plans.jsonl");
     std::fs::write(&plans, format!("\n{POISON}\n")).unwrap();
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/simulate");
-    let out = Command::new(env!("CARGO_BIN_EXE_billstream"))
-        .args(["simulate", "--plans"])
-        .arg(&plans)
-        .arg("--accounts")
-        .arg(fixtures.join("accounts.jsonl"))
-        .arg("--events")
-        .arg(fixtures.join("events.jsonl"))
-        .args(["--until", "2026-05-01T00:00:00Z", "--out"])
-        .arg(dir.path().join("out"))
-        .output()
-        .unwrap();
+    let out = simulate_plans(&plans, &dir.path().join("out"));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
