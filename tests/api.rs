@@ -12,15 +12,16 @@ use billstream::api::{router, ApiState, Verifier, ROUTES};
 use billstream::config::{ApiSettings, JwtKey, JwtSettings};
 use billstream::contracts::{parse_line, Decoded};
 use billstream::engine::time::Timestamp;
-use billstream::engine::{Engine, EngineConfig};
-use billstream::runtime::{Processor, SourcePos};
-use billstream::store::{EmbeddedStore, StateStore};
+use billstream::engine::Engine;
+use billstream::runtime::SourcePos;
+use billstream::store::EmbeddedStore;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+use super::support::{engine_with_plan_p, processor_on};
+
 const SECRET: &str = "test-secret-of-at-least-thirty-two-bytes";
-const PLAN: &str = r#"{"plan_id":"p","currency":"EUR","recurring_fee":"10.00","minimum_spend":"0","charges":[{"metric":"m","model":"per_unit","unit_price":"0.5"}]}"#;
 
 fn ts(s: &str) -> Timestamp {
     Timestamp::parse_rfc3339(s).unwrap()
@@ -67,14 +68,8 @@ async fn store_from(
     until: &str,
 ) -> (Arc<EmbeddedStore>, Engine) {
     let store = Arc::new(EmbeddedStore::open(dir).unwrap());
-    let epoch = store.claim_partition(0, "test").await.unwrap();
-    let mut engine = Engine::new(EngineConfig::new("prod"), Default::default());
-    match parse_line(PLAN).unwrap() {
-        Decoded::Plan(p) => engine.plans.upsert(p).unwrap(),
-        _ => unreachable!(),
-    }
-    let mut p = Processor::new(engine.clone(), store.clone());
-    p.assign_partition(0, epoch, ts(start)).await.unwrap();
+    let engine = engine_with_plan_p();
+    let mut p = processor_on(engine.clone(), store.clone(), ts(start)).await;
     for (offset, (topic, line, at)) in inputs.iter().enumerate() {
         let Ok(Decoded::Input(input)) = parse_line(line) else {
             panic!("bad test input {line}");

@@ -3,15 +3,12 @@
 //! with its file and line) instead of panicking every instance, and an
 //! output too large for the broker goes out bounded under the same id.
 
-use std::path::Path;
-use std::process::Command;
-use std::sync::Arc;
-
 use billstream::contracts::{parse_line, Catalog, Decoded, Decoder, OutputRecord, OutputTopic};
 use billstream::engine::time::Timestamp;
-use billstream::engine::{Engine, EngineConfig};
-use billstream::runtime::{Processor, SourcePos};
-use billstream::store::{EmbeddedStore, StateStore};
+use billstream::runtime::SourcePos;
+
+use super::simulate_golden::simulate_plans;
+use super::support::{engine, processor_in};
 
 const POISON: &str = r#"{"plan_id":"poison","currency":"EUR","recurring_fee":"100000000000000000","minimum_spend":"0","charges":[{"metric":"m","model":"per_unit","unit_price":"1"}]}"#;
 
@@ -22,14 +19,8 @@ fn ts(s: &str) -> Timestamp {
 #[tokio::test]
 async fn issue_12_a_poison_plan_on_the_plans_topic_is_dead_lettered_and_cannot_crash_the_loop() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let epoch = store.claim_partition(0, "test").await.unwrap();
-    let mut p = Processor::new(
-        Engine::new(EngineConfig::new("prod"), Default::default()),
-        store,
-    );
     let now = ts("2026-03-10T00:00:00Z");
-    p.assign_partition(0, epoch, now).await.unwrap();
+    let mut p = processor_in(dir.path(), engine(), now).await;
     let catalog = Catalog::shared().unwrap();
     let decoder = Decoder::new(catalog).unwrap();
     let pos = |topic: &str, offset: i64| SourcePos {
@@ -83,18 +74,7 @@ fn issue_12_simulate_stops_on_a_plan_beyond_the_bounds_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let plans = dir.path().join("plans.jsonl");
     std::fs::write(&plans, format!("\n{POISON}\n")).unwrap();
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/simulate");
-    let out = Command::new(env!("CARGO_BIN_EXE_billstream"))
-        .args(["simulate", "--plans"])
-        .arg(&plans)
-        .arg("--accounts")
-        .arg(fixtures.join("accounts.jsonl"))
-        .arg("--events")
-        .arg(fixtures.join("events.jsonl"))
-        .args(["--until", "2026-05-01T00:00:00Z", "--out"])
-        .arg(dir.path().join("out"))
-        .output()
-        .unwrap();
+    let out = simulate_plans(&plans, &dir.path().join("out"));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -22,9 +22,10 @@ use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
 use billstream::contracts::{parse_line, Catalog, Decoded, Decoder, OutputRecord, OutputTopic};
 use billstream::engine::time::Timestamp;
-use billstream::engine::{Engine, EngineConfig};
 use billstream::runtime::{Processor, SourcePos};
-use billstream::store::{EmbeddedStore, StateStore};
+use billstream::store::EmbeddedStore;
+
+use super::support::{engine, processor_in};
 
 const USAGE: &str = "billing.usage.v1";
 const PAYMENTS: &str = "billing.payments.v1";
@@ -1318,13 +1319,7 @@ async fn issue_12_hostile_corpus_is_dead_lettered_masked_and_processing_continue
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let epoch = store.claim_partition(0, "corpus").await.unwrap();
-    let mut p = Processor::new(
-        Engine::new(EngineConfig::new("prod"), Default::default()),
-        store,
-    );
-    p.assign_partition(0, epoch, t(NOW)).await.unwrap();
+    let mut p = processor_in(dir.path(), engine(), t(NOW)).await;
     let catalog = Catalog::shared().unwrap();
     let decoder = Decoder::new(catalog).unwrap();
     let now = t(NOW);

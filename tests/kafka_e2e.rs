@@ -101,6 +101,19 @@ pub(crate) fn scylla_store_env(c: &mut Command, store: &std::path::Path) -> bool
 pub(crate) struct Running(pub Child);
 
 impl Running {
+    /// `billstream run` as `command` configures it, its log on this
+    /// test's stderr.
+    pub(crate) fn start(command: &mut Command) -> Running {
+        Running(
+            command
+                .arg("run")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
     pub(crate) fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.0.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
@@ -352,15 +365,10 @@ fn run_folds_kafka_inputs_into_invoices_charges_and_dead_letters() {
     });
 
     let metrics_addr = free_local_addr();
-    let running = Running(
+    let running = Running::start(
         billstream(&prefix, &group, &store, &brokers)
             .env("BILLSTREAM__METRICS__LISTEN", &metrics_addr)
-            .env("BILLSTREAM__KAFKA__ID_HEADERS", "true")
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
+            .env("BILLSTREAM__KAFKA__ID_HEADERS", "true"),
     );
 
     let consumer: BaseConsumer = ClientConfig::new()
@@ -735,6 +743,47 @@ pub(crate) fn read_until_with(
     records
 }
 
+/// (account, type, causation id) of journal entries, each with the number
+/// of entries (distinct entry ids) that have it.
+pub(crate) type Journal = BTreeMap<(String, String, String), usize>;
+
+/// The journal of the topics under `prefix`, read from the start by
+/// consumer group `group` until `want` holds or 90 s have passed.
+pub(crate) fn journal_until(
+    brokers: &str,
+    group: &str,
+    prefix: &str,
+    want: &dyn Fn(&Journal) -> bool,
+) -> Journal {
+    let catalog = Catalog::shared().unwrap();
+    let mut ids = BTreeSet::new();
+    let mut entries = Journal::new();
+    let mut scanned = 0;
+    read_until(
+        brokers,
+        group,
+        &format!("{prefix}billing.journal.v1"),
+        Duration::from_secs(90),
+        |r| {
+            for (id, payload) in &r[scanned..] {
+                if ids.insert(id.clone()) {
+                    let e = decode_output(catalog, payload);
+                    *entries
+                        .entry((
+                            text(&e["account_id"]),
+                            text(&e["type"]),
+                            text(&e["causation_id"]),
+                        ))
+                        .or_default() += 1;
+                }
+            }
+            scanned = r.len();
+            want(&entries)
+        },
+    );
+    entries
+}
+
 #[test]
 fn run_killed_mid_batch_resumes_without_applying_anything_twice() {
     let Some(Setup {
@@ -756,18 +805,13 @@ fn run_killed_mid_batch_resumes_without_applying_anything_twice() {
     produce(&brokers, &prefix, &setup);
 
     let spawn = |group: &str| {
-        Running(
+        Running::start(
             billstream(&prefix, group, &store, &brokers)
                 .env("BILLSTREAM__BATCH__MAX_RECORDS", "500")
                 // The killed instance stays a group member until its session
                 // times out; keep that short so the restart gets the partition.
                 .env("BILLSTREAM__KAFKA__SESSION_TIMEOUT", SESSION_TIMEOUT)
-                .env("BILLSTREAM__KAFKA__MAX_POLL_INTERVAL", "60s")
-                .arg("run")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
+                .env("BILLSTREAM__KAFKA__MAX_POLL_INTERVAL", "60s"),
         )
     };
     let first = spawn(&group);
@@ -944,9 +988,9 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
         payload: Vec<u8>,
     }
     /// (account, type, causation id) of journal entries.
-    type Entries = BTreeSet<(String, String, String)>;
+    type Entries = Journal;
     fn has(entries: &Entries, account: &str, kind: &str, cause: &str) -> bool {
-        entries.contains(&(account.to_string(), kind.to_string(), cause.to_string()))
+        entries.contains_key(&(account.to_string(), kind.to_string(), cause.to_string()))
     }
 
     let catalog = Catalog::shared().unwrap();
@@ -1071,40 +1115,13 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
         catalog.encode_plan(&plan("bad-plan", "-1")).unwrap(),
     );
 
-    let running = Running(
-        billstream(&prefix, &group, &store, &brokers)
-            .env("BILLSTREAM__CLOCK", CLOCK)
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
+    let running = Running::start(
+        billstream(&prefix, &group, &store, &brokers).env("BILLSTREAM__CLOCK", CLOCK),
     );
     // (account, type, causation id) of every journal entry, read from the
     // start until `want` holds.
-    let journal = format!("{prefix}billing.journal.v1");
     let read_journal = |reader: &str, want: &dyn Fn(&Entries) -> bool| {
-        let mut entries = Entries::new();
-        let mut scanned = 0;
-        read_until(
-            &brokers,
-            &format!("{group}-{reader}"),
-            &journal,
-            Duration::from_secs(90),
-            |r| {
-                for (_, payload) in &r[scanned..] {
-                    let e = decode_output(catalog, payload);
-                    entries.insert((
-                        text(&e["account_id"]),
-                        text(&e["type"]),
-                        text(&e["causation_id"]),
-                    ));
-                }
-                scanned = r.len();
-                want(&entries)
-            },
-        );
-        entries
+        journal_until(&brokers, &format!("{group}-{reader}"), &prefix, want)
     };
     // The bad records below need `a` open and `b` closed first (Kafka
     // orders records only within one topic's partition).

@@ -10,7 +10,6 @@
 //! without one it says so and does nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Stdio;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -22,8 +21,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rust_decimal::Decimal;
 
 use super::kafka_e2e::{
-    account_opened, billstream, decode_output, per_unit_plan, produce, read_until, setup, text,
-    Records, Running, Setup,
+    account_opened, billstream, decode_output, journal_until, per_unit_plan, produce, read_until,
+    setup, text, Journal, Records, Running, Setup,
 };
 
 /// Every record of `topic` (one partition) up to its end now, as
@@ -79,14 +78,8 @@ fn issue_12_records_produced_again_41_days_later_change_no_invoice_or_charge() {
     const LATER: &str = "2026-04-25T12:00:00Z";
     const MAY: &str = "2026-05-01T02:00:00Z";
     let run_at = |clock: &str| {
-        Running(
-            billstream(&prefix, &group, &store, &brokers)
-                .env("BILLSTREAM__CLOCK", clock)
-                .arg("run")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
+        Running::start(
+            billstream(&prefix, &group, &store, &brokers).env("BILLSTREAM__CLOCK", clock),
         )
     };
     let enc = |topic: &str, input: &Input| -> (String, String, Vec<u8>) {
@@ -152,35 +145,9 @@ fn issue_12_records_produced_again_41_days_later_change_no_invoice_or_charge() {
 
     // (account, type, causation id) of every journal entry, one per entry
     // id, read from the start until `want` holds.
-    type Entries = BTreeMap<(String, String, String), usize>;
-    let journal = format!("{prefix}billing.journal.v1");
+    type Entries = Journal;
     let read_journal = |reader: &str, want: &dyn Fn(&Entries) -> bool| -> Entries {
-        let mut ids = BTreeSet::new();
-        let mut entries = Entries::new();
-        let mut scanned = 0;
-        read_until(
-            &brokers,
-            &format!("{group}-{reader}"),
-            &journal,
-            Duration::from_secs(90),
-            |r| {
-                for (id, payload) in &r[scanned..] {
-                    if ids.insert(id.clone()) {
-                        let e = decode_output(catalog, payload);
-                        *entries
-                            .entry((
-                                text(&e["account_id"]),
-                                text(&e["type"]),
-                                text(&e["causation_id"]),
-                            ))
-                            .or_default() += 1;
-                    }
-                }
-                scanned = r.len();
-                want(&entries)
-            },
-        );
-        entries
+        journal_until(&brokers, &format!("{group}-{reader}"), &prefix, want)
     };
     let has = |e: &Entries, kind: &str, cause: &str| {
         e.contains_key(&(acct.to_string(), kind.to_string(), cause.to_string()))

@@ -20,3 +20,4 @@ mod simulate_golden;
 mod store_conformance;
 mod store_kill9;
 mod store_write_economy;
+mod support;

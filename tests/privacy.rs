@@ -6,7 +6,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
 use billstream::contracts::{
     parse_line, Catalog, DecodeError, Decoded, Decoder, OutputRecord, OutputTopic,
@@ -15,12 +14,12 @@ use billstream::engine::events::{
     AccountCommand, AccountKind, AdjustmentKind, Input, PaymentEvent, PaymentKind, UsageRecorded,
 };
 use billstream::engine::time::Timestamp;
-use billstream::engine::{Engine, EngineConfig};
 use billstream::runtime::{Processor, SourcePos};
-use billstream::store::{EmbeddedStore, StateStore};
+use billstream::store::EmbeddedStore;
 use rust_decimal::Decimal;
 
-const PLAN: &str = r#"{"plan_id":"p","currency":"EUR","recurring_fee":"10.00","minimum_spend":"0","charges":[{"metric":"m","model":"per_unit","unit_price":"0.5"}]}"#;
+use super::support::{engine_with_plan_p, processor_in};
+
 const OPEN: &str = r#"{"event_id":"open-a1","account_id":"a1","plan_id":"p","currency":"EUR","timezone":"UTC","tax_rate":"0.1","opened_at":"2026-03-01T00:00:00Z","environment":"prod"}"#;
 const AT: &str = "2026-03-05T10:00:00Z";
 
@@ -103,19 +102,8 @@ struct Rig {
 impl Rig {
     async fn new() -> Rig {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-        let epoch = store.claim_partition(0, "test").await.unwrap();
-        let mut engine = Engine::new(EngineConfig::new("prod"), Default::default());
-        match parse_line(PLAN).unwrap() {
-            Decoded::Plan(p) => engine.plans.upsert(p).unwrap(),
-            _ => unreachable!(),
-        }
-        let mut p = Processor::new(engine, store);
-        p.assign_partition(0, epoch, ts("2026-03-01T00:00:00Z"))
-            .await
-            .unwrap();
         let mut rig = Rig {
-            p,
+            p: processor_in(dir.path(), engine_with_plan_p(), ts("2026-03-01T00:00:00Z")).await,
             decoder: Decoder::new(Catalog::shared().unwrap()).unwrap(),
             offset: 0,
             _dir: dir,

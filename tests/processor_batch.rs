@@ -3,16 +3,14 @@
 //! stored position after a restart applies nothing twice; and a hot account
 //! holds no other account back beyond the batch its records came in.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use billstream::contracts::{parse_line, Catalog, Decoded, Decoder, OutputRecord};
 use billstream::engine::time::Timestamp;
-use billstream::engine::{Engine, EngineConfig};
 use billstream::runtime::{BatchRecord, Checkpoint, Processor, SourcePos};
 use billstream::store::{EmbeddedStore, StateStore};
 
-const PLAN: &str = r#"{"plan_id":"p","currency":"EUR","recurring_fee":"10.00","minimum_spend":"0","charges":[{"metric":"m","model":"per_unit","unit_price":"0.5"}]}"#;
+use super::support::{engine_with_plan_p, processor_in};
 
 fn lines() -> Vec<String> {
     let mut out = Vec::new();
@@ -43,22 +41,12 @@ fn now_of(d: &Result<Decoded, billstream::contracts::DecodeError>) -> Timestamp 
 }
 
 async fn processor(dir: &std::path::Path) -> Processor<EmbeddedStore> {
-    let store = Arc::new(EmbeddedStore::open(dir).unwrap());
-    let epoch = store.claim_partition(0, "test").await.unwrap();
-    let mut engine = Engine::new(EngineConfig::new("prod"), Default::default());
-    match parse_line(PLAN).unwrap() {
-        Decoded::Plan(p) => engine.plans.upsert(p).unwrap(),
-        _ => unreachable!(),
-    }
-    let mut p = Processor::new(engine, store);
-    p.assign_partition(
-        0,
-        epoch,
+    processor_in(
+        dir,
+        engine_with_plan_p(),
         Timestamp::parse_rfc3339("2026-03-06T00:00:00Z").unwrap(),
     )
     .await
-    .unwrap();
-    p
 }
 
 fn by_account(outputs: &[OutputRecord]) -> Vec<(String, String)> {

@@ -3,15 +3,12 @@
 //! (item 8), and records for accounts that were never opened leave nothing
 //! behind in memory (item 9).
 
-use std::sync::Arc;
-
 use billstream::contracts::{parse_line, Catalog, Decoded, Decoder, OutputRecord, OutputTopic};
 use billstream::engine::time::Timestamp;
-use billstream::engine::{Engine, EngineConfig};
 use billstream::runtime::{BatchRecord, Processor, SourcePos};
-use billstream::store::{EmbeddedStore, StateStore};
+use billstream::store::EmbeddedStore;
 
-const PLAN: &str = r#"{"plan_id":"p","currency":"EUR","recurring_fee":"10.00","minimum_spend":"0","charges":[{"metric":"m","model":"per_unit","unit_price":"0.5"}]}"#;
+use super::support::{engine_with_plan_p, processor_in, PLAN};
 
 fn now() -> Timestamp {
     Timestamp::parse_rfc3339("2026-03-06T00:00:00Z").unwrap()
@@ -19,16 +16,7 @@ fn now() -> Timestamp {
 
 /// A processor on the store in `dir` owning partition 0, with plan `p`.
 async fn processor(dir: &std::path::Path) -> Processor<EmbeddedStore> {
-    let store = Arc::new(EmbeddedStore::open(dir).unwrap());
-    let epoch = store.claim_partition(0, "test").await.unwrap();
-    let mut engine = Engine::new(EngineConfig::new("prod"), Default::default());
-    match parse_line(PLAN).unwrap() {
-        Decoded::Plan(p) => engine.plans.upsert(p).unwrap(),
-        _ => unreachable!(),
-    }
-    let mut p = Processor::new(engine, store);
-    p.assign_partition(0, epoch, now()).await.unwrap();
-    p
+    processor_in(dir, engine_with_plan_p(), now()).await
 }
 
 fn opened(account: &str) -> String {

@@ -38,6 +38,22 @@ fn simulate_with(out: &Path, accounts: &Path, events: &Path) -> std::process::Ou
 
 const UNTIL: &str = "2026-05-01T02:00:00Z";
 
+/// `simulate` on the plans file `plans` with the fixture accounts and
+/// events, until 2026-05-01T00:00:00Z.
+pub(crate) fn simulate_plans(plans: &Path, out: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_billstream"))
+        .args(["simulate", "--plans"])
+        .arg(plans)
+        .arg("--accounts")
+        .arg(fixtures().join("accounts.jsonl"))
+        .arg("--events")
+        .arg(fixtures().join("events.jsonl"))
+        .args(["--until", "2026-05-01T00:00:00Z", "--out"])
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 fn ok(out: &std::process::Output) {
     assert!(
         out.status.success(),
@@ -174,18 +190,7 @@ fn simulate_plan_errors_stop_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let plans = dir.path().join("plans.jsonl");
     std::fs::write(&plans, "{\"plan_id\":\"p\",\"currency\":\"EUR\",\"recurring_fee\":\"-1\",\"minimum_spend\":\"0\",\"charges\":[]}\n").unwrap();
-    let fixtures = fixtures();
-    let out = Command::new(env!("CARGO_BIN_EXE_billstream"))
-        .args(["simulate", "--plans"])
-        .arg(&plans)
-        .arg("--accounts")
-        .arg(fixtures.join("accounts.jsonl"))
-        .arg("--events")
-        .arg(fixtures.join("events.jsonl"))
-        .args(["--until", "2026-05-01T00:00:00Z", "--out"])
-        .arg(dir.path().join("out"))
-        .output()
-        .unwrap();
+    let out = simulate_plans(&plans, &dir.path().join("out"));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -3,7 +3,9 @@
 //! from any schema that steps over a value of that schema without building
 //! it. The fast usage reader is made of these; the cold path runs `Skip`
 //! over a body before apache-avro decodes it, so a length or count that
-//! does not fit in the message is refused here, before anything allocates.
+//! does not fit in the message is refused here, before anything allocates;
+//! and the redactor (`redact.rs`) walks a dead letter's payload with it to
+//! find every string the record holds.
 
 use apache_avro::Schema;
 
@@ -266,6 +268,17 @@ impl Skip {
 
     /// Step over one value.
     pub fn run(&self, c: &mut Cursor<'_>) -> Result<(), DecodeError> {
+        self.walk(c, &mut |_, _| {})
+    }
+
+    /// Step over one value, handing `texts` the range (in the cursor's
+    /// buffer) of every bytes, string and fixed value in it, map keys
+    /// included.
+    pub fn walk(
+        &self,
+        c: &mut Cursor<'_>,
+        texts: &mut impl FnMut(usize, usize),
+    ) -> Result<(), DecodeError> {
         match self {
             Skip::Null => {}
             Skip::Boolean => {
@@ -281,10 +294,12 @@ impl Skip {
                 c.fixed(8)?;
             }
             Skip::Bytes => {
-                c.bytes()?;
+                let b = c.bytes()?;
+                texts(c.position() - b.len(), c.position());
             }
             Skip::Fixed(n) => {
                 c.fixed(*n)?;
+                texts(c.position() - n, c.position());
             }
             Skip::Enum(n) => {
                 c.branch(*n)?;
@@ -297,7 +312,7 @@ impl Skip {
                         break;
                     }
                     for _ in 0..n {
-                        item.run(c)?;
+                        item.walk(c, texts)?;
                     }
                 }
             }
@@ -309,20 +324,21 @@ impl Skip {
                         break;
                     }
                     for _ in 0..n {
-                        c.bytes()?;
-                        value.run(c)?;
+                        let key = c.bytes()?;
+                        texts(c.position() - key.len(), c.position());
+                        value.walk(c, texts)?;
                     }
                 }
             }
             Skip::Union(branches) => {
                 let i = c.branch(branches.len())?;
                 if let Some(b) = branches.get(i) {
-                    b.run(c)?;
+                    b.walk(c, texts)?;
                 }
             }
             Skip::Record(fields) => {
                 for f in fields {
-                    f.run(c)?;
+                    f.walk(c, texts)?;
                 }
             }
         }

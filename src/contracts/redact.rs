@@ -26,10 +26,9 @@
 
 use std::borrow::Cow;
 
-use apache_avro::Schema;
 use serde_json::Value;
 
-use super::avro_binary::Cursor;
+use super::avro_binary::{Cursor, Skip};
 use super::catalog::Catalog;
 use super::framing;
 use crate::engine::events::Input;
@@ -86,107 +85,16 @@ pub fn redact_payload(raw: &[u8], decoded: Option<&Input>) -> Vec<u8> {
 fn avro_strings(framed: &[u8]) -> Option<Vec<(usize, usize)>> {
     let (id, body) = framing::split(framed).ok()?;
     let entry = Catalog::shared().ok()?.by_id(id)?;
+    let walk = Skip::compile(&entry.schema).ok()?;
     let mut cursor = Cursor::new(body);
-    let mut walk = Walk {
-        spans: Vec::new(),
-        // Items of zero encoded size cost nothing to read: cap the walk.
-        budget: 4 * body.len() + 1024,
-    };
-    walk.value(&entry.schema, &mut cursor, 0)?;
-    if cursor.remaining() != 0 {
-        return None;
-    }
     let offset = framing::HEADER_LEN;
-    Some(
-        walk.spans
-            .into_iter()
-            .map(|(s, e)| (s + offset, e + offset))
-            .collect(),
-    )
-}
-
-struct Walk {
-    spans: Vec<(usize, usize)>,
-    budget: usize,
-}
-
-impl Walk {
-    fn value(&mut self, schema: &Schema, c: &mut Cursor<'_>, depth: usize) -> Option<()> {
-        self.budget = self.budget.checked_sub(1)?;
-        if depth > 64 {
-            return None;
-        }
-        match schema {
-            Schema::Null => {}
-            Schema::Boolean => {
-                c.boolean().ok()?;
-            }
-            Schema::Int
-            | Schema::Long
-            | Schema::Date
-            | Schema::TimeMillis
-            | Schema::TimeMicros
-            | Schema::TimestampMillis
-            | Schema::TimestampMicros
-            | Schema::TimestampNanos
-            | Schema::LocalTimestampMillis
-            | Schema::LocalTimestampMicros
-            | Schema::LocalTimestampNanos => {
-                c.long().ok()?;
-            }
-            Schema::Float => {
-                c.fixed(4).ok()?;
-            }
-            Schema::Double => {
-                c.fixed(8).ok()?;
-            }
-            Schema::Duration => {
-                c.fixed(12).ok()?;
-            }
-            Schema::Bytes | Schema::String | Schema::Uuid | Schema::BigDecimal => {
-                let text = c.bytes().ok()?;
-                self.spans.push((c.position() - text.len(), c.position()));
-            }
-            Schema::Fixed(f) => {
-                c.fixed(f.size).ok()?;
-                self.spans.push((c.position() - f.size, c.position()));
-            }
-            Schema::Decimal(d) => self.value(&d.inner, c, depth + 1)?,
-            Schema::Enum(e) => {
-                c.branch(e.symbols.len()).ok()?;
-            }
-            Schema::Array(a) => loop {
-                let n = c.block_count(0).ok()?;
-                if n == 0 {
-                    break;
-                }
-                for _ in 0..n {
-                    self.value(&a.items, c, depth + 1)?;
-                }
-            },
-            Schema::Map(m) => loop {
-                let n = c.block_count(1).ok()?;
-                if n == 0 {
-                    break;
-                }
-                for _ in 0..n {
-                    self.value(&Schema::String, c, depth + 1)?;
-                    self.value(&m.types, c, depth + 1)?;
-                }
-            },
-            Schema::Union(u) => {
-                let i = c.branch(u.variants().len()).ok()?;
-                self.value(&u.variants()[i], c, depth + 1)?;
-            }
-            Schema::Record(r) => {
-                for f in &r.fields {
-                    self.value(&f.schema, c, depth + 1)?;
-                }
-            }
-            Schema::Ref { .. } => return None,
-        }
-        Some(())
-    }
+    let mut spans = Vec::new();
+    walk.walk(&mut cursor, &mut |s, e| {
+        spans.push((s + offset, e + offset))
+    })
+    .ok()?;
+    cursor.finish().ok()?;
+    Some(spans)
 }
 
 /// Whether the decoder reads these bytes as JSON (first non-blank `{`).

@@ -43,25 +43,14 @@ fn find_from(b: &[u8], from: usize) -> Option<(usize, usize)> {
             continue;
         }
         // A maximal contiguous run starting at i.
-        let run_end = b[i..]
-            .iter()
-            .position(|c| !c.is_ascii_digit())
-            .map_or(b.len(), |p| i + p);
+        let run_end = digit_run_end(b, i);
         let run = run_end - i;
         if (13..=19).contains(&run) && luhn_valid(&b[i..run_end]) {
             return Some((i, run_end));
         }
         for grouping in GROUPINGS {
-            if let Some(end) = match_grouping(b, i, grouping) {
-                if b.get(end).is_some_and(u8::is_ascii_digit) {
-                    continue;
-                }
-                let digits: Vec<u8> = b[i..end]
-                    .iter()
-                    .copied()
-                    .filter(u8::is_ascii_digit)
-                    .collect();
-                if luhn_valid(&digits) {
+            if let Some(end) = grouped_card_end(b, i, grouping) {
+                if !b.get(end).is_some_and(u8::is_ascii_digit) {
                     return Some((i, end));
                 }
             }
@@ -103,6 +92,26 @@ fn match_grouping(b: &[u8], start: usize, grouping: &[usize]) -> Option<usize> {
     Some(pos)
 }
 
+/// The end of the run of digits that starts at `start`.
+fn digit_run_end(b: &[u8], start: usize) -> usize {
+    b[start..]
+        .iter()
+        .position(|c| !c.is_ascii_digit())
+        .map_or(b.len(), |p| start + p)
+}
+
+/// The end of `grouping` matched at `start` (`match_grouping`) when its
+/// digits pass Luhn; whether a digit may follow is the caller's call.
+fn grouped_card_end(b: &[u8], start: usize, grouping: &[usize]) -> Option<usize> {
+    let end = match_grouping(b, start, grouping)?;
+    let digits: Vec<u8> = b[start..end]
+        .iter()
+        .copied()
+        .filter(u8::is_ascii_digit)
+        .collect();
+    luhn_valid(&digits).then_some(end)
+}
+
 /// Every window of `b` that would be a card number if the bytes around it
 /// were not digits: 13–19 contiguous digits anywhere inside a digit run,
 /// and the groupings, Luhn-valid. For bytes whose structure is unknown (an
@@ -117,10 +126,7 @@ pub fn loose_card_spans(b: &[u8]) -> Vec<(usize, usize)> {
             i += 1;
             continue;
         }
-        let run_end = b[i..]
-            .iter()
-            .position(|c| !c.is_ascii_digit())
-            .map_or(b.len(), |p| i + p);
+        let run_end = digit_run_end(b, i);
         if run_end - i >= 13 {
             contiguous_windows(b, i, run_end, &mut spans);
         }
@@ -132,15 +138,8 @@ pub fn loose_card_spans(b: &[u8]) -> Vec<(usize, usize)> {
             continue;
         }
         for grouping in GROUPINGS {
-            if let Some(end) = match_grouping(b, start, grouping) {
-                let digits: Vec<u8> = b[start..end]
-                    .iter()
-                    .copied()
-                    .filter(u8::is_ascii_digit)
-                    .collect();
-                if luhn_valid(&digits) {
-                    spans.push((start, end));
-                }
+            if let Some(end) = grouped_card_end(b, start, grouping) {
+                spans.push((start, end));
             }
         }
     }

@@ -401,8 +401,7 @@ impl<S: StateStore> Processor<S> {
     ) -> Result<(), StoreError> {
         let input = match decoded {
             Err(e) => {
-                *self.stats.rejected.entry(e.kind()).or_default() += 1;
-                self.dead_letter(pos, key, e.kind(), e.to_string(), raw, None, now);
+                self.dead_letter(pos, key, e.kind(), e.to_string(), raw, None, now, None);
                 return Ok(());
             }
             Ok(Decoded::Plan(plan)) => {
@@ -417,23 +416,30 @@ impl<S: StateStore> Processor<S> {
                         field: "plan_id",
                         expected: id,
                     };
-                    self.reject(pos, key, raw, None, rejection, now, None);
+                    self.dead_letter(
+                        pos,
+                        key,
+                        rejection.kind(),
+                        rejection.to_string(),
+                        raw,
+                        None,
+                        now,
+                        None,
+                    );
                     return Ok(());
                 }
                 match self.engine.plans.upsert(plan) {
                     Ok(()) => self.stats.plans_loaded += 1,
-                    Err(e) => {
-                        *self.stats.rejected.entry("invalid_plan").or_default() += 1;
-                        self.dead_letter(
-                            pos,
-                            Some(&id),
-                            "invalid_plan",
-                            e.to_string(),
-                            raw,
-                            None,
-                            now,
-                        )
-                    }
+                    Err(e) => self.dead_letter(
+                        pos,
+                        Some(&id),
+                        "invalid_plan",
+                        e.to_string(),
+                        raw,
+                        None,
+                        now,
+                        None,
+                    ),
                 }
                 return Ok(());
             }
@@ -513,7 +519,16 @@ impl<S: StateStore> Processor<S> {
                 field: "account_id",
                 expected: account_id.to_string(),
             };
-            self.reject(pos, key, raw, Some(input), rejection, now, None);
+            self.dead_letter(
+                pos,
+                key,
+                rejection.kind(),
+                rejection.to_string(),
+                raw,
+                Some(input),
+                now,
+                None,
+            );
             return Ok(());
         }
         let partition = u32::try_from(pos.partition).unwrap_or(0);
@@ -585,51 +600,18 @@ impl<S: StateStore> Processor<S> {
             self.mark_dirty(account_id);
         }
         if let Err(rejection) = result {
-            self.reject(
+            self.dead_letter(
                 pos,
                 key,
+                rejection.kind(),
+                rejection.to_string(),
                 raw,
                 Some(input),
-                rejection,
                 now,
                 had_state.then_some(account_id),
             );
         }
         Ok(())
-    }
-
-    /// Count a rejected input and make its dead letter: kept with
-    /// `account` (an existing account whose position moves past the
-    /// record) or, when none, published with the next flush.
-    /// Count a rejection and dead-letter its record: with the account
-    /// it belongs to when that account has state (written, and kept until
-    /// acknowledged, with the position that moves past the record), else
-    /// with the next flush. `decoded` is the input the bytes decoded to.
-    #[allow(clippy::too_many_arguments)]
-    fn reject(
-        &mut self,
-        pos: &SourcePos,
-        key: Option<&str>,
-        raw: &[u8],
-        decoded: Option<&Input>,
-        rejection: Rejection,
-        now: Timestamp,
-        account: Option<&str>,
-    ) {
-        *self.stats.rejected.entry(rejection.kind()).or_default() += 1;
-        let out = self.dead_letter_record(
-            pos,
-            key,
-            rejection.kind(),
-            rejection.to_string(),
-            raw,
-            decoded,
-            now,
-        );
-        match account.and_then(|a| self.accounts.get_mut(a)) {
-            Some(slot) => slot.dead_letters.push(out),
-            None => self.dead_letters.push(out),
-        }
     }
 
     fn mark_dirty(&mut self, account_id: &str) {
@@ -654,37 +636,26 @@ impl<S: StateStore> Processor<S> {
         }
     }
 
-    /// A dead letter of no account, published with the next flush, durable
-    /// through the input offset (see the module doc).
+    /// Count a rejected record and dead-letter it: with `account` when
+    /// that account has state (written, and kept until acknowledged, with
+    /// the position that moves past the record), else with the next flush,
+    /// durable through the input offset (see the module doc). Every dead
+    /// letter is made here, and masked here (`DeadLetter::redacted`: reason,
+    /// key and payload; `decoded` is the input the bytes decoded to, if
+    /// they did) before it is kept anywhere.
     #[allow(clippy::too_many_arguments)]
     fn dead_letter(
         &mut self,
         pos: &SourcePos,
         key: Option<&str>,
-        kind: &str,
+        kind: &'static str,
         reason: String,
         raw: &[u8],
         decoded: Option<&Input>,
         now: Timestamp,
+        account: Option<&str>,
     ) {
-        let out = self.dead_letter_record(pos, key, kind, reason, raw, decoded, now);
-        self.dead_letters.push(out);
-    }
-
-    /// Every dead letter is made here, and masked here
-    /// (`DeadLetter::redacted`: reason, key and payload; `decoded` is the
-    /// input the bytes decoded to, if they did) before it is kept anywhere.
-    #[allow(clippy::too_many_arguments)]
-    fn dead_letter_record(
-        &self,
-        pos: &SourcePos,
-        key: Option<&str>,
-        kind: &str,
-        reason: String,
-        raw: &[u8],
-        decoded: Option<&Input>,
-        now: Timestamp,
-    ) -> OutputRecord {
+        *self.stats.rejected.entry(kind).or_default() += 1;
         let dl = DeadLetter {
             source_topic: pos.topic.clone(),
             partition: pos.partition,
@@ -698,7 +669,10 @@ impl<S: StateStore> Processor<S> {
         .redacted(decoded);
         let mut out = dl.to_output();
         out.traceparent = self.traceparent_of(pos, &out.event_id);
-        out
+        match account.and_then(|a| self.accounts.get_mut(a)) {
+            Some(slot) => slot.dead_letters.push(out),
+            None => self.dead_letters.push(out),
+        }
     }
 
     /// Trace contexts (W3C `traceparent`) of input records of the batch in
