@@ -1,12 +1,15 @@
 //! The Confluent Avro decoder on arbitrary bodies: the first byte picks one
 //! of the manifest's schema ids, the rest is the Avro body. Decoding may
-//! fail; it must never panic, and a decoded input must survive the
-//! engine's envelope checks without panicking either.
+//! fail; it must never panic. The dead-letter masking of the same bytes
+//! (what the DLQ would carry) must not panic either, must keep an Avro
+//! payload's length (masked in place, so it still reads against its
+//! schema), and must be idempotent.
 #![no_main]
 
 use std::sync::OnceLock;
 
-use billstream::contracts::{Catalog, Decoder};
+use billstream::contracts::redact::redact_payload;
+use billstream::contracts::{Catalog, Decoded, Decoder};
 use libfuzzer_sys::fuzz_target;
 
 fn decoder() -> &'static Decoder {
@@ -24,7 +27,16 @@ fuzz_target!(|data: &[u8]| {
     framed.push(0);
     framed.extend_from_slice(&id.to_be_bytes());
     framed.extend_from_slice(body);
-    let _ = decoder().decode(&framed);
-    // The raw bytes as they came, too (a bad frame, JSON, anything).
-    let _ = decoder().decode(data);
+    for bytes in [&framed[..], data] {
+        let decoded = decoder().decode(bytes);
+        let input = match &decoded {
+            Ok(Decoded::Input(i)) => Some(i),
+            _ => None,
+        };
+        let masked = redact_payload(bytes, input);
+        if bytes.first() == Some(&0) {
+            assert_eq!(masked.len(), bytes.len(), "Avro masked in place");
+        }
+        assert_eq!(redact_payload(&masked, input), masked, "masking twice changes nothing");
+    }
 });

@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let open = serde_json::json!({
         "event_id": "open", "account_id": "a", "plan_id": plan_id,
-        "currency": currency.to_string(), "timezone": "UTC", "tax_rate": "0.25",
+        "currency": currency.code(), "timezone": "UTC", "tax_rate": "0.25",
         "opened_at": "2026-01-15T00:00:00Z", "environment": "prod"
     });
     let Some(open) = input(&open.to_string()) else {
