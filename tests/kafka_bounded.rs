@@ -59,7 +59,7 @@ fn issue_12_an_invoice_over_the_record_limit_goes_out_bounded_and_the_loop_keeps
             &brokers,
             &format!("{group}-{tag}"),
             &journal,
-            Duration::from_secs(120),
+            Duration::from_secs(300),
             |r| seen(r) >= n,
         );
         assert!(
@@ -126,7 +126,7 @@ fn issue_12_an_invoice_over_the_record_limit_goes_out_bounded_and_the_loop_keeps
         &brokers,
         &format!("{group}-inv"),
         &invoices,
-        Duration::from_secs(120),
+        Duration::from_secs(300),
         issued,
     );
     let (_, payload) = read
@@ -168,7 +168,7 @@ fn issue_12_an_invoice_over_the_record_limit_goes_out_bounded_and_the_loop_keeps
         &brokers,
         &format!("{group}-journal"),
         &journal,
-        Duration::from_secs(60),
+        Duration::from_secs(300),
         |r| {
             r.iter()
                 .any(|(_, p)| text(&decode_output(catalog, p)["account_id"]) == "acct-later")
