@@ -60,6 +60,11 @@ impl<'a> Emit<'a> {
         }
     }
 
+    // The fold's per-event steps are `inline(always)`, like the decoder's:
+    // with `overflow-checks` (release) they stopped being inlined into
+    // `Engine::apply` and the core path lost 6.5%; inlined, 3.1%
+    // (BENCHMARKS.md, "Core path after issue 12").
+    #[inline(always)]
     pub fn push(&mut self, st: &mut AccountState, event: DomainEvent) {
         st.journal_seq += 1;
         let cause = self.cause;
@@ -771,6 +776,7 @@ impl Engine {
 
     // ---- usage ------------------------------------------------------------
 
+    #[inline(always)]
     fn apply_usage(
         &self,
         st: &mut AccountState,
@@ -1049,6 +1055,7 @@ impl Engine {
         Ok(())
     }
 
+    #[inline(always)]
     fn add_to_rollup(
         &self,
         st: &mut AccountState,
