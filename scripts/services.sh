@@ -6,7 +6,8 @@
 #   scripts/services.sh stop            stops what start started (also after a failure)
 #   scripts/services.sh status
 #   scripts/services.sh env             KEY=value lines for the tests:
-#       BILLSTREAM_TEST_BROKERS, BILLSTREAM_SCYLLA_NODES,
+#       BILLSTREAM_TEST_BROKERS, BILLSTREAM_TEST_TLS_BROKERS (Kafka's TLS
+#       listener, tests/fixtures/tls), BILLSTREAM_SCYLLA_NODES,
 #       BILLSTREAM_SCHEMA_REGISTRY_URL (the Confluent-compatible API)
 #     use: set -a; eval "$(scripts/services.sh env)"; set +a
 #   scripts/services.sh kafka-run <main class | File.java> [args]   a Kafka tool
@@ -237,8 +238,8 @@ stop_all() {
 # ---------------------------------------------------------------------- Kafka
 
 setup_kafka() {
-  local d=$RUN/kafka lib=$CACHE/kafka/lib port cport cid j
-  read -r port cport <<<"$(free_ports 2)"
+  local d=$RUN/kafka lib=$CACHE/kafka/lib port cport sport cid j
+  read -r port cport sport <<<"$(free_ports 3)"
   j=$(java17)
   mkdir -p "$d/data" "$d/logs"
   cid=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
@@ -246,11 +247,16 @@ setup_kafka() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport,SSL://127.0.0.1:$sport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SSL://127.0.0.1:$sport
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL
+# the TLS listener, with the test certificate of tests/fixtures/tls (made
+# for 127.0.0.1 and localhost; test-only key): a client of it speaks TLS only
+ssl.keystore.type=PEM
+ssl.keystore.location=$d/keystore.pem
+ssl.client.auth=none
 log.dirs=$d/data
 num.partitions=1
 default.replication.factor=1
@@ -298,8 +304,10 @@ exec nice -n $NICE "$j" -Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
   -Dlog4j2.configurationFile="$d/log4j2.properties" -Dkafka.logs.dir="$d/logs" \\
   -cp "$lib/*" kafka.Kafka "$d/server.properties"
 EOF
+  cat "$ROOT/tests/fixtures/tls/broker.key" "$ROOT/tests/fixtures/tls/broker.pem" >"$d/keystore.pem"
   echo "127.0.0.1:$port" >"$d/endpoint"
-  echo "Kafka $(pom_version kafka kafka.version): 127.0.0.1:$port (controller 127.0.0.1:$cport)" >"$d/describe"
+  echo "127.0.0.1:$sport" >"$d/tls-endpoint"
+  echo "Kafka $(pom_version kafka kafka.version): 127.0.0.1:$port, TLS 127.0.0.1:$sport (controller 127.0.0.1:$cport)" >"$d/describe"
 }
 
 kafka_run() { # main class, args: a Kafka tool with the fetched jars
@@ -571,7 +579,10 @@ status() {
 }
 
 print_env() {
-  live_pid kafka >/dev/null && echo "BILLSTREAM_TEST_BROKERS=$(cat "$RUN/kafka/endpoint")"
+  if live_pid kafka >/dev/null; then
+    echo "BILLSTREAM_TEST_BROKERS=$(cat "$RUN/kafka/endpoint")"
+    echo "BILLSTREAM_TEST_TLS_BROKERS=$(cat "$RUN/kafka/tls-endpoint")"
+  fi
   live_pid cassandra >/dev/null && echo "BILLSTREAM_SCYLLA_NODES=$(cat "$RUN/cassandra/endpoint")"
   live_pid apicurio >/dev/null && echo "BILLSTREAM_SCHEMA_REGISTRY_URL=$(cat "$RUN/apicurio/endpoint")/apis/ccompat/v7"
   return 0

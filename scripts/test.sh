@@ -2,13 +2,21 @@
 # The one test command (README "Run the tests"): every set-up step a fresh
 # machine needs, then every test of the project in one `cargo test`.
 #
-# It installs OpenSSL's headers and pkg-config from Debian's packages when
-# they are missing (rdkafka links OpenSSL for TLS; scripts/deps.sh), and
-# the Kafka-protocol test broker when it is missing (nisshi with
-# a nightly toolchain, else tansu; a one-time `cargo install`, 10-16 minutes
-# on two cores; scripts/broker.sh), starts it on 127.0.0.1 with durable
-# sqlite storage in a temporary folder, runs the tests with
-# BILLSTREAM_TEST_BROKERS pointing at it, and stops it afterwards.
+# - OpenSSL's headers and pkg-config, from Debian's packages when missing
+#   (rdkafka links OpenSSL for TLS; scripts/deps.sh);
+# - Apache Kafka (KRaft, with a plaintext and a TLS listener), Apache
+#   Cassandra (the CQL database ScyllaDB is compatible with) and Apicurio
+#   Registry (a Confluent-compatible Schema Registry), fetched once from
+#   Maven Central and started on 127.0.0.1 by scripts/services.sh, which
+#   says exactly what to install when Java 17, Java 21+ or Maven is missing;
+# - `cargo test` with the services' addresses in the environment, so every
+#   test runs: the Kafka end-to-end, crash-loop, rebalance, transactional
+#   and TLS tests, the store conformance suite on the CQL store, the
+#   Kafka end-to-end tests once more with `store.kind = "scylla"`, and the
+#   Schema Registry live test;
+# - the services are stopped when the tests end, pass or fail (their logs
+#   stay in ${TMPDIR:-/tmp}/billstream-services-<uid>).
+# Extra arguments go to `cargo test` (e.g. `-- kafka_e2e`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,22 +29,29 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
 
-# shellcheck source=scripts/broker.sh
-source scripts/broker.sh
-export BILLSTREAM_TEST_BROKERS="$BROKERS"
-# The crash-loop and rebalance tests need a broker that survives them.
-if [ "$BROKER" = nisshi ]; then
-  export BILLSTREAM_TEST_CRASH="${BILLSTREAM_TEST_CRASH:-1}"
-  # The TLS test starts a nisshi of its own with a TLS-only listener.
-  export BILLSTREAM_TEST_NISSHI="$(command -v nisshi)"
-else
-  echo "== $BROKER: the crash-loop, rebalance and TLS tests are skipped (they need nisshi)"
-fi
+# Build first, while nothing else needs the two cores.
+cargo test --locked --features tls --no-run "$@"
+
+trap 'bash scripts/services.sh stop' EXIT
+bash scripts/services.sh start kafka cassandra apicurio
+set -a
+eval "$(bash scripts/services.sh env)"
+set +a
+export BILLSTREAM_TEST_CRASH="${BILLSTREAM_TEST_CRASH:-1}"
 
 status=0
 cargo test --locked --features tls "$@" || status=$?
+# The Kafka end-to-end tests once more, with `store.kind = "scylla"` on the
+# Cassandra above (the crash-loop test has a CQL variant in the run above).
+if [ "$status" -eq 0 ] && [ $# -eq 0 ]; then
+  echo "== the Kafka end-to-end tests with the CQL store"
+  BILLSTREAM_TEST_STORE=scylla cargo test --locked --features tls --test main -- kafka_e2e:: || status=$?
+fi
 if [ "$status" -ne 0 ]; then
-  echo "== broker log (last 40 lines)" >&2
-  tail -n 40 "$broker_dir/broker.log" >&2 || true
+  run=${BILLSTREAM_SERVICES_RUN:-${TMPDIR:-/tmp}/billstream-services-$(id -u)}
+  echo "== Kafka log (last 40 lines; all logs in $run)" >&2
+  tail -n 40 "$run/kafka/logs/server.log" >&2 || true
+  echo "== Cassandra log (warnings and errors, last 20)" >&2
+  grep -E "^(WARN|ERROR)" "$run/cassandra/logs/system.log" | tail -n 20 >&2 || true
 fi
 exit "$status"

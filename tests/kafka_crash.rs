@@ -9,12 +9,13 @@
 //!
 //! Both runs use a frozen processing clock (`clock = <instant>`), so what
 //! they emit cannot depend on when they ran. Needs `BILLSTREAM_TEST_BROKERS`
-//! and `BILLSTREAM_TEST_CRASH=1`, which scripts/test.sh sets when its broker
-//! is nisshi: tansu 0.6 was seen to stop answering under this load (README
-//! "Known broker issues"). The rebalance test runs its members in this
-//! process, over one shared embedded store (a single-process store); its
-//! crashed member is dropped mid-flight, which closes its consumer, so the
-//! group sees it leave rather than time out.
+//! and `BILLSTREAM_TEST_CRASH=1`, which scripts/test.sh sets (its broker is
+//! Apache Kafka); the CQL variant also needs `BILLSTREAM_SCYLLA_NODES`
+//! (the test command's Cassandra), where both runs keep their state. The
+//! rebalance test runs its members in this process, over one shared
+//! embedded store (a single-process store); its crashed member is dropped
+//! mid-flight, which closes its consumer, so the group sees it leave rather
+//! than time out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -29,7 +30,7 @@ use billstream::engine::events::*;
 use billstream::engine::money::Currency;
 use billstream::engine::plan::{Charge, Model, Plan};
 use billstream::engine::time::Timestamp;
-use billstream::store::{EmbeddedStore, StateStore};
+use billstream::store::{EmbeddedStore, ScyllaStore, StateStore};
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -38,8 +39,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
 
 use super::kafka_e2e::{
-    account_opened, billstream, decode_output, event_id_of, header_of, output_ok, produce,
-    setup_with, text, Records, Running, Setup, SESSION_TIMEOUT,
+    account_opened, billstream, cql_store, decode_output, event_id_of, header_of, output_ok,
+    produce, setup_cql, setup_with, text, Records, Running, Setup, SESSION_TIMEOUT,
 };
 
 const PARTITIONS: u32 = 4;
@@ -65,7 +66,10 @@ static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The broker's test setup, when the crash and rebalance tests are asked
 /// for, with this test's turn.
-fn heavy_setup(tag: &str) -> Option<(Setup, std::sync::MutexGuard<'static, ()>)> {
+fn heavy_setup(
+    tag: &str,
+    setup: fn(&str, u32) -> Option<Setup>,
+) -> Option<(Setup, std::sync::MutexGuard<'static, ()>)> {
     if std::env::var("BILLSTREAM_TEST_CRASH").as_deref() != Ok("1") {
         eprintln!("kafka_crash: set BILLSTREAM_TEST_CRASH=1 to run the crash-loop and rebalance tests; not run");
         return None;
@@ -73,7 +77,7 @@ fn heavy_setup(tag: &str) -> Option<(Setup, std::sync::MutexGuard<'static, ()>)>
     let turn = HEAVY
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    Some((setup_with(tag, PARTITIONS)?, turn))
+    Some((setup(tag, PARTITIONS)?, turn))
 }
 
 fn env_count(name: &str, default: usize) -> usize {
@@ -99,11 +103,17 @@ struct Runner<'a> {
 impl<'a> Runner<'a> {
     /// The uninterrupted reference run: a group and store of its own, and
     /// output topics suffixed `.baseline` (created here).
+    /// On the CQL store when the test's own state is (`setup_cql`).
     fn baseline(setup: &'a Setup) -> Runner<'a> {
+        let folder = if cql_store(&setup.store).is_some() {
+            "cql-baseline"
+        } else {
+            "baseline"
+        };
         let runner = Runner {
             setup,
             group: format!("{}-baseline", setup.group),
-            store: setup._dir.path().join("baseline"),
+            store: setup._dir.path().join(folder),
             outputs: ".baseline",
         };
         output_ok(
@@ -112,6 +122,9 @@ impl<'a> Runner<'a> {
                 .args(["topics", "create", "--partitions", &PARTITIONS.to_string()]),
             "topics create",
         );
+        if cql_store(&runner.store).is_some() {
+            output_ok(runner.command().arg("migrate"), "migrate");
+        }
         runner
     }
 
@@ -284,29 +297,36 @@ fn read_all(brokers: &str, topic: &str) -> Vec<(String, Vec<u8>)> {
 type Dump = BTreeMap<String, (serde_json::Value, Vec<Vec<u8>>)>;
 
 fn dump_store(dir: &Path) -> Dump {
-    let store = EmbeddedStore::open(dir).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut dump = BTreeMap::new();
-        for p in 0..PARTITIONS {
-            for id in store.accounts(p).await.unwrap() {
-                let stored = store.load_account(&id).await.unwrap().unwrap();
-                let snapshot: serde_json::Value = serde_json::from_slice(&stored.snapshot).unwrap();
-                let mut journal = Vec::new();
-                let mut from = 1;
-                loop {
-                    let page = store.read_journal(&id, from, 1000).await.unwrap();
-                    let Some(last) = page.last() else { break };
-                    from = last.seq + 1;
-                    journal.extend(page.into_iter().map(|r| r.bytes));
-                }
-                dump.insert(id, (snapshot, journal));
-            }
+        match cql_store(dir) {
+            Some(settings) => dump(&ScyllaStore::connect(&settings).await.unwrap()).await,
+            None => dump(&EmbeddedStore::open(dir).unwrap()).await,
         }
-        dump
     })
+}
+
+async fn dump(store: &impl StateStore) -> Dump {
+    let mut dump = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        for id in store.accounts(p).await.unwrap() {
+            let stored = store.load_account(&id).await.unwrap().unwrap();
+            let snapshot: serde_json::Value = serde_json::from_slice(&stored.snapshot).unwrap();
+            let mut journal = Vec::new();
+            let mut from = 1;
+            loop {
+                let page = store.read_journal(&id, from, 1000).await.unwrap();
+                let Some(last) = page.last() else { break };
+                from = last.seq + 1;
+                journal.extend(page.into_iter().map(|r| r.bytes));
+            }
+            dump.insert(id, (snapshot, journal));
+        }
+    }
+    dump
 }
 
 /// The set-up records (plan, accounts, payments), then the usage.
@@ -431,9 +451,24 @@ fn inputs(catalog: &Catalog, events: usize) -> (Records, Records) {
 
 #[test]
 fn killed_twenty_times_ends_equal_to_an_uninterrupted_run() {
-    let Some((setup, _turn)) = heavy_setup("c") else {
+    let Some((setup, _turn)) = heavy_setup("c", setup_with) else {
         return;
     };
+    crash_loop(&setup);
+}
+
+/// The same crash loop with both runs' state in the CQL store (Cassandra
+/// in the test command): every kill lands somewhere in a commit made of
+/// CQL writes, the claim's lightweight transaction and Kafka's offsets.
+#[test]
+fn killed_twenty_times_on_the_cql_store_ends_equal_to_an_uninterrupted_run() {
+    let Some((setup, _turn)) = heavy_setup("q", setup_cql) else {
+        return;
+    };
+    crash_loop(&setup);
+}
+
+fn crash_loop(setup: &Setup) {
     let kills = env_count("BILLSTREAM_CRASH_KILLS", 20);
     let events = env_count("BILLSTREAM_CRASH_EVENTS", 100_000);
     let catalog = Catalog::shared().unwrap();
@@ -688,7 +723,7 @@ fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn rebalance_a_third_member_joins_and_one_crashes_ends_equal_to_an_uninterrupted_run() {
-    let Some((setup, _turn)) = heavy_setup("r") else {
+    let Some((setup, _turn)) = heavy_setup("r", setup_with) else {
         return;
     };
     let events = env_count("BILLSTREAM_REBALANCE_EVENTS", 30_000);

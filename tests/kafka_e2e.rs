@@ -13,6 +13,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
+use billstream::config::{Replication, ScyllaSettings};
 use billstream::contracts::{framing, Catalog};
 use billstream::engine::events::*;
 use billstream::engine::money::Currency;
@@ -69,29 +70,45 @@ pub(crate) fn billstream(
     c
 }
 
-/// With `BILLSTREAM_TEST_STORE=scylla` (and `BILLSTREAM_SCYLLA_NODES`), the
-/// binary keeps its state in ScyllaDB, in a keyspace named after the test's
-/// store folder (so a restarted member finds the same state); `setup_with`
-/// creates it with `billstream migrate`. The embedded store otherwise.
-pub(crate) fn scylla_store_env(c: &mut Command, store: &std::path::Path) -> bool {
-    if std::env::var("BILLSTREAM_TEST_STORE").as_deref() != Ok("scylla") {
-        return false;
+/// The CQL store a test's `billstream` commands use, when they use one:
+/// its nodes (`BILLSTREAM_SCYLLA_NODES`: the Cassandra the test command
+/// starts, or a ScyllaDB) and a keyspace named after the test's store
+/// folder, so a restarted member finds the same state. A test asks for it
+/// by naming its store folder `cql…` (`setup_cql`); with
+/// `BILLSTREAM_TEST_STORE=scylla` every Kafka test does. `setup_with`
+/// creates the keyspace with `billstream migrate`.
+pub(crate) fn cql_store(store: &std::path::Path) -> Option<ScyllaSettings> {
+    let asked = store
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("cql"));
+    if !asked && std::env::var("BILLSTREAM_TEST_STORE").as_deref() != Ok("scylla") {
+        return None;
     }
     let nodes = std::env::var("BILLSTREAM_SCYLLA_NODES")
-        .expect("BILLSTREAM_TEST_STORE=scylla needs BILLSTREAM_SCYLLA_NODES");
-    let list: Vec<String> = nodes
-        .split(',')
-        .map(|n| format!("\"{}\"", n.trim()))
-        .collect();
+        .expect("a CQL store needs BILLSTREAM_SCYLLA_NODES (scripts/test.sh sets it)");
     let mut hasher = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(store, &mut hasher);
-    let keyspace = format!("billstream_e2e_{:016x}", std::hash::Hasher::finish(&hasher));
+    Some(ScyllaSettings {
+        nodes: nodes.split(',').map(|n| n.trim().to_string()).collect(),
+        keyspace: format!("billstream_e2e_{:016x}", std::hash::Hasher::finish(&hasher)),
+        replication: Replication::Simple { factor: 1 },
+        local_datacenter: None,
+        dedup_ttl: Duration::from_secs(36 * 86_400),
+    })
+}
+
+/// Points `c` at the test's CQL store (`cql_store`), if it uses one.
+pub(crate) fn scylla_store_env(c: &mut Command, store: &std::path::Path) -> bool {
+    let Some(cql) = cql_store(store) else {
+        return false;
+    };
+    let list: Vec<String> = cql.nodes.iter().map(|n| format!("\"{n}\"")).collect();
     c.env("BILLSTREAM__STORE__KIND", "scylla")
         .env(
             "BILLSTREAM__STORE__SCYLLA_NODES",
             format!("[{}]", list.join(",")),
         )
-        .env("BILLSTREAM__STORE__KEYSPACE", keyspace)
+        .env("BILLSTREAM__STORE__KEYSPACE", cql.keyspace)
         .env("BILLSTREAM__STORE__REPLICATION_CLASS", "SimpleStrategy")
         .env("BILLSTREAM__STORE__REPLICATION_FACTOR", "1");
     true
@@ -171,14 +188,29 @@ pub(crate) fn setup(tag: &str) -> Option<Setup> {
 }
 
 pub(crate) fn setup_with(tag: &str, partitions: u32) -> Option<Setup> {
+    setup_in(tag, partitions, "state")
+}
+
+/// As `setup_with`, with the state in a keyspace of the CQL store the test
+/// command starts (`cql_store`); `None` (test not run) without a broker or
+/// without `BILLSTREAM_SCYLLA_NODES`.
+pub(crate) fn setup_cql(tag: &str, partitions: u32) -> Option<Setup> {
+    if std::env::var_os("BILLSTREAM_SCYLLA_NODES").is_none() {
+        eprintln!("BILLSTREAM_SCYLLA_NODES is not set (scripts/test.sh starts Cassandra and sets it); not run");
+        return None;
+    }
+    setup_in(tag, partitions, "cql-state")
+}
+
+fn setup_in(tag: &str, partitions: u32, store_folder: &str) -> Option<Setup> {
     let Some(brokers) = brokers() else {
-        eprintln!("kafka_e2e: BILLSTREAM_TEST_BROKERS is not set (scripts/test.sh starts tansu and sets it); not run");
+        eprintln!("kafka_e2e: BILLSTREAM_TEST_BROKERS is not set (scripts/test.sh starts Kafka and sets it); not run");
         return None;
     };
     let suffix = format!("{tag}{}", std::process::id());
     let (prefix, group) = (format!("{suffix}."), format!("billstream-{suffix}"));
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("state");
+    let store = dir.path().join(store_folder);
     output_ok(
         billstream(&prefix, &group, &store, &brokers).args([
             "topics",

@@ -1,83 +1,27 @@
 //! TLS to Kafka (the `tls` feature): `topics create` and `run` against a
-//! broker whose listener accepts only TLS, trusting the test CA through
-//! `kafka.properties` (`security.protocol = SSL`, `ssl.ca.location`). The broker is a nisshi
-//! of the test's own, started with the test certificate of
+//! broker listener that accepts only TLS, trusting the test CA through
+//! `kafka.properties` (`security.protocol = SSL`, `ssl.ca.location`). The
+//! listener is the TLS one of the Apache Kafka the test command starts
+//! (`scripts/services.sh`), serving the test certificate of
 //! `tests/fixtures/tls` (made for 127.0.0.1 and localhost by the test CA;
-//! test-only keys, valid until 2126). The test command sets
-//! `BILLSTREAM_TEST_NISSHI` when its broker is nisshi (tansu's listener has
-//! no TLS option); without it the test is not run.
+//! test-only keys, valid until 2126); the test command sets
+//! `BILLSTREAM_TEST_TLS_BROKERS` to it. Without it the test is not run.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use billstream::contracts::Catalog;
 
 use crate::kafka_e2e::{
-    billstream, decode_output, free_local_addr, metered_plan_and_accounts, month_start_and_used_at,
-    output_ok, produce_with, read_until_with, text, Running,
+    billstream, decode_output, metered_plan_and_accounts, month_start_and_used_at, output_ok,
+    produce_with, read_until_with, text, Running,
 };
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/tls")
         .join(name)
-}
-
-/// A nisshi broker serving TLS only, on 127.0.0.1; killed when dropped.
-struct TlsBroker {
-    child: Child,
-    address: String,
-    _dir: tempfile::TempDir,
-}
-
-impl TlsBroker {
-    fn start(nisshi: &str) -> TlsBroker {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("data")).unwrap();
-        let address = free_local_addr();
-        let url = format!("tcp://{address}");
-        let child = Command::new(nisshi)
-            .current_dir(dir.path())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://data/broker.db"])
-            .arg("--cert")
-            .arg(fixture("broker.pem"))
-            .arg("--key")
-            .arg(fixture("broker.key"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let broker = TlsBroker {
-            child,
-            address,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&broker.address).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the TLS broker did not listen within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        broker
-    }
-}
-
-impl Drop for TlsBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -88,12 +32,10 @@ fn run_reaches_a_tls_only_broker_with_the_ca_from_kafka_properties() {
         );
         return;
     }
-    let Ok(nisshi) = std::env::var("BILLSTREAM_TEST_NISSHI") else {
-        eprintln!("kafka_tls: BILLSTREAM_TEST_NISSHI is not set (the test command sets it when its broker is nisshi, which serves TLS); not run");
+    let Ok(brokers) = std::env::var("BILLSTREAM_TEST_TLS_BROKERS") else {
+        eprintln!("kafka_tls: BILLSTREAM_TEST_TLS_BROKERS is not set (scripts/test.sh starts Kafka with a TLS listener and sets it); not run");
         return;
     };
-    let broker = TlsBroker::start(&nisshi);
-    let brokers = broker.address.clone();
     let ca = fixture("ca.pem").display().to_string();
     let tls: [(&str, &str); 2] = [("security.protocol", "SSL"), ("ssl.ca.location", &ca)];
     let prefix = format!("tls{}.", std::process::id());
