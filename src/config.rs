@@ -401,6 +401,59 @@ pub fn is_secret_property(name: &str) -> bool {
     .any(|marker| name.contains(marker))
 }
 
+/// Why `kafka.properties` may not set `name` to `value`, if it may not:
+/// the librdkafka properties billstream's guarantees rest on (SPEC §4).
+/// Values that change nothing (the ones billstream sets itself) pass.
+pub fn guarded_property(name: &str, value: &str) -> Option<String> {
+    let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+    let (required, why) = match name.as_str() {
+        "partition.assignment.strategy" => (
+            "range",
+            "billstream assigns with the range assignor, which hands partition p of every input topic to one member: the topics are co-partitioned by account, so one account has one owner; another assignor splits an account's topics between members",
+        ),
+        "enable.auto.commit" => (
+            "false",
+            "billstream commits input offsets itself, only after the state they produced is durable and its outputs acknowledged; auto-commit would commit records that were never applied",
+        ),
+        "enable.auto.offset.store" => (
+            "false",
+            "billstream stores the offsets to commit itself, after the state is durable",
+        ),
+        "auto.offset.reset" => (
+            "earliest",
+            "a partition with no committed offset must be read from its start, or the records before the first fetch are never billed",
+        ),
+        "isolation.level" => (
+            "read_committed",
+            "inputs of aborted producer transactions must not be billed",
+        ),
+        "enable.idempotence" => (
+            "true",
+            "the producer must not duplicate or reorder outputs on its retries",
+        ),
+        "acks" => (
+            "all",
+            "an output counts as published only once every in-sync replica has it",
+        ),
+        "group.id" | "group.instance.id" | "transactional.id" | "bootstrap.servers" => {
+            return Some(format!(
+                "set through kafka.{} instead",
+                match name.as_str() {
+                    "group.id" => "group_id",
+                    "group.instance.id" => "group_instance_id",
+                    "transactional.id" => "transactional_id",
+                    _ => "brokers",
+                }
+            ))
+        }
+        _ => return None,
+    };
+    let same = value.eq_ignore_ascii_case(required)
+        || (name == "acks" && value == "-1")
+        || (required == "range" && value.eq_ignore_ascii_case("RangeAssignor"));
+    (!same).then(|| format!("{value:?} is not allowed (must be {required:?}): {why}"))
+}
+
 impl std::fmt::Debug for KafkaProperties {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map()
@@ -953,6 +1006,11 @@ impl Raw {
                 format!("{group_instance_id:?}: use letters, digits, '.', '-' and '_' (at most 249), e.g. the pod name"),
             ));
         }
+        for (name, value) in &self.kafka.properties {
+            if let Some(why) = guarded_property(name, &value.text()) {
+                return Err(invalid(&format!("kafka.properties.{name}"), why));
+            }
+        }
         if !cfg!(feature = "tls") {
             if let Some(protocol) = self.kafka.properties.get("security.protocol") {
                 let protocol = protocol.text();
@@ -1321,6 +1379,47 @@ mod tests {
         assert_eq!(p("socket.timeout.ms"), Some("5000"));
         assert_eq!(p("enable.ssl.certificate.verification"), Some("false"));
         assert_eq!(p("security.protocol"), Some("PLAINTEXT"));
+    }
+
+    /// Issue 15 item 4: an assignor override broke co-partitioning (an
+    /// account's topics split between members), and auto-commit or
+    /// `latest` could lose inputs; each is refused at start-up, naming the
+    /// field.
+    #[test]
+    fn properties_that_break_a_guarantee_are_refused_naming_the_field() {
+        for (name, value) in [
+            ("PARTITION.ASSIGNMENT.STRATEGY", "cooperative-sticky"),
+            ("PARTITION.ASSIGNMENT.STRATEGY", "roundrobin"),
+            ("ENABLE.AUTO.COMMIT", "true"),
+            ("ENABLE.AUTO.OFFSET.STORE", "true"),
+            ("AUTO.OFFSET.RESET", "latest"),
+            ("ISOLATION.LEVEL", "read_uncommitted"),
+            ("ENABLE.IDEMPOTENCE", "false"),
+            ("ACKS", "1"),
+            ("GROUP.ID", "other"),
+            ("TRANSACTIONAL.ID", "x"),
+        ] {
+            let message = load(
+                None,
+                &[(&format!("BILLSTREAM__KAFKA__PROPERTIES__{name}"), value)],
+            )
+            .unwrap_err()
+            .to_string();
+            let field = format!("kafka.properties.{}", name.to_ascii_lowercase());
+            assert!(message.contains(&field), "{name}={value}: {message}");
+        }
+        for (name, value) in [
+            ("PARTITION.ASSIGNMENT.STRATEGY", "range"),
+            ("ACKS", "-1"),
+            ("ISOLATION.LEVEL", "read_committed"),
+            ("LINGER.MS", "20"),
+        ] {
+            load(
+                None,
+                &[(&format!("BILLSTREAM__KAFKA__PROPERTIES__{name}"), value)],
+            )
+            .unwrap_or_else(|e| panic!("{name}={value} refused: {e}"));
+        }
     }
 
     #[test]

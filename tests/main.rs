@@ -9,6 +9,7 @@ mod hostile_corpus;
 mod kafka_bounded;
 mod kafka_crash;
 mod kafka_e2e;
+mod kafka_partitions;
 mod kafka_redelivery;
 mod kafka_tls;
 mod kafka_txn;

@@ -196,6 +196,57 @@ async fn outputs_persisted_but_not_acknowledged_are_republished_with_the_same_id
     );
 }
 
+/// Issue 15 item 4: an account loaded on demand (not listed with the
+/// partition when it was assigned, so `unpublished_outputs` never saw it)
+/// had its written but unacknowledged outputs skipped: its next write's
+/// acknowledgement moved the published watermark past them. Here its
+/// state lives under partition 0 and its next record comes on partition
+/// 1 of another owner; the outputs of the first owner's unacknowledged
+/// write must go out again, ahead of the new ones, with the same ids.
+#[tokio::test]
+async fn an_account_loaded_on_demand_republishes_what_was_never_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = lines();
+    let mut first = processor(dir.path()).await;
+    for (i, l) in lines.iter().take(40).enumerate() {
+        feed(&mut first, i, l).await;
+    }
+    let sent = first.flush().await.unwrap();
+    drop(first);
+    let of_a0 = |v: &[OutputRecord]| -> Vec<String> {
+        v.iter()
+            .filter(|o| o.key == "a0" && o.topic != billstream::contracts::OutputTopic::Dlq)
+            .map(|o| o.event_id.clone())
+            .collect()
+    };
+    let unacked = of_a0(&sent);
+    assert!(!unacked.is_empty());
+
+    let store = std::sync::Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let epoch = store.claim_partition(1, "second").await.unwrap();
+    let now = Timestamp::parse_rfc3339("2026-03-06T00:00:00Z").unwrap();
+    let mut second = Processor::new(engine_with_plan_p(), store);
+    assert_eq!(second.assign_partition(1, epoch, now).await.unwrap(), 0);
+    assert!(second.unpublished_outputs(1).await.unwrap().is_empty());
+    let line = usage("late-1", "a0", "prod");
+    let pos = SourcePos {
+        topic: "t".into(),
+        partition: 1,
+        offset: 0,
+    };
+    second
+        .process(&pos, Some("a0"), line.as_bytes(), parse_line(&line), now)
+        .await
+        .unwrap();
+    let out = of_a0(&second.flush().await.unwrap());
+    assert_eq!(
+        &out[..unacked.len()],
+        &unacked[..],
+        "the unacknowledged outputs go out again first, with the same ids"
+    );
+    assert!(out.len() > unacked.len(), "then the new record's outputs");
+}
+
 /// A hot account (ten times the traffic of each other account, on the same
 /// partition, interleaved with them) holds nobody back: after each batch is
 /// flushed, every account's records of that batch are durable (its stored

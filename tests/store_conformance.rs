@@ -51,7 +51,7 @@ pub mod behaviours {
 
     /// A write of `account` in `partition` appending journal `seqs`, with a
     /// snapshot naming the last seq (so a test can tell snapshots apart).
-    fn write(
+    pub(crate) fn write(
         account: &str,
         partition: u32,
         epoch: u64,
@@ -973,5 +973,52 @@ mod scylla {
     conformance_wrappers! {
         fresh: match fresh_keyspace_store().await { Some(pair) => pair, None => return },
         reopen: |keyspace: &FreshKeyspace| keyspace.open_store(),
+    }
+
+    /// Issue 15 item 4: ownership was checked before a commit's writes
+    /// only. A writer delayed between that check and its writes (GC, the
+    /// network) let a new owner claim the partition and load the account
+    /// first; its write then landed and it published outputs the new owner
+    /// re-derives differently (one output id, two payloads). Two clients
+    /// of the same keyspace: the old owner's commit must come back
+    /// `Fenced` (so nothing of it is published or committed).
+    #[tokio::test]
+    async fn a_write_that_lands_after_a_newer_claim_is_reported_fenced() {
+        use billstream::store::{StateStore, StoreError};
+        use std::time::Duration;
+
+        let Some((keyspace, old_owner)) = fresh_keyspace_store().await else {
+            return;
+        };
+        let new_owner = keyspace.open_store().await;
+        let old = old_owner.claim_partition(0, "old").await.unwrap();
+        old_owner
+            .commit(&[super::behaviours::write("a", 0, old, 1..=1)])
+            .await
+            .unwrap();
+
+        old_owner.pause_after_fence_check(Duration::from_secs(3));
+        let second = [super::behaviours::write("a", 0, old, 2..=2)];
+        let delayed = old_owner.commit(&second);
+        let takeover = async {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            let new = new_owner.claim_partition(0, "new").await.unwrap();
+            let loaded = new_owner.load_account("a").await.unwrap().unwrap();
+            (new, loaded.journal_head)
+        };
+        let (outcome, (new, head_seen)) = tokio::join!(delayed, takeover);
+        assert!(new > old);
+        assert_eq!(
+            head_seen, 1,
+            "the new owner loaded the state before the delayed write"
+        );
+        match outcome {
+            Err(StoreError::Fenced {
+                partition: 0,
+                current,
+                attempted,
+            }) => assert_eq!((current, attempted), (new, old)),
+            other => panic!("the delayed writer was not told it lost the partition: {other:?}"),
+        }
     }
 }

@@ -189,6 +189,11 @@ struct Slot {
     /// Dead letters the store kept unacknowledged when the account was
     /// loaded (a crash before publishing): published again.
     recovered_dead_letters: Vec<OutputRecord>,
+    /// Loaded on demand (not with its partition) with journal entries
+    /// written but never acknowledged: their outputs, from this seq to
+    /// `journal_head` as loaded, go out again with the account's next
+    /// write, ahead of its new outputs.
+    republish_from: Option<u64>,
 }
 
 /// The accounts and journal seqs whose outputs one or more flushes handed
@@ -342,6 +347,18 @@ impl<S: StateStore> Processor<S> {
                 None => None,
             };
             self.insert_slot(account_id, partition, loaded)?;
+            // Loaded on demand, so `unpublished_outputs` (which runs when a
+            // partition is assigned) never saw it: whatever it has written
+            // and not published goes out with its next write, which is due
+            // now so that this does not wait for its next input.
+            let slot = self.accounts.get_mut(account_id).expect("inserted");
+            if slot.state.is_some() && slot.journal_head > slot.published_mark {
+                slot.republish_from = Some(slot.published_mark + 1);
+            }
+            if slot.republish_from.is_some() || !slot.recovered_dead_letters.is_empty() {
+                slot.must_write = true;
+                self.mark_dirty(account_id);
+            }
         }
         Ok(())
     }
@@ -850,6 +867,24 @@ impl<S: StateStore> Processor<S> {
                 slot.held_since.get_or_insert(now);
             }
         }
+        // Outputs of accounts loaded on demand that were never published
+        // (`Slot::republish_from`), read before the write, sent ahead of
+        // the new ones.
+        let mut republished: HashMap<String, Vec<OutputRecord>> = HashMap::new();
+        for id in &to_write {
+            let slot = &self.accounts[id];
+            if let (Some(from), Some(st)) = (slot.republish_from, &slot.state) {
+                let mut out = Vec::new();
+                if let Err(e) = self
+                    .republish_journal(id, from, slot.journal_head, st.currency, &mut out)
+                    .await
+                {
+                    self.dirty.extend(to_write);
+                    return Err(e);
+                }
+                republished.insert(id.clone(), out);
+            }
+        }
         if let Err(e) = self.write(&to_write).await {
             // Nothing was written: every account stays changed.
             self.dirty.extend(to_write);
@@ -858,12 +893,14 @@ impl<S: StateStore> Processor<S> {
         self.stats.batches += 1;
         let mut outputs = Vec::new();
         for account_id in to_write {
+            let again = republished.remove(&account_id);
             let slot = self
                 .accounts
                 .get_mut(&account_id)
                 .expect("dirty accounts are loaded");
             slot.dirty = false;
             slot.must_write = false;
+            slot.republish_from = None;
             slot.held = 0;
             slot.held_since = None;
             slot.first_unwritten.clear();
@@ -876,9 +913,14 @@ impl<S: StateStore> Processor<S> {
             // any the store still kept at load that no republish took).
             let mut letters = std::mem::take(&mut slot.dead_letters);
             letters.append(&mut slot.recovered_dead_letters);
-            let seq = slot.journal.last().map(|last| last.entry.seq);
+            let mut seq = slot.journal.last().map(|last| last.entry.seq);
             if let Some(seq) = seq {
                 slot.journal_head = seq;
+            }
+            if let Some(mut again) = again {
+                // Acknowledged with this write's outputs, up to its head.
+                outputs.append(&mut again);
+                seq = Some(slot.journal_head);
             }
             if seq.is_some() || !letters.is_empty() {
                 self.awaiting_ack.push(Handed {

@@ -570,6 +570,7 @@ async fn on_group_change<S: StateStore>(
 ) -> anyhow::Result<()> {
     match change {
         GroupChange::Assigned(list) => {
+            source.check_co_partitioned()?;
             let owned: BTreeSet<u32> = processor.owned_partitions().map(|(p, _)| p).collect();
             let mut fresh = BTreeSet::new();
             for (topic, p) in list {

@@ -166,6 +166,10 @@ pub struct KafkaSource {
     /// and the offset last handed to a commit (a handful of partitions:
     /// searched, not hashed, and no allocation per record).
     offsets: Vec<Position>,
+    /// The input topics, and the partition count they shared when this
+    /// member started (`check_co_partitioned`).
+    topics: [String; 3],
+    partitions: Option<usize>,
 }
 
 /// Where one input partition stands.
@@ -218,13 +222,66 @@ impl KafkaSource {
             settings.topics.payments.as_str(),
             settings.topics.accounts.as_str(),
         ];
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| KafkaError::Client(e.to_string()))?;
-        Ok(KafkaSource {
+        let mut source = KafkaSource {
             consumer,
             offsets: Vec::new(),
-        })
+            topics: topics.map(str::to_string),
+            partitions: None,
+        };
+        source.check_co_partitioned()?;
+        source
+            .consumer
+            .subscribe(&topics)
+            .map_err(|e| KafkaError::Client(e.to_string()))?;
+        Ok(source)
+    }
+
+    /// Refuse input topics that are not co-partitioned: one account's
+    /// records must be in partition p of every input topic, owned by one
+    /// member, which holds only while the topics have one partition count
+    /// (and producers key every topic by account with one partitioner).
+    /// Checked at start and on every assignment: partitions added while
+    /// running (to one topic, or to all: keys then move to other
+    /// partitions, away from their accounts' state) stop the member.
+    /// Topics that do not exist yet are left out.
+    pub fn check_co_partitioned(&mut self) -> Result<(), KafkaError> {
+        let mut counts = Vec::new();
+        for topic in &self.topics {
+            let metadata = self
+                .consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(30))
+                .map_err(|e| KafkaError::Client(format!("metadata of {topic}: {e}")))?;
+            if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) {
+                if t.error().is_none() && !t.partitions().is_empty() {
+                    counts.push((topic.as_str(), t.partitions().len()));
+                }
+            }
+        }
+        let described = || {
+            counts
+                .iter()
+                .map(|(t, n)| format!("{t}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if counts.windows(2).any(|w| w[0].1 != w[1].1) {
+            return Err(KafkaError::Client(format!(
+                "the input topics have different partition counts ({}): one account's records must be in the same partition of every input topic, so every input topic needs the same partition count (`billstream topics create` makes them so)",
+                described()
+            )));
+        }
+        if let Some(&(_, now)) = counts.first() {
+            match self.partitions {
+                Some(before) if before != now => {
+                    return Err(KafkaError::Client(format!(
+                        "partitions were added to the input topics while running ({before} then {}): records of an account now hash to another partition than its state; billstream stops rather than give an account two owners",
+                        described()
+                    )))
+                }
+                _ => self.partitions = Some(now),
+            }
+        }
+        Ok(())
     }
 
     /// Up to `max` records, waiting at most `wait` after the first one

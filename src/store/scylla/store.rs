@@ -69,6 +69,9 @@ pub struct ScyllaStore {
     dedup_ttl_secs: i32,
     known: Mutex<Known>,
     stats: StoreStats,
+    /// Fault injection for tests (`pause_after_fence_check`), in ms: 0 in
+    /// production.
+    pause_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for ScyllaStore {
@@ -157,6 +160,7 @@ impl ScyllaStore {
             dedup_ttl_secs,
             known: Mutex::new(Known::default()),
             stats: StoreStats::new(),
+            pause_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -344,24 +348,10 @@ impl ScyllaStore {
             return Ok(());
         }
         // 1. Fencing: every partition's current epoch, before any write.
-        let partitions: BTreeSet<u32> = writes.iter().map(|w| w.partition).collect();
-        let reads: Vec<_> = partitions
-            .into_iter()
-            .map(|p| self.owner_epoch_of(p))
-            .collect();
-        let epochs: BTreeMap<u32, u64> = stream::iter(reads)
-            .buffer_unordered(CONCURRENCY)
-            .try_collect()
-            .await?;
-        for w in writes {
-            let current = epochs[&w.partition];
-            if w.epoch < current {
-                return Err(StoreError::Fenced {
-                    partition: w.partition,
-                    current,
-                    attempted: w.epoch,
-                });
-            }
+        let epochs = self.check_fences(writes).await?;
+        let pause = self.pause_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if pause > 0 {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
 
         // 2. What is known of each account (read the ones not cached).
@@ -425,37 +415,38 @@ impl ScyllaStore {
 
         // 5. Remember what landed; forget what may or may not have.
         let mut first_error = None;
-        let mut known = self.known();
-        for (id, outcome) in outcomes {
-            let account_plans = &per_account[id];
-            match outcome {
-                Ok(()) => {
-                    let after = account_plans
-                        .last()
-                        .expect("one plan at least")
-                        .after
-                        .clone();
-                    known.floors.remove(id);
-                    known.accounts.insert(id.to_owned(), after);
-                    for plan in account_plans {
-                        if let Some((p, bucket)) = plan.timer_bucket {
-                            known.buckets.insert((p, bucket));
-                            let floor = known.timer_floor.entry(p).or_insert(bucket);
-                            *floor = (*floor).min(bucket);
+        {
+            let mut known = self.known();
+            for (id, outcome) in outcomes {
+                let account_plans = &per_account[id];
+                match outcome {
+                    Ok(()) => {
+                        let after = account_plans
+                            .last()
+                            .expect("one plan at least")
+                            .after
+                            .clone();
+                        known.floors.remove(id);
+                        known.accounts.insert(id.to_owned(), after);
+                        for plan in account_plans {
+                            if let Some((p, bucket)) = plan.timer_bucket {
+                                known.buckets.insert((p, bucket));
+                                let floor = known.timer_floor.entry(p).or_insert(bucket);
+                                *floor = (*floor).min(bucket);
+                            }
                         }
                     }
-                }
-                Err(e) => {
-                    let attempted = account_plans.last().map_or(0, |p| p.after.last_stamp);
-                    known.accounts.remove(id);
-                    let floor = known.floors.entry(id.to_owned()).or_insert(attempted);
-                    *floor = (*floor).max(attempted);
-                    tracing::warn!(account_id = id, error = %e, "account write failed; its outcome is unknown until reread");
-                    first_error.get_or_insert(e);
+                    Err(e) => {
+                        let attempted = account_plans.last().map_or(0, |p| p.after.last_stamp);
+                        known.accounts.remove(id);
+                        let floor = known.floors.entry(id.to_owned()).or_insert(attempted);
+                        *floor = (*floor).max(attempted);
+                        tracing::warn!(account_id = id, error = %e, "account write failed; its outcome is unknown until reread");
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
         }
-        drop(known);
         tracing::debug!(
             accounts = per_account.len(),
             writes = writes.len(),
@@ -464,7 +455,56 @@ impl ScyllaStore {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "scylla commit"
         );
-        first_error.map_or(Ok(()), Err)
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        // 6. Fencing again, after the last write: a claim that came between
+        // step 1 and the writes landing may have let the new owner load
+        // the accounts before them. Their outputs must then not be
+        // published nor their offsets committed (the new owner re-derives
+        // from the state it loaded), so the caller gets `Fenced`.
+        self.check_fences(writes).await?;
+        Ok(())
+    }
+
+    /// The current epoch of every partition `writes` touch; `Fenced` if
+    /// one of them carries an older one.
+    async fn check_fences(
+        &self,
+        writes: &[AccountWrite],
+    ) -> Result<BTreeMap<u32, u64>, StoreError> {
+        let partitions: BTreeSet<u32> = writes.iter().map(|w| w.partition).collect();
+        let reads: Vec<_> = partitions
+            .into_iter()
+            .map(|p| self.owner_epoch_of(p))
+            .collect();
+        let epochs: BTreeMap<u32, u64> = stream::iter(reads)
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        for w in writes {
+            let current = epochs[&w.partition];
+            if w.epoch < current {
+                return Err(StoreError::Fenced {
+                    partition: w.partition,
+                    current,
+                    attempted: w.epoch,
+                });
+            }
+        }
+        Ok(epochs)
+    }
+
+    /// Tests only: every later commit waits `pause` between its first
+    /// fence check and its writes, so a test can claim the partition from
+    /// another client in that window (a writer delayed by GC, the network
+    /// or the scheduler).
+    #[doc(hidden)]
+    pub fn pause_after_fence_check(&self, pause: Duration) {
+        self.pause_ms.store(
+            u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     async fn load_account_inner(
