@@ -472,9 +472,9 @@ fn crash_loop(setup: &Setup) {
     let kills = env_count("BILLSTREAM_CRASH_KILLS", 20);
     let events = env_count("BILLSTREAM_CRASH_EVENTS", 100_000);
     let catalog = Catalog::shared().unwrap();
-    let baseline = Runner::baseline(&setup);
+    let baseline = Runner::baseline(setup);
     let crashed = Runner {
-        setup: &setup,
+        setup,
         group: setup.group.clone(),
         store: setup.store.clone(),
         outputs: "",
@@ -531,7 +531,7 @@ fn crash_loop(setup: &Setup) {
     );
     crashed.run_to_end(Duration::from_secs(600));
 
-    assert_same_as_baseline(&setup, catalog, events, &baseline, &crashed.store, "");
+    assert_same_as_baseline(setup, catalog, events, &baseline, &crashed.store, "");
 }
 
 /// The state in `store` and the outputs on the topics suffixed `outputs`
