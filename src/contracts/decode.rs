@@ -20,6 +20,7 @@ use super::errors::{ContractError, DecodeError};
 use super::framing;
 use super::json::parse_anchor;
 use super::usage_reader::UsageReader;
+use crate::engine::aggregation::{Aggregation, AggregationSpec};
 use crate::engine::events::{
     AccountCommand, AccountKind, AdjustmentKind, Input, PaymentEvent, PaymentKind,
 };
@@ -509,6 +510,24 @@ fn plan(f: &Fields<'_>) -> Result<Plan, DecodeError> {
             package_size: c.opt_decimal("package_size")?,
             free_units: c.decimal_or_zero("free_units")?,
             tiers,
+            aggregation: AggregationSpec {
+                kind: match c.get("aggregation") {
+                    // A record written before the field existed: `sum`.
+                    None => Aggregation::Sum,
+                    Some(_) => {
+                        let name = c.symbol("aggregation")?;
+                        Aggregation::from_name(name).ok_or_else(|| {
+                            DecodeError::field(
+                                "charges.aggregation",
+                                format!("unknown symbol {:?}", truncate(name)),
+                            )
+                        })?
+                    }
+                },
+                field: c.opt_str("aggregation_field")?,
+                percentile: c.opt_decimal("aggregation_percentile")?,
+                window: c.opt_str("aggregation_window")?,
+            },
         });
     }
     Ok(Plan {
