@@ -665,6 +665,82 @@ mod tests {
         );
     }
 
+    fn aggregated_plan() -> Plan {
+        use crate::engine::aggregation::{Aggregation, AggregationSpec};
+        let mut plan = sample_plan();
+        plan.charges[0].aggregation = AggregationSpec {
+            kind: Aggregation::Percentile,
+            field: None,
+            percentile: Some(Decimal::from(95)),
+            window: Some("5m".into()),
+        };
+        plan.charges[1].aggregation = AggregationSpec {
+            kind: Aggregation::UniqueCount,
+            field: Some("user_id".into()),
+            percentile: None,
+            window: None,
+        };
+        plan
+    }
+
+    #[test]
+    fn issue_13_plan_aggregations_round_trip_through_avro_and_json() {
+        let catalog = Catalog::shared().unwrap();
+        let plan = aggregated_plan();
+        let bytes = catalog.encode_plan(&plan).unwrap();
+        assert_eq!(decoder().decode(&bytes), Ok(Decoded::Plan(plan.clone())));
+        let line = crate::contracts::json::plan_to_json(&plan).to_string();
+        assert!(line.contains(r#""aggregation":"percentile""#), "{line}");
+        assert_eq!(
+            crate::contracts::json::parse_line(&line),
+            Ok(Decoded::Plan(plan))
+        );
+        // A JSON plan without the fields is `sum`; an unknown one is named.
+        let mut json = crate::contracts::json::plan_to_json(&sample_plan());
+        for c in json["charges"].as_array_mut().unwrap() {
+            let c = c.as_object_mut().unwrap();
+            c.retain(|k, _| !k.starts_with("aggregation"));
+        }
+        assert_eq!(
+            crate::contracts::json::parse_line(&json.to_string()),
+            Ok(Decoded::Plan(sample_plan()))
+        );
+        json["charges"][0]["aggregation"] = serde_json::json!("median");
+        let e = crate::contracts::json::parse_line(&json.to_string()).unwrap_err();
+        assert!(e.to_string().contains("aggregation"), "{e}");
+    }
+
+    #[test]
+    fn issue_13_old_plan_records_without_aggregation_decode_to_sum() {
+        // The Plan schema as it was before issue 13: Charge without the
+        // four aggregation fields.
+        let mut old: serde_json::Value =
+            serde_json::from_str(include_str!("../../schemas/Plan.avsc")).unwrap();
+        let charge_fields = old["fields"][4]["type"]["items"]["fields"]
+            .as_array_mut()
+            .unwrap();
+        charge_fields.retain(|f| !f["name"].as_str().unwrap().starts_with("aggregation"));
+        assert_eq!(charge_fields.len(), 6);
+        let old_text = old.to_string();
+        let mut d = decoder();
+        d.register_writer_schema(4300, &old_text).unwrap();
+        let old_schema = Schema::parse_str(&old_text).unwrap();
+        let mut json = crate::contracts::json::plan_to_json(&sample_plan());
+        for c in json["charges"].as_array_mut().unwrap() {
+            let c = c.as_object_mut().unwrap();
+            c.retain(|k, _| !k.starts_with("aggregation"));
+        }
+        let body = super::super::encode::avro_body(&old_schema, "Plan", &json, &[]).unwrap();
+        let Ok(Decoded::Plan(plan)) = d.decode(&framing::encode(4300, &body)) else {
+            panic!("old plan record not decoded")
+        };
+        assert!(plan
+            .charges
+            .iter()
+            .all(|c| c.aggregation == Default::default()));
+        assert_eq!(plan, sample_plan());
+    }
+
     #[test]
     fn registered_writer_schema_with_an_extra_field_decodes() {
         let mut d = decoder();

@@ -580,3 +580,270 @@ fn issue_13_aggregation_state_is_counted_in_resident_bytes() {
     // 100 hashes of 16 bytes at least.
     assert!(h.st().resident_bytes() >= before + 1600);
 }
+
+// ---- properties ----------------------------------------------------------
+
+mod properties {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+    use rust_decimal::{Decimal, RoundingStrategy};
+
+    use super::*;
+    use crate::engine::fold::Outcome;
+    use crate::engine::rating::line_amount;
+    use crate::engine::time::{period_containing, Period, Timestamp, MICROS_PER_HOUR};
+    use crate::engine::{AccountState, JournalEntry};
+
+    /// Plan "all": every aggregation, two percentiles whose value is not
+    /// almost always 0 on a short stream (the peak hour, the median day).
+    fn all_plan() -> Plan {
+        let mut plan = metered_plan();
+        plan.plan_id = "all".into();
+        let mut hourly_peak = charge("hourly.peak", Aggregation::Percentile, "0.25");
+        hourly_peak.aggregation.percentile = Some(d("100"));
+        hourly_peak.aggregation.window = Some("1h".into());
+        let mut daily_median = charge("daily.median", Aggregation::Percentile, "1.10");
+        daily_median.aggregation.percentile = Some(d("50"));
+        daily_median.aggregation.window = Some("1d".into());
+        // Tiers and a minimum on the non-additive ones too.
+        plan.charges[1].model = Model::Graduated;
+        plan.charges[1].tiers = vec![
+            Tier {
+                up_to: Some(d("10")),
+                unit_price: d("1.00"),
+                flat_fee: Decimal::ZERO,
+            },
+            Tier {
+                up_to: None,
+                unit_price: d("0.30"),
+                flat_fee: d("2.00"),
+            },
+        ];
+        plan.minimum_spend = d("20.00");
+        plan.charges.push(hourly_peak);
+        plan.charges.push(daily_median);
+        plan
+    }
+
+    const METRICS: [&str; 9] = [
+        "requests",
+        "peak.cpu",
+        "seats",
+        "users",
+        "storage.gb",
+        "bandwidth.mbps",
+        "bytes",
+        "hourly.peak",
+        "daily.median",
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Usage `back` hours before the clock (late when it crosses a period).
+        Usage {
+            metric: usize,
+            qty: u32,
+            back: u32,
+            user: u8,
+        },
+        Wait(u32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => (0usize..METRICS.len(), 0u32..3000, 0u32..900, 0u8..12)
+                .prop_map(|(metric, qty, back, user)| Op::Usage { metric, qty, back, user }),
+            1 => (1u32..200).prop_map(Op::Wait),
+        ]
+    }
+
+    fn engine() -> Engine {
+        let mut book = PlanBook::new();
+        book.upsert(all_plan()).unwrap();
+        Engine::new(EngineConfig::new("prod"), book)
+    }
+
+    fn script(ops: &[Op]) -> Vec<(Timestamp, Input)> {
+        let start = ts("2026-01-10T00:00:00Z");
+        let mut now = start;
+        let mut out = vec![(now, super::super::tests::open_cmd("open", "all", now))];
+        for (i, op) in ops.iter().enumerate() {
+            now = now.plus(37 * 60 * 1_000_000);
+            match op {
+                Op::Wait(h) => now = now.plus(i64::from(*h) * MICROS_PER_HOUR),
+                Op::Usage {
+                    metric,
+                    qty,
+                    back,
+                    user,
+                } => {
+                    let at = Timestamp((now.0 - i64::from(*back) * MICROS_PER_HOUR).max(start.0));
+                    let q = Decimal::new(i64::from(*qty), 2).to_string();
+                    let mut u = usage(&format!("u{i}"), "acct", "app", METRICS[*metric], &q, at);
+                    u.attributes
+                        .insert("user_id".into(), format!("user-{user}"));
+                    out.push((now, Input::Usage(u)));
+                }
+            }
+        }
+        out
+    }
+
+    struct Run {
+        state: Option<AccountState>,
+        journal: Vec<JournalEntry>,
+        applied: Vec<UsageRecorded>,
+    }
+
+    fn run(engine: &Engine, inputs: &[(Timestamp, Input)], end: Timestamp) -> Run {
+        let mut r = Run {
+            state: None,
+            journal: Vec::new(),
+            applied: Vec::new(),
+        };
+        for (now, input) in inputs {
+            if let Ok(Outcome::Applied) = engine.apply(&mut r.state, input, *now, &mut r.journal) {
+                if let Input::Usage(u) = input {
+                    r.applied.push(u.clone());
+                }
+            }
+        }
+        engine.advance(r.state.as_mut().unwrap(), end, &mut r.journal);
+        r
+    }
+
+    fn end_of(inputs: &[(Timestamp, Input)]) -> Timestamp {
+        inputs.last().unwrap().0.plus(70 * 24 * MICROS_PER_HOUR)
+    }
+
+    /// The period's value worked out from scratch from its events (a
+    /// reference independent of `aggregation`'s incremental state).
+    fn reference(
+        charge: &Charge,
+        events: &[&UsageRecorded],
+        p: Period,
+        from: Timestamp,
+    ) -> Decimal {
+        let qs = events.iter().map(|u| u.quantity);
+        match charge.aggregation.kind {
+            Aggregation::Sum => qs.sum(),
+            Aggregation::Count => Decimal::from(events.len()),
+            Aggregation::Max => qs.max().unwrap_or_default(),
+            Aggregation::Latest => events
+                .iter()
+                .map(|u| (u.occurred_at, u.quantity))
+                .max()
+                .map_or(Decimal::ZERO, |(_, q)| q),
+            Aggregation::UniqueCount => Decimal::from(
+                events
+                    .iter()
+                    .map(|u| &u.attributes["user_id"])
+                    .collect::<BTreeSet<_>>()
+                    .len(),
+            ),
+            Aggregation::TimeWeighted => {
+                let mut at: BTreeMap<Timestamp, Decimal> = BTreeMap::new();
+                for u in events {
+                    let e = at.entry(u.occurred_at).or_default();
+                    *e = (*e).max(u.quantity);
+                }
+                let times: Vec<_> = at.keys().copied().chain([p.end]).collect();
+                let micros: Decimal = at
+                    .values()
+                    .zip(times.windows(2))
+                    .map(|(q, t)| *q * Decimal::from(t[1].0 - t[0].0))
+                    .sum();
+                (micros / Decimal::from(MICROS_PER_HOUR))
+                    .round_dp_with_strategy(9, RoundingStrategy::MidpointNearestEven)
+                    .normalize()
+            }
+            Aggregation::Percentile => {
+                let w = i64::from(charge.aggregation.window_secs()) * 1_000_000;
+                let first = (from.0 - p.start.0) / w;
+                let last = (p.end.0 - p.start.0 + w - 1) / w;
+                let mut windows = vec![Decimal::ZERO; (last - first) as usize];
+                for u in events {
+                    let i = ((u.occurred_at.0 - p.start.0) / w - first) as usize;
+                    windows[i] = windows[i].max(u.quantity);
+                }
+                windows.sort();
+                let p = charge.aggregation.percentile.unwrap();
+                let rank = (p * Decimal::from(windows.len()) / Decimal::ONE_HUNDRED).ceil();
+                windows[usize::try_from(rank).unwrap() - 1]
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+        #[test]
+        fn issue_13_feeding_any_event_twice_changes_nothing_for_every_aggregation(
+            ops in prop::collection::vec(op(), 1..90),
+            dup_every in 1usize..4,
+        ) {
+            let eng = engine();
+            let inputs = script(&ops);
+            let end = end_of(&inputs);
+            let once = run(&eng, &inputs, end);
+            let mut twice = Vec::new();
+            for (i, (t, input)) in inputs.iter().enumerate() {
+                twice.push((*t, input.clone()));
+                if i % dup_every == 0 {
+                    twice.push((*t, input.clone()));
+                }
+            }
+            // And every applied event of the last 30 days again at the end.
+            let last = inputs.last().unwrap().0;
+            twice.extend(inputs.iter().filter(|(t, i)| {
+                last.0 - t.0 < 30 * 24 * MICROS_PER_HOUR
+                    && matches!(i, Input::Usage(u) if once.applied.contains(u))
+            }).map(|(_, i)| (last, i.clone())));
+            let twice = run(&eng, &twice, end);
+            prop_assert_eq!(
+                serde_json::to_string(&once.state).unwrap(),
+                serde_json::to_string(&twice.state).unwrap()
+            );
+            prop_assert_eq!(once.journal, twice.journal);
+        }
+
+        #[test]
+        fn issue_13_late_events_make_the_lines_add_up_to_the_charge_on_the_final_value(
+            ops in prop::collection::vec(op(), 1..140),
+        ) {
+            let eng = engine();
+            let inputs = script(&ops);
+            let r = run(&eng, &inputs, end_of(&inputs));
+            let st = r.state.as_ref().unwrap();
+            let mut by_period: BTreeMap<(Timestamp, &str), Vec<&UsageRecorded>> = BTreeMap::new();
+            for u in &r.applied {
+                let p = period_containing(u.occurred_at, st.timezone, st.anchor);
+                by_period.entry((p.start, u.metric.as_str())).or_default().push(u);
+            }
+            let mut billed: BTreeMap<(Timestamp, String), Minor> = BTreeMap::new();
+            for e in &r.journal {
+                if let DomainEvent::InvoiceIssued { invoice } = &e.event {
+                    for l in &invoice.lines {
+                        if let (LineKind::Usage | LineKind::LateUsage, Some(m)) = (l.kind, &l.metric) {
+                            let b = billed.entry((l.for_period.start, m.clone())).or_default();
+                            *b = b.checked_add(l.amount).unwrap();
+                        }
+                    }
+                }
+            }
+            let plan = eng.plans.get("all").unwrap();
+            for ((start, metric), events) in &by_period {
+                let p = period_containing(*start, st.timezone, st.anchor);
+                let charge = plan.charge(metric).unwrap();
+                let value = reference(charge, events, p, p.start.max(st.opened_at));
+                let expected = line_amount(charge, value, st.currency, Minor::MAX_AMOUNT).unwrap();
+                prop_assert_eq!(
+                    billed.get(&(*start, metric.to_string())).copied().unwrap_or_default(),
+                    expected,
+                    "period {} metric {} value {}", start, metric, value
+                );
+            }
+        }
+    }
+}
