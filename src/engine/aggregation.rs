@@ -170,7 +170,9 @@ impl AggregationSpec {
                     format!("{text:?} is not a whole number of seconds, minutes, hours or days (e.g. \"5m\")"),
                 )
             })?;
-            if !(MIN_WINDOW_SECS..=MAX_WINDOW_SECS).contains(&secs) || MAX_WINDOW_SECS % secs != 0 {
+            if !(MIN_WINDOW_SECS..=MAX_WINDOW_SECS).contains(&secs)
+                || !MAX_WINDOW_SECS.is_multiple_of(secs)
+            {
                 return Err((
                     "aggregation_window",
                     format!(
@@ -297,19 +299,18 @@ pub fn admit(
                 });
             }
         }
-        (Aggregation::TimeWeighted, Some(AggState::TimeWeighted { readings })) => {
+        (Aggregation::TimeWeighted, Some(AggState::TimeWeighted { readings }))
             if readings.len() >= MAX_GAUGE_READINGS
                 && readings
                     .binary_search_by_key(&u.occurred_at, |r| r.0)
-                    .is_err()
-            {
-                return Err(Rejection::InvalidField {
-                    field: "occurred_at".into(),
-                    reason: format!(
-                        "metric {metric}: the period already holds {MAX_GAUGE_READINGS} readings at distinct instants, the most one period keeps (time_weighted); a reading at a new instant is refused"
-                    ),
-                });
-            }
+                    .is_err() =>
+        {
+            return Err(Rejection::InvalidField {
+                field: "occurred_at".into(),
+                reason: format!(
+                    "metric {metric}: the period already holds {MAX_GAUGE_READINGS} readings at distinct instants, the most one period keeps (time_weighted); a reading at a new instant is refused"
+                ),
+            });
         }
         _ => {}
     }
