@@ -861,7 +861,10 @@ mod tests {
                 )
             })
             .collect();
-        samples.push(("Plan", crate::contracts::json::plan_to_json(&aggregated_plan())));
+        samples.push((
+            "Plan",
+            crate::contracts::json::plan_to_json(&aggregated_plan()),
+        ));
         assert!(!catalog.history().is_empty());
         for old in catalog.history() {
             let current = catalog.current_of(old);
@@ -897,7 +900,12 @@ mod tests {
                 );
                 covered += 1;
             }
-            assert!(covered > 0, "no sample of {} to write with {}", old.record, old.file);
+            assert!(
+                covered > 0,
+                "no sample of {} to write with {}",
+                old.record,
+                old.file
+            );
         }
     }
 
