@@ -95,6 +95,7 @@ fn plan_book() -> PlanBook {
                 package_size: None,
                 free_units: Decimal::ZERO,
                 tiers: vec![],
+                aggregation: Default::default(),
             },
             Charge {
                 metric: METRICS[1].into(),
@@ -119,6 +120,7 @@ fn plan_book() -> PlanBook {
                         flat_fee: Decimal::ZERO,
                     },
                 ],
+                aggregation: Default::default(),
             },
             Charge {
                 metric: METRICS[2].into(),
@@ -127,6 +129,7 @@ fn plan_book() -> PlanBook {
                 package_size: Some(d("1000")),
                 free_units: d("1000"),
                 tiers: vec![],
+                aggregation: Default::default(),
             },
         ],
     })

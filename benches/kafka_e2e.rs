@@ -392,6 +392,7 @@ fn plan(catalog: &Catalog) -> (&'static str, String, Vec<u8>) {
             package_size: None,
             free_units: Decimal::ZERO,
             tiers: vec![],
+            aggregation: Default::default(),
         }],
     };
     (

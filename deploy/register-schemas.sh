@@ -1,6 +1,7 @@
 #!/bin/sh
 # Register the Avro schemas of schemas/ with a Confluent-compatible Schema
-# Registry, under the ids of schemas/manifest.json.
+# Registry, under the ids of schemas/manifest.json (every version of each:
+# the earlier versions of schemas/history/ too, under their old ids).
 #
 #   deploy/register-schemas.sh http://127.0.0.1:8081 schemas
 #
@@ -47,12 +48,17 @@ schema_body() { # FILE [ID VERSION]
   fi
 }
 
-# One line per subject: subject, id, file.
+# One line per subject and schema version: subject, id, file. A schema's
+# earlier versions (its `history`, schemas/history/) come first, oldest
+# first, so that their manifest ids resolve through the registry too and
+# the subject's versions stay in order.
 jq -r '
   (.schemas | group_by(.topic) | map(select(length == 1) | .[0].topic)) as $single
   | .schemas[]
-  | "\(.topic)-\(.name) \(.id) \(.file)",
-    (select(.topic as $t | $single | index($t)) | "\(.topic)-value \(.id) \(.file)")
+  | . as $e
+  | ((.history // []) + [{id: .id, file: .file}])[]
+  | "\($e.topic)-\($e.name) \(.id) \(.file)",
+    (select($e.topic as $t | $single | index($t)) | "\($e.topic)-value \(.id) \(.file)")
 ' "$dir/manifest.json" > "$work/all"
 : > "$work/todo"
 

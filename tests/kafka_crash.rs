@@ -343,6 +343,7 @@ fn inputs(catalog: &Catalog, events: usize) -> (Records, Records) {
             package_size: None,
             free_units: Decimal::from(50),
             tiers: vec![],
+            aggregation: Default::default(),
         }],
     };
     let account = |a: usize| format!("acct-{a}");

@@ -272,6 +272,7 @@ pub(crate) fn per_unit_plan(plan_id: &str, recurring_fee: &str, unit_price: &str
             package_size: None,
             free_units: Decimal::ZERO,
             tiers: vec![],
+            aggregation: Default::default(),
         }],
     }
 }

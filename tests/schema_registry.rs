@@ -821,6 +821,19 @@ fn schemas_register_puts_every_schema_under_its_subjects_and_is_idempotent() {
         first.contains(&format!("{} subjects at {}", subjects.len(), mock.url)),
         "{first}"
     );
+    // Only the newest version of a schema is registered; it says so for
+    // the earlier ones (schemas/history).
+    for e in catalog.history() {
+        assert!(
+            first.contains(&format!(
+                "{} version {} (manifest id {}) not registered",
+                e.name, e.version, e.id
+            )),
+            "{first}"
+        );
+        let old: serde_json::Value = serde_json::from_str(e.text).unwrap();
+        assert!(mock.with(|r| r.schemas.iter().all(|s| s.parsed != old)));
+    }
     let ids_before = mock.with(|r| r.schemas.len());
     let second = run();
     assert_eq!(mock.with(|r| r.schemas.len()), ids_before, "no new schema");

@@ -24,7 +24,9 @@ enum SchemasCommand {
     /// `<topic>-<record full name>` and, for a topic with one record type,
     /// `<topic>-value`, with the configuration's topic names (prefix
     /// applied). Idempotent: a schema already under its subject keeps its
-    /// id. Prints each subject and its id. `billstream run` with a registry
+    /// id. Prints each subject and its id. Only the newest version of a
+    /// schema is registered (earlier versions, schemas/history/, are for
+    /// producers without a registry). `billstream run` with a registry
     /// needs this done first.
     Register(RegisterArgs),
 }
@@ -49,16 +51,25 @@ fn list() -> anyhow::Result<ExitCode> {
     let catalog = Catalog::load()?;
     let summaries = catalog.validate_all()?;
     println!(
-        "{:>4}  {:<40} {:<28} {:>6}",
-        "id", "record", "topic", "fields"
+        "{:>5}  {:>3}  {:<36} {:<26} {:>6}  written",
+        "id", "ver", "record", "topic", "fields"
     );
     for s in &summaries {
+        let written = match s.read_as {
+            None => "yes".to_string(),
+            Some(id) => format!("no: read as id {id}"),
+        };
         println!(
-            "{:>4}  {:<40} {:<28} {:>6}",
-            s.id, s.name, s.topic, s.fields
+            "{:>5}  {:>3}  {:<36} {:<26} {:>6}  {written}",
+            s.id, s.version, s.name, s.topic, s.fields
         );
     }
-    println!("{} schemas, manifest consistent", summaries.len());
+    let earlier = summaries.iter().filter(|s| s.read_as.is_some()).count();
+    println!(
+        "{} schemas and {earlier} earlier version{} (read, never written), manifest consistent",
+        summaries.len() - earlier,
+        if earlier == 1 { "" } else { "s" }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -83,6 +94,17 @@ fn register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
             } else {
                 "registered"
             }
+        );
+    }
+    // Only the newest version of each schema is registered: it is what
+    // billstream writes and looks up. Producers still on an earlier version
+    // register it themselves (the registry then gives its own id), and
+    // without a registry the manifest's ids of earlier versions are read.
+    for e in catalog.history() {
+        let current = catalog.current_of(e);
+        println!(
+            "{} version {} (manifest id {}) not registered: the newest is version {} (manifest id {})",
+            e.name, e.version, e.id, current.version, current.id
         );
     }
     let new = done.iter().filter(|r| !r.already).count();

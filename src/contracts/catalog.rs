@@ -5,6 +5,16 @@
 //! each its Confluent schema id and topic when no registry is configured)
 //! and hands out the parsed `apache_avro::Schema`s. No schema is written
 //! in Rust.
+//!
+//! Without a registry a schema id must name one writer schema forever:
+//! records framed with it are read with it. So a schema that changes after
+//! its release gets a new id (version `v` of the schema first released as
+//! id `n` is id `n + 1000·(v − 1)`), and its earlier versions stay in the
+//! catalog under their ids, as writer-only schemas (`Catalog::history`,
+//! files `schemas/history/<Record>.v<v>.avsc`) whose records are read by
+//! Avro schema resolution into the current one. The manifest records each
+//! version's fingerprint (CRC-64-AVRO of its Parsing Canonical Form), and
+//! `Catalog::load` refuses a file whose encoding no longer matches it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
@@ -27,8 +37,10 @@ macro_rules! embed_schemas {
     };
 }
 
-/// Every schema file, embedded. Adding a schema means adding it here and
-/// to the manifest; `Catalog::load` refuses any disagreement.
+/// Every schema file, embedded: the current version of each record, then
+/// the earlier versions kept under `history/`. Adding a schema or a version
+/// means adding it here and to the manifest; `Catalog::load` refuses any
+/// disagreement.
 const FILES: &[(&str, &str)] = embed_schemas![
     "UsageRecorded.avsc",
     "CreditToppedUp.avsc",
@@ -54,7 +66,22 @@ const FILES: &[(&str, &str)] = embed_schemas![
     "UsageRollup.avsc",
     "JournalEntry.avsc",
     "DeadLetter.avsc",
+    "history/Plan.v1.avsc",
 ];
+
+/// The id of version `version` of the schema first released under `first`
+/// (ids below `VERSION_STRIDE`): ids of new versions never collide with
+/// the ids new schemas take, nor with each other.
+pub const VERSION_STRIDE: u32 = 1000;
+
+/// The rule a changed schema must follow, quoted by the errors that find
+/// it broken.
+const VERSION_RULE: &str = "a schema id names one writer schema for good (records framed with it \
+are read with it, by this build and by every consumer without a Schema Registry), so a released \
+schema is never changed in place: copy its released text to schemas/history/<Record>.v<v>.avsc \
+and list it under the record's `history` with its id and fingerprint, then give the changed file \
+the next version, the id <first id> + 1000 × (version − 1) and its new fingerprint \
+(README, \"Schema versions and ids\")";
 
 /// Topics whose records carry `event_id` and `causation_id` (outputs).
 const OUTPUT_TOPICS: &[&str] = &[
@@ -76,21 +103,62 @@ struct Manifest {
 #[serde(deny_unknown_fields)]
 struct ManifestEntry {
     id: u32,
+    /// The current version (1 when absent).
+    #[serde(default = "first_version")]
+    version: u32,
     name: String,
     file: String,
     topic: String,
+    fingerprint: String,
+    /// The earlier versions, oldest first.
+    #[serde(default)]
+    history: Vec<ManifestVersion>,
 }
 
-/// One parsed schema and where it is used.
+/// An earlier version of a record's schema, readable but never written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestVersion {
+    id: u32,
+    version: u32,
+    file: String,
+    fingerprint: String,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+/// The CRC-64-AVRO (Rabin) fingerprint of a schema's Parsing Canonical
+/// Form, in hex: equal for two schemas exactly when they encode alike
+/// (docs, defaults and aliases are not part of it).
+pub fn fingerprint(schema: &Schema) -> String {
+    schema
+        .fingerprint::<apache_avro::rabin::Rabin>()
+        .to_string()
+}
+
+/// The id of `version` of the schema whose version 1 is `first`.
+pub fn version_id(first: u32, version: u32) -> Option<u32> {
+    version
+        .checked_sub(1)?
+        .checked_mul(VERSION_STRIDE)?
+        .checked_add(first)
+}
+
+/// One parsed schema (a version of a record) and where it is used.
 #[derive(Debug, Clone)]
 pub struct SchemaEntry {
     /// Confluent schema id from the manifest.
     pub id: u32,
+    /// The record's schema version (1 for a schema never changed).
+    pub version: u32,
     /// Full name, e.g. `billstream.v1.UsageRecorded`.
     pub name: String,
     /// Short record name, e.g. `UsageRecorded`.
     pub record: String,
-    /// File name under `schemas/`.
+    /// File name under `schemas/` (`history/<Record>.v<v>.avsc` for an
+    /// earlier version).
     pub file: &'static str,
     /// Default topic the record travels on.
     pub topic: String,
@@ -113,16 +181,27 @@ impl SchemaEntry {
 /// The Confluent schema id each schema of the catalog travels under: the
 /// manifest's, or the ones a Schema Registry gave (`contracts::registry`).
 /// Indexed like `Catalog::entries`, so finding an id costs one array read.
+/// With the manifest's ids it also lists the ids of the earlier versions
+/// (`Catalog::history`), read but never written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchemaIds {
     ids: Box<[u32]>,
+    /// Writer-only ids and their place in `Catalog::history`.
+    earlier: Box<[(u32, usize)]>,
 }
 
 impl SchemaIds {
-    /// The ids of `schemas/manifest.json`.
+    /// The ids of `schemas/manifest.json`: the newest version's of each
+    /// record, and the earlier versions' as writer-only ids.
     pub fn manifest(catalog: &Catalog) -> SchemaIds {
         SchemaIds {
             ids: catalog.entries.iter().map(|e| e.id).collect(),
+            earlier: catalog
+                .history
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (h.id, i))
+                .collect(),
         }
     }
 
@@ -141,7 +220,10 @@ impl SchemaIds {
                 "schema id {dup} names two different schemas"
             )));
         }
-        Ok(SchemaIds { ids: ids.into() })
+        Ok(SchemaIds {
+            ids: ids.into(),
+            earlier: Box::new([]),
+        })
     }
 
     /// The id of the catalog's `index`-th entry.
@@ -153,103 +235,200 @@ impl SchemaIds {
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         self.ids.iter().copied()
     }
+
+    /// The writer-only ids of earlier versions, with their place in
+    /// `Catalog::history` (none for a registry's ids: a registry gives the
+    /// writer schema of any id it knows).
+    pub fn earlier(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
+        self.earlier.iter().copied()
+    }
 }
 
 /// One line of `billstream schemas`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchemaSummary {
     pub id: u32,
+    pub version: u32,
     pub name: String,
     pub topic: String,
     pub fields: usize,
+    /// For an earlier version: the id of the current one, which its
+    /// records are read into.
+    pub read_as: Option<u32>,
+}
+
+/// Where an id's schema is.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Current(usize),
+    Earlier(usize),
 }
 
 /// All schemas, parsed once.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     entries: Vec<SchemaEntry>,
-    by_id: HashMap<u32, usize>,
+    /// Earlier versions, writer-only, in manifest order.
+    history: Vec<SchemaEntry>,
+    by_id: HashMap<u32, Slot>,
     by_record: HashMap<String, usize>,
 }
 
 impl Catalog {
     /// Parse the embedded schemas and check them against the manifest.
     pub fn load() -> Result<Catalog, ContractError> {
+        Catalog::parse(MANIFEST, FILES)
+    }
+
+    /// Parse `files` (name under `schemas/`, text) and check them against
+    /// the manifest text.
+    fn parse(
+        manifest: &str,
+        embedded: &[(&'static str, &'static str)],
+    ) -> Result<Catalog, ContractError> {
         let manifest: Manifest =
-            serde_json::from_str(MANIFEST).map_err(|e| ContractError::Manifest(e.to_string()))?;
-        let files: HashMap<&str, &'static str> = FILES.iter().copied().collect();
+            serde_json::from_str(manifest).map_err(|e| ContractError::Manifest(e.to_string()))?;
+        let files: HashMap<&str, &'static str> = embedded.iter().copied().collect();
         let mut listed = HashSet::new();
         let mut entries = Vec::with_capacity(manifest.schemas.len());
+        let mut history = Vec::new();
         let mut by_id = HashMap::new();
         let mut by_record = HashMap::new();
         for m in manifest.schemas {
-            let Some((&file, &text)) = files.get_key_value(m.file.as_str()) else {
-                return Err(ContractError::Catalog(format!(
-                    "manifest lists {} but it is not embedded (add it to FILES in src/contracts/catalog.rs)",
-                    m.file
-                )));
-            };
-            if !listed.insert(file) {
-                return Err(ContractError::Catalog(format!(
-                    "{file} is listed twice in the manifest"
-                )));
-            }
             if m.topic.is_empty() {
                 return Err(ContractError::Manifest(format!(
-                    "{file} has an empty topic"
+                    "{} has an empty topic",
+                    m.file
                 )));
             }
-            let bad = |reason: String| ContractError::Schema {
-                file: file.to_string(),
-                reason,
-            };
-            let schema = Schema::parse_str(text).map_err(|e| bad(e.to_string()))?;
-            let Schema::Record(record) = &schema else {
-                return Err(bad("the top-level schema must be a record".into()));
-            };
-            let full = record.name.fullname(None);
-            if full != m.name {
-                return Err(bad(format!(
-                    "record is {full} but the manifest says {}",
+            let found: Vec<u32> = m.history.iter().map(|h| h.version).collect();
+            if !found.iter().copied().eq(1..m.version) {
+                return Err(ContractError::Manifest(format!(
+                    "{} is version {} of {}: its `history` must list versions 1 to {}, oldest first, not {found:?}",
+                    m.file,
+                    m.version,
+                    m.name,
+                    m.version.saturating_sub(1)
+                )));
+            }
+            let first = m.history.first().map_or(m.id, |h| h.id);
+            if first >= VERSION_STRIDE {
+                return Err(ContractError::Manifest(format!(
+                    "version 1 of {} has id {first}: first versions take ids below {VERSION_STRIDE} (later versions are {VERSION_STRIDE} apart)",
                     m.name
                 )));
             }
-            if record.name.namespace.as_deref() != Some(NAMESPACE) {
-                return Err(bad(format!("namespace must be {NAMESPACE}")));
+            let versions = m
+                .history
+                .iter()
+                .map(|h| (h.id, h.version, h.file.as_str(), h.fingerprint.as_str()))
+                .chain([(m.id, m.version, m.file.as_str(), m.fingerprint.as_str())]);
+            for (id, version, file, recorded) in versions {
+                let current = version == m.version;
+                let Some((&file, &text)) = files.get_key_value(file) else {
+                    return Err(ContractError::Catalog(format!(
+                        "manifest lists {file} but it is not embedded (add it to FILES in src/contracts/catalog.rs)"
+                    )));
+                };
+                if !listed.insert(file) {
+                    return Err(ContractError::Catalog(format!(
+                        "{file} is listed twice in the manifest"
+                    )));
+                }
+                let bad = |reason: String| ContractError::Schema {
+                    file: file.to_string(),
+                    reason,
+                };
+                let schema = Schema::parse_str(text).map_err(|e| bad(e.to_string()))?;
+                let Schema::Record(record) = &schema else {
+                    return Err(bad("the top-level schema must be a record".into()));
+                };
+                let full = record.name.fullname(None);
+                if full != m.name {
+                    return Err(bad(format!(
+                        "record is {full} but the manifest says {}",
+                        m.name
+                    )));
+                }
+                if record.name.namespace.as_deref() != Some(NAMESPACE) {
+                    return Err(bad(format!("namespace must be {NAMESPACE}")));
+                }
+                let short = record.name.name.clone();
+                let want = if current {
+                    format!("{short}.avsc")
+                } else {
+                    format!("history/{short}.v{version}.avsc")
+                };
+                if file != want {
+                    return Err(bad(format!("file name must be {want}")));
+                }
+                if version_id(first, version) != Some(id) {
+                    return Err(bad(format!(
+                        "version {version} of {short} must have id {} (version 1's id {first} + {VERSION_STRIDE} × {}), not {id}",
+                        version_id(first, version).map_or("out of range".into(), |i| i.to_string()),
+                        version - 1
+                    )));
+                }
+                let actual = fingerprint(&schema);
+                if actual != recorded {
+                    let what = if current {
+                        format!(
+                            "it no longer encodes like the schema released as version {version}, id {id} (fingerprint {actual}, the manifest records {recorded}). \
+                             Keep the released text as history/{short}.v{version}.avsc (id {id}, fingerprint {recorded}) and make this file version {}, id {}, fingerprint {actual}",
+                            version + 1,
+                            version_id(first, version + 1).map_or("out of range".into(), |i| i.to_string())
+                        )
+                    } else {
+                        format!(
+                            "an earlier version's file must never change: it no longer encodes like version {version}, id {id} (fingerprint {actual}, the manifest records {recorded}); restore it from git history"
+                        )
+                    };
+                    return Err(bad(format!("{what}. The rule: {VERSION_RULE}")));
+                }
+                let entry = SchemaEntry {
+                    id,
+                    version,
+                    name: full,
+                    record: short,
+                    file,
+                    topic: m.topic.clone(),
+                    text,
+                    schema,
+                };
+                let slot = if current {
+                    Slot::Current(entries.len())
+                } else {
+                    Slot::Earlier(history.len())
+                };
+                if by_id.insert(id, slot).is_some() {
+                    return Err(ContractError::Catalog(format!(
+                        "schema id {id} is used twice"
+                    )));
+                }
+                if current {
+                    if by_record
+                        .insert(entry.record.clone(), entries.len())
+                        .is_some()
+                    {
+                        return Err(ContractError::Catalog(format!(
+                            "record {} is defined twice",
+                            entry.record
+                        )));
+                    }
+                    entries.push(entry);
+                } else {
+                    history.push(entry);
+                }
             }
-            let short = record.name.name.clone();
-            if file.strip_suffix(".avsc") != Some(short.as_str()) {
-                return Err(bad(format!("file name must be {short}.avsc")));
-            }
-            let index = entries.len();
-            if by_id.insert(m.id, index).is_some() {
-                return Err(ContractError::Catalog(format!(
-                    "schema id {} is used twice",
-                    m.id
-                )));
-            }
-            if by_record.insert(short.clone(), index).is_some() {
-                return Err(ContractError::Catalog(format!(
-                    "record {short} is defined twice"
-                )));
-            }
-            entries.push(SchemaEntry {
-                id: m.id,
-                name: full,
-                record: short,
-                file,
-                topic: m.topic,
-                text,
-                schema,
-            });
         }
-        if let Some((file, _)) = FILES.iter().find(|(f, _)| !listed.contains(f)) {
+        if let Some((file, _)) = embedded.iter().find(|(f, _)| !listed.contains(f)) {
             return Err(ContractError::Catalog(format!(
                 "{file} is embedded but not listed in the manifest"
             )));
         }
         Ok(Catalog {
             entries,
+            history,
             by_id,
             by_record,
         })
@@ -264,9 +443,22 @@ impl Catalog {
             .map_err(Clone::clone)
     }
 
-    /// Every schema, in manifest order.
+    /// The current version of every schema, in manifest order: what
+    /// billstream writes and reads into.
     pub fn entries(&self) -> &[SchemaEntry] {
         &self.entries
+    }
+
+    /// The earlier versions of the schemas that changed after their
+    /// release, in manifest order: writer-only, their records are read into
+    /// the current version (`current_of`).
+    pub fn history(&self) -> &[SchemaEntry] {
+        &self.history
+    }
+
+    /// The current version of `entry`'s record.
+    pub fn current_of(&self, entry: &SchemaEntry) -> &SchemaEntry {
+        &self.entries[self.by_record[&entry.record]]
     }
 
     /// Where a record (short or full name) is in `entries`.
@@ -278,8 +470,12 @@ impl Catalog {
         self.by_record.get(short).copied()
     }
 
+    /// The schema (current or earlier version) a manifest id names.
     pub fn by_id(&self, id: u32) -> Option<&SchemaEntry> {
-        self.by_id.get(&id).map(|&i| &self.entries[i])
+        self.by_id.get(&id).map(|slot| match *slot {
+            Slot::Current(i) => &self.entries[i],
+            Slot::Earlier(i) => &self.history[i],
+        })
     }
 
     /// Look up by short record name (`InvoiceIssued`) or full name.
@@ -287,11 +483,13 @@ impl Catalog {
         self.index_of(name).map(|i| &self.entries[i])
     }
 
-    /// Check the rules every schema must keep beyond parsing, and that the
-    /// input decoder compiles against them; one summary per schema.
+    /// Check the rules every schema must keep beyond parsing, that every
+    /// earlier version resolves into the current one, and that the input
+    /// decoder compiles against them; one summary per schema version
+    /// (current versions first).
     pub fn validate_all(&self) -> Result<Vec<SchemaSummary>, ContractError> {
-        let mut out = Vec::with_capacity(self.entries.len());
-        for e in &self.entries {
+        let mut out = Vec::with_capacity(self.entries.len() + self.history.len());
+        for e in self.entries.iter().chain(&self.history) {
             let bad = |reason: String| ContractError::Schema {
                 file: e.file.to_string(),
                 reason,
@@ -308,11 +506,27 @@ impl Catalog {
             }
             // Self-contained (no named references), so every reader can walk it.
             super::avro_binary::Skip::compile(&e.schema).map_err(bad)?;
+            let current = self.current_of(e);
+            let read_as = (current.id != e.id).then_some(current.id);
+            if read_as.is_some() {
+                apache_avro::schema_compatibility::SchemaCompatibility::can_read(
+                    &e.schema,
+                    &current.schema,
+                )
+                .map_err(|err| {
+                    bad(format!(
+                        "version {} cannot be read as version {} ({}): {err}",
+                        e.version, current.version, current.file
+                    ))
+                })?;
+            }
             out.push(SchemaSummary {
                 id: e.id,
+                version: e.version,
                 name: e.name.clone(),
                 topic: e.topic.clone(),
                 fields: fields.len(),
+                read_as,
             });
         }
         super::decode::Decoder::new(self)?;
@@ -377,6 +591,125 @@ mod tests {
                 "{}",
                 e.name
             );
+        }
+    }
+
+    /// `FILES` with `file`'s text replaced by `edit` of its JSON.
+    fn files_with(
+        file: &str,
+        edit: impl Fn(&mut serde_json::Value),
+    ) -> Vec<(&'static str, &'static str)> {
+        FILES
+            .iter()
+            .map(|&(f, text)| {
+                if f != file {
+                    return (f, text);
+                }
+                let mut json: serde_json::Value = serde_json::from_str(text).unwrap();
+                edit(&mut json);
+                (f, &*json.to_string().leak())
+            })
+            .collect()
+    }
+
+    fn add_field(schema: &mut serde_json::Value) {
+        schema["fields"].as_array_mut().unwrap().push(
+            serde_json::json!({"name": "channel", "type": ["null", "string"], "default": null}),
+        );
+    }
+
+    #[test]
+    fn every_schema_file_encodes_as_the_manifest_records_for_its_id() {
+        // The guard of the version rule on the real files: Catalog::load
+        // checks each version's fingerprint (a failure here says what to do).
+        if let Err(e) = Catalog::load() {
+            panic!("{e}");
+        }
+        let catalog = Catalog::shared().unwrap();
+        for e in catalog.entries().iter().chain(catalog.history()) {
+            assert_eq!(catalog.by_id(e.id).map(|x| x.file), Some(e.file));
+        }
+    }
+
+    #[test]
+    fn a_schema_changed_without_a_new_id_is_refused_with_the_rule() {
+        // A field added to UsageRecorded.avsc, still listed as id 1: records
+        // of producers on the released version would no longer decode.
+        let files = files_with("UsageRecorded.avsc", add_field);
+        let e = Catalog::parse(MANIFEST, &files).unwrap_err().to_string();
+        for needed in [
+            "UsageRecorded.avsc",
+            "no longer encodes like the schema released as version 1, id 1",
+            "history/UsageRecorded.v1.avsc (id 1, fingerprint e7b651701da8a45e)",
+            "version 2, id 1001",
+            "a released schema is never changed in place",
+        ] {
+            assert!(e.contains(needed), "{needed:?} not in: {e}");
+        }
+        // The same for a schema already at version 2: its next id is 2013.
+        let files = files_with("Plan.avsc", add_field);
+        let e = Catalog::parse(MANIFEST, &files).unwrap_err().to_string();
+        assert!(
+            e.contains("history/Plan.v2.avsc (id 1013") && e.contains("version 3, id 2013"),
+            "{e}"
+        );
+        // An earlier version's file is frozen.
+        let files = files_with("history/Plan.v1.avsc", add_field);
+        let e = Catalog::parse(MANIFEST, &files).unwrap_err().to_string();
+        assert!(e.contains("must never change"), "{e}");
+        // A change that keeps the encoding (a doc) needs no new id.
+        let files = files_with("UsageRecorded.avsc", |s| {
+            s["doc"] = serde_json::json!("reworded");
+        });
+        assert!(Catalog::parse(MANIFEST, &files).is_ok());
+    }
+
+    #[test]
+    fn versions_follow_the_id_rule_and_list_their_history() {
+        let manifest: serde_json::Value = serde_json::from_str(MANIFEST).unwrap();
+        let plan_at = manifest["schemas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|e| e["file"] == "Plan.avsc")
+            .unwrap();
+        let edited = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut m = manifest.clone();
+            edit(&mut m["schemas"][plan_at]);
+            Catalog::parse(&m.to_string(), FILES)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = edited(&|p| p["id"] = serde_json::json!(25));
+        assert!(e.contains("version 2 of Plan must have id 1013"), "{e}");
+        let e = edited(&|p| p["history"] = serde_json::json!([]));
+        assert!(e.contains("must list versions 1 to 1"), "{e}");
+        let e = edited(&|p| p["history"][0]["id"] = serde_json::json!(1013));
+        assert!(e.contains("first versions take ids below 1000"), "{e}");
+        let e = edited(&|p| p["history"][0]["id"] = serde_json::json!(999));
+        assert!(e.contains("version 2 of Plan must have id 1999"), "{e}");
+    }
+
+    #[test]
+    fn every_file_in_schemas_history_is_a_listed_earlier_version() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/history");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|f| format!("history/{}", f.unwrap().file_name().to_string_lossy()))
+            .collect();
+        on_disk.sort();
+        let catalog = Catalog::shared().unwrap();
+        let mut listed: Vec<String> = catalog
+            .history()
+            .iter()
+            .map(|e| e.file.to_string())
+            .collect();
+        listed.sort();
+        assert_eq!(on_disk, listed);
+        for e in catalog.history() {
+            let current = catalog.current_of(e);
+            assert!(e.version < current.version && e.id != current.id);
+            assert_eq!(e.id, version_id(e.id % VERSION_STRIDE, e.version).unwrap());
         }
     }
 }

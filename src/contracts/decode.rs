@@ -20,6 +20,7 @@ use super::errors::{ContractError, DecodeError};
 use super::framing;
 use super::json::parse_anchor;
 use super::usage_reader::UsageReader;
+use crate::engine::aggregation::{Aggregation, AggregationSpec};
 use crate::engine::events::{
     AccountCommand, AccountKind, AdjustmentKind, Input, PaymentEvent, PaymentKind,
 };
@@ -100,13 +101,17 @@ pub struct Decoder {
 
 impl Decoder {
     /// Compile a reader for every input schema of the catalog, under the
-    /// manifest's ids.
+    /// manifest's ids: the current version's, and the ids of the earlier
+    /// versions (`Catalog::history`), whose records are read by schema
+    /// resolution into the current one, as a registry's evolved writer
+    /// schemas are.
     pub fn new(catalog: &Catalog) -> Result<Decoder, ContractError> {
         Decoder::with_ids(catalog, &SchemaIds::manifest(catalog))
     }
 
     /// The same under other ids (a Schema Registry's): records framed with
     /// a manifest id are then unknown unless the registry says otherwise.
+    /// Earlier versions are read under the writer-only ids `ids` lists.
     pub fn with_ids(catalog: &Catalog, ids: &SchemaIds) -> Result<Decoder, ContractError> {
         let mut decoder = Decoder {
             readers: Vec::new(),
@@ -121,6 +126,12 @@ impl Decoder {
         }
         if !decoder.own.contains_key("UsageRecorded") {
             return Err(ContractError::Catalog("no UsageRecorded schema".into()));
+        }
+        for (id, index) in ids.earlier() {
+            let e = &catalog.history()[index];
+            if decoder.own.contains_key(&e.record) {
+                decoder.add(id, &e.record, &e.schema)?;
+            }
         }
         Ok(decoder)
     }
@@ -509,6 +520,24 @@ fn plan(f: &Fields<'_>) -> Result<Plan, DecodeError> {
             package_size: c.opt_decimal("package_size")?,
             free_units: c.decimal_or_zero("free_units")?,
             tiers,
+            aggregation: AggregationSpec {
+                kind: match c.get("aggregation") {
+                    // A record written before the field existed: `sum`.
+                    None => Aggregation::Sum,
+                    Some(_) => {
+                        let name = c.symbol("aggregation")?;
+                        Aggregation::from_name(name).ok_or_else(|| {
+                            DecodeError::field(
+                                "charges.aggregation",
+                                format!("unknown symbol {:?}", truncate(name)),
+                            )
+                        })?
+                    }
+                },
+                field: c.opt_str("aggregation_field")?,
+                percentile: c.opt_decimal("aggregation_percentile")?,
+                window: c.opt_str("aggregation_window")?,
+            },
         });
     }
     Ok(Plan {
@@ -646,6 +675,240 @@ mod tests {
         );
     }
 
+    fn aggregated_plan() -> Plan {
+        use crate::engine::aggregation::{Aggregation, AggregationSpec};
+        let mut plan = sample_plan();
+        plan.charges[0].aggregation = AggregationSpec {
+            kind: Aggregation::Percentile,
+            field: None,
+            percentile: Some(Decimal::from(95)),
+            window: Some("5m".into()),
+        };
+        plan.charges[1].aggregation = AggregationSpec {
+            kind: Aggregation::UniqueCount,
+            field: Some("user_id".into()),
+            percentile: None,
+            window: None,
+        };
+        plan
+    }
+
+    #[test]
+    fn issue_13_plan_aggregations_round_trip_through_avro_and_json() {
+        let catalog = Catalog::shared().unwrap();
+        let plan = aggregated_plan();
+        let bytes = catalog.encode_plan(&plan).unwrap();
+        assert_eq!(decoder().decode(&bytes), Ok(Decoded::Plan(plan.clone())));
+        let line = crate::contracts::json::plan_to_json(&plan).to_string();
+        assert!(line.contains(r#""aggregation":"percentile""#), "{line}");
+        assert_eq!(
+            crate::contracts::json::parse_line(&line),
+            Ok(Decoded::Plan(plan))
+        );
+        // A JSON plan without the fields is `sum`; an unknown one is named.
+        let mut json = crate::contracts::json::plan_to_json(&sample_plan());
+        for c in json["charges"].as_array_mut().unwrap() {
+            let c = c.as_object_mut().unwrap();
+            c.retain(|k, _| !k.starts_with("aggregation"));
+        }
+        assert_eq!(
+            crate::contracts::json::parse_line(&json.to_string()),
+            Ok(Decoded::Plan(sample_plan()))
+        );
+        json["charges"][0]["aggregation"] = serde_json::json!("median");
+        let e = crate::contracts::json::parse_line(&json.to_string()).unwrap_err();
+        assert!(e.to_string().contains("aggregation"), "{e}");
+    }
+
+    #[test]
+    fn issue_13_old_plan_records_without_aggregation_decode_to_sum() {
+        // The Plan schema as it was before issue 13: Charge without the
+        // four aggregation fields.
+        let mut old: serde_json::Value =
+            serde_json::from_str(include_str!("../../schemas/Plan.avsc")).unwrap();
+        let charge_fields = old["fields"][4]["type"]["items"]["fields"]
+            .as_array_mut()
+            .unwrap();
+        charge_fields.retain(|f| !f["name"].as_str().unwrap().starts_with("aggregation"));
+        assert_eq!(charge_fields.len(), 6);
+        let old_text = old.to_string();
+        let mut d = decoder();
+        d.register_writer_schema(4300, &old_text).unwrap();
+        let old_schema = Schema::parse_str(&old_text).unwrap();
+        let mut json = crate::contracts::json::plan_to_json(&sample_plan());
+        for c in json["charges"].as_array_mut().unwrap() {
+            let c = c.as_object_mut().unwrap();
+            c.retain(|k, _| !k.starts_with("aggregation"));
+        }
+        let body = super::super::encode::avro_body(&old_schema, "Plan", &json, &[]).unwrap();
+        let Ok(Decoded::Plan(plan)) = d.decode(&framing::encode(4300, &body)) else {
+            panic!("old plan record not decoded")
+        };
+        assert!(plan
+            .charges
+            .iter()
+            .all(|c| c.aggregation == Default::default()));
+        assert_eq!(plan, sample_plan());
+    }
+
+    #[test]
+    fn issue_13_an_old_producers_plan_record_decodes_to_sum() {
+        // A producer still on the Plan schema of before issue 13 (kept as
+        // schemas/history/Plan.v1.avsc: charges without the aggregation
+        // fields) frames its records with that schema's id, 13, as it
+        // always did. No registry: the manifest alone must say how to read
+        // them.
+        let old = Schema::parse_str(include_str!("../../schemas/history/Plan.v1.avsc")).unwrap();
+        let mut json = crate::contracts::json::plan_to_json(&sample_plan());
+        for c in json["charges"].as_array_mut().unwrap() {
+            c.as_object_mut()
+                .unwrap()
+                .retain(|k, _| !k.starts_with("aggregation"));
+        }
+        let body = super::super::encode::avro_body(&old, "Plan", &json, &[]).unwrap();
+        let framed = framing::encode(13, &body);
+        let Ok(Decoded::Plan(plan)) = decoder().decode(&framed) else {
+            panic!(
+                "an old producer's plan record: {:?}",
+                decoder().decode(&framed)
+            )
+        };
+        assert!(plan
+            .charges
+            .iter()
+            .all(|c| c.aggregation.kind == crate::engine::aggregation::Aggregation::Sum));
+        assert_eq!(plan, sample_plan());
+    }
+
+    /// `json` with every field `schema` does not have left out, at any depth.
+    fn pruned_to(schema: &Schema, json: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value as Json;
+        match (schema, json) {
+            (Schema::Record(r), Json::Object(obj)) => Json::Object(
+                r.fields
+                    .iter()
+                    .filter_map(|f| Some((f.name.clone(), pruned_to(&f.schema, obj.get(&f.name)?))))
+                    .collect(),
+            ),
+            (Schema::Array(a), Json::Array(items)) => {
+                Json::Array(items.iter().map(|i| pruned_to(&a.items, i)).collect())
+            }
+            (Schema::Map(m), Json::Object(obj)) => Json::Object(
+                obj.iter()
+                    .map(|(k, v)| (k.clone(), pruned_to(&m.types, v)))
+                    .collect(),
+            ),
+            (Schema::Union(u), Json::Object(_)) => u
+                .variants()
+                .iter()
+                .find(|b| matches!(b, Schema::Record(_) | Schema::Map(_)))
+                .map_or_else(|| json.clone(), |b| pruned_to(b, json)),
+            _ => json.clone(),
+        }
+    }
+
+    /// A value of `schema` with something in every field (first branch
+    /// that is not null, first symbol, one item), for records no sample
+    /// of this module covers.
+    fn filled(schema: &Schema) -> Value {
+        match schema {
+            Schema::Null => Value::Null,
+            Schema::Boolean => Value::Boolean(true),
+            Schema::Int => Value::Int(1),
+            Schema::Long => Value::Long(1),
+            Schema::Float => Value::Float(1.0),
+            Schema::Double => Value::Double(1.0),
+            Schema::Bytes => Value::Bytes(b"1".to_vec()),
+            Schema::String => Value::String("1".into()),
+            Schema::TimestampMicros => Value::TimestampMicros(1),
+            Schema::TimestampMillis => Value::TimestampMillis(1),
+            Schema::Enum(e) => Value::Enum(0, e.symbols[0].clone()),
+            Schema::Array(a) => Value::Array(vec![filled(&a.items)]),
+            Schema::Map(m) => Value::Map([("k".to_string(), filled(&m.types))].into()),
+            Schema::Union(u) => {
+                let (i, b) = u
+                    .variants()
+                    .iter()
+                    .enumerate()
+                    .find(|(_, b)| **b != Schema::Null)
+                    .unwrap_or((0, &Schema::Null));
+                Value::Union(i as u32, Box::new(filled(b)))
+            }
+            Schema::Record(r) => Value::Record(
+                r.fields
+                    .iter()
+                    .map(|f| (f.name.clone(), filled(&f.schema)))
+                    .collect(),
+            ),
+            other => panic!("no filler for {other:?}: extend `filled`"),
+        }
+    }
+
+    #[test]
+    fn every_earlier_schema_version_in_the_manifest_decodes_with_this_build() {
+        // For every version in the manifest's history (schemas/history): a
+        // record its producers write, framed with its id, reads with this
+        // build into what the same record reads as when written with the
+        // current version (new fields at their defaults).
+        let catalog = Catalog::shared().unwrap();
+        let d = decoder();
+        let mut samples: Vec<(&str, serde_json::Value)> = sample_inputs()
+            .iter()
+            .map(|i| {
+                (
+                    crate::contracts::json::input_record(i),
+                    crate::contracts::json::input_to_json(i),
+                )
+            })
+            .collect();
+        samples.push((
+            "Plan",
+            crate::contracts::json::plan_to_json(&aggregated_plan()),
+        ));
+        assert!(!catalog.history().is_empty());
+        for old in catalog.history() {
+            let current = catalog.current_of(old);
+            let framed_old = |body: &[u8]| framing::encode(old.id, body);
+            if !d.own.contains_key(&old.record) {
+                // Not an input: billstream does not decode it, but its
+                // consumers resolve it into the current version.
+                let body = apache_avro::to_avro_datum(&old.schema, filled(&old.schema)).unwrap();
+                let read = apache_avro::from_avro_datum(
+                    &old.schema,
+                    &mut &body[..],
+                    Some(&current.schema),
+                );
+                assert!(read.is_ok(), "{}: {read:?}", old.file);
+                continue;
+            }
+            let mut covered = 0;
+            for (_, json) in samples.iter().filter(|(r, _)| *r == old.record) {
+                let json = pruned_to(&old.schema, json);
+                let body = super::super::encode::avro_body(&old.schema, &old.record, &json, &[])
+                    .unwrap_or_else(|e| panic!("{}: {e}", old.file));
+                let as_current = catalog.encode_json(&old.record, &json, &[]).unwrap();
+                assert_ne!(as_current[..5], framed_old(&body)[..5]);
+                let expected = d.decode(&as_current).unwrap();
+                assert_eq!(
+                    d.decode(&framed_old(&body)),
+                    Ok(expected),
+                    "{} (id {}) read as {} (id {})",
+                    old.file,
+                    old.id,
+                    current.file,
+                    current.id
+                );
+                covered += 1;
+            }
+            assert!(
+                covered > 0,
+                "no sample of {} to write with {}",
+                old.record,
+                old.file
+            );
+        }
+    }
+
     #[test]
     fn registered_writer_schema_with_an_extra_field_decodes() {
         let mut d = decoder();
@@ -739,7 +1002,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
         #[test]
-        fn arbitrary_bodies_under_every_schema_id_never_panic(id in 1u32..=13, body in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fn arbitrary_bodies_under_every_schema_id_never_panic(id in prop_oneof![1u32..=13, Just(1013u32)], body in proptest::collection::vec(any::<u8>(), 0..200)) {
             let d = decoder();
             let _ = d.decode(&framing::encode(id, &body));
         }

@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use super::decimal::{decimal_field, rfc3339_field, truncate, DECIMAL_EXPECTED};
 use super::decode::Decoded;
 use super::errors::DecodeError;
+use crate::engine::aggregation::{Aggregation, AggregationSpec};
 use crate::engine::events::{
     AccountCommand, AccountKind, AdjustmentKind, Input, PaymentEvent, PaymentKind, UsageRecorded,
 };
@@ -56,6 +57,10 @@ const CHARGE_FIELDS: &[&str] = &[
     "package_size",
     "free_units",
     "tiers",
+    "aggregation",
+    "aggregation_field",
+    "aggregation_percentile",
+    "aggregation_window",
 ];
 const TIER_FIELDS: &[&str] = &["up_to", "unit_price", "flat_fee"];
 /// Fields every payment and account command (other than opening) has.
@@ -323,6 +328,24 @@ fn plan(o: &Obj<'_>) -> Result<Plan, DecodeError> {
                 package_size: c.opt_decimal("package_size")?,
                 free_units: c.decimal_or_zero("free_units")?,
                 tiers,
+                aggregation: AggregationSpec {
+                    kind: match c.opt_str("aggregation")? {
+                        None => Aggregation::Sum,
+                        Some(name) => Aggregation::from_name(&name).ok_or_else(|| {
+                            c.err(
+                                "aggregation",
+                                format!(
+                                    "must be one of {}, got {:?}",
+                                    Aggregation::ALL.map(Aggregation::name).join(", "),
+                                    truncate(&name)
+                                ),
+                            )
+                        })?,
+                    },
+                    field: c.opt_str("aggregation_field")?,
+                    percentile: c.opt_decimal("aggregation_percentile")?,
+                    window: c.opt_str("aggregation_window")?,
+                },
             })
         })
         .collect::<Result<Vec<_>, DecodeError>>()?;
@@ -708,6 +731,10 @@ pub fn plan_to_json(plan: &Plan) -> Value {
                 "unit_price": t.unit_price.to_string(),
                 "flat_fee": t.flat_fee.to_string(),
             })).collect::<Vec<_>>(),
+            "aggregation": c.aggregation.kind.name(),
+            "aggregation_field": c.aggregation.field,
+            "aggregation_percentile": c.aggregation.percentile.map(|d| d.to_string()),
+            "aggregation_window": c.aggregation.window,
         })).collect::<Vec<_>>(),
     })
 }
@@ -878,6 +905,7 @@ pub(crate) mod tests {
                             flat_fee: d("2.00"),
                         },
                     ],
+                    aggregation: Default::default(),
                 },
                 Charge {
                     metric: "disk.gb_hours".into(),
@@ -886,6 +914,7 @@ pub(crate) mod tests {
                     package_size: Some(d("100")),
                     free_units: d("0"),
                     tiers: vec![],
+                    aggregation: Default::default(),
                 },
             ],
         }

@@ -12,6 +12,7 @@ use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::aggregation::{AggState, Aggregation};
 use super::dedup::DedupWindow;
 use super::events::{DunningStop, Line};
 use super::money::{Currency, Minor};
@@ -24,8 +25,28 @@ pub struct MetricUsage {
     pub metric: Name,
     pub total: Decimal,
     /// Quantity by subject; a short vector beats a map at this size.
-    /// Names are shared with journal entries and rollup buckets.
+    /// Names are shared with journal entries and rollup buckets. For an
+    /// aggregation other than `sum`, the number of events by subject.
     pub subjects: Vec<(Name, Decimal)>,
+    /// How the metric is aggregated in this period, pinned by its first
+    /// event (`total` is then what `aggregation::add` keeps).
+    #[serde(default, skip_serializing_if = "Aggregation::is_sum")]
+    pub aggregation: Aggregation,
+    /// What the aggregation keeps beyond `total` (latest, unique_count,
+    /// time_weighted, percentile); `None` for sum, count and max.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<Box<AggState>>,
+}
+
+/// A metric of an issued period aggregated otherwise than by `sum`: what
+/// late usage needs to re-compute the period's value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosedAggregate {
+    pub metric: String,
+    pub aggregation: Aggregation,
+    pub total: Decimal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<Box<AggState>>,
 }
 
 /// Usage of a period whose invoice is not issued yet.
@@ -48,8 +69,12 @@ pub enum BilledKey {
 pub struct ClosedPeriod {
     pub period: Period,
     pub plan_id: String,
-    /// Total quantity per metric, including late usage so far.
+    /// Rated quantity per metric (the aggregated value), including late
+    /// usage so far.
     pub totals: Vec<(String, Decimal)>,
+    /// Aggregation state of the metrics not aggregated by `sum`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aggregates: Vec<ClosedAggregate>,
     /// Amount billed so far per line key, including late lines not yet issued.
     pub billed: Vec<(BilledKey, Minor)>,
 }
@@ -197,12 +222,19 @@ impl AccountState {
                     .iter()
                     .map(|(x, _)| x.heap_bytes())
                     .sum::<usize>();
+                n += m.state.as_ref().map_or(0, |s| s.heap_bytes());
             }
         }
         n += self.closed.capacity() * std::mem::size_of::<ClosedPeriod>();
         for c in &self.closed {
             n += s(&c.plan_id) + c.totals.capacity() * std::mem::size_of::<(String, Decimal)>();
             n += c.totals.iter().map(|(x, _)| s(x)).sum::<usize>();
+            n += c.aggregates.capacity() * std::mem::size_of::<ClosedAggregate>();
+            n += c
+                .aggregates
+                .iter()
+                .map(|a| s(&a.metric) + a.state.as_ref().map_or(0, |x| x.heap_bytes()))
+                .sum::<usize>();
             n += c.billed.capacity() * std::mem::size_of::<(BilledKey, Minor)>();
             n += c
                 .billed

@@ -27,6 +27,7 @@ fn per_unit_plan(id: &str, currency: &str, fee: Decimal, price: Decimal) -> Plan
             package_size: None,
             free_units: Decimal::ZERO,
             tiers: vec![],
+            aggregation: Default::default(),
         }],
     }
 }
@@ -443,6 +444,7 @@ fn charge(metric: &'static str) -> impl Strategy<Value = Charge> {
                 package_size: Some(package.abs().max(Decimal::new(1, 18))),
                 free_units,
                 tiers,
+                aggregation: Default::default(),
             }
         })
 }

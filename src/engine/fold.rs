@@ -10,8 +10,9 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 
 use super::account::{
-    AccountState, BilledKey, ClosedPeriod, MetricUsage, PeriodUsage, RollupBucket,
+    AccountState, BilledKey, ClosedAggregate, ClosedPeriod, MetricUsage, PeriodUsage, RollupBucket,
 };
+use super::aggregation::{self, Aggregation};
 use super::config::EngineConfig;
 use super::dedup::{self, Seen};
 use super::events::{
@@ -556,6 +557,23 @@ impl Engine {
         (to.0 - from.0, p.length())
     }
 
+    /// The part of `p` the account was open for, `[from, to)`: what
+    /// time_weighted and percentile aggregate over.
+    fn span(st: &AccountState, p: Period) -> (Timestamp, Timestamp) {
+        let from = p.start.max(st.opened_at);
+        let to = st.closed_at.map_or(p.end, |c| c.min(p.end)).max(from);
+        (from, to)
+    }
+
+    /// The quantity a metric's line is rated on (its total for `sum`).
+    fn metric_quantity(st: &AccountState, m: &MetricUsage, p: Period) -> Option<Decimal> {
+        if m.aggregation.is_sum() {
+            return Some(m.total);
+        }
+        let (from, to) = Self::span(st, p);
+        aggregation::value(m.aggregation, m.total, m.state.as_deref(), p, from, to)
+    }
+
     fn minimum_for(&self, st: &AccountState, plan: &Plan, p: Period) -> Minor {
         let (part, whole) = Self::share(st, p);
         prorate(st.currency, plan.minimum_spend, part, whole)
@@ -585,7 +603,9 @@ impl Engine {
             // Usage is refused before its total can outgrow a line; only a
             // plan replaced by a dearer one mid-period can get here with
             // `None`: the line is not billed, and says so.
-            let (amount, description) = match Self::line_amount(st, charge, m.total) {
+            let quantity = Self::metric_quantity(st, m, p);
+            let amount = quantity.and_then(|q| Self::line_amount(st, charge, q));
+            let (amount, description) = match amount {
                 Some(amount) => (amount, None),
                 None => (
                     Minor::ZERO,
@@ -599,7 +619,7 @@ impl Engine {
             lines.push(Line {
                 kind: LineKind::Usage,
                 metric: Some(m.metric.as_str().to_string()),
-                quantity: m.total,
+                quantity: quantity.unwrap_or(m.total),
                 unit_price: display_unit_price(charge),
                 amount,
                 for_period: p,
@@ -715,18 +735,25 @@ impl Engine {
                 None => (BilledKey::MinimumSpend, l.amount),
             })
             .collect();
-        let totals = usage
-            .map(|u| {
-                u.metrics
-                    .into_iter()
-                    .map(|m| (m.metric.to_string(), m.total))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut totals = Vec::new();
+        let mut aggregates = Vec::new();
+        for m in usage.map(|u| u.metrics).unwrap_or_default() {
+            let value = Self::metric_quantity(st, &m, p).unwrap_or(m.total);
+            totals.push((m.metric.to_string(), value));
+            if !m.aggregation.is_sum() {
+                aggregates.push(ClosedAggregate {
+                    metric: m.metric.to_string(),
+                    aggregation: m.aggregation,
+                    total: m.total,
+                    state: m.state,
+                });
+            }
+        }
         st.closed.push(ClosedPeriod {
             period: p,
             plan_id,
             totals,
+            aggregates,
             billed,
         });
         // Keep the issued periods late input can still reach: those ending
@@ -827,71 +854,83 @@ impl Engine {
                     .iter()
                     .position(|m| m.metric.is(metric_tag, &u.metric))
             });
-            let old_total = match (idx, known) {
-                (Some(i), Some(k)) => st.open[i].metrics[k].total,
-                _ => Decimal::ZERO,
+            // Not `sum`: the aggregation's own path (a metric already in
+            // the period says which; the first event asks the plan).
+            let aggregated = match (idx, known) {
+                (Some(i), Some(k)) => !st.open[i].metrics[k].aggregation.is_sum(),
+                _ => self.first_is_aggregated(st, &u.metric, period, idx),
             };
-            let new_total = old_total
-                .checked_add(u.quantity)
-                .ok_or_else(|| bad_qty("period total would overflow"))?;
-            // Below the price book's safe total no line can outgrow
-            // `Minor::MAX_AMOUNT`: one comparison per event; above it, rate.
-            let rate_it = new_total > self.plans.safe_total();
-            if known.is_none() || rate_it {
-                let plan_id = match idx {
-                    Some(i) => st.open[i].plan_id.as_str(),
-                    None => self.plan_for_ref(st, period.start),
+            if aggregated {
+                self.apply_aggregated_usage(st, u, period, idx, known)?
+            } else {
+                let old_total = match (idx, known) {
+                    (Some(i), Some(k)) => st.open[i].metrics[k].total,
+                    _ => Decimal::ZERO,
                 };
-                let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan {
-                    plan_id: plan_id.to_string(),
-                })?;
-                let Some(charge) = plan.charge(&u.metric) else {
-                    return Err(Rejection::UnknownMetric {
-                        metric: u.metric.clone(),
+                let new_total = old_total
+                    .checked_add(u.quantity)
+                    .ok_or_else(|| bad_qty("period total would overflow"))?;
+                // Below the price book's safe total no line can outgrow
+                // `Minor::MAX_AMOUNT`: one comparison per event; above it, rate.
+                let rate_it = new_total > self.plans.safe_total();
+                if known.is_none() || rate_it {
+                    let plan_id = match idx {
+                        Some(i) => st.open[i].plan_id.as_str(),
+                        None => self.plan_for_ref(st, period.start),
+                    };
+                    let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan {
                         plan_id: plan_id.to_string(),
-                    });
+                    })?;
+                    let Some(charge) = plan.charge(&u.metric) else {
+                        return Err(Rejection::UnknownMetric {
+                            metric: u.metric.clone(),
+                            plan_id: plan_id.to_string(),
+                        });
+                    };
+                    if rate_it && Self::line_amount(st, charge, new_total).is_none() {
+                        return Err(bad_qty(&too_dear(st, &u.metric, new_total)));
+                    }
+                }
+                let idx = match idx {
+                    Some(i) => i,
+                    None => {
+                        let plan_id = self.plan_for_ref(st, period.start).to_string();
+                        let at = st.open.partition_point(|o| o.period.start < period.start);
+                        st.open.insert(
+                            at,
+                            PeriodUsage {
+                                period,
+                                plan_id,
+                                metrics: Vec::new(),
+                            },
+                        );
+                        at
+                    }
                 };
-                if rate_it && Self::line_amount(st, charge, new_total).is_none() {
-                    return Err(bad_qty(&too_dear(st, &u.metric, new_total)));
-                }
+                let open = &mut st.open[idx];
+                let m = match known {
+                    Some(i) => &mut open.metrics[i],
+                    None => {
+                        open.metrics.reserve_exact(1);
+                        open.metrics.push(MetricUsage {
+                            metric: Name::new(&u.metric),
+                            total: Decimal::ZERO,
+                            subjects: Vec::new(),
+                            aggregation: Aggregation::Sum,
+                            state: None,
+                        });
+                        open.metrics.last_mut().expect("just pushed")
+                    }
+                };
+                m.total = new_total;
+                let subject = add_subject(
+                    &mut m.subjects,
+                    &u.subject,
+                    u.quantity,
+                    self.config.max_subjects,
+                );
+                (m.metric.clone(), subject)
             }
-            let idx = match idx {
-                Some(i) => i,
-                None => {
-                    let plan_id = self.plan_for_ref(st, period.start).to_string();
-                    let at = st.open.partition_point(|o| o.period.start < period.start);
-                    st.open.insert(
-                        at,
-                        PeriodUsage {
-                            period,
-                            plan_id,
-                            metrics: Vec::new(),
-                        },
-                    );
-                    at
-                }
-            };
-            let open = &mut st.open[idx];
-            let m = match known {
-                Some(i) => &mut open.metrics[i],
-                None => {
-                    open.metrics.reserve_exact(1);
-                    open.metrics.push(MetricUsage {
-                        metric: Name::new(&u.metric),
-                        total: Decimal::ZERO,
-                        subjects: Vec::new(),
-                    });
-                    open.metrics.last_mut().expect("just pushed")
-                }
-            };
-            m.total = new_total;
-            let subject = add_subject(
-                &mut m.subjects,
-                &u.subject,
-                u.quantity,
-                self.config.max_subjects,
-            );
-            (m.metric.clone(), subject)
         };
         self.add_to_rollup(st, u, &metric, &subject, emit.at);
         emit.push(
@@ -906,6 +945,124 @@ impl Engine {
             },
         );
         Ok(())
+    }
+
+    /// Whether the first event of `metric` in `period` is aggregated
+    /// otherwise than by `sum` (an unpriced metric is refused on the sum path).
+    fn first_is_aggregated(
+        &self,
+        st: &AccountState,
+        metric: &str,
+        period: Period,
+        idx: Option<usize>,
+    ) -> bool {
+        let plan_id = match idx {
+            Some(i) => st.open[i].plan_id.as_str(),
+            None => self.plan_for_ref(st, period.start),
+        };
+        self.plan(plan_id)
+            .and_then(|p| p.charge(metric))
+            .is_some_and(|c| !c.aggregation.kind.is_sum())
+    }
+
+    /// Usage of an open period for a charge aggregated otherwise than by
+    /// `sum`: admitted by the aggregation (attribute present, state within
+    /// its cap), checked to rate within a line, then added. Returns the
+    /// metric's and subject's names.
+    fn apply_aggregated_usage(
+        &self,
+        st: &mut AccountState,
+        u: &UsageRecorded,
+        period: Period,
+        idx: Option<usize>,
+        known: Option<usize>,
+    ) -> Result<(Name, Name), Rejection> {
+        let plan_id = match idx {
+            Some(i) => st.open[i].plan_id.as_str(),
+            None => self.plan_for_ref(st, period.start),
+        };
+        let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan {
+            plan_id: plan_id.to_string(),
+        })?;
+        let charge = plan
+            .charge(&u.metric)
+            .ok_or_else(|| Rejection::UnknownMetric {
+                metric: u.metric.clone(),
+                plan_id: plan_id.to_string(),
+            })?;
+        let fresh;
+        let (kind, total, state) = match (idx, known) {
+            (Some(i), Some(k)) => {
+                let m = &st.open[i].metrics[k];
+                (m.aggregation, m.total, m.state.as_deref())
+            }
+            _ => {
+                fresh = charge.aggregation.new_state();
+                (charge.aggregation.kind, Decimal::ZERO, fresh.as_deref())
+            }
+        };
+        aggregation::admit(kind, state, &u.metric, u)?;
+        let (from, to) = Self::span(st, period);
+        let bad_qty = |reason: String| Rejection::InvalidQuantity {
+            quantity: u.quantity.to_string(),
+            reason,
+        };
+        let bound = aggregation::bound_after(kind, total, u.quantity, from, to)
+            .ok_or_else(|| bad_qty("the period's value would overflow".into()))?;
+        // Below the safe total no line can outgrow `Minor::MAX_AMOUNT`;
+        // above it, work the value out on a copy and rate it.
+        if bound > self.plans.safe_total() {
+            let (mut t, mut s) = (total, state.cloned());
+            aggregation::add(kind, &mut t, s.as_mut(), period, u);
+            let v = aggregation::value(kind, t, s.as_ref(), period, from, to)
+                .ok_or_else(|| bad_qty("the period's value would overflow".into()))?;
+            if Self::line_amount(st, charge, v).is_none() {
+                return Err(bad_qty(too_dear(st, &u.metric, v)));
+            }
+        }
+        let state = match known {
+            Some(_) => None,
+            None => charge.aggregation.new_state(),
+        };
+        let idx = match idx {
+            Some(i) => i,
+            None => {
+                let plan_id = self.plan_for_ref(st, period.start).to_string();
+                let at = st.open.partition_point(|o| o.period.start < period.start);
+                st.open.insert(
+                    at,
+                    PeriodUsage {
+                        period,
+                        plan_id,
+                        metrics: Vec::new(),
+                    },
+                );
+                at
+            }
+        };
+        let open = &mut st.open[idx];
+        let m = match known {
+            Some(k) => &mut open.metrics[k],
+            None => {
+                open.metrics.reserve_exact(1);
+                open.metrics.push(MetricUsage {
+                    metric: Name::new(&u.metric),
+                    total: Decimal::ZERO,
+                    subjects: Vec::new(),
+                    aggregation: kind,
+                    state,
+                });
+                open.metrics.last_mut().expect("just pushed")
+            }
+        };
+        aggregation::add(kind, &mut m.total, m.state.as_deref_mut(), period, u);
+        let subject = add_subject(
+            &mut m.subjects,
+            &u.subject,
+            Decimal::ONE,
+            self.config.max_subjects,
+        );
+        Ok((m.metric.clone(), subject))
     }
 
     /// Usage for an issued period: bill the difference between the
@@ -939,14 +1096,60 @@ impl Engine {
             .totals
             .iter()
             .find(|(m, _)| *m == u.metric)
-            .map_or(Decimal::ZERO, |(_, q)| *q);
-        let new_total =
-            old_total
-                .checked_add(u.quantity)
-                .ok_or_else(|| Rejection::InvalidQuantity {
-                    quantity: u.quantity.to_string(),
-                    reason: "period total would overflow".into(),
-                })?;
+            .map(|(_, q)| *q);
+        let overflow = || Rejection::InvalidQuantity {
+            quantity: u.quantity.to_string(),
+            reason: "period total would overflow".into(),
+        };
+        // The aggregation the period was rated with: its kept state's, else
+        // `sum` for a metric it summed, else the charge's for a first event.
+        let agg_at = closed.aggregates.iter().position(|a| a.metric == u.metric);
+        let kind = match (agg_at, old_total) {
+            (Some(i), _) => closed.aggregates[i].aggregation,
+            (None, Some(_)) => Aggregation::Sum,
+            (None, None) => charge.aggregation.kind,
+        };
+        let old_total = old_total.unwrap_or(Decimal::ZERO);
+        // (new value, its change for the late line, the subject's share of
+        // the line, the new aggregation state).
+        let (new_total, line_quantity, subject_quantity, aggregate) = if kind.is_sum() {
+            let new_total = old_total.checked_add(u.quantity).ok_or_else(overflow)?;
+            (new_total, u.quantity, u.quantity, None)
+        } else {
+            let (total, state) = match agg_at {
+                Some(i) => (
+                    closed.aggregates[i].total,
+                    closed.aggregates[i].state.clone(),
+                ),
+                None => (Decimal::ZERO, charge.aggregation.new_state()),
+            };
+            aggregation::admit(kind, state.as_deref(), &u.metric, u)?;
+            let mut aggregate = ClosedAggregate {
+                metric: u.metric.clone(),
+                aggregation: kind,
+                total,
+                state,
+            };
+            aggregation::add(
+                kind,
+                &mut aggregate.total,
+                aggregate.state.as_deref_mut(),
+                period,
+                u,
+            );
+            let (from, to) = Self::span(st, period);
+            let value = aggregation::value(
+                kind,
+                aggregate.total,
+                aggregate.state.as_deref(),
+                period,
+                from,
+                to,
+            )
+            .ok_or_else(overflow)?;
+            let change = value.checked_sub(old_total).ok_or_else(overflow)?;
+            (value, change, Decimal::ONE, Some((agg_at, aggregate)))
+        };
         let billed_of = |key: &BilledKey| {
             closed
                 .billed
@@ -982,9 +1185,17 @@ impl Engine {
         };
         let min_delta = new_true_up.saturating_sub(billed_of(&BilledKey::MinimumSpend));
         let unit_price = display_unit_price(charge);
+        // A non-additive value that did not move (a lower sample, a known
+        // value) needs no line.
+        let unchanged = aggregate.is_some() && line_quantity.is_zero() && delta == Minor::ZERO;
 
         // Validated: now change state.
         let closed = &mut st.closed[ci];
+        match aggregate {
+            Some((Some(i), a)) => closed.aggregates[i] = a,
+            Some((None, a)) => closed.aggregates.push(a),
+            None => {}
+        }
         match closed.totals.iter_mut().find(|(m, _)| *m == u.metric) {
             Some((_, q)) => *q = new_total,
             None => closed.totals.push((u.metric.clone(), new_total)),
@@ -1005,25 +1216,28 @@ impl Engine {
                 && l.metric.as_deref() == Some(u.metric.as_str())
         });
         match pending {
+            _ if unchanged => {}
             Some(line) => {
                 // At most the period's new total (checked above).
-                line.quantity = line.quantity.saturating_add(u.quantity);
+                line.quantity = line.quantity.saturating_add(line_quantity);
                 line.amount = line.amount.saturating_add(delta);
                 add_line_subject(
                     &mut line.subjects,
                     &u.subject,
-                    u.quantity,
+                    subject_quantity,
                     self.config.max_subjects,
                 );
             }
             None => st.pending_lines.push(Line {
                 kind: LineKind::LateUsage,
                 metric: Some(u.metric.clone()),
-                quantity: u.quantity,
+                quantity: line_quantity,
                 unit_price,
                 amount: delta,
                 for_period: period,
-                subjects: [(u.subject.clone(), u.quantity)].into_iter().collect(),
+                subjects: [(u.subject.clone(), subject_quantity)]
+                    .into_iter()
+                    .collect(),
                 description: Some(format!(
                     "late usage for the period starting {}",
                     period.start

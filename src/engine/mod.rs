@@ -5,6 +5,7 @@
 //! and the tests all drive the same code.
 
 pub mod account;
+pub mod aggregation;
 pub mod config;
 pub mod dedup;
 pub mod events;
@@ -23,6 +24,8 @@ pub use config::EngineConfig;
 pub use events::{DomainEvent, Input, JournalEntry};
 pub use fold::Engine;
 pub use reject::Rejection;
+#[cfg(test)]
+mod aggregation_tests;
 #[cfg(test)]
 mod bounds_tests;
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::aggregation::AggregationSpec;
 use super::money::{Currency, Minor};
 use super::rating;
 
@@ -84,6 +85,9 @@ pub struct Charge {
     pub free_units: Decimal,
     #[serde(default)]
     pub tiers: Vec<Tier>,
+    /// How the period's events become the rated quantity (default `sum`).
+    #[serde(flatten, default)]
+    pub aggregation: AggregationSpec,
 }
 
 /// A plan: a recurring fee per period (charged in advance), a minimum
@@ -219,6 +223,9 @@ impl Plan {
                 if let Some(u) = t.up_to {
                     bounded("tier up_to", u, MAX_PLAN_QUANTITY, QUANTITY_DECIMALS)?;
                 }
+            }
+            if let Err((field, reason)) = c.aggregation.check(MAX_NAME_BYTES) {
+                return Err(bad(&format!("{field}: {reason}")));
             }
             match c.model {
                 Model::PerUnit => {}

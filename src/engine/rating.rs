@@ -156,6 +156,7 @@ mod tests {
                     flat_fee: d("0"),
                 },
             ],
+            aggregation: Default::default(),
         }
     }
 

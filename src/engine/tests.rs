@@ -36,6 +36,7 @@ pub(crate) fn plans() -> PlanBook {
                 package_size: None,
                 free_units: Decimal::ZERO,
                 tiers: vec![],
+                aggregation: Default::default(),
             },
             Charge {
                 metric: "api.calls".into(),
@@ -44,6 +45,7 @@ pub(crate) fn plans() -> PlanBook {
                 package_size: Some(d("1000")),
                 free_units: d("1000"),
                 tiers: vec![],
+                aggregation: Default::default(),
             },
         ],
     })
@@ -71,6 +73,7 @@ pub(crate) fn plans() -> PlanBook {
                     flat_fee: d("1.00"),
                 },
             ],
+            aggregation: Default::default(),
         }],
     })
     .unwrap();
@@ -97,6 +100,7 @@ pub(crate) fn plans() -> PlanBook {
                     flat_fee: Decimal::ZERO,
                 },
             ],
+            aggregation: Default::default(),
         }],
     })
     .unwrap();

@@ -34,6 +34,7 @@ fn charge(
         package_size: package.map(d),
         free_units: d(free),
         tiers,
+        aggregation: Default::default(),
     }
 }
 
