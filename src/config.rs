@@ -78,6 +78,7 @@ struct RawKafka {
     topic_prefix: String,
     session_timeout: String,
     max_poll_interval: String,
+    unknown_account_wait: String,
     transactional: bool,
     transactional_id: String,
     group_instance_id: String,
@@ -355,6 +356,11 @@ pub struct KafkaSettings {
     pub group_id: String,
     pub session_timeout: Duration,
     pub max_poll_interval: Duration,
+    /// `kafka.unknown_account_wait`: how long a payments or usage record of
+    /// an account not opened yet may wait for the accounts topic, while
+    /// its partition there still has records to read, before it is
+    /// dead-lettered `unknown_account` (zero: at once).
+    pub unknown_account_wait: Duration,
     pub transactional: bool,
     /// `transactional.id` of this instance's producer when `transactional`
     /// (stable across its restarts, unique among instances).
@@ -1196,6 +1202,10 @@ impl Raw {
                 max_poll_interval: duration(
                     "kafka.max_poll_interval",
                     &self.kafka.max_poll_interval,
+                )?,
+                unknown_account_wait: duration(
+                    "kafka.unknown_account_wait",
+                    &self.kafka.unknown_account_wait,
                 )?,
                 transactional: self.kafka.transactional,
                 transactional_id: self

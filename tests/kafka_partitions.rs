@@ -136,3 +136,98 @@ fn run_refuses_input_topics_that_are_not_co_partitioned() {
         "the error says partitions were added: {stderr}"
     );
 }
+
+/// Issue 15 item 4: Kafka orders records only within one partition of one
+/// topic. An account's opening produced (and acknowledged) before its
+/// first usage can still be fetched after it, here behind 3,000 other
+/// openings while the usage topic holds two records; the usage was
+/// dead-lettered `unknown_account`. It now waits for the accounts topic
+/// (`kafka.unknown_account_wait`) and is applied; a record of an account
+/// that is never opened is still dead-lettered, once the accounts
+/// partition has nothing left to read. (`unknown_account_wait = "0s"` is
+/// the old behaviour, and fails this test.)
+#[test]
+fn usage_fetched_before_its_accounts_opening_waits_for_it_and_is_applied() {
+    use billstream::contracts::Catalog;
+    use billstream::engine::events::{Input, UsageRecorded};
+    use rust_decimal::Decimal;
+
+    use crate::kafka_e2e::{
+        decode_output, journal_until, metered_plan_and_accounts, month_start_and_used_at, produce,
+        read_until, text, Running,
+    };
+
+    let Some(setup) = setup_with("order", 1) else {
+        return;
+    };
+    let catalog = Catalog::shared().unwrap();
+    let (month_start, used_at) = month_start_and_used_at();
+    let accounts = 3000;
+    let mut records = metered_plan_and_accounts(catalog, accounts, month_start);
+    let last = format!("acct-{}", accounts - 1);
+    for (id, account) in [("u-late", last.as_str()), ("u-ghost", "ghost")] {
+        let usage = Input::Usage(UsageRecorded {
+            event_id: id.into(),
+            account_id: account.into(),
+            subject: "app".into(),
+            metric: "m".into(),
+            quantity: Decimal::ONE,
+            occurred_at: used_at,
+            environment: "prod".into(),
+            attributes: Default::default(),
+        });
+        records.push((
+            "billing.usage.v1".into(),
+            account.into(),
+            catalog.encode_input(&usage).unwrap(),
+        ));
+    }
+    produce(&setup.brokers, &setup.prefix, &records);
+
+    let wait = std::env::var("BILLSTREAM_TEST_UNKNOWN_ACCOUNT_WAIT").unwrap_or("60s".into());
+    let running = Running::start(
+        billstream(&setup.prefix, &setup.group, &setup.store, &setup.brokers)
+            // Small batches: the openings take many of them.
+            .env("BILLSTREAM__BATCH__MAX_RECORDS", "50")
+            .env("BILLSTREAM__KAFKA__UNKNOWN_ACCOUNT_WAIT", &wait),
+    );
+    let key = (
+        last.clone(),
+        "usage_applied".to_string(),
+        "u-late".to_string(),
+    );
+    let journal = journal_until(
+        &setup.brokers,
+        &format!("{}-reader", setup.group),
+        &setup.prefix,
+        &|j| j.contains_key(&key),
+    );
+    let dlq = read_until(
+        &setup.brokers,
+        &format!("{}-dlq", setup.group),
+        &format!("{}billing.dlq.v1", setup.prefix),
+        Duration::from_secs(300),
+        |r| {
+            r.iter()
+                .any(|(_, p)| text(&decode_output(catalog, p)["key"]) == "ghost")
+        },
+    );
+    running.stop();
+    let letters: Vec<(String, String)> = dlq
+        .iter()
+        .map(|(_, p)| {
+            let r = decode_output(catalog, p);
+            (text(&r["key"]), text(&r["error_kind"]))
+        })
+        .collect();
+    assert_eq!(
+        journal.get(&key),
+        Some(&1),
+        "the usage waited for its opening and was applied once; dead letters: {letters:?}"
+    );
+    assert_eq!(
+        letters,
+        vec![("ghost".to_string(), "unknown_account".to_string())],
+        "only the usage of the account never opened is dead-lettered"
+    );
+}

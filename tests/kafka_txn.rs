@@ -76,7 +76,9 @@ fn transactional_run_killed_and_restarted_commits_outputs_with_offsets() {
         &setup.brokers,
         &format!("{}-reader", setup.group),
         &journal,
-        Duration::from_secs(180),
+        // Returns as soon as every usage event is seen; each batch is one
+        // transaction, which takes long on a loaded two-core machine.
+        Duration::from_secs(600),
         |r| {
             for (event_id, payload) in &r[scanned..] {
                 let record = decode_output(catalog, payload);

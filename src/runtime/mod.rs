@@ -7,4 +7,5 @@ pub mod service;
 
 pub use processor::{
     BatchRecord, Checkpoint, Processor, ProcessorStats, SourcePos, StoredJournalEntry, Unacked,
+    WaitRule,
 };

@@ -46,7 +46,7 @@ use crate::store::{
 
 /// Where an input record came from: topic (or file), partition, offset
 /// (or line number). Kept with the journal entries it caused (lineage).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SourcePos {
     pub topic: String,
     pub partition: i32,
@@ -281,7 +281,37 @@ pub struct Processor<S: StateStore> {
     /// Produce times (ms) of records whose effects are now written (or
     /// needed no write), for `take_persisted_produce_times`.
     persisted_produced: Vec<i64>,
+    /// Which records of unknown accounts may wait (`set_waiting`), and the
+    /// positions of those that did in the last batch (`take_waiting`).
+    wait_rule: Option<WaitRule>,
+    waiting: Vec<SourcePos>,
+    /// Every record waiting now (until it is folded again): no offset is
+    /// committed past one (`waiting_floor`).
+    held_back: BTreeSet<SourcePos>,
     pub stats: ProcessorStats,
+}
+
+/// Records of accounts not opened yet that may wait for their opening
+/// instead of being dead-lettered `unknown_account` at once: Kafka orders
+/// records only within one partition of one topic, so an opening produced
+/// (and flushed) before an account's first payment or usage can still be
+/// read after them. The Kafka loop sets this per batch.
+#[derive(Debug, Clone, Default)]
+pub struct WaitRule {
+    /// The accounts topic: its own records never wait.
+    pub accounts_topic: String,
+    /// Partitions whose accounts-topic partition still has records to read.
+    pub partitions: BTreeSet<i32>,
+    /// Records that already waited as long as allowed.
+    pub expired: BTreeSet<SourcePos>,
+}
+
+impl WaitRule {
+    fn may_wait(&self, pos: &SourcePos) -> bool {
+        pos.topic != self.accounts_topic
+            && self.partitions.contains(&pos.partition)
+            && !self.expired.contains(pos)
+    }
 }
 
 impl<S: StateStore> Processor<S> {
@@ -298,6 +328,9 @@ impl<S: StateStore> Processor<S> {
             journal_buf: Vec::new(),
             awaiting_ack: Vec::new(),
             traces: HashMap::new(),
+            wait_rule: None,
+            waiting: Vec::new(),
+            held_back: BTreeSet::new(),
             persisted_produced: Vec::new(),
             stats: ProcessorStats::default(),
         }
@@ -526,6 +559,9 @@ impl<S: StateStore> Processor<S> {
         input: &Input,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        if !self.held_back.is_empty() {
+            self.held_back.remove(pos);
+        }
         let account_id = input.account_id();
         if key != Some(account_id) {
             // Applied under another key, the account would be folded on
@@ -617,6 +653,15 @@ impl<S: StateStore> Processor<S> {
             self.mark_dirty(account_id);
         }
         if let Err(rejection) = result {
+            if matches!(rejection, Rejection::UnknownAccount { .. })
+                && self.wait_rule.as_ref().is_some_and(|r| r.may_wait(pos))
+            {
+                // Nothing of it was kept: it is folded again later, as if
+                // it arrived then (its offset is not committed meanwhile).
+                self.waiting.push(pos.clone());
+                self.held_back.insert(pos.clone());
+                return Ok(());
+            }
             self.dead_letter(
                 pos,
                 key,
@@ -629,6 +674,33 @@ impl<S: StateStore> Processor<S> {
             );
         }
         Ok(())
+    }
+
+    /// Which records of accounts not known yet may wait for their opening
+    /// from now on (`None`: none, every one is dead-lettered at once).
+    pub fn set_waiting(&mut self, rule: Option<WaitRule>) {
+        self.wait_rule = rule;
+    }
+
+    /// The positions of the records that waited since the last call:
+    /// neither applied nor dead-lettered; the caller folds them again.
+    pub fn take_waiting(&mut self) -> Vec<SourcePos> {
+        std::mem::take(&mut self.waiting)
+    }
+
+    /// Per input (topic, partition), the lowest offset of a record waiting
+    /// for its account's opening: no commit may reach past it (the record
+    /// was never applied nor dead-lettered), whatever else is written.
+    pub fn waiting_floor(&self) -> Vec<((String, i32), i64)> {
+        let mut floor: Vec<((String, i32), i64)> = Vec::new();
+        for pos in &self.held_back {
+            let source = (pos.topic.clone(), pos.partition);
+            if !floor.iter().any(|(s, _)| *s == source) {
+                // Ordered by (topic, partition, offset): the first is lowest.
+                floor.push((source, pos.offset));
+            }
+        }
+        floor
     }
 
     fn mark_dirty(&mut self, account_id: &str) {
@@ -772,6 +844,8 @@ impl<S: StateStore> Processor<S> {
     /// offsets were never committed). Returns how many accounts were dropped.
     pub fn release_partition(&mut self, partition: u32) -> usize {
         self.epochs.remove(&partition);
+        self.held_back
+            .retain(|pos| u32::try_from(pos.partition).unwrap_or(0) != partition);
         let ids = self.accounts_of(partition);
         for id in &ids {
             if let Some(slot) = self.accounts.remove(id) {
@@ -1017,10 +1091,11 @@ impl<S: StateStore> Processor<S> {
     }
 
     /// Per input topic-partition, the lowest offset whose effects are not
-    /// written yet (held by `flush_due`): commit nothing at or above it.
-    /// Empty when every change is written.
+    /// written yet (held by `flush_due`), or of a record waiting for its
+    /// account's opening (`waiting_floor`): commit nothing at or above it.
+    /// Empty when every change is written and nothing waits.
     pub fn commit_floor(&self) -> Vec<((String, i32), i64)> {
-        let mut floor: Vec<((String, i32), i64)> = Vec::new();
+        let mut floor = self.waiting_floor();
         for slot in self.dirty.iter().filter_map(|id| self.accounts.get(id)) {
             for (source, first) in &slot.first_unwritten {
                 match floor.iter_mut().find(|(s, _)| s == source) {

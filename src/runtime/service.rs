@@ -15,7 +15,7 @@
 //! stop future ends the loop after the batch in hand is persisted,
 //! published and committed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,7 +32,9 @@ use crate::contracts::{Catalog, Decoder, OutputRecord};
 use crate::engine::plan::PlanBook;
 use crate::engine::time::Timestamp;
 use crate::engine::Engine;
-use crate::runtime::{BatchRecord, Checkpoint, Processor, ProcessorStats, SourcePos, Unacked};
+use crate::runtime::{
+    BatchRecord, Checkpoint, Processor, ProcessorStats, SourcePos, Unacked, WaitRule,
+};
 use crate::sink::kafka::{InFlight, KafkaSink};
 use crate::source::kafka::{GroupChange, KafkaSource, PlanFollower};
 use crate::store::{StateStore, StoreError};
@@ -235,6 +237,9 @@ pub async fn serve<S: StateStore>(
     // Records of settled batches; those still held unwritten by the
     // checkpoint policy are not done yet (see `Progress::records_done`).
     let mut settled = Settled::default();
+    // Records of accounts not opened yet, waiting for the accounts topic
+    // (`kafka.unknown_account_wait`), with when each first waited.
+    let mut waiting: Vec<(OwnedMessage, std::time::Instant)> = Vec::new();
     let mut stop = std::pin::pin!(stop);
     loop {
         let mut clock_in = std::time::Instant::now();
@@ -274,6 +279,7 @@ pub async fn serve<S: StateStore>(
             let after = records.split_off(batch.before_changes);
             records.retain(|m| !revoked.contains(&(m.topic().to_string(), m.partition())));
             records.extend(after);
+            waiting.retain(|(m, _)| !revoked.contains(&(m.topic().to_string(), m.partition())));
             for change in batch.changes {
                 if let Some(m) = &progress.metrics {
                     let kind = match change {
@@ -313,6 +319,35 @@ pub async fn serve<S: StateStore>(
         apply_plan_records(&mut processor, &mut decoder, &mut writers, &updates, now).await?;
         let owned: BTreeSet<u32> = processor.owned_partitions().map(|(p, _)| p).collect();
         records.retain(|m| owned.contains(&partition_of(m.partition())));
+        // Records that waited for their account's opening go first (each
+        // is older than the records after it on its partition); those that
+        // waited long enough are dead-lettered this time.
+        let wait = settings.kafka.unknown_account_wait;
+        let mut since: HashMap<SourcePos, std::time::Instant> = HashMap::new();
+        let mut expired = BTreeSet::new();
+        if !waiting.is_empty() {
+            let mut again = Vec::with_capacity(waiting.len() + records.len());
+            for (m, first) in waiting.drain(..) {
+                let pos = pos_of(&m);
+                if first.elapsed() >= wait {
+                    expired.insert(pos.clone());
+                }
+                since.insert(pos, first);
+                again.push(m);
+            }
+            again.append(&mut records);
+            records = again;
+        }
+        processor.set_waiting((!wait.is_zero()).then(|| {
+            WaitRule {
+                accounts_topic: settings.topics.accounts.clone(),
+                partitions: owned
+                    .iter()
+                    .filter_map(|p| i32::try_from(*p).ok())
+                    .collect(),
+                expired,
+            }
+        }));
         // One span per batch: what is done for it (store writes, publishing,
         // dead letters) is logged inside; `outputs` is filled once known.
         let span = tracing::debug_span!(
@@ -330,11 +365,7 @@ pub async fn serve<S: StateStore>(
         let batch_records: Vec<BatchRecord<'_>> = records
             .iter()
             .map(|m| BatchRecord {
-                pos: SourcePos {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                },
+                pos: pos_of(m),
                 key: m.key().and_then(|k| std::str::from_utf8(k).ok()),
                 raw: m.payload().unwrap_or_default(),
                 now,
@@ -356,6 +387,37 @@ pub async fn serve<S: StateStore>(
             .instrument(span.clone())
             .await?;
         drop(batch_records);
+        let held_back = processor.take_waiting();
+        if !held_back.is_empty() {
+            // Wait only while the accounts topic still has records to read
+            // on the partition (the opening may be among them).
+            let mut read_up: BTreeSet<i32> = BTreeSet::new();
+            for p in held_back
+                .iter()
+                .map(|pos| pos.partition)
+                .collect::<BTreeSet<_>>()
+            {
+                if !source.has_unprocessed(&settings.topics.accounts, p)? {
+                    read_up.insert(p);
+                }
+            }
+            let held_back: HashSet<SourcePos> = held_back.into_iter().collect();
+            let now_instant = std::time::Instant::now();
+            let (wait_more, folded): (Vec<OwnedMessage>, Vec<OwnedMessage>) = records
+                .into_iter()
+                .partition(|m| held_back.contains(&pos_of(m)));
+            records = folded;
+            for m in wait_more {
+                let pos = pos_of(&m);
+                let first = if read_up.contains(&pos.partition) {
+                    // Nothing left to wait for: dead-lettered next batch.
+                    now_instant.checked_sub(wait).unwrap_or(now_instant)
+                } else {
+                    since.get(&pos).copied().unwrap_or(now_instant)
+                };
+                waiting.push((m, first));
+            }
+        }
         progress
             .records_folded
             .fetch_add(records.len() as u64, Ordering::Relaxed);
@@ -470,7 +532,8 @@ pub async fn serve<S: StateStore>(
         .persist_published_marks()
         .await
         .map_err(fenced_is_fatal)?;
-    if let Err(e) = source.commit(CommitMode::Sync, &[]) {
+    // Records still waiting for their account's opening stay uncommitted.
+    if let Err(e) = source.commit(CommitMode::Sync, &processor.commit_floor()) {
         eprintln!("warning: final offset commit failed ({e}); the next owner skips those records as replays");
     }
     sink.flush(Duration::from_secs(10))?;
@@ -652,12 +715,20 @@ async fn hand_over<S: StateStore>(
         m.published(&outputs);
     }
     processor.published();
-    // Held offsets of the partitions that stay still bound the commit.
-    let floor: Vec<((String, i32), i64)> = processor
+    // Held offsets of the partitions that stay still bound the commit, and
+    // so do records waiting for their account's opening, on any partition
+    // (never folded: the next owner must read them).
+    let mut floor: Vec<((String, i32), i64)> = processor
         .commit_floor()
         .into_iter()
         .filter(|(tp, _)| !revoked.contains(tp))
         .collect();
+    for (tp, offset) in processor.waiting_floor() {
+        match floor.iter_mut().find(|(s, _)| *s == tp) {
+            Some((_, f)) => *f = (*f).min(offset),
+            None => floor.push((tp, offset)),
+        }
+    }
     if let Err(e) = source.commit(CommitMode::Sync, &floor) {
         eprintln!("warning: offset commit at revocation failed ({e}); the next owner skips those records as replays");
     }
@@ -733,6 +804,14 @@ async fn apply_plan_records<S: StateStore>(
 /// The W3C `traceparent` headers of a batch's input records, by position
 /// (each traced record also logged at debug level with its trace id, so a
 /// support engineer can find it by that id).
+fn pos_of(m: &OwnedMessage) -> SourcePos {
+    SourcePos {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+    }
+}
+
 fn traces_of(records: &[OwnedMessage]) -> std::collections::HashMap<SourcePos, String> {
     use rdkafka::message::Headers;
     let mut traces = std::collections::HashMap::new();

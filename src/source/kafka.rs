@@ -416,6 +416,44 @@ impl KafkaSource {
         }
     }
 
+    /// Whether `partition` of `topic` (an input topic this member reads)
+    /// has records it has not processed yet: the broker's high watermark is
+    /// past the offset after the last record processed here, or, when none
+    /// was, past the group's committed offset (its start when none). Asks
+    /// the broker; called only for partitions where a record waits for its
+    /// account's opening.
+    pub fn has_unprocessed(&self, topic: &str, partition: i32) -> Result<bool, KafkaError> {
+        let timeout = Duration::from_secs(10);
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(topic, partition, timeout)
+            .map_err(|e| {
+                KafkaError::Transient(format!("watermarks of {topic}/{partition}: {e}"))
+            })?;
+        let next = match self
+            .offsets
+            .iter()
+            .find(|o| o.partition == partition && o.topic == topic)
+        {
+            Some(o) => o.processed,
+            None => {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(topic, partition);
+                let committed = self.consumer.committed_offsets(tpl, timeout).map_err(|e| {
+                    KafkaError::Transient(format!("committed offset of {topic}/{partition}: {e}"))
+                })?;
+                match committed
+                    .find_partition(topic, partition)
+                    .map(|e| e.offset())
+                {
+                    Some(Offset::Offset(o)) => o,
+                    _ => low,
+                }
+            }
+        };
+        Ok(next < high)
+    }
+
     /// Forget the positions of partitions this member no longer reads.
     pub fn forget(&mut self, partitions: &BTreeSet<(String, i32)>) {
         self.offsets
