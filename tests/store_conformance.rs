@@ -554,6 +554,62 @@ pub mod behaviours {
         );
     }
 
+    /// Issue 15: an account whose one write is far above Cassandra's
+    /// 50 KiB batch limit (and ScyllaDB's 1 MiB): a first write with a
+    /// big snapshot, many invoice documents, a journal, dedup ids and a
+    /// timer (so index rows too), then a write that moves the timer and
+    /// rewrites every document. Both land whole.
+    pub async fn issue_15_a_large_account_commits_within_the_batch_limits<S: StateStore>(store: S) {
+        let documents = |version: &str| -> Vec<InvoiceRecord> {
+            (0..300)
+                .map(|i| InvoiceRecord {
+                    invoice_id: format!("inv-{i:04}"),
+                    // ~4 KiB each, ~1.2 MiB in all.
+                    bytes: format!("{version}:{}", "line;".repeat(800)).into_bytes(),
+                })
+                .collect()
+        };
+        let mut first = write("big", 3, 0, 1..=400);
+        for record in &mut first.journal {
+            record.bytes = vec![b'j'; 2_000];
+        }
+        first.snapshot = vec![b's'; 120_000];
+        first.invoices = documents("v1");
+        first.dedup = (0..200)
+            .map(|k| DedupRecord {
+                key: k,
+                fingerprint: 7,
+                seen_at: 1_000,
+            })
+            .collect();
+        first.next_timer = Some(5_000);
+        store.commit(&[first]).await.unwrap();
+
+        let mut second = write("big", 3, 0, 401..=401);
+        second.snapshot = vec![b't'; 120_000];
+        second.invoices = documents("v2");
+        second.next_timer = Some(86_400_000_000 * 3);
+        store.commit(&[second]).await.unwrap();
+
+        let stored = store.load_account("big").await.unwrap().expect("stored");
+        assert_eq!(stored.journal_head, 401);
+        assert_eq!(stored.snapshot, vec![b't'; 120_000]);
+        assert_eq!(stored.next_timer, Some(86_400_000_000 * 3));
+        let invoices = store.invoices("big").await.unwrap();
+        assert_eq!(invoices, documents("v2"));
+        assert_eq!(
+            store.read_journal("big", 1, 1_000).await.unwrap().len(),
+            401
+        );
+        assert_eq!(store.load_dedup("big", 0).await.unwrap().len(), 200);
+        assert_eq!(store.accounts(3).await.unwrap(), vec!["big".to_string()]);
+        assert!(store.due_timers(3, 10_000, 10).await.unwrap().is_empty());
+        assert_eq!(
+            store.due_timers(3, 86_400_000_000 * 3, 10).await.unwrap(),
+            vec![(86_400_000_000 * 3, "big".to_string())]
+        );
+    }
+
     pub async fn published_watermark_never_goes_back<S: StateStore>(store: S) {
         store.commit(&[write("a", 0, 0, 1..=10)]).await.unwrap();
         store.mark_published("a", 0, 0, 4).await.unwrap();
@@ -863,6 +919,7 @@ macro_rules! conformance_wrappers {
             timer_replaced_when_account_rescheduled,
             dedup_records_since_window,
             invoice_upsert_keeps_latest,
+            issue_15_a_large_account_commits_within_the_batch_limits,
             published_watermark_never_goes_back,
             published_watermark_rides_on_account_writes,
             dead_letters_are_kept_with_the_account_until_acknowledged,

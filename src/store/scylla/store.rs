@@ -2,9 +2,10 @@
 //!
 //! Per commit: one read of the ownership epoch per partition touched (a
 //! stale writer gets `Fenced` before it writes anything), then per account
-//! its journal rows and dedup ids (single-partition batches), then its row
-//! of `accounts`, the commit point (LOGGED with invoices and index rows
-//! when there are any), all stamped so that a newer epoch always wins
+//! its journal rows, dedup ids, invoice documents and new index rows, then
+//! its row of `accounts` alone, the commit point, then the deletes of index
+//! rows it superseded — every batch of one partition and bounded
+//! (`plan::split`), all stamped so that a newer epoch always wins
 //! (`stamp.rs`). Accounts go in parallel,
 //! the writes of one account in order. What the store knows of each
 //! account's row is cached, so the hot path reads nothing but
@@ -299,32 +300,42 @@ impl ScyllaStore {
         plans: &[&WritePlan<'_>],
     ) -> (&'s str, Result<(), StoreError>) {
         for plan in plans {
-            let batches = plan::split(plan, plan::BATCH_BYTES);
-            let (last, ahead) = batches.split_last().expect("a plan has a last batch");
-            // Ahead batches are invisible until the last one lands: send
-            // them together, then the last.
-            let sends: Vec<_> = ahead.iter().map(|b| self.send_batch(plan, b)).collect();
-            if let Err(e) = futures::future::try_join_all(sends).await {
-                return (account_id, Err(e));
-            }
-            if let Err(e) = self.send_batch(plan, last).await {
+            if let Err(e) = self.send_plan(plan).await {
                 return (account_id, Err(e));
             }
         }
         (account_id, Ok(()))
     }
 
+    /// One plan's batches (`plan::split`): the ones ahead of the commit
+    /// point together (nothing of them counts until it lands), then the
+    /// account's row, then the deletes it superseded.
+    async fn send_plan(&self, plan: &WritePlan<'_>) -> Result<(), StoreError> {
+        let batches = plan::split(plan, plan::BATCH_BYTES);
+        let ahead: Vec<_> = batches
+            .ahead
+            .iter()
+            .map(|b| self.send_batch(plan, b))
+            .collect();
+        futures::future::try_join_all(ahead).await?;
+        self.send_batch(plan, &batches.commit).await?;
+        let after: Vec<_> = batches
+            .after
+            .iter()
+            .map(|b| self.send_batch(plan, b))
+            .collect();
+        futures::future::try_join_all(after).await?;
+        Ok(())
+    }
+
+    /// One UNLOGGED batch, all of one partition (so atomic and isolated,
+    /// and under no batch size limit of the database).
     async fn send_batch(
         &self,
         plan: &WritePlan<'_>,
         batch: &plan::BatchPlan,
     ) -> Result<(), StoreError> {
-        let kind = if batch.logged {
-            BatchType::Logged
-        } else {
-            BatchType::Unlogged
-        };
-        let mut cql = Batch::new(kind);
+        let mut cql = Batch::new(BatchType::Unlogged);
         cql.set_is_idempotent(true);
         let mut values = Vec::with_capacity(batch.mutations.len());
         for &i in &batch.mutations {
