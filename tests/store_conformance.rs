@@ -986,7 +986,7 @@ mod embedded {
 
 mod scylla {
     use billstream::config::{Replication, ScyllaSettings};
-    use billstream::store::scylla::migrate;
+    use billstream::store::scylla::{connect_session, migrate, render_schema, schema_statements};
     use billstream::store::ScyllaStore;
 
     /// A keyspace of its own for one test (left behind afterwards).
@@ -1005,26 +1005,103 @@ mod scylla {
         }
     }
 
-    /// A store on a fresh keyspace, or `None` (test skipped) when
-    /// `BILLSTREAM_SCYLLA_NODES` is not set.
-    pub async fn fresh_keyspace_store() -> Option<(FreshKeyspace, ScyllaStore)> {
+    /// Settings for a fresh keyspace `billstream_test_<random>` (not yet
+    /// created), or `None` (test skipped) when `BILLSTREAM_SCYLLA_NODES` is
+    /// not set.
+    pub fn fresh_settings() -> Option<ScyllaSettings> {
         let Ok(nodes) = std::env::var("BILLSTREAM_SCYLLA_NODES") else {
             println!("skipped: BILLSTREAM_SCYLLA_NODES is not set (no ScyllaDB to run the live store suite on)");
             return None;
         };
-        let settings = ScyllaSettings {
+        Some(ScyllaSettings {
             nodes: nodes.split(',').map(|n| n.trim().to_string()).collect(),
             keyspace: format!("billstream_test_{:016x}", rand::random::<u64>()),
             replication: Replication::Simple { factor: 1 },
             local_datacenter: None,
             dedup_ttl: std::time::Duration::from_secs(36 * 86_400),
-        };
+        })
+    }
+
+    /// A store on a fresh keyspace, or `None` (test skipped) when
+    /// `BILLSTREAM_SCYLLA_NODES` is not set.
+    pub async fn fresh_keyspace_store() -> Option<(FreshKeyspace, ScyllaStore)> {
+        let settings = fresh_settings()?;
         migrate(&settings)
             .await
             .expect("create the test keyspace (is ScyllaDB up?)");
         let keyspace = FreshKeyspace { settings };
         let store = keyspace.open_store().await;
         Some((keyspace, store))
+    }
+
+    /// Runs the schema's statements with `edit` applied to each (a keyspace
+    /// as an older or hand-made schema left it).
+    async fn create_schema_as(settings: &ScyllaSettings, edit: impl Fn(&str) -> String) {
+        let session = connect_session(settings).await.expect("connect");
+        let cql = render_schema(&settings.keyspace, &settings.replication);
+        for statement in schema_statements(&cql) {
+            session
+                .query_unpaged(edit(&statement), ())
+                .await
+                .expect("create the old schema");
+        }
+        session.await_schema_agreement().await.expect("agreement");
+    }
+
+    #[tokio::test]
+    async fn issue_15_migrate_adds_a_column_a_keyspace_made_before_it_lacks() {
+        let Some(settings) = fresh_settings() else {
+            return;
+        };
+        // `accounts` as a billstream from before `dead_letters` made it.
+        create_schema_as(&settings, |statement| {
+            statement
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("dead_letters "))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .await;
+        let run = migrate(&settings).await.expect("migrate an older keyspace");
+        let alter = format!(
+            "ALTER TABLE {}.accounts ADD dead_letters frozen<map<text, blob>>",
+            settings.keyspace
+        );
+        assert!(run.contains(&alter), "{run:#?}");
+        let store = ScyllaStore::connect(&settings)
+            .await
+            .expect("the store opens on the migrated keyspace");
+        super::within_timeout(
+            "dead letters on a migrated keyspace",
+            super::behaviours::dead_letters_are_kept_with_the_account_until_acknowledged(store),
+        )
+        .await;
+        let again = migrate(&settings).await.expect("migrate again");
+        assert!(
+            !again.iter().any(|s| s.starts_with("ALTER")),
+            "nothing left to add: {again:#?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn issue_15_migrate_refuses_a_column_of_another_type() {
+        let Some(settings) = fresh_settings() else {
+            return;
+        };
+        create_schema_as(&settings, |statement| {
+            statement.replace("published_upto bigint", "published_upto int")
+        })
+        .await;
+        let err = migrate(&settings)
+            .await
+            .expect_err("a changed type is refused")
+            .to_string();
+        assert!(
+            err.contains(&format!("{}.accounts.published_upto", settings.keyspace))
+                && err.contains("`int`")
+                && err.contains("`bigint`"),
+            "{err}"
+        );
     }
 
     conformance_wrappers! {

@@ -1,6 +1,7 @@
 //! `billstream migrate`: create the ScyllaDB keyspace and tables of
-//! `schemas/cql/billstream.cql` if they do not exist (idempotent; run it
-//! before the first `billstream run` and after upgrades).
+//! `schemas/cql/billstream.cql` if they do not exist and add the columns
+//! an existing table lacks (idempotent; run it before the first
+//! `billstream run` and after upgrades).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,10 +35,11 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     }
     let statements = super::block_on(migrate(scylla))?;
     eprintln!(
-        "billstream migrate: keyspace {} ready on {} ({} statements, each IF NOT EXISTS)",
+        "billstream migrate: keyspace {} ready on {} ({} statements: each CREATE IF NOT EXISTS, {} columns added)",
         scylla.keyspace,
         scylla.nodes.join(", "),
-        statements.len()
+        statements.len(),
+        statements.iter().filter(|s| s.starts_with("ALTER TABLE")).count()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -16,4 +16,4 @@ mod store;
 mod typecheck;
 
 pub use schema::{render as render_schema, statements as schema_statements, SCHEMA_CQL};
-pub use store::{migrate, ScyllaStore};
+pub use store::{connect_session, migrate, ScyllaStore};

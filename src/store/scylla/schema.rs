@@ -57,6 +57,88 @@ pub fn statements(cql: &str) -> Vec<String> {
     out
 }
 
+/// The columns of one table of the schema, in file order: (name, CQL type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableColumns {
+    pub table: String,
+    pub columns: Vec<(String, String)>,
+}
+
+/// The tables of a rendered schema and their columns, from its
+/// `CREATE TABLE IF NOT EXISTS <keyspace>.<table> (` statements (one column
+/// a line, as `schemas/cql/billstream.cql` is written).
+pub fn table_columns(cql: &str) -> Vec<TableColumns> {
+    let mut tables = Vec::new();
+    for statement in statements(cql) {
+        let mut lines = statement.lines();
+        let Some(head) = lines
+            .next()
+            .and_then(|l| l.strip_prefix("CREATE TABLE IF NOT EXISTS "))
+        else {
+            continue;
+        };
+        let name = head.trim_end_matches('(').trim();
+        let table = name.rsplit('.').next().unwrap_or(name).to_owned();
+        let mut columns = Vec::new();
+        for line in lines {
+            let line = line.trim().trim_end_matches(',').trim();
+            if line.starts_with(')') {
+                break;
+            }
+            if line.is_empty() || line.starts_with("PRIMARY KEY") {
+                continue;
+            }
+            let Some((column, typ)) = line.split_once(char::is_whitespace) else {
+                continue;
+            };
+            let typ = typ.trim();
+            let typ = typ.strip_suffix("PRIMARY KEY").unwrap_or(typ).trim();
+            columns.push((column.to_owned(), typ.to_owned()));
+        }
+        tables.push(TableColumns { table, columns });
+    }
+    tables
+}
+
+/// A CQL type as the server lists it in `system_schema.columns`, for
+/// comparison: lower case, no blanks.
+fn normal_type(typ: &str) -> String {
+    typ.chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// The `ALTER TABLE … ADD` statements that give `existing` (the table's
+/// columns as `system_schema.columns` lists them: name, type) the columns of
+/// `wanted`; or why it cannot: a column the schema has with another type
+/// (an ALTER cannot change a type; a DBA must decide).
+pub fn missing_columns(
+    keyspace: &str,
+    wanted: &TableColumns,
+    existing: &[(String, String)],
+) -> Result<Vec<String>, String> {
+    let mut alters = Vec::new();
+    for (column, typ) in &wanted.columns {
+        match existing.iter().find(|(name, _)| name == column) {
+            Some((_, found)) if normal_type(found) == normal_type(typ) => {}
+            Some((_, found)) => {
+                return Err(format!(
+                    "column {keyspace}.{}.{column} is `{found}` on the server, but the schema says `{typ}`; \
+                     migrate adds missing columns but never changes a type: change or drop it by hand \
+                     (see schemas/cql/billstream.cql)",
+                    wanted.table
+                ));
+            }
+            None => alters.push(format!(
+                "ALTER TABLE {keyspace}.{} ADD {column} {typ}",
+                wanted.table
+            )),
+        }
+    }
+    Ok(alters)
+}
+
 fn push_statement(out: &mut Vec<String>, current: &mut String) {
     let text: Vec<&str> = current
         .lines()
@@ -102,6 +184,62 @@ mod tests {
                 "not an idempotent CREATE: {statement}"
             );
         }
+    }
+
+    #[test]
+    fn every_table_lists_its_columns_with_their_types() {
+        let cql = render("ks", &Replication::Simple { factor: 1 });
+        let tables = table_columns(&cql);
+        let names: Vec<&str> = tables.iter().map(|t| t.table.as_str()).collect();
+        assert_eq!(names, TABLES);
+        let accounts = &tables[0];
+        assert_eq!(accounts.columns.len(), 9);
+        assert_eq!(
+            accounts.columns[6],
+            (
+                "input_offsets".to_string(),
+                "frozen<map<frozen<tuple<text, int>>, bigint>>".to_string()
+            )
+        );
+        assert_eq!(
+            accounts.columns[8],
+            (
+                "dead_letters".to_string(),
+                "frozen<map<text, blob>>".to_string()
+            )
+        );
+        let owners = tables.last().unwrap();
+        assert_eq!(owners.columns[0], ("partition".into(), "int".into()));
+        assert_eq!(owners.columns[3], ("claimed_at".into(), "timestamp".into()));
+    }
+
+    #[test]
+    fn issue_15_migrate_adds_what_an_older_table_lacks_and_refuses_a_changed_type() {
+        let tables = table_columns(&render("ks", &Replication::Simple { factor: 1 }));
+        let accounts = &tables[0];
+        // A keyspace made before `dead_letters`, listed as the server does.
+        let mut existing: Vec<(String, String)> = accounts
+            .columns
+            .iter()
+            .filter(|(c, _)| c != "dead_letters")
+            .map(|(c, t)| (c.clone(), t.to_uppercase().replace(", ", ",")))
+            .collect();
+        assert_eq!(
+            missing_columns("ks", accounts, &existing),
+            Ok(vec![
+                "ALTER TABLE ks.accounts ADD dead_letters frozen<map<text, blob>>".to_string()
+            ])
+        );
+        existing.push(("dead_letters".into(), "frozen<map<text, blob>>".into()));
+        assert_eq!(missing_columns("ks", accounts, &existing), Ok(Vec::new()));
+        existing[4].1 = "int".into();
+        let err = missing_columns("ks", accounts, &existing).unwrap_err();
+        assert!(
+            err.contains("ks.accounts.published_upto")
+                && err.contains("`int`")
+                && err.contains("`bigint`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -92,7 +92,7 @@ fn now_ms() -> i64 {
 
 /// A session with billstream's request settings: LOCAL_QUORUM, LWT at
 /// LOCAL_SERIAL, token-aware routing within `local_datacenter` if set.
-async fn connect_session(settings: &ScyllaSettings) -> Result<Session, StoreError> {
+pub async fn connect_session(settings: &ScyllaSettings) -> Result<Session, StoreError> {
     let mut policy = DefaultPolicy::builder().token_aware(true);
     if let Some(dc) = &settings.local_datacenter {
         policy = policy
@@ -119,26 +119,71 @@ async fn connect_session(settings: &ScyllaSettings) -> Result<Session, StoreErro
 }
 
 /// Creates the keyspace and tables of `schemas/cql/billstream.cql` if
-/// missing (`billstream migrate`); returns the statements run.
+/// missing, and adds the columns an existing table lacks (a keyspace made
+/// by an older billstream); returns the statements run (`billstream
+/// migrate`). A column whose type differs from the schema's is refused
+/// before anything is altered.
 pub async fn migrate(settings: &ScyllaSettings) -> Result<Vec<String>, StoreError> {
     let session = connect_session(settings).await?;
     let cql = schema::render(&settings.keyspace, &settings.replication);
-    let statements = schema::statements(&cql);
-    for statement in &statements {
-        let first_line = statement.lines().next().unwrap_or_default();
-        tracing::info!(statement = first_line, "migrate");
-        session
-            .query_unpaged(statement.as_str(), ())
-            .await
-            .map_err(|e| {
-                StoreError::Backend(format!("scylla store: migrate: {first_line}: {e}"))
-            })?;
+    let mut run = Vec::new();
+    for statement in schema::statements(&cql) {
+        run_schema_statement(&session, &statement).await?;
+        run.push(statement);
     }
     session
         .await_schema_agreement()
         .await
         .map_err(backend("migrate: schema agreement"))?;
-    Ok(statements)
+    // CREATE TABLE IF NOT EXISTS leaves an existing table as it is.
+    let mut alters = Vec::new();
+    for table in schema::table_columns(&cql) {
+        let existing = server_columns(&session, &settings.keyspace, &table.table).await?;
+        let missing = schema::missing_columns(&settings.keyspace, &table, &existing)
+            .map_err(|e| StoreError::Backend(format!("scylla store: migrate: {e}")))?;
+        alters.extend(missing);
+    }
+    for alter in alters {
+        run_schema_statement(&session, &alter).await?;
+        run.push(alter);
+    }
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(backend("migrate: schema agreement"))?;
+    Ok(run)
+}
+
+async fn run_schema_statement(session: &Session, statement: &str) -> Result<(), StoreError> {
+    let first_line = statement.lines().next().unwrap_or_default();
+    tracing::info!(statement = first_line, "migrate");
+    session
+        .query_unpaged(statement, ())
+        .await
+        .map_err(|e| StoreError::Backend(format!("scylla store: migrate: {first_line}: {e}")))?;
+    Ok(())
+}
+
+/// (name, type) of each column of `keyspace.table` as the server lists it.
+async fn server_columns(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+) -> Result<Vec<(String, String)>, StoreError> {
+    // Unquoted CQL identifiers are stored in lower case.
+    session
+        .query_iter(
+            "SELECT column_name, type FROM system_schema.columns \
+             WHERE keyspace_name = ? AND table_name = ?",
+            (keyspace.to_ascii_lowercase(), table.to_ascii_lowercase()),
+        )
+        .await
+        .map_err(backend("migrate: read system_schema.columns"))?
+        .rows_stream::<(String, String)>()
+        .map_err(backend("migrate: read system_schema.columns"))?
+        .try_collect()
+        .await
+        .map_err(backend("migrate: read system_schema.columns"))
 }
 
 impl ScyllaStore {
