@@ -91,20 +91,9 @@ fn now_ms() -> i64 {
 }
 
 /// A session with billstream's request settings: LOCAL_QUORUM, LWT at
-/// LOCAL_SERIAL, token-aware routing within `local_datacenter` if set.
+/// SERIAL, token-aware routing within `local_datacenter` if set.
 pub async fn connect_session(settings: &ScyllaSettings) -> Result<Session, StoreError> {
-    let mut policy = DefaultPolicy::builder().token_aware(true);
-    if let Some(dc) = &settings.local_datacenter {
-        policy = policy
-            .prefer_datacenter(dc.clone())
-            .permit_dc_failover(false);
-    }
-    let profile = ExecutionProfile::builder()
-        .consistency(Consistency::LocalQuorum)
-        .serial_consistency(Some(SerialConsistency::LocalSerial))
-        .request_timeout(Some(REQUEST_TIMEOUT))
-        .load_balancing_policy(policy.build())
-        .build();
+    let profile = request_profile(settings);
     SessionBuilder::new()
         .known_nodes(&settings.nodes)
         .default_execution_profile_handle(profile.into_handle())
@@ -116,6 +105,25 @@ pub async fn connect_session(settings: &ScyllaSettings) -> Result<Session, Store
                 settings.nodes.join(", ")
             ))
         })
+}
+
+/// The default execution profile of the store's session.
+fn request_profile(settings: &ScyllaSettings) -> ExecutionProfile {
+    let mut policy = DefaultPolicy::builder().token_aware(true);
+    if let Some(dc) = &settings.local_datacenter {
+        policy = policy
+            .prefer_datacenter(dc.clone())
+            .permit_dc_failover(false);
+    }
+    ExecutionProfile::builder()
+        .consistency(Consistency::LocalQuorum)
+        // SERIAL, not LOCAL_SERIAL: LOCAL_SERIAL runs Paxos among one
+        // datacenter's replicas only, so two instances coordinating in two
+        // datacenters could each be granted the same epoch.
+        .serial_consistency(Some(SerialConsistency::Serial))
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .load_balancing_policy(policy.build())
+        .build()
 }
 
 /// Creates the keyspace and tables of `schemas/cql/billstream.cql` if
@@ -932,5 +940,45 @@ impl StateStore for ScyllaStore {
 
     fn stats(&self) -> &StoreStats {
         &self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Replication;
+
+    fn settings(local_datacenter: Option<&str>) -> ScyllaSettings {
+        ScyllaSettings {
+            nodes: vec!["db1:9042".into()],
+            keyspace: "ks".into(),
+            replication: Replication::NetworkTopology { factor: 3 },
+            local_datacenter: local_datacenter.map(str::to_string),
+            dedup_ttl: Duration::from_secs(86_400),
+        }
+    }
+
+    /// Issue 15: LOCAL_SERIAL orders claims only among coordinators of one
+    /// datacenter; two instances coordinating in two datacenters could both
+    /// be granted the same epoch. Claims run at SERIAL whatever is set.
+    #[test]
+    fn issue_15_claims_are_serial_in_every_datacenter_setting() {
+        for dc in [None, Some("eu")] {
+            let profile = request_profile(&settings(dc));
+            assert_eq!(
+                profile.get_serial_consistency(),
+                Some(SerialConsistency::Serial),
+                "local_datacenter {dc:?}"
+            );
+            assert_eq!(profile.get_consistency(), Consistency::LocalQuorum);
+        }
+        assert_eq!(
+            super::super::statements::consistency_of("select_owner_serial"),
+            Some(Consistency::Serial)
+        );
+        assert_eq!(
+            super::super::statements::consistency_of("select_owner"),
+            None
+        );
     }
 }
