@@ -986,7 +986,9 @@ mod embedded {
 
 mod scylla {
     use billstream::config::{Replication, ScyllaSettings};
-    use billstream::store::scylla::{connect_session, migrate, render_schema, schema_statements};
+    use billstream::store::scylla::{
+        connect_session, detect_backend, migrate, render_schema, schema_statements, Backend,
+    };
     use billstream::store::ScyllaStore;
 
     /// A keyspace of its own for one test (left behind afterwards).
@@ -1038,7 +1040,8 @@ mod scylla {
     /// as an older or hand-made schema left it).
     async fn create_schema_as(settings: &ScyllaSettings, edit: impl Fn(&str) -> String) {
         let session = connect_session(settings).await.expect("connect");
-        let cql = render_schema(&settings.keyspace, &settings.replication);
+        let server = detect_backend(&session).await.expect("detect the server");
+        let cql = render_schema(&settings.keyspace, &settings.replication, Some(&server));
         for statement in schema_statements(&cql) {
             session
                 .query_unpaged(edit(&statement), ())
@@ -1062,7 +1065,10 @@ mod scylla {
                 .join("\n")
         })
         .await;
-        let run = migrate(&settings).await.expect("migrate an older keyspace");
+        let run = migrate(&settings)
+            .await
+            .expect("migrate an older keyspace")
+            .statements;
         let alter = format!(
             "ALTER TABLE {}.accounts ADD dead_letters frozen<map<text, blob>>",
             settings.keyspace
@@ -1076,11 +1082,56 @@ mod scylla {
             super::behaviours::dead_letters_are_kept_with_the_account_until_acknowledged(store),
         )
         .await;
-        let again = migrate(&settings).await.expect("migrate again");
+        let again = migrate(&settings).await.expect("migrate again").statements;
         assert!(
             !again.iter().any(|s| s.starts_with("ALTER")),
             "nothing left to add: {again:#?}"
         );
+    }
+
+    /// Issue 15: migrate asks the server what it is and creates the
+    /// keyspace with tablets disabled only where they would be on by
+    /// default (ScyllaDB 6+, NetworkTopologyStrategy); on Cassandra,
+    /// without the option (which Cassandra does not have).
+    #[tokio::test]
+    async fn issue_15_migrate_detects_the_server_and_disables_tablets_only_on_scylladb() {
+        let Some(mut settings) = fresh_settings() else {
+            return;
+        };
+        // What a production keyspace uses (one datacenter of factor 1
+        // here), so ScyllaDB 6+ would give it tablets.
+        settings.replication = Replication::NetworkTopology { factor: 1 };
+        let migration = migrate(&settings).await.expect("migrate");
+        println!("server: {}", migration.backend);
+        let keyspace = &migration.statements[0];
+        assert!(keyspace.starts_with("CREATE KEYSPACE"), "{keyspace}");
+        let tablets = migration.backend.tablets_by_default(&settings.replication);
+        assert_eq!(keyspace.contains("'enabled': false"), tablets, "{keyspace}");
+        let session = connect_session(&settings).await.expect("connect");
+        match &migration.backend {
+            Backend::Cassandra { release } => {
+                assert!(!tablets);
+                let (local,): (String,) = session
+                    .query_unpaged("SELECT release_version FROM system.local", ())
+                    .await
+                    .unwrap()
+                    .into_rows_result()
+                    .unwrap()
+                    .single_row()
+                    .unwrap();
+                assert_eq!(release, &local);
+            }
+            Backend::Scylla { version } => {
+                assert!(!version.is_empty());
+            }
+        }
+        // The keyspace works, claims (LWT) included.
+        let store = ScyllaStore::connect(&settings).await.expect("connect");
+        super::within_timeout(
+            "claims on the migrated keyspace",
+            super::behaviours::claim_partition_epochs_strictly_increase(store),
+        )
+        .await;
     }
 
     #[tokio::test]

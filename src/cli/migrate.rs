@@ -30,14 +30,24 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         bail!("config field `store.kind`: `billstream migrate` creates the ScyllaDB schema; set it to \"scylla\" (the embedded store creates its tables when it opens)");
     };
     if args.print {
-        print!("{}", render_schema(&scylla.keyspace, &scylla.replication));
+        print!(
+            "{}",
+            render_schema(&scylla.keyspace, &scylla.replication, None)
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    let statements = super::block_on(migrate(scylla))?;
+    let migration = super::block_on(migrate(scylla))?;
+    let statements = &migration.statements;
     eprintln!(
-        "billstream migrate: keyspace {} ready on {} ({} statements: each CREATE IF NOT EXISTS, {} columns added)",
+        "billstream migrate: keyspace {} ready on {} ({}{}; {} statements: each CREATE IF NOT EXISTS, {} columns added)",
         scylla.keyspace,
         scylla.nodes.join(", "),
+        migration.backend,
+        if migration.backend.tablets_by_default(&scylla.replication) {
+            ", tablets disabled"
+        } else {
+            ""
+        },
         statements.len(),
         statements.iter().filter(|s| s.starts_with("ALTER TABLE")).count()
     );

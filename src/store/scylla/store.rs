@@ -20,6 +20,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::frame::types::{Consistency, SerialConsistency};
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::statement::batch::{Batch, BatchType};
@@ -31,7 +32,7 @@ use super::plan::{
     JOURNAL_BLOCK,
 };
 use super::rows::{self, AccountRow, DedupRow, JournalRow};
-use super::schema;
+use super::schema::{self, Backend};
 use super::stamp::MAX_EPOCH;
 use super::statements::Statements;
 use crate::config::ScyllaSettings;
@@ -126,14 +127,69 @@ fn request_profile(settings: &ScyllaSettings) -> ExecutionProfile {
         .build()
 }
 
+/// What `migrate` found and did.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    /// The server, as it answered.
+    pub backend: Backend,
+    /// The statements run, in order.
+    pub statements: Vec<String>,
+}
+
+/// Which server this is: ScyllaDB has `system.versions`, Cassandra does not
+/// (it answers Invalid, "table does not exist").
+pub async fn detect_backend(session: &Session) -> Result<Backend, StoreError> {
+    let context = "detect the CQL server (system.versions, system.local)";
+    match session
+        .query_unpaged(
+            "SELECT version FROM system.versions WHERE key = 'local'",
+            (),
+        )
+        .await
+    {
+        Ok(result) => {
+            let version = result
+                .into_rows_result()
+                .map_err(backend(context))?
+                .maybe_first_row::<(Option<String>,)>()
+                .map_err(backend(context))?
+                .and_then(|(v,)| v)
+                .unwrap_or_default();
+            Ok(Backend::Scylla { version })
+        }
+        Err(ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            DbError::Invalid,
+            _,
+        ))) => {
+            let release = session
+                .query_unpaged(
+                    "SELECT release_version FROM system.local WHERE key = 'local'",
+                    (),
+                )
+                .await
+                .map_err(backend(context))?
+                .into_rows_result()
+                .map_err(backend(context))?
+                .maybe_first_row::<(Option<String>,)>()
+                .map_err(backend(context))?
+                .and_then(|(v,)| v)
+                .unwrap_or_default();
+            Ok(Backend::Cassandra { release })
+        }
+        Err(e) => Err(backend(context)(e)),
+    }
+}
+
 /// Creates the keyspace and tables of `schemas/cql/billstream.cql` if
-/// missing, and adds the columns an existing table lacks (a keyspace made
-/// by an older billstream); returns the statements run (`billstream
-/// migrate`). A column whose type differs from the schema's is refused
-/// before anything is altered.
-pub async fn migrate(settings: &ScyllaSettings) -> Result<Vec<String>, StoreError> {
+/// missing (with the keyspace option the server needs, `schema::Backend`),
+/// and adds the columns an existing table lacks (a keyspace made by an
+/// older billstream) (`billstream migrate`). A column whose type differs
+/// from the schema's is refused before anything is altered.
+pub async fn migrate(settings: &ScyllaSettings) -> Result<Migration, StoreError> {
     let session = connect_session(settings).await?;
-    let cql = schema::render(&settings.keyspace, &settings.replication);
+    let server = detect_backend(&session).await?;
+    tracing::info!(server = %server, tablets_disabled = server.tablets_by_default(&settings.replication), "migrate");
+    let cql = schema::render(&settings.keyspace, &settings.replication, Some(&server));
     let mut run = Vec::new();
     for statement in schema::statements(&cql) {
         run_schema_statement(&session, &statement).await?;
@@ -159,7 +215,10 @@ pub async fn migrate(settings: &ScyllaSettings) -> Result<Vec<String>, StoreErro
         .await_schema_agreement()
         .await
         .map_err(backend("migrate: schema agreement"))?;
-    Ok(run)
+    Ok(Migration {
+        backend: server,
+        statements: run,
+    })
 }
 
 async fn run_schema_statement(session: &Session, statement: &str) -> Result<(), StoreError> {
