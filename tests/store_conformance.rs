@@ -985,7 +985,7 @@ mod embedded {
 }
 
 mod scylla {
-    use billstream::config::{Replication, ScyllaSettings};
+    use billstream::config::{BasicAuth, Replication, ScyllaSettings};
     use billstream::store::scylla::{
         connect_session, detect_backend, migrate, render_schema, schema_statements, Backend,
     };
@@ -1021,6 +1021,15 @@ mod scylla {
             replication: Replication::Simple { factor: 1 },
             local_datacenter: None,
             dedup_ttl: std::time::Duration::from_secs(36 * 86_400),
+            // A server with PasswordAuthenticator (services.sh with
+            // BILLSTREAM_CASSANDRA_AUTH=1 prints both).
+            auth: std::env::var("BILLSTREAM_SCYLLA_USERNAME")
+                .ok()
+                .map(|username| BasicAuth {
+                    username,
+                    password: std::env::var("BILLSTREAM_SCYLLA_PASSWORD").unwrap_or_default(),
+                }),
+            tls_ca_file: None,
         })
     }
 
@@ -1132,6 +1141,54 @@ mod scylla {
             super::behaviours::claim_partition_epochs_strictly_increase(store),
         )
         .await;
+    }
+
+    /// Issue 15: on a server with PasswordAuthenticator (services.sh with
+    /// BILLSTREAM_CASSANDRA_AUTH=1), the right credentials connect (the
+    /// rest of this suite runs with them) and wrong or missing ones fail
+    /// with an error naming the settings.
+    #[tokio::test]
+    async fn issue_15_wrong_or_missing_credentials_name_the_settings() {
+        let Some(mut settings) = fresh_settings() else {
+            return;
+        };
+        let Some(right) = settings.auth.clone() else {
+            println!(
+                "skipped: BILLSTREAM_SCYLLA_USERNAME is not set (the server has no authentication)"
+            );
+            return;
+        };
+        migrate(&settings)
+            .await
+            .expect("migrate with the right credentials");
+        ScyllaStore::connect(&settings)
+            .await
+            .expect("the right credentials connect");
+        settings.auth = Some(BasicAuth {
+            password: format!("{}-wrong", right.password),
+            ..right
+        });
+        let wrong = ScyllaStore::connect(&settings)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            wrong.contains("the server refused store.username / store.password"),
+            "{wrong}"
+        );
+        assert!(
+            !wrong.contains("-wrong"),
+            "the password is not printed: {wrong}"
+        );
+        settings.auth = None;
+        let missing = ScyllaStore::connect(&settings)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("requires authentication: set store.username and store.password"),
+            "{missing}"
+        );
     }
 
     #[tokio::test]

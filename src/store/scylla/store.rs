@@ -95,17 +95,57 @@ fn now_ms() -> i64 {
 /// SERIAL, token-aware routing within `local_datacenter` if set.
 pub async fn connect_session(settings: &ScyllaSettings) -> Result<Session, StoreError> {
     let profile = request_profile(settings);
-    SessionBuilder::new()
+    let mut builder = SessionBuilder::new()
         .known_nodes(&settings.nodes)
-        .default_execution_profile_handle(profile.into_handle())
-        .build()
-        .await
-        .map_err(|e| {
-            StoreError::Backend(format!(
-                "scylla store: cannot connect to {} ({e})",
-                settings.nodes.join(", ")
-            ))
-        })
+        .default_execution_profile_handle(profile.into_handle());
+    if let Some(auth) = &settings.auth {
+        builder = builder.user(auth.username.clone(), auth.password.clone());
+    }
+    if let Some(ca) = &settings.tls_ca_file {
+        builder = builder.tls_context(Some(tls_context(ca)?));
+    }
+    builder.build().await.map_err(|e| {
+        let text = e.to_string();
+        let hint = if !text.to_ascii_lowercase().contains("authenticat") {
+            ""
+        } else if settings.auth.is_some() {
+            "; the server refused store.username / store.password"
+        } else {
+            "; the server requires authentication: set store.username and store.password"
+        };
+        StoreError::Backend(format!(
+            "scylla store: cannot connect to {} ({text}){hint}",
+            settings.nodes.join(", ")
+        ))
+    })
+}
+
+/// TLS that verifies the nodes' certificate chains against the CA in `ca`
+/// (PEM). (The driver connects to node addresses, not names, so the chain
+/// is what is checked.)
+#[cfg(feature = "tls")]
+fn tls_context(
+    ca: &std::path::Path,
+) -> Result<scylla::client::session::OpenSsl010Config, StoreError> {
+    use openssl::ssl::{SslConnector, SslMethod};
+    let refused = |e: openssl::error::ErrorStack| {
+        StoreError::Backend(format!(
+            "scylla store: store.tls_ca_file {}: {e}",
+            ca.display()
+        ))
+    };
+    let mut connector = SslConnector::builder(SslMethod::tls_client()).map_err(refused)?;
+    connector.set_ca_file(ca).map_err(refused)?;
+    Ok(scylla::client::session::OpenSsl010Config::new(connector))
+}
+
+/// Without the `tls` feature the configuration refuses `store.tls_ca_file`.
+#[cfg(not(feature = "tls"))]
+fn tls_context(ca: &std::path::Path) -> Result<scylla::client::session::TlsContext, StoreError> {
+    Err(StoreError::Backend(format!(
+        "scylla store: store.tls_ca_file {} needs a build with the `tls` feature",
+        ca.display()
+    )))
 }
 
 /// The default execution profile of the store's session.
@@ -1014,6 +1054,8 @@ mod tests {
             replication: Replication::NetworkTopology { factor: 3 },
             local_datacenter: local_datacenter.map(str::to_string),
             dedup_ttl: Duration::from_secs(86_400),
+            auth: None,
+            tls_ca_file: None,
         }
     }
 
