@@ -34,6 +34,11 @@
 # Override with BILLSTREAM_JAVA17 / BILLSTREAM_JAVA21 (paths to `java`).
 # Heaps: Kafka 768 MB, Cassandra 1 GB, Apicurio 512 MB.
 # BILLSTREAM_SERVICES_TIMEOUT (seconds, default 300) bounds the wait.
+# BILLSTREAM_CASSANDRA_AUTH=1 (opt-in, at start) turns on Cassandra's
+# PasswordAuthenticator and CassandraAuthorizer (user cassandra, password
+# cassandra); `env` then prints BILLSTREAM_SCYLLA_USERNAME / _PASSWORD and
+# `cql` is not available (its client sends no credentials). Use a run
+# folder of its own (BILLSTREAM_SERVICES_RUN) next to a default instance.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -358,6 +363,15 @@ start_native_transport: true
 # without it, TTLs whose expiry falls after 2038 are refused
 storage_compatibility_mode: NONE
 EOF
+  rm -f "$d/auth"
+  if [ "${BILLSTREAM_CASSANDRA_AUTH:-}" = 1 ]; then
+    cat >>"$d/cassandra.yaml" <<EOF
+authenticator: PasswordAuthenticator
+authorizer: CassandraAuthorizer
+role_manager: CassandraRoleManager
+EOF
+    touch "$d/auth"
+  fi
   cat >"$d/logback.xml" <<EOF
 <configuration scan="false">
   <appender name="FILE" class="ch.qos.logback.core.FileAppender">
@@ -441,6 +455,11 @@ ready_cassandra() {
   ep=$(cat "$RUN/cassandra/endpoint")
   port_open "${ep##*:}" || return 1
   grep -q "Starting listening for CQL clients" "$RUN/cassandra/logs/system.log" 2>/dev/null || return 1
+  if [ -f "$RUN/cassandra/auth" ]; then
+    # CqlCheck sends no credentials: ready once the superuser exists.
+    grep -q "Created default superuser role" "$RUN/cassandra/logs/system.log" 2>/dev/null
+    return
+  fi
   [ -f "$RUN/cassandra/logback-client.xml" ] || cat >"$RUN/cassandra/logback-client.xml" <<'EOF'
 <configuration>
   <appender name="STDERR" class="ch.qos.logback.core.ConsoleAppender">
@@ -584,6 +603,10 @@ print_env() {
     echo "BILLSTREAM_TEST_TLS_BROKERS=$(cat "$RUN/kafka/tls-endpoint")"
   fi
   live_pid cassandra >/dev/null && echo "BILLSTREAM_SCYLLA_NODES=$(cat "$RUN/cassandra/endpoint")"
+  if live_pid cassandra >/dev/null && [ -f "$RUN/cassandra/auth" ]; then
+    echo "BILLSTREAM_SCYLLA_USERNAME=cassandra"
+    echo "BILLSTREAM_SCYLLA_PASSWORD=cassandra"
+  fi
   live_pid apicurio >/dev/null && echo "BILLSTREAM_SCHEMA_REGISTRY_URL=$(cat "$RUN/apicurio/endpoint")/apis/ccompat/v7"
   return 0
 }

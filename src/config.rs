@@ -179,6 +179,9 @@ struct RawStore {
     #[serde(default)]
     datacenters: std::collections::BTreeMap<String, u32>,
     local_datacenter: String,
+    username: String,
+    password: String,
+    tls_ca_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -551,6 +554,10 @@ pub struct ScyllaSettings {
     /// TTL of dedup records: the engine's dedup window and future
     /// tolerance, plus one day.
     pub dedup_ttl: Duration,
+    /// Credentials for the server's PasswordAuthenticator (`None` = none).
+    pub auth: Option<BasicAuth>,
+    /// TLS to the nodes, verified against this CA (PEM); `None` = plain.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// Keyspace replication (`store.replication_class` and its factors).
@@ -766,6 +773,33 @@ impl RawStore {
                 ));
             }
         }
+        let auth = match (self.username.is_empty(), self.password.is_empty()) {
+            (true, true) => None,
+            (false, false) => Some(BasicAuth {
+                username: self.username.clone(),
+                password: self.password.clone(),
+            }),
+            (true, false) => {
+                return Err(invalid(
+                    "store.username",
+                    "is empty, but store.password is set",
+                ))
+            }
+            (false, true) => {
+                return Err(invalid(
+                    "store.password",
+                    "is empty, but store.username is set (set it from the environment: BILLSTREAM__STORE__PASSWORD)",
+                ))
+            }
+        };
+        let ca = self.tls_ca_file.trim();
+        let tls_ca_file = (!ca.is_empty()).then(|| PathBuf::from(ca));
+        if tls_ca_file.is_some() && !cfg!(feature = "tls") {
+            return Err(invalid(
+                "store.tls_ca_file",
+                "needs a build with the `tls` cargo feature (the CQL driver's TLS links OpenSSL)",
+            ));
+        }
         let window = u64::try_from(dedup_micros).unwrap_or(0);
         Ok(ScyllaSettings {
             nodes: self
@@ -777,6 +811,8 @@ impl RawStore {
             replication,
             local_datacenter: (!local.is_empty()).then(|| local.to_string()),
             dedup_ttl: Duration::from_micros(window) + Duration::from_secs(86_400),
+            auth,
+            tls_ca_file,
         })
     }
 }
@@ -1598,6 +1634,55 @@ mod tests {
                 "{file:?} gave {e}"
             );
         }
+    }
+
+    #[test]
+    fn issue_15_cql_store_credentials_and_tls_are_settings_and_the_password_is_redacted() {
+        let s = load(
+            Some("[store]\nkind = \"scylla\"\nscylla_nodes = [\"db1:9042\"]\nusername = \"billing\"\ntls_ca_file = \"/etc/ssl/cql-ca.pem\"\n"),
+            &[("BILLSTREAM__STORE__PASSWORD", "s3cret-cql")],
+        )
+        .unwrap();
+        let StoreSettings::Scylla(scylla) = &s.store else {
+            panic!("expected the scylla store");
+        };
+        assert_eq!(
+            scylla.auth,
+            Some(BasicAuth {
+                username: "billing".into(),
+                password: "s3cret-cql".into()
+            })
+        );
+        assert_eq!(
+            scylla.tls_ca_file.as_deref(),
+            Some(Path::new("/etc/ssl/cql-ca.pem"))
+        );
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("s3cret-cql"), "{printed}");
+        assert!(printed.contains("billing"));
+        for (file, field) in [
+            ("username = \"billing\"\n", "store.password"),
+            ("password = \"pw\"\n", "store.username"),
+        ] {
+            let e = load(
+                Some(&format!(
+                    "[store]\nkind = \"scylla\"\nscylla_nodes = [\"db1:9042\"]\n{file}"
+                )),
+                &[],
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains(field), "{file}: {e}");
+        }
+        // Defaults: neither.
+        let s = load(
+            Some("[store]\nkind = \"scylla\"\nscylla_nodes = [\"db1:9042\"]\n"),
+            &[],
+        )
+        .unwrap();
+        let StoreSettings::Scylla(scylla) = &s.store else {
+            panic!("expected the scylla store");
+        };
+        assert_eq!((&scylla.auth, &scylla.tls_ca_file), (&None, &None));
     }
 
     #[test]

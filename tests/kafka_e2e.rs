@@ -94,6 +94,8 @@ pub(crate) fn cql_store(store: &std::path::Path) -> Option<ScyllaSettings> {
         replication: Replication::Simple { factor: 1 },
         local_datacenter: None,
         dedup_ttl: Duration::from_secs(36 * 86_400),
+        auth: None,
+        tls_ca_file: None,
     })
 }
 

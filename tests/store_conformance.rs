@@ -554,6 +554,62 @@ pub mod behaviours {
         );
     }
 
+    /// Issue 15: an account whose one write is far above Cassandra's
+    /// 50 KiB batch limit (and ScyllaDB's 1 MiB): a first write with a
+    /// big snapshot, many invoice documents, a journal, dedup ids and a
+    /// timer (so index rows too), then a write that moves the timer and
+    /// rewrites every document. Both land whole.
+    pub async fn issue_15_a_large_account_commits_within_the_batch_limits<S: StateStore>(store: S) {
+        let documents = |version: &str| -> Vec<InvoiceRecord> {
+            (0..300)
+                .map(|i| InvoiceRecord {
+                    invoice_id: format!("inv-{i:04}"),
+                    // ~4 KiB each, ~1.2 MiB in all.
+                    bytes: format!("{version}:{}", "line;".repeat(800)).into_bytes(),
+                })
+                .collect()
+        };
+        let mut first = write("big", 3, 0, 1..=400);
+        for record in &mut first.journal {
+            record.bytes = vec![b'j'; 2_000];
+        }
+        first.snapshot = vec![b's'; 120_000];
+        first.invoices = documents("v1");
+        first.dedup = (0..200)
+            .map(|k| DedupRecord {
+                key: k,
+                fingerprint: 7,
+                seen_at: 1_000,
+            })
+            .collect();
+        first.next_timer = Some(5_000);
+        store.commit(&[first]).await.unwrap();
+
+        let mut second = write("big", 3, 0, 401..=401);
+        second.snapshot = vec![b't'; 120_000];
+        second.invoices = documents("v2");
+        second.next_timer = Some(86_400_000_000 * 3);
+        store.commit(&[second]).await.unwrap();
+
+        let stored = store.load_account("big").await.unwrap().expect("stored");
+        assert_eq!(stored.journal_head, 401);
+        assert_eq!(stored.snapshot, vec![b't'; 120_000]);
+        assert_eq!(stored.next_timer, Some(86_400_000_000 * 3));
+        let invoices = store.invoices("big").await.unwrap();
+        assert_eq!(invoices, documents("v2"));
+        assert_eq!(
+            store.read_journal("big", 1, 1_000).await.unwrap().len(),
+            401
+        );
+        assert_eq!(store.load_dedup("big", 0).await.unwrap().len(), 200);
+        assert_eq!(store.accounts(3).await.unwrap(), vec!["big".to_string()]);
+        assert!(store.due_timers(3, 10_000, 10).await.unwrap().is_empty());
+        assert_eq!(
+            store.due_timers(3, 86_400_000_000 * 3, 10).await.unwrap(),
+            vec![(86_400_000_000 * 3, "big".to_string())]
+        );
+    }
+
     pub async fn published_watermark_never_goes_back<S: StateStore>(store: S) {
         store.commit(&[write("a", 0, 0, 1..=10)]).await.unwrap();
         store.mark_published("a", 0, 0, 4).await.unwrap();
@@ -863,6 +919,7 @@ macro_rules! conformance_wrappers {
             timer_replaced_when_account_rescheduled,
             dedup_records_since_window,
             invoice_upsert_keeps_latest,
+            issue_15_a_large_account_commits_within_the_batch_limits,
             published_watermark_never_goes_back,
             published_watermark_rides_on_account_writes,
             dead_letters_are_kept_with_the_account_until_acknowledged,
@@ -928,8 +985,10 @@ mod embedded {
 }
 
 mod scylla {
-    use billstream::config::{Replication, ScyllaSettings};
-    use billstream::store::scylla::migrate;
+    use billstream::config::{BasicAuth, Replication, ScyllaSettings};
+    use billstream::store::scylla::{
+        connect_session, detect_backend, migrate, render_schema, schema_statements, Backend,
+    };
     use billstream::store::ScyllaStore;
 
     /// A keyspace of its own for one test (left behind afterwards).
@@ -948,26 +1007,209 @@ mod scylla {
         }
     }
 
-    /// A store on a fresh keyspace, or `None` (test skipped) when
-    /// `BILLSTREAM_SCYLLA_NODES` is not set.
-    pub async fn fresh_keyspace_store() -> Option<(FreshKeyspace, ScyllaStore)> {
+    /// Settings for a fresh keyspace `billstream_test_<random>` (not yet
+    /// created), or `None` (test skipped) when `BILLSTREAM_SCYLLA_NODES` is
+    /// not set.
+    pub fn fresh_settings() -> Option<ScyllaSettings> {
         let Ok(nodes) = std::env::var("BILLSTREAM_SCYLLA_NODES") else {
             println!("skipped: BILLSTREAM_SCYLLA_NODES is not set (no ScyllaDB to run the live store suite on)");
             return None;
         };
-        let settings = ScyllaSettings {
+        Some(ScyllaSettings {
             nodes: nodes.split(',').map(|n| n.trim().to_string()).collect(),
             keyspace: format!("billstream_test_{:016x}", rand::random::<u64>()),
             replication: Replication::Simple { factor: 1 },
             local_datacenter: None,
             dedup_ttl: std::time::Duration::from_secs(36 * 86_400),
-        };
+            // A server with PasswordAuthenticator (services.sh with
+            // BILLSTREAM_CASSANDRA_AUTH=1 prints both).
+            auth: std::env::var("BILLSTREAM_SCYLLA_USERNAME")
+                .ok()
+                .map(|username| BasicAuth {
+                    username,
+                    password: std::env::var("BILLSTREAM_SCYLLA_PASSWORD").unwrap_or_default(),
+                }),
+            tls_ca_file: None,
+        })
+    }
+
+    /// A store on a fresh keyspace, or `None` (test skipped) when
+    /// `BILLSTREAM_SCYLLA_NODES` is not set.
+    pub async fn fresh_keyspace_store() -> Option<(FreshKeyspace, ScyllaStore)> {
+        let settings = fresh_settings()?;
         migrate(&settings)
             .await
             .expect("create the test keyspace (is ScyllaDB up?)");
         let keyspace = FreshKeyspace { settings };
         let store = keyspace.open_store().await;
         Some((keyspace, store))
+    }
+
+    /// Runs the schema's statements with `edit` applied to each (a keyspace
+    /// as an older or hand-made schema left it).
+    async fn create_schema_as(settings: &ScyllaSettings, edit: impl Fn(&str) -> String) {
+        let session = connect_session(settings).await.expect("connect");
+        let server = detect_backend(&session).await.expect("detect the server");
+        let cql = render_schema(&settings.keyspace, &settings.replication, Some(&server));
+        for statement in schema_statements(&cql) {
+            session
+                .query_unpaged(edit(&statement), ())
+                .await
+                .expect("create the old schema");
+        }
+        session.await_schema_agreement().await.expect("agreement");
+    }
+
+    #[tokio::test]
+    async fn issue_15_migrate_adds_a_column_a_keyspace_made_before_it_lacks() {
+        let Some(settings) = fresh_settings() else {
+            return;
+        };
+        // `accounts` as a billstream from before `dead_letters` made it.
+        create_schema_as(&settings, |statement| {
+            statement
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("dead_letters "))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .await;
+        let run = migrate(&settings)
+            .await
+            .expect("migrate an older keyspace")
+            .statements;
+        let alter = format!(
+            "ALTER TABLE {}.accounts ADD dead_letters frozen<map<text, blob>>",
+            settings.keyspace
+        );
+        assert!(run.contains(&alter), "{run:#?}");
+        let store = ScyllaStore::connect(&settings)
+            .await
+            .expect("the store opens on the migrated keyspace");
+        super::within_timeout(
+            "dead letters on a migrated keyspace",
+            super::behaviours::dead_letters_are_kept_with_the_account_until_acknowledged(store),
+        )
+        .await;
+        let again = migrate(&settings).await.expect("migrate again").statements;
+        assert!(
+            !again.iter().any(|s| s.starts_with("ALTER")),
+            "nothing left to add: {again:#?}"
+        );
+    }
+
+    /// Issue 15: migrate asks the server what it is and creates the
+    /// keyspace with tablets disabled only where they would be on by
+    /// default (ScyllaDB 6+, NetworkTopologyStrategy); on Cassandra,
+    /// without the option (which Cassandra does not have).
+    #[tokio::test]
+    async fn issue_15_migrate_detects_the_server_and_disables_tablets_only_on_scylladb() {
+        let Some(mut settings) = fresh_settings() else {
+            return;
+        };
+        // What a production keyspace uses (one datacenter of factor 1
+        // here), so ScyllaDB 6+ would give it tablets.
+        settings.replication = Replication::NetworkTopology { factor: 1 };
+        let migration = migrate(&settings).await.expect("migrate");
+        println!("server: {}", migration.backend);
+        let keyspace = &migration.statements[0];
+        assert!(keyspace.starts_with("CREATE KEYSPACE"), "{keyspace}");
+        let tablets = migration.backend.tablets_by_default(&settings.replication);
+        assert_eq!(keyspace.contains("'enabled': false"), tablets, "{keyspace}");
+        let session = connect_session(&settings).await.expect("connect");
+        match &migration.backend {
+            Backend::Cassandra { release } => {
+                assert!(!tablets);
+                let (local,): (String,) = session
+                    .query_unpaged("SELECT release_version FROM system.local", ())
+                    .await
+                    .unwrap()
+                    .into_rows_result()
+                    .unwrap()
+                    .single_row()
+                    .unwrap();
+                assert_eq!(release, &local);
+            }
+            Backend::Scylla { version } => {
+                assert!(!version.is_empty());
+            }
+        }
+        // The keyspace works, claims (LWT) included.
+        let store = ScyllaStore::connect(&settings).await.expect("connect");
+        super::within_timeout(
+            "claims on the migrated keyspace",
+            super::behaviours::claim_partition_epochs_strictly_increase(store),
+        )
+        .await;
+    }
+
+    /// Issue 15: on a server with PasswordAuthenticator (services.sh with
+    /// BILLSTREAM_CASSANDRA_AUTH=1), the right credentials connect (the
+    /// rest of this suite runs with them) and wrong or missing ones fail
+    /// with an error naming the settings.
+    #[tokio::test]
+    async fn issue_15_wrong_or_missing_credentials_name_the_settings() {
+        let Some(mut settings) = fresh_settings() else {
+            return;
+        };
+        let Some(right) = settings.auth.clone() else {
+            println!(
+                "skipped: BILLSTREAM_SCYLLA_USERNAME is not set (the server has no authentication)"
+            );
+            return;
+        };
+        migrate(&settings)
+            .await
+            .expect("migrate with the right credentials");
+        ScyllaStore::connect(&settings)
+            .await
+            .expect("the right credentials connect");
+        settings.auth = Some(BasicAuth {
+            password: format!("{}-wrong", right.password),
+            ..right
+        });
+        let wrong = ScyllaStore::connect(&settings)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            wrong.contains("the server refused store.username / store.password"),
+            "{wrong}"
+        );
+        assert!(
+            !wrong.contains("-wrong"),
+            "the password is not printed: {wrong}"
+        );
+        settings.auth = None;
+        let missing = ScyllaStore::connect(&settings)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("requires authentication: set store.username and store.password"),
+            "{missing}"
+        );
+    }
+
+    #[tokio::test]
+    async fn issue_15_migrate_refuses_a_column_of_another_type() {
+        let Some(settings) = fresh_settings() else {
+            return;
+        };
+        create_schema_as(&settings, |statement| {
+            statement.replace("published_upto bigint", "published_upto int")
+        })
+        .await;
+        let err = migrate(&settings)
+            .await
+            .expect_err("a changed type is refused")
+            .to_string();
+        assert!(
+            err.contains(&format!("{}.accounts.published_upto", settings.keyspace))
+                && err.contains("`int`")
+                && err.contains("`bigint`"),
+            "{err}"
+        );
     }
 
     conformance_wrappers! {

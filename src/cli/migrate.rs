@@ -1,6 +1,7 @@
 //! `billstream migrate`: create the ScyllaDB keyspace and tables of
-//! `schemas/cql/billstream.cql` if they do not exist (idempotent; run it
-//! before the first `billstream run` and after upgrades).
+//! `schemas/cql/billstream.cql` if they do not exist and add the columns
+//! an existing table lacks (idempotent; run it before the first
+//! `billstream run` and after upgrades).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,15 +30,26 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         bail!("config field `store.kind`: `billstream migrate` creates the ScyllaDB schema; set it to \"scylla\" (the embedded store creates its tables when it opens)");
     };
     if args.print {
-        print!("{}", render_schema(&scylla.keyspace, &scylla.replication));
+        print!(
+            "{}",
+            render_schema(&scylla.keyspace, &scylla.replication, None)
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    let statements = super::block_on(migrate(scylla))?;
+    let migration = super::block_on(migrate(scylla))?;
+    let statements = &migration.statements;
     eprintln!(
-        "billstream migrate: keyspace {} ready on {} ({} statements, each IF NOT EXISTS)",
+        "billstream migrate: keyspace {} ready on {} ({}{}; {} statements: each CREATE IF NOT EXISTS, {} columns added)",
         scylla.keyspace,
         scylla.nodes.join(", "),
-        statements.len()
+        migration.backend,
+        if migration.backend.tablets_by_default(&scylla.replication) {
+            ", tablets disabled"
+        } else {
+            ""
+        },
+        statements.len(),
+        statements.iter().filter(|s| s.starts_with("ALTER TABLE")).count()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -15,5 +15,5 @@ mod store;
 #[cfg(test)]
 mod typecheck;
 
-pub use schema::{render as render_schema, statements as schema_statements, SCHEMA_CQL};
-pub use store::{migrate, ScyllaStore};
+pub use schema::{render as render_schema, statements as schema_statements, Backend, SCHEMA_CQL};
+pub use store::{connect_session, detect_backend, migrate, Migration, ScyllaStore};

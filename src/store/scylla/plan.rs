@@ -7,7 +7,9 @@
 //! concern one account: its row of `accounts` (the commit point), its
 //! journal rows, its rows of `invoices` and `dedup`, and its entries of the
 //! two index tables when its timer or partition moved. `split` orders them
-//! into batches.
+//! into batches of one partition each, so no batch size limit of the
+//! database applies (Cassandra and ScyllaDB check only batches that span
+//! partitions).
 
 use std::collections::BTreeMap;
 
@@ -129,10 +131,6 @@ pub enum Mutation<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WritePlan<'a> {
     pub mutations: Vec<Mutation<'a>>,
-    /// True when the last batch (see `split`) spans more than the account's
-    /// row (invoices, index rows): it must be LOGGED to be all-or-nothing.
-    /// The row alone is one single-partition write, atomic and isolated.
-    pub logged: bool,
     /// Timer bucket the plan inserts into, if any (the caller remembers it).
     pub timer_bucket: Option<(u32, i64)>,
     pub after: AccountMeta,
@@ -208,9 +206,7 @@ pub fn plan_write<'a>(
             entry: &record.bytes,
         });
     }
-    let mut logged = false;
     for invoice in &w.invoices {
-        logged = true;
         mutations.push(Mutation::Invoice {
             account_id: id,
             stamp,
@@ -262,7 +258,6 @@ pub fn plan_write<'a>(
             }
             timer_bucket_inserted = Some((w.partition, bucket));
         }
-        logged = true;
     }
     if moved {
         mutations.push(Mutation::PartitionAccountDelete {
@@ -277,12 +272,10 @@ pub fn plan_write<'a>(
             stamp,
             partition,
         });
-        logged = true;
     }
 
     Ok(WritePlan {
         mutations,
-        logged,
         timer_bucket: timer_bucket_inserted,
         after: AccountMeta {
             exists: true,
@@ -300,8 +293,10 @@ pub fn plan_write<'a>(
     })
 }
 
-/// Largest batch the store sends, in estimated bytes of bound values
-/// (ScyllaDB warns above 128 KiB by default and refuses above 1 MiB).
+/// Largest batch the store sends, in estimated bytes of bound values. Every
+/// batch is of one partition, which neither Cassandra's
+/// `batch_size_fail_threshold` (50 KiB by default) nor ScyllaDB's (1 MiB)
+/// applies to; the bound keeps each request small all the same.
 pub const BATCH_BYTES: usize = 96 * 1024;
 
 /// Estimated size of a mutation's bound values.
@@ -344,54 +339,101 @@ fn size_of(m: &Mutation<'_>) -> usize {
         }
 }
 
-/// One CQL batch of a plan: indexes into `WritePlan::mutations`.
+/// Where a mutation goes relative to the commit point, and the
+/// (table, partition) it writes (unique within one account's plan: the
+/// account's own partitions, and at most one row of each index table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Before the commit point: rows nobody counts until it lands.
+    Ahead(u8, i64),
+    /// The commit point: the account's row.
+    Commit,
+    /// After the commit point: deletes of index rows it superseded.
+    After(u8),
+}
+
+fn place(m: &Mutation<'_>) -> Place {
+    match m {
+        Mutation::Account { .. } => Place::Commit,
+        Mutation::Dedup { .. } => Place::Ahead(0, 0),
+        Mutation::Journal { block, .. } => Place::Ahead(1, *block),
+        Mutation::Invoice { .. } => Place::Ahead(2, 0),
+        Mutation::TimerInsert { .. } => Place::Ahead(3, 0),
+        Mutation::BucketInsert { .. } => Place::Ahead(4, 0),
+        Mutation::PartitionAccountInsert { .. } => Place::Ahead(5, 0),
+        Mutation::TimerDelete { .. } => Place::After(0),
+        Mutation::PartitionAccountDelete { .. } => Place::After(1),
+    }
+}
+
+/// One UNLOGGED CQL batch of a plan, all of one partition: indexes into
+/// `WritePlan::mutations`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchPlan {
-    pub logged: bool,
     pub mutations: Vec<usize>,
 }
 
-/// The batches of a plan, in the order they must be sent: first the dedup
-/// ids and the journal rows, in UNLOGGED batches of one partition each (at
-/// most `budget` bytes) that may go in parallel; then the last batch, the
-/// commit point: the account's row, plus invoices and index rows when there
-/// are any (then LOGGED). Until the last batch lands nothing of the earlier
-/// ones is visible: readers stop at the journal head and ignore dedup ids
-/// stamped after the account row's write.
-pub fn split(plan: &WritePlan<'_>, budget: usize) -> Vec<BatchPlan> {
-    let mut ahead: Vec<(u8, i64, Vec<usize>, usize)> = Vec::new();
-    let mut last = Vec::new();
+/// The batches of a plan in three steps, each batch of one partition and
+/// (unless one mutation alone is larger) at most `budget` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batches {
+    /// Sent first, together: dedup ids, journal rows, invoice documents and
+    /// the index rows the write inserts. None counts before the commit
+    /// point: readers stop at the journal head, ignore dedup ids stamped
+    /// after the account row's write, check a timer row against the row's
+    /// `next_timer`, and skip an account listed in a partition without a
+    /// row. (An invoice document is a read-model row: the read API may show
+    /// it before its commit point lands; ARCHITECTURE.md.)
+    pub ahead: Vec<BatchPlan>,
+    /// Then the commit point: the account's row, alone (one
+    /// single-partition statement: atomic and isolated).
+    pub commit: BatchPlan,
+    /// Then, once the row landed, the deletes of index rows the write
+    /// superseded (a moved timer, a moved partition), so an index never
+    /// misses what a row says; a delete that fails leaves a row the
+    /// readers filter out.
+    pub after: Vec<BatchPlan>,
+}
+
+/// Orders a plan's mutations into `Batches`.
+pub fn split(plan: &WritePlan<'_>, budget: usize) -> Batches {
+    let mut ahead: Vec<(Place, Vec<usize>, usize)> = Vec::new();
+    let mut commit = Vec::new();
+    let mut after: Vec<(Place, Vec<usize>, usize)> = Vec::new();
     for (i, m) in plan.mutations.iter().enumerate() {
-        // (table, partition within the account) of the ahead mutations.
-        let key = match m {
-            Mutation::Dedup { .. } => (0, 0),
-            Mutation::Journal { block, .. } => (1, *block),
-            _ => {
-                last.push(i);
+        let key = place(m);
+        let groups = match key {
+            Place::Commit => {
+                commit.push(i);
                 continue;
             }
+            Place::Ahead(..) => &mut ahead,
+            Place::After(..) => &mut after,
         };
         let size = size_of(m);
-        match ahead.last_mut() {
-            Some((t, b, ids, bytes)) if (*t, *b) == key && *bytes + size <= budget => {
+        match groups
+            .iter_mut()
+            .rev()
+            .find(|(k, _, bytes)| *k == key && *bytes + size <= budget)
+        {
+            Some((_, ids, bytes)) => {
                 ids.push(i);
                 *bytes += size;
             }
-            _ => ahead.push((key.0, key.1, vec![i], size)),
+            None => groups.push((key, vec![i], size)),
         }
     }
-    let mut batches: Vec<BatchPlan> = ahead
-        .into_iter()
-        .map(|(_, _, mutations, _)| BatchPlan {
-            logged: false,
-            mutations,
-        })
-        .collect();
-    batches.push(BatchPlan {
-        logged: plan.logged,
-        mutations: last,
-    });
-    batches
+    let batches = |groups: Vec<(Place, Vec<usize>, usize)>| {
+        groups
+            .into_iter()
+            .map(|(_, mutations, _)| BatchPlan { mutations })
+            .collect()
+    };
+    Batches {
+        ahead: batches(ahead),
+        commit: BatchPlan { mutations: commit },
+        after: batches(after),
+    }
 }
 
 /// The stamp of a `mark_published` by `epoch`, or why there is none.
@@ -478,7 +520,6 @@ mod tests {
         let prev = existing(3, stamp(5, 7).unwrap());
         let w = write(4..=5);
         let plan = plan_write(&prev, &w, 100, 0, |_, _| true).unwrap();
-        assert!(!plan.logged, "only the account row is in the last batch");
         assert_eq!(plan.mutations.len(), 3);
         let s = stamp(5, 8).unwrap();
         assert!(matches!(
@@ -531,7 +572,7 @@ mod tests {
     }
 
     #[test]
-    fn dedup_invoices_and_first_write_make_a_logged_batch_with_index_rows() {
+    fn dedup_invoices_and_first_write_plan_index_rows() {
         let mut w = write(1..=1);
         w.dedup = vec![DedupRecord {
             key: 0x0102,
@@ -550,7 +591,6 @@ mod tests {
         }];
         w.published_upto = Some(9);
         let plan = plan_write(&AccountMeta::default(), &w, 3_110_400, 1_000, |_, _| false).unwrap();
-        assert!(plan.logged);
         let s = stamp(5, 1).unwrap();
         let mut offsets = BTreeMap::new();
         offsets.insert(("usage".to_string(), 2), 10);
@@ -642,13 +682,11 @@ mod tests {
                 },
             ]
         );
-        assert!(plan.logged);
         // Unchanged timer: no index row at all.
         let mut same = write(3..=3);
         same.next_timer = Some(100);
         let again = plan_write(&plan.after, &same, 1, 0, |_, _| true).unwrap();
         assert_eq!(again.mutations.len(), 2);
-        assert!(!again.logged);
     }
 
     #[test]
@@ -692,9 +730,8 @@ mod tests {
             panic!("account row first");
         };
         assert_eq!(dead_letters, &plan.after.dead_letters, "the whole map");
-        // Part of the commit point: the row alone, unlogged.
-        assert!(!plan.logged);
-        assert_eq!(split(&plan, BATCH_BYTES).last().unwrap().mutations, [0]);
+        // Part of the commit point: the row alone.
+        assert_eq!(split(&plan, BATCH_BYTES).commit.mutations, [0]);
     }
 
     #[test]
@@ -733,20 +770,18 @@ mod tests {
         let batches = split(&plan, BATCH_BYTES);
         assert_eq!(
             batches,
-            [
-                BatchPlan {
-                    logged: false,
-                    mutations: vec![1, 2]
-                },
-                BatchPlan {
-                    logged: false,
-                    mutations: vec![3, 4, 5]
-                },
-                BatchPlan {
-                    logged: false,
-                    mutations: vec![0]
-                },
-            ]
+            Batches {
+                ahead: vec![
+                    BatchPlan {
+                        mutations: vec![1, 2]
+                    },
+                    BatchPlan {
+                        mutations: vec![3, 4, 5]
+                    },
+                ],
+                commit: BatchPlan { mutations: vec![0] },
+                after: Vec::new(),
+            }
         );
     }
 
@@ -760,16 +795,21 @@ mod tests {
         w.snapshot = vec![0; 20_000];
         let plan = plan_write(&prev, &w, 1, 0, |_, _| true).unwrap();
         let batches = split(&plan, BATCH_BYTES);
-        let last = batches.last().unwrap();
-        assert_eq!(last.mutations, [0], "the account row alone, last");
-        let mut seen: Vec<usize> = batches.iter().flat_map(|b| b.mutations.clone()).collect();
+        assert_eq!(batches.commit.mutations, [0], "the account row alone");
+        assert!(batches.after.is_empty());
+        let mut seen: Vec<usize> = batches
+            .ahead
+            .iter()
+            .chain([&batches.commit])
+            .flat_map(|b| b.mutations.clone())
+            .collect();
         seen.sort_unstable();
         assert_eq!(
             seen,
             (0..plan.mutations.len()).collect::<Vec<_>>(),
             "each mutation once"
         );
-        for b in &batches[..batches.len() - 1] {
+        for b in &batches.ahead {
             let blocks: std::collections::BTreeSet<i64> = b
                 .mutations
                 .iter()
@@ -787,7 +827,122 @@ mod tests {
             assert!(bytes <= BATCH_BYTES, "batch of {bytes} bytes");
         }
         // The rows of block 0 and of block 1 are in different batches.
-        assert!(batches.len() > 4);
+        assert!(batches.ahead.len() > 4);
+    }
+
+    /// The (table, partition key) a mutation writes.
+    fn cql_partition(m: &Mutation<'_>) -> String {
+        match m {
+            Mutation::Account { account_id, .. } => format!("accounts/{account_id}"),
+            Mutation::Journal {
+                account_id, block, ..
+            } => format!("journal/{account_id}/{block}"),
+            Mutation::Invoice { account_id, .. } => format!("invoices/{account_id}"),
+            Mutation::Dedup { account_id, .. } => format!("dedup/{account_id}"),
+            Mutation::TimerInsert {
+                partition, bucket, ..
+            }
+            | Mutation::TimerDelete {
+                partition, bucket, ..
+            } => format!("timers/{partition}/{bucket}"),
+            Mutation::BucketInsert { partition, .. } => format!("timer_buckets/{partition}"),
+            Mutation::PartitionAccountInsert { partition, .. }
+            | Mutation::PartitionAccountDelete { partition, .. } => {
+                format!("partition_accounts/{partition}")
+            }
+        }
+    }
+
+    #[test]
+    fn issue_15_every_batch_is_one_partition_within_the_budget_and_deletes_follow_the_commit_point()
+    {
+        // A takeover write of an account with a moved timer and partition,
+        // 300 invoice documents of 4 KiB, journal rows and dedup ids: about
+        // 1.5 MiB, which one batch could not carry on Cassandra or ScyllaDB.
+        let mut prev = existing(10, stamp(2, 9).unwrap());
+        prev.partition = 1;
+        prev.next_timer = Some(7);
+        let mut w = write(11..=210);
+        for r in &mut w.journal {
+            r.bytes = vec![0; 2_000];
+        }
+        w.invoices = (0..300)
+            .map(|i| InvoiceRecord {
+                invoice_id: format!("inv-{i}"),
+                bytes: vec![b'x'; 4_000],
+            })
+            .collect();
+        w.dedup = (0..500)
+            .map(|k| DedupRecord {
+                key: k,
+                fingerprint: 1,
+                seen_at: 1,
+            })
+            .collect();
+        w.next_timer = Some(TIMER_BUCKET_MICROS * 2);
+        let plan = plan_write(&prev, &w, 1, 0, |_, _| false).unwrap();
+        let batches = split(&plan, BATCH_BYTES);
+
+        for b in batches
+            .ahead
+            .iter()
+            .chain(&batches.after)
+            .chain([&batches.commit])
+        {
+            let partitions: std::collections::BTreeSet<String> = b
+                .mutations
+                .iter()
+                .map(|&i| cql_partition(&plan.mutations[i]))
+                .collect();
+            assert_eq!(partitions.len(), 1, "a batch spans {partitions:?}");
+            let bytes: usize = b
+                .mutations
+                .iter()
+                .map(|&i| size_of(&plan.mutations[i]))
+                .sum();
+            assert!(bytes <= BATCH_BYTES, "batch of {bytes} bytes");
+        }
+        assert_eq!(batches.commit.mutations, [0], "the account row alone");
+        let kinds = |bs: &[BatchPlan]| -> Vec<&'static str> {
+            let mut kinds: Vec<&'static str> = bs
+                .iter()
+                .flat_map(|b| b.mutations.iter())
+                .map(|&i| match plan.mutations[i] {
+                    Mutation::Account { .. } => "account",
+                    Mutation::Journal { .. } => "journal",
+                    Mutation::Invoice { .. } => "invoice",
+                    Mutation::Dedup { .. } => "dedup",
+                    Mutation::TimerInsert { .. } => "timer insert",
+                    Mutation::TimerDelete { .. } => "timer delete",
+                    Mutation::BucketInsert { .. } => "bucket insert",
+                    Mutation::PartitionAccountInsert { .. } => "partition insert",
+                    Mutation::PartitionAccountDelete { .. } => "partition delete",
+                })
+                .collect();
+            kinds.dedup();
+            kinds
+        };
+        assert_eq!(
+            kinds(&batches.ahead),
+            [
+                "journal",
+                "invoice",
+                "dedup",
+                "timer insert",
+                "bucket insert",
+                "partition insert"
+            ]
+        );
+        // A delete before the row could leave the row's timer or partition
+        // unindexed if the row then failed.
+        assert_eq!(kinds(&batches.after), ["timer delete", "partition delete"]);
+        let count: usize = batches
+            .ahead
+            .iter()
+            .chain(&batches.after)
+            .map(|b| b.mutations.len())
+            .sum();
+        assert_eq!(count + 1, plan.mutations.len(), "each mutation once");
     }
 
     #[test]

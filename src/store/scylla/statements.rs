@@ -176,8 +176,8 @@ impl Statements {
             // (a retry after a timeout) changes nothing: idempotent. The
             // claims (IF ...) are not.
             statement.set_is_idempotent(!name.starts_with("claim_"));
-            if name == "select_owner_serial" {
-                statement.set_consistency(Consistency::LocalSerial);
+            if let Some(consistency) = consistency_of(name) {
+                statement.set_consistency(consistency);
             }
             prepared.insert(name, statement);
         }
@@ -232,6 +232,13 @@ impl Statements {
 
 /// A mutation's bound values, in the order of its statement's markers
 /// (see `texts`).
+/// The consistency of a statement that does not use the session's
+/// (LOCAL_QUORUM): the read a claim starts from is linearizable with the
+/// claims, as they are.
+pub fn consistency_of(name: &str) -> Option<Consistency> {
+    (name == "select_owner_serial").then_some(Consistency::Serial)
+}
+
 impl SerializeRow for Mutation<'_> {
     fn serialize(
         &self,

@@ -2,9 +2,10 @@
 //!
 //! Per commit: one read of the ownership epoch per partition touched (a
 //! stale writer gets `Fenced` before it writes anything), then per account
-//! its journal rows and dedup ids (single-partition batches), then its row
-//! of `accounts`, the commit point (LOGGED with invoices and index rows
-//! when there are any), all stamped so that a newer epoch always wins
+//! its journal rows, dedup ids, invoice documents and new index rows, then
+//! its row of `accounts` alone, the commit point, then the deletes of index
+//! rows it superseded — every batch of one partition and bounded
+//! (`plan::split`), all stamped so that a newer epoch always wins
 //! (`stamp.rs`). Accounts go in parallel,
 //! the writes of one account in order. What the store knows of each
 //! account's row is cached, so the hot path reads nothing but
@@ -19,6 +20,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::frame::types::{Consistency, SerialConsistency};
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::statement::batch::{Batch, BatchType};
@@ -30,7 +32,7 @@ use super::plan::{
     JOURNAL_BLOCK,
 };
 use super::rows::{self, AccountRow, DedupRow, JournalRow};
-use super::schema;
+use super::schema::{self, Backend};
 use super::stamp::MAX_EPOCH;
 use super::statements::Statements;
 use crate::config::ScyllaSettings;
@@ -93,54 +95,205 @@ fn now_ms() -> i64 {
 }
 
 /// A session with billstream's request settings: LOCAL_QUORUM, LWT at
-/// LOCAL_SERIAL, token-aware routing within `local_datacenter` if set.
-async fn connect_session(settings: &ScyllaSettings) -> Result<Session, StoreError> {
+/// SERIAL, token-aware routing within `local_datacenter` if set.
+pub async fn connect_session(settings: &ScyllaSettings) -> Result<Session, StoreError> {
+    let profile = request_profile(settings);
+    let mut builder = SessionBuilder::new()
+        .known_nodes(&settings.nodes)
+        .default_execution_profile_handle(profile.into_handle());
+    if let Some(auth) = &settings.auth {
+        builder = builder.user(auth.username.clone(), auth.password.clone());
+    }
+    if let Some(ca) = &settings.tls_ca_file {
+        builder = builder.tls_context(Some(tls_context(ca)?));
+    }
+    builder.build().await.map_err(|e| {
+        let text = e.to_string();
+        let hint = if !text.to_ascii_lowercase().contains("authenticat") {
+            ""
+        } else if settings.auth.is_some() {
+            "; the server refused store.username / store.password"
+        } else {
+            "; the server requires authentication: set store.username and store.password"
+        };
+        StoreError::Backend(format!(
+            "scylla store: cannot connect to {} ({text}){hint}",
+            settings.nodes.join(", ")
+        ))
+    })
+}
+
+/// TLS that verifies the nodes' certificate chains against the CA in `ca`
+/// (PEM). (The driver connects to node addresses, not names, so the chain
+/// is what is checked.)
+#[cfg(feature = "tls")]
+fn tls_context(
+    ca: &std::path::Path,
+) -> Result<scylla::client::session::OpenSsl010Config, StoreError> {
+    use openssl::ssl::{SslConnector, SslMethod};
+    let refused = |e: openssl::error::ErrorStack| {
+        StoreError::Backend(format!(
+            "scylla store: store.tls_ca_file {}: {e}",
+            ca.display()
+        ))
+    };
+    let mut connector = SslConnector::builder(SslMethod::tls_client()).map_err(refused)?;
+    connector.set_ca_file(ca).map_err(refused)?;
+    Ok(scylla::client::session::OpenSsl010Config::new(connector))
+}
+
+/// Without the `tls` feature the configuration refuses `store.tls_ca_file`.
+#[cfg(not(feature = "tls"))]
+fn tls_context(ca: &std::path::Path) -> Result<scylla::client::session::TlsContext, StoreError> {
+    Err(StoreError::Backend(format!(
+        "scylla store: store.tls_ca_file {} needs a build with the `tls` feature",
+        ca.display()
+    )))
+}
+
+/// The default execution profile of the store's session.
+fn request_profile(settings: &ScyllaSettings) -> ExecutionProfile {
     let mut policy = DefaultPolicy::builder().token_aware(true);
     if let Some(dc) = &settings.local_datacenter {
         policy = policy
             .prefer_datacenter(dc.clone())
             .permit_dc_failover(false);
     }
-    let profile = ExecutionProfile::builder()
+    ExecutionProfile::builder()
         .consistency(Consistency::LocalQuorum)
-        .serial_consistency(Some(SerialConsistency::LocalSerial))
+        // SERIAL, not LOCAL_SERIAL: LOCAL_SERIAL runs Paxos among one
+        // datacenter's replicas only, so two instances coordinating in two
+        // datacenters could each be granted the same epoch.
+        .serial_consistency(Some(SerialConsistency::Serial))
         .request_timeout(Some(REQUEST_TIMEOUT))
         .load_balancing_policy(policy.build())
-        .build();
-    SessionBuilder::new()
-        .known_nodes(&settings.nodes)
-        .default_execution_profile_handle(profile.into_handle())
         .build()
+}
+
+/// What `migrate` found and did.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    /// The server, as it answered.
+    pub backend: Backend,
+    /// The statements run, in order.
+    pub statements: Vec<String>,
+}
+
+/// Which server this is: ScyllaDB has `system.versions`, Cassandra does not
+/// (it answers Invalid, "table does not exist").
+pub async fn detect_backend(session: &Session) -> Result<Backend, StoreError> {
+    let context = "detect the CQL server (system.versions, system.local)";
+    match session
+        .query_unpaged(
+            "SELECT version FROM system.versions WHERE key = 'local'",
+            (),
+        )
         .await
-        .map_err(|e| {
-            StoreError::Backend(format!(
-                "scylla store: cannot connect to {} ({e})",
-                settings.nodes.join(", ")
-            ))
-        })
+    {
+        Ok(result) => {
+            let version = result
+                .into_rows_result()
+                .map_err(backend(context))?
+                .maybe_first_row::<(Option<String>,)>()
+                .map_err(backend(context))?
+                .and_then(|(v,)| v)
+                .unwrap_or_default();
+            Ok(Backend::Scylla { version })
+        }
+        Err(ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            DbError::Invalid,
+            _,
+        ))) => {
+            let release = session
+                .query_unpaged(
+                    "SELECT release_version FROM system.local WHERE key = 'local'",
+                    (),
+                )
+                .await
+                .map_err(backend(context))?
+                .into_rows_result()
+                .map_err(backend(context))?
+                .maybe_first_row::<(Option<String>,)>()
+                .map_err(backend(context))?
+                .and_then(|(v,)| v)
+                .unwrap_or_default();
+            Ok(Backend::Cassandra { release })
+        }
+        Err(e) => Err(backend(context)(e)),
+    }
 }
 
 /// Creates the keyspace and tables of `schemas/cql/billstream.cql` if
-/// missing (`billstream migrate`); returns the statements run.
-pub async fn migrate(settings: &ScyllaSettings) -> Result<Vec<String>, StoreError> {
+/// missing (with the keyspace option the server needs, `schema::Backend`),
+/// and adds the columns an existing table lacks (a keyspace made by an
+/// older billstream) (`billstream migrate`). A column whose type differs
+/// from the schema's is refused before anything is altered.
+pub async fn migrate(settings: &ScyllaSettings) -> Result<Migration, StoreError> {
     let session = connect_session(settings).await?;
-    let cql = schema::render(&settings.keyspace, &settings.replication);
-    let statements = schema::statements(&cql);
-    for statement in &statements {
-        let first_line = statement.lines().next().unwrap_or_default();
-        tracing::info!(statement = first_line, "migrate");
-        session
-            .query_unpaged(statement.as_str(), ())
-            .await
-            .map_err(|e| {
-                StoreError::Backend(format!("scylla store: migrate: {first_line}: {e}"))
-            })?;
+    let server = detect_backend(&session).await?;
+    tracing::info!(server = %server, tablets_disabled = server.tablets_by_default(&settings.replication), "migrate");
+    let cql = schema::render(&settings.keyspace, &settings.replication, Some(&server));
+    let mut run = Vec::new();
+    for statement in schema::statements(&cql) {
+        run_schema_statement(&session, &statement).await?;
+        run.push(statement);
     }
     session
         .await_schema_agreement()
         .await
         .map_err(backend("migrate: schema agreement"))?;
-    Ok(statements)
+    // CREATE TABLE IF NOT EXISTS leaves an existing table as it is.
+    let mut alters = Vec::new();
+    for table in schema::table_columns(&cql) {
+        let existing = server_columns(&session, &settings.keyspace, &table.table).await?;
+        let missing = schema::missing_columns(&settings.keyspace, &table, &existing)
+            .map_err(|e| StoreError::Backend(format!("scylla store: migrate: {e}")))?;
+        alters.extend(missing);
+    }
+    for alter in alters {
+        run_schema_statement(&session, &alter).await?;
+        run.push(alter);
+    }
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(backend("migrate: schema agreement"))?;
+    Ok(Migration {
+        backend: server,
+        statements: run,
+    })
+}
+
+async fn run_schema_statement(session: &Session, statement: &str) -> Result<(), StoreError> {
+    let first_line = statement.lines().next().unwrap_or_default();
+    tracing::info!(statement = first_line, "migrate");
+    session
+        .query_unpaged(statement, ())
+        .await
+        .map_err(|e| StoreError::Backend(format!("scylla store: migrate: {first_line}: {e}")))?;
+    Ok(())
+}
+
+/// (name, type) of each column of `keyspace.table` as the server lists it.
+async fn server_columns(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+) -> Result<Vec<(String, String)>, StoreError> {
+    // Unquoted CQL identifiers are stored in lower case.
+    session
+        .query_iter(
+            "SELECT column_name, type FROM system_schema.columns \
+             WHERE keyspace_name = ? AND table_name = ?",
+            (keyspace.to_ascii_lowercase(), table.to_ascii_lowercase()),
+        )
+        .await
+        .map_err(backend("migrate: read system_schema.columns"))?
+        .rows_stream::<(String, String)>()
+        .map_err(backend("migrate: read system_schema.columns"))?
+        .try_collect()
+        .await
+        .map_err(backend("migrate: read system_schema.columns"))
 }
 
 impl ScyllaStore {
@@ -303,32 +456,42 @@ impl ScyllaStore {
         plans: &[&WritePlan<'_>],
     ) -> (&'s str, Result<(), StoreError>) {
         for plan in plans {
-            let batches = plan::split(plan, plan::BATCH_BYTES);
-            let (last, ahead) = batches.split_last().expect("a plan has a last batch");
-            // Ahead batches are invisible until the last one lands: send
-            // them together, then the last.
-            let sends: Vec<_> = ahead.iter().map(|b| self.send_batch(plan, b)).collect();
-            if let Err(e) = futures::future::try_join_all(sends).await {
-                return (account_id, Err(e));
-            }
-            if let Err(e) = self.send_batch(plan, last).await {
+            if let Err(e) = self.send_plan(plan).await {
                 return (account_id, Err(e));
             }
         }
         (account_id, Ok(()))
     }
 
+    /// One plan's batches (`plan::split`): the ones ahead of the commit
+    /// point together (nothing of them counts until it lands), then the
+    /// account's row, then the deletes it superseded.
+    async fn send_plan(&self, plan: &WritePlan<'_>) -> Result<(), StoreError> {
+        let batches = plan::split(plan, plan::BATCH_BYTES);
+        let ahead: Vec<_> = batches
+            .ahead
+            .iter()
+            .map(|b| self.send_batch(plan, b))
+            .collect();
+        futures::future::try_join_all(ahead).await?;
+        self.send_batch(plan, &batches.commit).await?;
+        let after: Vec<_> = batches
+            .after
+            .iter()
+            .map(|b| self.send_batch(plan, b))
+            .collect();
+        futures::future::try_join_all(after).await?;
+        Ok(())
+    }
+
+    /// One UNLOGGED batch, all of one partition (so atomic and isolated,
+    /// and under no batch size limit of the database).
     async fn send_batch(
         &self,
         plan: &WritePlan<'_>,
         batch: &plan::BatchPlan,
     ) -> Result<(), StoreError> {
-        let kind = if batch.logged {
-            BatchType::Logged
-        } else {
-            BatchType::Unlogged
-        };
-        let mut cql = Batch::new(kind);
+        let mut cql = Batch::new(BatchType::Unlogged);
         cql.set_is_idempotent(true);
         let mut values = Vec::with_capacity(batch.mutations.len());
         for &i in &batch.mutations {
@@ -916,5 +1079,47 @@ impl StateStore for ScyllaStore {
 
     fn stats(&self) -> &StoreStats {
         &self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Replication;
+
+    fn settings(local_datacenter: Option<&str>) -> ScyllaSettings {
+        ScyllaSettings {
+            nodes: vec!["db1:9042".into()],
+            keyspace: "ks".into(),
+            replication: Replication::NetworkTopology { factor: 3 },
+            local_datacenter: local_datacenter.map(str::to_string),
+            dedup_ttl: Duration::from_secs(86_400),
+            auth: None,
+            tls_ca_file: None,
+        }
+    }
+
+    /// Issue 15: LOCAL_SERIAL orders claims only among coordinators of one
+    /// datacenter; two instances coordinating in two datacenters could both
+    /// be granted the same epoch. Claims run at SERIAL whatever is set.
+    #[test]
+    fn issue_15_claims_are_serial_in_every_datacenter_setting() {
+        for dc in [None, Some("eu")] {
+            let profile = request_profile(&settings(dc));
+            assert_eq!(
+                profile.get_serial_consistency(),
+                Some(SerialConsistency::Serial),
+                "local_datacenter {dc:?}"
+            );
+            assert_eq!(profile.get_consistency(), Consistency::LocalQuorum);
+        }
+        assert_eq!(
+            super::super::statements::consistency_of("select_owner_serial"),
+            Some(Consistency::Serial)
+        );
+        assert_eq!(
+            super::super::statements::consistency_of("select_owner"),
+            None
+        );
     }
 }

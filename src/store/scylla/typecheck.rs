@@ -92,7 +92,7 @@ fn split_top_level(text: &str) -> Vec<String> {
 /// table → column → type, from the schema file.
 fn schema_columns() -> HashMap<String, HashMap<String, ColumnType<'static>>> {
     let mut tables = HashMap::new();
-    for statement in split(&render(KS, &Replication::Simple { factor: 1 })) {
+    for statement in split(&render(KS, &Replication::Simple { factor: 1 }, None)) {
         let Some(rest) = statement.strip_prefix(&format!("CREATE TABLE IF NOT EXISTS {KS}."))
         else {
             continue;
