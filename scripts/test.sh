@@ -33,7 +33,9 @@ source scripts/deps.sh
 cargo test --locked --features tls --no-run "$@"
 
 trap 'bash scripts/services.sh stop' EXIT
-bash scripts/services.sh start kafka cassandra apicurio
+# Cassandra with PasswordAuthenticator: every CQL test logs in, and the
+# authentication test sees wrong and missing credentials refused.
+BILLSTREAM_CASSANDRA_AUTH=1 bash scripts/services.sh start kafka cassandra apicurio
 set -a
 eval "$(bash scripts/services.sh env)"
 set +a

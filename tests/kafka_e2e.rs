@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
-use billstream::config::{Replication, ScyllaSettings};
+use billstream::config::{BasicAuth, Replication, ScyllaSettings};
 use billstream::contracts::{framing, Catalog};
 use billstream::engine::events::*;
 use billstream::engine::money::Currency;
@@ -94,7 +94,13 @@ pub(crate) fn cql_store(store: &std::path::Path) -> Option<ScyllaSettings> {
         replication: Replication::Simple { factor: 1 },
         local_datacenter: None,
         dedup_ttl: Duration::from_secs(36 * 86_400),
-        auth: None,
+        // The test command's Cassandra runs with PasswordAuthenticator.
+        auth: std::env::var("BILLSTREAM_SCYLLA_USERNAME")
+            .ok()
+            .map(|username| BasicAuth {
+                username,
+                password: std::env::var("BILLSTREAM_SCYLLA_PASSWORD").unwrap_or_default(),
+            }),
         tls_ca_file: None,
     })
 }
@@ -113,6 +119,10 @@ pub(crate) fn scylla_store_env(c: &mut Command, store: &std::path::Path) -> bool
         .env("BILLSTREAM__STORE__KEYSPACE", cql.keyspace)
         .env("BILLSTREAM__STORE__REPLICATION_CLASS", "SimpleStrategy")
         .env("BILLSTREAM__STORE__REPLICATION_FACTOR", "1");
+    if let Some(auth) = cql.auth {
+        c.env("BILLSTREAM__STORE__USERNAME", auth.username)
+            .env("BILLSTREAM__STORE__PASSWORD", auth.password);
+    }
     true
 }
 
