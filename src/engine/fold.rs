@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use super::account::{
     AccountState, BilledKey, ClosedAggregate, ClosedPeriod, MetricUsage, PeriodUsage, RollupBucket,
 };
-use super::aggregation::{self, Aggregation};
+use super::aggregation::{self, AggState, Aggregation};
 use super::config::EngineConfig;
 use super::dedup::{self, Seen};
 use super::events::{
@@ -539,6 +539,55 @@ impl Engine {
         self.plan_for_ref(st, start).to_string()
     }
 
+    /// The usage of `metric` in the open period `period` (at `idx` of
+    /// `st.open` if open already, else opened now, in period order), and
+    /// in it the metric (at `known` if counted already, else added with
+    /// `aggregation` and its `state`). Inlined: it is on the fold's path.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn metric_usage<'s>(
+        &self,
+        st: &'s mut AccountState,
+        idx: Option<usize>,
+        period: Period,
+        known: Option<usize>,
+        metric: &str,
+        aggregation: Aggregation,
+        state: Option<Box<AggState>>,
+    ) -> &'s mut MetricUsage {
+        let idx = match idx {
+            Some(i) => i,
+            None => {
+                let plan_id = self.plan_for_ref(st, period.start).to_string();
+                let at = st.open.partition_point(|o| o.period.start < period.start);
+                st.open.insert(
+                    at,
+                    PeriodUsage {
+                        period,
+                        plan_id,
+                        metrics: Vec::new(),
+                    },
+                );
+                at
+            }
+        };
+        let open = &mut st.open[idx];
+        match known {
+            Some(k) => &mut open.metrics[k],
+            None => {
+                open.metrics.reserve_exact(1);
+                open.metrics.push(MetricUsage {
+                    metric: Name::new(metric),
+                    total: Decimal::ZERO,
+                    subjects: Vec::new(),
+                    aggregation,
+                    state,
+                });
+                open.metrics.last_mut().expect("just pushed")
+            }
+        }
+    }
+
     fn plan_for_ref<'s>(&self, st: &'s AccountState, start: Timestamp) -> &'s str {
         match &st.pending_plan {
             Some((plan, effective)) if *effective <= start => plan,
@@ -891,37 +940,15 @@ impl Engine {
                         return Err(bad_qty(&too_dear(st, &u.metric, new_total)));
                     }
                 }
-                let idx = match idx {
-                    Some(i) => i,
-                    None => {
-                        let plan_id = self.plan_for_ref(st, period.start).to_string();
-                        let at = st.open.partition_point(|o| o.period.start < period.start);
-                        st.open.insert(
-                            at,
-                            PeriodUsage {
-                                period,
-                                plan_id,
-                                metrics: Vec::new(),
-                            },
-                        );
-                        at
-                    }
-                };
-                let open = &mut st.open[idx];
-                let m = match known {
-                    Some(i) => &mut open.metrics[i],
-                    None => {
-                        open.metrics.reserve_exact(1);
-                        open.metrics.push(MetricUsage {
-                            metric: Name::new(&u.metric),
-                            total: Decimal::ZERO,
-                            subjects: Vec::new(),
-                            aggregation: Aggregation::Sum,
-                            state: None,
-                        });
-                        open.metrics.last_mut().expect("just pushed")
-                    }
-                };
+                let m = self.metric_usage(
+                    st,
+                    idx,
+                    period,
+                    known,
+                    &u.metric,
+                    Aggregation::Sum,
+                    None,
+                );
                 m.total = new_total;
                 let subject = add_subject(
                     &mut m.subjects,
@@ -1024,37 +1051,7 @@ impl Engine {
             Some(_) => None,
             None => charge.aggregation.new_state(),
         };
-        let idx = match idx {
-            Some(i) => i,
-            None => {
-                let plan_id = self.plan_for_ref(st, period.start).to_string();
-                let at = st.open.partition_point(|o| o.period.start < period.start);
-                st.open.insert(
-                    at,
-                    PeriodUsage {
-                        period,
-                        plan_id,
-                        metrics: Vec::new(),
-                    },
-                );
-                at
-            }
-        };
-        let open = &mut st.open[idx];
-        let m = match known {
-            Some(k) => &mut open.metrics[k],
-            None => {
-                open.metrics.reserve_exact(1);
-                open.metrics.push(MetricUsage {
-                    metric: Name::new(&u.metric),
-                    total: Decimal::ZERO,
-                    subjects: Vec::new(),
-                    aggregation: kind,
-                    state,
-                });
-                open.metrics.last_mut().expect("just pushed")
-            }
-        };
+        let m = self.metric_usage(st, idx, period, known, &u.metric, kind, state);
         aggregation::add(kind, &mut m.total, m.state.as_deref_mut(), period, u);
         let subject = add_subject(
             &mut m.subjects,
