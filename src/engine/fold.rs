@@ -940,15 +940,8 @@ impl Engine {
                         return Err(bad_qty(&too_dear(st, &u.metric, new_total)));
                     }
                 }
-                let m = self.metric_usage(
-                    st,
-                    idx,
-                    period,
-                    known,
-                    &u.metric,
-                    Aggregation::Sum,
-                    None,
-                );
+                let m =
+                    self.metric_usage(st, idx, period, known, &u.metric, Aggregation::Sum, None);
                 m.total = new_total;
                 let subject = add_subject(
                     &mut m.subjects,
