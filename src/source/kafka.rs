@@ -51,6 +51,29 @@ pub fn with_properties<'c>(c: &'c mut ClientConfig, settings: &Settings) -> &'c 
     c
 }
 
+/// `call` until it succeeds or `deadline` passes (then its last error, as
+/// `Transient`, naming `what`). Metadata, watermark and offset requests
+/// fail for a moment while a topic is new or its leader moves
+/// (`NotLeaderForPartition`, `LeaderNotAvailable`: seen on Apache Kafka
+/// right after `topics create`, which stopped `run` at start); that must
+/// not stop a member.
+fn retrying<T>(
+    what: &str,
+    deadline: Instant,
+    mut call: impl FnMut() -> rdkafka::error::KafkaResult<T>,
+) -> Result<T, KafkaError> {
+    loop {
+        match call() {
+            Ok(value) => return Ok(value),
+            Err(e) if Instant::now() + Duration::from_millis(250) < deadline => {
+                tracing::debug!(what, error = %e, "kafka request failed; retrying");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => return Err(KafkaError::Transient(format!("{what}: {e}"))),
+        }
+    }
+}
+
 /// A change of the input partitions this member owns, as the group
 /// coordinator handed it out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,10 +270,14 @@ impl KafkaSource {
     pub fn check_co_partitioned(&mut self) -> Result<(), KafkaError> {
         let mut counts = Vec::new();
         for topic in &self.topics {
-            let metadata = self
-                .consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(30))
-                .map_err(|e| KafkaError::Client(format!("metadata of {topic}: {e}")))?;
+            let metadata = retrying(
+                &format!("metadata of {topic}"),
+                Instant::now() + Duration::from_secs(30),
+                || {
+                    self.consumer
+                        .fetch_metadata(Some(topic), Duration::from_secs(5))
+                },
+            )?;
             if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) {
                 if t.error().is_none() && !t.partitions().is_empty() {
                     counts.push((topic.as_str(), t.partitions().len()));
@@ -423,13 +450,13 @@ impl KafkaSource {
     /// the broker; called only for partitions where a record waits for its
     /// account's opening.
     pub fn has_unprocessed(&self, topic: &str, partition: i32) -> Result<bool, KafkaError> {
-        let timeout = Duration::from_secs(10);
-        let (low, high) = self
-            .consumer
-            .fetch_watermarks(topic, partition, timeout)
-            .map_err(|e| {
-                KafkaError::Transient(format!("watermarks of {topic}/{partition}: {e}"))
-            })?;
+        let timeout = Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (low, high) = retrying(
+            &format!("watermarks of {topic}/{partition}"),
+            deadline,
+            || self.consumer.fetch_watermarks(topic, partition, timeout),
+        )?;
         let next = match self
             .offsets
             .iter()
@@ -439,9 +466,11 @@ impl KafkaSource {
             None => {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(topic, partition);
-                let committed = self.consumer.committed_offsets(tpl, timeout).map_err(|e| {
-                    KafkaError::Transient(format!("committed offset of {topic}/{partition}: {e}"))
-                })?;
+                let committed = retrying(
+                    &format!("committed offset of {topic}/{partition}"),
+                    deadline,
+                    || self.consumer.committed_offsets(tpl.clone(), timeout),
+                )?;
                 match committed
                     .find_partition(topic, partition)
                     .map(|e| e.offset())
@@ -484,9 +513,10 @@ impl PlanFollower {
             .create()
             .map_err(|e| KafkaError::Client(e.to_string()))?;
         let topic = settings.topics.plans.clone();
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), timeout)
-            .map_err(|e| KafkaError::Transient(format!("metadata of {topic}: {e}")))?;
+        let deadline = Instant::now() + timeout;
+        let metadata = retrying(&format!("metadata of {topic}"), deadline, || {
+            consumer.fetch_metadata(Some(&topic), Duration::from_secs(5))
+        })?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
@@ -496,9 +526,9 @@ impl PlanFollower {
         let mut tpl = TopicPartitionList::new();
         let mut ends = BTreeMap::new();
         for p in &partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, *p, timeout)
-                .map_err(|e| KafkaError::Transient(format!("watermarks of {topic}/{p}: {e}")))?;
+            let (low, high) = retrying(&format!("watermarks of {topic}/{p}"), deadline, || {
+                consumer.fetch_watermarks(&topic, *p, Duration::from_secs(5))
+            })?;
             if high > low {
                 ends.insert(*p, high);
             }
@@ -509,7 +539,6 @@ impl PlanFollower {
             .assign(&tpl)
             .map_err(|e| KafkaError::Client(e.to_string()))?;
         let mut records = Vec::new();
-        let deadline = Instant::now() + timeout;
         while !ends.is_empty() {
             if Instant::now() > deadline {
                 return Err(KafkaError::Transient(format!(
@@ -541,5 +570,46 @@ impl PlanFollower {
             );
         }
         Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
+
+    /// The first `billstream run` of a CI run stopped at start on
+    /// `NotLeaderForPartition` for a plans topic created a moment before:
+    /// a transient answer is asked again until the deadline.
+    #[test]
+    fn a_transient_broker_answer_is_asked_again_until_the_deadline() {
+        let mut calls = 0;
+        let got = retrying(
+            "watermarks of t/0",
+            Instant::now() + Duration::from_secs(5),
+            || {
+                calls += 1;
+                if calls < 3 {
+                    Err(RdError::MetadataFetch(
+                        RDKafkaErrorCode::NotLeaderForPartition,
+                    ))
+                } else {
+                    Ok((0_i64, 7_i64))
+                }
+            },
+        );
+        assert_eq!(got.unwrap(), (0, 7));
+        assert_eq!(calls, 3);
+
+        let started = Instant::now();
+        let err = retrying::<()>(
+            "metadata of t",
+            Instant::now() + Duration::from_millis(600),
+            || Err(RdError::MetadataFetch(RDKafkaErrorCode::LeaderNotAvailable)),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(err.contains("metadata of t"), "{err}");
     }
 }
