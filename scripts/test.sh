@@ -7,8 +7,9 @@
 # - Apache Kafka (KRaft, with a plaintext and a TLS listener), Apache
 #   Cassandra (the CQL database ScyllaDB is compatible with) and Apicurio
 #   Registry (a Confluent-compatible Schema Registry), fetched once from
-#   Maven Central and started on 127.0.0.1 by scripts/services.sh, which
-#   says exactly what to install when Java 17, Java 21+ or Maven is missing;
+#   Maven Central and started on 127.0.0.1 by scripts/services.sh (Java 17
+#   and Maven are installed from Debian's packages when missing; for Java
+#   21+, which Debian 12 lacks, services.sh says exactly what to install);
 # - `cargo test` with the services' addresses in the environment, so every
 #   test runs: the Kafka end-to-end, crash-loop, rebalance, transactional
 #   and TLS tests, the store conformance suite on the CQL store, the
@@ -28,6 +29,23 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
+
+# Java 17 and Maven run Kafka and Cassandra (scripts/services.sh): on
+# Debian they are installed from its packages when missing, like OpenSSL's
+# headers above. (Apicurio needs Java 21+, which Debian 12 does not carry;
+# services.sh says where to get it.)
+if command -v dpkg >/dev/null 2>&1; then
+  missing=()
+  command -v mvn >/dev/null 2>&1 || missing+=(maven)
+  ls /usr/lib/jvm/*17*/bin/javac >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]} from Debian's packages (one time: the test services run on Java)"
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd=sudo
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
+  fi
+fi
 
 # Build first, while nothing else needs the two cores.
 cargo test --locked --features tls --no-run "$@"

@@ -588,6 +588,19 @@ impl Engine {
         }
     }
 
+    /// The charge of `metric` in plan `plan_id`: `unknown_plan` or
+    /// `unknown_metric` otherwise.
+    #[inline]
+    fn charge_of(&self, plan_id: &str, metric: &str) -> Result<&Charge, Rejection> {
+        let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan {
+            plan_id: plan_id.to_string(),
+        })?;
+        plan.charge(metric).ok_or_else(|| Rejection::UnknownMetric {
+            metric: metric.to_string(),
+            plan_id: plan_id.to_string(),
+        })
+    }
+
     fn plan_for_ref<'s>(&self, st: &'s AccountState, start: Timestamp) -> &'s str {
         match &st.pending_plan {
             Some((plan, effective)) if *effective <= start => plan,
@@ -927,15 +940,7 @@ impl Engine {
                         Some(i) => st.open[i].plan_id.as_str(),
                         None => self.plan_for_ref(st, period.start),
                     };
-                    let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan {
-                        plan_id: plan_id.to_string(),
-                    })?;
-                    let Some(charge) = plan.charge(&u.metric) else {
-                        return Err(Rejection::UnknownMetric {
-                            metric: u.metric.clone(),
-                            plan_id: plan_id.to_string(),
-                        });
-                    };
+                    let charge = self.charge_of(plan_id, &u.metric)?;
                     if rate_it && Self::line_amount(st, charge, new_total).is_none() {
                         return Err(bad_qty(&too_dear(st, &u.metric, new_total)));
                     }
@@ -1001,15 +1006,7 @@ impl Engine {
             Some(i) => st.open[i].plan_id.as_str(),
             None => self.plan_for_ref(st, period.start),
         };
-        let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan {
-            plan_id: plan_id.to_string(),
-        })?;
-        let charge = plan
-            .charge(&u.metric)
-            .ok_or_else(|| Rejection::UnknownMetric {
-                metric: u.metric.clone(),
-                plan_id: plan_id.to_string(),
-            })?;
+        let charge = self.charge_of(plan_id, &u.metric)?;
         let fresh;
         let (kind, total, state) = match (idx, known) {
             (Some(i), Some(k)) => {
