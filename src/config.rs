@@ -130,11 +130,16 @@ pub struct Topics {
     pub usage_rollups: String,
     pub journal: String,
     pub dlq: String,
+    /// Internal, compacted, co-partitioned with the inputs: with
+    /// `kafka.transactional`, each transaction records per account the
+    /// last journal seq (and the dead letters) it published, so a new
+    /// owner never publishes a committed output again.
+    pub progress: String,
 }
 
 impl Topics {
     /// Every topic, in field order.
-    fn all(&self) -> [&str; 10] {
+    fn all(&self) -> [&str; 11] {
         [
             &self.usage,
             &self.payments,
@@ -146,6 +151,7 @@ impl Topics {
             &self.usage_rollups,
             &self.journal,
             &self.dlq,
+            &self.progress,
         ]
     }
 
@@ -1078,6 +1084,7 @@ impl Raw {
             ("topics.usage_rollups", &mut topics.usage_rollups),
             ("topics.journal", &mut topics.journal),
             ("topics.dlq", &mut topics.dlq),
+            ("topics.progress", &mut topics.progress),
         ] {
             let name: &mut String = name;
             nonempty(field, name.as_str())?;

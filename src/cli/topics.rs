@@ -80,6 +80,7 @@ pub async fn create_all_async(
         &t.usage_rollups,
         &t.journal,
         &t.dlq,
+        &t.progress,
     ];
     let topics: Vec<NewTopic<'_>> = names
         .iter()
@@ -87,7 +88,9 @@ pub async fn create_all_async(
             let topic = NewTopic::new(n, partitions, TopicReplication::Fixed(replication));
             // The price book is a compacted global table; the rest are
             // billing records kept for ten years (SPEC §3).
-            if n.as_str() == t.plans {
+            // So is the transactional progress (only each account's latest
+            // record matters).
+            if n.as_str() == t.plans || n.as_str() == t.progress {
                 topic.set("cleanup.policy", "compact")
             } else {
                 topic.set("retention.ms", "315576000000")

@@ -6,6 +6,6 @@ mod processor;
 pub mod service;
 
 pub use processor::{
-    BatchRecord, Checkpoint, Processor, ProcessorStats, SourcePos, StoredJournalEntry, Unacked,
-    WaitRule,
+    BatchRecord, Checkpoint, Processor, ProcessorStats, PublishedMark, SourcePos,
+    StoredJournalEntry, Unacked, WaitRule,
 };

@@ -196,6 +196,22 @@ struct Slot {
     republish_from: Option<u64>,
 }
 
+impl Slot {
+    /// Count what a committed transaction published (`PublishedMark`) as
+    /// published: outputs up to its seq are not republished, and its dead
+    /// letters the store still keeps are dropped with the next write.
+    fn apply_published_mark(&mut self, mark: PublishedMark) {
+        self.published_mark = self.published_mark.max(mark.seq.min(self.journal_head));
+        let (published, kept): (Vec<OutputRecord>, Vec<OutputRecord>) =
+            std::mem::take(&mut self.recovered_dead_letters)
+                .into_iter()
+                .partition(|d| mark.dead_letters.contains(&d.event_id));
+        self.recovered_dead_letters = kept;
+        self.dead_letters_acked
+            .extend(published.into_iter().map(|d| d.event_id));
+    }
+}
+
 /// The accounts and journal seqs whose outputs one or more flushes handed
 /// out, waiting for the sink's acknowledgement (see
 /// `Processor::take_unacked`).
@@ -288,7 +304,25 @@ pub struct Processor<S: StateStore> {
     /// Every record waiting now (until it is folded again): no offset is
     /// committed past one (`waiting_floor`).
     held_back: BTreeSet<SourcePos>,
+    /// With `kafka.transactional`: what committed transactions published
+    /// for accounts of owned partitions that are not loaded yet (the
+    /// progress topic as read at assignment, `learn_published`), applied
+    /// when each is loaded.
+    kafka_marks: HashMap<String, (u32, PublishedMark)>,
     pub stats: ProcessorStats,
+}
+
+/// What committed Kafka transactions published for one account
+/// (`kafka.transactional`), as the progress topic (`topics.progress`)
+/// keeps it: outputs of its journal up to `seq`, and the dead letters
+/// `dead_letters` kept with its state. A record of the progress topic is
+/// written in the same transaction as the outputs it speaks of, so it is
+/// visible exactly when they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedMark {
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dead_letters: Vec<String>,
 }
 
 /// Records of accounts not opened yet that may wait for their opening
@@ -331,6 +365,7 @@ impl<S: StateStore> Processor<S> {
             wait_rule: None,
             waiting: Vec::new(),
             held_back: BTreeSet::new(),
+            kafka_marks: HashMap::new(),
             persisted_produced: Vec::new(),
             stats: ProcessorStats::default(),
         }
@@ -434,6 +469,9 @@ impl<S: StateStore> Processor<S> {
                 self.timers.insert((t, account_id.to_string()));
             }
             slot.state = Some(state);
+            if let Some((_, mark)) = self.kafka_marks.remove(account_id) {
+                slot.apply_published_mark(mark);
+            }
         }
         self.accounts.insert(account_id.to_string(), slot);
         Ok(())
@@ -844,6 +882,7 @@ impl<S: StateStore> Processor<S> {
     /// offsets were never committed). Returns how many accounts were dropped.
     pub fn release_partition(&mut self, partition: u32) -> usize {
         self.epochs.remove(&partition);
+        self.kafka_marks.retain(|_, (p, _)| *p != partition);
         self.held_back
             .retain(|pos| u32::try_from(pos.partition).unwrap_or(0) != partition);
         let ids = self.accounts_of(partition);
@@ -1129,6 +1168,64 @@ impl<S: StateStore> Processor<S> {
     /// were written since the last call (or needed no write).
     pub fn take_persisted_produce_times(&mut self) -> Vec<i64> {
         std::mem::take(&mut self.persisted_produced)
+    }
+
+    /// With `kafka.transactional`, before `assign_partition`: what
+    /// committed transactions published for accounts of `partition`, as
+    /// read from the progress topic (account id → record). Each account
+    /// then counts those outputs and dead letters as published when it is
+    /// loaded (now or on demand), whatever watermark its stored state
+    /// carries: a crash, takeover or hand-over between a transaction's
+    /// commit and the account's next write publishes nothing twice.
+    pub fn learn_published(
+        &mut self,
+        partition: u32,
+        records: HashMap<String, Vec<u8>>,
+    ) -> Result<usize, StoreError> {
+        let count = records.len();
+        for (account_id, bytes) in records {
+            let mark: PublishedMark = serde_json::from_slice(&bytes).map_err(|e| {
+                StoreError::Backend(format!(
+                    "progress record of {account_id} does not parse: {e}"
+                ))
+            })?;
+            match self.accounts.get_mut(&account_id) {
+                Some(slot) => slot.apply_published_mark(mark),
+                None => {
+                    self.kafka_marks.insert(account_id, (partition, mark));
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    /// The progress records (`topics.progress`) for the outputs behind
+    /// `unacked`, to be written in the transaction that publishes them:
+    /// per account, its journal seq published so far including these, and
+    /// the dead letters among them.
+    pub fn progress_records(&self, unacked: &Unacked) -> Vec<(String, u32, PublishedMark)> {
+        let mut marks: BTreeMap<&str, (u32, PublishedMark)> = BTreeMap::new();
+        for handed in &unacked.0 {
+            let Some(slot) = self.accounts.get(&handed.account_id) else {
+                continue;
+            };
+            let (_, mark) = marks.entry(&handed.account_id).or_insert_with(|| {
+                (
+                    slot.partition,
+                    PublishedMark {
+                        seq: slot.published_mark,
+                        dead_letters: Vec::new(),
+                    },
+                )
+            });
+            mark.seq = mark.seq.max(handed.seq);
+            mark.dead_letters
+                .extend(handed.dead_letters.iter().cloned());
+        }
+        marks
+            .into_iter()
+            .map(|(id, (p, mark))| (id.to_string(), p, mark))
+            .collect()
     }
 
     /// The sink acknowledged every output `flush` (and

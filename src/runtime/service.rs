@@ -35,8 +35,8 @@ use crate::engine::Engine;
 use crate::runtime::{
     BatchRecord, Checkpoint, Processor, ProcessorStats, SourcePos, Unacked, WaitRule,
 };
-use crate::sink::kafka::{InFlight, KafkaSink};
-use crate::source::kafka::{GroupChange, KafkaSource, PlanFollower};
+use crate::sink::kafka::{InFlight, KafkaSink, ProgressRecord};
+use crate::source::kafka::{read_progress, GroupChange, KafkaSource, PlanFollower};
 use crate::store::{StateStore, StoreError};
 use crate::telemetry::Metrics;
 
@@ -289,6 +289,7 @@ pub async fn serve<S: StateStore>(
                     m.rebalances.with_label_values(&[kind]).inc();
                 }
                 on_group_change(
+                    settings,
                     change,
                     &mut assigned,
                     &mut processor,
@@ -444,20 +445,16 @@ pub async fn serve<S: StateStore>(
         record_latency(&progress, &processor.take_persisted_produce_times());
         progress.timed(Phase::Persist, &mut clock_in);
         if sink.is_transactional() {
-            // Outputs and input offsets in one transaction, batch by
-            // batch (no overlap: the commit is the acknowledgement).
+            // Outputs, their progress records and input offsets in one
+            // transaction, batch by batch (no overlap: the commit is the
+            // acknowledgement).
             source.processed(&records);
-            let offsets = source.take_offsets(&floor)?;
-            if offsets.is_some() || !outputs.is_empty() {
-                sink.publish_in_transaction(&outputs, offsets)
-                    .instrument(span.clone())
-                    .await?;
-            }
+            transact(&mut processor, &sink, &mut source, &outputs, &floor)
+                .instrument(span.clone())
+                .await?;
             if let Some(m) = &progress.metrics {
                 m.published(&outputs);
             }
-            let unacked = processor.take_unacked();
-            processor.acknowledged(unacked);
             progress.timed(Phase::Publish, &mut clock_in);
             settled.add(&progress, records.len(), held);
             progress.batches.fetch_add(1, Ordering::Relaxed);
@@ -513,9 +510,21 @@ pub async fn serve<S: StateStore>(
     // Everything held by the checkpoint policy is written now.
     let held = processor.held_records();
     let started = std::time::Instant::now();
-    let outputs = match write_and_publish(&mut processor, &sink, None).await {
-        Ok(outputs) => outputs,
-        Err(e) => return Err(store_fenced_is_fatal(e)),
+    let outputs = if sink.is_transactional() {
+        // With the offsets of everything written, in one transaction.
+        let due = processor.unwritten_partitions();
+        let outputs = processor
+            .flush_partitions(&due)
+            .await
+            .map_err(fenced_is_fatal)?;
+        let floor = processor.commit_floor();
+        transact(&mut processor, &sink, &mut source, &outputs, &floor).await?;
+        outputs
+    } else {
+        match write_and_publish(&mut processor, &sink, None).await {
+            Ok(outputs) => outputs,
+            Err(e) => return Err(store_fenced_is_fatal(e)),
+        }
     };
     record_latency(&progress, &processor.take_persisted_produce_times());
     eprintln!(
@@ -533,7 +542,9 @@ pub async fn serve<S: StateStore>(
         .await
         .map_err(fenced_is_fatal)?;
     // Records still waiting for their account's opening stay uncommitted.
-    if let Err(e) = source.commit(CommitMode::Sync, &processor.commit_floor()) {
+    // (With transactions the offsets went in the last one.)
+    if sink.is_transactional() {
+    } else if let Err(e) = source.commit(CommitMode::Sync, &processor.commit_floor()) {
         eprintln!("warning: final offset commit failed ({e}); the next owner skips those records as replays");
     }
     sink.flush(Duration::from_secs(10))?;
@@ -621,6 +632,7 @@ fn fenced_is_fatal(e: StoreError) -> anyhow::Error {
 
 #[allow(clippy::too_many_arguments)] // the loop's parts, borrowed for one change
 async fn on_group_change<S: StateStore>(
+    settings: &Settings,
     change: GroupChange,
     assigned: &mut BTreeSet<(String, i32)>,
     processor: &mut Processor<S>,
@@ -634,6 +646,9 @@ async fn on_group_change<S: StateStore>(
     match change {
         GroupChange::Assigned(list) => {
             source.check_co_partitioned()?;
+            if sink.is_transactional() {
+                source.learn_committed(&list)?;
+            }
             let owned: BTreeSet<u32> = processor.owned_partitions().map(|(p, _)| p).collect();
             let mut fresh = BTreeSet::new();
             for (topic, p) in list {
@@ -649,13 +664,28 @@ async fn on_group_change<S: StateStore>(
                     .await
                     .with_context(|| format!("claiming partition {p}"))?;
                 let claimed = began.elapsed();
+                if sink.is_transactional() {
+                    // What committed transactions already published for
+                    // its accounts (whatever their stored watermark says).
+                    let (settings, partition) = (settings.clone(), i32::try_from(p)?);
+                    let marks = tokio::task::spawn_blocking(move || {
+                        read_progress(&settings, partition, PROGRESS_READ)
+                    })
+                    .await??;
+                    processor.learn_published(p, marks)?;
+                }
                 let loaded = processor.assign_partition(p, epoch, now).await?;
                 let load_took = began.elapsed() - claimed;
                 // Outputs persisted before a crash but never acknowledged:
                 // publish them again, with the same ids, before anything new.
                 let recovered = processor.unpublished_outputs(p).await?;
-                sink.publish(&recovered).await?;
-                processor.published();
+                if sink.is_transactional() {
+                    let floor = processor.commit_floor();
+                    transact(processor, sink, source, &recovered, &floor).await?;
+                } else {
+                    sink.publish(&recovered).await?;
+                    processor.published();
+                }
                 eprintln!(
                     "billstream run: partition {p} assigned (epoch {epoch}, {loaded} accounts loaded, {} outputs republished; claim {} ms, load {} ms, republish {} ms)",
                     recovered.len(),
@@ -702,6 +732,9 @@ async fn hand_over<S: StateStore>(
     if gone.is_empty() {
         return Ok(());
     }
+    if sink.is_transactional() {
+        return hand_over_in_transaction(processor, source, sink, gone, revoked, progress).await;
+    }
     let outputs = match write_and_publish(processor, sink, Some(gone)).await {
         Ok(outputs) => outputs,
         Err(e) if matches!(e.downcast_ref(), Some(StoreError::Fenced { .. })) => {
@@ -735,13 +768,103 @@ async fn hand_over<S: StateStore>(
     Ok(())
 }
 
+/// `hand_over` with `kafka.transactional`: the held changes of `gone`
+/// are written, then published with their progress records and the
+/// offsets in one transaction. This member has already rejoined the group
+/// when it runs, so the transaction fails if the group has moved on to a
+/// new generation (KIP-447): then it is aborted, nothing of it is visible,
+/// and the next owner publishes those outputs (the state is durable).
+async fn hand_over_in_transaction<S: StateStore>(
+    processor: &mut Processor<S>,
+    source: &mut KafkaSource,
+    sink: &KafkaSink,
+    gone: &BTreeSet<u32>,
+    revoked: &[(String, i32)],
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let outputs = match processor.flush_partitions(gone).await {
+        Ok(outputs) => outputs,
+        Err(StoreError::Fenced { .. }) => {
+            eprintln!("warning: partitions {gone:?} were claimed by their next owner before their held changes were written; it re-reads those records");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    record_latency(progress, &processor.take_persisted_produce_times());
+    let floor: Vec<((String, i32), i64)> = processor
+        .commit_floor()
+        .into_iter()
+        .filter(|(tp, _)| !revoked.contains(tp))
+        .collect();
+    match transact(processor, sink, source, &outputs, &floor).await {
+        Ok(()) => {
+            if let Some(m) = &progress.metrics {
+                m.published(&outputs);
+            }
+            Ok(())
+        }
+        Err(crate::source::kafka::KafkaError::Aborted(e)) => {
+            eprintln!("warning: the hand-over transaction of partitions {gone:?} was aborted ({e}); their next owner publishes those outputs");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// With `kafka.transactional`: publish `outputs` (everything the processor
+/// handed out since its last acknowledgement), the progress record of each
+/// account among them, and the input offsets below `floor`, in one
+/// transaction; then count them published. No transaction when there is
+/// nothing to publish and no offset moved.
+async fn transact<S: StateStore>(
+    processor: &mut Processor<S>,
+    sink: &KafkaSink,
+    source: &mut KafkaSource,
+    outputs: &[OutputRecord],
+    floor: &[((String, i32), i64)],
+) -> Result<(), crate::source::kafka::KafkaError> {
+    let unacked = processor.take_unacked();
+    let marks: Vec<ProgressRecord> = processor
+        .progress_records(&unacked)
+        .into_iter()
+        .map(|(account_id, partition, mark)| ProgressRecord {
+            payload: serde_json::to_vec(&mark).expect("a mark serialises"),
+            key: account_id,
+            partition: i32::try_from(partition).unwrap_or(i32::MAX),
+        })
+        .collect();
+    let offsets = if outputs.is_empty() && marks.is_empty() {
+        source.take_offsets(floor)?
+    } else {
+        // Every partition's offset, so the broker checks this member's
+        // generation (`transaction_offsets`).
+        source.transaction_offsets(floor)?
+    };
+    if offsets.is_none() && outputs.is_empty() && marks.is_empty() {
+        processor.acknowledged(unacked);
+        return Ok(());
+    }
+    let tpl = offsets.as_ref().map(|(tpl, _)| tpl.clone());
+    sink.publish_in_transaction(outputs, &marks, offsets)
+        .await?;
+    if let Some(tpl) = &tpl {
+        source.committed(tpl);
+    }
+    processor.acknowledged(unacked);
+    Ok(())
+}
+
+/// How long reading a partition of the progress topic at assignment may
+/// take (including the wait for a previous owner's open transaction).
+const PROGRESS_READ: Duration = Duration::from_secs(120);
+
 /// Write the changes held for `partitions` (every partition: `None`) and
 /// publish their outputs, returning once all are acknowledged. Without
 /// transactions the partitions are written one at a time and each one's
 /// outputs are handed to the producer before the next is written, so the
 /// store writes and the publishing overlap (outputs still go out only
-/// after the state that made them is durable). With `kafka.transactional`
-/// everything is written first and published in one transaction. A store
+/// after the state that made them is durable). (With `kafka.transactional`
+/// the callers write and then `transact` instead.) A store
 /// error is returned as a `StoreError` inside the `anyhow::Error`; outputs
 /// of partitions written before it may already be with the producer (they
 /// are durable, so a republish sends them again under the same ids).
@@ -756,11 +879,6 @@ async fn write_and_publish<S: StateStore>(
         .into_iter()
         .filter(|p| partitions.is_none_or(|ps| ps.contains(p)))
         .collect();
-    if sink.is_transactional() {
-        let outputs = processor.flush_partitions(&due).await?;
-        sink.publish(&outputs).await?;
-        return Ok(outputs);
-    }
     let mut outputs = Vec::new();
     let mut sent = Vec::new();
     for p in due {

@@ -32,6 +32,17 @@ pub struct KafkaSink {
     /// The schema id of each record type in the frame.
     ids: SchemaIds,
     names: [String; 6],
+    /// `topics.progress`.
+    progress_topic: String,
+}
+
+/// A record of the transactional progress topic (`topics.progress`): an
+/// account's latest published journal seq, to the account's partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgressRecord {
+    pub key: String,
+    pub partition: i32,
+    pub payload: Vec<u8>,
 }
 
 impl KafkaSink {
@@ -94,6 +105,7 @@ impl KafkaSink {
                 t.journal.clone(),
                 t.dlq.clone(),
             ],
+            progress_topic: t.progress.clone(),
         })
     }
 
@@ -112,7 +124,7 @@ impl KafkaSink {
             if records.is_empty() {
                 return Ok(());
             }
-            return self.publish_in_transaction(records, None).await;
+            return self.publish_in_transaction(records, &[], None).await;
         }
         self.send(records).await?.acknowledged().await
     }
@@ -121,39 +133,126 @@ impl KafkaSink {
         self.transactional
     }
 
-    /// With `kafka.transactional`: one transaction holding `records` and,
+    /// With `kafka.transactional`: one transaction holding `records`, the
+    /// `progress` records (`topics.progress`, each to its partition) and,
     /// when given, the consumer group's next offsets for the inputs behind
-    /// them, so both become visible (to `read_committed` readers) and
-    /// committed together, or neither. On failure the transaction is
-    /// aborted and the error returned: the state is already durable, so a
-    /// restart republishes the outputs from the journal and skips the
-    /// inputs as replays.
+    /// them, so all become visible (to `read_committed` readers) and
+    /// committed together, or none.
+    ///
+    /// Every record is acknowledged before the offsets are sent, so a
+    /// transaction whose offsets the group coordinator accepted (this
+    /// member still in the group's generation, KIP-447) has all its
+    /// records below the end that a next owner waits on.
+    ///
+    /// Errors: `Aborted` when the transaction was aborted (nothing of it
+    /// is visible); `Transient` when its outcome is unknown (the commit
+    /// timed out, or the abort failed): the caller must not go on with
+    /// this producer; a restart with the same `transactional.id` completes
+    /// or aborts it, and the progress topic says which.
     pub async fn publish_in_transaction(
         &self,
         records: &[OutputRecord],
+        progress: &[ProgressRecord],
         offsets: Option<(TopicPartitionList, ConsumerGroupMetadata)>,
     ) -> Result<(), KafkaError> {
         let producer = self.producer.clone();
         blocking(move || producer.begin_transaction()).await?;
-        let result = async {
+        let staged = async {
             let in_flight = self.send(records).await?;
+            let marks = self.send_progress(progress).await?;
+            in_flight.acknowledged().await?;
+            marks.acknowledged().await?;
             if let Some((tpl, group)) = offsets {
                 let producer = self.producer.clone();
                 blocking(move || producer.send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT))
                     .await?;
             }
-            let producer = self.producer.clone();
-            blocking(move || producer.commit_transaction(TXN_TIMEOUT)).await?;
-            in_flight.acknowledged().await
+            Ok::<(), KafkaError>(())
         }
         .await;
-        if let Err(e) = &result {
+        if let Err(e) = staged {
+            return Err(self.abort(e).await);
+        }
+        // A commit that fails with a retriable error is asked again (its
+        // outcome is not known until it succeeds); one that needs an abort
+        // is aborted; anything else leaves the outcome unknown.
+        let deadline = std::time::Instant::now() + TXN_TIMEOUT;
+        loop {
             let producer = self.producer.clone();
-            if let Err(abort) = blocking(move || producer.abort_transaction(TXN_TIMEOUT)).await {
-                tracing::warn!(error = %e, abort = %abort, "transaction failed and could not be aborted");
+            let committed =
+                tokio::task::spawn_blocking(move || producer.commit_transaction(TXN_TIMEOUT))
+                    .await
+                    .map_err(|e| KafkaError::Transient(format!("commit_transaction: {e}")))?;
+            match committed {
+                Ok(()) => return Ok(()),
+                Err(RdKafkaError::Transaction(e))
+                    if e.is_retriable() && std::time::Instant::now() < deadline =>
+                {
+                    tracing::warn!(error = %e, "transaction commit not confirmed yet; asking again");
+                }
+                Err(RdKafkaError::Transaction(e)) if e.txn_requires_abort() => {
+                    return Err(self
+                        .abort(KafkaError::Transient(format!("commit_transaction: {e}")))
+                        .await);
+                }
+                Err(e) => {
+                    return Err(KafkaError::Transient(format!(
+                        "commit_transaction: {e}: outcome unknown (a restart with the same transactional.id resolves it)"
+                    )))
+                }
             }
         }
-        result
+    }
+
+    /// Abort the open transaction after `cause`: `Aborted` if it was,
+    /// `Transient` (outcome unknown) if the abort failed too.
+    async fn abort(&self, cause: KafkaError) -> KafkaError {
+        let producer = self.producer.clone();
+        match blocking(move || producer.abort_transaction(TXN_TIMEOUT)).await {
+            Ok(()) => KafkaError::Aborted(cause.to_string()),
+            Err(abort) => {
+                tracing::warn!(error = %cause, abort = %abort, "transaction failed and could not be aborted");
+                KafkaError::Transient(format!(
+                    "{cause}; the abort failed too ({abort}): outcome unknown"
+                ))
+            }
+        }
+    }
+
+    /// Hand the progress records to the producer (inside a transaction).
+    async fn send_progress(&self, progress: &[ProgressRecord]) -> Result<InFlight, KafkaError> {
+        let mut pending = std::collections::VecDeque::with_capacity(progress.len());
+        for r in progress {
+            let mut record = FutureRecord::to(&self.progress_topic)
+                .key(r.key.as_bytes())
+                .payload(&r.payload)
+                .partition(r.partition);
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push_back(delivery);
+                        break;
+                    }
+                    Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // Make room, as `send` does.
+                        record = back;
+                        match pending.pop_front() {
+                            Some(oldest) => acknowledged(oldest).await?,
+                            None => tokio::time::sleep(Duration::from_millis(5)).await,
+                        }
+                    }
+                    Err((e, _)) => {
+                        return Err(KafkaError::Transient(format!(
+                            "enqueue progress of {}: {e}",
+                            r.key
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(InFlight {
+            pending: pending.into(),
+        })
     }
 
     /// Hand `records` to the producer, in order: the returned `InFlight`

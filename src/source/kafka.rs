@@ -29,6 +29,11 @@ pub enum KafkaError {
     /// A broker call failed; safe to retry (nothing committed).
     #[error("kafka: {0}")]
     Transient(String),
+    /// A Kafka transaction failed and was aborted: none of its records
+    /// and offsets became visible (the state behind them is durable, so
+    /// whoever owns the partitions next publishes them).
+    #[error("kafka transaction aborted: {0}")]
+    Aborted(String),
 }
 
 fn client(settings: &Settings) -> ClientConfig {
@@ -193,6 +198,9 @@ pub struct KafkaSource {
     /// member started (`check_co_partitioned`).
     topics: [String; 3],
     partitions: Option<usize>,
+    /// With `kafka.transactional`, the progress topic, which must exist
+    /// and be co-partitioned with the inputs.
+    progress: Option<String>,
 }
 
 /// Where one input partition stands.
@@ -250,6 +258,10 @@ impl KafkaSource {
             offsets: Vec::new(),
             topics: topics.map(str::to_string),
             partitions: None,
+            progress: settings
+                .kafka
+                .transactional
+                .then(|| settings.topics.progress.clone()),
         };
         source.check_co_partitioned()?;
         source
@@ -281,6 +293,26 @@ impl KafkaSource {
             if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) {
                 if t.error().is_none() && !t.partitions().is_empty() {
                     counts.push((topic.as_str(), t.partitions().len()));
+                }
+            }
+        }
+        if let Some(progress) = &self.progress {
+            let metadata = retrying(
+                &format!("metadata of {progress}"),
+                Instant::now() + Duration::from_secs(30),
+                || {
+                    self.consumer
+                        .fetch_metadata(Some(progress), Duration::from_secs(5))
+                },
+            )?;
+            match metadata.topics().iter().find(|t| t.name() == progress) {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    counts.push((progress.as_str(), t.partitions().len()));
+                }
+                _ => {
+                    return Err(KafkaError::Client(format!(
+                        "topics.progress: topic {progress} does not exist; kafka.transactional needs it, compacted and with the input topics' partition count (`billstream topics create` makes it)"
+                    )))
                 }
             }
         }
@@ -394,9 +426,9 @@ impl KafkaSource {
 
     /// What may be committed now: per partition the processed offset held
     /// below `floor`, where that moved past the last commit.
-    fn committable(&mut self, floor: &Floor) -> Result<Option<TopicPartitionList>, KafkaError> {
+    fn committable(&self, floor: &Floor) -> Result<Option<TopicPartitionList>, KafkaError> {
         let mut tpl = TopicPartitionList::new();
-        for o in &mut self.offsets {
+        for o in &self.offsets {
             let held = floor
                 .iter()
                 .find(|((t, p), _)| *p == o.partition && *t == o.topic)
@@ -405,21 +437,65 @@ impl KafkaSource {
             if next > o.committed {
                 tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(next))
                     .map_err(|e| KafkaError::Transient(e.to_string()))?;
-                o.committed = next;
             }
         }
         Ok((tpl.count() > 0).then_some(tpl))
     }
 
+    /// Remember that the offsets in `tpl` are committed (or handed to a
+    /// commit whose failure is harmless).
+    pub fn committed(&mut self, tpl: &TopicPartitionList) {
+        for e in tpl.elements() {
+            if let (Offset::Offset(at), Some(o)) = (
+                e.offset(),
+                self.offsets
+                    .iter_mut()
+                    .find(|o| o.partition == e.partition() && o.topic == e.topic()),
+            ) {
+                o.committed = o.committed.max(at);
+            }
+        }
+    }
+
     /// The offsets `commit` would commit, handed over instead (to a Kafka
-    /// transaction), with the group's metadata; `None` when nothing moved.
+    /// transaction, which calls `committed` once it is), with the group's
+    /// metadata; `None` when nothing moved.
     pub fn take_offsets(
-        &mut self,
+        &self,
         floor: &Floor,
     ) -> Result<Option<(TopicPartitionList, ConsumerGroupMetadata)>, KafkaError> {
         let Some(tpl) = self.committable(floor)? else {
             return Ok(None);
         };
+        let group = self
+            .consumer
+            .group_metadata()
+            .ok_or_else(|| KafkaError::Transient("no consumer group metadata".into()))?;
+        Ok(Some((tpl, group)))
+    }
+
+    /// The offsets a Kafka transaction commits: what `take_offsets` would
+    /// hand over, plus every other partition this member has committed
+    /// from, at its last committed offset again. Committing in every
+    /// transaction makes the broker check that this member still belongs
+    /// to the group's current generation (KIP-447): a member that lost its
+    /// partitions to a rebalance cannot commit a transaction any more, so
+    /// its outputs stay invisible to `read_committed` readers. `None` when
+    /// this member has no position at all yet.
+    pub fn transaction_offsets(
+        &self,
+        floor: &Floor,
+    ) -> Result<Option<(TopicPartitionList, ConsumerGroupMetadata)>, KafkaError> {
+        let mut tpl = self.committable(floor)?.unwrap_or_default();
+        for o in &self.offsets {
+            if o.committed >= 0 && tpl.find_partition(&o.topic, o.partition).is_none() {
+                tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.committed))
+                    .map_err(|e| KafkaError::Transient(e.to_string()))?;
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(None);
+        }
         let group = self
             .consumer
             .group_metadata()
@@ -436,10 +512,12 @@ impl KafkaSource {
     pub fn commit(&mut self, mode: CommitMode, floor: &Floor) -> Result<(), KafkaError> {
         match self.committable(floor)? {
             None => Ok(()),
-            Some(tpl) => self
-                .consumer
-                .commit(&tpl, mode)
-                .map_err(|e| KafkaError::Transient(e.to_string())),
+            Some(tpl) => {
+                self.committed(&tpl);
+                self.consumer
+                    .commit(&tpl, mode)
+                    .map_err(|e| KafkaError::Transient(e.to_string()))
+            }
         }
     }
 
@@ -483,12 +561,148 @@ impl KafkaSource {
         Ok(next < high)
     }
 
+    /// Learn the group's committed offsets of newly assigned partitions
+    /// (as positions processed up to there), so that `transaction_offsets`
+    /// can commit them again before this member has processed anything.
+    pub fn learn_committed(&mut self, partitions: &[(String, i32)]) -> Result<(), KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            if !self
+                .offsets
+                .iter()
+                .any(|o| o.partition == *partition && o.topic == *topic)
+            {
+                tpl.add_partition(topic, *partition);
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        let committed = retrying(
+            "committed offsets of the assigned partitions",
+            Instant::now() + Duration::from_secs(30),
+            || {
+                self.consumer
+                    .committed_offsets(tpl.clone(), Duration::from_secs(5))
+            },
+        )?;
+        for e in committed.elements() {
+            if let Offset::Offset(at) = e.offset() {
+                self.offsets.push(Position {
+                    topic: e.topic().to_string(),
+                    partition: e.partition(),
+                    processed: at,
+                    committed: at,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Forget the positions of partitions this member no longer reads.
     pub fn forget(&mut self, partitions: &BTreeSet<(String, i32)>) {
         self.offsets
             .retain(|o| !partitions.contains(&(o.topic.clone(), o.partition)));
     }
 }
+
+/// Partition `partition` of the transactional progress topic
+/// (`topics.progress`), as committed: each account's latest record, as
+/// (key, payload). Waits first until no transaction that wrote below the
+/// partition's end as it is now is still open (its last stable offset has
+/// reached that end), so a previous owner's transaction in flight is seen
+/// if it commits and never if it aborts.
+pub fn read_progress(
+    settings: &Settings,
+    partition: i32,
+    timeout: Duration,
+) -> Result<std::collections::HashMap<String, Vec<u8>>, KafkaError> {
+    let topic = settings.topics.progress.clone();
+    let deadline = Instant::now() + timeout;
+    let mut config = client(settings);
+    config.set("isolation.level", "read_uncommitted");
+    let uncommitted: BaseConsumer = with_properties(&mut config, settings)
+        .create()
+        .map_err(|e| KafkaError::Client(e.to_string()))?;
+    let (_, end) = retrying(&format!("end of {topic}/{partition}"), deadline, || {
+        uncommitted.fetch_watermarks(&topic, partition, Duration::from_secs(5))
+    })?;
+    let mut config = client(settings);
+    config
+        .set("group.id", format!("{}-progress", settings.kafka.group_id))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true");
+    let consumer: BaseConsumer<QuietEnd> = with_properties(&mut config, settings)
+        .create_with_context(QuietEnd)
+        .map_err(|e| KafkaError::Client(e.to_string()))?;
+    // For a read_committed client librdkafka answers the last stable
+    // offset (librdkafka 1.7.1+, confluentinc/librdkafka#3428).
+    loop {
+        let (low, stable) = retrying(
+            &format!("stable end of {topic}/{partition}"),
+            deadline,
+            || consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5)),
+        )?;
+        if stable >= end {
+            if stable <= low {
+                return Ok(Default::default());
+            }
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(KafkaError::Transient(format!(
+                "{topic}/{partition}: a transaction below offset {end} is still open after {timeout:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, partition, Offset::Beginning)
+        .map_err(|e| KafkaError::Client(e.to_string()))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| KafkaError::Client(e.to_string()))?;
+    let mut latest = std::collections::HashMap::new();
+    loop {
+        if Instant::now() > deadline {
+            return Err(KafkaError::Transient(format!(
+                "{topic}/{partition} not read to its end within {timeout:?}"
+            )));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Ok(latest),
+            Some(Err(e)) => return Err(KafkaError::Transient(format!("{topic}/{partition}: {e}"))),
+            Some(Ok(m)) => {
+                if let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                    match m.payload() {
+                        Some(p) => {
+                            latest.insert(key.to_string(), p.to_vec());
+                        }
+                        None => {
+                            latest.remove(key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A consumer context for reading a partition to its end: the end of
+/// the partition is an event the reader waits for, not an error to log.
+struct QuietEnd;
+
+impl ClientContext for QuietEnd {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEnd {}
 
 /// The plans topic, read as a global table (all partitions, no group):
 /// in full before processing starts, then followed.
