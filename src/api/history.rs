@@ -221,7 +221,8 @@ impl Projection {
             }
             DomainEvent::CreditAdded { balance, .. }
             | DomainEvent::CreditApplied { balance, .. }
-            | DomainEvent::CreditRefunded { balance, .. } => self.credit = *balance,
+            | DomainEvent::CreditRefunded { balance, .. }
+            | DomainEvent::CreditExpired { balance, .. } => self.credit = *balance,
             DomainEvent::ChargeRequested {
                 invoice_id,
                 attempt,
@@ -316,6 +317,7 @@ impl Projection {
                 self.adjustments.push((*amount, reason.clone()));
             }
             DomainEvent::CreditLow { .. }
+            | DomainEvent::CreditExpiring { .. }
             | DomainEvent::BankTransferApplied { .. }
             | DomainEvent::AccountPastDue { .. }
             | DomainEvent::PaymentMethodExpiring { .. }

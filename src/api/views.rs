@@ -371,6 +371,7 @@ mod tests {
             invoice_id: "i".into(),
             amount: Minor(1234),
             balance: Minor(-5),
+            grants: Vec::new(),
         };
         assert_eq!(
             rendered(&e, eur),

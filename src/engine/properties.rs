@@ -122,6 +122,7 @@ fn script(account: &str, plan: usize, ops: &[Op]) -> Vec<(Timestamp, Input)> {
                 PaymentKind::CreditToppedUp {
                     amount: eur(*c),
                     currency: "EUR".into(),
+                    grant: Default::default(),
                 },
             ),
             Op::AttachCard => env(
@@ -190,6 +191,7 @@ fn script(account: &str, plan: usize, ops: &[Op]) -> Vec<(Timestamp, Input)> {
                     currency: "EUR".into(),
                     reason: "goodwill".into(),
                     invoice_id: None,
+                    grant: Default::default(),
                 },
             ),
             Op::Debit(c) => cmd(
@@ -201,6 +203,7 @@ fn script(account: &str, plan: usize, ops: &[Op]) -> Vec<(Timestamp, Input)> {
                     currency: "EUR".into(),
                     reason: "setup".into(),
                     invoice_id: None,
+                    grant: Default::default(),
                 },
             ),
             Op::Refund(c) => env(
