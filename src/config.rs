@@ -1359,9 +1359,21 @@ mod tests {
         assert_eq!(s.engine.max_credit_grants, 4);
         assert_eq!(s.engine.credit_expiry_warning_micros, 3 * MICROS_PER_DAY);
         for (var, value, field) in [
-            ("BILLSTREAM__BILLING__MAX_CREDIT_GRANTS", "0", "billing.max_credit_grants"),
-            ("BILLSTREAM__BILLING__MAX_CREDIT_GRANTS", "1001", "billing.max_credit_grants"),
-            ("BILLSTREAM__BILLING__CREDIT_EXPIRY_WARNING", "soon", "billing.credit_expiry_warning"),
+            (
+                "BILLSTREAM__BILLING__MAX_CREDIT_GRANTS",
+                "0",
+                "billing.max_credit_grants",
+            ),
+            (
+                "BILLSTREAM__BILLING__MAX_CREDIT_GRANTS",
+                "1001",
+                "billing.max_credit_grants",
+            ),
+            (
+                "BILLSTREAM__BILLING__CREDIT_EXPIRY_WARNING",
+                "soon",
+                "billing.credit_expiry_warning",
+            ),
         ] {
             let err = load(None, &[(var, value)]).unwrap_err();
             assert!(err.to_string().contains(field), "{err}");

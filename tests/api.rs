@@ -1000,11 +1000,21 @@ async fn issue_13_the_account_shows_its_credit_by_grant_in_draw_order_live_and_a
     // promotional grant (priority 0, expires first), then the paid one.
     let promo = r#"{"event_id":"top-1","account_id":"a1","kind":"credit_topped_up","occurred_at":"2026-03-02T00:00:00Z","amount":"20.00","currency":"EUR","environment":"prod","grant":{"kind":"promotional","expires_at":"2026-05-01T00:00:00Z"}}"#;
     let paid = r#"{"event_id":"top-2","account_id":"a1","kind":"credit_topped_up","occurred_at":"2026-03-03T00:00:00Z","amount":"5.00","currency":"EUR","environment":"prod"}"#;
-    let inputs = [("billing.accounts.v1", open), ("billing.payments.v1", promo), ("billing.payments.v1", paid)]
-        .into_iter()
-        .map(|(t, l)| (t, l.to_string(), None))
-        .collect();
-    let (store, engine) = store_from(dir.path(), inputs, "2026-03-01T00:00:00Z", "2026-03-10T00:00:00Z").await;
+    let inputs = [
+        ("billing.accounts.v1", open),
+        ("billing.payments.v1", promo),
+        ("billing.payments.v1", paid),
+    ]
+    .into_iter()
+    .map(|(t, l)| (t, l.to_string(), None))
+    .collect();
+    let (store, engine) = store_from(
+        dir.path(),
+        inputs,
+        "2026-03-01T00:00:00Z",
+        "2026-03-10T00:00:00Z",
+    )
+    .await;
     let app = app(store, engine, &hs256_settings());
     let mut live = get(&app, "/v1/accounts/a1").await;
     assert_eq!(live["credit"], json!("14.00"));

@@ -178,7 +178,8 @@ impl Projection {
                     warned: false,
                 }),
             },
-            DomainEvent::CreditApplied { grants, .. } | DomainEvent::CreditRefunded { grants, .. } => {
+            DomainEvent::CreditApplied { grants, .. }
+            | DomainEvent::CreditRefunded { grants, .. } => {
                 for d in grants {
                     if let Some(g) = self.grants.iter_mut().find(|g| g.grant_id == d.grant_id) {
                         g.remaining = g.remaining.saturating_sub(d.amount);

@@ -531,7 +531,10 @@ impl<'a> Obj<'a> {
             Some(other) => {
                 return Err(g.err(
                     "kind",
-                    format!("must be \"paid\" or \"promotional\", got {:?}", truncate(other)),
+                    format!(
+                        "must be \"paid\" or \"promotional\", got {:?}",
+                        truncate(other)
+                    ),
                 ))
             }
         };
@@ -867,6 +870,19 @@ pub(crate) mod tests {
                     grant: Default::default(),
                 },
             ),
+            // Issue 13: a top-up with grant terms (version 2 of the schema).
+            pay(
+                "p-1g",
+                PaymentKind::CreditToppedUp {
+                    amount: d("10.00"),
+                    currency: "EUR".into(),
+                    grant: GrantTerms {
+                        kind: GrantKind::Promotional,
+                        expires_at: Some(ts("2026-06-01T00:00:00Z")),
+                        priority: -2,
+                    },
+                },
+            ),
             pay(
                 "p-2",
                 PaymentKind::PaymentSucceeded {
@@ -1059,6 +1075,59 @@ pub(crate) mod tests {
             r#"{"event_id":"e","account_id":"a","subject":"s","metric":"m","quantity":"1,5","occurred_at":"2026-01-01T00:00:00Z","environment":"prod"}"#,
         );
         assert!(e.starts_with("quantity must be a decimal string"), "{e}");
+    }
+
+    #[test]
+    fn issue_13_grant_fields_parse_from_the_pinned_shape_and_bad_ones_name_the_field() {
+        let line = r#"{"event_id":"t","account_id":"a","kind":"credit_topped_up","occurred_at":"2026-03-01T00:00:00Z","amount":"5.00","currency":"EUR","grant":{"kind":"promotional","expires_at":"2026-04-01T00:00:00Z","priority":3}}"#;
+        let Ok(Decoded::Input(Input::Payment(p))) = parse_line(line) else {
+            panic!("{line}");
+        };
+        let PaymentKind::CreditToppedUp { grant, .. } = p.kind else {
+            panic!("not a top-up");
+        };
+        assert_eq!(
+            grant,
+            GrantTerms {
+                kind: GrantKind::Promotional,
+                expires_at: Some(ts("2026-04-01T00:00:00Z")),
+                priority: 3,
+            }
+        );
+        // Every grant field is optional: `{}` is paid, no expiry, priority 0.
+        let empty = line.replace(
+            r#"{"kind":"promotional","expires_at":"2026-04-01T00:00:00Z","priority":3}"#,
+            "{}",
+        );
+        let Ok(Decoded::Input(Input::Payment(p))) = parse_line(&empty) else {
+            panic!("{empty}");
+        };
+        assert!(matches!(p.kind, PaymentKind::CreditToppedUp { grant, .. } if grant.is_default()));
+        for (bad, expected) in [
+            (
+                r#""grant":{"kind":"free"}"#,
+                "grant.kind must be \"paid\" or \"promotional\"",
+            ),
+            (
+                r#""grant":{"priority":"1"}"#,
+                "grant.priority must be an integer",
+            ),
+            (
+                r#""grant":{"expires_at":"soon"}"#,
+                "grant.expires_at must be an RFC 3339 time",
+            ),
+            (
+                r#""grant":{"expiry":"2026-04-01T00:00:00Z"}"#,
+                "grant.expiry is not a known field",
+            ),
+            (r#""grant":"promotional""#, "grant must be an object"),
+        ] {
+            let line = format!(
+                r#"{{"event_id":"t","account_id":"a","kind":"credit_topped_up","occurred_at":"2026-03-01T00:00:00Z","amount":"5.00","currency":"EUR",{bad}}}"#
+            );
+            let err = error_of(&line);
+            assert!(err.contains(expected), "{line}: {err}");
+        }
     }
 
     #[test]

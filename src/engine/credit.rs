@@ -20,7 +20,9 @@ use super::time::Timestamp;
 
 /// Paid credit is the customer's money; promotional credit is given.
 /// Accounting keeps them apart, so invoices split `credit_applied` by kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum GrantKind {
     #[default]
@@ -389,7 +391,13 @@ impl Engine {
 mod tests {
     use super::*;
 
-    fn grant(id: &str, kind: GrantKind, priority: i32, expires: Option<i64>, amount: i64) -> CreditGrant {
+    fn grant(
+        id: &str,
+        kind: GrantKind,
+        priority: i32,
+        expires: Option<i64>,
+        amount: i64,
+    ) -> CreditGrant {
         CreditGrant {
             grant_id: id.into(),
             kind,
@@ -412,10 +420,19 @@ mod tests {
             grant("early-expiry", Paid, 0, Some(500), 100),
             grant("young-no-expiry", Paid, 0, None, 100),
         ];
-        let names: Vec<&str> = draw_order(&grants).iter().map(|&i| grants[i].grant_id.as_str()).collect();
+        let names: Vec<&str> = draw_order(&grants)
+            .iter()
+            .map(|&i| grants[i].grant_id.as_str())
+            .collect();
         assert_eq!(
             names,
-            ["early-expiry", "late-expiry", "old-no-expiry", "young-no-expiry", "priority-1"]
+            [
+                "early-expiry",
+                "late-expiry",
+                "old-no-expiry",
+                "young-no-expiry",
+                "priority-1"
+            ]
         );
     }
 
@@ -424,7 +441,10 @@ mod tests {
         use GrantKind::*;
         let mut grants = vec![grant("a", Paid, 0, None, 100)];
         let paid = GrantTerms::default();
-        let promo = GrantTerms { kind: Promotional, ..GrantTerms::default() };
+        let promo = GrantTerms {
+            kind: Promotional,
+            ..GrantTerms::default()
+        };
         assert_eq!(merge_target(&grants, &paid), Some(0));
         assert_eq!(merge_target(&grants, &promo), None);
         grants.push(grant("b", Promotional, 0, None, 100));

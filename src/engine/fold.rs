@@ -1522,13 +1522,7 @@ impl Engine {
                                 invoice_id: invoice_id.clone(),
                             },
                         );
-                        self.add_granted_credit(
-                            st,
-                            amount,
-                            CreditSource::CreditNote,
-                            grant,
-                            emit,
-                        );
+                        self.add_granted_credit(st, amount, CreditSource::CreditNote, grant, emit);
                         self.pay_from_credit(st, emit);
                     }
                     AdjustmentKind::Debit => {
