@@ -535,12 +535,12 @@ async fn api_invoices_list_and_one_invoice_with_lines() {
                 {"invoice_id": "inv_a1_00001", "number": "a1-00001",
                  "period": {"start": "2026-03-01T00:00:00Z", "end": "2026-04-01T00:00:00Z"},
                  "issued_at": "2026-03-01T00:00:00Z", "due_at": "2026-03-15T00:00:00Z", "currency": "EUR",
-                 "subtotal": "10.00", "tax": "1.00", "total": "11.00", "credit_applied": "0.00",
+                 "subtotal": "10.00", "tax": "1.00", "total": "11.00", "credit_applied": "0.00", "credit_applied_paid": "0.00", "credit_applied_promotional": "0.00",
                  "amount_due": "11.00", "status": "overdue", "amount_paid": "5.00", "remaining": "6.00"},
                 {"invoice_id": "inv_a1_00002", "number": "a1-00002",
                  "period": {"start": "2026-03-01T00:00:00Z", "end": "2026-04-01T00:00:00Z"},
                  "issued_at": "2026-04-01T01:00:00Z", "due_at": "2026-04-15T01:00:00Z", "currency": "EUR",
-                 "subtotal": "13.25", "tax": "1.32", "total": "14.57", "credit_applied": "0.00",
+                 "subtotal": "13.25", "tax": "1.32", "total": "14.57", "credit_applied": "0.00", "credit_applied_paid": "0.00", "credit_applied_promotional": "0.00",
                  "amount_due": "14.57", "status": "open", "amount_paid": "0.00", "remaining": "14.57"}
             ],
             "next": null
