@@ -18,6 +18,8 @@ use crate::engine::EngineConfig;
 /// The defaults, embedded at build time from the readable file.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
+/// Most live credit grants `billing.max_credit_grants` may allow per account.
+const MAX_CREDIT_GRANTS: u32 = 1_000;
 /// Most subjects `billing.max_subjects` may name per metric and period.
 const MAX_SUBJECTS: u32 = 10_000;
 /// Bounds of `kafka.max_record_bytes`: a bounded invoice or dead letter
@@ -216,6 +218,8 @@ struct RawBilling {
     max_backdating: String,
     credit_low_threshold: String,
     expiry_warning: String,
+    credit_expiry_warning: String,
+    max_credit_grants: u32,
     rollup_lateness: String,
     max_quantity: String,
     max_subjects: u32,
@@ -1172,6 +1176,18 @@ impl Raw {
             ));
         }
         engine.expiry_warning_micros = micros("billing.expiry_warning", &b.expiry_warning)?;
+        engine.credit_expiry_warning_micros =
+            micros("billing.credit_expiry_warning", &b.credit_expiry_warning)?;
+        if !(1..=MAX_CREDIT_GRANTS).contains(&b.max_credit_grants) {
+            return Err(invalid(
+                "billing.max_credit_grants",
+                format!(
+                    "{} is not between 1 and {MAX_CREDIT_GRANTS}",
+                    b.max_credit_grants
+                ),
+            ));
+        }
+        engine.max_credit_grants = b.max_credit_grants as usize;
         engine.rollup_lateness_micros = micros("billing.rollup_lateness", &b.rollup_lateness)?;
         engine.max_quantity = decimal("billing.max_quantity", &b.max_quantity)?;
         if engine.max_quantity <= Decimal::ZERO {
@@ -1332,6 +1348,43 @@ mod tests {
             message.contains("`billing.late_window`") && message.contains("billing.dedup_window"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn issue_13_credit_grant_settings_are_read_and_checked_naming_the_field() {
+        let s = load(None, &[]).unwrap();
+        assert_eq!(s.engine.max_credit_grants, 32);
+        assert_eq!(s.engine.credit_expiry_warning_micros, 7 * MICROS_PER_DAY);
+        let s = load(
+            None,
+            &[
+                ("BILLSTREAM__BILLING__MAX_CREDIT_GRANTS", "4"),
+                ("BILLSTREAM__BILLING__CREDIT_EXPIRY_WARNING", "3d"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.engine.max_credit_grants, 4);
+        assert_eq!(s.engine.credit_expiry_warning_micros, 3 * MICROS_PER_DAY);
+        for (var, value, field) in [
+            (
+                "BILLSTREAM__BILLING__MAX_CREDIT_GRANTS",
+                "0",
+                "billing.max_credit_grants",
+            ),
+            (
+                "BILLSTREAM__BILLING__MAX_CREDIT_GRANTS",
+                "1001",
+                "billing.max_credit_grants",
+            ),
+            (
+                "BILLSTREAM__BILLING__CREDIT_EXPIRY_WARNING",
+                "soon",
+                "billing.credit_expiry_warning",
+            ),
+        ] {
+            let err = load(None, &[(var, value)]).unwrap_err();
+            assert!(err.to_string().contains(field), "{err}");
+        }
     }
 
     #[test]

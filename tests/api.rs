@@ -384,6 +384,7 @@ async fn api_account_state_shows_credit_draft_running_total_masked_method_and_du
             "plan_id": "p",
             "pending_plan": null,
             "credit": "0.00",
+            "credit_grants": [],
             "outstanding": "20.57",
             "dunning_stage": "overdue",
             "payment_method": {"brand": "visa", "last4": "4242", "expires": "2027-08", "masked": "visa •••• 4242"},
@@ -451,6 +452,7 @@ async fn api_state_as_of_a_past_instant_is_rebuilt_from_the_journal() {
             "plan_id": "p",
             "pending_plan": null,
             "credit": "0.00",
+            "credit_grants": [],
             "outstanding": "6.00",
             "dunning_stage": "retry_scheduled",
             "payment_method": {"brand": "visa", "last4": "4242", "expires": "2027-08", "masked": "visa •••• 4242"},
@@ -533,12 +535,12 @@ async fn api_invoices_list_and_one_invoice_with_lines() {
                 {"invoice_id": "inv_a1_00001", "number": "a1-00001",
                  "period": {"start": "2026-03-01T00:00:00Z", "end": "2026-04-01T00:00:00Z"},
                  "issued_at": "2026-03-01T00:00:00Z", "due_at": "2026-03-15T00:00:00Z", "currency": "EUR",
-                 "subtotal": "10.00", "tax": "1.00", "total": "11.00", "credit_applied": "0.00",
+                 "subtotal": "10.00", "tax": "1.00", "total": "11.00", "credit_applied": "0.00", "credit_applied_paid": "0.00", "credit_applied_promotional": "0.00",
                  "amount_due": "11.00", "status": "overdue", "amount_paid": "5.00", "remaining": "6.00"},
                 {"invoice_id": "inv_a1_00002", "number": "a1-00002",
                  "period": {"start": "2026-03-01T00:00:00Z", "end": "2026-04-01T00:00:00Z"},
                  "issued_at": "2026-04-01T01:00:00Z", "due_at": "2026-04-15T01:00:00Z", "currency": "EUR",
-                 "subtotal": "13.25", "tax": "1.32", "total": "14.57", "credit_applied": "0.00",
+                 "subtotal": "13.25", "tax": "1.32", "total": "14.57", "credit_applied": "0.00", "credit_applied_paid": "0.00", "credit_applied_promotional": "0.00",
                  "amount_due": "14.57", "status": "open", "amount_paid": "0.00", "remaining": "14.57"}
             ],
             "next": null
@@ -987,4 +989,51 @@ async fn issue_12_api_bad_limit_or_cursor_is_a_400_with_a_clear_message() {
         let message = body["error"].as_str().unwrap();
         assert!(message.contains(names), "{uri}: {message}");
     }
+}
+
+#[tokio::test]
+async fn issue_13_the_account_shows_its_credit_by_grant_in_draw_order_live_and_as_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = r#"{"event_id":"open-a1","account_id":"a1","plan_id":"p","currency":"EUR","timezone":"UTC","tax_rate":"0.1","opened_at":"2026-03-01T00:00:00Z","environment":"prod"}"#;
+    // Promotional 20.00 until 1 May pays the 11.00 opening invoice (9.00
+    // left); then paid 5.00 without grant fields. Drawn first: the
+    // promotional grant (priority 0, expires first), then the paid one.
+    let promo = r#"{"event_id":"top-1","account_id":"a1","kind":"credit_topped_up","occurred_at":"2026-03-02T00:00:00Z","amount":"20.00","currency":"EUR","environment":"prod","grant":{"kind":"promotional","expires_at":"2026-05-01T00:00:00Z"}}"#;
+    let paid = r#"{"event_id":"top-2","account_id":"a1","kind":"credit_topped_up","occurred_at":"2026-03-03T00:00:00Z","amount":"5.00","currency":"EUR","environment":"prod"}"#;
+    let inputs = [
+        ("billing.accounts.v1", open),
+        ("billing.payments.v1", promo),
+        ("billing.payments.v1", paid),
+    ]
+    .into_iter()
+    .map(|(t, l)| (t, l.to_string(), None))
+    .collect();
+    let (store, engine) = store_from(
+        dir.path(),
+        inputs,
+        "2026-03-01T00:00:00Z",
+        "2026-03-10T00:00:00Z",
+    )
+    .await;
+    let app = app(store, engine, &hs256_settings());
+    let mut live = get(&app, "/v1/accounts/a1").await;
+    assert_eq!(live["credit"], json!("14.00"));
+    assert_eq!(
+        live["credit_grants"],
+        json!([
+            {"grant_id": "gr_a1_00001", "kind": "promotional", "priority": 0, "expires_at": "2026-05-01T00:00:00Z",
+             "granted_at": "2026-03-02T00:00:00Z", "granted": "20.00", "remaining": "9.00"},
+            {"grant_id": "gr_a1_00002", "kind": "paid", "priority": 0, "expires_at": null,
+             "granted_at": "2026-03-03T00:00:00Z", "granted": "5.00", "remaining": "5.00"}
+        ])
+    );
+    // The journal rebuilds the same grants.
+    let mut rebuilt = get(&app, "/v1/accounts/a1/as-of?at=2026-03-10T00:00:00Z").await;
+    for v in [&mut live, &mut rebuilt] {
+        let map = v.as_object_mut().unwrap();
+        for k in ["draft", "clock", "journal_seq", "as_of", "last_change_at"] {
+            map.remove(k);
+        }
+    }
+    assert_eq!(live, rebuilt);
 }

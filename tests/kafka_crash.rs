@@ -371,6 +371,7 @@ fn inputs(catalog: &Catalog, events: usize) -> (Records, Records) {
             0 => Some(PaymentKind::CreditToppedUp {
                 amount: Decimal::from(25),
                 currency: "EUR".into(),
+                grant: Default::default(),
             }),
             1 => Some(PaymentKind::PaymentMethodAttached {
                 token_ref: format!("psp:tok_{a}"),

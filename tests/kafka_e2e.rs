@@ -953,7 +953,7 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
     else {
         return;
     };
-    const REJECTION_KINDS: [&str; 19] = [
+    const REJECTION_KINDS: [&str; 20] = [
         "conflict",
         "from_future",
         "before_account_opened",
@@ -971,6 +971,7 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
         "invalid_field",
         "too_late",
         "refund_exceeds_credit",
+        "too_many_grants",
         "unknown_payment_method",
         "key_mismatch",
     ];
@@ -1014,6 +1015,7 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
             | TooLate { .. }
             | TooOld { .. }
             | RefundExceedsCredit { .. }
+            | TooManyGrants { .. }
             | UnknownPaymentMethod { .. }
             | KeyMismatch { .. } => {}
         }
@@ -1276,6 +1278,7 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
             PaymentKind::CreditToppedUp {
                 amount: d("0.001"),
                 currency: "EUR".into(),
+                grant: Default::default(),
             },
         )),
     );
@@ -1289,6 +1292,7 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
             PaymentKind::CreditToppedUp {
                 amount: d("10.00"),
                 currency: "USD".into(),
+                grant: Default::default(),
             },
         )),
     );
@@ -1361,6 +1365,27 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
             },
         )),
     );
+    // 32 promotional grants (billing.max_credit_grants), one per priority
+    // (promotional credit is never refunded: the refund above stays
+    // refused whatever the order); the 33rd priority needs one more.
+    let grant_top_up = |priority: i32| {
+        enc(&payment(
+            &format!("grant-{priority}"),
+            PaymentKind::CreditToppedUp {
+                amount: d("0.01"),
+                currency: "EUR".into(),
+                grant: billstream::engine::credit::GrantTerms {
+                    kind: billstream::engine::credit::GrantKind::Promotional,
+                    expires_at: None,
+                    priority,
+                },
+            },
+        ))
+    };
+    for priority in 0..32 {
+        send(payments, a, &grant_top_up(priority));
+    }
+    reject(payments, a, "too_many_grants", engine, grant_top_up(32));
     reject(
         payments,
         a,

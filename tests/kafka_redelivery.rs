@@ -137,6 +137,7 @@ fn issue_12_records_produced_again_41_days_later_change_no_invoice_or_charge() {
         PaymentKind::CreditToppedUp {
             amount: d("5.00"),
             currency: "EUR".into(),
+            grant: Default::default(),
         },
     );
     let used: Vec<Input> = (0..10)

@@ -485,6 +485,7 @@ fn paths(card: &Card) -> Vec<Path1> {
                     currency: "EUR".into(),
                     reason: format!("refund to {t}"),
                     invoice_id: None,
+                    grant: Default::default(),
                 },
             })),
             line: false,
@@ -530,6 +531,7 @@ fn paths(card: &Card) -> Vec<Path1> {
                     kind: PaymentKind::CreditToppedUp {
                         amount: t.parse().unwrap(),
                         currency: "EUR".into(),
+                        grant: Default::default(),
                     },
                 })),
                 line: false,
@@ -692,6 +694,7 @@ async fn issue_12_input_without_environment_is_rejected_and_moves_no_money() {
             kind: PaymentKind::CreditToppedUp {
                 amount: "100.00".parse().unwrap(),
                 currency: "EUR".into(),
+                grant: Default::default(),
             },
         }))
     };

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use super::views::{time, AccountCore, CoreParts, MaskedPaymentMethod};
 use crate::engine::account::OpenInvoice;
+use crate::engine::credit::CreditGrant;
 use crate::engine::events::{DomainEvent, JournalEntry};
 use crate::engine::money::{Currency, Minor};
 use crate::engine::time::{Period, Timestamp};
@@ -87,6 +88,7 @@ pub struct Projection {
     plan_id: String,
     pending_plan: Option<(String, Timestamp)>,
     credit: Minor,
+    grants: Vec<CreditGrant>,
     invoices: Vec<OpenInvoice>,
     payment_method: Option<PaymentMethod>,
     draft: Option<(String, Period)>,
@@ -123,6 +125,7 @@ impl Projection {
             plan_id: plan_id.clone(),
             pending_plan: None,
             credit: Minor::ZERO,
+            grants: Vec::new(),
             invoices: Vec::new(),
             payment_method: None,
             draft: None,
@@ -148,6 +151,47 @@ impl Projection {
         self.invoices
             .iter_mut()
             .find(|i| i.invoice_id == invoice_id)
+    }
+
+    /// The credit grants as the journal names them: made or grown by
+    /// `CreditAdded`, drawn by `CreditApplied` and `CreditRefunded`,
+    /// removed by `CreditExpired` (credit from before grants has none).
+    fn follow_grants(&mut self, entry: &JournalEntry) {
+        match &entry.event {
+            DomainEvent::CreditAdded {
+                amount,
+                grant: Some(r),
+                ..
+            } => match self.grants.iter_mut().find(|g| g.grant_id == r.grant_id) {
+                Some(g) => {
+                    g.granted = g.granted.saturating_add(*amount);
+                    g.remaining = g.remaining.saturating_add(*amount);
+                }
+                None => self.grants.push(CreditGrant {
+                    grant_id: r.grant_id.clone(),
+                    kind: r.kind,
+                    priority: r.priority,
+                    expires_at: r.expires_at,
+                    granted_at: entry.at,
+                    granted: *amount,
+                    remaining: *amount,
+                    warned: false,
+                }),
+            },
+            DomainEvent::CreditApplied { grants, .. }
+            | DomainEvent::CreditRefunded { grants, .. } => {
+                for d in grants {
+                    if let Some(g) = self.grants.iter_mut().find(|g| g.grant_id == d.grant_id) {
+                        g.remaining = g.remaining.saturating_sub(d.amount);
+                    }
+                }
+                self.grants.retain(|g| g.remaining.is_positive());
+            }
+            DomainEvent::CreditExpired { grant_id, .. } => {
+                self.grants.retain(|g| g.grant_id != *grant_id);
+            }
+            _ => {}
+        }
     }
 
     /// Fold one more entry (entries come in journal order).
@@ -221,7 +265,11 @@ impl Projection {
             }
             DomainEvent::CreditAdded { balance, .. }
             | DomainEvent::CreditApplied { balance, .. }
-            | DomainEvent::CreditRefunded { balance, .. } => self.credit = *balance,
+            | DomainEvent::CreditRefunded { balance, .. }
+            | DomainEvent::CreditExpired { balance, .. } => {
+                self.credit = *balance;
+                self.follow_grants(entry);
+            }
             DomainEvent::ChargeRequested {
                 invoice_id,
                 attempt,
@@ -315,6 +363,11 @@ impl Projection {
             DomainEvent::DebitAdjustmentAdded { amount, reason } => {
                 self.adjustments.push((*amount, reason.clone()));
             }
+            DomainEvent::CreditExpiring { grant_id, .. } => {
+                if let Some(g) = self.grants.iter_mut().find(|g| g.grant_id == *grant_id) {
+                    g.warned = true;
+                }
+            }
             DomainEvent::CreditLow { .. }
             | DomainEvent::BankTransferApplied { .. }
             | DomainEvent::AccountPastDue { .. }
@@ -370,6 +423,7 @@ impl Projection {
             plan_id: &self.plan_id,
             pending_plan: self.pending_plan.as_ref().map(|(p, at)| (p.as_str(), *at)),
             credit: self.credit,
+            grants: &self.grants,
             invoices: &self.invoices,
             payment_method: self
                 .payment_method

@@ -252,6 +252,16 @@ fn invoice_json(st: &AccountState, inv: &IssuedInvoice, with_lines: bool) -> Val
         if !with_lines {
             map.remove("lines");
         }
+        // Always both parts of `credit_applied` (the stored invoice leaves
+        // out a zero promotional part).
+        map.insert(
+            "credit_applied_paid".into(),
+            json!(c.format(inv.credit_applied_paid())),
+        );
+        map.insert(
+            "credit_applied_promotional".into(),
+            json!(c.format(inv.credit_applied_promotional)),
+        );
         map.insert("status".into(), json!(status));
         map.insert("amount_paid".into(), json!(c.format(paid)));
         map.insert("remaining".into(), json!(c.format(remaining)));

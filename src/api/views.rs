@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::engine::account::{AccountState, OpenInvoice};
+use crate::engine::credit::{draw_order, CreditGrant};
 use crate::engine::events::{DunningStop, Line};
 use crate::engine::fold::Draft;
 use crate::engine::money::{Currency, Minor};
@@ -32,6 +33,9 @@ pub struct AccountCore {
     pub pending_plan: Option<PendingPlan>,
     /// Prepaid credit.
     pub credit: String,
+    /// The credit by grant, in the order it is drawn (priority, earliest
+    /// expiry, oldest).
+    pub credit_grants: Vec<GrantView>,
     /// Still owed on issued invoices.
     pub outstanding: String,
     /// The most advanced collection stage of the open invoices.
@@ -39,6 +43,38 @@ pub struct AccountCore {
     pub payment_method: Option<MaskedPaymentMethod>,
     /// Issued invoices not fully paid, oldest first.
     pub open_invoices: Vec<OpenInvoiceView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GrantView {
+    pub grant_id: String,
+    /// `paid` or `promotional`.
+    pub kind: &'static str,
+    pub priority: i32,
+    pub expires_at: Option<String>,
+    pub granted_at: String,
+    /// Everything credited to the grant.
+    pub granted: String,
+    /// Its balance.
+    pub remaining: String,
+}
+
+fn grant_views(c: Currency, grants: &[CreditGrant]) -> Vec<GrantView> {
+    draw_order(grants)
+        .into_iter()
+        .map(|i| {
+            let g = &grants[i];
+            GrantView {
+                grant_id: g.grant_id.clone(),
+                kind: g.kind.name(),
+                priority: g.priority,
+                expires_at: g.expires_at.map(time),
+                granted_at: time(g.granted_at),
+                granted: c.format(g.granted),
+                remaining: c.format(g.remaining),
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -149,6 +185,7 @@ pub struct CoreParts<'a> {
     pub plan_id: &'a str,
     pub pending_plan: Option<(&'a str, Timestamp)>,
     pub credit: Minor,
+    pub grants: &'a [CreditGrant],
     pub invoices: &'a [OpenInvoice],
     pub payment_method: Option<MaskedPaymentMethod>,
 }
@@ -174,6 +211,7 @@ impl CoreParts<'_> {
                 effective_at: time(at),
             }),
             credit: c.format(self.credit),
+            credit_grants: grant_views(c, self.grants),
             outstanding: c.format(Minor::saturating_sum(
                 self.invoices.iter().map(OpenInvoice::remaining),
             )),
@@ -253,6 +291,7 @@ pub fn account_view(st: &AccountState, draft: Option<Draft>) -> AccountView {
         plan_id: &st.plan_id,
         pending_plan: st.pending_plan.as_ref().map(|(p, at)| (p.as_str(), *at)),
         credit: st.credit,
+        grants: &st.grants,
         invoices: &st.invoices,
         payment_method: st
             .payment_method
@@ -371,6 +410,7 @@ mod tests {
             invoice_id: "i".into(),
             amount: Minor(1234),
             balance: Minor(-5),
+            grants: Vec::new(),
         };
         assert_eq!(
             rendered(&e, eur),

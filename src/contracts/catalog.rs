@@ -67,6 +67,10 @@ const FILES: &[(&str, &str)] = embed_schemas![
     "JournalEntry.avsc",
     "DeadLetter.avsc",
     "history/Plan.v1.avsc",
+    "history/CreditToppedUp.v1.avsc",
+    "history/AdjustmentIssued.v1.avsc",
+    "history/InvoiceIssued.v1.avsc",
+    "history/Notification.v1.avsc",
 ];
 
 /// The id of version `version` of the schema first released under `first`

@@ -21,6 +21,7 @@ use super::framing;
 use super::json::parse_anchor;
 use super::usage_reader::UsageReader;
 use crate::engine::aggregation::{Aggregation, AggregationSpec};
+use crate::engine::credit::{GrantKind, GrantTerms};
 use crate::engine::events::{
     AccountCommand, AccountKind, AdjustmentKind, Input, PaymentEvent, PaymentKind,
 };
@@ -356,6 +357,47 @@ impl Fields<'_> {
         }
     }
 
+    /// A top-up's or credit note's grant terms (version 2 of their
+    /// schemas); absent or null (version 1, or no grant) is the default.
+    fn grant(&self, name: &str) -> Result<GrantTerms, DecodeError> {
+        let g = match self.get(name) {
+            None => return Ok(GrantTerms::default()),
+            Some(Value::Record(fields)) => Fields(fields),
+            Some(_) => return Err(DecodeError::field(name, "must be a record")),
+        };
+        let kind = match g.get("kind") {
+            None => GrantKind::Paid,
+            Some(Value::Enum(_, s) | Value::String(s)) => match s.as_str() {
+                "paid" => GrantKind::Paid,
+                "promotional" => GrantKind::Promotional,
+                other => {
+                    return Err(DecodeError::field(
+                        "grant.kind",
+                        format!("unknown symbol {:?}", truncate(other)),
+                    ))
+                }
+            },
+            Some(_) => return Err(DecodeError::field("grant.kind", "must be an enum symbol")),
+        };
+        let expires_at = match g.get("expires_at") {
+            None => None,
+            Some(_) => Some(
+                g.time("expires_at")
+                    .map_err(|_| DecodeError::field("grant.expires_at", "must be a timestamp"))?,
+            ),
+        };
+        let priority = match g.get("priority") {
+            None => 0,
+            Some(Value::Int(p)) => *p,
+            Some(_) => return Err(DecodeError::field("grant.priority", "must be an int")),
+        };
+        Ok(GrantTerms {
+            kind,
+            expires_at,
+            priority,
+        })
+    }
+
     fn records(&self, name: &str) -> Result<Vec<Fields<'_>>, DecodeError> {
         match self.get(name) {
             None => Ok(Vec::new()),
@@ -394,6 +436,7 @@ fn cold(kind: Cold, f: &Fields<'_>) -> Result<Decoded, DecodeError> {
         Cold::CreditToppedUp => payment(PaymentKind::CreditToppedUp {
             amount: f.decimal("amount")?,
             currency: f.str("currency")?,
+            grant: f.grant("grant")?,
         }),
         Cold::PaymentSucceeded => payment(PaymentKind::PaymentSucceeded {
             charge_id: f.str("charge_id")?,
@@ -474,6 +517,7 @@ fn cold(kind: Cold, f: &Fields<'_>) -> Result<Decoded, DecodeError> {
                 currency: f.str("currency")?,
                 reason: f.str("reason")?,
                 invoice_id: f.opt_str("invoice_id")?,
+                grant: f.grant("grant")?,
             })
         }
         Cold::Plan => plan(f).map(Decoded::Plan),

@@ -14,6 +14,7 @@ use super::decimal::{decimal_field, rfc3339_field, truncate, DECIMAL_EXPECTED};
 use super::decode::Decoded;
 use super::errors::DecodeError;
 use crate::engine::aggregation::{Aggregation, AggregationSpec};
+use crate::engine::credit::{GrantKind, GrantTerms};
 use crate::engine::events::{
     AccountCommand, AccountKind, AdjustmentKind, Input, PaymentEvent, PaymentKind, UsageRecorded,
 };
@@ -73,7 +74,7 @@ const COMMON_FIELDS: &[&str] = &[
 ];
 
 const PAYMENT_KINDS: &[(&str, &[&str])] = &[
-    ("credit_topped_up", &["amount", "currency"]),
+    ("credit_topped_up", &["amount", "currency", "grant"]),
     (
         "payment_succeeded",
         &["charge_id", "invoice_id", "amount", "currency"],
@@ -98,9 +99,18 @@ const ACCOUNT_KINDS: &[(&str, &[&str])] = &[
     ("account_closed", &[]),
     (
         "adjustment_issued",
-        &["adjustment", "amount", "currency", "reason", "invoice_id"],
+        &[
+            "adjustment",
+            "amount",
+            "currency",
+            "reason",
+            "invoice_id",
+            "grant",
+        ],
     ),
 ];
+/// Fields of a top-up's or credit note's `grant` object.
+const GRANT_FIELDS: &[&str] = &["kind", "expires_at", "priority"];
 
 /// Parse one line of a simulate input file: a usage, account, payment or
 /// plan record. Unknown fields are refused (they are usually typos).
@@ -200,6 +210,7 @@ fn payment(o: &Obj<'_>, kind: &str) -> Result<PaymentEvent, DecodeError> {
         "credit_topped_up" => PaymentKind::CreditToppedUp {
             amount: o.decimal("amount")?,
             currency: o.str("currency")?,
+            grant: o.grant("grant")?,
         },
         "payment_succeeded" => PaymentKind::PaymentSucceeded {
             charge_id: o.str("charge_id")?,
@@ -266,6 +277,7 @@ fn account_command(o: &Obj<'_>, kind: &str) -> Result<AccountCommand, DecodeErro
             currency: o.str("currency")?,
             reason: o.str("reason")?,
             invoice_id: o.opt_str("invoice_id")?,
+            grant: o.grant("grant")?,
         },
     };
     Ok(AccountCommand {
@@ -499,6 +511,52 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// A top-up's or credit note's `grant` object: `kind` (`paid`, the
+    /// default, or `promotional`), `expires_at` (RFC 3339, optional),
+    /// `priority` (an integer, default 0, lower drawn first).
+    fn grant(&self, field: &str) -> Result<GrantTerms, DecodeError> {
+        let map = match self.get(field) {
+            None => return Ok(GrantTerms::default()),
+            Some(Value::Object(map)) => map,
+            Some(_) => return Err(self.err(field, "must be an object: kind, expires_at, priority")),
+        };
+        let g = Obj {
+            map,
+            path: self.name(field),
+        };
+        g.only(&[GRANT_FIELDS])?;
+        let kind = match g.opt_str("kind")?.as_deref() {
+            None | Some("paid") => GrantKind::Paid,
+            Some("promotional") => GrantKind::Promotional,
+            Some(other) => {
+                return Err(g.err(
+                    "kind",
+                    format!(
+                        "must be \"paid\" or \"promotional\", got {:?}",
+                        truncate(other)
+                    ),
+                ))
+            }
+        };
+        let expires_at = match g.get("expires_at") {
+            None => None,
+            Some(_) => Some(g.time("expires_at")?),
+        };
+        let priority = match g.get("priority") {
+            None => 0,
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .and_then(|p| i32::try_from(p).ok())
+                .ok_or_else(|| g.err("priority", "must be a 32-bit integer"))?,
+            Some(_) => return Err(g.err("priority", "must be an integer (lower is drawn first)")),
+        };
+        Ok(GrantTerms {
+            kind,
+            expires_at,
+            priority,
+        })
+    }
+
     /// An array of objects (absent = empty).
     fn objects(&self, field: &str) -> Result<Vec<Obj<'a>>, DecodeError> {
         match self.get(field) {
@@ -590,9 +648,16 @@ pub fn input_to_json(input: &Input) -> Value {
                 put("environment", json!(env));
             }
             match &p.kind {
-                PaymentKind::CreditToppedUp { amount, currency } => {
+                PaymentKind::CreditToppedUp {
+                    amount,
+                    currency,
+                    grant,
+                } => {
                     put("amount", json!(amount.to_string()));
                     put("currency", json!(currency));
+                    if !grant.is_default() {
+                        put("grant", grant_to_json(grant));
+                    }
                 }
                 PaymentKind::PaymentSucceeded {
                     charge_id,
@@ -686,7 +751,11 @@ pub fn input_to_json(input: &Input) -> Value {
                         currency,
                         reason,
                         invoice_id,
+                        grant,
                     } => {
+                        if !grant.is_default() {
+                            put("grant", grant_to_json(grant));
+                        }
                         let adjustment = match adjustment {
                             AdjustmentKind::CreditNote => "credit_note",
                             AdjustmentKind::Debit => "debit",
@@ -705,6 +774,15 @@ pub fn input_to_json(input: &Input) -> Value {
         }
     }
     Value::Object(m)
+}
+
+/// The pinned JSON shape of a grant's terms.
+pub fn grant_to_json(g: &GrantTerms) -> Value {
+    json!({
+        "kind": g.kind.name(),
+        "expires_at": g.expires_at.map(|t| t.to_rfc3339()),
+        "priority": g.priority,
+    })
 }
 
 /// The pinned JSON shape of a plan.
@@ -789,6 +867,20 @@ pub(crate) mod tests {
                 PaymentKind::CreditToppedUp {
                     amount: d("25.00"),
                     currency: "EUR".into(),
+                    grant: Default::default(),
+                },
+            ),
+            // Issue 13: a top-up with grant terms (version 2 of the schema).
+            pay(
+                "p-1g",
+                PaymentKind::CreditToppedUp {
+                    amount: d("10.00"),
+                    currency: "EUR".into(),
+                    grant: GrantTerms {
+                        kind: GrantKind::Promotional,
+                        expires_at: Some(ts("2026-06-01T00:00:00Z")),
+                        priority: -2,
+                    },
                 },
             ),
             pay(
@@ -875,6 +967,7 @@ pub(crate) mod tests {
                     currency: "EUR".into(),
                     reason: "outage".into(),
                     invoice_id: Some("inv-1".into()),
+                    grant: Default::default(),
                 },
             ),
         ]
@@ -982,6 +1075,59 @@ pub(crate) mod tests {
             r#"{"event_id":"e","account_id":"a","subject":"s","metric":"m","quantity":"1,5","occurred_at":"2026-01-01T00:00:00Z","environment":"prod"}"#,
         );
         assert!(e.starts_with("quantity must be a decimal string"), "{e}");
+    }
+
+    #[test]
+    fn issue_13_grant_fields_parse_from_the_pinned_shape_and_bad_ones_name_the_field() {
+        let line = r#"{"event_id":"t","account_id":"a","kind":"credit_topped_up","occurred_at":"2026-03-01T00:00:00Z","amount":"5.00","currency":"EUR","grant":{"kind":"promotional","expires_at":"2026-04-01T00:00:00Z","priority":3}}"#;
+        let Ok(Decoded::Input(Input::Payment(p))) = parse_line(line) else {
+            panic!("{line}");
+        };
+        let PaymentKind::CreditToppedUp { grant, .. } = p.kind else {
+            panic!("not a top-up");
+        };
+        assert_eq!(
+            grant,
+            GrantTerms {
+                kind: GrantKind::Promotional,
+                expires_at: Some(ts("2026-04-01T00:00:00Z")),
+                priority: 3,
+            }
+        );
+        // Every grant field is optional: `{}` is paid, no expiry, priority 0.
+        let empty = line.replace(
+            r#"{"kind":"promotional","expires_at":"2026-04-01T00:00:00Z","priority":3}"#,
+            "{}",
+        );
+        let Ok(Decoded::Input(Input::Payment(p))) = parse_line(&empty) else {
+            panic!("{empty}");
+        };
+        assert!(matches!(p.kind, PaymentKind::CreditToppedUp { grant, .. } if grant.is_default()));
+        for (bad, expected) in [
+            (
+                r#""grant":{"kind":"free"}"#,
+                "grant.kind must be \"paid\" or \"promotional\"",
+            ),
+            (
+                r#""grant":{"priority":"1"}"#,
+                "grant.priority must be an integer",
+            ),
+            (
+                r#""grant":{"expires_at":"soon"}"#,
+                "grant.expires_at must be an RFC 3339 time",
+            ),
+            (
+                r#""grant":{"expiry":"2026-04-01T00:00:00Z"}"#,
+                "grant.expiry is not a known field",
+            ),
+            (r#""grant":"promotional""#, "grant must be an object"),
+        ] {
+            let line = format!(
+                r#"{{"event_id":"t","account_id":"a","kind":"credit_topped_up","occurred_at":"2026-03-01T00:00:00Z","amount":"5.00","currency":"EUR",{bad}}}"#
+            );
+            let err = error_of(&line);
+            assert!(err.contains(expected), "{line}: {err}");
+        }
     }
 
     #[test]

@@ -169,6 +169,9 @@ impl Emit<'_> {
             "brand",
             "expires",
             "action_required",
+            "grant_id",
+            "grant_kind",
+            "expires_at",
         ] {
             m.insert(f.into(), Value::Null);
         }
@@ -208,6 +211,8 @@ impl Emit<'_> {
             "tax": fmt(inv.tax),
             "total": fmt(inv.total),
             "credit_applied": fmt(inv.credit_applied),
+            "credit_applied_paid": fmt(inv.credit_applied_paid()),
+            "credit_applied_promotional": fmt(inv.credit_applied_promotional),
             "amount_due": fmt(inv.amount_due),
         });
         self.push(OutputTopic::Invoices, "InvoiceIssued", fields);
@@ -303,9 +308,24 @@ pub fn outputs_for(entry: &JournalEntry, currency: Currency) -> Vec<OutputRecord
             "payment_method_expiring",
             json!({"token_ref": token_ref, "brand": brand, "expires": expires, "action_required": "update_payment_method"}),
         ),
-        DomainEvent::CreditApplied { invoice_id, amount, balance } => {
+        DomainEvent::CreditApplied { invoice_id, amount, balance, .. } => {
             let (amount, balance) = (e.money(*amount), e.money(*balance));
             e.notify("credit_applied", json!({"invoice_id": invoice_id, "amount": amount, "balance": balance}));
+        }
+        DomainEvent::CreditExpiring { grant_id, kind, amount, expires_at } => {
+            let amount = e.money(*amount);
+            e.notify(
+                "credit_expiring",
+                json!({"grant_id": grant_id, "grant_kind": kind.name(), "amount": amount, "expires_at": time(*expires_at)}),
+            );
+        }
+        DomainEvent::CreditExpired { grant_id, kind, amount, balance, expires_at } => {
+            let (amount, balance) = (e.money(*amount), e.money(*balance));
+            e.notify(
+                "credit_expired",
+                json!({"grant_id": grant_id, "grant_kind": kind.name(), "amount": amount, "balance": balance,
+                       "expires_at": time(*expires_at)}),
+            );
         }
         DomainEvent::UsageRolledUp { hour, metric, subject, quantity, count, correction } => e.push(
             OutputTopic::UsageRollups,
@@ -370,6 +390,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::contracts::catalog::Catalog;
+    use crate::engine::credit::{GrantDraw, GrantKind, GrantRef};
     use crate::engine::events::{CreditSource, DunningStop};
     use crate::engine::time::{Anchor, Period};
     use rust_decimal::Decimal;
@@ -430,6 +451,7 @@ pub(crate) mod tests {
             tax: Minor(589),
             total: Minor(3689),
             credit_applied: Minor(500),
+            credit_applied_promotional: Minor(200),
             amount_due: Minor(3189),
         };
         vec![
@@ -472,16 +494,41 @@ pub(crate) mod tests {
                 source: CreditSource::TopUp,
                 amount: Minor(1000),
                 balance: Minor(1500),
+                grant: Some(GrantRef {
+                    grant_id: "gr_a_00001".into(),
+                    kind: GrantKind::Promotional,
+                    priority: 0,
+                    expires_at: Some(ts("2026-04-08T00:00:00Z")),
+                }),
             },
             DomainEvent::CreditApplied {
                 invoice_id: "inv-1".into(),
                 amount: Minor(500),
                 balance: Minor(1000),
+                grants: vec![GrantDraw {
+                    grant_id: "gr_a_00001".into(),
+                    kind: GrantKind::Promotional,
+                    amount: Minor(500),
+                }],
             },
             DomainEvent::CreditRefunded {
                 amount: Minor(100),
                 balance: Minor(900),
                 reason: "goodwill".into(),
+                grants: vec![],
+            },
+            DomainEvent::CreditExpiring {
+                grant_id: "gr_a_00001".into(),
+                kind: GrantKind::Promotional,
+                amount: Minor(500),
+                expires_at: ts("2026-04-08T00:00:00Z"),
+            },
+            DomainEvent::CreditExpired {
+                grant_id: "gr_a_00001".into(),
+                kind: GrantKind::Promotional,
+                amount: Minor(500),
+                balance: Minor(400),
+                expires_at: ts("2026-04-08T00:00:00Z"),
             },
             DomainEvent::CreditLow {
                 balance: Minor(90),

@@ -13,6 +13,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::aggregation::{AggState, Aggregation};
+use super::credit::CreditGrant;
 use super::dedup::DedupWindow;
 use super::events::{DunningStop, Line};
 use super::money::{Currency, Minor};
@@ -174,7 +175,17 @@ pub struct AccountState {
     pub closed: Vec<ClosedPeriod>,
     /// Late-usage and adjustment lines waiting for the next invoice.
     pub pending_lines: Vec<Line>,
+    /// Prepaid credit: the sum of `grants`' remaining amounts.
     pub credit: Minor,
+    /// Live credit grants, in the order they were made (at most
+    /// `EngineConfig::max_credit_grants` from inputs, see `credit.rs`).
+    /// Empty in a snapshot from before grants: its credit becomes one paid
+    /// grant the first time credit moves.
+    #[serde(default)]
+    pub grants: Vec<CreditGrant>,
+    /// Last grant number used.
+    #[serde(default)]
+    pub grant_seq: u32,
     /// `CreditLow` is sent when credit falls below the threshold while armed.
     pub credit_low_armed: bool,
     /// Issued invoices not fully paid, oldest first.
@@ -245,6 +256,8 @@ impl AccountState {
                 })
                 .sum::<usize>();
         }
+        n += self.grants.capacity() * std::mem::size_of::<CreditGrant>();
+        n += self.grants.iter().map(|g| s(&g.grant_id)).sum::<usize>();
         n += self.pending_lines.capacity() * std::mem::size_of::<Line>();
         n += self.invoices.capacity() * std::mem::size_of::<OpenInvoice>();
         n += self

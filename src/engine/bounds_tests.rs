@@ -209,6 +209,7 @@ fn issue_12_credit_cannot_grow_past_the_balance_bound() {
             PaymentKind::CreditToppedUp {
                 amount: d("9000000000000"),
                 currency: "EUR".into(),
+                grant: Default::default(),
             },
             "2026-03-02T00:00:00Z",
         );
@@ -588,6 +589,7 @@ proptest! {
                 event_id, account_id: "a".into(), occurred_at: now, environment: Some("prod".into()),
                 kind: AccountKind::AdjustmentIssued {
                     adjustment, amount, currency: code.clone(), reason: "fuzz".into(), invoice_id: None,
+                    grant: Default::default(),
                 },
             });
             let inputs: Vec<Input> = match op {
@@ -602,7 +604,7 @@ proptest! {
                     u.quantity = max_q;
                     Input::Usage(u)
                 }).collect(),
-                Op::TopUp(amount) => vec![payment(id(), PaymentKind::CreditToppedUp { amount, currency: code.clone() })],
+                Op::TopUp(amount) => vec![payment(id(), PaymentKind::CreditToppedUp { amount, currency: code.clone(), grant: Default::default() })],
                 Op::Refund(amount) => vec![payment(id(), PaymentKind::PaymentRefunded { amount, currency: code.clone(), reason: "r".into() })],
                 Op::Debit(amount) => vec![account(id(), AdjustmentKind::Debit, amount)],
                 Op::CreditNote(amount) => vec![account(id(), AdjustmentKind::CreditNote, amount)],

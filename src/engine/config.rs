@@ -30,6 +30,12 @@ pub struct EngineConfig {
     pub credit_low_threshold: Decimal,
     /// Warn this long before a payment method expires (default 30 days).
     pub expiry_warning_micros: i64,
+    /// Send `CreditExpiring` this long before a credit grant expires
+    /// (default 7 days).
+    pub credit_expiry_warning_micros: i64,
+    /// Live credit grants per account a top-up or credit note may make
+    /// (default 32); one that needs another is dead-lettered.
+    pub max_credit_grants: usize,
     /// An hour's rollup is emitted this long after the hour ends.
     pub rollup_lateness_micros: i64,
     /// Largest quantity one usage event may carry.
@@ -51,6 +57,8 @@ impl EngineConfig {
             max_backdating_micros: 400 * MICROS_PER_DAY,
             credit_low_threshold: Decimal::from(5),
             expiry_warning_micros: 30 * MICROS_PER_DAY,
+            credit_expiry_warning_micros: 7 * MICROS_PER_DAY,
+            max_credit_grants: 32,
             rollup_lateness_micros: 5 * MICROS_PER_MINUTE,
             max_quantity: Decimal::from(1_000_000_000_000i64),
             max_subjects: 100,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::credit::{GrantDraw, GrantKind, GrantRef, GrantTerms};
 use super::money::Minor;
 use super::time::{Anchor, Period, Timestamp};
 
@@ -48,6 +49,10 @@ pub enum PaymentKind {
     CreditToppedUp {
         amount: Decimal,
         currency: String,
+        /// Kind, expiry and priority of the credit (default: paid, no
+        /// expiry, priority 0; left out when default).
+        #[serde(default, skip_serializing_if = "GrantTerms::is_default")]
+        grant: GrantTerms,
     },
     PaymentSucceeded {
         charge_id: String,
@@ -140,6 +145,9 @@ pub enum AccountKind {
         reason: String,
         #[serde(default)]
         invoice_id: Option<String>,
+        /// A credit note's grant fields (as a top-up's); a debit has none.
+        #[serde(default, skip_serializing_if = "GrantTerms::is_default")]
+        grant: GrantTerms,
     },
 }
 
@@ -246,8 +254,20 @@ pub struct IssuedInvoice {
     pub subtotal: Minor,
     pub tax: Minor,
     pub total: Minor,
+    /// Credit applied at issue, of every kind.
     pub credit_applied: Minor,
+    /// The promotional part of `credit_applied`; the rest is paid credit.
+    #[serde(default, skip_serializing_if = "Minor::is_zero")]
+    pub credit_applied_promotional: Minor,
     pub amount_due: Minor,
+}
+
+impl IssuedInvoice {
+    /// The paid part of `credit_applied`.
+    pub fn credit_applied_paid(&self) -> Minor {
+        self.credit_applied
+            .saturating_sub(self.credit_applied_promotional)
+    }
 }
 
 /// Why dunning stopped for an invoice.
@@ -317,16 +337,40 @@ pub enum DomainEvent {
         source: CreditSource,
         amount: Minor,
         balance: Minor,
+        /// The grant it went to (new or merged into) and its terms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant: Option<GrantRef>,
     },
     CreditApplied {
         invoice_id: String,
         amount: Minor,
         balance: Minor,
+        /// What each grant gave, in draw order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        grants: Vec<GrantDraw>,
     },
     CreditRefunded {
         amount: Minor,
         balance: Minor,
         reason: String,
+        /// What each (paid) grant gave, in draw order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        grants: Vec<GrantDraw>,
+    },
+    /// A grant expires within the warning period (`CreditExpiring`).
+    CreditExpiring {
+        grant_id: String,
+        kind: GrantKind,
+        amount: Minor,
+        expires_at: Timestamp,
+    },
+    /// A grant expired: its remaining amount left the balance.
+    CreditExpired {
+        grant_id: String,
+        kind: GrantKind,
+        amount: Minor,
+        balance: Minor,
+        expires_at: Timestamp,
     },
     CreditLow {
         balance: Minor,
@@ -430,6 +474,8 @@ impl DomainEvent {
             DomainEvent::CreditApplied { .. } => "credit_applied",
             DomainEvent::CreditRefunded { .. } => "credit_refunded",
             DomainEvent::CreditLow { .. } => "credit_low",
+            DomainEvent::CreditExpiring { .. } => "credit_expiring",
+            DomainEvent::CreditExpired { .. } => "credit_expired",
             DomainEvent::ChargeRequested { .. } => "charge_requested",
             DomainEvent::PaymentSucceeded { .. } => "payment_succeeded",
             DomainEvent::PaymentFailed { .. } => "payment_failed",

@@ -446,6 +446,9 @@ impl Engine {
                 consider(pm.warn_at);
             }
         }
+        if let Some(g) = self.grant_timers(st) {
+            consider(g);
+        }
         if let Some(h) = st.rollups.iter().map(|r| r.hour).min() {
             consider(h.plus(MICROS_PER_HOUR + self.config.rollup_lateness_micros));
         }
@@ -469,6 +472,12 @@ impl Engine {
     }
 
     fn fire(&self, st: &mut AccountState, t: Timestamp, out: &mut Vec<JournalEntry>) {
+        // Credit grants first: a grant expiring at the close instant is
+        // gone before the close draws credit.
+        if self.grant_timer_due(st, t) {
+            let cause = format!("timer:credit:{}", t.0);
+            self.fire_grant_timers(st, &mut Emit::new(&mut *out, t, &cause));
+        }
         if !st.finished && st.current.end.plus(self.config.grace_micros) <= t {
             let cause = format!("timer:close:{}", st.current.start);
             self.close_period(st, &mut Emit::new(&mut *out, t, &cause));
@@ -1409,6 +1418,8 @@ impl Engine {
             closed: Vec::new(),
             pending_lines: Vec::new(),
             credit: Minor::ZERO,
+            grants: Vec::new(),
+            grant_seq: 0,
             credit_low_armed: false,
             invoices: Vec::new(),
             payment_method: None,
@@ -1492,11 +1503,13 @@ impl Engine {
                 currency,
                 reason,
                 invoice_id,
+                grant,
             } => {
                 let amount = self.money_in(st, *amount, currency)?;
                 match adjustment {
                     AdjustmentKind::CreditNote => {
                         self.credit_room(st, amount)?;
+                        self.grant_room(st, grant, emit.at)?;
                         st.credit_note_seq += 1;
                         let credit_note_id =
                             format!("cn_{}_{:05}", st.account_id, st.credit_note_seq);
@@ -1509,10 +1522,16 @@ impl Engine {
                                 invoice_id: invoice_id.clone(),
                             },
                         );
-                        self.add_credit(st, amount, CreditSource::CreditNote, emit);
+                        self.add_granted_credit(st, amount, CreditSource::CreditNote, grant, emit);
                         self.pay_from_credit(st, emit);
                     }
                     AdjustmentKind::Debit => {
+                        if !grant.is_default() {
+                            return Err(Rejection::InvalidField {
+                                field: "grant".into(),
+                                reason: "a debit adjustment carries no credit grant; grant fields apply to credit notes".into(),
+                            });
+                        }
                         let pending = Minor::checked_sum(
                             st.pending_lines.iter().map(|l| l.amount).chain([amount]),
                         );

@@ -7,6 +7,7 @@
 pub mod account;
 pub mod aggregation;
 pub mod config;
+pub mod credit;
 pub mod dedup;
 pub mod events;
 pub mod fold;
@@ -28,6 +29,8 @@ pub use reject::Rejection;
 mod aggregation_tests;
 #[cfg(test)]
 mod bounds_tests;
+#[cfg(test)]
+mod credit_tests;
 #[cfg(test)]
 mod properties;
 #[cfg(test)]

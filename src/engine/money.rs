@@ -188,6 +188,10 @@ impl Minor {
     pub fn is_positive(self) -> bool {
         self.0 > 0
     }
+
+    pub fn is_zero(&self) -> bool {
+        self.0 == 0
+    }
 }
 
 /// Round the exact rational `num / den` half-to-even to an integer.

@@ -33,6 +33,17 @@ enum Op {
     Refund(u32),
     /// Let time pass.
     Wait(u32),
+    /// A top-up (or, `note`, a credit note) with grant terms: expiring
+    /// `expires_in` hours after it is processed (0: never; with
+    /// `at_close`, at the instant its period closes), at `priority`.
+    Grant {
+        cents: u32,
+        promotional: bool,
+        expires_in: u32,
+        at_close: bool,
+        priority: i32,
+        note: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -46,6 +57,16 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1u32..3000).prop_map(Op::Debit),
         1 => (1u32..3000).prop_map(Op::Refund),
         3 => (1u32..400).prop_map(Op::Wait),
+    ]
+}
+
+/// `op()` plus top-ups and credit notes with grant terms.
+fn op_with_grants() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => op(),
+        1 => (1u32..6000, any::<bool>(), prop_oneof![Just(0u32), 1u32..2000], any::<bool>(), -1i32..3, any::<bool>()).prop_map(
+            |(cents, promotional, expires_in, at_close, priority, note)| Op::Grant { cents, promotional, expires_in, at_close, priority, note }
+        ),
     ]
 }
 
@@ -122,6 +143,7 @@ fn script(account: &str, plan: usize, ops: &[Op]) -> Vec<(Timestamp, Input)> {
                 PaymentKind::CreditToppedUp {
                     amount: eur(*c),
                     currency: "EUR".into(),
+                    grant: Default::default(),
                 },
             ),
             Op::AttachCard => env(
@@ -190,6 +212,7 @@ fn script(account: &str, plan: usize, ops: &[Op]) -> Vec<(Timestamp, Input)> {
                     currency: "EUR".into(),
                     reason: "goodwill".into(),
                     invoice_id: None,
+                    grant: Default::default(),
                 },
             ),
             Op::Debit(c) => cmd(
@@ -201,6 +224,7 @@ fn script(account: &str, plan: usize, ops: &[Op]) -> Vec<(Timestamp, Input)> {
                     currency: "EUR".into(),
                     reason: "setup".into(),
                     invoice_id: None,
+                    grant: Default::default(),
                 },
             ),
             Op::Refund(c) => env(
@@ -212,6 +236,56 @@ fn script(account: &str, plan: usize, ops: &[Op]) -> Vec<(Timestamp, Input)> {
                     reason: "requested".into(),
                 },
             ),
+            Op::Grant {
+                cents,
+                promotional,
+                expires_in,
+                at_close,
+                priority,
+                note,
+            } => {
+                // The close fires at period end + the 1 h grace.
+                let close = period_containing(now, chrono_tz::Europe::Berlin, Anchor::Calendar)
+                    .end
+                    .plus(MICROS_PER_HOUR);
+                let grant = super::credit::GrantTerms {
+                    kind: if *promotional {
+                        super::credit::GrantKind::Promotional
+                    } else {
+                        super::credit::GrantKind::Paid
+                    },
+                    expires_at: match (*at_close, *expires_in) {
+                        (true, _) => Some(close),
+                        (false, 0) => None,
+                        (false, h) => Some(now.plus(i64::from(h) * MICROS_PER_HOUR)),
+                    },
+                    priority: *priority,
+                };
+                if *note {
+                    cmd(
+                        id,
+                        now,
+                        AccountKind::AdjustmentIssued {
+                            adjustment: AdjustmentKind::CreditNote,
+                            amount: eur(*cents),
+                            currency: "EUR".into(),
+                            reason: "goodwill".into(),
+                            invoice_id: None,
+                            grant,
+                        },
+                    )
+                } else {
+                    env(
+                        id,
+                        now,
+                        PaymentKind::CreditToppedUp {
+                            amount: eur(*cents),
+                            currency: "EUR".into(),
+                            grant,
+                        },
+                    )
+                }
+            }
             Op::Wait(h) => {
                 now = now.plus(i64::from(*h) * MICROS_PER_HOUR);
                 continue;
@@ -393,6 +467,88 @@ proptest! {
             prop_assert_eq!(billed.get(&(*start, metric.clone())).copied().unwrap_or_default(), expected,
                 "period {} metric {} quantity {}", start, metric, q);
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, .. ProptestConfig::default() })]
+
+    /// Issue 13, item 2: with grants of every kind, expiry and priority,
+    /// (a) no credit is drawn from a grant at or after its expiry, and
+    /// (b) none is lost: for every grant, what was credited to it equals
+    /// what it gave to invoices and refunds, plus what expired, plus what
+    /// it holds at the end, exactly; and money is conserved as before,
+    /// with expired credit as one more way out.
+    #[test]
+    fn issue_13_no_credit_is_applied_after_it_expired_and_none_is_lost(
+        plan in 0usize..3,
+        ops in prop::collection::vec(op_with_grants(), 1..120),
+    ) {
+        let inputs = script("a", plan, &ops);
+        let r = run(&engine(), &inputs, end_of(&inputs));
+        let st = r.state.as_ref().unwrap();
+        // Per grant: credited, drawn, expired, and its expiry.
+        #[derive(Default)]
+        struct Flow { credited: i64, drawn: i64, expired: i64, expires_at: Option<Timestamp> }
+        let mut flows: BTreeMap<String, Flow> = BTreeMap::new();
+        let (mut money_in, mut credit_notes, mut refunds, mut totals, mut expired) = (0i64, 0i64, 0i64, 0i64, 0i64);
+        for e in &r.journal {
+            match &e.event {
+                DomainEvent::CreditAdded { source, amount, grant, .. } => {
+                    let g = grant.as_ref().expect("credit goes to a grant");
+                    let f = flows.entry(g.grant_id.clone()).or_default();
+                    f.credited += amount.0;
+                    f.expires_at = g.expires_at;
+                    if *source == CreditSource::TopUp {
+                        money_in += amount.0;
+                    }
+                }
+                DomainEvent::CreditApplied { amount, grants, .. } | DomainEvent::CreditRefunded { amount, grants, .. } => {
+                    prop_assert_eq!(grants.iter().map(|g| g.amount.0).sum::<i64>(), amount.0);
+                    for g in grants {
+                        let f = flows.entry(g.grant_id.clone()).or_default();
+                        prop_assert!(f.expires_at.is_none_or(|x| e.at < x),
+                            "{} drawn at {} but expired at {:?}", g.grant_id, e.at, f.expires_at);
+                        f.drawn += g.amount.0;
+                    }
+                    if let DomainEvent::CreditRefunded { amount, .. } = &e.event {
+                        refunds += amount.0;
+                    }
+                }
+                DomainEvent::CreditExpired { grant_id, amount, expires_at, .. } => {
+                    prop_assert_eq!(e.at, *expires_at);
+                    flows.entry(grant_id.clone()).or_default().expired += amount.0;
+                    expired += amount.0;
+                }
+                DomainEvent::InvoiceIssued { invoice } => {
+                    prop_assert!(invoice.credit_applied_promotional.0 >= 0 && invoice.credit_applied_paid().0 >= 0);
+                    totals += invoice.total.0;
+                }
+                DomainEvent::PaymentSucceeded { amount, .. } | DomainEvent::BankTransferApplied { amount, .. } => money_in += amount.0,
+                DomainEvent::CreditNoteIssued { amount, .. } => credit_notes += amount.0,
+                _ => {}
+            }
+        }
+        for (id, f) in &flows {
+            let remaining = st.grants.iter().find(|g| g.grant_id == *id).map_or(0, |g| g.remaining.0);
+            prop_assert_eq!(f.credited, f.drawn + f.expired + remaining, "grant {}", id);
+        }
+        prop_assert!(st.grants.iter().all(|g| g.expires_at.is_none_or(|x| x > st.clock)));
+        prop_assert_eq!(st.credit.0, st.grants.iter().map(|g| g.remaining.0).sum::<i64>());
+        let paid = totals - st.outstanding().0;
+        prop_assert_eq!(money_in + credit_notes, paid + st.credit.0 + refunds + expired);
+    }
+
+    /// Duplicates change nothing with grants either (their timers included).
+    #[test]
+    fn issue_13_feeding_a_grant_twice_changes_nothing(plan in 0usize..3, ops in prop::collection::vec(op_with_grants(), 1..80)) {
+        let inputs = script("a", plan, &ops);
+        let end = end_of(&inputs);
+        let once = run(&engine(), &inputs, end);
+        let twice: Vec<(Timestamp, Input)> = inputs.iter().flat_map(|x| [x.clone(), x.clone()]).collect();
+        let twice = run(&engine(), &twice, end);
+        prop_assert_eq!(snapshot(&once.state), snapshot(&twice.state));
+        prop_assert_eq!(once.journal, twice.journal);
     }
 }
 

@@ -81,9 +81,14 @@ pub enum Rejection {
         earliest: Timestamp,
         limit: String,
     },
-    /// A refund larger than the account's credit balance.
-    #[error("refund of {amount} exceeds the credit balance {balance}")]
+    /// A refund larger than the account's paid credit balance
+    /// (promotional credit is never refunded).
+    #[error("refund of {amount} exceeds the credit balance {balance} (paid credit; promotional credit is not refundable)")]
     RefundExceedsCredit { amount: String, balance: String },
+    /// A top-up or credit note that needs a new credit grant while the
+    /// account holds as many live grants as it may.
+    #[error("the account holds {live} live credit grants, as many as billing.max_credit_grants ({limit}) allows; credit with the terms of an existing grant (kind, priority, expires_at) merges into it, or wait for grants to be used or expire")]
+    TooManyGrants { live: usize, limit: usize },
     /// A payment method command that does not match the attached method.
     #[error("payment method {token_ref:?} is not the one attached")]
     UnknownPaymentMethod { token_ref: String },
@@ -131,6 +136,7 @@ impl Rejection {
             Rejection::InvalidField { .. } => "invalid_field",
             Rejection::TooLate { .. } | Rejection::TooOld { .. } => "too_late",
             Rejection::RefundExceedsCredit { .. } => "refund_exceeds_credit",
+            Rejection::TooManyGrants { .. } => "too_many_grants",
             Rejection::UnknownPaymentMethod { .. } => "unknown_payment_method",
             Rejection::KeyMismatch { .. } => "key_mismatch",
         }
@@ -155,6 +161,7 @@ impl Rejection {
         "invalid_field",
         "too_late",
         "refund_exceeds_credit",
+        "too_many_grants",
         "unknown_payment_method",
         "key_mismatch",
     ];

@@ -7,6 +7,7 @@
 //! unpaid invoices overdue.
 
 use super::account::{AccountState, OpenInvoice, PaymentMethod};
+use super::credit::{drawn_of, GrantKind, GrantTerms};
 use super::events::{
     CreditSource, DomainEvent, DunningStop, IssuedInvoice, Line, PaymentEvent, PaymentKind,
 };
@@ -64,11 +65,20 @@ impl Engine {
         let subtotal = Minor::saturating_sum(lines.iter().map(|l| l.amount));
         let tax = self.tax(st, subtotal);
         let total = subtotal.saturating_add(tax);
-        let credit_applied = if total.is_positive() && st.credit.is_positive() {
+        // Credit is drawn grant by grant (`credit.rs`): what each gave is
+        // journaled with `CreditApplied`, and the invoice splits it by kind.
+        let wanted = if total.is_positive() && st.credit.is_positive() {
             total.min(st.credit)
         } else {
             Minor::ZERO
         };
+        let draws = if wanted.is_positive() {
+            Self::draw_credit(st, wanted, None, emit.at)
+        } else {
+            Vec::new()
+        };
+        let credit_applied = Minor::saturating_sum(draws.iter().map(|d| d.amount));
+        let credit_applied_promotional = drawn_of(&draws, GrantKind::Promotional);
         let amount_due = total.saturating_sub(credit_applied).max(Minor::ZERO);
         let due_at = emit.at.plus(self.config.payment_terms_micros);
         let number = format!("{}-{seq:05}", st.account_id);
@@ -87,12 +97,12 @@ impl Engine {
                     tax,
                     total,
                     credit_applied,
+                    credit_applied_promotional,
                     amount_due,
                 }),
             },
         );
         if credit_applied.is_positive() {
-            st.credit = st.credit.saturating_sub(credit_applied);
             let balance = st.credit;
             emit.push(
                 st,
@@ -100,6 +110,7 @@ impl Engine {
                     invoice_id: invoice_id.clone(),
                     amount: credit_applied,
                     balance,
+                    grants: draws,
                 },
             );
             self.check_credit_low(st, emit);
@@ -170,8 +181,10 @@ impl Engine {
         }
     }
 
-    /// Add to the credit balance. Inputs check `credit_room` first; a
-    /// negative invoice (a timer, which cannot be refused) saturates.
+    /// Add to the credit balance: paid credit without expiry (overpayments,
+    /// unmatched transfers, negative invoices, and inputs without grant
+    /// fields). Inputs check `credit_room` first; a negative invoice (a
+    /// timer, which cannot be refused) saturates.
     pub(crate) fn add_credit(
         &self,
         st: &mut AccountState,
@@ -179,16 +192,19 @@ impl Engine {
         source: CreditSource,
         emit: &mut Emit,
     ) {
-        st.credit = st.credit.saturating_add(amount);
-        let balance = st.credit;
-        emit.push(
-            st,
-            DomainEvent::CreditAdded {
-                source,
-                amount,
-                balance,
-            },
-        );
+        self.add_granted_credit(st, amount, source, &GrantTerms::default(), emit);
+    }
+
+    /// `add_credit` under `terms` (inputs check `grant_room` first).
+    pub(crate) fn add_granted_credit(
+        &self,
+        st: &mut AccountState,
+        amount: Minor,
+        source: CreditSource,
+        terms: &GrantTerms,
+        emit: &mut Emit,
+    ) {
+        self.grant_credit(st, amount, source, terms, emit);
         let threshold = st
             .currency
             .round(self.config.credit_low_threshold)
@@ -198,7 +214,7 @@ impl Engine {
         }
     }
 
-    fn check_credit_low(&self, st: &mut AccountState, emit: &mut Emit) {
+    pub(crate) fn check_credit_low(&self, st: &mut AccountState, emit: &mut Emit) {
         let threshold = st
             .currency
             .round(self.config.credit_low_threshold)
@@ -241,8 +257,12 @@ impl Engine {
     /// Pay open invoices from credit, oldest first.
     pub(crate) fn pay_from_credit(&self, st: &mut AccountState, emit: &mut Emit) {
         while st.credit.is_positive() && !st.invoices.is_empty() {
-            let take = st.credit.min(st.invoices[0].remaining());
-            st.credit = st.credit.saturating_sub(take);
+            let wanted = st.credit.min(st.invoices[0].remaining());
+            let draws = Self::draw_credit(st, wanted, None, emit.at);
+            let take = Minor::saturating_sum(draws.iter().map(|d| d.amount));
+            if !take.is_positive() {
+                break;
+            }
             let (invoice_id, balance) = (st.invoices[0].invoice_id.clone(), st.credit);
             emit.push(
                 st,
@@ -250,6 +270,7 @@ impl Engine {
                     invoice_id,
                     amount: take,
                     balance,
+                    grants: draws,
                 },
             );
             self.pay_invoice(st, 0, take, emit);
@@ -300,10 +321,15 @@ impl Engine {
         emit: &mut Emit,
     ) -> Result<(), Rejection> {
         match &p.kind {
-            PaymentKind::CreditToppedUp { amount, currency } => {
+            PaymentKind::CreditToppedUp {
+                amount,
+                currency,
+                grant,
+            } => {
                 let amount = self.money_in(st, *amount, currency)?;
                 self.credit_room(st, amount)?;
-                self.add_credit(st, amount, CreditSource::TopUp, emit);
+                self.grant_room(st, grant, emit.at)?;
+                self.add_granted_credit(st, amount, CreditSource::TopUp, grant, emit);
                 self.pay_from_credit(st, emit);
             }
             PaymentKind::PaymentSucceeded {
@@ -394,13 +420,15 @@ impl Engine {
                 reason,
             } => {
                 let amount = self.money_in(st, *amount, currency)?;
-                if amount > st.credit {
+                // Only paid credit is the customer's money to refund.
+                let refundable = Self::refundable(st, emit.at);
+                if amount > refundable {
                     return Err(Rejection::RefundExceedsCredit {
                         amount: st.currency.format(amount),
-                        balance: st.currency.format(st.credit),
+                        balance: st.currency.format(refundable),
                     });
                 }
-                st.credit = st.credit.saturating_sub(amount);
+                let grants = Self::draw_credit(st, amount, Some(GrantKind::Paid), emit.at);
                 let balance = st.credit;
                 emit.push(
                     st,
@@ -408,6 +436,7 @@ impl Engine {
                         amount,
                         balance,
                         reason: reason.clone(),
+                        grants,
                     },
                 );
             }

@@ -510,6 +510,7 @@ fn settlement_uses_credit_then_the_card() {
         PaymentKind::CreditToppedUp {
             amount: d("10.00"),
             currency: "EUR".into(),
+            grant: Default::default(),
         },
         "2026-03-02T00:00:00Z",
     )
@@ -535,6 +536,7 @@ fn settlement_uses_credit_then_the_card() {
         PaymentKind::CreditToppedUp {
             amount: d("7.20"),
             currency: "EUR".into(),
+            grant: Default::default(),
         },
         "2026-03-04T00:00:00Z",
     )
@@ -586,6 +588,7 @@ fn top_up_pays_open_invoices_oldest_first() {
         PaymentKind::CreditToppedUp {
             amount: d("40.00"),
             currency: "EUR".into(),
+            grant: Default::default(),
         },
         "2026-04-02T00:00:00Z",
     )
@@ -611,6 +614,7 @@ fn success_for_an_already_paid_invoice_becomes_credit() {
         PaymentKind::CreditToppedUp {
             amount: d("37.20"),
             currency: "EUR".into(),
+            grant: Default::default(),
         },
         "2026-03-02T00:00:00Z",
     )
@@ -778,6 +782,7 @@ fn credit_note_becomes_credit_and_debit_adjustment_a_line() {
             currency: "EUR".into(),
             reason: "goodwill".into(),
             invoice_id: None,
+            grant: Default::default(),
         },
         "2026-03-02T00:00:00Z",
     )
@@ -791,6 +796,7 @@ fn credit_note_becomes_credit_and_debit_adjustment_a_line() {
             currency: "EUR".into(),
             reason: "setup".into(),
             invoice_id: None,
+            grant: Default::default(),
         },
         "2026-03-03T00:00:00Z",
     )
@@ -810,6 +816,7 @@ fn credit_low_is_sent_once_when_credit_falls_below_the_threshold() {
         PaymentKind::CreditToppedUp {
             amount: d("100.00"),
             currency: "EUR".into(),
+            grant: Default::default(),
         },
         "2026-03-01T00:01:00Z",
     )
@@ -1104,6 +1111,7 @@ fn money_with_sub_minor_digits_or_wrong_currency_is_rejected() {
         PaymentKind::CreditToppedUp {
             amount: d("1.005"),
             currency: "EUR".into(),
+            grant: Default::default(),
         },
         "2026-03-02T00:00:00Z",
     );
@@ -1112,6 +1120,7 @@ fn money_with_sub_minor_digits_or_wrong_currency_is_rejected() {
         PaymentKind::CreditToppedUp {
             amount: d("1.00"),
             currency: "USD".into(),
+            grant: Default::default(),
         },
         "2026-03-02T00:00:00Z",
     );
@@ -1246,6 +1255,7 @@ fn issue_12_stream(h: &mut Harness) -> Vec<(Input, Timestamp)> {
                 PaymentKind::CreditToppedUp {
                     amount: d("10.00"),
                     currency: "EUR".into(),
+                    grant: Default::default(),
                 },
             ),
             ts("2026-03-02T00:00:00Z"),
@@ -1262,6 +1272,7 @@ fn issue_12_stream(h: &mut Harness) -> Vec<(Input, Timestamp)> {
                     currency: "EUR".into(),
                     reason: "goodwill".into(),
                     invoice_id: None,
+                    grant: Default::default(),
                 },
             }),
             ts("2026-03-02T01:00:00Z"),

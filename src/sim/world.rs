@@ -377,6 +377,7 @@ impl World {
                             PaymentKind::CreditToppedUp {
                                 amount,
                                 currency: currency.clone(),
+                                grant: Default::default(),
                             },
                         ),
                     });
@@ -432,6 +433,7 @@ impl World {
                             currency,
                             reason: "goodwill: outage on 2026-01-12".into(),
                             invoice_id: None,
+                            grant: Default::default(),
                         },
                     })),
                 });
@@ -703,7 +705,11 @@ impl World {
                         event: self.payment(
                             &account,
                             at,
-                            PaymentKind::CreditToppedUp { amount, currency },
+                            PaymentKind::CreditToppedUp {
+                                amount,
+                                currency,
+                                grant: Default::default(),
+                            },
                         ),
                     });
                 }
