@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use billstream::config::Settings;
+use billstream::config::{BasicAuth, Replication, ScyllaSettings};
 use billstream::contracts::Catalog;
 use billstream::engine::events::*;
 use billstream::engine::money::Currency;
@@ -37,7 +38,7 @@ use billstream::engine::time::{Anchor, Timestamp};
 use billstream::runtime::service::{serve, Phase, Progress};
 use billstream::runtime::ProcessorStats;
 use billstream::source::kafka::KafkaSource;
-use billstream::store::EmbeddedStore;
+use billstream::store::{EmbeddedStore, ScyllaStore, StateStore};
 use billstream::telemetry::{Metrics, StoreStatsSource};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -137,7 +138,11 @@ fn usage(
         .collect()
 }
 
+/// NaN when nothing was measured (`BENCH_VARIANTS=0`).
 fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
@@ -341,9 +346,57 @@ struct Running {
     progress: Arc<Progress>,
 }
 
+/// The store a loop runs on: the embedded store (default), or with
+/// `BENCH_STORE=scylla` a fresh keyspace of the CQL database at
+/// `BILLSTREAM_SCYLLA_NODES` (with `BILLSTREAM_SCYLLA_USERNAME` /
+/// `_PASSWORD` when set), made by `migrate`.
+#[derive(Clone)]
+enum BenchStore {
+    Embedded(Arc<EmbeddedStore>),
+    Cql(Arc<ScyllaStore>),
+}
+
+impl BenchStore {
+    async fn open(dir: &std::path::Path, name: &str) -> BenchStore {
+        if std::env::var("BENCH_STORE").as_deref() != Ok("scylla") {
+            return BenchStore::Embedded(Arc::new(EmbeddedStore::open(&dir.join(name)).unwrap()));
+        }
+        let nodes = std::env::var("BILLSTREAM_SCYLLA_NODES")
+            .expect("BENCH_STORE=scylla needs BILLSTREAM_SCYLLA_NODES");
+        let settings = ScyllaSettings {
+            nodes: nodes.split(',').map(|n| n.trim().to_string()).collect(),
+            keyspace: format!("bench_{}_{}", std::process::id(), name.replace('-', "_")),
+            replication: Replication::Simple { factor: 1 },
+            local_datacenter: None,
+            dedup_ttl: Duration::from_secs(36 * 86_400),
+            auth: std::env::var("BILLSTREAM_SCYLLA_USERNAME")
+                .ok()
+                .map(|username| BasicAuth {
+                    username,
+                    password: std::env::var("BILLSTREAM_SCYLLA_PASSWORD").unwrap_or_default(),
+                }),
+            tls_ca_file: None,
+        };
+        billstream::store::scylla::migrate(&settings).await.unwrap();
+        BenchStore::Cql(Arc::new(ScyllaStore::connect(&settings).await.unwrap()))
+    }
+}
+
 /// Start a loop on `store`; with `metrics`, as `billstream run` does by
 /// default (Prometheus metrics updated; nothing scrapes them here).
-fn start(s: Settings, store: Arc<EmbeddedStore>, owner: &'static str, metrics: bool) -> Running {
+fn start(s: Settings, store: BenchStore, owner: &'static str, metrics: bool) -> Running {
+    match store {
+        BenchStore::Embedded(store) => start_on(s, store, owner, metrics),
+        BenchStore::Cql(store) => start_on(s, store, owner, metrics),
+    }
+}
+
+fn start_on<S: StateStore + 'static>(
+    s: Settings,
+    store: Arc<S>,
+    owner: &'static str,
+    metrics: bool,
+) -> Running {
     let mut progress = Progress::default();
     if metrics {
         progress.metrics = Some(Arc::new(Metrics::new(Some(
@@ -442,6 +495,8 @@ fn main() {
     let events = env("BENCH_USAGE", 200_000);
     let rounds = env("BENCH_ROUNDS", 3);
     let latency_secs = env("BENCH_LATENCY_SECS", 10);
+    // BENCH_VARIANTS=0: only the loop (no metrics-off and id-headers loops).
+    let variants = env("BENCH_VARIANTS", 1) == 1;
     let catalog = Catalog::shared().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -474,15 +529,13 @@ fn main() {
             producer.send(&openings(catalog, accounts)).await;
             // The accounts are opened first (usage of an account nobody
             // opened yet is a dead letter, not billing work).
-            let store = Arc::new(EmbeddedStore::open(&dir.path().join(format!("s{round}"))).unwrap());
+            let store = BenchStore::open(dir.path(), &format!("s{round}")).await;
             // A second store and group for the same loop without metrics.
-            let plain_store =
-                Arc::new(EmbeddedStore::open(&dir.path().join(format!("s{round}-plain"))).unwrap());
+            let plain_store = BenchStore::open(dir.path(), &format!("s{round}-plain")).await;
             let plain_settings = settings(&brokers, &prefix, &format!("{group}-plain"));
             // A third for the loop with `kafka.id_headers` (two more headers
             // per output record), to show what headers cost on this broker.
-            let headers_store =
-                Arc::new(EmbeddedStore::open(&dir.path().join(format!("s{round}-headers"))).unwrap());
+            let headers_store = BenchStore::open(dir.path(), &format!("s{round}-headers")).await;
             let mut headers_settings = settings(&brokers, &prefix, &format!("{group}-headers"));
             headers_settings.kafka.id_headers = true;
             let began = Instant::now();
@@ -490,10 +543,15 @@ fn main() {
             until_done(&mut warm, accounts as u64).await;
             let opened = began.elapsed().as_secs_f64();
             warm.stop().await;
-            for (warm_settings, warm_store) in [
-                (&plain_settings, &plain_store),
-                (&headers_settings, &headers_store),
-            ] {
+            let warm_variants = if variants {
+                vec![
+                    (&plain_settings, &plain_store),
+                    (&headers_settings, &headers_store),
+                ]
+            } else {
+                vec![]
+            };
+            for (warm_settings, warm_store) in warm_variants {
                 let mut warm = start(warm_settings.clone(), warm_store.clone(), "bench", false);
                 until_done(&mut warm, accounts as u64).await;
                 warm.stop().await;
@@ -524,7 +582,7 @@ fn main() {
             let plain = |first: bool| {
                 let (ps, pst) = (plain_settings.clone(), plain_store.clone());
                 async move {
-                    if first != (round % 2 == 0) {
+                    if !variants || first != (round % 2 == 0) {
                         return None;
                     }
                     let plain = start(ps, pst, "bench-plain", false);
@@ -537,28 +595,30 @@ fn main() {
             let cpu = cpu_seconds();
             let took = fold_and_stop(running, events as u64).await;
             let loop_cpu = cpu_seconds() - cpu;
-            let plain_took = match plain_before {
-                Some(t) => t,
-                None => plain(false).await.expect("runs after"),
-            };
-            let overhead = took / plain_took;
-            println!(
-                "  loop with metrics {:.0} records/s, without {:.0} records/s: time with / without {overhead:.3}",
-                events as f64 / took,
-                events as f64 / plain_took
-            );
-            overheads.push(overhead);
-            let with_headers = fold_and_stop(
-                start(headers_settings, headers_store, "bench-headers", true),
-                events as u64,
-            )
-            .await;
-            println!(
-                "  loop with kafka.id_headers {:.0} records/s: time with / without {:.3}",
-                events as f64 / with_headers,
-                with_headers / took
-            );
-            header_costs.push(with_headers / took);
+            if variants {
+                let plain_took = match plain_before {
+                    Some(t) => t,
+                    None => plain(false).await.expect("runs after"),
+                };
+                let overhead = took / plain_took;
+                println!(
+                    "  loop with metrics {:.0} records/s, without {:.0} records/s: time with / without {overhead:.3}",
+                    events as f64 / took,
+                    events as f64 / plain_took
+                );
+                overheads.push(overhead);
+                let with_headers = fold_and_stop(
+                    start(headers_settings, headers_store, "bench-headers", true),
+                    events as u64,
+                )
+                .await;
+                println!(
+                    "  loop with kafka.id_headers {:.0} records/s: time with / without {:.3}",
+                    events as f64 / with_headers,
+                    with_headers / took
+                );
+                header_costs.push(with_headers / took);
+            }
             let (raw_rate, loop_rate) = (events as f64 / raw, events as f64 / took);
             let relay_rate = events as f64 / relayed;
             println!(
