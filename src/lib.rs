@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod contracts;
 pub mod engine;
+pub mod gateway;
 pub mod runtime;
 pub mod sim;
 pub mod sink;

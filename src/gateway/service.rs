@@ -1,0 +1,1 @@
+//! The Kafka loop of the emulator (below).
