@@ -4,6 +4,7 @@
 mod api;
 mod bounds;
 mod dashboards;
+mod gateway;
 mod demo_smoke;
 mod hostile_corpus;
 mod kafka_bounded;
