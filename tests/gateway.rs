@@ -99,17 +99,15 @@ impl Drop for Gateway {
 /// One journal entry: (type, causation id, payload JSON, processing instant).
 type Entry = (String, String, serde_json::Value, i64);
 
+/// Journal entries by account.
+type Journals = BTreeMap<String, Vec<Entry>>;
+
 /// Each account's journal entries (one per entry id) read from the start
 /// by a fresh group, until `want` holds or 120 s have passed.
-fn journal(
-    brokers: &str,
-    group: &str,
-    prefix: &str,
-    want: &dyn Fn(&BTreeMap<String, Vec<Entry>>) -> bool,
-) -> BTreeMap<String, Vec<Entry>> {
+fn journal(brokers: &str, group: &str, prefix: &str, want: &dyn Fn(&Journals) -> bool) -> Journals {
     let catalog = Catalog::shared().unwrap();
     let mut ids = BTreeSet::new();
-    let mut by_account: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+    let mut by_account = Journals::new();
     let mut scanned = 0;
     read_until(
         brokers,
@@ -120,18 +118,15 @@ fn journal(
             for (id, payload) in &r[scanned..] {
                 if ids.insert(id.clone()) {
                     let e = decode_output(catalog, payload);
-                    by_account
-                        .entry(text(&e["account_id"]))
-                        .or_default()
-                        .push((
-                            text(&e["type"]),
-                            text(&e["causation_id"]),
-                            serde_json::from_str(&text(&e["payload"])).unwrap(),
-                            match e["at"] {
-                                apache_avro::types::Value::TimestampMicros(t) => t,
-                                ref other => panic!("journal at: {other:?}"),
-                            },
-                        ));
+                    by_account.entry(text(&e["account_id"])).or_default().push((
+                        text(&e["type"]),
+                        text(&e["causation_id"]),
+                        serde_json::from_str(&text(&e["payload"])).unwrap(),
+                        match e["at"] {
+                            apache_avro::types::Value::TimestampMicros(t) => t,
+                            ref other => panic!("journal at: {other:?}"),
+                        },
+                    ));
                 }
             }
             scanned = r.len();
@@ -141,7 +136,7 @@ fn journal(
     by_account
 }
 
-fn count(j: &BTreeMap<String, Vec<Entry>>, account: &str, kind: &str) -> usize {
+fn count(j: &Journals, account: &str, kind: &str) -> usize {
     j.get(account)
         .map_or(0, |es| es.iter().filter(|e| e.0 == kind).count())
 }
@@ -224,10 +219,25 @@ fn issue_14_gateway_drives_retries_on_schedule_and_a_final_decline_to_overdue() 
     let retried = (0..1000)
         .map(|n| format!("acct-gw-retry-{n}"))
         .find(|a| {
-            let first = decide(config.seed, "flaky", flaky, &first_invoice_charge(a, 1, "tok_flaky_a"));
-            let second = decide(config.seed, "flaky", flaky, &first_invoice_charge(a, 2, "tok_flaky_a"));
-            matches!(first.verdict, Verdict::Declined { retryable: true, .. })
-                && second.verdict == Verdict::Succeeded
+            let first = decide(
+                config.seed,
+                "flaky",
+                flaky,
+                &first_invoice_charge(a, 1, "tok_flaky_a"),
+            );
+            let second = decide(
+                config.seed,
+                "flaky",
+                flaky,
+                &first_invoice_charge(a, 2, "tok_flaky_a"),
+            );
+            matches!(
+                first.verdict,
+                Verdict::Declined {
+                    retryable: true,
+                    ..
+                }
+            ) && second.verdict == Verdict::Succeeded
         })
         .expect("an account whose first attempt fails and second succeeds");
     let retried = retried.as_str();
@@ -251,7 +261,9 @@ fn issue_14_gateway_drives_retries_on_schedule_and_a_final_decline_to_overdue() 
     let mut records: Records = vec![(
         "billing.plans.v1".into(),
         "flat".into(),
-        catalog.encode_plan(&per_unit_plan("flat", "30.00", "0.50")).unwrap(),
+        catalog
+            .encode_plan(&per_unit_plan("flat", "30.00", "0.50"))
+            .unwrap(),
     )];
     for (account, token) in [
         (retried, "tok_flaky_a"),
@@ -284,7 +296,7 @@ fn issue_14_gateway_drives_retries_on_schedule_and_a_final_decline_to_overdue() 
             billstream(&prefix, &group, &store, &brokers).env("BILLSTREAM__CLOCK", clock),
         )
     };
-    let read = |reader: &str, want: &dyn Fn(&BTreeMap<String, Vec<Entry>>) -> bool| {
+    let read = |reader: &str, want: &dyn Fn(&Journals) -> bool| {
         journal(&brokers, &format!("{group}-{reader}"), &prefix, want)
     };
 
@@ -309,7 +321,9 @@ fn issue_14_gateway_drives_retries_on_schedule_and_a_final_decline_to_overdue() 
     // 16 March: past the due date (14 days after issue) of the invoice
     // declined for good.
     let running = run_at("2026-03-16T00:00:00Z");
-    let j = read("march-16", &|j| count(j, final_decline, "invoice_overdue") == 1);
+    let j = read("march-16", &|j| {
+        count(j, final_decline, "invoice_overdue") == 1
+    });
     assert!(running.stop().success());
     assert!(gateway.stop().success());
 
@@ -385,7 +399,11 @@ fn issue_14_gateway_drives_retries_on_schedule_and_a_final_decline_to_overdue() 
     // A second emulator in a fresh group answers every request again
     // (as after a restart that lost its offsets): with the same bytes.
     let config_again = _dir.path().join("gateway-again.toml");
-    std::fs::write(&config_again, gateway_config(&format!("{group}-gateway-again"))).unwrap();
+    std::fs::write(
+        &config_again,
+        gateway_config(&format!("{group}-gateway-again")),
+    )
+    .unwrap();
     let payments_topic = format!("{prefix}billing.payments.v1");
     // Copies of each record of the payments topic, by event id, and
     // whether every copy of each is byte-identical.
@@ -412,8 +430,15 @@ fn issue_14_gateway_drives_retries_on_schedule_and_a_final_decline_to_overdue() 
         },
     );
     let (first_copies, identical) = tally(&first);
-    assert!(identical, "a result published twice differs: {first_copies:?}");
-    assert_eq!(first_copies.len(), 3, "one result id per charge: {first_copies:?}");
+    assert!(
+        identical,
+        "a result published twice differs: {first_copies:?}"
+    );
+    assert_eq!(
+        first_copies.len(),
+        3,
+        "one result id per charge: {first_copies:?}"
+    );
     assert!(
         first_copies.values().filter(|&&n| n >= 2).count() >= 2,
         "the flaky provider's results are published twice: {first_copies:?}"
@@ -426,13 +451,19 @@ fn issue_14_gateway_drives_retries_on_schedule_and_a_final_decline_to_overdue() 
         Duration::from_secs(60),
         |r| {
             let (copies, _) = tally(r);
-            first_copies.iter().all(|(id, &n)| copies.get(id).is_some_and(|&m| m >= 2 * n))
+            first_copies
+                .iter()
+                .all(|(id, &n)| copies.get(id).is_some_and(|&m| m >= 2 * n))
         },
     );
     assert!(again.stop().success());
     let (copies, identical) = tally(&all);
     assert!(identical, "a result answered again differs: {copies:?}");
-    assert_eq!(copies.len(), 3, "still one result id per charge: {copies:?}");
+    assert_eq!(
+        copies.len(),
+        3,
+        "still one result id per charge: {copies:?}"
+    );
     for (id, n) in &first_copies {
         assert!(copies[id] >= 2 * n, "{id} answered again: {copies:?}");
     }

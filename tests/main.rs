@@ -4,8 +4,8 @@
 mod api;
 mod bounds;
 mod dashboards;
-mod gateway;
 mod demo_smoke;
+mod gateway;
 mod hostile_corpus;
 mod kafka_bounded;
 mod kafka_crash;

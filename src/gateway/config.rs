@@ -270,7 +270,8 @@ fn validate_provider(name: &str, p: RawProvider) -> Result<ProviderConfig, Gatew
     }
     let success_rate = rate(
         &at("success_rate"),
-        p.success_rate.ok_or_else(|| invalid(at("success_rate"), "missing"))?,
+        p.success_rate
+            .ok_or_else(|| invalid(at("success_rate"), "missing"))?,
     )?;
     let mut declines = Vec::with_capacity(p.declines.len());
     for (i, d) in p.declines.into_iter().enumerate() {
@@ -283,10 +284,7 @@ fn validate_provider(name: &str, p: RawProvider) -> Result<ProviderConfig, Gatew
             ));
         }
         if declines.iter().any(|x: &Decline| x.code == code) {
-            return Err(invalid(
-                field("code"),
-                format!("{code:?} is listed twice"),
-            ));
+            return Err(invalid(field("code"), format!("{code:?} is listed twice")));
         }
         let retryable = d.retryable.ok_or_else(|| {
             invalid(
@@ -370,7 +368,10 @@ retryable = true
     #[test]
     fn the_documented_example_file_is_valid() {
         let c = GatewayConfig::parse(include_str!("../../config/gateway.toml")).unwrap();
-        assert!(c.providers.len() >= 2, "the example shows several providers");
+        assert!(
+            c.providers.len() >= 2,
+            "the example shows several providers"
+        );
         assert!(c
             .providers
             .values()

@@ -84,7 +84,9 @@ fn expiry_segment(segment: &str) -> Option<Timestamp> {
     } else {
         NaiveDate::from_ymd_opt(year, month + 1, 1)?
     };
-    Some(Timestamp::from_datetime(next.and_hms_opt(0, 0, 0)?.and_utc()))
+    Some(Timestamp::from_datetime(
+        next.and_hms_opt(0, 0, 0)?.and_utc(),
+    ))
 }
 
 /// The provider that answers `token`: the one it names, else the default
@@ -299,7 +301,11 @@ retryable = false
         assert!(near(share(codes["insufficient_funds"]), 0.12), "{codes:?}");
         assert!(near(share(codes["do_not_honor"]), 0.04), "{codes:?}");
         assert!(near(share(codes["card_stolen"]), 0.04), "{codes:?}");
-        assert!(near(share(duplicated), 0.1), "duplicates {}", share(duplicated));
+        assert!(
+            near(share(duplicated), 0.1),
+            "duplicates {}",
+            share(duplicated)
+        );
         assert!(near(share(held), 0.05), "held back {}", share(held));
         assert!(min >= Duration::from_millis(100) && max <= Duration::from_millis(500));
         assert!(max - min > Duration::from_millis(300), "latency is spread");
@@ -322,12 +328,12 @@ retryable = false
                 }
             }
         }
-        assert_eq!(seen[&("acme", "insufficient_funds".to_string())], true);
-        assert_eq!(seen[&("acme", "do_not_honor".to_string())], true);
-        assert_eq!(seen[&("acme", "card_stolen".to_string())], false);
+        assert!(seen[&("acme", "insufficient_funds".to_string())]);
+        assert!(seen[&("acme", "do_not_honor".to_string())]);
+        assert!(!seen[&("acme", "card_stolen".to_string())]);
         // A provider that never succeeds declines every charge, not retryable.
         assert_eq!(seen.keys().filter(|(n, _)| *n == "strict").count(), 1);
-        assert_eq!(seen[&("strict", "card_stolen".to_string())], false);
+        assert!(!seen[&("strict", "card_stolen".to_string())]);
     }
 
     #[test]
@@ -370,10 +376,16 @@ retryable = false
         }
         assert_eq!(provider_of(&c, "tok_strict_9").unwrap().0, "strict");
         let err = provider_of(&c, "tok_other_9").unwrap_err();
-        assert!(err.contains("\"other\"") && err.contains("acme, strict"), "{err}");
+        assert!(
+            err.contains("\"other\"") && err.contains("acme, strict"),
+            "{err}"
+        );
         assert!(provider_of(&c, "psp:tok_1").is_err());
         c.default_provider = Some("acme".into());
         assert_eq!(provider_of(&c, "psp:tok_1").unwrap().0, "acme");
-        assert!(provider_of(&c, "tok_other_9").is_err(), "a named provider must exist");
+        assert!(
+            provider_of(&c, "tok_other_9").is_err(),
+            "a named provider must exist"
+        );
     }
 }

@@ -158,7 +158,11 @@ pub fn decode_request(
 /// The event id of the result of `charge_id`: the same for every result
 /// the emulator ever gives that charge.
 pub fn result_event_id(charge_id: &str) -> String {
-    Uuid::new_v5(&RESULT_ID_NAMESPACE, format!("gateway/{charge_id}").as_bytes()).to_string()
+    Uuid::new_v5(
+        &RESULT_ID_NAMESPACE,
+        format!("gateway/{charge_id}").as_bytes(),
+    )
+    .to_string()
 }
 
 /// The charge result of `request` decided as `outcome`, for `environment`.
@@ -195,7 +199,9 @@ mod tests {
     use crate::gateway::outcome::Verdict;
 
     pub(crate) fn request_bytes(catalog: &Catalog, fields: serde_json::Value) -> Vec<u8> {
-        catalog.encode_json("ChargeRequested", &fields, &[]).unwrap()
+        catalog
+            .encode_json("ChargeRequested", &fields, &[])
+            .unwrap()
     }
 
     fn fields() -> serde_json::Value {
@@ -208,7 +214,8 @@ mod tests {
     #[test]
     fn a_charge_request_decodes_into_its_fields() {
         let catalog = Catalog::shared().unwrap();
-        let r = decode_request(catalog, Some(b"acct-1"), &request_bytes(catalog, fields())).unwrap();
+        let r =
+            decode_request(catalog, Some(b"acct-1"), &request_bytes(catalog, fields())).unwrap();
         assert_eq!(r.charge_id, "inv_acct-1_00001/attempt-1");
         assert_eq!(r.amount, Decimal::from_str("33.00").unwrap());
         assert_eq!(r.attempt, 1);
@@ -235,17 +242,43 @@ mod tests {
             )
             .unwrap();
         let good = request_bytes(catalog, fields());
-        let cases: Vec<(Vec<u8>, Option<&[u8]>, &str)> = vec![
+        /// (record bytes, key, the dead-letter kind expected).
+        type Case<'a> = (Vec<u8>, Option<&'a [u8]>, &'a str);
+        let cases: Vec<Case> = vec![
             (b"garbage".to_vec(), Some(b"acct-1"), "bad_magic"),
             (vec![0, 0], Some(b"acct-1"), "too_short"),
             (other_record, Some(b"acct-1"), "unknown_schema_id"),
-            (good[..good.len() - 3].to_vec(), Some(b"acct-1"), "body_mismatch"),
-            ([&good[..], &[1, 2]].concat(), Some(b"acct-1"), "body_mismatch"),
-            (with("amount", json!("12,30")), Some(b"acct-1"), "invalid_field"),
-            (with("amount", json!("-1.00")), Some(b"acct-1"), "invalid_field"),
+            (
+                good[..good.len() - 3].to_vec(),
+                Some(b"acct-1"),
+                "body_mismatch",
+            ),
+            (
+                [&good[..], &[1, 2]].concat(),
+                Some(b"acct-1"),
+                "body_mismatch",
+            ),
+            (
+                with("amount", json!("12,30")),
+                Some(b"acct-1"),
+                "invalid_field",
+            ),
+            (
+                with("amount", json!("-1.00")),
+                Some(b"acct-1"),
+                "invalid_field",
+            ),
             (with("attempt", json!(0)), Some(b"acct-1"), "invalid_field"),
-            (with("charge_id", json!("")), Some(b"acct-1"), "invalid_field"),
-            (with("currency", json!("euro")), Some(b"acct-1"), "invalid_field"),
+            (
+                with("charge_id", json!("")),
+                Some(b"acct-1"),
+                "invalid_field",
+            ),
+            (
+                with("currency", json!("euro")),
+                Some(b"acct-1"),
+                "invalid_field",
+            ),
             (good.clone(), Some(b"acct-2"), "key_mismatch"),
             (good.clone(), None, "key_mismatch"),
         ];
@@ -259,7 +292,8 @@ mod tests {
     #[test]
     fn results_answer_the_charge_and_are_dated_request_plus_latency() {
         let catalog = Catalog::shared().unwrap();
-        let r = decode_request(catalog, Some(b"acct-1"), &request_bytes(catalog, fields())).unwrap();
+        let r =
+            decode_request(catalog, Some(b"acct-1"), &request_bytes(catalog, fields())).unwrap();
         let declined = Outcome {
             verdict: Verdict::Declined {
                 code: "insufficient_funds".into(),
@@ -292,9 +326,17 @@ mod tests {
         let Input::Payment(p) = result_event(&r, &ok, "prod") else {
             panic!("a payment event");
         };
-        assert!(matches!(p.kind, PaymentKind::PaymentSucceeded { amount, .. } if amount == r.amount));
+        assert!(
+            matches!(p.kind, PaymentKind::PaymentSucceeded { amount, .. } if amount == r.amount)
+        );
         // Each charge has its own result id; a charge always the same one.
-        assert_eq!(result_event_id("a/attempt-1"), result_event_id("a/attempt-1"));
-        assert_ne!(result_event_id("a/attempt-1"), result_event_id("a/attempt-2"));
+        assert_eq!(
+            result_event_id("a/attempt-1"),
+            result_event_id("a/attempt-1")
+        );
+        assert_ne!(
+            result_event_id("a/attempt-1"),
+            result_event_id("a/attempt-2")
+        );
     }
 }
