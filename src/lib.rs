@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod contracts;
+pub mod dlq;
 pub mod engine;
 pub mod gateway;
 pub mod runtime;

@@ -3,6 +3,7 @@
 mod api;
 mod config;
 mod demo;
+mod dlq;
 mod gateway;
 mod migrate;
 mod run;
@@ -83,6 +84,12 @@ enum Command {
     /// naming the field. Stops cleanly on SIGINT/SIGTERM after publishing
     /// what is pending.
     Gateway(gateway::GatewayArgs),
+    /// Dead letters: list and show them (from the DLQ topic, or the
+    /// embedded mode's billing.dlq.v1.jsonl) filtered by kind, source
+    /// topic, account, time and id; replay chosen ones to their source
+    /// topics once the cause is fixed (--dry-run first), recorded in a
+    /// replay log. A card-number rejection is never replayed.
+    Dlq(dlq::DlqArgs),
 }
 
 /// Logs go to stderr: readable in a terminal, JSON lines otherwise (or
@@ -121,6 +128,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Topics(args) => topics::run(args),
         Command::Api(args) => api::run(args),
         Command::Gateway(args) => gateway::run(args),
+        Command::Dlq(args) => dlq::run(args),
     };
     match result {
         Ok(code) => code,
