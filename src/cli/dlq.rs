@@ -235,7 +235,7 @@ fn list(source: &SourceArgs, filter: &FilterArgs, json: bool) -> anyhow::Result<
             "{:<20}  {:<22}  {:<36}  {:<16}  {:<36}  {:<6}  {}",
             r.received_at.to_rfc3339(),
             r.error_kind,
-            one_line(&r.source(), 36),
+            one_line(&r.source(), 200),
             one_line(r.key.as_deref().unwrap_or("-"), 16),
             r.event_id,
             if crate::dlq::refusal(r).is_some() {
