@@ -61,6 +61,8 @@ impl Gateway {
             .env("BILLSTREAM__KAFKA__BROKERS", brokers)
             .env("BILLSTREAM__KAFKA__TOPIC_PREFIX", prefix)
             .env("BILLSTREAM_LOG", "warn")
+            // A restart after kill -9 waits for the dead member's session.
+            .env("BILLSTREAM__KAFKA__SESSION_TIMEOUT", "6s")
             .args(["gateway", "--config"])
             .arg(config)
             .stdout(Stdio::null())
@@ -68,6 +70,12 @@ impl Gateway {
             .spawn()
             .unwrap();
         Gateway(child)
+    }
+
+    /// `kill -9`: no draining, no last commit.
+    fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
     }
 
     fn stop(mut self) -> std::process::ExitStatus {
@@ -134,6 +142,30 @@ fn journal(brokers: &str, group: &str, prefix: &str, want: &dyn Fn(&Journals) ->
         },
     );
     by_account
+}
+
+/// The whole journal as it stands, by account.
+fn journal_to_end(brokers: &str, group: &str, prefix: &str) -> Journals {
+    let topic = format!("{prefix}billing.journal.v1");
+    let probe: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let (_, end) =
+        rdkafka::consumer::Consumer::fetch_watermarks(&probe, &topic, 0, Duration::from_secs(10))
+            .unwrap();
+    let records = read_until(brokers, group, &topic, Duration::from_secs(120), |r| {
+        r.len() as i64 >= end
+    });
+    assert!(
+        records.len() as i64 >= end,
+        "read {} of {end} journal records",
+        records.len()
+    );
+    journal(brokers, &format!("{group}-fold"), prefix, &|j| {
+        j.values().map(Vec::len).sum::<usize>()
+            >= records.iter().map(|r| &r.0).collect::<BTreeSet<_>>().len()
+    })
 }
 
 fn count(j: &Journals, account: &str, kind: &str) -> usize {
@@ -498,4 +530,180 @@ fn issue_14_gateway_drives_retries_on_schedule_and_a_final_decline_to_overdue() 
     assert_eq!(count(&j, no_provider, "charge_requested"), 1);
     assert_eq!(count(&j, no_provider, "payment_failed"), 0);
     assert_eq!(count(&j, no_provider, "payment_succeeded"), 0);
+}
+
+/// The emulator killed (`kill -9`) while most of its results are still
+/// waiting out their latency, then restarted in the same group: every
+/// charge still gets its result, applied once, and the result is the one
+/// the pure outcome function gives; no result id ever has two forms.
+#[test]
+fn issue_14_gateway_killed_mid_stream_answers_every_charge_once_after_restart() {
+    let Some(Setup {
+        brokers,
+        prefix,
+        group,
+        _dir,
+        store,
+    }) = setup("gwkill")
+    else {
+        return;
+    };
+    const ACCOUNTS: usize = 40;
+    let catalog = Catalog::shared().unwrap();
+    let text_config = format!(
+        r#"
+seed = 11
+group_id = "{group}-gateway"
+[providers.slow]
+success_rate = 0.5
+latency = "1s"
+latency_jitter = "3s"
+duplicate_rate = 0.3
+duplicate_delay = "500ms"
+out_of_order_rate = 0.3
+out_of_order_delay = "1s"
+[[providers.slow.declines]]
+code = "insufficient_funds"
+retryable = true
+[[providers.slow.declines]]
+code = "card_stolen"
+retryable = false
+"#
+    );
+    let config_path = _dir.path().join("gateway.toml");
+    std::fs::write(&config_path, &text_config).unwrap();
+    let config = GatewayConfig::parse(&text_config).unwrap();
+    let at = |s: &str| Timestamp::parse_rfc3339(s).unwrap();
+    let accounts: Vec<String> = (0..ACCOUNTS).map(|n| format!("acct-k{n}")).collect();
+    let mut records: Records = vec![(
+        "billing.plans.v1".into(),
+        "flat".into(),
+        catalog
+            .encode_plan(&per_unit_plan("flat", "30.00", "0.50"))
+            .unwrap(),
+    )];
+    for account in &accounts {
+        let open = account_opened(
+            &format!("open-{account}"),
+            account,
+            "flat",
+            "0",
+            at("2026-03-01T00:00:00Z"),
+        );
+        records.push((
+            "billing.accounts.v1".into(),
+            account.clone(),
+            catalog.encode_input(&open).unwrap(),
+        ));
+        let card = Input::Payment(PaymentEvent {
+            event_id: format!("card-{account}"),
+            account_id: account.clone(),
+            occurred_at: at("2026-03-01T00:01:00Z"),
+            environment: Some("prod".into()),
+            kind: PaymentKind::PaymentMethodAttached {
+                token_ref: format!("tok_slow_{account}"),
+                brand: "visa".into(),
+                last4: "4242".into(),
+                expires: "2030-01".into(),
+            },
+        });
+        records.push((
+            "billing.payments.v1".into(),
+            account.clone(),
+            catalog.encode_input(&card).unwrap(),
+        ));
+    }
+    produce(&brokers, &prefix, &records);
+    let running = Running::start(
+        billstream(&prefix, &group, &store, &brokers)
+            .env("BILLSTREAM__CLOCK", "2026-03-01T01:00:00Z"),
+    );
+    // Every charge requested before the emulator starts, so that all are
+    // in flight at once.
+    let read = |reader: &str, want: &dyn Fn(&Journals) -> bool| {
+        journal(&brokers, &format!("{group}-{reader}"), &prefix, want)
+    };
+    let j = read("requested", &|j| {
+        accounts
+            .iter()
+            .all(|a| count(j, a, "charge_requested") == 1)
+    });
+    assert!(accounts
+        .iter()
+        .all(|a| count(&j, a, "charge_requested") == 1));
+    let payments_topic = format!("{prefix}billing.payments.v1");
+    let results =
+        |r: &[(String, Vec<u8>)]| r.iter().filter(|(id, _)| !id.starts_with("card-")).count();
+    let gateway = Gateway::start(&prefix, &brokers, &config_path);
+    // The first result is out (after at least 1 s of latency); most are
+    // still waiting (up to 4 s + hold-back + duplicate delay).
+    let first = read_until(
+        &brokers,
+        &format!("{group}-first"),
+        &payments_topic,
+        Duration::from_secs(60),
+        |r| results(r) >= 1,
+    );
+    gateway.kill();
+    // What the killed emulator published: the topic as it stands.
+    let answered_before_kill = results(&read_until(
+        &brokers,
+        &format!("{group}-at-kill"),
+        &payments_topic,
+        Duration::from_secs(5),
+        |_| false,
+    ));
+    assert!(answered_before_kill >= results(&first));
+    eprintln!("gateway killed after {answered_before_kill} results of {ACCOUNTS} charges");
+    assert!(
+        answered_before_kill < ACCOUNTS,
+        "the kill came while requests were in flight ({answered_before_kill} results of {ACCOUNTS})"
+    );
+    let gateway = Gateway::start(&prefix, &brokers, &config_path);
+    let answered =
+        |j: &Journals, a: &str| count(j, a, "payment_failed") + count(j, a, "payment_succeeded");
+    read("answered", &|j| {
+        accounts.iter().all(|a| answered(j, a) >= 1)
+    });
+    // Late duplicates and held-back results arrive and are processed.
+    assert!(gateway.stop().success());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(running.stop().success());
+    let j = journal_to_end(&brokers, &format!("{group}-final"), &prefix);
+    let provider = &config.providers["slow"];
+    for a in &accounts {
+        assert_eq!(answered(&j, a), 1, "{a}: one result applied: {:#?}", j[a]);
+        let want = decide(
+            config.seed,
+            "slow",
+            provider,
+            &first_invoice_charge(a, 1, &format!("tok_slow_{a}")),
+        );
+        let got = if count(&j, a, "payment_succeeded") == 1 {
+            Verdict::Succeeded
+        } else {
+            let failed = j[a].iter().find(|e| e.0 == "payment_failed").unwrap();
+            Verdict::Declined {
+                code: failed.2["reason"].as_str().unwrap().to_string(),
+                retryable: failed.2["retryable"].as_bool().unwrap(),
+            }
+        };
+        assert_eq!(got, want.verdict, "{a}");
+    }
+    let all = read_until(
+        &brokers,
+        &format!("{group}-all"),
+        &payments_topic,
+        Duration::from_secs(10),
+        |_| false,
+    );
+    let mut forms: BTreeMap<&str, BTreeSet<&[u8]>> = BTreeMap::new();
+    for (id, payload) in &all {
+        forms.entry(id).or_default().insert(payload);
+    }
+    assert!(
+        forms.values().all(|f| f.len() == 1),
+        "a result with two forms"
+    );
+    assert_eq!(forms.len(), 2 * ACCOUNTS, "a card and a result per account");
 }
