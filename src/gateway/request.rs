@@ -70,7 +70,15 @@ pub fn decode_request(
     key: Option<&[u8]>,
     bytes: &[u8],
 ) -> Result<ChargeRequest, Rejected> {
-    let (id, mut body) = framing::split(bytes)?;
+    let (id, mut body) = framing::split(bytes).map_err(|e| match e {
+        DecodeError::BadMagic(b) => Rejected::new(
+            "bad_magic",
+            format!(
+                "first byte 0x{b:02x} is not 0x00: not a Confluent-framed Avro ChargeRequested"
+            ),
+        ),
+        other => Rejected::from(other),
+    })?;
     let entry = catalog
         .by_id(id)
         .filter(|e| e.record == "ChargeRequested")
