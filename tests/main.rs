@@ -5,6 +5,8 @@ mod api;
 mod bounds;
 mod dashboards;
 mod demo_smoke;
+mod dlq;
+mod gateway;
 mod hostile_corpus;
 mod kafka_bounded;
 mod kafka_crash;

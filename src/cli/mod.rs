@@ -3,6 +3,8 @@
 mod api;
 mod config;
 mod demo;
+mod dlq;
+mod gateway;
 mod migrate;
 mod run;
 mod schemas;
@@ -58,6 +60,36 @@ enum Command {
     /// with the billing:read role. With the embedded store, while
     /// `billstream run` holds it, use `billstream run --api` instead.
     Api(api::ApiArgs),
+    /// Payment-gateway emulator: answer the charge requests on
+    /// billing.charges.v1 with results on billing.payments.v1, as several
+    /// payment providers would, from a seeded configuration file.
+    ///
+    /// The provider is named in the request's token reference:
+    /// tok_<provider>_<rest> (provider: a-z, 0-9, '-'); a segment
+    /// exp<YYYYMM> of <rest> makes the token expire after that month (UTC),
+    /// e.g. tok_acme_exp202604_c42. Per provider the file sets the success
+    /// rate, weighted decline codes (retryable or not), latency, a share of
+    /// results published twice and a share held back so later ones overtake
+    /// them (config/gateway.toml documents every field).
+    ///
+    /// Idempotent by charge_id without state: a result is a pure function of
+    /// the seed, the provider's settings and the charge (charge_id,
+    /// attempt), dated request time + latency, with an event id derived from
+    /// the charge_id, so a redelivered request, a restart or a deliberate
+    /// duplicate publishes the same bytes again, which billstream drops as a
+    /// duplicate. Offsets are committed once a request's results are
+    /// acknowledged. A request that cannot be answered (undecodable, bad
+    /// field, key not its account, unknown provider) goes to the dead-letter
+    /// topic with its kind and reason. Bad configuration stops it at start,
+    /// naming the field. Stops cleanly on SIGINT/SIGTERM after publishing
+    /// what is pending.
+    Gateway(gateway::GatewayArgs),
+    /// Dead letters: list and show them (from the DLQ topic, or the
+    /// embedded mode's billing.dlq.v1.jsonl) filtered by kind, source
+    /// topic, account, time and id; replay chosen ones to their source
+    /// topics once the cause is fixed (--dry-run first), recorded in a
+    /// replay log. A card-number rejection is never replayed.
+    Dlq(dlq::DlqArgs),
 }
 
 /// Logs go to stderr: readable in a terminal, JSON lines otherwise (or
@@ -95,6 +127,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Migrate(args) => migrate::run(args),
         Command::Topics(args) => topics::run(args),
         Command::Api(args) => api::run(args),
+        Command::Gateway(args) => gateway::run(args),
+        Command::Dlq(args) => dlq::run(args),
     };
     match result {
         Ok(code) => code,
