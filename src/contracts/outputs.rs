@@ -107,6 +107,7 @@ fn line_kind(kind: LineKind) -> &'static str {
         LineKind::MinimumSpend => "minimum_spend",
         LineKind::RecurringFee => "recurring_fee",
         LineKind::Adjustment => "adjustment",
+        LineKind::Discount => "discount",
     }
 }
 
@@ -345,7 +346,9 @@ pub fn outputs_for(entry: &JournalEntry, currency: Currency) -> Vec<OutputRecord
         | DomainEvent::AccountPastDue { .. }
         | DomainEvent::PaymentMethodAttached { .. }
         | DomainEvent::PaymentMethodDetached { .. }
-        | DomainEvent::DebitAdjustmentAdded { .. } => {}
+        | DomainEvent::DebitAdjustmentAdded { .. }
+        | DomainEvent::CouponApplied { .. }
+        | DomainEvent::DiscountApplied { .. } => {}
     }
     let payload = serde_json::to_string(&entry.event).unwrap_or_else(|err| {
         json!({"type": entry.event.name(), "unserialisable": err.to_string()}).to_string()
