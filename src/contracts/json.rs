@@ -1029,6 +1029,29 @@ pub(crate) mod tests {
             ),
             acct("a-3", AccountKind::AccountClosed),
             acct(
+                "a-5",
+                AccountKind::CouponApplied {
+                    coupon: CouponTerms {
+                        coupon_id: "WELCOME".into(),
+                        percent_off: Some(d("12.5")),
+                        periods: Some(3),
+                        charges: vec!["api.calls".into()],
+                        ..CouponTerms::default()
+                    },
+                },
+            ),
+            acct(
+                "a-6",
+                AccountKind::CouponApplied {
+                    coupon: CouponTerms {
+                        coupon_id: "TENOFF".into(),
+                        amount_off: Some(d("10.00")),
+                        currency: Some("EUR".into()),
+                        ..CouponTerms::default()
+                    },
+                },
+            ),
+            acct(
                 "a-4",
                 AccountKind::AdjustmentIssued {
                     adjustment: AdjustmentKind::CreditNote,
