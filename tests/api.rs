@@ -1037,3 +1037,84 @@ async fn issue_13_the_account_shows_its_credit_by_grant_in_draw_order_live_and_a
     }
     assert_eq!(live, rebuilt);
 }
+
+/// Issue 13, item 6: the upcoming invoice is behind the same token check
+/// as every route, and is the invoice the engine then issues.
+#[tokio::test]
+async fn issue_13_api_upcoming_invoice_needs_a_reader_and_equals_the_invoice_then_issued() {
+    let open = r#"{"event_id":"open-a1","account_id":"a1","plan_id":"p","currency":"EUR","timezone":"UTC","tax_rate":"0.1","opened_at":"2026-03-01T00:00:00Z","environment":"prod"}"#;
+    let coupon = r#"{"event_id":"c-1","account_id":"a1","kind":"coupon_applied","occurred_at":"2026-03-01T01:00:00Z","coupon_id":"TEN","percent_off":"10","environment":"prod"}"#;
+    let usage = r#"{"event_id":"u1","account_id":"a1","subject":"app-1","metric":"m","quantity":"4","occurred_at":"2026-03-03T10:00:00Z","environment":"prod","attributes":{}}"#;
+    let inputs = || {
+        [
+            ("billing.accounts.v1", open),
+            ("billing.accounts.v1", coupon),
+            ("billing.usage.v1", usage),
+        ]
+        .into_iter()
+        .map(|(t, l)| (t, l.to_string(), None))
+        .collect()
+    };
+    let uri = "/v1/accounts/a1/upcoming-invoice";
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = store_from(
+        dir.path(),
+        inputs(),
+        "2026-03-01T00:00:00Z",
+        "2026-03-10T00:00:00Z",
+    )
+    .await;
+    let app = app(store, engine, &hs256_settings());
+    let (status, _) = call(&app, Method::GET, uri, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let no_role = hs256(
+        json!({"sub": "x", "exp": exp_in(600), "roles": ["other"]}),
+        SECRET,
+    );
+    let (status, _) = call(&app, Method::GET, uri, Some(&no_role)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let mut upcoming = get(&app, uri).await;
+    // 4 × 0.50 = 2.00 + April's fee 10.00 = 12.00; 10% off = 1.20;
+    // subtotal 10.80; tax 10% = 1.08; total 11.88; no credit: all due.
+    assert_eq!(upcoming["status"], "upcoming");
+    assert_eq!(upcoming["discount"], "1.20");
+    assert_eq!(upcoming["subtotal"], "10.80");
+    assert_eq!(upcoming["tax"], "1.08");
+    assert_eq!(upcoming["total"], "11.88");
+    assert_eq!(upcoming["credit_applied_paid"], "0.00");
+    assert_eq!(upcoming["credit_applied_promotional"], "0.00");
+    assert_eq!(upcoming["amount_due"], "11.88");
+    let kinds: Vec<&str> = upcoming["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["usage", "recurring_fee", "discount"]);
+    // The same inputs, and the clock past the close: the issued invoice is
+    // the preview (its lines, money, ids and dates).
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = store_from(
+        dir.path(),
+        inputs(),
+        "2026-03-01T00:00:00Z",
+        "2026-04-02T00:00:00Z",
+    )
+    .await;
+    let later = self::app(store, engine, &hs256_settings());
+    let id = upcoming["invoice_id"].as_str().unwrap().to_string();
+    let mut issued = get(&later, &format!("/v1/accounts/a1/invoices/{id}")).await;
+    for v in [&mut upcoming, &mut issued] {
+        let map = v.as_object_mut().unwrap();
+        for k in [
+            "status",
+            "preview_at",
+            "discount",
+            "amount_paid",
+            "remaining",
+        ] {
+            map.remove(k);
+        }
+    }
+    assert_eq!(upcoming, issued);
+}

@@ -15,6 +15,7 @@ mod kafka_partitions;
 mod kafka_redelivery;
 mod kafka_tls;
 mod kafka_txn;
+mod preview_cli;
 mod privacy;
 mod processor_batch;
 mod processor_rejections;

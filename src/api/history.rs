@@ -373,6 +373,8 @@ impl Projection {
             | DomainEvent::AccountPastDue { .. }
             | DomainEvent::PaymentMethodExpiring { .. }
             | DomainEvent::CreditNoteIssued { .. }
+            | DomainEvent::CouponApplied { .. }
+            | DomainEvent::DiscountApplied { .. }
             | DomainEvent::UsageRolledUp { .. } => {}
         }
     }

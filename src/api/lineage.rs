@@ -152,7 +152,7 @@ impl<'a> Tracer<'a> {
                             *late && self.state.drafting
                         }
                     }
-                    LineKind::RecurringFee | LineKind::Adjustment => false,
+                    LineKind::RecurringFee | LineKind::Adjustment | LineKind::Discount => false,
                 };
                 if wanted {
                     self.take(stored, Some((*quantity, subject)));
@@ -178,6 +178,19 @@ impl<'a> Tracer<'a> {
                     self.state.adjustment_taken = true;
                     self.take(stored, None);
                 }
+            }
+            // A discount line comes from the command that put its coupon
+            // on the account (named at the start of its description).
+            DomainEvent::CouponApplied { coupon, .. }
+                if line.kind == LineKind::Discount
+                    && line
+                        .description
+                        .as_deref()
+                        .and_then(|d| d.strip_prefix("coupon "))
+                        .and_then(|d| d.strip_prefix(coupon.coupon_id.as_str()))
+                        .is_some_and(|rest| rest.starts_with(':')) =>
+            {
+                self.take(stored, None);
             }
             _ => {}
         }

@@ -39,9 +39,10 @@ pub const INVOICE: &str = "/v1/accounts/{account_id}/invoices/{invoice_id}";
 pub const LINE_LINEAGE: &str =
     "/v1/accounts/{account_id}/invoices/{invoice_id}/lines/{line}/lineage";
 pub const JOURNAL: &str = "/v1/accounts/{account_id}/journal";
+pub const UPCOMING_INVOICE: &str = "/v1/accounts/{account_id}/upcoming-invoice";
 
 /// Every route of `router`, all `GET`.
-pub const ROUTES: [&str; 7] = [
+pub const ROUTES: [&str; 8] = [
     HEALTHZ,
     ACCOUNT,
     ACCOUNT_AS_OF,
@@ -49,6 +50,7 @@ pub const ROUTES: [&str; 7] = [
     INVOICE,
     LINE_LINEAGE,
     JOURNAL,
+    UPCOMING_INVOICE,
 ];
 
 use super::paging::MAX_PAGE;
@@ -62,6 +64,7 @@ pub fn router<S: StateStore>(state: Arc<ApiState<S>>, verifier: Arc<Verifier>) -
         .route(INVOICE, get(invoice::<S>))
         .route(LINE_LINEAGE, get(line_lineage::<S>))
         .route(JOURNAL, get(journal::<S>))
+        .route(UPCOMING_INVOICE, get(upcoming_invoice::<S>))
         .route_layer(axum::middleware::from_fn_with_state(
             verifier,
             require_reader,
@@ -162,19 +165,87 @@ async fn account<S: StateStore>(
         None
     } else {
         let engine = api.engine.read().unwrap_or_else(|e| e.into_inner());
-        let needed = std::iter::once(st.plan_id.as_str())
-            .chain(st.pending_plan.as_ref().map(|(p, _)| p.as_str()))
-            .chain(st.open.iter().map(|u| u.plan_id.as_str()));
-        for plan_id in needed {
-            if engine.plans.get(plan_id).is_none() {
-                return Err(ApiError::PriceBook(format!(
-                    "plan {plan_id:?} is not in this instance's price book (yet): the draft cannot be priced"
-                )));
-            }
-        }
+        check_price_book(&engine, &st)?;
         Some(engine.draft(&st))
     };
     Ok(Json(json!(account_view(&st, draft))))
+}
+
+/// Refuse to price an account whose plans this instance's price book does
+/// not hold (yet).
+fn check_price_book(engine: &Engine, st: &AccountState) -> Result<(), ApiError> {
+    let needed = std::iter::once(st.plan_id.as_str())
+        .chain(st.pending_plan.as_ref().map(|(p, _)| p.as_str()))
+        .chain(st.open.iter().map(|u| u.plan_id.as_str()));
+    for plan_id in needed {
+        if engine.plans.get(plan_id).is_none() {
+            return Err(ApiError::PriceBook(format!(
+                "plan {plan_id:?} is not in this instance's price book (yet): the draft cannot be priced"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The upcoming invoice in its JSON shape: the invoice document, both
+/// parts of `credit_applied`, the discount total, and when it was worked out.
+pub fn upcoming_json(st: &AccountState, inv: &IssuedInvoice, at: Timestamp) -> Value {
+    let c = st.currency;
+    let discount = crate::engine::money::Minor::saturating_sum(
+        inv.lines
+            .iter()
+            .filter(|l| l.kind == crate::engine::events::LineKind::Discount)
+            .map(|l| l.amount.saturating_neg()),
+    );
+    let mut v = rendered(inv, c);
+    if let Value::Object(map) = &mut v {
+        map.insert("status".into(), json!("upcoming"));
+        map.insert("preview_at".into(), json!(time(at)));
+        map.insert("discount".into(), json!(c.format(discount)));
+        map.insert(
+            "credit_applied_paid".into(),
+            json!(c.format(inv.credit_applied_paid())),
+        );
+        map.insert(
+            "credit_applied_promotional".into(),
+            json!(c.format(inv.credit_applied_promotional)),
+        );
+    }
+    v
+}
+
+#[derive(Deserialize)]
+struct UpcomingQuery {
+    at: Option<String>,
+}
+
+/// `GET …/upcoming-invoice`: the invoice the account's current period
+/// will be issued as if no further input arrives (`Engine::preview`: the
+/// engine's own close, on a copy of the state; nothing is written). `at`
+/// (RFC 3339) is the instant to preview from; by default the account's
+/// processing clock, the instant its snapshot stands at.
+async fn upcoming_invoice<S: StateStore>(
+    State(api): State<Arc<ApiState<S>>>,
+    Path(account_id): Path<String>,
+    Query(q): Query<UpcomingQuery>,
+) -> Reply {
+    let st = load_state(&*api.store, &account_id).await?;
+    let at = match q.at.as_deref() {
+        None => st.clock,
+        Some(text) => Timestamp::parse_rfc3339(text).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "`at` = {text:?} is not an RFC 3339 instant such as 2026-03-15T00:00:00Z"
+            ))
+        })?,
+    };
+    let engine = api.engine.read().unwrap_or_else(|e| e.into_inner());
+    check_price_book(&engine, &st)?;
+    let inv = engine.preview(&st, at.max(st.clock)).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "account {account_id:?} has issued its final invoice: nothing is upcoming"
+        ))
+    })?;
+    Ok(Json(upcoming_json(&st, &inv, at.max(st.clock))))
 }
 
 #[derive(Deserialize)]

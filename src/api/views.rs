@@ -317,8 +317,9 @@ pub fn account_view(st: &AccountState, draft: Option<Draft>) -> AccountView {
 
 /// Fields holding minor units in the engine's serialized events and
 /// invoices (`Minor` is a bare integer there).
-const MONEY_FIELDS: [&str; 9] = [
+const MONEY_FIELDS: [&str; 10] = [
     "amount",
+    "eligible",
     "balance",
     "threshold",
     "total",

@@ -6,6 +6,7 @@ mod demo;
 mod dlq;
 mod gateway;
 mod migrate;
+mod preview;
 mod run;
 mod schemas;
 mod scratch;
@@ -39,6 +40,11 @@ enum Command {
     /// usage and payment events) and write the outputs as JSON lines: a
     /// pricing simulation ("what would these customers pay on this plan").
     Simulate(simulate::SimulateArgs),
+    /// The invoice each account would get if its period closed now with no
+    /// further input: fees, usage lines, discounts, tax, credit to be
+    /// applied (paid and promotional) and the amount due, on `simulate`
+    /// inputs; worked out by the engine's own close on a copy of the state.
+    Preview(preview::PreviewArgs),
     /// List and validate the Avro schemas in schemas/ and the id manifest;
     /// `schemas register` registers them in the configured Schema Registry.
     Schemas(schemas::SchemasArgs),
@@ -121,6 +127,7 @@ pub fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Preview(args) => preview::run(args),
         Command::Schemas(args) => schemas::run(args),
         Command::Config(args) => config::run(args),
         Command::Run(args) => run::run(args),

@@ -136,6 +136,17 @@ fn read_lines(
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    run_then(args, true, |_, _| Ok(()))
+}
+
+/// `run`, then `then` on the processor as it stands at `--until` (every
+/// output published; `billstream preview` reads the accounts there).
+/// `print_summary`: print the run's summary.
+pub fn run_then(
+    args: SimulateArgs,
+    print_summary: bool,
+    then: impl FnOnce(&Processor<EmbeddedStore>, Timestamp) -> anyhow::Result<()>,
+) -> anyhow::Result<ExitCode> {
     let until = Timestamp::parse_rfc3339(&args.until).with_context(|| {
         format!(
             "--until {:?} is not an RFC 3339 instant (e.g. 2026-04-01T00:00:00Z)",
@@ -222,12 +233,15 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         }
         p.advance_timers(until);
         publish(&mut p, &mut sink, &mut summary, &names, &mut rejected).await?;
+        then(&p, until)?;
         anyhow::Ok(p.stats.clone())
     })?;
     sink.flush()?;
-    summary.print(&stats);
-    println!();
-    println!("Outputs written to {}", args.out.display());
+    if print_summary {
+        summary.print(&stats);
+        println!();
+        println!("Outputs written to {}", args.out.display());
+    }
     Ok(if args.strict && rejected > 0 {
         ExitCode::from(1)
     } else {

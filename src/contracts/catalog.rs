@@ -54,6 +54,7 @@ const FILES: &[(&str, &str)] = embed_schemas![
     "PlanChanged.avsc",
     "AccountClosed.avsc",
     "AdjustmentIssued.avsc",
+    "CouponApplied.avsc",
     "Plan.avsc",
     "InvoiceOpened.avsc",
     "InvoiceIssued.avsc",
@@ -70,6 +71,7 @@ const FILES: &[(&str, &str)] = embed_schemas![
     "history/CreditToppedUp.v1.avsc",
     "history/AdjustmentIssued.v1.avsc",
     "history/InvoiceIssued.v1.avsc",
+    "history/InvoiceIssued.v2.avsc",
     "history/Notification.v1.avsc",
 ];
 

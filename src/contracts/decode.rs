@@ -22,6 +22,7 @@ use super::json::parse_anchor;
 use super::usage_reader::UsageReader;
 use crate::engine::aggregation::{Aggregation, AggregationSpec};
 use crate::engine::credit::{GrantKind, GrantTerms};
+use crate::engine::discount::CouponTerms;
 use crate::engine::events::{
     AccountCommand, AccountKind, AdjustmentKind, Input, PaymentEvent, PaymentKind,
 };
@@ -51,6 +52,7 @@ enum Cold {
     PlanChanged,
     AccountClosed,
     AdjustmentIssued,
+    CouponApplied,
     Plan,
 }
 
@@ -68,6 +70,7 @@ impl Cold {
             "PlanChanged" => Cold::PlanChanged,
             "AccountClosed" => Cold::AccountClosed,
             "AdjustmentIssued" => Cold::AdjustmentIssued,
+            "CouponApplied" => Cold::CouponApplied,
             "Plan" => Cold::Plan,
             _ => return None,
         })
@@ -343,6 +346,32 @@ impl Fields<'_> {
         timestamp_field(name, micros)
     }
 
+    /// A non-negative int, `None` when absent or null.
+    fn opt_u32(&self, name: &str) -> Result<Option<u32>, DecodeError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Int(n)) => u32::try_from(*n)
+                .map(Some)
+                .map_err(|_| DecodeError::field(name, "must not be negative")),
+            Some(_) => Err(DecodeError::field(name, "must be an int")),
+        }
+    }
+
+    /// An array of strings (absent = empty).
+    fn strings(&self, name: &str) -> Result<Vec<String>, DecodeError> {
+        match self.get(name) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.clone()),
+                    _ => Err(DecodeError::field(name, "must be an array of strings")),
+                })
+                .collect(),
+            Some(_) => Err(DecodeError::field(name, "must be an array")),
+        }
+    }
+
     fn boolean(&self, name: &str) -> Result<bool, DecodeError> {
         match self.get(name) {
             Some(Value::Boolean(b)) => Ok(*b),
@@ -520,6 +549,16 @@ fn cold(kind: Cold, f: &Fields<'_>) -> Result<Decoded, DecodeError> {
                 grant: f.grant("grant")?,
             })
         }
+        Cold::CouponApplied => account(AccountKind::CouponApplied {
+            coupon: CouponTerms {
+                coupon_id: f.str("coupon_id")?,
+                percent_off: f.opt_decimal("percent_off")?,
+                amount_off: f.opt_decimal("amount_off")?,
+                currency: f.opt_str("currency")?,
+                periods: f.opt_u32("periods")?,
+                charges: f.strings("charges")?,
+            },
+        }),
         Cold::Plan => plan(f).map(Decoded::Plan),
     }
 }

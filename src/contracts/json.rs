@@ -15,6 +15,7 @@ use super::decode::Decoded;
 use super::errors::DecodeError;
 use crate::engine::aggregation::{Aggregation, AggregationSpec};
 use crate::engine::credit::{GrantKind, GrantTerms};
+use crate::engine::discount::CouponTerms;
 use crate::engine::events::{
     AccountCommand, AccountKind, AdjustmentKind, Input, PaymentEvent, PaymentKind, UsageRecorded,
 };
@@ -106,6 +107,17 @@ const ACCOUNT_KINDS: &[(&str, &[&str])] = &[
             "reason",
             "invoice_id",
             "grant",
+        ],
+    ),
+    (
+        "coupon_applied",
+        &[
+            "coupon_id",
+            "percent_off",
+            "amount_off",
+            "currency",
+            "periods",
+            "charges",
         ],
     ),
 ];
@@ -259,6 +271,16 @@ fn account_command(o: &Obj<'_>, kind: &str) -> Result<AccountCommand, DecodeErro
             plan_id: o.str("plan_id")?,
         },
         "account_closed" => AccountKind::AccountClosed,
+        "coupon_applied" => AccountKind::CouponApplied {
+            coupon: CouponTerms {
+                coupon_id: o.str("coupon_id")?,
+                percent_off: o.opt_decimal("percent_off")?,
+                amount_off: o.opt_decimal("amount_off")?,
+                currency: o.opt_str("currency")?,
+                periods: o.opt_u32("periods")?,
+                charges: o.str_list("charges")?,
+            },
+        },
         _ => AccountKind::AdjustmentIssued {
             adjustment: match o.str("adjustment")?.as_str() {
                 "credit_note" => AdjustmentKind::CreditNote,
@@ -471,6 +493,34 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// A non-negative 32-bit integer, `None` when absent or null.
+    fn opt_u32(&self, field: &str) -> Result<Option<u32>, DecodeError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .and_then(|v| u32::try_from(v).ok())
+                .map(Some)
+                .ok_or_else(|| self.err(field, "must be a non-negative 32-bit integer")),
+            Some(_) => Err(self.err(field, "must be an integer")),
+        }
+    }
+
+    /// An array of strings (absent or null = empty).
+    fn str_list(&self, field: &str) -> Result<Vec<String>, DecodeError> {
+        match self.get(field) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.clone()),
+                    _ => Err(self.err(field, "must be an array of strings")),
+                })
+                .collect(),
+            Some(_) => Err(self.err(field, "must be an array of strings")),
+        }
+    }
+
     fn boolean(&self, field: &str) -> Result<bool, DecodeError> {
         match self.get(field) {
             Some(Value::Bool(b)) => Ok(*b),
@@ -618,6 +668,7 @@ pub fn input_record(input: &Input) -> &'static str {
             AccountKind::PlanChanged { .. } => "PlanChanged",
             AccountKind::AccountClosed => "AccountClosed",
             AccountKind::AdjustmentIssued { .. } => "AdjustmentIssued",
+            AccountKind::CouponApplied { .. } => "CouponApplied",
         },
     }
 }
@@ -766,6 +817,24 @@ pub fn input_to_json(input: &Input) -> Value {
                         put("reason", json!(reason));
                         if let Some(id) = invoice_id {
                             put("invoice_id", json!(id));
+                        }
+                    }
+                    AccountKind::CouponApplied { coupon: c } => {
+                        put("coupon_id", json!(c.coupon_id));
+                        if let Some(p) = c.percent_off {
+                            put("percent_off", json!(p.to_string()));
+                        }
+                        if let Some(a) = c.amount_off {
+                            put("amount_off", json!(a.to_string()));
+                        }
+                        if let Some(cur) = &c.currency {
+                            put("currency", json!(cur));
+                        }
+                        if let Some(n) = c.periods {
+                            put("periods", json!(n));
+                        }
+                        if !c.charges.is_empty() {
+                            put("charges", json!(c.charges));
                         }
                     }
                     AccountKind::AccountOpened { .. } | AccountKind::AccountClosed => {}
@@ -959,6 +1028,29 @@ pub(crate) mod tests {
                 },
             ),
             acct("a-3", AccountKind::AccountClosed),
+            acct(
+                "a-5",
+                AccountKind::CouponApplied {
+                    coupon: CouponTerms {
+                        coupon_id: "WELCOME".into(),
+                        percent_off: Some(d("12.5")),
+                        periods: Some(3),
+                        charges: vec!["api.calls".into()],
+                        ..CouponTerms::default()
+                    },
+                },
+            ),
+            acct(
+                "a-6",
+                AccountKind::CouponApplied {
+                    coupon: CouponTerms {
+                        coupon_id: "TENOFF".into(),
+                        amount_off: Some(d("10.00")),
+                        currency: Some("EUR".into()),
+                        ..CouponTerms::default()
+                    },
+                },
+            ),
             acct(
                 "a-4",
                 AccountKind::AdjustmentIssued {

@@ -107,6 +107,7 @@ fn line_kind(kind: LineKind) -> &'static str {
         LineKind::MinimumSpend => "minimum_spend",
         LineKind::RecurringFee => "recurring_fee",
         LineKind::Adjustment => "adjustment",
+        LineKind::Discount => "discount",
     }
 }
 
@@ -345,7 +346,9 @@ pub fn outputs_for(entry: &JournalEntry, currency: Currency) -> Vec<OutputRecord
         | DomainEvent::AccountPastDue { .. }
         | DomainEvent::PaymentMethodAttached { .. }
         | DomainEvent::PaymentMethodDetached { .. }
-        | DomainEvent::DebitAdjustmentAdded { .. } => {}
+        | DomainEvent::DebitAdjustmentAdded { .. }
+        | DomainEvent::CouponApplied { .. }
+        | DomainEvent::DiscountApplied { .. } => {}
     }
     let payload = serde_json::to_string(&entry.event).unwrap_or_else(|err| {
         json!({"type": entry.event.name(), "unserialisable": err.to_string()}).to_string()
@@ -446,13 +449,23 @@ pub(crate) mod tests {
                     subjects: Default::default(),
                     description: Some("Pro plan, April".into()),
                 },
+                Line {
+                    kind: LineKind::Discount,
+                    metric: None,
+                    quantity: d("1"),
+                    unit_price: None,
+                    amount: Minor(-310),
+                    for_period: period,
+                    subjects: Default::default(),
+                    description: Some("coupon TEN: 10% off".into()),
+                },
             ],
-            subtotal: Minor(3100),
-            tax: Minor(589),
-            total: Minor(3689),
+            subtotal: Minor(2790),
+            tax: Minor(530),
+            total: Minor(3320),
             credit_applied: Minor(500),
             credit_applied_promotional: Minor(200),
-            amount_due: Minor(3189),
+            amount_due: Minor(2820),
         };
         vec![
             DomainEvent::AccountOpened {
@@ -565,7 +578,7 @@ pub(crate) mod tests {
             },
             DomainEvent::InvoicePaid {
                 invoice_id: "inv-1".into(),
-                total: Minor(3689),
+                total: Minor(3320),
             },
             DomainEvent::InvoicePartiallyPaid {
                 invoice_id: "inv-1".into(),
@@ -790,8 +803,11 @@ pub(crate) mod tests {
         ] {
             assert!(j.get(f).is_some(), "missing {f}");
         }
-        assert_eq!(j["total"], "36.89");
+        assert_eq!(j["total"], "33.20");
         assert_eq!(j["period_start"], "2026-03-01T00:00:00Z");
+        // The coupon's line: its own kind, a negative amount.
+        assert_eq!(j["lines"][2]["kind"], "discount");
+        assert_eq!(j["lines"][2]["amount"], "-3.10");
         let line = &j["lines"][0];
         for f in [
             "kind",

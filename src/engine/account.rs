@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::aggregation::{AggState, Aggregation};
 use super::credit::CreditGrant;
 use super::dedup::DedupWindow;
+use super::discount::Coupon;
 use super::events::{DunningStop, Line};
 use super::money::{Currency, Minor};
 use super::name::Name;
@@ -186,6 +187,10 @@ pub struct AccountState {
     /// Last grant number used.
     #[serde(default)]
     pub grant_seq: u32,
+    /// The coupon its period invoices are discounted by (`discount.rs`);
+    /// absent in snapshots from before coupons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coupon: Option<Box<Coupon>>,
     /// `CreditLow` is sent when credit falls below the threshold while armed.
     pub credit_low_armed: bool,
     /// Issued invoices not fully paid, oldest first.
@@ -258,6 +263,11 @@ impl AccountState {
         }
         n += self.grants.capacity() * std::mem::size_of::<CreditGrant>();
         n += self.grants.iter().map(|g| s(&g.grant_id)).sum::<usize>();
+        if let Some(c) = &self.coupon {
+            n += std::mem::size_of::<Coupon>() + s(&c.coupon_id);
+            n += c.charges.capacity() * std::mem::size_of::<String>();
+            n += c.charges.iter().map(s).sum::<usize>();
+        }
         n += self.pending_lines.capacity() * std::mem::size_of::<Line>();
         n += self.invoices.capacity() * std::mem::size_of::<OpenInvoice>();
         n += self

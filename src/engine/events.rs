@@ -12,6 +12,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::credit::{GrantDraw, GrantKind, GrantRef, GrantTerms};
+use super::discount::CouponTerms;
 use super::money::Minor;
 use super::time::{Anchor, Period, Timestamp};
 
@@ -149,6 +150,11 @@ pub enum AccountKind {
         #[serde(default, skip_serializing_if = "GrantTerms::is_default")]
         grant: GrantTerms,
     },
+    /// A coupon for the account's invoices from the current draft on
+    /// (replacing any coupon it had): see `discount.rs`.
+    CouponApplied {
+        coupon: CouponTerms,
+    },
 }
 
 impl AccountKind {
@@ -158,6 +164,7 @@ impl AccountKind {
             AccountKind::PlanChanged { .. } => "plan_changed",
             AccountKind::AccountClosed => "account_closed",
             AccountKind::AdjustmentIssued { .. } => "adjustment_issued",
+            AccountKind::CouponApplied { .. } => "coupon_applied",
         }
     }
 }
@@ -221,6 +228,8 @@ pub enum LineKind {
     RecurringFee,
     /// A debit adjustment issued by support or accounting.
     Adjustment,
+    /// The account's coupon: a negative amount, before tax (`discount.rs`).
+    Discount,
 }
 
 /// One invoice line.
@@ -448,6 +457,24 @@ pub enum DomainEvent {
         reason: String,
         invoice_id: Option<String>,
     },
+    /// A coupon was put on the account (`replaced`: the one it had).
+    CouponApplied {
+        coupon: Box<CouponTerms>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaced: Option<String>,
+    },
+    /// A period's invoice was given the account's coupon: `amount` (zero
+    /// or more) off `eligible`, the subtotal of the lines it applies to;
+    /// `periods_left` after this one (`Some(0)`: the coupon has ended;
+    /// `None`: forever).
+    DiscountApplied {
+        coupon_id: String,
+        invoice_id: String,
+        amount: Minor,
+        eligible: Minor,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        periods_left: Option<u32>,
+    },
     UsageRolledUp {
         hour: Timestamp,
         metric: Arc<str>,
@@ -490,6 +517,8 @@ impl DomainEvent {
             DomainEvent::PaymentMethodExpiring { .. } => "payment_method_expiring",
             DomainEvent::DebitAdjustmentAdded { .. } => "debit_adjustment_added",
             DomainEvent::CreditNoteIssued { .. } => "credit_note_issued",
+            DomainEvent::CouponApplied { .. } => "coupon_applied",
+            DomainEvent::DiscountApplied { .. } => "discount_applied",
             DomainEvent::UsageRolledUp { .. } => "usage_rolled_up",
         }
     }

@@ -16,8 +16,8 @@ use super::aggregation::{self, AggState, Aggregation};
 use super::config::EngineConfig;
 use super::dedup::{self, Seen};
 use super::events::{
-    AccountCommand, AccountKind, AdjustmentKind, CreditSource, DomainEvent, Input, JournalEntry,
-    Line, LineKind, PaymentEvent, PaymentKind, UsageRecorded,
+    AccountCommand, AccountKind, AdjustmentKind, CreditSource, DomainEvent, Input, IssuedInvoice,
+    JournalEntry, Line, LineKind, PaymentEvent, PaymentKind, UsageRecorded,
 };
 use super::money::{round_ratio_half_even, Currency, Minor};
 use super::name::{self, Name};
@@ -388,12 +388,22 @@ impl Engine {
                 | PaymentKind::PaymentSucceeded { amount, .. } => check_number("amount", *amount)?,
                 PaymentKind::PaymentMethodDetached { .. } => {}
             },
-            Input::Account(a) => {
-                if let AccountKind::AdjustmentIssued { reason, amount, .. } = &a.kind {
+            Input::Account(a) => match &a.kind {
+                AccountKind::AdjustmentIssued { reason, amount, .. } => {
                     check_text("reason", reason)?;
                     check_number("amount", *amount)?;
                 }
-            }
+                AccountKind::CouponApplied { coupon } => {
+                    check_text("coupon_id", &coupon.coupon_id)?;
+                    for c in &coupon.charges {
+                        check_text("charges", c)?;
+                    }
+                    if let Some(a) = coupon.amount_off {
+                        check_number("amount_off", a)?;
+                    }
+                }
+                _ => {}
+            },
         }
         let env = match input {
             Input::Usage(u) => Some(u.environment.as_str()),
@@ -760,6 +770,9 @@ impl Engine {
                 lines.extend(Self::fee_line(st, plan, next));
             }
         }
+        if let Some(line) = Self::discount_line(st, p, &lines) {
+            lines.push(line);
+        }
         let subtotal = Minor::saturating_sum(lines.iter().map(|l| l.amount));
         let tax = self.tax(st, subtotal);
         Draft {
@@ -770,6 +783,36 @@ impl Engine {
             tax,
             total: subtotal.saturating_add(tax),
         }
+    }
+
+    /// The invoice the account's current period will be issued as if no
+    /// further input arrives (the upcoming invoice: `billstream preview`,
+    /// `GET …/upcoming-invoice`), or `None` once the account has issued its
+    /// final invoice. Worked out by the code that issues invoices: a copy
+    /// of the state is advanced to `now` (timers due by then fire, as they
+    /// would), then to the current period's close (period end + grace),
+    /// where the close timer issues the draft — usage lines, late lines and
+    /// adjustments waiting, the next period's fee, the coupon's discount,
+    /// tax, credit drawn grant by grant as it will be at that instant
+    /// (a grant expiring before it is not counted) and the amount due.
+    /// `st` is not changed; nothing is journaled.
+    pub fn preview(&self, st: &AccountState, now: Timestamp) -> Option<IssuedInvoice> {
+        let mut copy = st.clone();
+        let mut scratch = Vec::new();
+        self.advance(&mut copy, now, &mut scratch);
+        if copy.finished {
+            return None;
+        }
+        let invoice_id = copy.draft_invoice_id.clone();
+        let close = copy.current.end.plus(self.config.grace_micros).max(now);
+        scratch.clear();
+        self.advance(&mut copy, close, &mut scratch);
+        scratch.into_iter().find_map(|e| match e.event {
+            DomainEvent::InvoiceIssued { invoice } if invoice.invoice_id == invoice_id => {
+                Some(*invoice)
+            }
+            _ => None,
+        })
     }
 
     /// Tax on `subtotal`, rounded once; the rate is in [0, 1), so it is
@@ -855,6 +898,7 @@ impl Engine {
             }
         }
         let invoice_id = std::mem::take(&mut st.draft_invoice_id);
+        self.apply_discount(st, &invoice_id, p, &mut lines, emit);
         let seq = st.invoice_seq;
         self.issue(st, invoice_id, seq, p, lines, emit);
         if last {
@@ -1420,6 +1464,7 @@ impl Engine {
             credit: Minor::ZERO,
             grants: Vec::new(),
             grant_seq: 0,
+            coupon: None,
             credit_low_armed: false,
             invoices: Vec::new(),
             payment_method: None,
@@ -1565,6 +1610,7 @@ impl Engine {
                 }
                 Ok(())
             }
+            AccountKind::CouponApplied { coupon } => self.apply_coupon(st, coupon, emit),
         }
     }
 

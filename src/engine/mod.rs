@@ -9,6 +9,7 @@ pub mod aggregation;
 pub mod config;
 pub mod credit;
 pub mod dedup;
+pub mod discount;
 pub mod events;
 pub mod fold;
 pub mod money;
@@ -31,6 +32,8 @@ mod aggregation_tests;
 mod bounds_tests;
 #[cfg(test)]
 mod credit_tests;
+#[cfg(test)]
+mod discount_tests;
 #[cfg(test)]
 mod properties;
 #[cfg(test)]

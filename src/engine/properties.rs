@@ -44,6 +44,14 @@ enum Op {
         priority: i32,
         note: bool,
     },
+    /// A coupon: `value` percent (1..=100) or cents off, for `periods`
+    /// period invoices (0: forever), limited to the plan's first metric.
+    Coupon {
+        percent: bool,
+        value: u32,
+        periods: u32,
+        limited: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -66,6 +74,21 @@ fn op_with_grants() -> impl Strategy<Value = Op> {
         4 => op(),
         1 => (1u32..6000, any::<bool>(), prop_oneof![Just(0u32), 1u32..2000], any::<bool>(), -1i32..3, any::<bool>()).prop_map(
             |(cents, promotional, expires_in, at_close, priority, note)| Op::Grant { cents, promotional, expires_in, at_close, priority, note }
+        ),
+    ]
+}
+
+/// `op_with_grants()` plus coupons.
+fn op_with_coupons() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => op_with_grants(),
+        1 => (any::<bool>(), 1u32..6000, 0u32..4, any::<bool>()).prop_map(
+            |(percent, value, periods, limited)| Op::Coupon {
+                percent,
+                value: if percent { 1 + value % 100 } else { value },
+                periods,
+                limited,
+            }
         ),
     ]
 }
@@ -286,6 +309,29 @@ fn script(account: &str, plan: usize, ops: &[Op]) -> Vec<(Timestamp, Input)> {
                     )
                 }
             }
+            Op::Coupon {
+                percent,
+                value,
+                periods,
+                limited,
+            } => cmd(
+                id,
+                now,
+                AccountKind::CouponApplied {
+                    coupon: super::discount::CouponTerms {
+                        coupon_id: format!("c{i}"),
+                        percent_off: percent.then(|| Decimal::from(*value)),
+                        amount_off: (!percent).then(|| eur(*value)),
+                        currency: (!percent).then(|| "EUR".to_string()),
+                        periods: (*periods > 0).then_some(*periods),
+                        charges: if *limited {
+                            vec![METRICS[plan][0].to_string()]
+                        } else {
+                            Vec::new()
+                        },
+                    },
+                },
+            ),
             Op::Wait(h) => {
                 now = now.plus(i64::from(*h) * MICROS_PER_HOUR);
                 continue;
@@ -685,5 +731,114 @@ proptest! {
             prop_assert!(ids.insert(input.event_id().to_string()), "{} applied twice", input.event_id());
         }
         prop_assert_eq!(with.applied.len(), alone.applied.len());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, .. ProptestConfig::default() })]
+
+    /// Issue 13, item 5: with coupons of every kind among everything else,
+    /// every invoice's discount is what the rule says (worked out here
+    /// from the invoice's own lines and the coupon in force, not by the
+    /// engine's code), never more than the eligible lines, one line at
+    /// most, tax after it; a coupon discounts at most its `periods`
+    /// invoices; and money is conserved: issued totals = rated usage +
+    /// fees + debits + tax − discounts, and everything paid in or credited
+    /// (credit notes) paid those totals, was refunded, expired or is credit.
+    #[test]
+    fn issue_13_money_is_conserved_with_discounts(
+        plan in 0usize..3,
+        ops in prop::collection::vec(op_with_coupons(), 1..120),
+    ) {
+        use super::discount::CouponTerms;
+        let inputs = script("a", plan, &ops);
+        let r = run(&engine(), &inputs, end_of(&inputs));
+        let st = r.state.as_ref().unwrap();
+        let eur = super::money::Currency::from_code("EUR").unwrap();
+        let mut coupon: Option<(CouponTerms, u32)> = None;
+        let mut pending: Option<(Minor, Minor)> = None;
+        let (mut money_in, mut credit_notes, mut refunds, mut expired) = (0i64, 0i64, 0i64, 0i64);
+        let (mut totals, mut charged, mut taxes, mut discounted) = (0i64, 0i64, 0i64, 0i64);
+        for e in &r.journal {
+            match &e.event {
+                DomainEvent::CouponApplied { coupon: terms, .. } => coupon = Some(((**terms).clone(), 0)),
+                DomainEvent::DiscountApplied { amount, eligible, periods_left, .. } => {
+                    let (terms, used) = coupon.as_mut().expect("a discount needs a coupon");
+                    *used += 1;
+                    if let Some(n) = terms.periods {
+                        prop_assert!(*used <= n, "coupon {} used {} times of {}", terms.coupon_id, used, n);
+                        prop_assert_eq!(*periods_left, Some(n - *used));
+                    }
+                    pending = Some((*amount, *eligible));
+                    if *periods_left == Some(0) {
+                        coupon = None;
+                    }
+                }
+                DomainEvent::InvoiceIssued { invoice } => {
+                    let lines: i64 = invoice.lines.iter().map(|l| l.amount.0).sum();
+                    prop_assert_eq!(lines, invoice.subtotal.0);
+                    prop_assert_eq!(invoice.tax, eur.round(eur.to_major(invoice.subtotal) * d("0.19")).unwrap());
+                    prop_assert_eq!(invoice.subtotal.checked_add(invoice.tax), Some(invoice.total));
+                    let disc: Vec<&Line> = invoice.lines.iter().filter(|l| l.kind == LineKind::Discount).collect();
+                    prop_assert!(disc.len() <= 1);
+                    let line_off = disc.first().map_or(0, |l| -l.amount.0);
+                    match pending.take() {
+                        // A period invoice with a coupon in force.
+                        Some((amount, eligible)) => {
+                            let (terms, _) = coupon.clone().unwrap_or_else(|| {
+                                // It ended with this invoice: the terms are those of the last CouponApplied.
+                                r.journal.iter().rev().find_map(|x| match &x.event {
+                                    DomainEvent::CouponApplied { coupon, .. } if x.seq < e.seq => Some(((**coupon).clone(), 0)),
+                                    _ => None,
+                                }).unwrap()
+                            });
+                            let applies = |l: &Line| match l.kind {
+                                LineKind::Usage | LineKind::LateUsage => terms.charges.is_empty() || l.metric.as_ref().is_some_and(|m| terms.charges.contains(m)),
+                                LineKind::MinimumSpend | LineKind::RecurringFee => terms.charges.is_empty(),
+                                LineKind::Adjustment | LineKind::Discount => false,
+                            };
+                            let want_eligible = invoice.lines.iter().filter(|l| applies(l)).map(|l| l.amount.0).sum::<i64>().max(0);
+                            prop_assert_eq!(eligible.0, want_eligible);
+                            let want = match (terms.percent_off, terms.amount_off) {
+                                (Some(p), None) => eur.round(eur.to_major(eligible) * p / d("100")).unwrap().0,
+                                (None, Some(a)) => eur.exact(a).unwrap().0.min(want_eligible),
+                                _ => unreachable!("validated"),
+                            };
+                            prop_assert_eq!(amount.0, want);
+                            prop_assert!(0 <= amount.0 && amount.0 <= eligible.0);
+                            prop_assert_eq!(line_off, amount.0);
+                        }
+                        None => prop_assert_eq!(line_off, 0),
+                    }
+                    totals += invoice.total.0;
+                    taxes += invoice.tax.0;
+                    discounted += line_off;
+                    charged += invoice.lines.iter().filter(|l| l.kind != LineKind::Discount).map(|l| l.amount.0).sum::<i64>();
+                }
+                DomainEvent::PaymentSucceeded { amount, .. } | DomainEvent::BankTransferApplied { amount, .. } => money_in += amount.0,
+                DomainEvent::CreditAdded { source: CreditSource::TopUp, amount, .. } => money_in += amount.0,
+                DomainEvent::CreditNoteIssued { amount, .. } => credit_notes += amount.0,
+                DomainEvent::CreditRefunded { amount, .. } => refunds += amount.0,
+                DomainEvent::CreditExpired { amount, .. } => expired += amount.0,
+                _ => {}
+            }
+        }
+        prop_assert!(pending.is_none());
+        prop_assert_eq!(totals, charged + taxes - discounted);
+        let paid = totals - st.outstanding().0;
+        prop_assert_eq!(money_in + credit_notes, paid + st.credit.0 + refunds + expired);
+        prop_assert!(st.credit.0 >= 0);
+    }
+
+    /// Duplicates change nothing with coupons either (their counts included).
+    #[test]
+    fn issue_13_feeding_a_coupon_twice_changes_nothing(plan in 0usize..3, ops in prop::collection::vec(op_with_coupons(), 1..80)) {
+        let inputs = script("a", plan, &ops);
+        let end = end_of(&inputs);
+        let once = run(&engine(), &inputs, end);
+        let twice: Vec<(Timestamp, Input)> = inputs.iter().flat_map(|x| [x.clone(), x.clone()]).collect();
+        let again = run(&engine(), &twice, end);
+        prop_assert_eq!(snapshot(&once.state), snapshot(&again.state));
+        prop_assert_eq!(once.journal, again.journal);
     }
 }
