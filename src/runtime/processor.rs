@@ -338,11 +338,23 @@ pub struct WaitRule {
     pub partitions: BTreeSet<i32>,
     /// Records that already waited as long as allowed.
     pub expired: BTreeSet<SourcePos>,
+    /// The plans topic has records the plan follower has not handed out
+    /// yet: an opening naming a plan not known yet may wait for it.
+    pub plans_unread: bool,
 }
 
 impl WaitRule {
     fn may_wait(&self, pos: &SourcePos) -> bool {
         pos.topic != self.accounts_topic
+            && self.partitions.contains(&pos.partition)
+            && !self.expired.contains(pos)
+    }
+
+    /// An opening whose plan is not known yet, while the plans topic has
+    /// unread records.
+    fn may_wait_for_plan(&self, pos: &SourcePos) -> bool {
+        self.plans_unread
+            && pos.topic == self.accounts_topic
             && self.partitions.contains(&pos.partition)
             && !self.expired.contains(pos)
     }
@@ -691,9 +703,19 @@ impl<S: StateStore> Processor<S> {
             self.mark_dirty(account_id);
         }
         if let Err(rejection) = result {
-            if matches!(rejection, Rejection::UnknownAccount { .. })
-                && self.wait_rule.as_ref().is_some_and(|r| r.may_wait(pos))
-            {
+            let waits = match rejection {
+                Rejection::UnknownAccount { .. } => {
+                    self.wait_rule.as_ref().is_some_and(|r| r.may_wait(pos))
+                }
+                // An opening (nothing of the account kept) whose plan the
+                // plan follower may not have handed out yet.
+                Rejection::UnknownPlan { .. } if !had_state => self
+                    .wait_rule
+                    .as_ref()
+                    .is_some_and(|r| r.may_wait_for_plan(pos)),
+                _ => false,
+            };
+            if waits {
                 // Nothing of it was kept: it is folded again later, as if
                 // it arrived then (its offset is not committed meanwhile).
                 self.waiting.push(pos.clone());

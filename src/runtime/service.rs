@@ -339,6 +339,14 @@ pub async fn serve<S: StateStore>(
             again.append(&mut records);
             records = again;
         }
+        // Openings may name a plan the follower has not handed out yet
+        // (the topics have no order between them): asked only for batches
+        // with account commands.
+        let plans_unread = !wait.is_zero()
+            && records
+                .iter()
+                .any(|m| m.topic() == settings.topics.accounts)
+            && plans.has_unread()?;
         processor.set_waiting((!wait.is_zero()).then(|| {
             WaitRule {
                 accounts_topic: settings.topics.accounts.clone(),
@@ -347,6 +355,7 @@ pub async fn serve<S: StateStore>(
                     .filter_map(|p| i32::try_from(*p).ok())
                     .collect(),
                 expired,
+                plans_unread,
             }
         }));
         // One span per batch: what is done for it (store writes, publishing,
@@ -391,14 +400,22 @@ pub async fn serve<S: StateStore>(
         let held_back = processor.take_waiting();
         if !held_back.is_empty() {
             // Wait only while the accounts topic still has records to read
-            // on the partition (the opening may be among them).
+            // on the partition (the opening may be among them), or an
+            // opening of the partition waits for its plan (whatever waits
+            // behind it then waits with it). An opening waits only while
+            // the plans topic has unread records.
+            let accounts = settings.topics.accounts.as_str();
             let mut read_up: BTreeSet<i32> = BTreeSet::new();
             for p in held_back
                 .iter()
                 .map(|pos| pos.partition)
                 .collect::<BTreeSet<_>>()
             {
-                if !source.has_unprocessed(&settings.topics.accounts, p)? {
+                let opening_waits = plans_unread
+                    && held_back
+                        .iter()
+                        .any(|pos| pos.partition == p && pos.topic == accounts);
+                if !opening_waits && !source.has_unprocessed(accounts, p)? {
                     read_up.insert(p);
                 }
             }
@@ -410,7 +427,9 @@ pub async fn serve<S: StateStore>(
             records = folded;
             for m in wait_more {
                 let pos = pos_of(&m);
-                let first = if read_up.contains(&pos.partition) {
+                let first = if read_up.contains(&pos.partition)
+                    || (pos.topic == accounts && !plans_unread)
+                {
                     // Nothing left to wait for: dead-lettered next batch.
                     now_instant.checked_sub(wait).unwrap_or(now_instant)
                 } else {

@@ -709,6 +709,10 @@ impl ConsumerContext for QuietEnd {}
 pub struct PlanFollower {
     consumer: BaseConsumer,
     topic: String,
+    /// Reads the plans topic's true end (read_uncommitted: a transaction
+    /// still open counts), for `has_unread`.
+    ends: BaseConsumer,
+    partitions: Vec<i32>,
 }
 
 impl PlanFollower {
@@ -771,7 +775,46 @@ impl PlanFollower {
             }
             records.push(msg.detach());
         }
-        Ok((PlanFollower { consumer, topic }, records))
+        let mut config = client(settings);
+        config.set("isolation.level", "read_uncommitted");
+        let ends: BaseConsumer = with_properties(&mut config, settings)
+            .create()
+            .map_err(|e| KafkaError::Client(e.to_string()))?;
+        Ok((
+            PlanFollower {
+                consumer,
+                topic,
+                ends,
+                partitions,
+            },
+            records,
+        ))
+    }
+
+    /// Whether the plans topic holds records this follower has not
+    /// handed out yet (including records of a transaction still open): a
+    /// plan an opening names may be among them. Asks the broker.
+    pub fn has_unread(&self) -> Result<bool, KafkaError> {
+        let position = self
+            .consumer
+            .position()
+            .map_err(|e| KafkaError::Transient(format!("{}: position: {e}", self.topic)))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for p in &self.partitions {
+            let (low, end) = retrying(&format!("end of {}/{p}", self.topic), deadline, || {
+                self.ends
+                    .fetch_watermarks(&self.topic, *p, Duration::from_secs(5))
+            })?;
+            let at = match position.find_partition(&self.topic, *p).map(|e| e.offset()) {
+                Some(Offset::Offset(at)) => at,
+                // Nothing handed out yet: unread if the partition has any.
+                _ => low,
+            };
+            if end > at {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Plan records published since the last call (never waits).
