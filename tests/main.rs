@@ -19,6 +19,7 @@ mod privacy;
 mod processor_batch;
 mod processor_rejections;
 mod schema_registry;
+mod shadow;
 mod simulate_golden;
 mod store_conformance;
 mod store_kill9;
