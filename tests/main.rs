@@ -18,6 +18,7 @@ mod kafka_txn;
 mod privacy;
 mod processor_batch;
 mod processor_rejections;
+mod reconcile;
 mod schema_registry;
 mod shadow;
 mod simulate_golden;

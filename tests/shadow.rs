@@ -147,24 +147,34 @@ fn all_of(brokers: &str, topic: &str) -> Vec<Vec<u8>> {
     out
 }
 
-/// Wait until `topic` holds an `InvoiceIssued` (a record with lines).
-fn wait_for_issued(brokers: &str, topic: &str) -> Vec<Vec<u8>> {
+/// Wait until `topic` holds `n` `InvoiceIssued` records (with lines).
+fn wait_for_issued(brokers: &str, topic: &str, n: usize) -> Vec<Vec<u8>> {
     let catalog = Catalog::shared().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let records = all_of(brokers, topic);
-        if records
+        let issued = records
             .iter()
-            .any(|p| decode_output(catalog, p).contains_key("lines"))
-        {
+            .filter(|p| decode_output(catalog, p).contains_key("lines"))
+            .count();
+        if issued >= n {
             return records;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no invoice issued on {topic} within 120 s"
+            "{issued} of {n} invoices issued on {topic} within 120 s"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// How many `usage_applied` entries the journal topic holds.
+fn usage_applied(brokers: &str, topic: &str) -> usize {
+    let catalog = Catalog::shared().unwrap();
+    all_of(brokers, topic)
+        .iter()
+        .filter(|p| text(&decode_output(catalog, p)["type"]) == "usage_applied")
+        .count()
 }
 
 #[test]
@@ -243,20 +253,29 @@ fn issue_14_shadow_on_kafka_publishes_the_live_invoices_and_no_charge_and_reconc
             catalog.encode_input(&usage("u-2", "4")).unwrap(),
         ),
         // Garbage: a dead letter, to the shadow's DLQ topic.
-        ("billing.usage.v1".into(), acct.into(), b"\x07garbage".to_vec()),
+        (
+            "billing.usage.v1".into(),
+            acct.into(),
+            b"\x07garbage".to_vec(),
+        ),
     ];
     produce(&brokers, &prefix, &records);
-    // After the March invoice is due to be issued (period end + grace).
+    // Two phases per instance: first in March (the usage is applied to
+    // March's draft), then after March is due to be issued (period end +
+    // grace). A clock past March from the start would close March as the
+    // account opens, before its usage is read.
+    const MARCH: &str = "2026-03-20T00:00:00Z";
     const CLOCK: &str = "2026-04-02T12:00:00Z";
-    let shadow_cmd = |group: &str, store: &Path| {
+    let shadow_cmd = |group: &str, store: &Path, clock: &str| {
         let mut c = billstream(&prefix, group, store, &brokers);
         c.env("BILLSTREAM__RUN__MODE", "shadow")
-            .env("BILLSTREAM__CLOCK", CLOCK);
+            .env("BILLSTREAM__CLOCK", clock)
+            .env("BILLSTREAM__BATCH__CHECKPOINT_EVENTS", "1");
         c
     };
     // The shadow's topics (no charges or notifications topic is made).
     let created = output_ok(
-        shadow_cmd(&group, &store).args(["topics", "create", "--partitions", "1"]),
+        shadow_cmd(&group, &store, CLOCK).args(["topics", "create", "--partitions", "1"]),
         "topics create (shadow)",
     );
     let created = String::from_utf8_lossy(&created.stdout).into_owned();
@@ -265,12 +284,29 @@ fn issue_14_shadow_on_kafka_publishes_the_live_invoices_and_no_charge_and_reconc
         "{created}"
     );
     assert!(!created.contains("charges"), "{created}");
+    let out = |t: &str| format!("{prefix}{t}");
+    let shadow_out = |t: &str| format!("shadow.{prefix}{t}");
+    // Phase one: until both usage events are in the journal (of `prefix`).
+    let march = |command: &mut Command, journal: &str| {
+        let running = Running::start(command);
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while usage_applied(&brokers, journal) < 2 {
+            assert!(std::time::Instant::now() < deadline, "usage not applied");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert!(running.stop().success());
+    };
 
     // The shadow alone first: it says so loudly, issues the invoice on its
     // shadow topic, and publishes nothing to the charges and notifications
     // topics (live or shadow).
     let shadow_store = _dir.path().join("shadow-state");
-    let mut shadow = shadow_cmd(&format!("{group}-shadow"), &shadow_store);
+    let shadow_group = format!("{group}-shadow");
+    march(
+        &mut shadow_cmd(&shadow_group, &shadow_store, MARCH),
+        &shadow_out("billing.journal.v1"),
+    );
+    let mut shadow = shadow_cmd(&shadow_group, &shadow_store, CLOCK);
     let shadow_run = shadow
         .arg("run")
         .stdout(std::process::Stdio::null())
@@ -278,13 +314,15 @@ fn issue_14_shadow_on_kafka_publishes_the_live_invoices_and_no_charge_and_reconc
         .spawn()
         .unwrap();
     let mut shadow_run = Running(shadow_run);
-    let out = |t: &str| format!("{prefix}{t}");
-    let shadow_out = |t: &str| format!("shadow.{prefix}{t}");
-    wait_for_issued(&brokers, &shadow_out("billing.invoices.v1"));
+    // The opening's invoice (March's fee) and March's closing one.
+    wait_for_issued(&brokers, &shadow_out("billing.invoices.v1"), 2);
     // Its dead letter is on the shadow DLQ topic.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while all_of(&brokers, &shadow_out("billing.dlq.v1")).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no shadow dead letter");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no shadow dead letter"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     let child = &mut shadow_run.0;
@@ -311,8 +349,15 @@ fn issue_14_shadow_on_kafka_publishes_the_live_invoices_and_no_charge_and_reconc
     assert!(all_of(&brokers, &out("billing.dlq.v1")).is_empty());
 
     // The live instance on the same input.
-    let live = Running::start(billstream(&prefix, &group, &store, &brokers).env("BILLSTREAM__CLOCK", CLOCK));
-    wait_for_issued(&brokers, &out("billing.invoices.v1"));
+    let live_cmd = |clock: &str| {
+        let mut c = billstream(&prefix, &group, &store, &brokers);
+        c.env("BILLSTREAM__CLOCK", clock)
+            .env("BILLSTREAM__BATCH__CHECKPOINT_EVENTS", "1");
+        c
+    };
+    march(&mut live_cmd(MARCH), &out("billing.journal.v1"));
+    let live = Running::start(&mut live_cmd(CLOCK));
+    wait_for_issued(&brokers, &out("billing.invoices.v1"), 2);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while all_of(&brokers, &out("billing.charges.v1")).is_empty()
         || all_of(&brokers, &out("billing.notifications.v1")).is_empty()
@@ -342,33 +387,53 @@ fn issue_14_shadow_on_kafka_publishes_the_live_invoices_and_no_charge_and_reconc
             .map(|p| decode_output(catalog, p))
             .filter(|r| r.contains_key("lines"))
             .collect();
-    assert_eq!(issued.len(), 1);
-    let inv = &issued[0];
-    let usage_amount = match &inv["lines"] {
-        apache_avro::types::Value::Array(lines) => lines
-            .iter()
-            .find_map(|l| match l {
-                apache_avro::types::Value::Record(f) => {
-                    let f: BTreeMap<_, _> = f.iter().cloned().collect();
-                    (text(&f["kind"]) == "usage").then(|| text(&f["amount"]))
-                }
-                _ => None,
-            })
-            .unwrap(),
-        other => panic!("{other:?}"),
+    // Two: the opening's (March's fee) and March's closing invoice, both
+    // of period 2026-03, which reconcile sums; so does the legacy export.
+    assert_eq!(issued.len(), 2);
+    let dec = |v: &apache_avro::types::Value| Decimal::from_str(&text(v)).unwrap();
+    let mut total = Decimal::ZERO;
+    let mut lines: BTreeMap<String, Decimal> = BTreeMap::new();
+    for inv in &issued {
+        total += dec(&inv["total"]);
+        *lines.entry("tax".into()).or_default() += dec(&inv["tax"]);
+        let apache_avro::types::Value::Array(items) = &inv["lines"] else {
+            panic!("lines")
+        };
+        for l in items {
+            let apache_avro::types::Value::Record(f) = l else {
+                panic!("line")
+            };
+            let f: BTreeMap<_, _> = f.iter().cloned().collect();
+            let kind = match &f["kind"] {
+                apache_avro::types::Value::Enum(_, k) => k.clone(),
+                other => panic!("kind {other:?}"),
+            };
+            let name = if kind == "usage" {
+                text(&f["metric"])
+            } else {
+                kind
+            };
+            *lines.entry(name).or_default() += dec(&f["amount"]);
+        }
+    }
+    assert!(lines.contains_key("m"), "{lines:?}");
+    let legacy = |cent: Decimal| {
+        let mut csv = "account_id,period,currency,total,metric,amount\n".to_string();
+        for (name, amount) in &lines {
+            let amount = if name == "m" { *amount + cent } else { *amount };
+            csv.push_str(&format!(
+                "{acct},2026-03,EUR,{},{name},{amount}\n",
+                total + cent
+            ));
+        }
+        csv
     };
-    let total = text(&inv["total"]);
-    let legacy = |usage: &str| {
-        format!(
-            "account_id,period,currency,total,metric,amount\n{acct},2026-03,EUR,{total},m,{usage}\n"
-        )
-    };
-    let off = Decimal::from_str(&usage_amount).unwrap() + Decimal::from_str("0.01").unwrap();
+    let off = Decimal::from_str("0.01").unwrap();
     let (same, differs) = (_dir.path().join("same.csv"), _dir.path().join("off.csv"));
-    std::fs::write(&same, legacy(&usage_amount)).unwrap();
-    std::fs::write(&differs, legacy(&off.to_string())).unwrap();
+    std::fs::write(&same, legacy(Decimal::ZERO)).unwrap();
+    std::fs::write(&differs, legacy(off)).unwrap();
     let reconcile = |file: &Path, extra: &[&str]| {
-        shadow_cmd(&group, &store)
+        shadow_cmd(&group, &store, CLOCK)
             .args(["reconcile", "--legacy"])
             .arg(file)
             .args(["--against", "topic", "--period", "2026-03"])
@@ -398,5 +463,8 @@ fn issue_14_shadow_on_kafka_publishes_the_live_invoices_and_no_charge_and_reconc
         .map(|i| i["event_id"].as_str().unwrap())
         .collect();
     assert_eq!(inputs, ["u-1", "u-2"], "{report}");
-    assert_eq!(reconcile(&differs, &["--tolerance", "0.01"]).status.code(), Some(0));
+    assert_eq!(
+        reconcile(&differs, &["--tolerance", "0.01"]).status.code(),
+        Some(0)
+    );
 }

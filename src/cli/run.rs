@@ -83,7 +83,14 @@ pub fn shadow_banner(settings: &Settings) -> String {
          \x20 in its own consumer group {:?} and store (never a live instance's).\n\
          \x20 Compare with the biller of record: billstream reconcile.\n\
          {rule}",
-        t.invoices, t.journal, t.usage_rollups, t.dlq, t.usage, t.payments, t.accounts, t.plans,
+        t.invoices,
+        t.journal,
+        t.usage_rollups,
+        t.dlq,
+        t.usage,
+        t.payments,
+        t.accounts,
+        t.plans,
         settings.kafka.group_id
     )
 }

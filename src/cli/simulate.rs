@@ -263,7 +263,9 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     println!("Outputs written to {}", args.out.display());
     let withheld: u64 = sink.withheld.values().sum();
     if withheld > 0 {
-        println!("Shadow mode: {withheld} charge requests and notifications withheld (not written)");
+        println!(
+            "Shadow mode: {withheld} charge requests and notifications withheld (not written)"
+        );
     }
     Ok(if args.strict && rejected > 0 {
         ExitCode::from(1)

@@ -104,7 +104,13 @@ impl KafkaSink {
         if let RunMode::Shadow { prefix } = &settings.run {
             // The configuration names shadow topics; a sink that would
             // write anywhere else in shadow mode is a bug, stop here.
-            for name in [&t.invoices, &t.usage_rollups, &t.journal, &t.dlq, &t.progress] {
+            for name in [
+                &t.invoices,
+                &t.usage_rollups,
+                &t.journal,
+                &t.dlq,
+                &t.progress,
+            ] {
                 if !name.starts_with(prefix.as_str()) {
                     return Err(KafkaError::Client(format!(
                         "shadow mode: output topic {name} is not a shadow topic (run.shadow_prefix {prefix:?})"
