@@ -64,6 +64,34 @@ struct Raw {
     billing: RawBilling,
     api: RawApi,
     metrics: RawMetrics,
+    run: RawRun,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    mode: String,
+    shadow_prefix: String,
+}
+
+/// `run.mode`: what the processor may publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunMode {
+    /// Every output to its topic.
+    Live,
+    /// Everything is computed and stored, but every output topic (and the
+    /// internal progress topic) is named `prefix` + its configured name,
+    /// and nothing that moves money or reaches a customer is published:
+    /// the sinks drop charge requests and notifications
+    /// (`sink::publishes`). For running beside the biller of record until
+    /// billstream's invoices are trusted (`billstream reconcile`).
+    Shadow { prefix: String },
+}
+
+impl RunMode {
+    pub fn is_shadow(&self) -> bool {
+        matches!(self, RunMode::Shadow { .. })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -884,6 +912,8 @@ pub struct Settings {
     /// Where `billstream run` serves `/metrics`, `/healthz` and `/readyz`
     /// (`None`: not served).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Live, or shadow (`topics` then names the shadow output topics).
+    pub run: RunMode,
 }
 
 /// Parse "500ms", "45s", "5m", "1h", "14d" (a whole number and a unit).
@@ -1101,6 +1131,45 @@ impl Raw {
             }
             *name = full;
         }
+        let run = match self.run.mode.trim() {
+            "live" => RunMode::Live,
+            "shadow" => {
+                let shadow = self.run.shadow_prefix.trim();
+                if shadow.is_empty() {
+                    return Err(invalid(
+                        "run.shadow_prefix",
+                        "must not be empty in shadow mode: the shadow's outputs need topics of their own (e.g. \"shadow.\")",
+                    ));
+                }
+                for name in [
+                    &mut topics.invoices,
+                    &mut topics.charges,
+                    &mut topics.notifications,
+                    &mut topics.usage_rollups,
+                    &mut topics.journal,
+                    &mut topics.dlq,
+                    &mut topics.progress,
+                ] {
+                    let full = format!("{shadow}{name}");
+                    if !kafka_name(&full) {
+                        return Err(invalid(
+                            "run.shadow_prefix",
+                            format!("{full:?} is not a valid Kafka topic name"),
+                        ));
+                    }
+                    *name = full;
+                }
+                RunMode::Shadow {
+                    prefix: shadow.to_string(),
+                }
+            }
+            other => {
+                return Err(invalid(
+                    "run.mode",
+                    format!("{other:?} is not \"live\" or \"shadow\""),
+                ))
+            }
+        };
         let (session, poll) = (
             duration("kafka.session_timeout", &self.kafka.session_timeout)?,
             duration("kafka.max_poll_interval", &self.kafka.max_poll_interval)?,
@@ -1296,6 +1365,7 @@ impl Raw {
             engine,
             api,
             metrics_listen,
+            run,
         })
     }
 }
@@ -1891,5 +1961,76 @@ mod tests {
         assert_eq!(parse_duration("1.5h"), None);
         assert_eq!(parse_duration("h"), None);
         assert_eq!(parse_duration("10"), None);
+    }
+
+    #[test]
+    fn issue_14_run_mode_defaults_to_live_with_the_configured_topics() {
+        let s = load(None, &[]).unwrap();
+        assert_eq!(s.run, RunMode::Live);
+        assert_eq!(s.topics.invoices, "billing.invoices.v1");
+        assert_eq!(s.topics.charges, "billing.charges.v1");
+    }
+
+    #[test]
+    fn issue_14_shadow_mode_moves_every_output_onto_shadow_topics_and_keeps_the_inputs() {
+        let s = load(
+            Some("[run]\nmode = \"shadow\"\n[kafka]\ntopic_prefix = \"acme.\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            s.run,
+            RunMode::Shadow {
+                prefix: "shadow.".into()
+            }
+        );
+        assert!(s.run.is_shadow());
+        // The inputs are the live ones: a shadow reads what live reads.
+        assert_eq!(s.topics.usage, "acme.billing.usage.v1");
+        assert_eq!(s.topics.payments, "acme.billing.payments.v1");
+        assert_eq!(s.topics.accounts, "acme.billing.accounts.v1");
+        assert_eq!(s.topics.plans, "acme.billing.plans.v1");
+        // Every output, the internal progress topic too, gets the prefix
+        // on top (charges and notifications are never published; their
+        // names are shadow ones all the same).
+        assert_eq!(s.topics.invoices, "shadow.acme.billing.invoices.v1");
+        assert_eq!(s.topics.journal, "shadow.acme.billing.journal.v1");
+        assert_eq!(
+            s.topics.usage_rollups,
+            "shadow.acme.billing.usage-rollups.v1"
+        );
+        assert_eq!(s.topics.dlq, "shadow.acme.billing.dlq.v1");
+        assert_eq!(s.topics.progress, "shadow.acme.billing.progress.v1");
+        assert_eq!(s.topics.charges, "shadow.acme.billing.charges.v1");
+        assert_eq!(
+            s.topics.notifications,
+            "shadow.acme.billing.notifications.v1"
+        );
+        let custom = load(
+            None,
+            &[
+                ("BILLSTREAM__RUN__MODE", "shadow"),
+                ("BILLSTREAM__RUN__SHADOW_PREFIX", "trial-"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(custom.topics.invoices, "trial-billing.invoices.v1");
+    }
+
+    #[test]
+    fn issue_14_bad_run_settings_name_the_field() {
+        let field = |file: &str| match load(Some(file), &[]) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("{file:?}: {other:?}"),
+        };
+        assert_eq!(field("[run]\nmode = \"dry\"\n"), "run.mode");
+        assert_eq!(
+            field("[run]\nmode = \"shadow\"\nshadow_prefix = \"\"\n"),
+            "run.shadow_prefix"
+        );
+        assert_eq!(
+            field("[run]\nmode = \"shadow\"\nshadow_prefix = \"a b\"\n"),
+            "run.shadow_prefix"
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod contracts;
 pub mod dlq;
 pub mod engine;
 pub mod gateway;
+pub mod reconcile;
 pub mod runtime;
 pub mod sim;
 pub mod sink;

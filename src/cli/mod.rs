@@ -7,6 +7,7 @@ mod dlq;
 mod gateway;
 mod migrate;
 mod preview;
+mod reconcile;
 mod run;
 mod schemas;
 mod scratch;
@@ -96,6 +97,14 @@ enum Command {
     /// topics once the cause is fixed (--dry-run first), recorded in a
     /// replay log. A card-number rejection is never replayed.
     Dlq(dlq::DlqArgs),
+    /// Compare a legacy biller's invoices (CSV or JSON lines) with
+    /// billstream's issued invoices (an output folder, or the invoices
+    /// topic; a shadow's, typically), per account and period, to the minor
+    /// unit: matches, mismatches with the differing lines and the input
+    /// events behind billstream's, invoices only one side has, and totals.
+    /// Exit 0 only when everything matches within --tolerance (default 0),
+    /// 1 otherwise, 2 on bad input (naming the line and field).
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 /// Logs go to stderr: readable in a terminal, JSON lines otherwise (or
@@ -136,6 +145,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Api(args) => api::run(args),
         Command::Gateway(args) => gateway::run(args),
         Command::Dlq(args) => dlq::run(args),
+        Command::Reconcile(args) => reconcile::run(args),
     };
     match result {
         Ok(code) => code,

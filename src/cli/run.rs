@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 
-use crate::config::{Settings, StoreSettings};
+use crate::config::{RunMode, Settings, StoreSettings};
 use crate::runtime::service::{serve, Progress};
 use crate::store::{EmbeddedStore, ScyllaStore, StateStore};
 use crate::telemetry::{serve_http, Metrics, StoreStatsSource};
@@ -29,6 +29,14 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(args.config.as_deref())?;
+    if settings.run.is_shadow() {
+        eprintln!("{}", shadow_banner(&settings));
+        tracing::warn!(
+            invoices = %settings.topics.invoices,
+            journal = %settings.topics.journal,
+            "shadow mode: no charge request and no notification is published"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -55,6 +63,36 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         stats.applied, stats.duplicates, stats.replays_skipped, stats.batches
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `run` says first in shadow mode, so nobody takes a shadow for the
+/// biller of record (or the other way round).
+pub fn shadow_banner(settings: &Settings) -> String {
+    let RunMode::Shadow { prefix } = &settings.run else {
+        return String::new();
+    };
+    let t = &settings.topics;
+    let rule = "=".repeat(72);
+    format!(
+        "{rule}\n\
+         billstream run: SHADOW MODE (run.mode = \"shadow\", run.shadow_prefix = {prefix:?})\n\
+         \x20 NO charge request and NO notification is published: nothing moves\n\
+         \x20 money and nothing reaches a customer.\n\
+         \x20 Published to shadow topics: {}, {}, {}, {}.\n\
+         \x20 Reads the live inputs: {}, {}, {}, {}\n\
+         \x20 in its own consumer group {:?} and store (never a live instance's).\n\
+         \x20 Compare with the biller of record: billstream reconcile.\n\
+         {rule}",
+        t.invoices,
+        t.journal,
+        t.usage_rollups,
+        t.dlq,
+        t.usage,
+        t.payments,
+        t.accounts,
+        t.plans,
+        settings.kafka.group_id
+    )
 }
 
 /// The processing loop on `store`, until SIGINT/SIGTERM.

@@ -25,6 +25,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::summary::Summary;
+use crate::config::RunMode;
 use crate::contracts::redact::redact_text;
 use crate::contracts::{parse_line, Decoded, OutputTopic};
 use crate::engine::time::Timestamp;
@@ -60,6 +61,20 @@ pub struct SimulateArgs {
     /// Exit with status 1 if any line was rejected.
     #[arg(long)]
     pub strict: bool,
+    /// "shadow": write invoices, journal, rollups and dead letters to
+    /// <shadow-prefix><topic>.jsonl and no charge request or notification
+    /// at all, as `billstream run` does with run.mode = "shadow".
+    #[arg(long, value_enum, default_value_t = Mode::Live)]
+    pub mode: Mode,
+    /// Prefix of the shadow output files (with --mode shadow).
+    #[arg(long, default_value = "shadow.", value_name = "PREFIX")]
+    pub shadow_prefix: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Live,
+    Shadow,
 }
 
 /// One input line with where it came from.
@@ -187,7 +202,25 @@ pub fn run_then(
     let state_dir = args.out.join("state");
     super::scratch::fresh_state_dir(&state_dir)?;
     let store = Arc::new(EmbeddedStore::open(&state_dir)?);
-    let mut sink = FileSink::create(&args.out)?;
+    let mode = match args.mode {
+        Mode::Live => RunMode::Live,
+        Mode::Shadow => {
+            let prefix = args.shadow_prefix.trim();
+            if prefix.is_empty() || prefix.contains(['/', '\\']) {
+                anyhow::bail!(
+                    "--shadow-prefix {:?}: give a non-empty file name prefix (e.g. \"shadow.\")",
+                    args.shadow_prefix
+                );
+            }
+            println!(
+                "billstream simulate: SHADOW MODE: outputs to {prefix}<topic>.jsonl; NO charge request and NO notification is written"
+            );
+            RunMode::Shadow {
+                prefix: prefix.to_string(),
+            }
+        }
+    };
+    let mut sink = FileSink::create_in(&args.out, mode)?;
     let mut summary = Summary::default();
     let mut rejected = 0usize;
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
@@ -241,6 +274,12 @@ pub fn run_then(
         summary.print(&stats);
         println!();
         println!("Outputs written to {}", args.out.display());
+        let withheld: u64 = sink.withheld.values().sum();
+        if withheld > 0 {
+            println!(
+                "Shadow mode: {withheld} charge requests and notifications withheld (not written)"
+            );
+        }
     }
     Ok(if args.strict && rejected > 0 {
         ExitCode::from(1)

@@ -82,6 +82,14 @@ pub async fn create_all_async(
         &t.dlq,
         &t.progress,
     ];
+    // A shadow never publishes charge requests or notifications: their
+    // (shadow) topics are not made.
+    let names: Vec<&String> = names
+        .into_iter()
+        .filter(|n| {
+            !settings.run.is_shadow() || (n.as_str() != t.charges && n.as_str() != t.notifications)
+        })
+        .collect();
     let topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|n| {

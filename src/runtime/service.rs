@@ -567,6 +567,12 @@ pub async fn serve<S: StateStore>(
         eprintln!("warning: final offset commit failed ({e}); the next owner skips those records as replays");
     }
     sink.flush(Duration::from_secs(10))?;
+    if settings.run.is_shadow() {
+        eprintln!(
+            "billstream run: shadow mode: {} charge requests and notifications withheld (not published)",
+            sink.withheld()
+        );
+    }
     Ok(processor.stats.clone())
 }
 

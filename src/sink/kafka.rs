@@ -4,6 +4,10 @@
 //! `event_id` and `causation_id` headers), through an idempotent producer.
 //! `publish` returns once every record is acknowledged, so callers can
 //! then mark them published and commit input offsets.
+//!
+//! In shadow mode (`run.mode`) `send`, the one way records reach the
+//! producer, drops charge requests and notifications (`sink::publishes`),
+//! and the output topics are the shadow ones the configuration names.
 
 use std::time::Duration;
 
@@ -14,7 +18,10 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::TopicPartitionList;
 
-use crate::config::Settings;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::publishes;
+use crate::config::{RunMode, Settings};
 use crate::contracts::{Catalog, OutputRecord, OutputTopic, SchemaIds};
 use crate::source::kafka::KafkaError;
 
@@ -34,6 +41,10 @@ pub struct KafkaSink {
     names: [String; 6],
     /// `topics.progress`.
     progress_topic: String,
+    /// `run.mode`.
+    mode: RunMode,
+    /// Records dropped in shadow mode: charge requests, notifications.
+    withheld: AtomicU64,
 }
 
 /// A record of the transactional progress topic (`topics.progress`): an
@@ -90,6 +101,23 @@ impl KafkaSink {
                 .map_err(|e| KafkaError::Client(format!("init_transactions: {e}")))?;
         }
         let t = &settings.topics;
+        if let RunMode::Shadow { prefix } = &settings.run {
+            // The configuration names shadow topics; a sink that would
+            // write anywhere else in shadow mode is a bug, stop here.
+            for name in [
+                &t.invoices,
+                &t.usage_rollups,
+                &t.journal,
+                &t.dlq,
+                &t.progress,
+            ] {
+                if !name.starts_with(prefix.as_str()) {
+                    return Err(KafkaError::Client(format!(
+                        "shadow mode: output topic {name} is not a shadow topic (run.shadow_prefix {prefix:?})"
+                    )));
+                }
+            }
+        }
         Ok(KafkaSink {
             producer,
             transactional: settings.kafka.transactional,
@@ -106,6 +134,8 @@ impl KafkaSink {
                 t.dlq.clone(),
             ],
             progress_topic: t.progress.clone(),
+            mode: settings.run.clone(),
+            withheld: AtomicU64::new(0),
         })
     }
 
@@ -131,6 +161,12 @@ impl KafkaSink {
 
     pub fn is_transactional(&self) -> bool {
         self.transactional
+    }
+
+    /// Records not published because this is a shadow (charge requests,
+    /// notifications), since the sink was connected.
+    pub fn withheld(&self) -> u64 {
+        self.withheld.load(Ordering::Relaxed)
     }
 
     /// With `kafka.transactional`: one transaction holding `records`, the
@@ -264,6 +300,10 @@ impl KafkaSink {
     pub async fn send(&self, records: &[OutputRecord]) -> Result<InFlight, KafkaError> {
         let mut pending = std::collections::VecDeque::with_capacity(records.len());
         for r in records {
+            if !publishes(&self.mode, r.topic) {
+                self.withheld.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let (payload, bounded) = self
                 .catalog
                 .encode_output_bounded_with(r, &self.ids, self.payload_limit(r))
