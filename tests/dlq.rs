@@ -315,3 +315,22 @@ fn issue_14_dlq_lists_and_shows_the_embedded_modes_file() {
     assert!(shown.contains("not replayable"), "{shown}");
     assert_eq!(run(&["show", "no-such-id"]).status.code(), Some(1));
 }
+
+/// A shadow's dead letters name the live input topics as their sources; a
+/// replay with the shadow's configuration would feed the live instance.
+/// Refused before anything is read (no broker needed).
+#[test]
+fn issue_14_dlq_replay_is_refused_in_shadow_mode() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_billstream"))
+        .env("BILLSTREAM__RUN__MODE", "shadow")
+        .env("BILLSTREAM__KAFKA__BROKERS", "127.0.0.1:1")
+        .args(["dlq", "replay", "--all", "--dry-run"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "stderr: {stderr}");
+    assert!(
+        stderr.contains("run.mode = \"shadow\"") && stderr.contains("live input topics"),
+        "stderr: {stderr}"
+    );
+}

@@ -285,6 +285,13 @@ fn replay(
     log: &Path,
     again: bool,
 ) -> anyhow::Result<ExitCode> {
+    if settings.run.is_shadow() {
+        // The source topics are the live inputs, which the live instance
+        // reads too: a shadow's dead letters must not reach it.
+        anyhow::bail!(
+            "run.mode = \"shadow\": dlq replay would republish to the live input topics, which the live billstream reads as well; replay with the live instance's configuration (list and show work in shadow mode)"
+        );
+    }
     let read = read_topic(settings, READ_TIMEOUT)?;
     let selected: Vec<DlqRecord> = read
         .records

@@ -3,14 +3,12 @@
 //! topics, each under its original key with a `billstream_replay_of`
 //! header naming the dead letter.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 
 use super::record::DlqRecord;
 use crate::config::Settings;
@@ -31,54 +29,12 @@ pub struct TopicRead {
 pub fn read_topic(settings: &Settings, timeout: Duration) -> anyhow::Result<TopicRead> {
     let catalog = Catalog::shared()?;
     let topic = settings.topics.dlq.as_str();
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .set("group.id", "billstream-dlq-reader")
-        .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer =
-        crate::source::kafka::with_properties(&mut config, settings).create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        anyhow::bail!("topic {topic} not found on {}", settings.kafka.brokers);
-    }
-    let mut list = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
-    for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
-        if high > low {
-            list.add_partition_offset(topic, p, Offset::Offset(low))?;
-            ends.insert(p, high);
-        }
-    }
     let mut out = TopicRead {
         records: Vec::new(),
         unreadable: Vec::new(),
     };
-    if ends.is_empty() {
-        return Ok(out);
-    }
-    consumer.assign(&list)?;
     let mut seen = BTreeSet::new();
-    let deadline = Instant::now() + timeout;
-    while !ends.is_empty() {
-        if Instant::now() > deadline {
-            anyhow::bail!(
-                "{topic}: not read to its end within {}s (partitions left: {:?})",
-                timeout.as_secs(),
-                ends.keys().collect::<Vec<_>>()
-            );
-        }
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let m = m?;
+    crate::source::kafka::read_whole_topic(settings, topic, timeout, |m| {
         let at = format!("{topic}/{}/{}", m.partition(), m.offset());
         match DlqRecord::from_avro(catalog, m.payload().unwrap_or_default(), at.clone()) {
             Ok(r) => {
@@ -88,13 +44,8 @@ pub fn read_topic(settings: &Settings, timeout: Duration) -> anyhow::Result<Topi
             }
             Err(e) => out.unreadable.push((at, e)),
         }
-        if ends
-            .get(&m.partition())
-            .is_some_and(|&end| m.offset() + 1 >= end)
-        {
-            ends.remove(&m.partition());
-        }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 

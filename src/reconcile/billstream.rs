@@ -6,13 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use apache_avro::types::Value as Avro;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Map, Value};
 
 use super::legacy::money;
@@ -261,46 +258,8 @@ fn read_topic(
     timeout: Duration,
 ) -> anyhow::Result<Vec<(String, Value)>> {
     let catalog = Catalog::shared()?;
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .set("group.id", "billstream-reconcile")
-        .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer =
-        crate::source::kafka::with_properties(&mut config, settings).create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        anyhow::bail!("topic {topic} not found on {}", settings.kafka.brokers);
-    }
-    let mut list = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
-    for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
-        if high > low {
-            list.add_partition_offset(topic, p, Offset::Offset(low))?;
-            ends.insert(p, high);
-        }
-    }
     let mut out = Vec::new();
-    if ends.is_empty() {
-        return Ok(out);
-    }
-    consumer.assign(&list)?;
-    let deadline = Instant::now() + timeout;
-    while !ends.is_empty() {
-        if Instant::now() > deadline {
-            anyhow::bail!("{topic}: not read to its end within {}s", timeout.as_secs());
-        }
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let m = m?;
+    crate::source::kafka::read_whole_topic(settings, topic, timeout, |m| {
         let at = format!("{topic}/{}/{}", m.partition(), m.offset());
         let bytes = m.payload().unwrap_or_default();
         let (id, mut body) = framing::split(bytes).map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
@@ -310,13 +269,8 @@ fn read_topic(
         let value = apache_avro::from_avro_datum(&entry.schema, &mut body, None)
             .map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
         out.push((entry.record.to_string(), avro_to_json(&value)));
-        if ends
-            .get(&m.partition())
-            .is_some_and(|&end| m.offset() + 1 >= end)
-        {
-            ends.remove(&m.partition());
-        }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 

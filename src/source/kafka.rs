@@ -690,6 +690,75 @@ pub fn read_progress(
     }
 }
 
+/// Every record of `topic` (all partitions, from the start to the end as
+/// it is when called), handed to `each` in partition order; no group
+/// offsets are used or committed. A partition is done at its last record
+/// or at its end as the consumer sees it (a topic written in transactions
+/// ends with a commit marker no record stands for).
+pub fn read_whole_topic(
+    settings: &Settings,
+    topic: &str,
+    timeout: Duration,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut config = client(settings);
+    config
+        .set("group.id", format!("{}-reader", settings.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true");
+    let consumer: BaseConsumer<QuietEnd> =
+        with_properties(&mut config, settings).create_with_context(QuietEnd)?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        anyhow::bail!("topic {topic} not found on {}", settings.kafka.brokers);
+    }
+    let mut list = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        if high > low {
+            list.add_partition_offset(topic, p, Offset::Offset(low))?;
+            ends.insert(p, high);
+        }
+    }
+    if ends.is_empty() {
+        return Ok(());
+    }
+    consumer.assign(&list)?;
+    let deadline = Instant::now() + timeout;
+    while !ends.is_empty() {
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "{topic}: not read to its end within {}s (partitions left: {:?})",
+                timeout.as_secs(),
+                ends.keys().collect::<Vec<_>>()
+            );
+        }
+        let m = match consumer.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                ends.remove(&p);
+                continue;
+            }
+            Some(m) => m?,
+        };
+        each(&m)?;
+        if ends
+            .get(&m.partition())
+            .is_some_and(|&end| m.offset() + 1 >= end)
+        {
+            ends.remove(&m.partition());
+        }
+    }
+    Ok(())
+}
+
 /// A consumer context for reading a partition to its end: the end of
 /// the partition is an event the reader waits for, not an error to log.
 struct QuietEnd;
