@@ -375,6 +375,8 @@ impl Projection {
             | DomainEvent::CreditNoteIssued { .. }
             | DomainEvent::CouponApplied { .. }
             | DomainEvent::DiscountApplied { .. }
+            | DomainEvent::ThresholdsSet { .. }
+            | DomainEvent::SpendThresholdReached { .. }
             | DomainEvent::UsageRolledUp { .. } => {}
         }
     }

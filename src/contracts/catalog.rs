@@ -55,6 +55,7 @@ const FILES: &[(&str, &str)] = embed_schemas![
     "AccountClosed.avsc",
     "AdjustmentIssued.avsc",
     "CouponApplied.avsc",
+    "ThresholdsSet.avsc",
     "Plan.avsc",
     "InvoiceOpened.avsc",
     "InvoiceIssued.avsc",
@@ -73,6 +74,7 @@ const FILES: &[(&str, &str)] = embed_schemas![
     "history/InvoiceIssued.v1.avsc",
     "history/InvoiceIssued.v2.avsc",
     "history/Notification.v1.avsc",
+    "history/Notification.v2.avsc",
 ];
 
 /// The id of version `version` of the schema first released under `first`

@@ -53,6 +53,7 @@ enum Cold {
     AccountClosed,
     AdjustmentIssued,
     CouponApplied,
+    ThresholdsSet,
     Plan,
 }
 
@@ -71,6 +72,7 @@ impl Cold {
             "AccountClosed" => Cold::AccountClosed,
             "AdjustmentIssued" => Cold::AdjustmentIssued,
             "CouponApplied" => Cold::CouponApplied,
+            "ThresholdsSet" => Cold::ThresholdsSet,
             "Plan" => Cold::Plan,
             _ => return None,
         })
@@ -357,6 +359,22 @@ impl Fields<'_> {
         }
     }
 
+    /// An array of exact decimal strings (absent = empty).
+    fn decimals(&self, name: &str) -> Result<Vec<Decimal>, DecodeError> {
+        match self.get(name) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => decimal_field(&format!("{name}[{i}]"), s),
+                    _ => Err(DecodeError::field(name, "must be an array of strings")),
+                })
+                .collect(),
+            Some(_) => Err(DecodeError::field(name, "must be an array")),
+        }
+    }
+
     /// An array of strings (absent = empty).
     fn strings(&self, name: &str) -> Result<Vec<String>, DecodeError> {
         match self.get(name) {
@@ -558,6 +576,10 @@ fn cold(kind: Cold, f: &Fields<'_>) -> Result<Decoded, DecodeError> {
                 periods: f.opt_u32("periods")?,
                 charges: f.strings("charges")?,
             },
+        }),
+        Cold::ThresholdsSet => account(AccountKind::ThresholdsSet {
+            thresholds: f.decimals("thresholds")?,
+            currency: f.str("currency")?,
         }),
         Cold::Plan => plan(f).map(Decoded::Plan),
     }

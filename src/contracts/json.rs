@@ -120,6 +120,7 @@ const ACCOUNT_KINDS: &[(&str, &[&str])] = &[
             "charges",
         ],
     ),
+    ("thresholds_set", &["thresholds", "currency"]),
 ];
 /// Fields of a top-up's or credit note's `grant` object.
 const GRANT_FIELDS: &[&str] = &["kind", "expires_at", "priority"];
@@ -280,6 +281,10 @@ fn account_command(o: &Obj<'_>, kind: &str) -> Result<AccountCommand, DecodeErro
                 periods: o.opt_u32("periods")?,
                 charges: o.str_list("charges")?,
             },
+        },
+        "thresholds_set" => AccountKind::ThresholdsSet {
+            thresholds: o.decimal_list("thresholds")?,
+            currency: o.str("currency")?,
         },
         _ => AccountKind::AdjustmentIssued {
             adjustment: match o.str("adjustment")?.as_str() {
@@ -506,6 +511,25 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// An array of exact decimal strings (required; `[]` is empty).
+    fn decimal_list(&self, field: &str) -> Result<Vec<Decimal>, DecodeError> {
+        match self.get(field) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => decimal_field(&format!("{}[{i}]", self.name(field)), s),
+                    _ => Err(self.err(field, "must be an array of exact decimal strings")),
+                })
+                .collect(),
+            Some(_) => Err(self.err(field, "must be an array of exact decimal strings")),
+            None => Err(self.err(
+                field,
+                "is required (an array of exact decimal strings; [] removes every threshold)",
+            )),
+        }
+    }
+
     /// An array of strings (absent or null = empty).
     fn str_list(&self, field: &str) -> Result<Vec<String>, DecodeError> {
         match self.get(field) {
@@ -669,6 +693,7 @@ pub fn input_record(input: &Input) -> &'static str {
             AccountKind::AccountClosed => "AccountClosed",
             AccountKind::AdjustmentIssued { .. } => "AdjustmentIssued",
             AccountKind::CouponApplied { .. } => "CouponApplied",
+            AccountKind::ThresholdsSet { .. } => "ThresholdsSet",
         },
     }
 }
@@ -836,6 +861,15 @@ pub fn input_to_json(input: &Input) -> Value {
                         if !c.charges.is_empty() {
                             put("charges", json!(c.charges));
                         }
+                    }
+                    AccountKind::ThresholdsSet {
+                        thresholds,
+                        currency,
+                    } => {
+                        let amounts: Vec<String> =
+                            thresholds.iter().map(|t| t.to_string()).collect();
+                        put("thresholds", json!(amounts));
+                        put("currency", json!(currency));
                     }
                     AccountKind::AccountOpened { .. } | AccountKind::AccountClosed => {}
                 }
@@ -1038,6 +1072,13 @@ pub(crate) mod tests {
                         charges: vec!["api.calls".into()],
                         ..CouponTerms::default()
                     },
+                },
+            ),
+            acct(
+                "a-7",
+                AccountKind::ThresholdsSet {
+                    thresholds: vec![d("50.00"), d("100")],
+                    currency: "EUR".into(),
                 },
             ),
             acct(

@@ -328,6 +328,10 @@ pub fn outputs_for(entry: &JournalEntry, currency: Currency) -> Vec<OutputRecord
                        "expires_at": time(*expires_at)}),
             );
         }
+        DomainEvent::SpendThresholdReached { invoice_id, threshold, amount, .. } => {
+            let (threshold, amount) = (e.money(*threshold), e.money(*amount));
+            e.notify("spend_threshold_reached", json!({"invoice_id": invoice_id, "amount": amount, "threshold": threshold}));
+        }
         DomainEvent::UsageRolledUp { hour, metric, subject, quantity, count, correction } => e.push(
             OutputTopic::UsageRollups,
             "UsageRollup",
@@ -348,7 +352,8 @@ pub fn outputs_for(entry: &JournalEntry, currency: Currency) -> Vec<OutputRecord
         | DomainEvent::PaymentMethodDetached { .. }
         | DomainEvent::DebitAdjustmentAdded { .. }
         | DomainEvent::CouponApplied { .. }
-        | DomainEvent::DiscountApplied { .. } => {}
+        | DomainEvent::DiscountApplied { .. }
+        | DomainEvent::ThresholdsSet { .. } => {}
     }
     let payload = serde_json::to_string(&entry.event).unwrap_or_else(|err| {
         json!({"type": entry.event.name(), "unserialisable": err.to_string()}).to_string()
@@ -542,6 +547,12 @@ pub(crate) mod tests {
                 amount: Minor(500),
                 balance: Minor(400),
                 expires_at: ts("2026-04-08T00:00:00Z"),
+            },
+            DomainEvent::SpendThresholdReached {
+                invoice_id: "inv-2".into(),
+                period_start: ts("2026-04-01T00:00:00Z"),
+                threshold: Minor(5000),
+                amount: Minor(5250),
             },
             DomainEvent::CreditLow {
                 balance: Minor(90),

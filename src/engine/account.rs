@@ -191,6 +191,14 @@ pub struct AccountState {
     /// absent in snapshots from before coupons.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coupon: Option<Box<Coupon>>,
+    /// Spend alert thresholds on the running draft's subtotal, ascending
+    /// (`alerts.rs`); absent in snapshots from before alerts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<Minor>,
+    /// Those of `thresholds` already reached by the current draft (each
+    /// alert fires once per period; emptied when a draft opens).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thresholds_reached: Vec<Minor>,
     /// `CreditLow` is sent when credit falls below the threshold while armed.
     pub credit_low_armed: bool,
     /// Issued invoices not fully paid, oldest first.
@@ -268,6 +276,8 @@ impl AccountState {
             n += c.charges.capacity() * std::mem::size_of::<String>();
             n += c.charges.iter().map(s).sum::<usize>();
         }
+        n += (self.thresholds.capacity() + self.thresholds_reached.capacity())
+            * std::mem::size_of::<Minor>();
         n += self.pending_lines.capacity() * std::mem::size_of::<Line>();
         n += self.invoices.capacity() * std::mem::size_of::<OpenInvoice>();
         n += self

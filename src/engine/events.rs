@@ -155,6 +155,13 @@ pub enum AccountKind {
     CouponApplied {
         coupon: CouponTerms,
     },
+    /// The account's spend alerts (replacing those it had; empty: none):
+    /// amounts in major units of `currency` (the account's) that the
+    /// running draft's subtotal is watched for: see `alerts.rs`.
+    ThresholdsSet {
+        thresholds: Vec<Decimal>,
+        currency: String,
+    },
 }
 
 impl AccountKind {
@@ -165,6 +172,7 @@ impl AccountKind {
             AccountKind::AccountClosed => "account_closed",
             AccountKind::AdjustmentIssued { .. } => "adjustment_issued",
             AccountKind::CouponApplied { .. } => "coupon_applied",
+            AccountKind::ThresholdsSet { .. } => "thresholds_set",
         }
     }
 }
@@ -475,6 +483,20 @@ pub enum DomainEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         periods_left: Option<u32>,
     },
+    /// The account's spend alerts were set: the thresholds, in minor
+    /// units, ascending, without duplicates (empty: none).
+    ThresholdsSet {
+        thresholds: Vec<Minor>,
+    },
+    /// The running draft `invoice_id` of the period starting at
+    /// `period_start` reached `threshold`: its subtotal was `amount`
+    /// (at least the threshold). Once per threshold and period.
+    SpendThresholdReached {
+        invoice_id: String,
+        period_start: Timestamp,
+        threshold: Minor,
+        amount: Minor,
+    },
     UsageRolledUp {
         hour: Timestamp,
         metric: Arc<str>,
@@ -519,6 +541,8 @@ impl DomainEvent {
             DomainEvent::CreditNoteIssued { .. } => "credit_note_issued",
             DomainEvent::CouponApplied { .. } => "coupon_applied",
             DomainEvent::DiscountApplied { .. } => "discount_applied",
+            DomainEvent::ThresholdsSet { .. } => "thresholds_set",
+            DomainEvent::SpendThresholdReached { .. } => "spend_threshold_reached",
             DomainEvent::UsageRolledUp { .. } => "usage_rolled_up",
         }
     }

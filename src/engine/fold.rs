@@ -334,6 +334,7 @@ impl Engine {
             st.dedup.remove(key);
             return Err(rejection);
         }
+        self.check_thresholds(st, &mut emit);
         st.clock = st.clock.max(now);
         match input {
             // Usage only ever adds a rollup bucket: its close is the one
@@ -402,6 +403,7 @@ impl Engine {
                         check_number("amount_off", a)?;
                     }
                 }
+                AccountKind::ThresholdsSet { currency, .. } => check_text("currency", currency)?,
                 _ => {}
             },
         }
@@ -490,7 +492,10 @@ impl Engine {
         }
         if !st.finished && st.current.end.plus(self.config.grace_micros) <= t {
             let cause = format!("timer:close:{}", st.current.start);
-            self.close_period(st, &mut Emit::new(&mut *out, t, &cause));
+            let mut emit = Emit::new(&mut *out, t, &cause);
+            self.close_period(st, &mut emit);
+            // The next draft opened with its own alerts armed.
+            self.check_thresholds(st, &mut emit);
         }
         // Micros, not RFC 3339: this runs for every rollup hour of every
         // account, and formatting a date showed up in the core-path profile.
@@ -912,6 +917,7 @@ impl Engine {
     fn open_draft(&self, st: &mut AccountState, emit: &mut Emit) {
         st.invoice_seq += 1;
         st.draft_invoice_id = Self::invoice_id(&st.account_id, st.invoice_seq);
+        st.thresholds_reached.clear();
         let (invoice_id, period) = (st.draft_invoice_id.clone(), st.current);
         emit.push(st, DomainEvent::InvoiceOpened { invoice_id, period });
     }
@@ -1465,6 +1471,8 @@ impl Engine {
             grants: Vec::new(),
             grant_seq: 0,
             coupon: None,
+            thresholds: Vec::new(),
+            thresholds_reached: Vec::new(),
             credit_low_armed: false,
             invoices: Vec::new(),
             payment_method: None,
@@ -1611,6 +1619,10 @@ impl Engine {
                 Ok(())
             }
             AccountKind::CouponApplied { coupon } => self.apply_coupon(st, coupon, emit),
+            AccountKind::ThresholdsSet {
+                thresholds,
+                currency,
+            } => self.set_thresholds(st, thresholds, currency, emit),
         }
     }
 

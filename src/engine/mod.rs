@@ -6,6 +6,7 @@
 
 pub mod account;
 pub mod aggregation;
+pub mod alerts;
 pub mod config;
 pub mod credit;
 pub mod dedup;
@@ -30,6 +31,8 @@ pub use reject::Rejection;
 mod aggregation_tests;
 #[cfg(test)]
 mod bounds_tests;
+#[cfg(test)]
+mod alerts_tests;
 #[cfg(test)]
 mod credit_tests;
 #[cfg(test)]

@@ -1,0 +1,141 @@
+//! Spend alerts: amounts of the running draft at which the account is told
+//! it has reached them (issue 13, item 3).
+//!
+//! A `ThresholdsSet` command (accounts topic) gives the account up to
+//! `MAX_THRESHOLDS` positive amounts in its currency; they replace those it
+//! had (an empty list removes them). Duplicates are dropped and the rest
+//! kept in ascending order.
+//!
+//! The rules, in one place:
+//! - **The amount watched** is the running draft's subtotal, before tax and
+//!   credit: exactly `Engine::draft(st).subtotal`, what the read API shows
+//!   as the draft and what the period's invoice would carry if it closed
+//!   now — usage and minimum-spend lines of the current period, late-usage
+//!   and debit-adjustment lines waiting for it, the next period's recurring
+//!   fee (charged in advance, so it is on the draft from the period's
+//!   first instant) and the coupon's discount line.
+//! - **When** it is checked: after every input the account applies (usage,
+//!   late usage, adjustments, coupons, the `ThresholdsSet` itself…) and
+//!   after a period close has opened the next draft. Every threshold at or
+//!   below the subtotal that has not fired in this period fires then, in
+//!   ascending order, one `SpendThresholdReached` each: one event that
+//!   crosses two thresholds fires both.
+//! - **Once per period**: the thresholds reached are state
+//!   (`thresholds_reached`), emptied when the next draft opens, so a
+//!   duplicate or redelivered input (refused by dedup before it changes
+//!   anything) and a replay fire nothing twice, and a subtotal that falls
+//!   (a `latest` gauge, a coupon) and rises again fires nothing again.
+//!   Setting the thresholds again keeps what was reached this period.
+//! - Accounts without thresholds pay one emptiness check per input; those
+//!   with thresholds work the draft out once per input until every
+//!   threshold has fired in the period.
+
+use rust_decimal::Decimal;
+
+use super::account::AccountState;
+use super::events::DomainEvent;
+use super::fold::{Emit, Engine};
+use super::money::Minor;
+use super::reject::Rejection;
+
+/// The most thresholds an account may have.
+pub const MAX_THRESHOLDS: usize = 10;
+
+impl Engine {
+    /// Validate a `ThresholdsSet` and put its thresholds on the account.
+    pub(crate) fn set_thresholds(
+        &self,
+        st: &mut AccountState,
+        thresholds: &[Decimal],
+        currency: &str,
+        emit: &mut Emit,
+    ) -> Result<(), Rejection> {
+        let field = |field: &str, reason: String| Rejection::InvalidField {
+            field: field.into(),
+            reason,
+        };
+        if let Some(closed_at) = st.closed_at {
+            return Err(Rejection::AccountClosed { closed_at });
+        }
+        if currency != st.currency.code() {
+            return Err(field(
+                "currency",
+                format!(
+                    "{currency:?} is not the account's currency, {}",
+                    st.currency.code()
+                ),
+            ));
+        }
+        if thresholds.len() > MAX_THRESHOLDS {
+            return Err(field(
+                "thresholds",
+                format!(
+                    "{} thresholds given, at most {MAX_THRESHOLDS} allowed",
+                    thresholds.len()
+                ),
+            ));
+        }
+        let mut amounts = Vec::with_capacity(thresholds.len());
+        for (i, t) in thresholds.iter().enumerate() {
+            let bad = |reason: String| field(&format!("thresholds[{i}]"), format!("{t} {reason}"));
+            if *t <= Decimal::ZERO {
+                return Err(bad("must be positive".into()));
+            }
+            let minor = st.currency.exact(*t).ok_or_else(|| {
+                bad(format!(
+                    "must have at most {} decimals and fit in 64 bits",
+                    st.currency.exponent()
+                ))
+            })?;
+            if !minor.within(Minor::MAX_AMOUNT) {
+                return Err(bad(format!(
+                    "is above the largest amount, {}",
+                    st.currency.format(Minor::MAX_AMOUNT)
+                )));
+            }
+            amounts.push(minor);
+        }
+        amounts.sort();
+        amounts.dedup();
+        st.thresholds_reached.retain(|r| amounts.contains(r));
+        st.thresholds = amounts.clone();
+        emit.push(
+            st,
+            DomainEvent::ThresholdsSet {
+                thresholds: amounts,
+            },
+        );
+        Ok(())
+    }
+
+    /// Fire the spend alerts the running draft has reached and that have
+    /// not fired in this period (see the module's rules).
+    pub(crate) fn check_thresholds(&self, st: &mut AccountState, emit: &mut Emit) {
+        if st.thresholds.is_empty()
+            || st.finished
+            || st.thresholds.len() == st.thresholds_reached.len()
+        {
+            return;
+        }
+        let amount = self.draft(st).subtotal;
+        let due: Vec<Minor> = st
+            .thresholds
+            .iter()
+            .copied()
+            .filter(|t| *t <= amount && !st.thresholds_reached.contains(t))
+            .collect();
+        for threshold in due {
+            st.thresholds_reached.push(threshold);
+            let (invoice_id, period_start) = (st.draft_invoice_id.clone(), st.current.start);
+            emit.push(
+                st,
+                DomainEvent::SpendThresholdReached {
+                    invoice_id,
+                    period_start,
+                    threshold,
+                    amount,
+                },
+            );
+        }
+    }
+}
