@@ -364,6 +364,14 @@ pub fn render(value: &mut Value, currency: Currency) {
                             *v = Value::String(time(Timestamp(i)));
                         }
                     }
+                    // A ThresholdsSet's amounts.
+                    Value::Array(items) if k == "thresholds" => {
+                        for item in items.iter_mut() {
+                            if let Some(i) = item.as_i64() {
+                                *item = Value::String(currency.format(Minor(i)));
+                            }
+                        }
+                    }
                     _ => render(v, currency),
                 }
             }
@@ -416,6 +424,24 @@ mod tests {
         assert_eq!(
             rendered(&e, eur),
             json!({"type": "credit_applied", "invoice_id": "i", "amount": "12.34", "balance": "-0.05"})
+        );
+        let e = DomainEvent::ThresholdsSet {
+            thresholds: vec![Minor(5000), Minor(10000)],
+        };
+        assert_eq!(
+            rendered(&e, eur),
+            json!({"type": "thresholds_set", "thresholds": ["50.00", "100.00"]})
+        );
+        let e = DomainEvent::SpendThresholdReached {
+            invoice_id: "i".into(),
+            period_start: Timestamp::parse_rfc3339("2026-03-01T00:00:00Z").unwrap(),
+            threshold: Minor(5000),
+            amount: Minor(5250),
+        };
+        assert_eq!(
+            rendered(&e, eur),
+            json!({"type": "spend_threshold_reached", "invoice_id": "i",
+                   "period_start": "2026-03-01T00:00:00Z", "threshold": "50.00", "amount": "52.50"})
         );
     }
 }

@@ -155,13 +155,27 @@ fn issue_13_late_usage_that_pushes_the_draft_over_fires_once() {
     // A late March event of 6 calls: March is now 9 calls = 9.00, 3.00
     // billed, so a 6.00 late line lands on April's draft: 6.00 ≥ 5.00.
     let late = ts("2026-03-31T23:00:00Z");
-    h.usage_at("u-late", "api.calls", "k-1", "6", late, ts("2026-04-01T02:00:00Z"))
-        .unwrap();
+    h.usage_at(
+        "u-late",
+        "api.calls",
+        "k-1",
+        "6",
+        late,
+        ts("2026-04-01T02:00:00Z"),
+    )
+    .unwrap();
     let april = h.st().draft_invoice_id.clone();
     assert_eq!(alerts(&h), vec![(april, Minor(500), Minor(600))]);
     // Redelivered: nothing more.
     assert_eq!(
-        h.usage_at("u-late", "api.calls", "k-1", "6", late, ts("2026-04-01T03:00:00Z")),
+        h.usage_at(
+            "u-late",
+            "api.calls",
+            "k-1",
+            "6",
+            late,
+            ts("2026-04-01T03:00:00Z")
+        ),
         Ok(Outcome::Duplicate)
     );
     assert_eq!(alerts(&h).len(), 1);

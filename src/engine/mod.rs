@@ -30,9 +30,9 @@ pub use reject::Rejection;
 #[cfg(test)]
 mod aggregation_tests;
 #[cfg(test)]
-mod bounds_tests;
-#[cfg(test)]
 mod alerts_tests;
+#[cfg(test)]
+mod bounds_tests;
 #[cfg(test)]
 mod credit_tests;
 #[cfg(test)]

@@ -52,6 +52,8 @@ enum Op {
         periods: u32,
         limited: bool,
     },
+    /// Spend alert thresholds, in cents (0 is refused, with the command).
+    Thresholds(Vec<u32>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -90,6 +92,14 @@ fn op_with_coupons() -> impl Strategy<Value = Op> {
                 limited,
             }
         ),
+    ]
+}
+
+/// `op_with_coupons()` plus spend alert thresholds.
+fn op_with_thresholds() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => op_with_coupons(),
+        1 => prop::collection::vec(0u32..20000, 0..5).prop_map(Op::Thresholds),
     ]
 }
 
@@ -330,6 +340,14 @@ fn script(account: &str, plan: usize, ops: &[Op]) -> Vec<(Timestamp, Input)> {
                             Vec::new()
                         },
                     },
+                },
+            ),
+            Op::Thresholds(cents) => cmd(
+                id,
+                now,
+                AccountKind::ThresholdsSet {
+                    thresholds: cents.iter().map(|c| eur(*c)).collect(),
+                    currency: "EUR".into(),
                 },
             ),
             Op::Wait(h) => {
@@ -833,6 +851,62 @@ proptest! {
     /// Duplicates change nothing with coupons either (their counts included).
     #[test]
     fn issue_13_feeding_a_coupon_twice_changes_nothing(plan in 0usize..3, ops in prop::collection::vec(op_with_coupons(), 1..80)) {
+        let inputs = script("a", plan, &ops);
+        let end = end_of(&inputs);
+        let once = run(&engine(), &inputs, end);
+        let twice: Vec<(Timestamp, Input)> = inputs.iter().flat_map(|x| [x.clone(), x.clone()]).collect();
+        let again = run(&engine(), &twice, end);
+        prop_assert_eq!(snapshot(&once.state), snapshot(&again.state));
+        prop_assert_eq!(once.journal, again.journal);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, .. ProptestConfig::default() })]
+
+    /// Issue 13, item 3: with spend alerts among everything else, an alert
+    /// names a threshold in force, a draft subtotal at or above it, and
+    /// fires at most once per threshold and draft (unless a ThresholdsSet
+    /// without it came in between); and every threshold in force that a
+    /// period's invoice reaches fired for that draft (the subtotal the
+    /// close issues is the one the last check saw: only inputs change a
+    /// draft, and each is checked).
+    #[test]
+    fn issue_13_spend_alerts_fire_once_per_threshold_and_period_and_never_miss(
+        plan in 0usize..3,
+        ops in prop::collection::vec(op_with_thresholds(), 1..120),
+    ) {
+        let inputs = script("a", plan, &ops);
+        let r = run(&engine(), &inputs, end_of(&inputs));
+        let mut in_force: Vec<Minor> = Vec::new();
+        let mut fired: Vec<(String, Minor)> = Vec::new();
+        for e in &r.journal {
+            match &e.event {
+                DomainEvent::ThresholdsSet { thresholds } => {
+                    fired.retain(|(_, t)| thresholds.contains(t));
+                    in_force = thresholds.clone();
+                }
+                DomainEvent::SpendThresholdReached { invoice_id, threshold, amount, .. } => {
+                    prop_assert!(in_force.contains(threshold));
+                    prop_assert!(amount >= threshold);
+                    let key = (invoice_id.clone(), *threshold);
+                    prop_assert!(!fired.contains(&key), "fired twice: {:?}", key);
+                    fired.push(key);
+                }
+                DomainEvent::InvoiceIssued { invoice } if e.causation_id.starts_with("timer:close:") => {
+                    for t in in_force.iter().filter(|t| **t <= invoice.subtotal) {
+                        let key = (invoice.invoice_id.clone(), *t);
+                        prop_assert!(fired.contains(&key), "missed: {:?} (subtotal {:?})", key, invoice.subtotal);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Duplicates change nothing with spend alerts either.
+    #[test]
+    fn issue_13_feeding_thresholds_and_usage_twice_fires_nothing_twice(plan in 0usize..3, ops in prop::collection::vec(op_with_thresholds(), 1..80)) {
         let inputs = script("a", plan, &ops);
         let end = end_of(&inputs);
         let once = run(&engine(), &inputs, end);
