@@ -1211,6 +1211,41 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn issue_13_thresholds_set_parses_from_the_pinned_shape_and_bad_ones_name_the_field() {
+        let line = r#"{"event_id":"t1","account_id":"acct-a","kind":"thresholds_set","occurred_at":"2026-03-02T00:00:00Z","environment":"prod","thresholds":["50.00","100.00","250"],"currency":"EUR"}"#;
+        let Ok(Decoded::Input(Input::Account(a))) = parse_line(line) else {
+            panic!("{line}");
+        };
+        assert_eq!(
+            a.kind,
+            AccountKind::ThresholdsSet {
+                thresholds: vec![d("50.00"), d("100.00"), d("250")],
+                currency: "EUR".into(),
+            }
+        );
+        for (bad, expected) in [
+            (
+                r#""thresholds":[50]"#,
+                "thresholds must be an array of exact decimal strings",
+            ),
+            (
+                r#""thresholds":["5O"]"#,
+                "thresholds[0] must be a decimal string",
+            ),
+            (r#""thresholds":"50""#, "thresholds must be an array"),
+            (r#""thresholds":null"#, "thresholds is required"),
+        ] {
+            let l = line.replace(r#""thresholds":["50.00","100.00","250"]"#, bad);
+            let e = error_of(&l);
+            assert!(e.starts_with(expected), "{l}: {e}");
+        }
+        let e = error_of(&line.replace(r#","currency":"EUR""#, ""));
+        assert!(e.starts_with("currency is required"), "{e}");
+        let e = error_of(&line.replace(r#""currency""#, r#""invoice_at""#));
+        assert!(e.contains("invoice_at"), "{e}");
+    }
+
+    #[test]
     fn issue_13_grant_fields_parse_from_the_pinned_shape_and_bad_ones_name_the_field() {
         let line = r#"{"event_id":"t","account_id":"a","kind":"credit_topped_up","occurred_at":"2026-03-01T00:00:00Z","amount":"5.00","currency":"EUR","grant":{"kind":"promotional","expires_at":"2026-04-01T00:00:00Z","priority":3}}"#;
         let Ok(Decoded::Input(Input::Payment(p))) = parse_line(line) else {
