@@ -109,12 +109,17 @@ impl Engine {
     }
 
     /// Fire the spend alerts the running draft has reached and that have
-    /// not fired in this period (see the module's rules).
+    /// not fired in this period (see the module's rules). Inlined: on the
+    /// fold's path it is one emptiness check for an account without alerts.
+    #[inline(always)]
     pub(crate) fn check_thresholds(&self, st: &mut AccountState, emit: &mut Emit) {
-        if st.thresholds.is_empty()
-            || st.finished
-            || st.thresholds.len() == st.thresholds_reached.len()
-        {
+        if !st.thresholds.is_empty() {
+            self.fire_thresholds(st, emit);
+        }
+    }
+
+    fn fire_thresholds(&self, st: &mut AccountState, emit: &mut Emit) {
+        if st.finished || st.thresholds.len() == st.thresholds_reached.len() {
             return;
         }
         let amount = self.draft(st).subtotal;
