@@ -562,9 +562,10 @@ pub async fn serve<S: StateStore>(
         .map_err(fenced_is_fatal)?;
     // Records still waiting for their account's opening stay uncommitted.
     // (With transactions the offsets went in the last one.)
-    if sink.is_transactional() {
-    } else if let Err(e) = source.commit(CommitMode::Sync, &processor.commit_floor()) {
-        eprintln!("warning: final offset commit failed ({e}); the next owner skips those records as replays");
+    if !sink.is_transactional() {
+        if let Err(e) = source.commit(CommitMode::Sync, &processor.commit_floor()) {
+            eprintln!("warning: final offset commit failed ({e}); the next owner skips those records as replays");
+        }
     }
     sink.flush(Duration::from_secs(10))?;
     if settings.run.is_shadow() {
@@ -773,24 +774,34 @@ async fn hand_over<S: StateStore>(
         m.published(&outputs);
     }
     processor.published();
-    // Held offsets of the partitions that stay still bound the commit, and
-    // so do records waiting for their account's opening, on any partition
-    // (never folded: the next owner must read them).
-    let mut floor: Vec<((String, i32), i64)> = processor
-        .commit_floor()
+    let floor = hand_over_floor(processor.commit_floor(), processor.waiting_floor(), revoked);
+    if let Err(e) = source.commit(CommitMode::Sync, &floor) {
+        eprintln!("warning: offset commit at revocation failed ({e}); the next owner skips those records as replays");
+    }
+    Ok(())
+}
+
+/// The commit floor at a hand-over: the held offsets of the partitions that
+/// stay still bound the commit (those of the revoked ones were just
+/// written), and so do records waiting for their account's opening or
+/// plan, on any partition, revoked or not (never folded: the next owner
+/// must read them).
+fn hand_over_floor(
+    commit_floor: Vec<((String, i32), i64)>,
+    waiting_floor: Vec<((String, i32), i64)>,
+    revoked: &[(String, i32)],
+) -> Vec<((String, i32), i64)> {
+    let mut floor: Vec<((String, i32), i64)> = commit_floor
         .into_iter()
         .filter(|(tp, _)| !revoked.contains(tp))
         .collect();
-    for (tp, offset) in processor.waiting_floor() {
+    for (tp, offset) in waiting_floor {
         match floor.iter_mut().find(|(s, _)| *s == tp) {
             Some((_, f)) => *f = (*f).min(offset),
             None => floor.push((tp, offset)),
         }
     }
-    if let Err(e) = source.commit(CommitMode::Sync, &floor) {
-        eprintln!("warning: offset commit at revocation failed ({e}); the next owner skips those records as replays");
-    }
-    Ok(())
+    floor
 }
 
 /// `hand_over` with `kafka.transactional`: the held changes of `gone`
@@ -816,11 +827,7 @@ async fn hand_over_in_transaction<S: StateStore>(
         Err(e) => return Err(e.into()),
     };
     record_latency(progress, &processor.take_persisted_produce_times());
-    let floor: Vec<((String, i32), i64)> = processor
-        .commit_floor()
-        .into_iter()
-        .filter(|(tp, _)| !revoked.contains(tp))
-        .collect();
+    let floor = hand_over_floor(processor.commit_floor(), processor.waiting_floor(), revoked);
     match transact(processor, sink, source, &outputs, &floor).await {
         Ok(()) => {
             if let Some(m) = &progress.metrics {
@@ -1047,6 +1054,23 @@ fn record_latency(progress: &Progress, produced: &[i64]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record waiting on a revoked partition keeps its offset
+    /// uncommitted at the hand-over, in both modes: the transactional
+    /// hand-over had filtered it out of the floor with the revoked
+    /// partitions' held offsets (the commit floor includes the waiting
+    /// floor), so its transaction would have committed past a record
+    /// nobody folded.
+    #[test]
+    fn a_record_waiting_on_a_revoked_partition_bounds_the_hand_over_commit() {
+        let tp = |p: i32| ("billing.usage.v1".to_string(), p);
+        // Partition 0 revoked: its held offset 10 goes (written now), its
+        // waiting record at 7 stays; partition 1 stays: held 20, waiting 25.
+        let commit_floor = vec![(tp(0), 7), (tp(1), 20)];
+        let waiting_floor = vec![(tp(0), 7), (tp(1), 25)];
+        let floor = hand_over_floor(commit_floor, waiting_floor, &[tp(0)]);
+        assert_eq!(floor, vec![(tp(1), 20), (tp(0), 7)]);
+    }
 
     #[test]
     fn latency_quantiles_are_exact_to_the_millisecond() {

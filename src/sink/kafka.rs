@@ -259,32 +259,11 @@ impl KafkaSink {
     async fn send_progress(&self, progress: &[ProgressRecord]) -> Result<InFlight, KafkaError> {
         let mut pending = std::collections::VecDeque::with_capacity(progress.len());
         for r in progress {
-            let mut record = FutureRecord::to(&self.progress_topic)
+            let record = FutureRecord::to(&self.progress_topic)
                 .key(r.key.as_bytes())
                 .payload(&r.payload)
                 .partition(r.partition);
-            loop {
-                match self.producer.send_result(record) {
-                    Ok(delivery) => {
-                        pending.push_back(delivery);
-                        break;
-                    }
-                    Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        // Make room, as `send` does.
-                        record = back;
-                        match pending.pop_front() {
-                            Some(oldest) => acknowledged(oldest).await?,
-                            None => tokio::time::sleep(Duration::from_millis(5)).await,
-                        }
-                    }
-                    Err((e, _)) => {
-                        return Err(KafkaError::Transient(format!(
-                            "enqueue progress of {}: {e}",
-                            r.key
-                        )))
-                    }
-                }
-            }
+            self.enqueue(record, &mut pending).await?;
         }
         Ok(InFlight {
             pending: pending.into(),
@@ -347,29 +326,42 @@ impl KafkaSink {
             if headers.count() > 0 {
                 record = record.headers(headers);
             }
-            loop {
-                match self.producer.send_result(record) {
-                    Ok(delivery) => {
-                        pending.push_back(delivery);
-                        break;
-                    }
-                    Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        // Make room: the oldest of ours is acknowledged
-                        // first; with none of ours queued, the queue holds
-                        // earlier batches' records, which drain on their own.
-                        match pending.pop_front() {
-                            Some(oldest) => acknowledged(oldest).await?,
-                            None => tokio::time::sleep(Duration::from_millis(5)).await,
-                        }
-                    }
-                    Err((e, _)) => return Err(KafkaError::Transient(format!("enqueue: {e}"))),
-                }
-            }
+            self.enqueue(record, &mut pending).await?;
         }
         Ok(InFlight {
             pending: pending.into(),
         })
+    }
+
+    /// Hand one record to the producer, after `pending` (ours, in order).
+    /// While the producer's queue is full, make room: the oldest of ours is
+    /// acknowledged first; with none of ours queued, the queue holds
+    /// earlier batches' records, which drain on their own.
+    async fn enqueue<K, P>(
+        &self,
+        mut record: FutureRecord<'_, K, P>,
+        pending: &mut std::collections::VecDeque<DeliveryFuture>,
+    ) -> Result<(), KafkaError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push_back(delivery);
+                    return Ok(());
+                }
+                Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    match pending.pop_front() {
+                        Some(oldest) => acknowledged(oldest).await?,
+                        None => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+                Err((e, _)) => return Err(KafkaError::Transient(format!("enqueue: {e}"))),
+            }
+        }
     }
 
     /// The payload bytes `r` may take: `kafka.max_record_bytes` less its
