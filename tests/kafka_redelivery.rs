@@ -315,3 +315,176 @@ fn issue_12_records_produced_again_41_days_later_change_no_invoice_or_charge() {
     assert_eq!(kinds.len(), redelivered, "dead letters: {kinds:?}");
     assert!(kinds.iter().all(|k| k == "too_late"), "{kinds:?}");
 }
+
+/// Every record of `topic` (one partition) up to its end now, as (event
+/// id, payload bytes) in log order, duplicates included.
+fn read_raw(brokers: &str, group: &str, topic: &str) -> Vec<(String, Vec<u8>)> {
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let (_, end) = probe
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap();
+    let records = read_until(brokers, group, topic, Duration::from_secs(120), |r| {
+        r.len() as i64 >= end
+    });
+    assert_eq!(records.len() as i64, end, "{topic}: records read");
+    records
+}
+
+/// Issue 15: outputs are a pure function of their cause. A second,
+/// independent derivation of the same input log (another group and an
+/// empty store: what a new owner does with inputs whose state never
+/// landed) seconds later publishes the same outputs under the same ids
+/// with the same bytes. Before, a journal entry and a notification carried
+/// the instant they were *processed* at, so the second derivation
+/// published every id again with a different payload.
+#[test]
+fn issue_15_a_second_derivation_of_the_same_log_later_publishes_byte_identical_outputs() {
+    let Some(Setup {
+        brokers,
+        prefix,
+        group,
+        _dir,
+        store,
+    }) = setup("pure")
+    else {
+        return;
+    };
+    let catalog = Catalog::shared().unwrap();
+    let acct = "acct-pure";
+    // Usage one minute ago: its hourly rollup comes due no sooner than
+    // four minutes from now, so no timer fires while either runs (a timer
+    // fired by the processing clock is ordered against the records around
+    // it by when they are read, which this test does not vary).
+    let now = Timestamp::from_datetime(chrono::Utc::now());
+    let used_at = Timestamp(now.0 - 60_000_000);
+    let (month_start, _) = super::kafka_e2e::month_start_and_used_at();
+    let accounts: Records = vec![
+        (
+            "billing.accounts.v1".into(),
+            acct.into(),
+            catalog
+                .encode_input(&account_opened("open", acct, "metered", "0.19", month_start))
+                .unwrap(),
+        ),
+        (
+            "billing.accounts.v1".into(),
+            acct.into(),
+            catalog
+                .encode_input(&Input::Account(AccountCommand {
+                    event_id: "thresholds".into(),
+                    account_id: acct.into(),
+                    occurred_at: month_start,
+                    environment: Some("prod".into()),
+                    kind: AccountKind::ThresholdsSet {
+                        thresholds: vec![Decimal::new(3_100, 2)],
+                        currency: "EUR".into(),
+                    },
+                }))
+                .unwrap(),
+        ),
+    ];
+    let usage: Records = (0..6)
+        .map(|i| {
+            let u = Input::Usage(UsageRecorded {
+                event_id: format!("u-{i}"),
+                account_id: acct.into(),
+                subject: "app-1".into(),
+                metric: "m".into(),
+                quantity: Decimal::ONE,
+                occurred_at: used_at,
+                environment: "prod".into(),
+                attributes: Default::default(),
+            });
+            (
+                "billing.usage.v1".to_string(),
+                acct.to_string(),
+                catalog.encode_input(&u).unwrap(),
+            )
+        })
+        .collect();
+    produce(
+        &brokers,
+        &prefix,
+        &vec![(
+            "billing.plans.v1".into(),
+            "metered".into(),
+            catalog
+                .encode_plan(&per_unit_plan("metered", "30.00", "0.50"))
+                .unwrap(),
+        )],
+    );
+    let has = |e: &Journal, kind: &str, cause: &str| {
+        e.contains_key(&(acct.to_string(), kind.to_string(), cause.to_string()))
+    };
+
+    // 1. The first derivation, on the wall clock (production's).
+    let first = Running::start(&mut billstream(&prefix, &group, &store, &brokers));
+    produce(&brokers, &prefix, &accounts);
+    journal_until(&brokers, &format!("{group}-r1"), &prefix, &|e| {
+        has(e, "thresholds_set", "thresholds")
+    });
+    produce(&brokers, &prefix, &usage);
+    journal_until(&brokers, &format!("{group}-r2"), &prefix, &|e| {
+        has(e, "usage_applied", "u-5")
+            && e.keys().any(|(_, kind, _)| kind == "spend_threshold_reached")
+    });
+    assert!(first.stop().success());
+    let topics = ["billing.journal.v1", "billing.notifications.v1"];
+    let once: Vec<Vec<(String, Vec<u8>)>> = topics
+        .iter()
+        .map(|t| read_raw(&brokers, &format!("{group}-a"), &format!("{prefix}{t}")))
+        .collect();
+
+    // 2. Two seconds later, a second derivation from the same log by a
+    //    member with another group and an empty store.
+    std::thread::sleep(Duration::from_secs(2));
+    let other_store = _dir.path().join("state-b");
+    let second = Running::start(&mut billstream(
+        &prefix,
+        &format!("{group}-b"),
+        &other_store,
+        &brokers,
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for (t, first_run) in topics.iter().zip(&once) {
+        let topic = format!("{prefix}{t}");
+        while probe
+            .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+            .unwrap()
+            .1
+            < 2 * first_run.len() as i64
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{topic}: the second derivation did not publish {} records",
+                first_run.len()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert!(second.stop().success());
+
+    for (t, first_run) in topics.iter().zip(&once) {
+        assert!(!first_run.is_empty(), "{t}: nothing published");
+        let all = read_raw(&brokers, &format!("{group}-c"), &format!("{prefix}{t}"));
+        let (a, b) = all.split_at(first_run.len());
+        assert_eq!(a, first_run.as_slice(), "{t}: the first run's records");
+        let ids = |r: &[(String, Vec<u8>)]| r.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(b), ids(a), "{t}: the same ids, in the same order");
+        for ((id, x), (_, y)) in a.iter().zip(b) {
+            assert!(
+                x == y,
+                "{t}: {id} published with two payloads:\n{:?}\n{:?}",
+                decode_output(catalog, x),
+                decode_output(catalog, y)
+            );
+        }
+    }
+}

@@ -54,7 +54,7 @@ pub struct SourcePos {
 }
 
 /// One record of a batch as it came off its topic: position, key (the
-/// account id, as SPEC §2 keys every topic), bytes, processing instant.
+/// account id, as SPEC §2 keys every topic), bytes, the processing clock.
 pub struct BatchRecord<'a> {
     pub pos: SourcePos,
     pub key: Option<&'a str>,
@@ -63,9 +63,33 @@ pub struct BatchRecord<'a> {
     /// Order among one account's records of the batch that come from
     /// different topics: lower first (see `batch::group_by_account_ranked`).
     pub rank: u8,
-    /// When the record was produced (Kafka timestamp, ms since the epoch),
-    /// for the produce-to-persisted latency; `None` when unknown.
+    /// When the record was produced (Kafka timestamp, ms since the epoch):
+    /// the instant it is processed at (`record_instant`) and the start of
+    /// the produce-to-persisted latency; `None` when unknown.
     pub produced_ms: Option<i64>,
+}
+
+/// The instant a record of an input topic is processed at, which every
+/// change it causes is stamped with (journal `at`, an output's
+/// `occurred_at`, a dead letter's time) and timers are advanced to before
+/// it is applied: when it was appended to its topic (its Kafka timestamp),
+/// raised to the instant its event occurred, and never past the processing
+/// clock `now`. So outputs are a function of the record and the state it
+/// is applied to, not of when it happens to be processed: a new owner
+/// deriving them again after a takeover, or a replay, publishes the same
+/// bytes under the same ids (issue 15). The cap keeps a record stamped in
+/// the future (a producer's clock ahead) from firing timers early; such a
+/// record, and one with no timestamp, is processed at `now`.
+pub fn record_instant(
+    now: Timestamp,
+    produced_ms: Option<i64>,
+    occurred_at: Option<Timestamp>,
+) -> Timestamp {
+    let Some(appended) = produced_ms.and_then(|ms| ms.checked_mul(1000)) else {
+        return now;
+    };
+    let at = occurred_at.map_or(appended, |o| o.0.max(appended));
+    Timestamp(at.min(now.0))
 }
 
 /// When an account whose only changes are usage is written (see
@@ -571,7 +595,8 @@ impl<S: StateStore> Processor<S> {
             let account = match decoder.decode_into(r.raw, &mut scratch) {
                 Ok(()) => match &scratch {
                     Decoded::Input(input) => {
-                        self.apply(&r.pos, r.key, r.raw, input, r.now).await?;
+                        let at = record_instant(r.now, r.produced_ms, Some(input.occurred_at()));
+                        self.apply(&r.pos, r.key, r.raw, input, at).await?;
                         Some(input.account_id()).filter(|a| r.key == Some(*a))
                     }
                     plan @ Decoded::Plan(_) => {
@@ -581,7 +606,8 @@ impl<S: StateStore> Processor<S> {
                     }
                 },
                 Err(e) => {
-                    self.process(&r.pos, r.key, r.raw, Err(e), r.now).await?;
+                    let at = record_instant(r.now, r.produced_ms, None);
+                    self.process(&r.pos, r.key, r.raw, Err(e), at).await?;
                     None
                 }
             };
@@ -1365,5 +1391,47 @@ impl<S: StateStore> Processor<S> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record_instant;
+    use crate::engine::time::Timestamp;
+
+    const S: i64 = 1_000_000;
+
+    #[test]
+    fn a_record_is_processed_at_its_log_time_whenever_it_is_read() {
+        // Appended at t = 100 s: read at 150 s or at 900 s, processed at 100 s.
+        let appended = Some(100_000);
+        let occurred = Some(Timestamp(40 * S));
+        assert_eq!(
+            record_instant(Timestamp(150 * S), appended, occurred),
+            Timestamp(100 * S)
+        );
+        assert_eq!(
+            record_instant(Timestamp(900 * S), appended, occurred),
+            Timestamp(100 * S)
+        );
+    }
+
+    #[test]
+    fn a_record_stamped_before_its_event_is_processed_at_the_event() {
+        // Log time 0 (a producer that sets no timestamp of its own), event
+        // at 40 s, read at 150 s: 40 s.
+        assert_eq!(
+            record_instant(Timestamp(150 * S), Some(0), Some(Timestamp(40 * S))),
+            Timestamp(40 * S)
+        );
+    }
+
+    #[test]
+    fn a_record_stamped_in_the_future_or_not_at_all_is_processed_now() {
+        let now = Timestamp(150 * S);
+        assert_eq!(record_instant(now, Some(900_000), None), now);
+        assert_eq!(record_instant(now, Some(100_000), Some(Timestamp(900 * S))), now);
+        assert_eq!(record_instant(now, None, Some(Timestamp(40 * S))), now);
+        assert_eq!(record_instant(now, Some(i64::MAX), None), now);
     }
 }
