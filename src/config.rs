@@ -109,6 +109,7 @@ struct RawKafka {
     session_timeout: String,
     max_poll_interval: String,
     unknown_account_wait: String,
+    timer_hold: String,
     transactional: bool,
     transactional_id: String,
     group_instance_id: String,
@@ -402,6 +403,10 @@ pub struct KafkaSettings {
     /// its partition there still has records to read, before it is
     /// dead-lettered `unknown_account` (zero: at once).
     pub unknown_account_wait: Duration,
+    /// `kafka.timer_hold`: how far behind the processing clock timers may
+    /// be held while an input partition has records left to read (they
+    /// follow its stream time meanwhile; `KafkaSource::timers_floor`).
+    pub timer_hold: Duration,
     pub transactional: bool,
     /// `transactional.id` of this instance's producer when `transactional`
     /// (stable across its restarts, unique among instances).
@@ -1335,6 +1340,7 @@ impl Raw {
                     "kafka.unknown_account_wait",
                     &self.kafka.unknown_account_wait,
                 )?,
+                timer_hold: duration("kafka.timer_hold", &self.kafka.timer_hold)?,
                 transactional: self.kafka.transactional,
                 transactional_id: self
                     .kafka

@@ -366,7 +366,13 @@ fn issue_15_a_second_derivation_of_the_same_log_later_publishes_byte_identical_o
             "billing.accounts.v1".into(),
             acct.into(),
             catalog
-                .encode_input(&account_opened("open", acct, "metered", "0.19", month_start))
+                .encode_input(&account_opened(
+                    "open",
+                    acct,
+                    "metered",
+                    "0.19",
+                    month_start,
+                ))
                 .unwrap(),
         ),
         (
@@ -429,7 +435,8 @@ fn issue_15_a_second_derivation_of_the_same_log_later_publishes_byte_identical_o
     produce(&brokers, &prefix, &usage);
     journal_until(&brokers, &format!("{group}-r2"), &prefix, &|e| {
         has(e, "usage_applied", "u-5")
-            && e.keys().any(|(_, kind, _)| kind == "spend_threshold_reached")
+            && e.keys()
+                .any(|(_, kind, _)| kind == "spend_threshold_reached")
     });
     assert!(first.stop().success());
     let topics = ["billing.journal.v1", "billing.notifications.v1"];
@@ -487,4 +494,133 @@ fn issue_15_a_second_derivation_of_the_same_log_later_publishes_byte_identical_o
             );
         }
     }
+}
+
+/// Issue 15: a timer is ordered against the records around it by the log,
+/// not by when the member happens to read them. A member catching up on a
+/// backlog (the clock says January closed an hour ago, the log still holds
+/// 300 usage records appended on 31 January) closes January only once it
+/// has read them, so January's invoice bills all 300. Before, the first
+/// batch's timers fired on the processing clock: January was issued with
+/// the first batch's usage and the rest became late usage on February's
+/// draft (an invoice that depended on the batch size and the lag).
+#[test]
+fn issue_15_a_member_catching_up_closes_a_period_after_the_records_appended_before_its_close() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let Some(Setup {
+        brokers,
+        prefix,
+        group,
+        _dir,
+        store,
+    }) = setup("backlog")
+    else {
+        return;
+    };
+    let catalog = Catalog::shared().unwrap();
+    let at = |s: &str| Timestamp::parse_rfc3339(s).unwrap();
+    let acct = "acct-backlog";
+    let opened = at("2026-01-01T00:00:00Z");
+    let used = at("2026-01-31T23:00:00Z");
+    // (topic, payload, record timestamp in ms)
+    let mut records: Vec<(&str, Vec<u8>, i64)> = Vec::new();
+    for i in 0..300 {
+        let u = Input::Usage(UsageRecorded {
+            event_id: format!("u-{i}"),
+            account_id: acct.into(),
+            subject: "app-1".into(),
+            metric: "m".into(),
+            quantity: Decimal::ONE,
+            occurred_at: used,
+            environment: "prod".into(),
+            attributes: Default::default(),
+        });
+        records.push((
+            "billing.usage.v1",
+            catalog.encode_input(&u).unwrap(),
+            used.0 / 1000 + i,
+        ));
+    }
+    // 1. The plan and the opening, processed in mid-January.
+    produce(
+        &brokers,
+        &prefix,
+        &vec![
+            (
+                "billing.plans.v1".into(),
+                "metered".into(),
+                catalog
+                    .encode_plan(&per_unit_plan("metered", "0", "0.50"))
+                    .unwrap(),
+            ),
+            (
+                "billing.accounts.v1".into(),
+                acct.into(),
+                catalog
+                    .encode_input(&account_opened("open", acct, "metered", "0", opened))
+                    .unwrap(),
+            ),
+        ],
+    );
+    let january = Running::start(
+        billstream(&prefix, &group, &store, &brokers)
+            .env("BILLSTREAM__CLOCK", "2026-01-15T00:00:00Z"),
+    );
+    journal_until(&brokers, &format!("{group}-o"), &prefix, &|e| {
+        e.contains_key(&(acct.into(), "account_opened".into(), "open".into()))
+    });
+    assert!(january.stop().success());
+
+    // 2. 300 usage records appended on 31 January, while no member runs.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            for (topic, payload, ms) in &records {
+                let topic = format!("{prefix}{topic}");
+                producer
+                    .send(
+                        FutureRecord::to(&topic)
+                            .key(acct)
+                            .payload(payload)
+                            .timestamp(*ms),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .unwrap();
+            }
+        });
+
+    // 3. The member starts again an hour after January's close came due (1 February
+    // 01:00, after the hour of grace) and reads 10 records a batch.
+    let member = Running::start(
+        billstream(&prefix, &group, &store, &brokers)
+            .env("BILLSTREAM__CLOCK", "2026-02-01T02:00:00Z")
+            .env("BILLSTREAM__BATCH__MAX_RECORDS", "10"),
+    );
+    journal_until(&brokers, &format!("{group}-j"), &prefix, &|e| {
+        e.keys().any(|(_, kind, _)| kind == "invoice_issued")
+            && e.contains_key(&(acct.into(), "usage_applied".into(), "u-299".into()))
+    });
+    assert!(member.stop().success());
+    let issued: Vec<(String, String)> = read_all(
+        &brokers,
+        &format!("{group}-invoices"),
+        &format!("{prefix}billing.invoices.v1"),
+    )
+    .values()
+    .filter(|r| r.contains_key("lines"))
+    .map(|r| (text(&r["invoice_id"]), text(&r["total"])))
+    .collect();
+    assert_eq!(
+        issued,
+        vec![(format!("inv_{acct}_00001"), "150.00".to_string())],
+        "January's invoice bills the 300 units appended before its close"
+    );
 }

@@ -1430,7 +1430,10 @@ mod tests {
     fn a_record_stamped_in_the_future_or_not_at_all_is_processed_now() {
         let now = Timestamp(150 * S);
         assert_eq!(record_instant(now, Some(900_000), None), now);
-        assert_eq!(record_instant(now, Some(100_000), Some(Timestamp(900 * S))), now);
+        assert_eq!(
+            record_instant(now, Some(100_000), Some(Timestamp(900 * S))),
+            now
+        );
         assert_eq!(record_instant(now, None, Some(Timestamp(40 * S))), now);
         assert_eq!(record_instant(now, Some(i64::MAX), None), now);
     }

@@ -441,7 +441,7 @@ pub async fn serve<S: StateStore>(
         progress
             .records_folded
             .fetch_add(records.len() as u64, Ordering::Relaxed);
-        processor.advance_timers(now);
+        processor.advance_timers(source.timers_floor(now, settings.kafka.timer_hold));
         if let Some(m) = &progress.metrics {
             count_batch(m, &records, &before, &processor.stats);
             m.timers_fired
@@ -525,7 +525,7 @@ pub async fn serve<S: StateStore>(
         )
         .await?;
     }
-    processor.advance_timers(clock.now());
+    processor.advance_timers(source.timers_floor(clock.now(), settings.kafka.timer_hold));
     // Everything held by the checkpoint policy is written now.
     let held = processor.held_records();
     let started = std::time::Instant::now();
@@ -672,9 +672,10 @@ async fn on_group_change<S: StateStore>(
     match change {
         GroupChange::Assigned(list) => {
             source.check_co_partitioned()?;
-            if sink.is_transactional() {
-                source.learn_committed(&list)?;
-            }
+            // Where each partition starts: the transaction's offsets, and
+            // whether a partition is read to its end (`timers_floor`)
+            // before anything was read from it.
+            source.learn_committed(&list)?;
             let owned: BTreeSet<u32> = processor.owned_partitions().map(|(p, _)| p).collect();
             let mut fresh = BTreeSet::new();
             for (topic, p) in list {

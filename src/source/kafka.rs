@@ -19,6 +19,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Settings;
+use crate::engine::time::Timestamp;
 
 /// Errors of the Kafka edges, by what happens next.
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +202,9 @@ pub struct KafkaSource {
     /// With `kafka.transactional`, the progress topic, which must exist
     /// and be co-partitioned with the inputs.
     progress: Option<String>,
+    /// Per input (topic, partition): the latest record timestamp (ms)
+    /// fetched, the partition's stream time (`timers_floor`).
+    stream_time: Vec<((String, i32), i64)>,
 }
 
 /// Where one input partition stands.
@@ -262,6 +266,7 @@ impl KafkaSource {
                 .kafka
                 .transactional
                 .then(|| settings.topics.progress.clone()),
+            stream_time: Vec::new(),
         };
         source.check_co_partitioned()?;
         source
@@ -389,7 +394,106 @@ impl KafkaSource {
             }
         }
         batch.before_changes = batch.records.len();
+        self.note_stream_time(&batch.records);
         Ok(batch)
+    }
+
+    fn note_stream_time(&mut self, records: &[OwnedMessage]) {
+        let mut last: Option<usize> = None;
+        for m in records {
+            let Some(ms) = m.timestamp().to_millis() else {
+                continue;
+            };
+            let same = |e: &((String, i32), i64)| e.0 .1 == m.partition() && e.0 .0 == m.topic();
+            let i = match last.filter(|&i| same(&self.stream_time[i])) {
+                Some(i) => i,
+                None => match self.stream_time.iter().position(same) {
+                    Some(i) => i,
+                    None => {
+                        self.stream_time
+                            .push(((m.topic().to_string(), m.partition()), i64::MIN));
+                        self.stream_time.len() - 1
+                    }
+                },
+            };
+            self.stream_time[i].1 = self.stream_time[i].1.max(ms);
+            last = Some(i);
+        }
+    }
+
+    /// How far the processing clock `now` may move timers (period closes,
+    /// due dates, retries, rollups): to `now` while every input partition
+    /// this member reads is read to its end, else no further than the
+    /// latest record timestamp read from a partition that is not, so a
+    /// timer is ordered after the records appended before it came due
+    /// however far behind the member is (a backlog after an outage, a
+    /// slow member) — outputs a function of the log, not of the lag
+    /// (issue 15). Held back by at most `hold`, so a partition that is
+    /// never read cannot stop every timer.
+    pub fn timers_floor(&self, now: Timestamp, hold: Duration) -> Timestamp {
+        let hold = i64::try_from(hold.as_micros()).unwrap_or(i64::MAX);
+        let cap = now.0.saturating_sub(hold);
+        let Ok(positions) = self.consumer.position() else {
+            return Timestamp(cap);
+        };
+        let mut floor = now.0;
+        for e in positions.elements() {
+            let (topic, partition) = (e.topic(), e.partition());
+            if !self.topics.iter().any(|t| t == topic) {
+                continue;
+            }
+            // Where the next record to read is: after the last one handed
+            // out (past any transaction markers), else the group's
+            // committed offset.
+            let next = match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => self
+                    .offsets
+                    .iter()
+                    .find(|o| o.partition == partition && o.topic == topic)
+                    .map(|o| o.committed)
+                    .filter(|c| *c >= 0),
+            };
+            let read_to_end = match (next, self.cached_watermarks(topic, partition)) {
+                (Some(next), Some((low, high))) => next.max(low) >= high,
+                (None, Some((low, high))) => low >= high,
+                _ => false,
+            };
+            if !read_to_end {
+                let read = self
+                    .stream_time
+                    .iter()
+                    .find(|((t, p), _)| *p == partition && t == topic)
+                    .map_or(i64::MIN, |(_, ms)| ms.saturating_mul(1000));
+                floor = floor.min(read);
+            }
+        }
+        Timestamp(floor.max(cap).min(now.0))
+    }
+
+    /// The low and high watermarks of `topic`/`partition` as of the last
+    /// fetch response (no request to the broker); `None` before one.
+    fn cached_watermarks(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
+        let topic = std::ffi::CString::new(topic).ok()?;
+        let (mut low, mut high) = (-1_i64, -1_i64);
+        // rust-rdkafka 0.39 has only `fetch_watermarks`, a broker round
+        // trip; librdkafka keeps the watermarks of every fetch response.
+        // SAFETY: the handle is valid while `self.consumer` lives, the
+        // topic name is a NUL-terminated string that outlives the call,
+        // and the two out-parameters are plain integers.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            && low >= 0
+            && high >= 0)
+            .then_some((low, high))
     }
 
     /// Consumer lag per (topic, partition) as of librdkafka's latest
@@ -563,7 +667,8 @@ impl KafkaSource {
 
     /// Learn the group's committed offsets of newly assigned partitions
     /// (as positions processed up to there), so that `transaction_offsets`
-    /// can commit them again before this member has processed anything.
+    /// can commit them again before this member has processed anything,
+    /// and `timers_floor` knows where a partition not read from yet stands.
     pub fn learn_committed(&mut self, partitions: &[(String, i32)]) -> Result<(), KafkaError> {
         let mut tpl = TopicPartitionList::new();
         for (topic, partition) in partitions {
@@ -603,6 +708,7 @@ impl KafkaSource {
     pub fn forget(&mut self, partitions: &BTreeSet<(String, i32)>) {
         self.offsets
             .retain(|o| !partitions.contains(&(o.topic.clone(), o.partition)));
+        self.stream_time.retain(|(tp, _)| !partitions.contains(tp));
     }
 }
 
