@@ -1,6 +1,8 @@
 //! Issue 14 item 3: `billstream report providers|settlement` on the output
 //! folder of `simulate` (tests/fixtures/report), compared with checked-in
-//! golden CSV and tables; and on a real broker's journal topic.
+//! golden CSV and tables; and on a real broker's journal topic (that test
+//! needs `BILLSTREAM_TEST_BROKERS`, see tests/kafka_e2e.rs; without it, it
+//! says so and does nothing).
 //!
 //! The fixture, worked out by hand (days and months are UTC, of the
 //! journal entry; the plan's fee is 31.00 a month in advance, tax 0):
@@ -30,6 +32,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::str::FromStr;
+
+use billstream::contracts::Catalog;
+use billstream::engine::events::*;
+use billstream::engine::time::Timestamp;
+use rust_decimal::Decimal;
+
+use super::kafka_e2e::{
+    account_opened, billstream, per_unit_plan, produce, setup, Records, Running, Setup,
+};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/report")
@@ -178,4 +190,151 @@ fn issue_14_report_says_when_the_journal_does_not_reconcile_and_exits_1() {
         "{}",
         stdout(&out)
     );
+}
+
+/// `billstream report <which> --from topic --format <format>` on the
+/// test's topics.
+fn report_topic(s: &Setup, which: &str, format: &str) -> Output {
+    billstream(&s.prefix, &s.group, &s.store, &s.brokers)
+        .args(["report", which, "--from", "topic", "--format", format])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn issue_14_report_reads_the_journal_topic_of_a_real_broker() {
+    let Some(s) = setup("report") else {
+        return;
+    };
+    let catalog = Catalog::shared().unwrap();
+    let at = |t: &str| Timestamp::parse_rfc3339(t).unwrap();
+    let payment = |id: &str, acct: &str, kind: PaymentKind| {
+        (
+            "billing.payments.v1".to_string(),
+            acct.to_string(),
+            catalog
+                .encode_input(&Input::Payment(PaymentEvent {
+                    event_id: id.into(),
+                    account_id: acct.into(),
+                    occurred_at: at("2026-03-10T11:00:00Z"),
+                    environment: Some("prod".into()),
+                    kind,
+                }))
+                .unwrap(),
+        )
+    };
+    let card = |token: &str| PaymentKind::PaymentMethodAttached {
+        token_ref: token.into(),
+        brand: "visa".into(),
+        last4: "4242".into(),
+        expires: "2030-01".into(),
+    };
+    let mut records: Records = vec![(
+        "billing.plans.v1".into(),
+        "metered".into(),
+        catalog
+            .encode_plan(&per_unit_plan("metered", "30.00", "0.50"))
+            .unwrap(),
+    )];
+    for (acct, token) in [("acct-k1", "tok_acme_k1"), ("acct-k2", "tok_globex_k2")] {
+        records.push((
+            "billing.accounts.v1".into(),
+            acct.into(),
+            catalog
+                .encode_input(&account_opened(
+                    &format!("open-{acct}"),
+                    acct,
+                    "metered",
+                    "0.10",
+                    at("2026-03-01T00:00:00Z"),
+                ))
+                .unwrap(),
+        ));
+        records.push(payment(&format!("card-{acct}"), acct, card(token)));
+    }
+    produce(&s.brokers, &s.prefix, &records);
+    // Every entry is made at the frozen clock: one UTC day, one month.
+    let mut run = billstream(&s.prefix, &s.group, &s.store, &s.brokers);
+    run.env("BILLSTREAM__CLOCK", "2026-03-10T12:00:00Z");
+    let running = Running::start(&mut run);
+    let rows_until = |which: &str, done: &dyn Fn(&[serde_json::Value]) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let out = report_topic(&s, which, "json");
+            if out.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                if done(v["rows"].as_array().unwrap()) {
+                    return v;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "{out:?}");
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    };
+    // Both opening invoices (March's fee, 30.00 + 10% tax) are charged.
+    let requested = |rows: &[serde_json::Value]| {
+        rows.iter().map(|r| r["requested"].as_u64().unwrap()).sum::<u64>() == 2
+    };
+    rows_until("providers", &requested);
+    produce(
+        &s.brokers,
+        &s.prefix,
+        &vec![
+            payment(
+                "fail-k1",
+                "acct-k1",
+                PaymentKind::PaymentFailed {
+                    charge_id: "inv_acct-k1_00001/attempt-1".into(),
+                    invoice_id: "inv_acct-k1_00001".into(),
+                    retryable: true,
+                    reason: "insufficient_funds".into(),
+                },
+            ),
+            payment(
+                "ok-k2",
+                "acct-k2",
+                PaymentKind::PaymentSucceeded {
+                    charge_id: "inv_acct-k2_00001/attempt-1".into(),
+                    invoice_id: "inv_acct-k2_00001".into(),
+                    amount: Decimal::from_str("33.00").unwrap(),
+                    currency: "EUR".into(),
+                },
+            ),
+        ],
+    );
+    let answered = |rows: &[serde_json::Value]| {
+        rows.iter()
+            .map(|r| r["succeeded"].as_u64().unwrap() + r["failed"].as_u64().unwrap())
+            .sum::<u64>()
+            == 2
+    };
+    rows_until("providers", &answered);
+    assert!(running.stop().success());
+
+    let providers = report_topic(&s, "providers", "csv");
+    assert_eq!(providers.status.code(), Some(0), "{providers:?}");
+    assert_eq!(
+        stdout(&providers),
+        "day,provider,currency,requested,requested_amount,succeeded,succeeded_amount,failed,failed_amount,failed_by_reason,refunded,refunded_amount\n\
+         2026-03-10,acme,EUR,1,33.00,0,0.00,1,33.00,insufficient_funds=1,0,0.00\n\
+         2026-03-10,globex,EUR,1,33.00,1,33.00,0,0.00,,0,0.00\n"
+    );
+    // 33.00 + 33.00 invoiced, 33.00 collected: 33.00 outstanding, not yet
+    // due (14 days' terms), no credit.
+    let settlement = report_topic(&s, "settlement", "csv");
+    assert_eq!(settlement.status.code(), Some(0), "{settlement:?}");
+    assert_eq!(
+        stdout(&settlement).lines().nth(1),
+        Some("2026-03,EUR,2,66.00,0.00,0.00,33.00,0.00,33.00,0.00,0.00,0.00,0.00,0.00,0.00,0.00,0.00,0.00,0.00")
+    );
+    let table = report_topic(&s, "settlement", "table");
+    assert!(
+        stdout(&table).starts_with(&format!(
+            "Settlement report from topic {}billing.journal.v1\n",
+            s.prefix
+        )),
+        "{}",
+        stdout(&table)
+    );
+    assert!(stdout(&table).contains("Reconciles with the journal: 2 checks, all equal."));
 }
