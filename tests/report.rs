@@ -273,7 +273,10 @@ fn issue_14_report_reads_the_journal_topic_of_a_real_broker() {
     };
     // Both opening invoices (March's fee, 30.00 + 10% tax) are charged.
     let requested = |rows: &[serde_json::Value]| {
-        rows.iter().map(|r| r["requested"].as_u64().unwrap()).sum::<u64>() == 2
+        rows.iter()
+            .map(|r| r["requested"].as_u64().unwrap())
+            .sum::<u64>()
+            == 2
     };
     rows_until("providers", &requested);
     produce(
