@@ -13,6 +13,7 @@ pub mod dlq;
 pub mod engine;
 pub mod gateway;
 pub mod reconcile;
+pub mod report;
 pub mod runtime;
 pub mod sim;
 pub mod sink;

@@ -20,6 +20,7 @@ mod privacy;
 mod processor_batch;
 mod processor_rejections;
 mod reconcile;
+mod report;
 mod schema_registry;
 mod shadow;
 mod simulate_golden;

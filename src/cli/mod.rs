@@ -8,6 +8,7 @@ mod gateway;
 mod migrate;
 mod preview;
 mod reconcile;
+mod report;
 mod run;
 mod schemas;
 mod scratch;
@@ -105,6 +106,15 @@ enum Command {
     /// Exit 0 only when everything matches within --tolerance (default 0),
     /// 1 otherwise, 2 on bad input (naming the line and field).
     Reconcile(reconcile::ReconcileArgs),
+    /// Reports for accounting, from the journal (an output folder, or the
+    /// journal topic): `providers` per payment provider and UTC day
+    /// (charges requested, succeeded, failed by reason, refunded, amounts
+    /// per currency); `settlement` per UTC month (invoiced, credit applied
+    /// paid and promotional, collected, outstanding, overdue, credit held
+    /// paid and promotional). As a table, CSV or JSON. Every figure is
+    /// checked against the journal; exit 0 when all reconcile, 1 when one
+    /// does not, 2 on bad input.
+    Report(report::ReportArgs),
 }
 
 /// Logs go to stderr: readable in a terminal, JSON lines otherwise (or
@@ -146,6 +156,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Gateway(args) => gateway::run(args),
         Command::Dlq(args) => dlq::run(args),
         Command::Reconcile(args) => reconcile::run(args),
+        Command::Report(args) => report::run(args),
     };
     match result {
         Ok(code) => code,

@@ -156,7 +156,7 @@ pub fn avro_to_json(v: &Avro) -> Value {
 
 /// The one file in `dir` whose name ends in `suffix` (`billing.invoices.v1.jsonl`,
 /// with or without a shadow prefix).
-fn file_ending(dir: &Path, suffix: &str) -> anyhow::Result<Option<PathBuf>> {
+pub fn file_ending(dir: &Path, suffix: &str) -> anyhow::Result<Option<PathBuf>> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -182,7 +182,7 @@ fn file_ending(dir: &Path, suffix: &str) -> anyhow::Result<Option<PathBuf>> {
 }
 
 /// Group journal entries by account, in seq order, one per (account, seq).
-fn by_account(entries: Vec<StoredJournalEntry>) -> BTreeMap<String, Vec<StoredJournalEntry>> {
+pub fn by_account(entries: Vec<StoredJournalEntry>) -> BTreeMap<String, Vec<StoredJournalEntry>> {
     let mut out: BTreeMap<String, BTreeMap<u64, StoredJournalEntry>> = BTreeMap::new();
     for e in entries {
         out.entry(e.entry.account_id.to_string())
@@ -252,7 +252,7 @@ pub fn read_dir(dir: &Path, with_journal: bool) -> anyhow::Result<Read> {
 
 /// Every record of `topic` (all partitions, start to end as of now), as
 /// pinned JSON with its Avro record name.
-fn read_topic(
+pub fn read_topic(
     settings: &Settings,
     topic: &str,
     timeout: Duration,
