@@ -17,7 +17,8 @@ use crate::engine::aggregation::{Aggregation, AggregationSpec};
 use crate::engine::credit::{GrantKind, GrantTerms};
 use crate::engine::discount::CouponTerms;
 use crate::engine::events::{
-    AccountCommand, AccountKind, AdjustmentKind, Input, PaymentEvent, PaymentKind, UsageRecorded,
+    AccountCommand, AccountKind, AdjustmentKind, Input, PaymentEvent, PaymentKind,
+    PlanChangeEffective, UsageRecorded,
 };
 use crate::engine::money::Currency;
 use crate::engine::plan::{Charge, Model, Plan, Tier};
@@ -47,6 +48,7 @@ const ACCOUNT_OPENED_FIELDS: &[&str] = &[
 ];
 const PLAN_FIELDS: &[&str] = &[
     "plan_id",
+    "version",
     "currency",
     "recurring_fee",
     "minimum_spend",
@@ -96,7 +98,7 @@ const PAYMENT_KINDS: &[(&str, &[&str])] = &[
     ("payment_method_detached", &["token_ref"]),
 ];
 const ACCOUNT_KINDS: &[(&str, &[&str])] = &[
-    ("plan_changed", &["plan_id"]),
+    ("plan_changed", &["plan_id", "effective", "version"]),
     ("account_closed", &[]),
     (
         "adjustment_issued",
@@ -270,6 +272,19 @@ fn account_command(o: &Obj<'_>, kind: &str) -> Result<AccountCommand, DecodeErro
     let kind = match kind {
         "plan_changed" => AccountKind::PlanChanged {
             plan_id: o.str("plan_id")?,
+            effective: match o.opt_str("effective")? {
+                None => PlanChangeEffective::NextPeriod,
+                Some(name) => PlanChangeEffective::from_name(&name).ok_or_else(|| {
+                    o.err(
+                        "effective",
+                        format!(
+                            "must be \"next_period\" or \"immediately\", got {:?}",
+                            truncate(&name)
+                        ),
+                    )
+                })?,
+            },
+            version: o.opt_u32("version")?,
         },
         "account_closed" => AccountKind::AccountClosed,
         "coupon_applied" => AccountKind::CouponApplied {
@@ -393,6 +408,8 @@ fn plan(o: &Obj<'_>) -> Result<Plan, DecodeError> {
         currency,
         recurring_fee: o.decimal_or_zero("recurring_fee")?,
         minimum_spend: o.decimal_or_zero("minimum_spend")?,
+        // Absent: version 1 (every plan before versions).
+        version: o.opt_u32("version")?.unwrap_or(1),
         charges,
     })
 }
@@ -820,7 +837,19 @@ pub fn input_to_json(input: &Input) -> Value {
                     put("environment", json!(env));
                 }
                 match &a.kind {
-                    AccountKind::PlanChanged { plan_id } => put("plan_id", json!(plan_id)),
+                    AccountKind::PlanChanged {
+                        plan_id,
+                        effective,
+                        version,
+                    } => {
+                        put("plan_id", json!(plan_id));
+                        if !effective.is_next_period() {
+                            put("effective", json!(effective.name()));
+                        }
+                        if let Some(v) = version {
+                            put("version", json!(v));
+                        }
+                    }
                     AccountKind::AdjustmentIssued {
                         adjustment,
                         amount,
@@ -898,6 +927,7 @@ pub fn plan_to_json(plan: &Plan) -> Value {
     };
     json!({
         "plan_id": plan.plan_id,
+        "version": plan.version,
         "currency": plan.currency.code(),
         "recurring_fee": plan.recurring_fee.to_string(),
         "minimum_spend": plan.minimum_spend.to_string(),
@@ -1059,6 +1089,16 @@ pub(crate) mod tests {
                 "a-2",
                 AccountKind::PlanChanged {
                     plan_id: "team".into(),
+                    effective: PlanChangeEffective::NextPeriod,
+                    version: None,
+                },
+            ),
+            acct(
+                "a-2b",
+                AccountKind::PlanChanged {
+                    plan_id: "team".into(),
+                    effective: PlanChangeEffective::Immediately,
+                    version: Some(2),
                 },
             ),
             acct("a-3", AccountKind::AccountClosed),
@@ -1112,6 +1152,7 @@ pub(crate) mod tests {
             currency: Currency::from_code("EUR").unwrap(),
             recurring_fee: d("19.00"),
             minimum_spend: d("0"),
+            version: 1,
             charges: vec![
                 Charge {
                     metric: "api.calls".into(),

@@ -589,6 +589,9 @@ impl Engine {
                     PeriodUsage {
                         period,
                         plan_id,
+                        plan_version: 1,
+                        since: None,
+                        until: None,
                         metrics: Vec::new(),
                     },
                 );
@@ -871,6 +874,9 @@ impl Engine {
         st.closed.push(ClosedPeriod {
             period: p,
             plan_id,
+            plan_version: 1,
+            since: None,
+            until: None,
             totals,
             aggregates,
             billed,
@@ -894,6 +900,9 @@ impl Engine {
                             from_plan_id: from,
                             plan_id: new_plan,
                             effective_at: next.start,
+                            from_version: 1,
+                            version: 1,
+                            immediate: false,
                         },
                     );
                 }
@@ -1456,7 +1465,9 @@ impl Engine {
             tax_rate: *tax_rate,
             anchor: *billing_anchor,
             plan_id: plan_id.clone(),
+            plan_version: plan.version,
             pending_plan: None,
+            pending_plan_version: 1,
             closed_at: None,
             finished: false,
             journal_seq: 0,
@@ -1515,7 +1526,7 @@ impl Engine {
             AccountKind::AccountOpened { .. } => Err(Rejection::AccountAlreadyOpen {
                 account_id: st.account_id.to_string(),
             }),
-            AccountKind::PlanChanged { plan_id } => {
+            AccountKind::PlanChanged { plan_id, .. } => {
                 let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan {
                     plan_id: plan_id.clone(),
                 })?;
