@@ -264,7 +264,12 @@ fn issue_13_plan_changed_moves_to_the_version_it_names_or_else_the_latest() {
     .unwrap();
     h.engine
         .plans
-        .upsert(plan("pro", 4, "999.00", graduated("5000", "0.008", "0.004")))
+        .upsert(plan(
+            "pro",
+            4,
+            "999.00",
+            graduated("5000", "0.008", "0.004"),
+        ))
         .unwrap();
     h.advance("2026-05-01T01:00:00Z");
     assert_eq!((h.st().plan_id.as_str(), h.st().plan_version), ("pro", 3));
@@ -298,7 +303,10 @@ fn issue_13_an_immediate_plan_change_fed_twice_changes_nothing() {
     assert_eq!(h.feed(cmd.clone(), at).unwrap(), Outcome::Applied);
     let (journal, lines) = (h.journal.len(), h.st().pending_lines.clone());
     let open = h.st().open.clone();
-    assert_eq!(h.feed(cmd, ts("2026-04-18T00:00:00Z")).unwrap(), Outcome::Duplicate);
+    assert_eq!(
+        h.feed(cmd, ts("2026-04-18T00:00:00Z")).unwrap(),
+        Outcome::Duplicate
+    );
     assert_eq!(h.journal.len(), journal);
     assert_eq!(h.st().pending_lines, lines);
     assert_eq!(h.st().open, open);
