@@ -1400,4 +1400,51 @@ pub(crate) mod tests {
             assert_eq!(parse_anchor(bad), None, "{bad}");
         }
     }
+
+    #[test]
+    fn issue_13_plan_changed_and_versioned_plan_json_shapes_parse_as_pinned_in_the_readme() {
+        // The lines of README "Plan changes and plan versions", verbatim.
+        let immediate = r#"{"event_id":"c1","account_id":"acct-a","kind":"plan_changed","plan_id":"pro","version":2,"effective":"immediately","occurred_at":"2026-04-17T00:00:00+09:00","environment":"prod"}"#;
+        let old = r#"{"event_id":"c2","account_id":"acct-a","kind":"plan_changed","plan_id":"pro","occurred_at":"2026-04-17T00:00:00Z","environment":"prod"}"#;
+        let plan_v2 = r#"{"plan_id":"pro","version":2,"currency":"EUR","recurring_fee":"120.00","charges":[{"metric":"api.calls","model":"per_unit","unit_price":"0.002"}]}"#;
+        let plan_old = r#"{"plan_id":"pro","currency":"EUR","recurring_fee":"90.00","charges":[]}"#;
+        let readme = include_str!("../../README.md");
+        for line in [immediate, old, plan_v2, plan_old] {
+            assert!(readme.contains(line), "not pinned in README: {line}");
+        }
+        let kind = |line: &str| match parse_line(line) {
+            Ok(Decoded::Input(Input::Account(a))) => a.kind,
+            other => panic!("{line}: {other:?}"),
+        };
+        assert_eq!(
+            kind(immediate),
+            AccountKind::PlanChanged {
+                plan_id: "pro".into(),
+                effective: PlanChangeEffective::Immediately,
+                version: Some(2),
+            }
+        );
+        // Without the new fields: next_period, the latest version.
+        assert_eq!(
+            kind(old),
+            AccountKind::PlanChanged {
+                plan_id: "pro".into(),
+                effective: PlanChangeEffective::NextPeriod,
+                version: None,
+            }
+        );
+        let version = |line: &str| match parse_line(line) {
+            Ok(Decoded::Plan(p)) => p.version,
+            other => panic!("{line}: {other:?}"),
+        };
+        assert_eq!(version(plan_v2), 2);
+        assert_eq!(version(plan_old), 1);
+        // Bad values name the field.
+        let e = parse_line(&immediate.replace("immediately", "now")).unwrap_err();
+        assert!(e.to_string().contains("effective"), "{e}");
+        let e = parse_line(&immediate.replace(r#""version":2"#, r#""version":"2""#)).unwrap_err();
+        assert!(e.to_string().contains("version"), "{e}");
+        let e = parse_line(&plan_v2.replace(r#""version":2"#, r#""version":-1"#)).unwrap_err();
+        assert!(e.to_string().contains("version"), "{e}");
+    }
 }

@@ -1876,7 +1876,7 @@ impl Engine {
         };
         match held {
             Some(i) => {
-                let until = std::mem::replace(&mut st.open[i].until, Some(at));
+                let until = st.open[i].until.replace(at);
                 st.open.insert(i + 1, segment(Some(at), until));
             }
             None => {
