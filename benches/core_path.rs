@@ -87,6 +87,7 @@ fn plan_book() -> PlanBook {
         // runs inside the month: the loop measures the usage path only.
         recurring_fee: Decimal::ZERO,
         minimum_spend: d("10.00"),
+        version: 1,
         charges: vec![
             Charge {
                 metric: METRICS[0].into(),

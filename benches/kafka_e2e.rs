@@ -438,6 +438,7 @@ fn plan(catalog: &Catalog) -> (&'static str, String, Vec<u8>) {
         currency: Currency::from_code("EUR").unwrap(),
         recurring_fee: Decimal::ZERO,
         minimum_spend: Decimal::ZERO,
+        version: 1,
         charges: vec![Charge {
             metric: "m".into(),
             model: Model::PerUnit,

@@ -336,6 +336,7 @@ fn inputs(catalog: &Catalog, events: usize) -> (Records, Records) {
         currency: Currency::from_code("EUR").unwrap(),
         recurring_fee: Decimal::from_str("9.00").unwrap(),
         minimum_spend: Decimal::ZERO,
+        version: 1,
         charges: vec![Charge {
             metric: "m".into(),
             model: Model::PerUnit,

@@ -277,6 +277,7 @@ pub(crate) fn per_unit_plan(plan_id: &str, recurring_fee: &str, unit_price: &str
         currency: Currency::from_code("EUR").unwrap(),
         recurring_fee: Decimal::from_str(recurring_fee).unwrap(),
         minimum_spend: Decimal::ZERO,
+        version: 1,
         charges: vec![Charge {
             metric: "m".into(),
             model: Model::PerUnit,
@@ -1250,6 +1251,8 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
             RECENT,
             AccountKind::PlanChanged {
                 plan_id: "no-such-plan".into(),
+                effective: Default::default(),
+                version: None,
             },
         )),
     );

@@ -190,6 +190,48 @@ async fn issue_12_a_plan_keyed_by_another_plan_id_is_dead_lettered_key_mismatch(
 }
 
 #[tokio::test]
+async fn issue_13_a_plan_version_after_1_must_be_keyed_plan_id_at_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = processor(dir.path()).await;
+    let catalog = Catalog::shared().unwrap();
+    let decoder = Decoder::new(catalog).unwrap();
+    let plan = |version: u32| {
+        let Ok(Decoded::Plan(mut plan)) = parse_line(&PLAN.replace("\"p\"", "\"silver\"")) else {
+            unreachable!()
+        };
+        plan.version = version;
+        catalog.encode_plan(&plan).unwrap()
+    };
+    let pos = |offset| SourcePos {
+        topic: "plans".into(),
+        partition: 0,
+        offset,
+    };
+    // Version 2 under the bare plan id would be compacted over by version
+    // 3 (and version 1 by it): refused. Under silver@2 it is kept, and
+    // version 1 is still accepted under the bare id.
+    for (offset, version, key) in [(0, 2, "silver"), (1, 2, "silver@2"), (2, 1, "silver")] {
+        let bytes = plan(version);
+        p.process(
+            &pos(offset),
+            Some(key),
+            &bytes,
+            decoder.decode(&bytes),
+            now(),
+        )
+        .await
+        .unwrap();
+    }
+    assert!(p.engine().plans.get_version("silver", 1).is_some());
+    assert!(p.engine().plans.get_version("silver", 2).is_some());
+    let out = p.flush().await.unwrap();
+    let dlq = dead_letters(&out);
+    assert_eq!(dlq.len(), 1, "{out:#?}");
+    assert_eq!(kind(dlq[0]), "key_mismatch");
+    assert_eq!(dlq[0].json["key"], "silver");
+}
+
+#[tokio::test]
 async fn issue_12_a_flood_of_records_for_never_opened_accounts_leaves_no_resident_state() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = processor(dir.path()).await;

@@ -357,3 +357,87 @@ fn issue_12_simulate_reruns_into_its_own_out_folder() {
     ok(&run_simulate(dir.path()));
     assert_eq!(issued(dir.path()), golden());
 }
+
+#[test]
+fn issue_13_simulate_an_immediate_upgrade_on_the_17th_in_asia_tokyo() {
+    // tests/fixtures/simulate_plan_change: acct-tokyo opens on "basic"
+    // (¥3,000 a month; api.calls ¥1 up to 1,000, then ¥0.5) on April 1st
+    // in Asia/Tokyo, tax 10%, and moves to "pro" version 1 (¥9,000;
+    // ¥0.8 up to 5,000, then ¥0.4) immediately at 2026-04-17T00:00+09:00
+    // (the command is delivered twice: applied once). A version 2 of "pro"
+    // exists (¥12,000) but the change names version 1.
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/simulate_plan_change");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_billstream"))
+        .args(["simulate", "--plans"])
+        .arg(fx.join("plans.jsonl"))
+        .arg("--accounts")
+        .arg(fx.join("accounts.jsonl"))
+        .arg("--events")
+        .arg(fx.join("events.jsonl"))
+        .args(["--until", UNTIL, "--strict", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    ok(&out);
+    let invoices: Vec<Value> = records(dir.path(), "billing.invoices.v1")
+        .into_iter()
+        .filter(|r| r.get("lines").is_some())
+        .collect();
+    let summary = |r: &Value| {
+        let lines: Vec<(String, String)> = r["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["kind"].as_str().unwrap().to_string(),
+                    l["amount"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let s = |k: &str| r[k].as_str().unwrap().to_string();
+        (lines, [s("subtotal"), s("tax"), s("total")])
+    };
+    let owned = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    let strs = |v: [&str; 3]| v.map(str::to_string);
+    assert_eq!(invoices.len(), 2);
+    // Opening: April's basic fee in advance, ¥3,000 + 10% = ¥3,300.
+    assert_eq!(
+        summary(&invoices[0]),
+        (
+            owned(&[("recurring_fee", "3000")]),
+            strs(["3000", "300", "3300"])
+        )
+    );
+    // April (Tokyo: 2026-03-31T15:00Z to 2026-04-30T15:00Z, 720 hours),
+    // issued at its end + 1h grace:
+    // - usage before the change on basic, 1,500 + 100 (23:30 on the 16th
+    //   in Tokyo) = 1,600: 1,000 × 1 + 600 × 0.5 = ¥1,300;
+    // - usage after it on pro, 100 (00:30 on the 17th in Tokyo, still the
+    //   16th in UTC) + 6,000 = 6,100: 5,000 × 0.8 + 1,100 × 0.4 = ¥4,440;
+    // - 336 of 720 hours unused (14 days): basic credited −3,000 × 14/30 =
+    //   −¥1,400, pro charged 9,000 × 14/30 = ¥4,200;
+    // - May's fee on pro version 1, in advance: ¥9,000.
+    // Subtotal 1,300 + 4,440 − 1,400 + 4,200 + 9,000 = ¥17,540; tax 10%
+    // ¥1,754; total ¥19,294.
+    assert_eq!(
+        summary(&invoices[1]),
+        (
+            owned(&[
+                ("usage", "1300"),
+                ("usage", "4440"),
+                ("recurring_fee", "-1400"),
+                ("recurring_fee", "4200"),
+                ("recurring_fee", "9000"),
+            ]),
+            strs(["17540", "1754", "19294"])
+        )
+    );
+    let dlq = std::fs::read_to_string(dir.path().join("billing.dlq.v1.jsonl")).unwrap();
+    assert_eq!(dlq, "");
+}

@@ -69,6 +69,8 @@ const FILES: &[(&str, &str)] = embed_schemas![
     "JournalEntry.avsc",
     "DeadLetter.avsc",
     "history/Plan.v1.avsc",
+    "history/Plan.v2.avsc",
+    "history/PlanChanged.v1.avsc",
     "history/CreditToppedUp.v1.avsc",
     "history/AdjustmentIssued.v1.avsc",
     "history/InvoiceIssued.v1.avsc",
@@ -654,11 +656,11 @@ mod tests {
         ] {
             assert!(e.contains(needed), "{needed:?} not in: {e}");
         }
-        // The same for a schema already at version 2: its next id is 2013.
+        // The same for a schema already at version 3: its next id is 3013.
         let files = files_with("Plan.avsc", add_field);
         let e = Catalog::parse(MANIFEST, &files).unwrap_err().to_string();
         assert!(
-            e.contains("history/Plan.v2.avsc (id 1013") && e.contains("version 3, id 2013"),
+            e.contains("history/Plan.v3.avsc (id 2013") && e.contains("version 4, id 3013"),
             "{e}"
         );
         // An earlier version's file is frozen.
@@ -689,9 +691,9 @@ mod tests {
                 .to_string()
         };
         let e = edited(&|p| p["id"] = serde_json::json!(25));
-        assert!(e.contains("version 2 of Plan must have id 1013"), "{e}");
+        assert!(e.contains("version 3 of Plan must have id 2013"), "{e}");
         let e = edited(&|p| p["history"] = serde_json::json!([]));
-        assert!(e.contains("must list versions 1 to 1"), "{e}");
+        assert!(e.contains("must list versions 1 to 2"), "{e}");
         let e = edited(&|p| p["history"][0]["id"] = serde_json::json!(1013));
         assert!(e.contains("first versions take ids below 1000"), "{e}");
         let e = edited(&|p| p["history"][0]["id"] = serde_json::json!(999));

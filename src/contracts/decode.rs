@@ -25,6 +25,7 @@ use crate::engine::credit::{GrantKind, GrantTerms};
 use crate::engine::discount::CouponTerms;
 use crate::engine::events::{
     AccountCommand, AccountKind, AdjustmentKind, Input, PaymentEvent, PaymentKind,
+    PlanChangeEffective,
 };
 use crate::engine::money::Currency;
 use crate::engine::plan::{Charge, Model, Plan, Tier};
@@ -545,6 +546,20 @@ fn cold(kind: Cold, f: &Fields<'_>) -> Result<Decoded, DecodeError> {
         }
         Cold::PlanChanged => account(AccountKind::PlanChanged {
             plan_id: f.str("plan_id")?,
+            // Absent (version 1 of the schema) or null: next_period.
+            effective: match f.get("effective") {
+                None => PlanChangeEffective::NextPeriod,
+                Some(_) => {
+                    let name = f.symbol("effective")?;
+                    PlanChangeEffective::from_name(name).ok_or_else(|| {
+                        DecodeError::field(
+                            "effective",
+                            format!("unknown symbol {:?}", truncate(name)),
+                        )
+                    })?
+                }
+            },
+            version: f.opt_u32("version")?,
         }),
         Cold::AccountClosed => account(AccountKind::AccountClosed),
         Cold::AdjustmentIssued => {
@@ -650,6 +665,8 @@ fn plan(f: &Fields<'_>) -> Result<Plan, DecodeError> {
         currency,
         recurring_fee: f.decimal_or_zero("recurring_fee")?,
         minimum_spend: f.decimal_or_zero("minimum_spend")?,
+        // Absent before version 3 of the schema: version 1.
+        version: f.opt_u32("version")?.unwrap_or(1),
         charges,
     })
 }
@@ -673,6 +690,7 @@ mod tests {
             currency: crate::engine::money::Currency::from_code("EUR").unwrap(),
             recurring_fee: Default::default(),
             minimum_spend: Default::default(),
+            version: 1,
             charges: vec![],
         });
         for i in 0..3 {
@@ -830,7 +848,7 @@ mod tests {
         // The Plan schema as it was before issue 13: Charge without the
         // four aggregation fields.
         let mut old: serde_json::Value =
-            serde_json::from_str(include_str!("../../schemas/Plan.avsc")).unwrap();
+            serde_json::from_str(include_str!("../../schemas/history/Plan.v2.avsc")).unwrap();
         let charge_fields = old["fields"][4]["type"]["items"]["fields"]
             .as_array_mut()
             .unwrap();
@@ -841,6 +859,7 @@ mod tests {
         d.register_writer_schema(4300, &old_text).unwrap();
         let old_schema = Schema::parse_str(&old_text).unwrap();
         let mut json = crate::contracts::json::plan_to_json(&sample_plan());
+        json.as_object_mut().unwrap().remove("version");
         for c in json["charges"].as_array_mut().unwrap() {
             let c = c.as_object_mut().unwrap();
             c.retain(|k, _| !k.starts_with("aggregation"));
@@ -865,6 +884,7 @@ mod tests {
         // them.
         let old = Schema::parse_str(include_str!("../../schemas/history/Plan.v1.avsc")).unwrap();
         let mut json = crate::contracts::json::plan_to_json(&sample_plan());
+        json.as_object_mut().unwrap().remove("version");
         for c in json["charges"].as_array_mut().unwrap() {
             c.as_object_mut()
                 .unwrap()

@@ -17,7 +17,8 @@ use crate::engine::aggregation::{Aggregation, AggregationSpec};
 use crate::engine::credit::{GrantKind, GrantTerms};
 use crate::engine::discount::CouponTerms;
 use crate::engine::events::{
-    AccountCommand, AccountKind, AdjustmentKind, Input, PaymentEvent, PaymentKind, UsageRecorded,
+    AccountCommand, AccountKind, AdjustmentKind, Input, PaymentEvent, PaymentKind,
+    PlanChangeEffective, UsageRecorded,
 };
 use crate::engine::money::Currency;
 use crate::engine::plan::{Charge, Model, Plan, Tier};
@@ -47,6 +48,7 @@ const ACCOUNT_OPENED_FIELDS: &[&str] = &[
 ];
 const PLAN_FIELDS: &[&str] = &[
     "plan_id",
+    "version",
     "currency",
     "recurring_fee",
     "minimum_spend",
@@ -96,7 +98,7 @@ const PAYMENT_KINDS: &[(&str, &[&str])] = &[
     ("payment_method_detached", &["token_ref"]),
 ];
 const ACCOUNT_KINDS: &[(&str, &[&str])] = &[
-    ("plan_changed", &["plan_id"]),
+    ("plan_changed", &["plan_id", "effective", "version"]),
     ("account_closed", &[]),
     (
         "adjustment_issued",
@@ -270,6 +272,19 @@ fn account_command(o: &Obj<'_>, kind: &str) -> Result<AccountCommand, DecodeErro
     let kind = match kind {
         "plan_changed" => AccountKind::PlanChanged {
             plan_id: o.str("plan_id")?,
+            effective: match o.opt_str("effective")? {
+                None => PlanChangeEffective::NextPeriod,
+                Some(name) => PlanChangeEffective::from_name(&name).ok_or_else(|| {
+                    o.err(
+                        "effective",
+                        format!(
+                            "must be \"next_period\" or \"immediately\", got {:?}",
+                            truncate(&name)
+                        ),
+                    )
+                })?,
+            },
+            version: o.opt_u32("version")?,
         },
         "account_closed" => AccountKind::AccountClosed,
         "coupon_applied" => AccountKind::CouponApplied {
@@ -393,6 +408,8 @@ fn plan(o: &Obj<'_>) -> Result<Plan, DecodeError> {
         currency,
         recurring_fee: o.decimal_or_zero("recurring_fee")?,
         minimum_spend: o.decimal_or_zero("minimum_spend")?,
+        // Absent: version 1 (every plan before versions).
+        version: o.opt_u32("version")?.unwrap_or(1),
         charges,
     })
 }
@@ -820,7 +837,19 @@ pub fn input_to_json(input: &Input) -> Value {
                     put("environment", json!(env));
                 }
                 match &a.kind {
-                    AccountKind::PlanChanged { plan_id } => put("plan_id", json!(plan_id)),
+                    AccountKind::PlanChanged {
+                        plan_id,
+                        effective,
+                        version,
+                    } => {
+                        put("plan_id", json!(plan_id));
+                        if !effective.is_next_period() {
+                            put("effective", json!(effective.name()));
+                        }
+                        if let Some(v) = version {
+                            put("version", json!(v));
+                        }
+                    }
                     AccountKind::AdjustmentIssued {
                         adjustment,
                         amount,
@@ -898,6 +927,7 @@ pub fn plan_to_json(plan: &Plan) -> Value {
     };
     json!({
         "plan_id": plan.plan_id,
+        "version": plan.version,
         "currency": plan.currency.code(),
         "recurring_fee": plan.recurring_fee.to_string(),
         "minimum_spend": plan.minimum_spend.to_string(),
@@ -1059,6 +1089,16 @@ pub(crate) mod tests {
                 "a-2",
                 AccountKind::PlanChanged {
                     plan_id: "team".into(),
+                    effective: PlanChangeEffective::NextPeriod,
+                    version: None,
+                },
+            ),
+            acct(
+                "a-2b",
+                AccountKind::PlanChanged {
+                    plan_id: "team".into(),
+                    effective: PlanChangeEffective::Immediately,
+                    version: Some(2),
                 },
             ),
             acct("a-3", AccountKind::AccountClosed),
@@ -1112,6 +1152,7 @@ pub(crate) mod tests {
             currency: Currency::from_code("EUR").unwrap(),
             recurring_fee: d("19.00"),
             minimum_spend: d("0"),
+            version: 1,
             charges: vec![
                 Charge {
                     metric: "api.calls".into(),
@@ -1358,5 +1399,52 @@ pub(crate) mod tests {
         for bad in ["0", "32", "01", "", "+1", "1.0", "calendar "] {
             assert_eq!(parse_anchor(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn issue_13_plan_changed_and_versioned_plan_json_shapes_parse_as_pinned_in_the_readme() {
+        // The lines of README "Plan changes and plan versions", verbatim.
+        let immediate = r#"{"event_id":"c1","account_id":"acct-a","kind":"plan_changed","plan_id":"pro","version":2,"effective":"immediately","occurred_at":"2026-04-17T00:00:00+09:00","environment":"prod"}"#;
+        let old = r#"{"event_id":"c2","account_id":"acct-a","kind":"plan_changed","plan_id":"pro","occurred_at":"2026-04-17T00:00:00Z","environment":"prod"}"#;
+        let plan_v2 = r#"{"plan_id":"pro","version":2,"currency":"EUR","recurring_fee":"120.00","charges":[{"metric":"api.calls","model":"per_unit","unit_price":"0.002"}]}"#;
+        let plan_old = r#"{"plan_id":"pro","currency":"EUR","recurring_fee":"90.00","charges":[]}"#;
+        let readme = include_str!("../../README.md");
+        for line in [immediate, old, plan_v2, plan_old] {
+            assert!(readme.contains(line), "not pinned in README: {line}");
+        }
+        let kind = |line: &str| match parse_line(line) {
+            Ok(Decoded::Input(Input::Account(a))) => a.kind,
+            other => panic!("{line}: {other:?}"),
+        };
+        assert_eq!(
+            kind(immediate),
+            AccountKind::PlanChanged {
+                plan_id: "pro".into(),
+                effective: PlanChangeEffective::Immediately,
+                version: Some(2),
+            }
+        );
+        // Without the new fields: next_period, the latest version.
+        assert_eq!(
+            kind(old),
+            AccountKind::PlanChanged {
+                plan_id: "pro".into(),
+                effective: PlanChangeEffective::NextPeriod,
+                version: None,
+            }
+        );
+        let version = |line: &str| match parse_line(line) {
+            Ok(Decoded::Plan(p)) => p.version,
+            other => panic!("{line}: {other:?}"),
+        };
+        assert_eq!(version(plan_v2), 2);
+        assert_eq!(version(plan_old), 1);
+        // Bad values name the field.
+        let e = parse_line(&immediate.replace("immediately", "now")).unwrap_err();
+        assert!(e.to_string().contains("effective"), "{e}");
+        let e = parse_line(&immediate.replace(r#""version":2"#, r#""version":"2""#)).unwrap_err();
+        assert!(e.to_string().contains("version"), "{e}");
+        let e = parse_line(&plan_v2.replace(r#""version":2"#, r#""version":-1"#)).unwrap_err();
+        assert!(e.to_string().contains("version"), "{e}");
     }
 }

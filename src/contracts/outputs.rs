@@ -489,6 +489,9 @@ pub(crate) mod tests {
                 from_plan_id: "pro".into(),
                 plan_id: "team".into(),
                 effective_at: period.end,
+                from_version: 1,
+                version: 2,
+                immediate: true,
             },
             DomainEvent::AccountClosed {
                 closed_at: period.end,

@@ -19,6 +19,7 @@ use super::discount::Coupon;
 use super::events::{DunningStop, Line};
 use super::money::{Currency, Minor};
 use super::name::Name;
+use super::plan::first_version;
 use super::time::{Anchor, Period, Timestamp};
 
 /// Usage of one metric in one period.
@@ -56,7 +57,53 @@ pub struct ClosedAggregate {
 pub struct PeriodUsage {
     pub period: Period,
     pub plan_id: String,
+    /// The version of `plan_id` (1 in snapshots from before versions).
+    #[serde(default = "first_version")]
+    pub plan_version: u32,
+    /// A segment of the period, `[since, until)`, when an immediate plan
+    /// change split it (`None`: from the period's start, to its end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
     pub metrics: Vec<MetricUsage>,
+}
+
+/// Whether `[since, until)` (`None`: the period's own bound) holds `t`.
+#[inline(always)]
+pub fn segment_holds(since: Option<Timestamp>, until: Option<Timestamp>, t: Timestamp) -> bool {
+    since.is_none_or(|s| s <= t) && until.is_none_or(|u| t < u)
+}
+
+impl PeriodUsage {
+    /// Whether this (segment of the) period holds usage at `t`.
+    #[inline(always)]
+    pub fn holds(&self, t: Timestamp) -> bool {
+        segment_holds(self.since, self.until, t)
+    }
+
+    /// The segment's bounds, `[from, to)`.
+    pub fn bounds(&self) -> (Timestamp, Timestamp) {
+        (
+            self.since.unwrap_or(self.period.start),
+            self.until.unwrap_or(self.period.end),
+        )
+    }
+}
+
+impl ClosedPeriod {
+    /// Whether this (segment of the) issued period holds usage at `t`.
+    pub fn holds(&self, t: Timestamp) -> bool {
+        segment_holds(self.since, self.until, t)
+    }
+
+    /// The segment's bounds, `[from, to)`.
+    pub fn bounds(&self) -> (Timestamp, Timestamp) {
+        (
+            self.since.unwrap_or(self.period.start),
+            self.until.unwrap_or(self.period.end),
+        )
+    }
 }
 
 /// What a line of an issued period stands for, to price late usage.
@@ -71,6 +118,14 @@ pub enum BilledKey {
 pub struct ClosedPeriod {
     pub period: Period,
     pub plan_id: String,
+    /// The version of `plan_id` (1 in snapshots from before versions).
+    #[serde(default = "first_version")]
+    pub plan_version: u32,
+    /// The segment of the period it was rated on (see `PeriodUsage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
     /// Rated quantity per metric (the aggregated value), including late
     /// usage so far.
     pub totals: Vec<(String, Decimal)>,
@@ -157,8 +212,15 @@ pub struct AccountState {
     pub tax_rate: Decimal,
     pub anchor: Anchor,
     pub plan_id: String,
+    /// The version of `plan_id` the account is on: the latest when it
+    /// subscribed or was moved (1 in snapshots from before versions).
+    #[serde(default = "first_version")]
+    pub plan_version: u32,
     /// A plan change waiting for the period starting at the given instant.
     pub pending_plan: Option<(String, Timestamp)>,
+    /// The version of `pending_plan`'s plan, pinned when it was scheduled.
+    #[serde(default = "first_version")]
+    pub pending_plan_version: u32,
     pub closed_at: Option<Timestamp>,
     /// Set once the final invoice after closing was issued.
     pub finished: bool,

@@ -40,6 +40,7 @@ pub(crate) fn metered_plan() -> Plan {
         currency: Currency::from_code("EUR").unwrap(),
         recurring_fee: Decimal::ZERO,
         minimum_spend: Decimal::ZERO,
+        version: 1,
         charges: vec![
             charge("requests", Aggregation::Count, "0.01"),
             charge("peak.cpu", Aggregation::Max, "2.00"),
@@ -85,6 +86,7 @@ fn models_plan() -> Plan {
         currency: Currency::from_code("EUR").unwrap(),
         recurring_fee: Decimal::ZERO,
         minimum_spend: d("150.00"),
+        version: 1,
         charges: vec![seats, peak, users],
     }
 }

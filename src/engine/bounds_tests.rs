@@ -20,6 +20,7 @@ fn per_unit_plan(id: &str, currency: &str, fee: Decimal, price: Decimal) -> Plan
         currency: Currency::from_code(currency).unwrap(),
         recurring_fee: fee,
         minimum_spend: Decimal::ZERO,
+        version: 1,
         charges: vec![Charge {
             metric: "m".into(),
             model: Model::PerUnit,
@@ -463,6 +464,7 @@ fn plan() -> impl Strategy<Value = Plan> {
             currency: Currency::from_code(currency).unwrap(),
             recurring_fee,
             minimum_spend,
+            version: 1,
             charges: vec![c0, c1],
         })
 }

@@ -204,7 +204,7 @@ impl Engine {
         // Every name must be a charge of the plan the account is on (which
         // also bounds the list by the plan's charges).
         let plan_id = st.plan_id.clone();
-        if let Some(plan) = self.plans.get(&plan_id) {
+        if let Some(plan) = self.plans.get_version(&plan_id, st.plan_version) {
             if let Some(m) = charges.iter().find(|m| plan.charge(m).is_none()) {
                 return Err(Rejection::UnknownMetric {
                     metric: m.clone(),

@@ -124,6 +124,38 @@ pub enum AdjustmentKind {
     Debit,
 }
 
+/// When a `PlanChanged` takes effect.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanChangeEffective {
+    /// At the start of the period after the one it occurred in.
+    #[default]
+    NextPeriod,
+    /// At `occurred_at`: the rest of the period on the new plan.
+    Immediately,
+}
+
+impl PlanChangeEffective {
+    pub fn is_next_period(&self) -> bool {
+        *self == PlanChangeEffective::NextPeriod
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PlanChangeEffective::NextPeriod => "next_period",
+            PlanChangeEffective::Immediately => "immediately",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<PlanChangeEffective> {
+        match name {
+            "next_period" => Some(PlanChangeEffective::NextPeriod),
+            "immediately" => Some(PlanChangeEffective::Immediately),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AccountKind {
@@ -135,8 +167,16 @@ pub enum AccountKind {
         #[serde(default)]
         billing_anchor: Anchor,
     },
+    /// A move to another plan (`plan_change.rs`): at the next period
+    /// start, or at once with both recurring fees prorated.
     PlanChanged {
         plan_id: String,
+        /// When it takes effect (default `next_period`, as before the field).
+        #[serde(default, skip_serializing_if = "PlanChangeEffective::is_next_period")]
+        effective: PlanChangeEffective,
+        /// The plan version moved to; `None`: the latest when applied.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u32>,
     },
     AccountClosed,
     AdjustmentIssued {
@@ -328,6 +368,14 @@ pub enum DomainEvent {
         from_plan_id: String,
         plan_id: String,
         effective_at: Timestamp,
+        /// Versions moved from and to (1 in entries from before versions).
+        #[serde(default = "super::plan::first_version")]
+        from_version: u32,
+        #[serde(default = "super::plan::first_version")]
+        version: u32,
+        /// Effective at once mid-period (`effective: immediately`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        immediate: bool,
     },
     AccountClosed {
         closed_at: Timestamp,

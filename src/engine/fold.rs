@@ -17,7 +17,7 @@ use super::config::EngineConfig;
 use super::dedup::{self, Seen};
 use super::events::{
     AccountCommand, AccountKind, AdjustmentKind, CreditSource, DomainEvent, Input, IssuedInvoice,
-    JournalEntry, Line, LineKind, PaymentEvent, PaymentKind, UsageRecorded,
+    JournalEntry, Line, LineKind, PaymentEvent, PaymentKind, PlanChangeEffective, UsageRecorded,
 };
 use super::money::{round_ratio_half_even, Currency, Minor};
 use super::name::{self, Name};
@@ -126,6 +126,10 @@ fn check_number(field: &str, value: Decimal) -> Result<(), Rejection> {
     }
     check_text(field, &value.to_string())
 }
+
+/// Most plan segments of one period: at most `MAX_PLAN_SEGMENTS - 1`
+/// immediate plan changes in a period (each keeps its own usage).
+pub const MAX_PLAN_SEGMENTS: usize = 8;
 
 /// The subject that holds the usage of every subject past the cap.
 pub const OTHER_SUBJECT: &str = "(other)";
@@ -558,9 +562,21 @@ impl Engine {
 
     // ---- periods and invoices --------------------------------------------
 
-    /// The plan in force for the period starting at `start`.
-    fn plan_for(&self, st: &AccountState, start: Timestamp) -> String {
-        self.plan_for_ref(st, start).to_string()
+    /// The plan (id and version) in force for the period starting at `start`.
+    fn plan_for(&self, st: &AccountState, start: Timestamp) -> (String, u32) {
+        let (id, version) = self.plan_for_ref(st, start);
+        (id.to_string(), version)
+    }
+
+    /// The plan the recurring fee of period `p` is charged on, in advance:
+    /// the plan of its first segment when an immediate change in the grace
+    /// window already split it, else the plan in force at its start.
+    fn fee_plan(&self, st: &AccountState, p: Period) -> Option<Arc<Plan>> {
+        let (id, version) = match st.open.iter().find(|u| u.period == p) {
+            Some(u) => (u.plan_id.as_str(), u.plan_version),
+            None => self.plan_for_ref(st, p.start),
+        };
+        self.plans.get_version(id, version).cloned()
     }
 
     /// The usage of `metric` in the open period `period` (at `idx` of
@@ -582,13 +598,18 @@ impl Engine {
         let idx = match idx {
             Some(i) => i,
             None => {
-                let plan_id = self.plan_for_ref(st, period.start).to_string();
+                let (plan_id, plan_version) = self.plan_for(st, period.start);
                 let at = st.open.partition_point(|o| o.period.start < period.start);
+                // Exact growth: this vector is resident for every account.
+                st.open.reserve_exact(1);
                 st.open.insert(
                     at,
                     PeriodUsage {
                         period,
                         plan_id,
+                        plan_version,
+                        since: None,
+                        until: None,
                         metrics: Vec::new(),
                     },
                 );
@@ -615,54 +636,98 @@ impl Engine {
     /// The charge of `metric` in plan `plan_id`: `unknown_plan` or
     /// `unknown_metric` otherwise.
     #[inline]
-    fn charge_of(&self, plan_id: &str, metric: &str) -> Result<&Charge, Rejection> {
-        let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan {
-            plan_id: plan_id.to_string(),
-        })?;
+    fn charge_of(&self, plan_id: &str, version: u32, metric: &str) -> Result<&Charge, Rejection> {
+        let plan = self
+            .plan(plan_id, version)
+            .ok_or_else(|| Self::unknown_plan(plan_id, version))?;
         plan.charge(metric).ok_or_else(|| Rejection::UnknownMetric {
             metric: metric.to_string(),
             plan_id: plan_id.to_string(),
         })
     }
 
-    fn plan_for_ref<'s>(&self, st: &'s AccountState, start: Timestamp) -> &'s str {
+    fn plan_for_ref<'s>(&self, st: &'s AccountState, start: Timestamp) -> (&'s str, u32) {
         match &st.pending_plan {
-            Some((plan, effective)) if *effective <= start => plan,
-            _ => &st.plan_id,
+            Some((plan, effective)) if *effective <= start => (plan, st.pending_plan_version),
+            _ => (&st.plan_id, st.plan_version),
         }
     }
 
-    fn plan(&self, plan_id: &str) -> Option<&Plan> {
-        self.plans.get(plan_id).map(|p| p.as_ref())
+    /// One version of a plan.
+    #[inline]
+    fn plan(&self, plan_id: &str, version: u32) -> Option<&Plan> {
+        self.plans.get_version(plan_id, version).map(|p| p.as_ref())
     }
 
-    /// Share of `p` the account was open for, as (part, whole) micros.
-    fn share(st: &AccountState, p: Period) -> (i64, i64) {
-        let from = p.start.max(st.opened_at);
-        let to = st.closed_at.map_or(p.end, |c| c.min(p.end)).max(from);
+    /// `unknown_plan` for a plan version the book does not have.
+    fn unknown_plan(plan_id: &str, version: u32) -> Rejection {
+        Rejection::UnknownPlan {
+            plan_id: if version == 1 {
+                plan_id.to_string()
+            } else {
+                format!("{plan_id} version {version}")
+            },
+        }
+    }
+
+    /// Share of `p` the account was open for within the segment `seg`
+    /// (the whole period but after an immediate plan change), as (part,
+    /// whole) micros.
+    fn share(st: &AccountState, p: Period, seg: (Timestamp, Timestamp)) -> (i64, i64) {
+        let (from, to) = Self::span(st, seg);
         (to.0 - from.0, p.length())
     }
 
-    /// The part of `p` the account was open for, `[from, to)`: what
-    /// time_weighted and percentile aggregate over.
-    fn span(st: &AccountState, p: Period) -> (Timestamp, Timestamp) {
-        let from = p.start.max(st.opened_at);
-        let to = st.closed_at.map_or(p.end, |c| c.min(p.end)).max(from);
+    /// The part of the segment `seg` of a period the account was open
+    /// for, `[from, to)`: what time_weighted and percentile aggregate over.
+    fn span(st: &AccountState, seg: (Timestamp, Timestamp)) -> (Timestamp, Timestamp) {
+        let from = seg.0.max(st.opened_at);
+        let to = st.closed_at.map_or(seg.1, |c| c.min(seg.1)).max(from);
         (from, to)
     }
 
     /// The quantity a metric's line is rated on (its total for `sum`).
-    fn metric_quantity(st: &AccountState, m: &MetricUsage, p: Period) -> Option<Decimal> {
+    fn metric_quantity(
+        st: &AccountState,
+        m: &MetricUsage,
+        p: Period,
+        seg: (Timestamp, Timestamp),
+    ) -> Option<Decimal> {
         if m.aggregation.is_sum() {
             return Some(m.total);
         }
-        let (from, to) = Self::span(st, p);
+        let (from, to) = Self::span(st, seg);
         aggregation::value(m.aggregation, m.total, m.state.as_deref(), p, from, to)
     }
 
-    fn minimum_for(&self, st: &AccountState, plan: &Plan, p: Period) -> Minor {
-        let (part, whole) = Self::share(st, p);
+    fn minimum_for(
+        &self,
+        st: &AccountState,
+        plan: &Plan,
+        p: Period,
+        seg: (Timestamp, Timestamp),
+    ) -> Minor {
+        let (part, whole) = Self::share(st, p, seg);
         prorate(st.currency, plan.minimum_spend, part, whole)
+    }
+
+    /// What the lines of a segment of a period split by an immediate plan
+    /// change say (`None` for a whole period: its lines read as before).
+    fn segment_note(
+        plan_id: &str,
+        version: u32,
+        since: Option<Timestamp>,
+        until: Option<Timestamp>,
+        p: Period,
+    ) -> Option<String> {
+        if since.is_none() && until.is_none() {
+            return None;
+        }
+        Some(format!(
+            "on plan {plan_id} (version {version}) from {} to {}",
+            since.unwrap_or(p.start),
+            until.unwrap_or(p.end)
+        ))
     }
 
     /// The amount of `charge` on `total` in the account's currency, if a
@@ -682,6 +747,9 @@ impl Engine {
         let mut lines = Vec::new();
         let Some(plan) = plan else { return lines };
         let mut usage_sum = Minor::ZERO;
+        let seg = usage.map_or((p.start, p.end), PeriodUsage::bounds);
+        let note =
+            usage.and_then(|u| Self::segment_note(&u.plan_id, u.plan_version, u.since, u.until, p));
         for m in usage.map(|u| u.metrics.as_slice()).unwrap_or_default() {
             let Some(charge) = plan.charge(m.metric.as_str()) else {
                 continue;
@@ -689,10 +757,10 @@ impl Engine {
             // Usage is refused before its total can outgrow a line; only a
             // plan replaced by a dearer one mid-period can get here with
             // `None`: the line is not billed, and says so.
-            let quantity = Self::metric_quantity(st, m, p);
+            let quantity = Self::metric_quantity(st, m, p, seg);
             let amount = quantity.and_then(|q| Self::line_amount(st, charge, q));
             let (amount, description) = match amount {
-                Some(amount) => (amount, None),
+                Some(amount) => (amount, note.clone()),
                 None => (
                     Minor::ZERO,
                     Some(format!(
@@ -717,8 +785,9 @@ impl Engine {
                 description,
             });
         }
-        let minimum = self.minimum_for(st, plan, p);
+        let minimum = self.minimum_for(st, plan, p, seg);
         if usage_sum < minimum {
+            let text = format!("minimum spend {}", st.currency.format(minimum));
             lines.push(Line {
                 kind: LineKind::MinimumSpend,
                 metric: None,
@@ -727,14 +796,17 @@ impl Engine {
                 amount: minimum.saturating_sub(usage_sum),
                 for_period: p,
                 subjects: Default::default(),
-                description: Some(format!("minimum spend {}", st.currency.format(minimum))),
+                description: Some(match &note {
+                    Some(n) => format!("{text} {n}"),
+                    None => text,
+                }),
             });
         }
         lines
     }
 
     fn fee_line(st: &AccountState, plan: &Plan, p: Period) -> Option<Line> {
-        let (part, whole) = Self::share(st, p);
+        let (part, whole) = Self::share(st, p, (p.start, p.end));
         let amount = prorate(st.currency, plan.recurring_fee, part, whole);
         amount.is_positive().then(|| Line {
             kind: LineKind::RecurringFee,
@@ -765,14 +837,21 @@ impl Engine {
     /// The draft invoice of the current period as it stands now.
     pub fn draft(&self, st: &AccountState) -> Draft {
         let p = st.current;
-        let usage = st.open.iter().find(|u| u.period == p);
-        let plan_id = usage.map_or_else(|| self.plan_for(st, p.start), |u| u.plan_id.clone());
-        let mut lines = self.usage_lines(st, usage, self.plan(&plan_id), p);
+        let mut lines = Vec::new();
+        let mut segments = st.open.iter().filter(|u| u.period == p).peekable();
+        if segments.peek().is_none() {
+            let (id, version) = self.plan_for_ref(st, p.start);
+            lines = self.usage_lines(st, None, self.plan(id, version), p);
+        }
+        for u in segments {
+            let plan = self.plan(&u.plan_id, u.plan_version);
+            lines.extend(self.usage_lines(st, Some(u), plan, p));
+        }
         lines.extend(st.pending_lines.iter().cloned());
         let next = next_period(p, st.timezone, st.anchor);
         if st.closed_at.is_none_or(|c| c >= next.start) {
-            if let Some(plan) = self.plan(&self.plan_for(st, next.start)) {
-                lines.extend(Self::fee_line(st, plan, next));
+            if let Some(plan) = self.fee_plan(st, next) {
+                lines.extend(Self::fee_line(st, &plan, next));
             }
         }
         if let Some(line) = Self::discount_line(st, p, &lines) {
@@ -838,43 +917,59 @@ impl Engine {
     /// open the next period's.
     fn close_period(&self, st: &mut AccountState, emit: &mut Emit) {
         let p = st.current;
-        let usage = match st.open.first() {
-            Some(u) if u.period == p => Some(st.open.remove(0)),
-            _ => None,
-        };
-        let plan_id = usage
-            .as_ref()
-            .map_or_else(|| self.plan_for(st, p.start), |u| u.plan_id.clone());
-        let plan = self.plans.get(&plan_id).cloned();
-        let mut lines = self.usage_lines(st, usage.as_ref(), plan.as_deref(), p);
-        let billed = lines
-            .iter()
-            .map(|l| match &l.metric {
-                Some(m) => (BilledKey::Metric(m.clone()), l.amount),
-                None => (BilledKey::MinimumSpend, l.amount),
-            })
-            .collect();
-        let mut totals = Vec::new();
-        let mut aggregates = Vec::new();
-        for m in usage.map(|u| u.metrics).unwrap_or_default() {
-            let value = Self::metric_quantity(st, &m, p).unwrap_or(m.total);
-            totals.push((m.metric.to_string(), value));
-            if !m.aggregation.is_sum() {
-                aggregates.push(ClosedAggregate {
-                    metric: m.metric.to_string(),
-                    aggregation: m.aggregation,
-                    total: m.total,
-                    state: m.state,
-                });
-            }
+        // The period's usage: one entry, or one per plan segment after an
+        // immediate plan change, at the front (`open` is in period order).
+        let n = st.open.iter().take_while(|u| u.period == p).count();
+        let mut segments: Vec<PeriodUsage> = st.open.drain(..n).collect();
+        if segments.is_empty() {
+            let (plan_id, plan_version) = self.plan_for(st, p.start);
+            segments.push(PeriodUsage {
+                period: p,
+                plan_id,
+                plan_version,
+                since: None,
+                until: None,
+                metrics: Vec::new(),
+            });
         }
-        st.closed.push(ClosedPeriod {
-            period: p,
-            plan_id,
-            totals,
-            aggregates,
-            billed,
-        });
+        let mut lines = Vec::new();
+        for usage in segments {
+            let plan = self.plans.get_version(&usage.plan_id, usage.plan_version);
+            let seg_lines = self.usage_lines(st, Some(&usage), plan.map(|p| p.as_ref()), p);
+            let billed = seg_lines
+                .iter()
+                .map(|l| match &l.metric {
+                    Some(m) => (BilledKey::Metric(m.clone()), l.amount),
+                    None => (BilledKey::MinimumSpend, l.amount),
+                })
+                .collect();
+            lines.extend(seg_lines);
+            let seg = usage.bounds();
+            let mut totals = Vec::new();
+            let mut aggregates = Vec::new();
+            for m in usage.metrics {
+                let value = Self::metric_quantity(st, &m, p, seg).unwrap_or(m.total);
+                totals.push((m.metric.to_string(), value));
+                if !m.aggregation.is_sum() {
+                    aggregates.push(ClosedAggregate {
+                        metric: m.metric.to_string(),
+                        aggregation: m.aggregation,
+                        total: m.total,
+                        state: m.state,
+                    });
+                }
+            }
+            st.closed.push(ClosedPeriod {
+                period: p,
+                plan_id: usage.plan_id,
+                plan_version: usage.plan_version,
+                since: usage.since,
+                until: usage.until,
+                totals,
+                aggregates,
+                billed,
+            });
+        }
         // Keep the issued periods late input can still reach: those ending
         // after the earliest accepted instant (the clock only moves on).
         let earliest = self.config.earliest_accepted(emit.at);
@@ -887,6 +982,8 @@ impl Engine {
             if let Some((new_plan, effective)) = st.pending_plan.clone() {
                 if effective <= next.start {
                     let from = std::mem::replace(&mut st.plan_id, new_plan.clone());
+                    let version = st.pending_plan_version;
+                    let from_version = std::mem::replace(&mut st.plan_version, version);
                     st.pending_plan = None;
                     emit.push(
                         st,
@@ -894,11 +991,14 @@ impl Engine {
                             from_plan_id: from,
                             plan_id: new_plan,
                             effective_at: next.start,
+                            from_version,
+                            version,
+                            immediate: false,
                         },
                     );
                 }
             }
-            if let Some(plan) = self.plans.get(&self.plan_for(st, next.start)).cloned() {
+            if let Some(plan) = self.fee_plan(st, next) {
                 lines.extend(Self::fee_line(st, &plan, next));
             }
         }
@@ -966,7 +1066,12 @@ impl Engine {
             (Name::new(&u.metric), Name::new(&u.subject))
         } else {
             let metric_tag = name::tag(&u.metric);
-            let idx = st.open.iter().position(|o| o.period == period);
+            // The period's usage (its plan segment's, after an immediate
+            // plan change).
+            let idx = st
+                .open
+                .iter()
+                .position(|o| o.period == period && o.holds(u.occurred_at));
             // A metric already in the period was checked against the
             // period's plan when it arrived first: no plan lookup then.
             let known = idx.and_then(|i| {
@@ -995,11 +1100,11 @@ impl Engine {
                 // `Minor::MAX_AMOUNT`: one comparison per event; above it, rate.
                 let rate_it = new_total > self.plans.safe_total();
                 if known.is_none() || rate_it {
-                    let plan_id = match idx {
-                        Some(i) => st.open[i].plan_id.as_str(),
+                    let (plan_id, version) = match idx {
+                        Some(i) => (st.open[i].plan_id.as_str(), st.open[i].plan_version),
                         None => self.plan_for_ref(st, period.start),
                     };
-                    let charge = self.charge_of(plan_id, &u.metric)?;
+                    let charge = self.charge_of(plan_id, version, &u.metric)?;
                     if rate_it && Self::line_amount(st, charge, new_total).is_none() {
                         return Err(bad_qty(&too_dear(st, &u.metric, new_total)));
                     }
@@ -1040,11 +1145,11 @@ impl Engine {
         period: Period,
         idx: Option<usize>,
     ) -> bool {
-        let plan_id = match idx {
-            Some(i) => st.open[i].plan_id.as_str(),
+        let (plan_id, version) = match idx {
+            Some(i) => (st.open[i].plan_id.as_str(), st.open[i].plan_version),
             None => self.plan_for_ref(st, period.start),
         };
-        self.plan(plan_id)
+        self.plan(plan_id, version)
             .and_then(|p| p.charge(metric))
             .is_some_and(|c| !c.aggregation.kind.is_sum())
     }
@@ -1061,11 +1166,12 @@ impl Engine {
         idx: Option<usize>,
         known: Option<usize>,
     ) -> Result<(Name, Name), Rejection> {
-        let plan_id = match idx {
-            Some(i) => st.open[i].plan_id.as_str(),
+        let (plan_id, version) = match idx {
+            Some(i) => (st.open[i].plan_id.as_str(), st.open[i].plan_version),
             None => self.plan_for_ref(st, period.start),
         };
-        let charge = self.charge_of(plan_id, &u.metric)?;
+        let charge = self.charge_of(plan_id, version, &u.metric)?;
+        let seg = idx.map_or((period.start, period.end), |i| st.open[i].bounds());
         let fresh;
         let (kind, total, state) = match (idx, known) {
             (Some(i), Some(k)) => {
@@ -1078,7 +1184,7 @@ impl Engine {
             }
         };
         aggregation::admit(kind, state, &u.metric, u)?;
-        let (from, to) = Self::span(st, period);
+        let (from, to) = Self::span(st, seg);
         let bad_qty = |reason: String| Rejection::InvalidQuantity {
             quantity: u.quantity.to_string(),
             reason,
@@ -1120,17 +1226,36 @@ impl Engine {
         u: &UsageRecorded,
         period: Period,
     ) -> Result<(), Rejection> {
+        // The issued period (its plan segment, after an immediate change).
         let ci = st
             .closed
             .iter()
-            .position(|c| c.period == period)
+            .position(|c| c.period == period && c.holds(u.occurred_at))
             .ok_or(Rejection::TooLate {
                 period_start: period.start,
             })?;
         let plan_id = st.closed[ci].plan_id.clone();
-        let plan = self.plan(&plan_id).ok_or_else(|| Rejection::UnknownPlan {
-            plan_id: plan_id.clone(),
-        })?;
+        let version = st.closed[ci].plan_version;
+        let plan = self
+            .plan(&plan_id, version)
+            .ok_or_else(|| Self::unknown_plan(&plan_id, version))?;
+        let seg = st.closed[ci].bounds();
+        let note = {
+            let c = &st.closed[ci];
+            Self::segment_note(&c.plan_id, c.plan_version, c.since, c.until, period)
+        };
+        let with_note = |text: String| match &note {
+            Some(n) => format!("{text} {n}"),
+            None => text,
+        };
+        let late_text = with_note(format!(
+            "late usage for the period starting {}",
+            period.start
+        ));
+        let min_text = with_note(format!(
+            "minimum spend correction for the period starting {}",
+            period.start
+        ));
         let charge = plan
             .charge(&u.metric)
             .ok_or_else(|| Rejection::UnknownMetric {
@@ -1183,7 +1308,7 @@ impl Engine {
                 period,
                 u,
             );
-            let (from, to) = Self::span(st, period);
+            let (from, to) = Self::span(st, seg);
             let value = aggregation::value(
                 kind,
                 aggregate.total,
@@ -1223,7 +1348,7 @@ impl Engine {
                 }
             }
         }
-        let minimum = self.minimum_for(st, plan, period);
+        let minimum = self.minimum_for(st, plan, period, seg);
         let new_true_up = if usage_sum < minimum {
             minimum.saturating_sub(usage_sum)
         } else {
@@ -1260,6 +1385,7 @@ impl Engine {
             l.kind == LineKind::LateUsage
                 && l.for_period == period
                 && l.metric.as_deref() == Some(u.metric.as_str())
+                && l.description.as_deref() == Some(late_text.as_str())
         });
         match pending {
             _ if unchanged => {}
@@ -1284,17 +1410,15 @@ impl Engine {
                 subjects: [(u.subject.clone(), subject_quantity)]
                     .into_iter()
                     .collect(),
-                description: Some(format!(
-                    "late usage for the period starting {}",
-                    period.start
-                )),
+                description: Some(late_text),
             }),
         }
         if min_delta != Minor::ZERO {
-            let pending_min = st
-                .pending_lines
-                .iter_mut()
-                .find(|l| l.kind == LineKind::MinimumSpend && l.for_period == period);
+            let pending_min = st.pending_lines.iter_mut().find(|l| {
+                l.kind == LineKind::MinimumSpend
+                    && l.for_period == period
+                    && l.description.as_deref() == Some(min_text.as_str())
+            });
             match pending_min {
                 Some(line) => line.amount = line.amount.saturating_add(min_delta),
                 None => st.pending_lines.push(Line {
@@ -1305,10 +1429,7 @@ impl Engine {
                     amount: min_delta,
                     for_period: period,
                     subjects: Default::default(),
-                    description: Some(format!(
-                        "minimum spend correction for the period starting {}",
-                        period.start
-                    )),
+                    description: Some(min_text),
                 }),
             }
         }
@@ -1423,9 +1544,13 @@ impl Engine {
                 return Err(field("billing_anchor", format!("day {d} must be 1..=31")));
             }
         }
-        let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan {
-            plan_id: plan_id.clone(),
-        })?;
+        // A new account subscribes to the plan's latest version.
+        let plan = self
+            .plans
+            .get(plan_id)
+            .ok_or_else(|| Rejection::UnknownPlan {
+                plan_id: plan_id.clone(),
+            })?;
         if plan.currency != currency_v {
             return Err(Rejection::CurrencyMismatch {
                 expected: currency.clone(),
@@ -1456,7 +1581,9 @@ impl Engine {
             tax_rate: *tax_rate,
             anchor: *billing_anchor,
             plan_id: plan_id.clone(),
+            plan_version: plan.version,
             pending_plan: None,
+            pending_plan_version: 1,
             closed_at: None,
             finished: false,
             journal_seq: 0,
@@ -1515,10 +1642,18 @@ impl Engine {
             AccountKind::AccountOpened { .. } => Err(Rejection::AccountAlreadyOpen {
                 account_id: st.account_id.to_string(),
             }),
-            AccountKind::PlanChanged { plan_id } => {
-                let plan = self.plan(plan_id).ok_or_else(|| Rejection::UnknownPlan {
-                    plan_id: plan_id.clone(),
-                })?;
+            AccountKind::PlanChanged {
+                plan_id,
+                effective,
+                version,
+            } => {
+                // The version named, else the latest now: pinned from here
+                // on, whatever is published before it takes effect.
+                let plan = match version {
+                    Some(v) => self.plans.get_version(plan_id, *v),
+                    None => self.plans.get(plan_id),
+                }
+                .ok_or_else(|| Self::unknown_plan(plan_id, version.unwrap_or(1)))?;
                 if plan.currency != st.currency {
                     return Err(Rejection::CurrencyMismatch {
                         expected: st.currency.code().to_string(),
@@ -1528,9 +1663,13 @@ impl Engine {
                 if let Some(closed_at) = st.closed_at {
                     return Err(Rejection::AccountClosed { closed_at });
                 }
+                if *effective == PlanChangeEffective::Immediately {
+                    return self.change_plan_now(st, plan, a.occurred_at, emit);
+                }
                 let from = a.occurred_at.max(st.current.start);
                 let effective_at = period_containing(from, st.timezone, st.anchor).end;
                 st.pending_plan = Some((plan_id.clone(), effective_at));
+                st.pending_plan_version = plan.version;
                 emit.push(
                     st,
                     DomainEvent::PlanChangeScheduled {
@@ -1624,6 +1763,147 @@ impl Engine {
                 currency,
             } => self.set_thresholds(st, thresholds, currency, emit),
         }
+    }
+
+    /// `PlanChanged` with `effective: immediately` (issue 13): from `at`
+    /// (its `occurred_at`, not before the draft's period nor the opening)
+    /// the account is on `plan`. The period holding `at` is split into
+    /// plan segments, so its usage before `at` is rated on the old plan's
+    /// charges and after it on the new plan's, each with its own tiers and
+    /// its minimum spend prorated by its segment; the unused part of the
+    /// old recurring fee is credited and the new fee charged for the rest
+    /// of the period, both by the exact fraction the first period's fee is
+    /// prorated by (`prorate`), as two lines on the draft (no interim
+    /// invoice). The fee of the period after is the new plan's.
+    fn change_plan_now(
+        &self,
+        st: &mut AccountState,
+        plan: &Plan,
+        at: Timestamp,
+        emit: &mut Emit,
+    ) -> Result<(), Rejection> {
+        let at = at.max(st.current.start).max(st.opened_at);
+        // The draft's period, or the next one during the close's grace.
+        let pe = if st.current.contains(at) {
+            st.current
+        } else {
+            period_containing(at, st.timezone, st.anchor)
+        };
+        let segments = st.open.iter().filter(|o| o.period == pe).count();
+        if segments >= MAX_PLAN_SEGMENTS {
+            return Err(Rejection::InvalidField {
+                field: "effective".into(),
+                reason: format!(
+                    "a period is split by at most {} immediate plan changes; change it with effective next_period",
+                    MAX_PLAN_SEGMENTS - 1
+                ),
+            });
+        }
+        let held = st.open.iter().position(|o| o.period == pe && o.holds(at));
+        let (old_id, old_version) = match held {
+            Some(i) => (st.open[i].plan_id.clone(), st.open[i].plan_version),
+            None => self.plan_for(st, pe.start),
+        };
+        let old = self
+            .plan(&old_id, old_version)
+            .ok_or_else(|| Self::unknown_plan(&old_id, old_version))?;
+        let (rest, whole) = (pe.end.0 - at.0, pe.length());
+        let credit = prorate(st.currency, old.recurring_fee, rest, whole);
+        let charge = prorate(st.currency, plan.recurring_fee, rest, whole);
+        let pending = Minor::checked_sum(
+            st.pending_lines
+                .iter()
+                .map(|l| l.amount)
+                .chain([charge, Minor::ZERO.saturating_sub(credit)]),
+        );
+        if !pending.is_some_and(|p| p.within(Minor::MAX_BALANCE)) {
+            return Err(Rejection::InvalidAmount {
+                amount: st.currency.format(charge),
+                reason: format!(
+                    "the lines waiting for the next invoice would exceed {}",
+                    st.currency.format(Minor::MAX_BALANCE)
+                ),
+            });
+        }
+        let hours = |m: i64| {
+            (Decimal::from(m) / Decimal::from(MICROS_PER_HOUR))
+                .round_dp(2)
+                .normalize()
+        };
+        let fee = |amount: Minor, description: String| Line {
+            kind: LineKind::RecurringFee,
+            metric: None,
+            quantity: Decimal::ONE,
+            unit_price: None,
+            amount,
+            for_period: pe,
+            subjects: Default::default(),
+            description: Some(description),
+        };
+        let mut lines = Vec::with_capacity(2);
+        if credit.is_positive() {
+            lines.push(fee(
+                Minor::ZERO.saturating_sub(credit),
+                format!(
+                    "{} recurring fee credited for the unused {} of {} hours (plan changed to {})",
+                    old.plan_id,
+                    hours(rest),
+                    hours(whole),
+                    plan.plan_id
+                ),
+            ));
+        }
+        if charge.is_positive() {
+            lines.push(fee(
+                charge,
+                format!(
+                    "{} recurring fee, prorated for {} of {} hours (plan changed from {})",
+                    plan.plan_id,
+                    hours(rest),
+                    hours(whole),
+                    old.plan_id
+                ),
+            ));
+        }
+        // Validated: now change state.
+        let segment = |since, until| PeriodUsage {
+            period: pe,
+            plan_id: plan.plan_id.clone(),
+            plan_version: plan.version,
+            since,
+            until,
+            metrics: Vec::new(),
+        };
+        match held {
+            Some(i) => {
+                let until = st.open[i].until.replace(at);
+                st.open.insert(i + 1, segment(Some(at), until));
+            }
+            None => {
+                let i = st.open.partition_point(|o| o.period.start < pe.start);
+                let mut before = segment(None, Some(at));
+                before.plan_id = old_id.clone();
+                before.plan_version = old_version;
+                st.open.insert(i, before);
+                st.open.insert(i + 1, segment(Some(at), None));
+            }
+        }
+        st.pending_lines.extend(lines);
+        st.plan_id = plan.plan_id.clone();
+        st.plan_version = plan.version;
+        st.pending_plan = None;
+        emit.push(
+            st,
+            DomainEvent::PlanChanged {
+                from_plan_id: old_id,
+                plan_id: plan.plan_id.clone(),
+                effective_at: at,
+                from_version: old_version,
+                version: plan.version,
+                immediate: true,
+            },
+        );
+        Ok(())
     }
 
     /// A positive amount in the account's currency, exact to the minor unit.

@@ -38,6 +38,8 @@ mod credit_tests;
 #[cfg(test)]
 mod discount_tests;
 #[cfg(test)]
+mod plan_change_tests;
+#[cfg(test)]
 mod properties;
 #[cfg(test)]
 mod tests;

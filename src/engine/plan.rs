@@ -90,11 +90,29 @@ pub struct Charge {
     pub aggregation: AggregationSpec,
 }
 
+/// Most versions of one plan the price book keeps.
+pub const MAX_PLAN_VERSIONS: usize = 64;
+
+/// The version of a plan record (or account state) written before plans
+/// were versioned: every such record is version 1.
+pub const fn first_version() -> u32 {
+    1
+}
+
 /// A plan: a recurring fee per period (charged in advance), a minimum
 /// spend per period, and per-metric charges. Amounts are in major units.
+///
+/// A plan is versioned: `(plan_id, version)` names one price list for good.
+/// A record of a version the book has replaces it (what a record without a
+/// version, version 1, always did); a new version is added next to the
+/// others, and accounts stay on the version they are on until a
+/// `PlanChanged` moves them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub plan_id: String,
+    /// Version of the plan (1 or more; 1 for a record without one).
+    #[serde(default = "first_version")]
+    pub version: u32,
     pub currency: Currency,
     #[serde(default)]
     pub recurring_fee: Decimal,
@@ -139,6 +157,13 @@ impl Plan {
         let plan = || self.plan_id.clone();
         if self.plan_id.is_empty() {
             return Err(PlanError::EmptyId);
+        }
+        if self.version == 0 {
+            return Err(PlanError::OutOfRange {
+                plan: plan(),
+                field: "version".into(),
+                reason: "must be 1 or more".into(),
+            });
         }
         if self.plan_id.len() > MAX_NAME_BYTES {
             return Err(PlanError::OutOfRange {
@@ -271,15 +296,17 @@ impl Plan {
     }
 }
 
-/// All known plans, by id. Cheap to clone (shared plans).
+/// All known plans, by id and version. Cheap to clone (shared plans).
 #[derive(Debug, Clone, Default)]
 pub struct PlanBook {
     /// Looked up once per usage event: a fast hasher, not SipHash (plan
-    /// ids are not attacker-chosen keys of an open-ended map).
-    plans: FxHashMap<String, Arc<Plan>>,
-    /// Per plan, the smallest period total of any of its charges beyond
-    /// which the charge might exceed `Minor::MAX_AMOUNT` (`rating::safe_total`).
-    safe_totals: FxHashMap<String, Decimal>,
+    /// ids are not attacker-chosen keys of an open-ended map). The
+    /// versions of a plan, ascending (at most `MAX_PLAN_VERSIONS`).
+    plans: FxHashMap<String, Vec<Arc<Plan>>>,
+    /// Per plan and version, the smallest period total of any of its
+    /// charges beyond which the charge might exceed `Minor::MAX_AMOUNT`
+    /// (`rating::safe_total`).
+    safe_totals: FxHashMap<(String, u32), Decimal>,
     /// The smallest of `safe_totals`: a usage total at or below it needs
     /// no rating to know its line fits (the hot path's one comparison).
     safe_total: Option<Decimal>,
@@ -290,18 +317,36 @@ impl PlanBook {
         PlanBook::default()
     }
 
-    /// Add or replace a plan after validating it.
+    /// Add a plan version, or replace the version of the same number,
+    /// after validating it. A version beyond `MAX_PLAN_VERSIONS` of its
+    /// plan is refused.
     pub fn upsert(&mut self, plan: Plan) -> Result<(), PlanError> {
         plan.validate()?;
+        let versions = self.plans.entry(plan.plan_id.clone()).or_default();
+        let at = versions.partition_point(|p| p.version < plan.version);
+        let replaces = versions.get(at).is_some_and(|p| p.version == plan.version);
+        if !replaces && versions.len() >= MAX_PLAN_VERSIONS {
+            return Err(PlanError::OutOfRange {
+                plan: plan.plan_id.clone(),
+                field: "version".into(),
+                reason: format!("the book keeps at most {MAX_PLAN_VERSIONS} versions of a plan"),
+            });
+        }
         let safe = plan
             .charges
             .iter()
             .map(|c| rating::safe_total(c, plan.currency, Minor::MAX_AMOUNT))
             .min()
             .unwrap_or(Decimal::MAX);
-        self.safe_totals.insert(plan.plan_id.clone(), safe);
+        self.safe_totals
+            .insert((plan.plan_id.clone(), plan.version), safe);
         self.safe_total = self.safe_totals.values().min().copied();
-        self.plans.insert(plan.plan_id.clone(), Arc::new(plan));
+        let plan = Arc::new(plan);
+        if replaces {
+            versions[at] = plan;
+        } else {
+            versions.insert(at, plan);
+        }
         Ok(())
     }
 
@@ -311,10 +356,23 @@ impl PlanBook {
         self.safe_total.unwrap_or(Decimal::MAX)
     }
 
+    /// The latest version of a plan.
     pub fn get(&self, plan_id: &str) -> Option<&Arc<Plan>> {
-        self.plans.get(plan_id)
+        self.plans.get(plan_id).and_then(|v| v.last())
     }
 
+    /// One version of a plan.
+    #[inline]
+    pub fn get_version(&self, plan_id: &str, version: u32) -> Option<&Arc<Plan>> {
+        let versions = self.plans.get(plan_id)?;
+        // Nearly always the latest: look there first.
+        match versions.last() {
+            Some(p) if p.version == version => Some(p),
+            _ => versions.iter().find(|p| p.version == version),
+        }
+    }
+
+    /// Number of plan ids.
     pub fn len(&self) -> usize {
         self.plans.len()
     }
@@ -323,7 +381,8 @@ impl PlanBook {
         self.plans.is_empty()
     }
 
+    /// The latest version of every plan.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Plan>> {
-        self.plans.values()
+        self.plans.values().filter_map(|v| v.last())
     }
 }

@@ -28,6 +28,7 @@ pub(crate) fn plans() -> PlanBook {
         currency: eur,
         recurring_fee: d("31.00"),
         minimum_spend: Decimal::ZERO,
+        version: 1,
         charges: vec![
             Charge {
                 metric: "container.hours".into(),
@@ -55,6 +56,7 @@ pub(crate) fn plans() -> PlanBook {
         currency: eur,
         recurring_fee: Decimal::ZERO,
         minimum_spend: d("10.00"),
+        version: 1,
         charges: vec![Charge {
             metric: "disk.gb_hours".into(),
             model: Model::Graduated,
@@ -82,6 +84,7 @@ pub(crate) fn plans() -> PlanBook {
         currency: eur,
         recurring_fee: Decimal::ZERO,
         minimum_spend: Decimal::ZERO,
+        version: 1,
         charges: vec![Charge {
             metric: "api.calls".into(),
             model: Model::Volume,
@@ -912,6 +915,8 @@ fn plan_change_takes_effect_at_the_next_period_start() {
     h.command(
         AccountKind::PlanChanged {
             plan_id: "tiered".into(),
+            effective: PlanChangeEffective::NextPeriod,
+            version: None,
         },
         "2026-03-10T00:00:00Z",
     )

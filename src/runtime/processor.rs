@@ -531,14 +531,18 @@ impl<S: StateStore> Processor<S> {
             Ok(Decoded::Plan(plan)) => {
                 let id = plan.plan_id.clone();
                 // The plans topic is compacted by key: a plan under another
-                // plan's key could be compacted away by that plan. (A record
+                // plan's (or version's) key could be compacted away by it.
+                // Version 1 is keyed `plan_id` (as before versions) or
+                // `plan_id@1`, a later version `plan_id@version`. (A record
                 // without a key cannot be on a compacted topic; the file
                 // edges have no keys.)
-                if key.is_some_and(|k| k != id) {
+                let versioned = format!("{id}@{}", plan.version);
+                let fits = |k: &str| k == versioned || (plan.version == 1 && k == id);
+                if key.is_some_and(|k| !fits(k)) {
                     let rejection = Rejection::KeyMismatch {
                         key: key.map(str::to_string),
                         field: "plan_id",
-                        expected: id,
+                        expected: if plan.version == 1 { id } else { versioned },
                     };
                     self.dead_letter(
                         pos,

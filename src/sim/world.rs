@@ -57,6 +57,7 @@ pub fn demo_plans() -> Vec<Plan> {
             currency: eur,
             recurring_fee: d("9.00"),
             minimum_spend: Decimal::ZERO,
+            version: 1,
             charges: vec![
                 charge(
                     "container.hours",
@@ -82,6 +83,7 @@ pub fn demo_plans() -> Vec<Plan> {
             currency: eur,
             recurring_fee: d("49.00"),
             minimum_spend: Decimal::ZERO,
+            version: 1,
             charges: vec![
                 charge(
                     "container.hours",
@@ -121,6 +123,7 @@ pub fn demo_plans() -> Vec<Plan> {
             currency: usd,
             recurring_fee: Decimal::ZERO,
             minimum_spend: d("20.00"),
+            version: 1,
             charges: vec![
                 charge(
                     "container.hours",
@@ -156,6 +159,7 @@ pub fn demo_plans() -> Vec<Plan> {
             currency: eur,
             recurring_fee: d("12.99"),
             minimum_spend: Decimal::ZERO,
+            version: 1,
             charges: vec![],
         },
     ]
@@ -411,7 +415,11 @@ impl World {
                         account_id: id.clone(),
                         occurred_at: c,
                         environment: Some(self.environment.clone()),
-                        kind: AccountKind::PlanChanged { plan_id: to.into() },
+                        kind: AccountKind::PlanChanged {
+                            plan_id: to.into(),
+                            effective: Default::default(),
+                            version: None,
+                        },
                     })),
                 });
             }

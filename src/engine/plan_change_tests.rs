@@ -1,0 +1,407 @@
+//! Mid-period plan changes (issue 13, item 4): `effective: immediately`
+//! prorates both recurring fees by the exact fraction and splits the
+//! period's usage by plan; plans are versioned and an account stays on its
+//! version. Amounts worked out in the comments.
+
+use proptest::prelude::*;
+use rust_decimal::Decimal;
+
+use super::events::*;
+use super::fold::{prorate, Outcome};
+use super::money::{Currency, Minor};
+use super::plan::{Charge, Model, Plan, PlanBook, Tier};
+use super::rating::line_amount;
+use super::tests::{d, ts, Harness};
+use super::time::Timestamp;
+
+fn eur() -> Currency {
+    Currency::from_code("EUR").unwrap()
+}
+
+/// `api.calls` graduated: up to `first_up_to` at `first`, the rest at `rest`.
+fn graduated(first_up_to: &str, first: &str, rest: &str) -> Charge {
+    Charge {
+        metric: "api.calls".into(),
+        model: Model::Graduated,
+        unit_price: Decimal::ZERO,
+        package_size: None,
+        free_units: Decimal::ZERO,
+        tiers: vec![
+            Tier {
+                up_to: Some(d(first_up_to)),
+                unit_price: d(first),
+                flat_fee: Decimal::ZERO,
+            },
+            Tier {
+                up_to: None,
+                unit_price: d(rest),
+                flat_fee: Decimal::ZERO,
+            },
+        ],
+        aggregation: Default::default(),
+    }
+}
+
+fn plan(id: &str, version: u32, fee: &str, charge: Charge) -> Plan {
+    Plan {
+        plan_id: id.into(),
+        version,
+        currency: eur(),
+        recurring_fee: d(fee),
+        minimum_spend: Decimal::ZERO,
+        charges: vec![charge],
+    }
+}
+
+/// "basic" v1: 30.00 a month, api.calls 0.01 up to 1,000 then 0.005.
+fn basic_v1() -> Plan {
+    plan("basic", 1, "30.00", graduated("1000", "0.01", "0.005"))
+}
+
+/// "pro" v1: 90.00 a month, api.calls 0.008 up to 5,000 then 0.004.
+fn pro_v1() -> Plan {
+    plan("pro", 1, "90.00", graduated("5000", "0.008", "0.004"))
+}
+
+fn book() -> PlanBook {
+    let mut b = PlanBook::new();
+    b.upsert(basic_v1()).unwrap();
+    b.upsert(pro_v1()).unwrap();
+    b
+}
+
+fn harness() -> Harness {
+    let mut h = Harness::new();
+    h.engine.plans = book();
+    h
+}
+
+fn change(plan_id: &str, effective: PlanChangeEffective, version: Option<u32>) -> AccountKind {
+    AccountKind::PlanChanged {
+        plan_id: plan_id.into(),
+        effective,
+        version,
+    }
+}
+
+fn lines_of(inv: &IssuedInvoice, kind: LineKind) -> Vec<Minor> {
+    inv.lines
+        .iter()
+        .filter(|l| l.kind == kind)
+        .map(|l| l.amount)
+        .collect()
+}
+
+#[test]
+fn issue_13_immediate_upgrade_on_the_17th_credits_the_old_fee_charges_the_new_and_splits_usage() {
+    let mut h = harness();
+    // April has 30 days; opened on basic at its start: 30.00 in advance.
+    h.open("basic", "2026-04-01T00:00:00Z");
+    assert_eq!(h.invoices()[0].subtotal, Minor(3000));
+    h.usage("api.calls", "app", "1500", "2026-04-05T00:00:00Z")
+        .unwrap();
+    h.command(
+        change("pro", PlanChangeEffective::Immediately, None),
+        "2026-04-17T00:00:00Z",
+    )
+    .unwrap();
+    assert_eq!(h.st().plan_id, "pro");
+    assert!(h.st().pending_plan.is_none());
+    h.usage("api.calls", "app", "6000", "2026-04-20T00:00:00Z")
+        .unwrap();
+    h.advance("2026-05-01T01:00:00Z");
+    let inv = h.invoices()[1];
+    // From the 17th 00:00 to May 1st: 14 of 30 days unused.
+    //   basic fee credited: −30.00 × 14/30 = −14.00
+    //   pro fee charged:     90.00 × 14/30 =  42.00
+    //   May's fee, on pro, in advance:        90.00
+    let mut fees = lines_of(inv, LineKind::RecurringFee);
+    fees.sort();
+    assert_eq!(fees, vec![Minor(-1400), Minor(4200), Minor(9000)]);
+    // Usage before the change on basic's tiers: 1,000 × 0.01 + 500 ×
+    // 0.005 = 12.50; after it on pro's: 5,000 × 0.008 + 1,000 × 0.004 =
+    // 44.00 (all 7,500 on pro would be 50.00, on basic 42.50).
+    let mut usage = lines_of(inv, LineKind::Usage);
+    usage.sort();
+    assert_eq!(usage, vec![Minor(1250), Minor(4400)]);
+    // 12.50 + 44.00 − 14.00 + 42.00 + 90.00 = 174.50; tax 20% = 34.90.
+    assert_eq!(inv.subtotal, Minor(17450));
+    assert_eq!(inv.tax, Minor(3490));
+    assert!(h.events().any(|e| matches!(
+        e,
+        DomainEvent::PlanChanged { immediate: true, plan_id, from_plan_id, .. }
+            if plan_id == "pro" && from_plan_id == "basic"
+    )));
+}
+
+#[test]
+fn issue_13_the_draft_shows_the_proration_lines_at_once() {
+    let mut h = harness();
+    h.open("basic", "2026-04-01T00:00:00Z");
+    h.command(
+        change("pro", PlanChangeEffective::Immediately, None),
+        "2026-04-17T00:00:00Z",
+    )
+    .unwrap();
+    let draft = h.engine.draft(h.st());
+    // −14.00 and +42.00 for April, and May's 90.00 on pro.
+    let mut fees: Vec<_> = draft
+        .lines
+        .iter()
+        .filter(|l| l.kind == LineKind::RecurringFee)
+        .map(|l| l.amount)
+        .collect();
+    fees.sort();
+    assert_eq!(fees, vec![Minor(-1400), Minor(4200), Minor(9000)]);
+}
+
+#[test]
+fn issue_13_late_usage_after_an_immediate_change_is_rated_on_the_plan_of_its_instant() {
+    let mut h = harness();
+    h.open("basic", "2026-04-01T00:00:00Z");
+    h.usage("api.calls", "app", "1500", "2026-04-05T00:00:00Z")
+        .unwrap();
+    h.command(
+        change("pro", PlanChangeEffective::Immediately, None),
+        "2026-04-17T00:00:00Z",
+    )
+    .unwrap();
+    h.usage("api.calls", "app", "6000", "2026-04-20T00:00:00Z")
+        .unwrap();
+    h.advance("2026-05-01T01:00:00Z");
+    // Late, for before the change: basic on 1,600 = 10.00 + 600 × 0.005
+    // = 13.00, billed 12.50: +0.50 (on pro's segment it would be +0.40).
+    let id = h.next_id();
+    h.usage_at(
+        &id,
+        "api.calls",
+        "app",
+        "100",
+        ts("2026-04-10T00:00:00Z"),
+        ts("2026-05-02T00:00:00Z"),
+    )
+    .unwrap();
+    // Late, for after it: pro on 6,100 = 40.00 + 1,100 × 0.004 = 44.40,
+    // billed 44.00: +0.40.
+    let id = h.next_id();
+    h.usage_at(
+        &id,
+        "api.calls",
+        "app",
+        "100",
+        ts("2026-04-25T00:00:00Z"),
+        ts("2026-05-02T00:00:00Z"),
+    )
+    .unwrap();
+    h.advance("2026-06-01T01:00:00Z");
+    let may = h.invoices()[2];
+    let mut late = lines_of(may, LineKind::LateUsage);
+    late.sort();
+    assert_eq!(late, vec![Minor(40), Minor(50)]);
+}
+
+#[test]
+fn issue_13_a_new_plan_version_does_not_reprice_a_running_period() {
+    let mut h = harness();
+    h.open("basic", "2026-04-01T00:00:00Z");
+    h.usage("api.calls", "app", "1500", "2026-04-05T00:00:00Z")
+        .unwrap();
+    // basic v2 is published mid-April: 60.00 a month, 0.02 then 0.01.
+    h.engine
+        .plans
+        .upsert(plan("basic", 2, "60.00", graduated("1000", "0.02", "0.01")))
+        .unwrap();
+    h.usage("api.calls", "app", "500", "2026-04-20T00:00:00Z")
+        .unwrap();
+    h.advance("2026-05-01T01:00:00Z");
+    let inv = h.invoices()[1];
+    // Still v1 for April: 1,000 × 0.01 + 1,000 × 0.005 = 15.00 (v2: 30.00),
+    // and the account stays on v1 for May's fee: 30.00 (v2: 60.00).
+    assert_eq!(lines_of(inv, LineKind::Usage), vec![Minor(1500)]);
+    assert_eq!(lines_of(inv, LineKind::RecurringFee), vec![Minor(3000)]);
+    assert_eq!(h.st().plan_version, 1);
+    // A new account subscribes to the latest version.
+    let mut h2 = harness();
+    h2.engine
+        .plans
+        .upsert(plan("basic", 2, "60.00", graduated("1000", "0.02", "0.01")))
+        .unwrap();
+    h2.open("basic", "2026-04-01T00:00:00Z");
+    assert_eq!(h2.st().plan_version, 2);
+    assert_eq!(h2.invoices()[0].subtotal, Minor(6000));
+}
+
+#[test]
+fn issue_13_plan_changed_moves_to_the_version_it_names_or_else_the_latest() {
+    let v2 = plan("pro", 2, "120.00", graduated("5000", "0.008", "0.004"));
+    let v3 = plan("pro", 3, "150.00", graduated("5000", "0.008", "0.004"));
+    // Named: version 2 although 3 is the latest. May's fee: 120.00.
+    let mut h = harness();
+    h.engine.plans.upsert(v2.clone()).unwrap();
+    h.engine.plans.upsert(v3.clone()).unwrap();
+    h.open("basic", "2026-04-01T00:00:00Z");
+    h.command(
+        change("pro", PlanChangeEffective::NextPeriod, Some(2)),
+        "2026-04-10T00:00:00Z",
+    )
+    .unwrap();
+    h.advance("2026-05-01T01:00:00Z");
+    assert_eq!((h.st().plan_id.as_str(), h.st().plan_version), ("pro", 2));
+    assert_eq!(
+        lines_of(h.invoices()[1], LineKind::RecurringFee),
+        vec![Minor(12000)]
+    );
+    // Not named: the latest when the change is applied, 3 (150.00), even
+    // if a version 4 is published before it takes effect.
+    let mut h = harness();
+    h.engine.plans.upsert(v2).unwrap();
+    h.engine.plans.upsert(v3).unwrap();
+    h.open("basic", "2026-04-01T00:00:00Z");
+    h.command(
+        change("pro", PlanChangeEffective::NextPeriod, None),
+        "2026-04-10T00:00:00Z",
+    )
+    .unwrap();
+    h.engine
+        .plans
+        .upsert(plan(
+            "pro",
+            4,
+            "999.00",
+            graduated("5000", "0.008", "0.004"),
+        ))
+        .unwrap();
+    h.advance("2026-05-01T01:00:00Z");
+    assert_eq!((h.st().plan_id.as_str(), h.st().plan_version), ("pro", 3));
+    assert_eq!(
+        lines_of(h.invoices()[1], LineKind::RecurringFee),
+        vec![Minor(15000)]
+    );
+    // A version the book does not have is refused, naming it.
+    let e = h
+        .command(
+            change("pro", PlanChangeEffective::Immediately, Some(9)),
+            "2026-05-03T00:00:00Z",
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), "unknown_plan");
+    assert!(e.to_string().contains("version 9"), "{e}");
+}
+
+#[test]
+fn issue_13_an_immediate_plan_change_fed_twice_changes_nothing() {
+    let mut h = harness();
+    h.open("basic", "2026-04-01T00:00:00Z");
+    let cmd = Input::Account(AccountCommand {
+        event_id: "chg-1".into(),
+        account_id: "acct".into(),
+        occurred_at: ts("2026-04-17T00:00:00Z"),
+        environment: Some("prod".into()),
+        kind: change("pro", PlanChangeEffective::Immediately, None),
+    });
+    let at = ts("2026-04-17T00:00:00Z");
+    assert_eq!(h.feed(cmd.clone(), at).unwrap(), Outcome::Applied);
+    let (journal, lines) = (h.journal.len(), h.st().pending_lines.clone());
+    let open = h.st().open.clone();
+    assert_eq!(
+        h.feed(cmd, ts("2026-04-18T00:00:00Z")).unwrap(),
+        Outcome::Duplicate
+    );
+    assert_eq!(h.journal.len(), journal);
+    assert_eq!(h.st().pending_lines, lines);
+    assert_eq!(h.st().open, open);
+}
+
+#[test]
+fn issue_13_an_immediate_change_in_the_first_period_prorates_from_the_change() {
+    let mut h = harness();
+    // Opened on the 11th: basic for 20 of 30 days = 20.00 in advance.
+    h.open("basic", "2026-04-11T00:00:00Z");
+    assert_eq!(h.invoices()[0].subtotal, Minor(2000));
+    // Upgrade on the 21st at noon: 9.5 of 30 days left.
+    // basic credited −30.00 × 9.5/30 = −9.50; pro 90.00 × 9.5/30 = 28.50.
+    h.command(
+        change("pro", PlanChangeEffective::Immediately, None),
+        "2026-04-21T12:00:00Z",
+    )
+    .unwrap();
+    let mut fees: Vec<_> = h
+        .st()
+        .pending_lines
+        .iter()
+        .filter(|l| l.kind == LineKind::RecurringFee)
+        .map(|l| l.amount)
+        .collect();
+    fees.sort();
+    assert_eq!(fees, vec![Minor(-950), Minor(2850)]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Money is conserved through an immediate change: what the account
+    /// is invoiced for April and May's fee is exactly the old fee for the
+    /// days before the change, the new one for the days after (each
+    /// rounded as the proration lines are), each plan's charge on the
+    /// usage of its part, and the tax on that.
+    #[test]
+    fn issue_13_money_is_conserved_through_an_immediate_change(
+        before in proptest::collection::vec((0u32..16, 1u32..5_000), 0..6),
+        after in proptest::collection::vec((0u32..13, 1u32..5_000), 0..6),
+        change_hour in 24u32..(29 * 24),
+        old_fee in 0u32..50_000,
+        new_fee in 0u32..50_000,
+    ) {
+        let mut h = harness();
+        h.engine.plans.upsert(plan("basic", 1, &Decimal::new(old_fee.into(), 2).to_string(),
+            graduated("1000", "0.01", "0.005"))).unwrap();
+        h.engine.plans.upsert(plan("pro", 1, &Decimal::new(new_fee.into(), 2).to_string(),
+            graduated("5000", "0.008", "0.004"))).unwrap();
+        let start = ts("2026-04-01T00:00:00Z");
+        let end = ts("2026-05-01T00:00:00Z");
+        let hour = 3_600_000_000i64;
+        let at = Timestamp(start.0 + i64::from(change_hour) * hour);
+        h.open("basic", "2026-04-01T00:00:00Z");
+        let (mut q_old, mut q_new) = (Decimal::ZERO, Decimal::ZERO);
+        for (day, q) in &before {
+            let t = Timestamp(start.0 + i64::from(*day) * 24 * hour);
+            if t < at {
+                let id = h.next_id();
+                h.usage_at(&id, "api.calls", "a", &q.to_string(), t, t).unwrap();
+                q_old += Decimal::from(*q);
+            }
+        }
+        h.feed(Input::Account(AccountCommand {
+            event_id: "chg".into(),
+            account_id: "acct".into(),
+            occurred_at: at,
+            environment: Some("prod".into()),
+            kind: change("pro", PlanChangeEffective::Immediately, None),
+        }), at).unwrap();
+        for (day, q) in &after {
+            let t = Timestamp(at.0 + i64::from(*day) * 24 * hour);
+            if t < end {
+                let id = h.next_id();
+                h.usage_at(&id, "api.calls", "a", &q.to_string(), t, t).unwrap();
+                q_new += Decimal::from(*q);
+            }
+        }
+        h.advance("2026-05-01T01:00:00Z");
+        let inv = h.invoices();
+        let issued: Minor = Minor::saturating_sum(inv.iter().map(|i| i.subtotal));
+        let len = end.0 - start.0;
+        let rest = end.0 - at.0;
+        let old = Decimal::new(old_fee.into(), 2);
+        let new = Decimal::new(new_fee.into(), 2);
+        let fees = prorate(eur(), old, len, len)
+            .saturating_sub(prorate(eur(), old, rest, len))
+            .saturating_add(prorate(eur(), new, rest, len))
+            .saturating_add(prorate(eur(), new, len, len));
+        let rate = |p: &Plan, q: Decimal| line_amount(&p.charges[0], q, eur(), Minor::MAX_AMOUNT).unwrap();
+        let usage = rate(&basic_v1(), q_old).saturating_add(rate(&pro_v1(), q_new));
+        prop_assert_eq!(issued, fees.saturating_add(usage));
+        let taxed: Minor = Minor::saturating_sum(inv.iter().map(|i| i.total));
+        let tax: Minor = Minor::saturating_sum(inv.iter().map(|i| i.tax));
+        prop_assert_eq!(taxed, issued.saturating_add(tax));
+    }
+}
