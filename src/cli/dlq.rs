@@ -14,9 +14,9 @@ use clap::{Args, Subcommand};
 use crate::config::Settings;
 use crate::contracts::Catalog;
 use crate::dlq::kafka::{read_topic, Republisher};
+use crate::dlq::record::read_file;
 use crate::dlq::replay::{append_log, log_entry, read_log};
 use crate::dlq::select::topic_names;
-use crate::dlq::record::read_file;
 use crate::dlq::{plan, Decision, DlqRecord, Filter};
 use crate::engine::time::Timestamp;
 

@@ -161,7 +161,10 @@ mod tests {
         assert_eq!(svg.matches("<rect class=\"bar\"").count(), 3, "{svg}");
         assert!(svg.contains(r#"height="172.0""#), "{svg}");
         assert!(svg.contains(r#"height="86.0""#), "{svg}");
-        assert!(svg.contains("<title>&lt;b&gt;: &lt;i&gt;: 2.5</title>"), "{svg}");
+        assert!(
+            svg.contains("<title>&lt;b&gt;: &lt;i&gt;: 2.5</title>"),
+            "{svg}"
+        );
         assert!(!svg.contains("<b>") && !svg.contains("<i>"), "{svg}");
     }
 

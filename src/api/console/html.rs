@@ -155,8 +155,16 @@ mod tests {
             r#"<a href="/console/accounts/%3Cx%3E">&lt;x&gt;</a>"#
         );
         let row = json!({"reason": "<img src=x onerror=alert(1)>", "n": 3, "none": null});
-        let html = rows_table("t", &[row], &[("Reason", "reason"), ("N", "n"), ("-", "none")], None);
-        assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;"), "{html}");
+        let html = rows_table(
+            "t",
+            &[row],
+            &[("Reason", "reason"), ("N", "n"), ("-", "none")],
+            None,
+        );
+        assert!(
+            html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+            "{html}"
+        );
         assert!(!html.contains("<img"), "{html}");
         assert!(html.contains("<td>3</td><td>—</td>"), "{html}");
         let page = page("<b>", "", true);

@@ -37,7 +37,9 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 use self::charts::{Chart, Series};
-use self::html::{account_href, cell, error_box, esc, fields_table, invoice_href, link, page, rows_table, seg};
+use self::html::{
+    account_href, cell, error_box, esc, fields_table, invoice_href, link, page, rows_table, seg,
+};
 use super::auth::{AuthError, Verifier, READ_ROLE};
 use crate::config::Settings;
 use crate::dlq::{DlqRecord, Filter};
@@ -466,7 +468,9 @@ fn currency_of(state: &Value) -> Result<Currency, Failure> {
 }
 
 fn array<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key).and_then(Value::as_array).map_or(&[], Vec::as_slice)
+    v.get(key)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
 }
 
 const LINE_COLUMNS: [(&str, &str); 7] = [
@@ -489,7 +493,10 @@ async fn account_page<S: StateStore>(
     let currency = currency_of(&state)?;
     let mut body = format!(
         r#"<p>{} · {}</p>"#,
-        link(&format!("{}/journal", account_href(&account_id)), "journal timeline and state as of an instant"),
+        link(
+            &format!("{}/journal", account_href(&account_id)),
+            "journal timeline and state as of an instant"
+        ),
         r##"<a href="#dead-letters">dead letters</a>"##
     );
 
@@ -565,7 +572,12 @@ async fn account_page<S: StateStore>(
                     ("Running total", "total"),
                 ],
             ));
-            body.push_str(&rows_table("lines", array(draft, "lines"), &LINE_COLUMNS, None));
+            body.push_str(&rows_table(
+                "lines",
+                array(draft, "lines"),
+                &LINE_COLUMNS,
+                None,
+            ));
         }
     }
 
@@ -588,7 +600,12 @@ async fn account_page<S: StateStore>(
                     ("Amount due", "amount_due"),
                 ],
             ));
-            body.push_str(&rows_table("lines", array(&upcoming, "lines"), &LINE_COLUMNS, None));
+            body.push_str(&rows_table(
+                "lines",
+                array(&upcoming, "lines"),
+                &LINE_COLUMNS,
+                None,
+            ));
         }
         Err(f) if f.status == StatusCode::NOT_FOUND => {
             body.push_str(&format!(r#"<p class="none">{}</p>"#, esc(&f.message)));
@@ -674,13 +691,25 @@ async fn invoice_page<S: StateStore>(
         seg(&invoice_id)
     );
     let invoice = console.api_get(&bearer, &base).await?;
-    let mut body = format!("<p>{}</p>", link(&account_href(&account_id), &format!("← account {account_id}")));
+    let mut body = format!(
+        "<p>{}</p>",
+        link(
+            &account_href(&account_id),
+            &format!("← account {account_id}")
+        )
+    );
     let mut shown = invoice.clone();
     if let Some(map) = shown.as_object_mut() {
         let period = format!(
             "{} – {}",
-            invoice.pointer("/period/start").and_then(Value::as_str).unwrap_or(""),
-            invoice.pointer("/period/end").and_then(Value::as_str).unwrap_or("")
+            invoice
+                .pointer("/period/start")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+            invoice
+                .pointer("/period/end")
+                .and_then(Value::as_str)
+                .unwrap_or("")
         );
         map.insert("period".into(), Value::String(period));
     }
@@ -710,11 +739,19 @@ async fn invoice_page<S: StateStore>(
             cell(line.get("kind")),
             cell(line.get("metric")),
         ));
-        body.push_str(&rows_table("lines", std::slice::from_ref(line), &LINE_COLUMNS, None));
+        body.push_str(&rows_table(
+            "lines",
+            std::slice::from_ref(line),
+            &LINE_COLUMNS,
+            None,
+        ));
         let lineage = console
             .api_get(
                 &bearer,
-                &format!("{base}/lines/{index}/lineage?limit={}", super::paging::MAX_PAGE),
+                &format!(
+                    "{base}/lines/{index}/lineage?limit={}",
+                    super::paging::MAX_PAGE
+                ),
             )
             .await?;
         let inputs: Vec<Value> = array(&lineage, "inputs")
@@ -790,7 +827,10 @@ async fn journal_page<S: StateStore>(
     let at = q.at.as_deref().map(str::trim).filter(|a| !a.is_empty());
     let mut body = format!(
         r#"<p>{}</p><form class="asof" method="get" action="{}"><label for="at">State as of (RFC 3339)</label> <input id="at" name="at" value="{}" placeholder="2026-03-15T00:00:00Z"> <button type="submit">Show</button></form>"#,
-        link(&account_href(&account_id), &format!("← account {account_id}")),
+        link(
+            &account_href(&account_id),
+            &format!("← account {account_id}")
+        ),
         esc(&here),
         esc(at.unwrap_or("")),
     );
@@ -818,14 +858,23 @@ async fn journal_page<S: StateStore>(
                 body.push_str(&rows_table(
                     "grants",
                     array(&state, "credit_grants"),
-                    &[("Grant", "grant_id"), ("Kind", "kind"), ("Remaining", "remaining"), ("Expires", "expires_at")],
+                    &[
+                        ("Grant", "grant_id"),
+                        ("Kind", "kind"),
+                        ("Remaining", "remaining"),
+                        ("Expires", "expires_at"),
+                    ],
                     None,
                 ));
                 body.push_str("<h3>Open invoices</h3>");
                 body.push_str(&rows_table(
                     "open-invoices",
                     array(&state, "open_invoices"),
-                    &[("Invoice", "invoice_id"), ("Remaining", "remaining"), ("Stage", "stage")],
+                    &[
+                        ("Invoice", "invoice_id"),
+                        ("Remaining", "remaining"),
+                        ("Stage", "stage"),
+                    ],
                     None,
                 ));
                 if let Some(draft) = state.get("draft").filter(|d| !d.is_null()) {
@@ -833,7 +882,12 @@ async fn journal_page<S: StateStore>(
                     body.push_str(&rows_table(
                         "usage",
                         array(draft, "usage"),
-                        &[("Metric", "metric"), ("Period", "for_period_start"), ("Quantity", "quantity"), ("By subject", "subjects")],
+                        &[
+                            ("Metric", "metric"),
+                            ("Period", "for_period_start"),
+                            ("Quantity", "quantity"),
+                            ("By subject", "subjects"),
+                        ],
                         None,
                     ));
                 }
@@ -850,23 +904,36 @@ async fn journal_page<S: StateStore>(
             &format!("{base}/journal?from_seq={from}&limit={TIMELINE_PAGE}"),
         )
         .await?;
-    body.push_str(&format!("<h2>Journal from entry {from}</h2><ol class=\"timeline\">"));
+    body.push_str(&format!(
+        "<h2>Journal from entry {from}</h2><ol class=\"timeline\">"
+    ));
     for entry in array(&journal, "entries") {
         let at = entry.get("at").and_then(Value::as_str).unwrap_or("");
-        let mut detail = entry.clone();
-        if let Some(map) = detail.as_object_mut() {
-            for key in ["account_id", "seq", "at", "causation_id", "type", "source"] {
-                map.remove(key);
-            }
+        let mut event = entry.get("event").cloned().unwrap_or(Value::Null);
+        let kind = event.get("type").cloned();
+        if let Some(map) = event.as_object_mut() {
+            map.remove("type");
         }
-        let detail = match detail.as_object() {
-            Some(m) if m.is_empty() => String::new(),
-            _ => format!("<code>{}</code>", esc(&detail.to_string())),
+        let detail = match event.as_object() {
+            Some(m) if !m.is_empty() => format!(" <code>{}</code>", esc(&event.to_string())),
+            _ => String::new(),
+        };
+        let read_from = match entry.get("source") {
+            Some(Value::Object(s)) => format!(
+                " · read from {}",
+                esc(&format!(
+                    "{}/{}/{}",
+                    s.get("topic").and_then(Value::as_str).unwrap_or(""),
+                    s.get("partition").map(Value::to_string).unwrap_or_default(),
+                    s.get("offset").map(Value::to_string).unwrap_or_default()
+                ))
+            ),
+            _ => String::new(),
         };
         body.push_str(&format!(
-            r#"<li value="{seq}"><b>{kind}</b> at {when} · caused by {cause} · {asof} {detail}</li>"#,
+            r#"<li value="{seq}"><b>{kind}</b> at {when} · caused by {cause}{read_from} · {asof}{detail}</li>"#,
             seq = entry.get("seq").and_then(Value::as_u64).unwrap_or(0),
-            kind = cell(entry.get("type")),
+            kind = cell(kind.as_ref()),
             when = esc(at),
             cause = cell(entry.get("causation_id")),
             asof = link(&format!("{here}?at={}#as-of", seg(at)), "state as of then"),
@@ -945,18 +1012,21 @@ impl AccountFigures {
             let page = store
                 .read_journal(account_id, from, super::paging::MAX_PAGE)
                 .await
-                .map_err(|e| Failure::new(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")))?;
+                .map_err(|e| {
+                    Failure::new(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}"))
+                })?;
             let Some(last) = page.last() else {
                 return Ok(figures);
             };
             from = last.seq + 1;
             for record in &page {
-                let stored: StoredJournalEntry = serde_json::from_slice(&record.bytes).map_err(|e| {
-                    Failure::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("journal entry {}: {e}", record.seq),
-                    )
-                })?;
+                let stored: StoredJournalEntry =
+                    serde_json::from_slice(&record.bytes).map_err(|e| {
+                        Failure::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("journal entry {}: {e}", record.seq),
+                        )
+                    })?;
                 figures.see(&stored)?;
             }
         }
@@ -1000,7 +1070,11 @@ impl AccountFigures {
             categories: FUNNEL.iter().map(|s| s.to_string()).collect(),
             series: vec![Series {
                 name: "count".into(),
-                values: self.funnel.iter().map(|n| (*n as f64, n.to_string())).collect(),
+                values: self
+                    .funnel
+                    .iter()
+                    .map(|n| (*n as f64, n.to_string()))
+                    .collect(),
             }],
             stacked: false,
         }
@@ -1054,7 +1128,10 @@ fn dead_letter_chart(records: &[&DlqRecord]) -> Chart<'static> {
 
 /// The dead letters of one account (the record key), or of all: the chart
 /// and the latest ones.
-async fn dead_letter_section<S: StateStore>(console: &Console<S>, account_id: Option<&str>) -> String {
+async fn dead_letter_section<S: StateStore>(
+    console: &Console<S>,
+    account_id: Option<&str>,
+) -> String {
     let all = match console.dead_letters.all().await {
         Ok(Some(all)) => all,
         Ok(None) => {
@@ -1125,7 +1202,11 @@ pub fn input_partitions(settings: &Settings) -> anyhow::Result<u32> {
         .filter(|t| t.name() == topic && t.error().is_none())
         .map(|t| t.partitions().len())
         .sum::<usize>();
-    anyhow::ensure!(n > 0, "topic {topic} not found on {}", settings.kafka.brokers);
+    anyhow::ensure!(
+        n > 0,
+        "topic {topic} not found on {}",
+        settings.kafka.brokers
+    );
     Ok(u32::try_from(n)?)
 }
 
@@ -1139,7 +1220,9 @@ mod tests {
         assert_eq!(bearer_of(&h), None);
         h.insert(
             header::COOKIE,
-            "other=1; billstream_console=abc.def.ghi; x=y".parse().unwrap(),
+            "other=1; billstream_console=abc.def.ghi; x=y"
+                .parse()
+                .unwrap(),
         );
         assert_eq!(bearer_of(&h).as_deref(), Some("Bearer abc.def.ghi"));
         h.insert(header::AUTHORIZATION, "Bearer t.u.v".parse().unwrap());
@@ -1172,7 +1255,11 @@ mod tests {
         let chart = dead_letter_chart(&refs);
         assert_eq!(chart.categories, ["2026-03-01", "2026-03-02"]);
         let values = |i: usize| -> Vec<String> {
-            chart.series[i].values.iter().map(|(_, l)| l.clone()).collect()
+            chart.series[i]
+                .values
+                .iter()
+                .map(|(_, l)| l.clone())
+                .collect()
         };
         assert_eq!(chart.series[0].name, "bad_quantity");
         assert_eq!(values(0), ["0", "1"]);
