@@ -306,6 +306,18 @@ async fn issue_14_console_without_a_token_shows_the_login_page_401_and_without_t
     let r = page(&f.app, "/console/static/console.css", None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.headers[header::CONTENT_TYPE], "text/css; charset=utf-8");
+    // No script may run in a page, whatever got into it.
+    for uri in ["/console/login", "/console/accounts/acme-1"] {
+        let r = page(&f.app, uri, Some(&reader())).await;
+        assert_eq!(
+            r.headers[header::CONTENT_SECURITY_POLICY],
+            console::CONTENT_SECURITY_POLICY,
+            "{uri}"
+        );
+        assert!(console::CONTENT_SECURITY_POLICY.starts_with("default-src 'none';"));
+        assert!(!console::CONTENT_SECURITY_POLICY.contains("script-src"));
+        assert_eq!(r.headers[header::CACHE_CONTROL], "no-store", "{uri}");
+    }
     // A bearer header is as good as the cookie.
     let r = send(
         &f.app,
