@@ -15,6 +15,8 @@
 #   and TLS tests, the store conformance suite on the CQL store, the
 #   Kafka end-to-end tests once more with `store.kind = "scylla"`, and the
 #   Schema Registry live test;
+# - Debian's chromium for the support console's browser test
+#   (tests/console.rs drives it headless over the DevTools protocol);
 # - the services are stopped when the tests end, pass or fail (their logs
 #   stay in ${TMPDIR:-/tmp}/billstream-services-<uid>).
 # Extra arguments go to `cargo test` (e.g. `-- kafka_e2e`).
@@ -37,9 +39,11 @@ source scripts/deps.sh
 if command -v dpkg >/dev/null 2>&1; then
   missing=()
   command -v mvn >/dev/null 2>&1 || missing+=(maven)
+  # The support console's browser test drives headless Chromium.
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   ls /usr/lib/jvm/*17*/bin/javac >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
   if [ ${#missing[@]} -gt 0 ]; then
-    echo "== installing ${missing[*]} from Debian's packages (one time: the test services run on Java)"
+    echo "== installing ${missing[*]} from Debian's packages (one time: the test services run on Java, the console browser test on Chromium)"
     sudo_cmd=""
     [ "$(id -u)" -ne 0 ] && sudo_cmd=sudo
     $sudo_cmd apt-get update -qq
@@ -58,6 +62,9 @@ set -a
 eval "$(bash scripts/services.sh env)"
 set +a
 export BILLSTREAM_TEST_CRASH="${BILLSTREAM_TEST_CRASH:-1}"
+# The console's browser test must run here (it skips itself only when
+# neither a chromium binary nor this variable is there).
+export BILLSTREAM_TEST_BROWSER=1
 
 status=0
 cargo test --locked --features tls "$@" || status=$?

@@ -3,6 +3,7 @@
 
 mod api;
 mod bounds;
+mod console;
 mod dashboards;
 mod demo_smoke;
 mod dlq;

@@ -3,6 +3,7 @@
 //! instant, and the lineage of an invoice line. Nothing here writes.
 
 pub mod auth;
+pub mod console;
 pub mod history;
 pub mod lineage;
 pub mod paging;

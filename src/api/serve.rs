@@ -128,10 +128,28 @@ pub async fn serve<S: StateStore>(
             )
         })?;
     let engine = load_price_book(settings).await?;
-    let app = router(Arc::new(ApiState { store, engine }), verifier);
+    let s = settings.clone();
+    let partitions = tokio::task::spawn_blocking(move || super::console::input_partitions(&s))
+        .await?
+        .context("console: partitions of the input topics (for account search)")?;
+    let api = router(
+        Arc::new(ApiState {
+            store: store.clone(),
+            engine,
+        }),
+        verifier.clone(),
+    );
+    let console = super::console::Console::new(
+        api.clone(),
+        verifier,
+        store,
+        partitions,
+        super::console::DeadLetterSource::Topic(Box::new(settings.clone())),
+    );
+    let app = api.merge(super::console::router(Arc::new(console)));
     tracing::info!(listen = %settings.api.listen, "API: serving");
     eprintln!(
-        "billstream api: listening on http://{}",
+        "billstream api: listening on http://{0} (support console: http://{0}/console)",
         settings.api.listen
     );
     axum::serve(listener, app)

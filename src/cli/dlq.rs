@@ -5,7 +5,6 @@
 //! never a card-number rejection, and records each in a replay log.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,6 +14,7 @@ use clap::{Args, Subcommand};
 use crate::config::Settings;
 use crate::contracts::Catalog;
 use crate::dlq::kafka::{read_topic, Republisher};
+use crate::dlq::record::read_file;
 use crate::dlq::replay::{append_log, log_entry, read_log};
 use crate::dlq::select::topic_names;
 use crate::dlq::{plan, Decision, DlqRecord, Filter};
@@ -150,26 +150,6 @@ fn load(source: &SourceArgs) -> anyhow::Result<(Vec<DlqRecord>, Option<Settings>
         eprintln!("warning: {at} is not a dead letter: {why}");
     }
     Ok((read.records, Some(settings)))
-}
-
-/// The dead letters of a JSON-lines file, one per id.
-fn read_file(path: &Path) -> anyhow::Result<Vec<DlqRecord>> {
-    let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let mut seen = std::collections::BTreeSet::new();
-    let mut out = Vec::new();
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = format!("{}:{}", path.display(), n + 1);
-        let r = DlqRecord::from_json_line(&line, at.clone())
-            .map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
-        if seen.insert(r.event_id.clone()) {
-            out.push(r);
-        }
-    }
-    Ok(out)
 }
 
 pub fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {

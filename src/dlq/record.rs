@@ -154,6 +154,28 @@ impl DlqRecord {
     }
 }
 
+/// The dead letters of the embedded mode's JSON-lines file, one per id
+/// (`billstream dlq --file` and the console read it).
+pub fn read_file(path: &std::path::Path) -> anyhow::Result<Vec<DlqRecord>> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = format!("{}:{}", path.display(), n + 1);
+        let r = DlqRecord::from_json_line(&line, at.clone())
+            .map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
+        if seen.insert(r.event_id.clone()) {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
 /// The payload decoded as Avro of a known schema, as JSON (`null` if it is
 /// not one).
 fn decode_avro(catalog: &Catalog, bytes: &[u8]) -> Value {
