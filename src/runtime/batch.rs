@@ -33,6 +33,60 @@ pub fn group_by_account_ranked<'a>(
     keys: impl ExactSizeIterator<Item = (&'a str, u8)>,
     ranks: u8,
 ) -> Vec<u32> {
+    grouped(keys, ranks).0
+}
+
+/// As `group_by_account_ranked`, and an account's records of different
+/// ranks (input topics) are then merged by their timestamps (`times[i]` of
+/// record `i`; a tie goes to the lower rank), each rank's records keeping
+/// their arrival order: one account's records from several topics of a
+/// batch are folded in the order they were appended, as far as the
+/// topics' timestamps tell (Kafka orders records only within a partition
+/// of one topic). An account with records of one rank only, the common
+/// case, costs nothing more.
+pub fn group_by_account_in_time<'a>(
+    keys: impl ExactSizeIterator<Item = (&'a str, u8)>,
+    ranks: u8,
+    times: &[i64],
+) -> Vec<u32> {
+    let (mut order, sizes) = grouped(keys, ranks);
+    let ranks = usize::from(ranks.max(1));
+    let mut at = 0usize;
+    let mut merged = Vec::new();
+    for group in sizes.chunks(ranks) {
+        let len: usize = group.iter().map(|s| *s as usize).sum();
+        if group.iter().filter(|s| **s > 0).count() > 1 {
+            // Heads of each rank's run within the group, merged.
+            let mut runs: Vec<std::ops::Range<usize>> = Vec::with_capacity(ranks);
+            let mut start = at;
+            for s in group {
+                runs.push(start..start + *s as usize);
+                start += *s as usize;
+            }
+            merged.clear();
+            while let Some(r) = runs
+                .iter()
+                .enumerate()
+                .filter(|(_, run)| !run.is_empty())
+                .min_by_key(|(rank, run)| (times[order[run.start] as usize], *rank))
+                .map(|(rank, _)| rank)
+            {
+                merged.push(order[runs[r].start]);
+                runs[r].start += 1;
+            }
+            order[at..at + len].copy_from_slice(&merged);
+        }
+        at += len;
+    }
+    order
+}
+
+/// The counting sort behind both: the order, and the size of each
+/// (account, rank) bucket, `ranks` buckets per account in order.
+fn grouped<'a>(
+    keys: impl ExactSizeIterator<Item = (&'a str, u8)>,
+    ranks: u8,
+) -> (Vec<u32>, Vec<u32>) {
     let ranks = u32::from(ranks.max(1));
     let n = keys.len();
     let mut ids: FxHashMap<u64, u32> = FxHashMap::default();
@@ -61,7 +115,7 @@ pub fn group_by_account_ranked<'a>(
         order[*slot as usize] = i as u32;
         *slot += 1;
     }
-    order
+    (order, sizes)
 }
 
 #[cfg(test)]
@@ -81,6 +135,22 @@ mod tests {
         let keys = [("a", 2), ("b", 2), ("a", 0), ("a", 2), ("a", 1), ("b", 0)];
         let order = group_by_account_ranked(keys.iter().copied(), 3);
         assert_eq!(order, vec![2, 4, 0, 3, 5, 1]);
+    }
+
+    #[test]
+    fn an_accounts_topics_are_merged_by_time_and_keep_each_topics_order() {
+        // (account, rank) and timestamps: "a" has usage (2) at 5 and 9, an
+        // opening (0) at 1 and a payment (1) at 7; "b" one rank only,
+        // out of time order, kept as it came.
+        let keys = [("a", 2), ("b", 2), ("a", 0), ("a", 2), ("a", 1), ("b", 2)];
+        let times = [5, 30, 1, 9, 7, 20];
+        let order = group_by_account_in_time(keys.iter().copied(), 3, &times);
+        assert_eq!(order, vec![2, 0, 4, 3, 1, 5]);
+        // Same timestamps: the lower rank first; within a rank, arrival
+        // order even when its timestamps go back.
+        let keys = [("a", 2), ("a", 2), ("a", 0)];
+        let order = group_by_account_in_time(keys.iter().copied(), 3, &[4, 3, 4]);
+        assert_eq!(order, vec![2, 0, 1]);
     }
 
     #[test]

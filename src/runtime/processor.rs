@@ -61,7 +61,8 @@ pub struct BatchRecord<'a> {
     pub raw: &'a [u8],
     pub now: Timestamp,
     /// Order among one account's records of the batch that come from
-    /// different topics: lower first (see `batch::group_by_account_ranked`).
+    /// different topics with the same timestamp: lower first (see
+    /// `batch::group_by_account_in_time`).
     pub rank: u8,
     /// When the record was produced (Kafka timestamp, ms since the epoch):
     /// the instant it is processed at (`record_instant`) and the start of
@@ -589,9 +590,14 @@ impl<S: StateStore> Processor<S> {
         records: &[BatchRecord<'_>],
     ) -> Result<(), StoreError> {
         let ranks = records.iter().map(|r| r.rank).max().unwrap_or(0) + 1;
-        let order = super::batch::group_by_account_ranked(
+        let times: Vec<i64> = records
+            .iter()
+            .map(|r| r.produced_ms.unwrap_or(i64::MIN))
+            .collect();
+        let order = super::batch::group_by_account_in_time(
             records.iter().map(|r| (r.key.unwrap_or(""), r.rank)),
             ranks,
+            &times,
         );
         let mut scratch = Decoded::Input(Input::Usage(UsageRecorded::default()));
         for i in order {

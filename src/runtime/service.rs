@@ -379,7 +379,8 @@ pub async fn serve<S: StateStore>(
                 key: m.key().and_then(|k| std::str::from_utf8(k).ok()),
                 raw: m.payload().unwrap_or_default(),
                 now,
-                // Account commands, then payments, then usage (see batch.rs).
+                // On equal timestamps: account commands, then payments, then
+                // usage (`batch::group_by_account_in_time`).
                 produced_ms: m.timestamp().to_millis(),
                 rank: if m.topic() == settings.topics.accounts {
                     0
