@@ -522,6 +522,7 @@ fn main() {
                 producer: ClientConfig::new()
                     .set("bootstrap.servers", &brokers)
                     .set("linger.ms", "20")
+                    .set("partitioner", "murmur2_random")
                     .create()
                     .unwrap(),
                 prefix: prefix.clone(),

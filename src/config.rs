@@ -110,6 +110,7 @@ struct RawKafka {
     max_poll_interval: String,
     unknown_account_wait: String,
     timer_hold: String,
+    input_partitioner: String,
     transactional: bool,
     transactional_id: String,
     group_instance_id: String,
@@ -407,6 +408,10 @@ pub struct KafkaSettings {
     /// be held while an input partition has records left to read (they
     /// follow its stream time meanwhile; `KafkaSource::timers_floor`).
     pub timer_hold: Duration,
+    /// `kafka.input_partitioner`: the partitioner the input topics'
+    /// producers use; a record outside the partition its key hashes to is
+    /// dead-lettered `wrong_partition` (`Any`: not checked).
+    pub input_partitioner: crate::source::partitioner::Partitioner,
     pub transactional: bool,
     /// `transactional.id` of this instance's producer when `transactional`
     /// (stable across its restarts, unique among instances).
@@ -1175,6 +1180,18 @@ impl Raw {
                 ))
             }
         };
+        use crate::source::partitioner::Partitioner;
+        let input_partitioner = match self.kafka.input_partitioner.trim() {
+            "murmur2" => Partitioner::Murmur2,
+            "crc32" => Partitioner::Crc32,
+            "any" => Partitioner::Any,
+            other => {
+                return Err(invalid(
+                    "kafka.input_partitioner",
+                    format!("{other:?} is not \"murmur2\" (the Java client's default), \"crc32\" (librdkafka's default) or \"any\" (not checked)"),
+                ))
+            }
+        };
         let (session, poll) = (
             duration("kafka.session_timeout", &self.kafka.session_timeout)?,
             duration("kafka.max_poll_interval", &self.kafka.max_poll_interval)?,
@@ -1341,6 +1358,7 @@ impl Raw {
                     &self.kafka.unknown_account_wait,
                 )?,
                 timer_hold: duration("kafka.timer_hold", &self.kafka.timer_hold)?,
+                input_partitioner,
                 transactional: self.kafka.transactional,
                 transactional_id: self
                     .kafka
@@ -2030,6 +2048,10 @@ mod tests {
             other => panic!("{file:?}: {other:?}"),
         };
         assert_eq!(field("[run]\nmode = \"dry\"\n"), "run.mode");
+        assert_eq!(
+            field("[kafka]\ninput_partitioner = \"random\"\n"),
+            "kafka.input_partitioner"
+        );
         assert_eq!(
             field("[run]\nmode = \"shadow\"\nshadow_prefix = \"\"\n"),
             "run.shadow_prefix"

@@ -724,7 +724,10 @@ pub(crate) fn produce_with(
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
-        .set("linger.ms", "20");
+        .set("linger.ms", "20")
+        // The partitioner billstream checks input records against by
+        // default (`kafka.input_partitioner = "murmur2"`).
+        .set("partitioner", "murmur2_random");
     for (k, v) in properties {
         config.set(*k, *v);
     }
@@ -987,12 +990,22 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
         "bad_json",
         "not_cloud_event",
     ];
+    // `wrong_partition` needs a topic of two partitions or more (every
+    // key hashes to partition 0 of one):
+    // kafka_partitions::a_record_a_producer_put_in_another_partition_….
+    const NEEDS_PARTITIONS: [&str; 1] = ["wrong_partition"];
     assert_eq!(
         Rejection::KINDS.iter().copied().collect::<BTreeSet<_>>(),
-        REJECTION_KINDS.into_iter().collect(),
+        REJECTION_KINDS
+            .into_iter()
+            .chain(NEEDS_PARTITIONS)
+            .collect(),
         "Rejection::KINDS changed: give this test a record for the new kind"
     );
-    assert_eq!(Rejection::KINDS.len(), REJECTION_KINDS.len());
+    assert_eq!(
+        Rejection::KINDS.len(),
+        REJECTION_KINDS.len() + NEEDS_PARTITIONS.len()
+    );
     // `KINDS` is a list kept by hand: a new `Rejection` variant stops this
     // match from compiling until the lists here and a record below cover it.
     fn _every_variant_is_listed(r: &Rejection) {
@@ -1018,7 +1031,8 @@ fn every_rejected_and_undecodable_record_reaches_the_dlq_and_processing_continue
             | RefundExceedsCredit { .. }
             | TooManyGrants { .. }
             | UnknownPaymentMethod { .. }
-            | KeyMismatch { .. } => {}
+            | KeyMismatch { .. }
+            | WrongPartition { .. } => {}
         }
     }
 

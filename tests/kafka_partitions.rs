@@ -371,3 +371,128 @@ fn an_opening_read_before_its_plan_waits_for_the_plan_and_is_applied() {
     );
     assert_eq!(journal.get(&applied), Some(&1), "and its usage with it");
 }
+
+/// Issue 15 item 4: "mixed producer partitioners break co-partitioning".
+/// A usage record produced with librdkafka's default partitioner (CRC-32)
+/// lands, for this account, in another partition than its opening
+/// produced with the Java client's (murmur2, `kafka.input_partitioner`'s
+/// default): with two members it would be folded by the owner of the
+/// wrong partition, a second owner of the account. It is dead-lettered
+/// `wrong_partition`, naming both partitions; the account's record in the
+/// right partition is applied. Before, both were applied (one member owned
+/// both partitions here; two would each have folded the account).
+#[test]
+fn a_record_a_producer_put_in_another_partition_than_its_key_hashes_to_is_refused() {
+    use billstream::contracts::Catalog;
+    use billstream::engine::events::*;
+    use billstream::source::partitioner::Partitioner;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    use crate::kafka_e2e::{
+        account_opened, decode_output, journal_until, per_unit_plan, produce, read_until, text,
+        Running,
+    };
+
+    let Some(setup) = setup_with("partitioner", 2) else {
+        return;
+    };
+    // An account whose two partitions differ.
+    let acct = (0..)
+        .map(|i| format!("acct-{i}"))
+        .find(|a| {
+            Partitioner::Murmur2.partition_of(a.as_bytes(), 2)
+                != Partitioner::Crc32.partition_of(a.as_bytes(), 2)
+        })
+        .unwrap();
+    let catalog = Catalog::shared().unwrap();
+    let (month_start, used_at) = crate::kafka_e2e::month_start_and_used_at();
+    let usage = |id: &str| {
+        catalog
+            .encode_input(&Input::Usage(UsageRecorded {
+                event_id: id.into(),
+                account_id: acct.clone(),
+                subject: "app".into(),
+                metric: "m".into(),
+                quantity: rust_decimal::Decimal::ONE,
+                occurred_at: used_at,
+                environment: "prod".into(),
+                attributes: Default::default(),
+            }))
+            .unwrap()
+    };
+    // Plan, opening and one usage record with murmur2 (the helper's).
+    produce(
+        &setup.brokers,
+        &setup.prefix,
+        &vec![
+            (
+                "billing.plans.v1".into(),
+                "metered".into(),
+                catalog
+                    .encode_plan(&per_unit_plan("metered", "0", "1.00"))
+                    .unwrap(),
+            ),
+            (
+                "billing.accounts.v1".into(),
+                acct.clone(),
+                catalog
+                    .encode_input(&account_opened("open", &acct, "metered", "0", month_start))
+                    .unwrap(),
+            ),
+            ("billing.usage.v1".into(), acct.clone(), usage("u-right")),
+        ],
+    );
+    // One usage record with librdkafka's default partitioner.
+    let crc: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &setup.brokers)
+        .set("partitioner", "consistent_random")
+        .create()
+        .unwrap();
+    let payload = usage("u-wrong");
+    crc.send(
+        BaseRecord::to(&format!("{}billing.usage.v1", setup.prefix))
+            .key(&acct)
+            .payload(&payload),
+    )
+    .map_err(|(e, _)| e)
+    .unwrap();
+    crc.flush(Duration::from_secs(30)).unwrap();
+
+    let member = Running::start(&mut billstream(
+        &setup.prefix,
+        &setup.group,
+        &setup.store,
+        &setup.brokers,
+    ));
+    let journal = journal_until(
+        &setup.brokers,
+        &format!("{}-j", setup.group),
+        &setup.prefix,
+        &|e| e.contains_key(&(acct.clone(), "usage_applied".into(), "u-right".into())),
+    );
+    let dlq = read_until(
+        &setup.brokers,
+        &format!("{}-dlq", setup.group),
+        &format!("{}billing.dlq.v1", setup.prefix),
+        Duration::from_secs(60),
+        |r| !r.is_empty(),
+    );
+    assert!(member.stop().success());
+    assert!(
+        !journal.contains_key(&(acct.clone(), "usage_applied".into(), "u-wrong".into())),
+        "the misplaced record was applied: {journal:?}"
+    );
+    assert_eq!(dlq.len(), 1, "one dead letter");
+    let dead = decode_output(catalog, &dlq[0].1);
+    assert_eq!(text(&dead["error_kind"]), "wrong_partition");
+    let expected = Partitioner::Murmur2
+        .partition_of(acct.as_bytes(), 2)
+        .unwrap();
+    let reason = text(&dead["reason"]);
+    assert!(
+        reason.contains(&format!(
+            "hashes to partition {expected} of 2 under murmur2"
+        )) && reason.contains(&format!("record is in partition {}", 1 - expected)),
+        "{reason}"
+    );
+}

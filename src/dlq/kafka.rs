@@ -61,6 +61,7 @@ impl Republisher {
             .set("bootstrap.servers", &settings.kafka.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all");
+        crate::source::kafka::with_input_partitioner(&mut config, settings);
         Ok(Republisher {
             producer: crate::source::kafka::with_properties(&mut config, settings).create()?,
         })

@@ -104,6 +104,17 @@ pub enum Rejection {
         field: &'static str,
         expected: String,
     },
+    /// The record is not in the partition its key hashes to under the
+    /// producers' partitioner (`kafka.input_partitioner`): the account's
+    /// other records, and its state, may be owned by another member.
+    #[error("record key {key:?} hashes to partition {expected} of {partitions} under {partitioner} (kafka.input_partitioner), but the record is in partition {partition}: another member may own this account; produce it keyed with that partitioner (librdkafka: partitioner=murmur2_random for murmur2)")]
+    WrongPartition {
+        key: String,
+        partition: u32,
+        expected: u32,
+        partitions: u32,
+        partitioner: &'static str,
+    },
 }
 
 fn wrong_environment(expected: &str, got: Option<&str>) -> String {
@@ -139,6 +150,7 @@ impl Rejection {
             Rejection::TooManyGrants { .. } => "too_many_grants",
             Rejection::UnknownPaymentMethod { .. } => "unknown_payment_method",
             Rejection::KeyMismatch { .. } => "key_mismatch",
+            Rejection::WrongPartition { .. } => "wrong_partition",
         }
     }
 
@@ -164,5 +176,6 @@ impl Rejection {
         "too_many_grants",
         "unknown_payment_method",
         "key_mismatch",
+        "wrong_partition",
     ];
 }

@@ -85,6 +85,7 @@ impl Gateway {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5");
+        crate::source::kafka::with_input_partitioner(&mut producer_config, settings);
         let producer: FutureProducer =
             crate::source::kafka::with_properties(&mut producer_config, settings).create()?;
         Ok(Gateway {

@@ -39,6 +39,7 @@ use crate::engine::events::{DomainEvent, Input, JournalEntry, UsageRecorded};
 use crate::engine::fold::Outcome;
 use crate::engine::time::Timestamp;
 use crate::engine::{AccountState, Engine, Rejection};
+use crate::source::partitioner::Partitioner;
 use crate::store::{
     AccountWrite, DeadLetterRecord, DedupRecord, InputOffset, InvoiceRecord, JournalRecord,
     StateStore, StoreError, StoredAccount,
@@ -329,6 +330,10 @@ pub struct Processor<S: StateStore> {
     /// Every record waiting now (until it is folded again): no offset is
     /// committed past one (`waiting_floor`).
     held_back: BTreeSet<SourcePos>,
+    /// The input topics' partitioner and partition count: a record outside
+    /// the partition its key hashes to is dead-lettered `wrong_partition`
+    /// (`set_partitioning`; `None`: not checked).
+    partitioning: Option<(Partitioner, u32)>,
     /// With `kafka.transactional`: what committed transactions published
     /// for accounts of owned partitions that are not loaded yet (the
     /// progress topic as read at assignment, `learn_published`), applied
@@ -402,6 +407,7 @@ impl<S: StateStore> Processor<S> {
             wait_rule: None,
             waiting: Vec::new(),
             held_back: BTreeSet::new(),
+            partitioning: None,
             kafka_marks: HashMap::new(),
             persisted_produced: Vec::new(),
             stats: ProcessorStats::default(),
@@ -671,6 +677,33 @@ impl<S: StateStore> Processor<S> {
             return Ok(());
         }
         let partition = u32::try_from(pos.partition).unwrap_or(0);
+        if let Some((partitioner, partitions)) = self.partitioning {
+            let expected = partitioner
+                .partition_of(account_id.as_bytes(), partitions)
+                .unwrap_or(partition);
+            if expected != partition {
+                // Applied here, the account would have a second owner: the
+                // member of the partition its other records hash to.
+                let rejection = Rejection::WrongPartition {
+                    key: account_id.to_string(),
+                    partition,
+                    expected,
+                    partitions,
+                    partitioner: partitioner.name(),
+                };
+                self.dead_letter(
+                    pos,
+                    key,
+                    rejection.kind(),
+                    rejection.to_string(),
+                    raw,
+                    Some(input),
+                    now,
+                    None,
+                );
+                return Ok(());
+            }
+        }
         self.load(account_id, partition, now).await?;
         let Self {
             accounts,
@@ -774,6 +807,15 @@ impl<S: StateStore> Processor<S> {
 
     /// Which records of accounts not known yet may wait for their opening
     /// from now on (`None`: none, every one is dead-lettered at once).
+    /// Check every input record against the partition its key hashes to
+    /// under `partitioner` with `partitions` partitions (the Kafka loop
+    /// sets it from `kafka.input_partitioner` and the input topics).
+    pub fn set_partitioning(&mut self, partitioner: Partitioner, partitions: u32) {
+        self.partitioning = partitioner
+            .partition_of(b"", partitions)
+            .map(|_| (partitioner, partitions));
+    }
+
     pub fn set_waiting(&mut self, rule: Option<WaitRule>) {
         self.wait_rule = rule;
     }

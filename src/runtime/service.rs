@@ -673,6 +673,9 @@ async fn on_group_change<S: StateStore>(
     match change {
         GroupChange::Assigned(list) => {
             source.check_co_partitioned()?;
+            if let Some(n) = source.partition_count() {
+                processor.set_partitioning(settings.kafka.input_partitioner, n);
+            }
             // Where each partition starts: the transaction's offsets, and
             // whether a partition is read to its end (`timers_floor`)
             // before anything was read from it.

@@ -92,6 +92,7 @@ impl KafkaSink {
                     .max(1_000_000)
                     .to_string(),
             );
+        crate::source::kafka::with_input_partitioner(&mut config, settings);
         let producer: FutureProducer = crate::source::kafka::with_properties(&mut config, settings)
             .create()
             .map_err(|e| KafkaError::Client(e.to_string()))?;

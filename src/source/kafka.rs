@@ -50,6 +50,20 @@ fn client(settings: &Settings) -> ClientConfig {
 
 /// Apply the configured extra librdkafka properties (`kafka.properties`)
 /// last, right before the client is created.
+/// A producer's config with the partitioner the input topics are
+/// checked against (`kafka.input_partitioner`), so what billstream itself
+/// produces (payment results of the gateway emulator, replayed dead
+/// letters, outputs) lands where the check expects it.
+pub fn with_input_partitioner<'c>(
+    c: &'c mut ClientConfig,
+    settings: &Settings,
+) -> &'c mut ClientConfig {
+    if let Some(name) = settings.kafka.input_partitioner.librdkafka_name() {
+        c.set("partitioner", name);
+    }
+    c
+}
+
 pub fn with_properties<'c>(c: &'c mut ClientConfig, settings: &Settings) -> &'c mut ClientConfig {
     for (k, v) in &settings.kafka.properties {
         c.set(k, v);
@@ -274,6 +288,11 @@ impl KafkaSource {
             .subscribe(&topics)
             .map_err(|e| KafkaError::Client(e.to_string()))?;
         Ok(source)
+    }
+
+    /// The input topics' partition count, once known (`check_co_partitioned`).
+    pub fn partition_count(&self) -> Option<u32> {
+        self.partitions.and_then(|n| u32::try_from(n).ok())
     }
 
     /// Refuse input topics that are not co-partitioned: one account's
