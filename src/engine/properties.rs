@@ -144,6 +144,8 @@ fn script(account: &str, plan: usize, ops: &[Op]) -> Vec<(Timestamp, Input)> {
                 timezone: "Europe/Berlin".into(),
                 tax_rate: d("0.19"),
                 billing_anchor: Anchor::Calendar,
+                thresholds: Vec::new(),
+                invoice_at: None,
             },
         ),
     ));
@@ -348,6 +350,7 @@ fn script(account: &str, plan: usize, ops: &[Op]) -> Vec<(Timestamp, Input)> {
                 AccountKind::ThresholdsSet {
                     thresholds: cents.iter().map(|c| eur(*c)).collect(),
                     currency: "EUR".into(),
+                    invoice_at: None,
                 },
             ),
             Op::Wait(h) => {
@@ -882,7 +885,7 @@ proptest! {
         let mut fired: Vec<(String, Minor)> = Vec::new();
         for e in &r.journal {
             match &e.event {
-                DomainEvent::ThresholdsSet { thresholds } => {
+                DomainEvent::ThresholdsSet { thresholds, .. } => {
                     fired.retain(|(_, t)| thresholds.contains(t));
                     in_force = thresholds.clone();
                 }
