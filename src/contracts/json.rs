@@ -1342,7 +1342,10 @@ pub(crate) mod tests {
         assert_eq!(thresholds, &vec![d("50.00"), d("100.00")]);
         assert_eq!(invoice_at, &Some(d("200.00")));
         // Both optional: an opening without them has none (old producers).
-        let bare = open.replace(r#","thresholds":["50.00","100.00"],"invoice_at":"200.00""#, "");
+        let bare = open.replace(
+            r#","thresholds":["50.00","100.00"],"invoice_at":"200.00""#,
+            "",
+        );
         let Ok(Decoded::Input(Input::Account(a))) = parse_line(&bare) else {
             panic!("{bare}");
         };
@@ -1353,7 +1356,8 @@ pub(crate) mod tests {
         // Bad values name the field.
         let e = error_of(&set.replace(r#""invoice_at":"200.00""#, r#""invoice_at":200"#));
         assert!(e.starts_with("invoice_at"), "{e}");
-        let e = error_of(&open.replace(r#""thresholds":["50.00","100.00"]"#, r#""thresholds":[50]"#));
+        let e =
+            error_of(&open.replace(r#""thresholds":["50.00","100.00"]"#, r#""thresholds":[50]"#));
         assert!(e.starts_with("thresholds"), "{e}");
         // And the line encodes to the newest Avro schema and decodes back.
         for line in [set, open] {

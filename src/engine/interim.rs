@@ -176,7 +176,10 @@ impl Invoiced {
             });
         }
         for before in &self.lines {
-            if totals.iter().any(|t| invoiced_key(t) == invoiced_key(before)) {
+            if totals
+                .iter()
+                .any(|t| invoiced_key(t) == invoiced_key(before))
+            {
                 continue;
             }
             if before.amount.is_zero() && before.quantity.is_zero() {
@@ -195,12 +198,7 @@ impl Invoiced {
             out.push(Line {
                 quantity: Decimal::ZERO.saturating_sub(before.quantity),
                 amount: before.amount.saturating_neg(),
-                description: Some(Self::less(
-                    currency,
-                    &template,
-                    before.amount,
-                    Minor::ZERO,
-                )),
+                description: Some(Self::less(currency, &template, before.amount, Minor::ZERO)),
                 ..template
             });
         }

@@ -85,8 +85,8 @@ fn issue_13_an_interim_invoice_is_issued_when_the_accrued_amount_reaches_invoice
 }
 
 #[test]
-fn issue_13_the_final_invoice_covers_the_rest_and_the_period_adds_up_with_graduated_tiers_and_tax(
-) {
+fn issue_13_the_final_invoice_covers_the_rest_and_the_period_adds_up_with_graduated_tiers_and_tax()
+{
     let usages = [
         ("60", "2026-03-05T00:00:00Z"),
         ("50", "2026-03-20T00:00:00Z"),
@@ -203,7 +203,14 @@ fn issue_13_usage_arriving_after_an_interim_is_rated_on_the_period_total() {
     // Usage of 2 March arriving on the 21st (late for the interim, not for
     // the period): 140 GB-h = 10.00 + 40 × 0.05 + 1.00 = 13.00, rated on
     // the period's total; 4.00 not invoiced < 8.00.
-    let u = usage("u-late", "acct", "bucket-2", "disk.gb_hours", "50", ts("2026-03-02T00:00:00Z"));
+    let u = usage(
+        "u-late",
+        "acct",
+        "bucket-2",
+        "disk.gb_hours",
+        "50",
+        ts("2026-03-02T00:00:00Z"),
+    );
     h.feed(Input::Usage(u), ts("2026-03-21T00:00:00Z")).unwrap();
     assert_eq!(h.invoices().len(), 1);
     h.advance("2026-04-01T02:00:00Z");
@@ -214,7 +221,14 @@ fn issue_13_usage_arriving_after_an_interim_is_rated_on_the_period_total() {
     // Usage of March arriving in April (after March's close) is a late
     // line on April's draft: 10 GB-h at the top tier, 10 × 0.05 = 0.50;
     // with 7.60 of April usage (76 GB-h) the 8.10 accrued reaches 8.00.
-    let u = usage("u-later", "acct", "bucket-2", "disk.gb_hours", "10", ts("2026-03-30T00:00:00Z"));
+    let u = usage(
+        "u-later",
+        "acct",
+        "bucket-2",
+        "disk.gb_hours",
+        "10",
+        ts("2026-03-30T00:00:00Z"),
+    );
     h.feed(Input::Usage(u), ts("2026-04-02T00:00:00Z")).unwrap();
     assert_eq!(h.invoices().len(), 2);
     gb(&mut h, "76", "2026-04-03T00:00:00Z");
@@ -321,9 +335,15 @@ fn issue_13_account_opened_may_carry_the_alerts_and_invoice_at_bad_ones_name_the
     };
     let at = ts("2026-03-01T00:00:00Z");
     let e = h.feed(open(vec!["5.00"], Some("0")), at).unwrap_err();
-    assert!(matches!(&e, Rejection::InvalidField { field, .. } if field == "invoice_at"), "{e:?}");
+    assert!(
+        matches!(&e, Rejection::InvalidField { field, .. } if field == "invoice_at"),
+        "{e:?}"
+    );
     let e = h.feed(open(vec!["5.001"], None), at).unwrap_err();
-    assert!(matches!(&e, Rejection::InvalidField { field, .. } if field == "thresholds[0]"), "{e:?}");
+    assert!(
+        matches!(&e, Rejection::InvalidField { field, .. } if field == "thresholds[0]"),
+        "{e:?}"
+    );
     assert!(h.state.is_none() && h.journal.is_empty());
     h.feed(open(vec!["5.00"], Some("6.00")), at).unwrap();
     assert_eq!(h.st().thresholds, vec![Minor(500)]);
