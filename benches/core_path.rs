@@ -206,6 +206,8 @@ fn fixture() -> Fixture {
                 timezone: "UTC".into(),
                 tax_rate: d("0.20"),
                 billing_anchor: Anchor::Calendar,
+                thresholds: Vec::new(),
+                invoice_at: None,
             },
         });
         let bytes = catalog.encode_input(&open).expect("encode AccountOpened");

@@ -472,6 +472,8 @@ fn openings(catalog: &Catalog, accounts: usize) -> Vec<(&'static str, String, Ve
                     timezone: "UTC".into(),
                     tax_rate: Decimal::ZERO,
                     billing_anchor: Anchor::Calendar,
+                    thresholds: Vec::new(),
+                    invoice_at: None,
                 },
             });
             (

@@ -310,6 +310,8 @@ pub(crate) fn account_opened(
             timezone: "UTC".into(),
             tax_rate: Decimal::from_str(tax_rate).unwrap(),
             billing_anchor: Anchor::Calendar,
+            thresholds: Vec::new(),
+            invoice_at: None,
         },
     })
 }

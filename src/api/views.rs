@@ -317,8 +317,9 @@ pub fn account_view(st: &AccountState, draft: Option<Draft>) -> AccountView {
 
 /// Fields holding minor units in the engine's serialized events and
 /// invoices (`Minor` is a bare integer there).
-const MONEY_FIELDS: [&str; 10] = [
+const MONEY_FIELDS: [&str; 11] = [
     "amount",
+    "invoice_at",
     "eligible",
     "balance",
     "threshold",
@@ -427,10 +428,11 @@ mod tests {
         );
         let e = DomainEvent::ThresholdsSet {
             thresholds: vec![Minor(5000), Minor(10000)],
+            invoice_at: Some(Minor(20000)),
         };
         assert_eq!(
             rendered(&e, eur),
-            json!({"type": "thresholds_set", "thresholds": ["50.00", "100.00"]})
+            json!({"type": "thresholds_set", "thresholds": ["50.00", "100.00"], "invoice_at": "200.00"})
         );
         let e = DomainEvent::SpendThresholdReached {
             invoice_id: "i".into(),

@@ -77,6 +77,8 @@ const FILES: &[(&str, &str)] = embed_schemas![
     "history/InvoiceIssued.v2.avsc",
     "history/Notification.v1.avsc",
     "history/Notification.v2.avsc",
+    "history/AccountOpened.v1.avsc",
+    "history/ThresholdsSet.v1.avsc",
 ];
 
 /// The id of version `version` of the schema first released under `first`

@@ -541,6 +541,9 @@ fn cold(kind: Cold, f: &Fields<'_>) -> Result<Decoded, DecodeError> {
                     timezone: f.str("timezone")?,
                     tax_rate: f.decimal("tax_rate")?,
                     billing_anchor: anchor,
+                    // Version 2 (issue 13); absent in version 1: none.
+                    thresholds: f.decimals("thresholds")?,
+                    invoice_at: f.opt_decimal("invoice_at")?,
                 },
             })))
         }
@@ -595,6 +598,8 @@ fn cold(kind: Cold, f: &Fields<'_>) -> Result<Decoded, DecodeError> {
         Cold::ThresholdsSet => account(AccountKind::ThresholdsSet {
             thresholds: f.decimals("thresholds")?,
             currency: f.str("currency")?,
+            // Version 2 (issue 13); absent in version 1: none.
+            invoice_at: f.opt_decimal("invoice_at")?,
         }),
         Cold::Plan => plan(f).map(Decoded::Plan),
     }

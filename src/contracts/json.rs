@@ -45,6 +45,8 @@ const ACCOUNT_OPENED_FIELDS: &[&str] = &[
     "opened_at",
     "environment",
     "billing_anchor",
+    "thresholds",
+    "invoice_at",
 ];
 const PLAN_FIELDS: &[&str] = &[
     "plan_id",
@@ -122,7 +124,7 @@ const ACCOUNT_KINDS: &[(&str, &[&str])] = &[
             "charges",
         ],
     ),
-    ("thresholds_set", &["thresholds", "currency"]),
+    ("thresholds_set", &["thresholds", "currency", "invoice_at"]),
 ];
 /// Fields of a top-up's or credit note's `grant` object.
 const GRANT_FIELDS: &[&str] = &["kind", "expires_at", "priority"];
@@ -216,6 +218,12 @@ fn account_opened(o: &Obj<'_>) -> Result<AccountCommand, DecodeError> {
             timezone: o.str("timezone")?,
             tax_rate: o.decimal("tax_rate")?,
             billing_anchor: o.anchor("billing_anchor")?,
+            // Optional (issue 13): absent, the account has no alerts.
+            thresholds: match o.get("thresholds") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(_) => o.decimal_list("thresholds")?,
+            },
+            invoice_at: o.opt_decimal("invoice_at")?,
         },
     })
 }
@@ -300,6 +308,7 @@ fn account_command(o: &Obj<'_>, kind: &str) -> Result<AccountCommand, DecodeErro
         "thresholds_set" => AccountKind::ThresholdsSet {
             thresholds: o.decimal_list("thresholds")?,
             currency: o.str("currency")?,
+            invoice_at: o.opt_decimal("invoice_at")?,
         },
         _ => AccountKind::AdjustmentIssued {
             adjustment: match o.str("adjustment")?.as_str() {
@@ -818,6 +827,8 @@ pub fn input_to_json(input: &Input) -> Value {
                 timezone,
                 tax_rate,
                 billing_anchor,
+                thresholds,
+                invoice_at,
             } = &a.kind
             {
                 put("plan_id", json!(plan_id));
@@ -830,6 +841,13 @@ pub fn input_to_json(input: &Input) -> Value {
                 }
                 if let Some(day) = anchor_text(*billing_anchor) {
                     put("billing_anchor", json!(day));
+                }
+                if !thresholds.is_empty() {
+                    let amounts: Vec<String> = thresholds.iter().map(|t| t.to_string()).collect();
+                    put("thresholds", json!(amounts));
+                }
+                if let Some(a) = invoice_at {
+                    put("invoice_at", json!(a.to_string()));
                 }
             } else {
                 put("occurred_at", json!(a.occurred_at.to_rfc3339()));
@@ -894,11 +912,15 @@ pub fn input_to_json(input: &Input) -> Value {
                     AccountKind::ThresholdsSet {
                         thresholds,
                         currency,
+                        invoice_at,
                     } => {
                         let amounts: Vec<String> =
                             thresholds.iter().map(|t| t.to_string()).collect();
                         put("thresholds", json!(amounts));
                         put("currency", json!(currency));
+                        if let Some(a) = invoice_at {
+                            put("invoice_at", json!(a.to_string()));
+                        }
                     }
                     AccountKind::AccountOpened { .. } | AccountKind::AccountClosed => {}
                 }
@@ -1073,6 +1095,8 @@ pub(crate) mod tests {
                     timezone: "Europe/Berlin".into(),
                     tax_rate: d("0.19"),
                     billing_anchor: Anchor::DayOfMonth(15),
+                    thresholds: Vec::new(),
+                    invoice_at: None,
                 },
             ),
             acct(
@@ -1083,6 +1107,8 @@ pub(crate) mod tests {
                     timezone: "Asia/Tokyo".into(),
                     tax_rate: d("0.1"),
                     billing_anchor: Anchor::Calendar,
+                    thresholds: Vec::new(),
+                    invoice_at: None,
                 },
             ),
             acct(
@@ -1119,6 +1145,7 @@ pub(crate) mod tests {
                 AccountKind::ThresholdsSet {
                     thresholds: vec![d("50.00"), d("100")],
                     currency: "EUR".into(),
+                    invoice_at: None,
                 },
             ),
             acct(
@@ -1262,6 +1289,7 @@ pub(crate) mod tests {
             AccountKind::ThresholdsSet {
                 thresholds: vec![d("50.00"), d("100.00"), d("250")],
                 currency: "EUR".into(),
+                invoice_at: None,
             }
         );
         for (bad, expected) in [
@@ -1282,8 +1310,68 @@ pub(crate) mod tests {
         }
         let e = error_of(&line.replace(r#","currency":"EUR""#, ""));
         assert!(e.starts_with("currency is required"), "{e}");
-        let e = error_of(&line.replace(r#""currency""#, r#""invoice_at""#));
-        assert!(e.contains("invoice_at"), "{e}");
+    }
+
+    #[test]
+    fn issue_13_invoice_at_and_alerts_on_account_opened_parse_from_the_pinned_shapes() {
+        // The shapes README ("Threshold invoicing") pins.
+        let set = r#"{"event_id":"t2","account_id":"acct-a","kind":"thresholds_set","occurred_at":"2026-03-02T00:00:00Z","environment":"prod","thresholds":["50.00"],"currency":"EUR","invoice_at":"200.00"}"#;
+        let Ok(Decoded::Input(Input::Account(a))) = parse_line(set) else {
+            panic!("{set}");
+        };
+        assert_eq!(
+            a.kind,
+            AccountKind::ThresholdsSet {
+                thresholds: vec![d("50.00")],
+                currency: "EUR".into(),
+                invoice_at: Some(d("200.00")),
+            }
+        );
+        let open = r#"{"event_id":"o1","account_id":"acct-a","plan_id":"pro","currency":"EUR","timezone":"Europe/Berlin","tax_rate":"0.19","opened_at":"2026-03-01T00:00:00Z","environment":"prod","thresholds":["50.00","100.00"],"invoice_at":"200.00"}"#;
+        let Ok(Decoded::Input(Input::Account(a))) = parse_line(open) else {
+            panic!("{open}");
+        };
+        let AccountKind::AccountOpened {
+            thresholds,
+            invoice_at,
+            ..
+        } = &a.kind
+        else {
+            panic!("not an opening: {:?}", a.kind)
+        };
+        assert_eq!(thresholds, &vec![d("50.00"), d("100.00")]);
+        assert_eq!(invoice_at, &Some(d("200.00")));
+        // Both optional: an opening without them has none (old producers).
+        let bare = open.replace(
+            r#","thresholds":["50.00","100.00"],"invoice_at":"200.00""#,
+            "",
+        );
+        let Ok(Decoded::Input(Input::Account(a))) = parse_line(&bare) else {
+            panic!("{bare}");
+        };
+        assert!(matches!(
+            &a.kind,
+            AccountKind::AccountOpened { thresholds, invoice_at: None, .. } if thresholds.is_empty()
+        ));
+        // Bad values name the field.
+        let e = error_of(&set.replace(r#""invoice_at":"200.00""#, r#""invoice_at":200"#));
+        assert!(e.starts_with("invoice_at"), "{e}");
+        let e =
+            error_of(&open.replace(r#""thresholds":["50.00","100.00"]"#, r#""thresholds":[50]"#));
+        assert!(e.starts_with("thresholds"), "{e}");
+        // And the line encodes to the newest Avro schema and decodes back.
+        for line in [set, open] {
+            let Ok(Decoded::Input(input)) = parse_line(line) else {
+                panic!("{line}")
+            };
+            let catalog = crate::contracts::catalog::Catalog::load().unwrap();
+            let bytes = catalog.encode_input(&input).unwrap();
+            let back = crate::contracts::decode::Decoder::new(&catalog)
+                .unwrap()
+                .decode(&bytes)
+                .unwrap();
+            assert_eq!(back, Decoded::Input(input), "{line}");
+        }
     }
 
     #[test]

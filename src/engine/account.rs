@@ -17,6 +17,7 @@ use super::credit::CreditGrant;
 use super::dedup::DedupWindow;
 use super::discount::Coupon;
 use super::events::{DunningStop, Line};
+use super::interim::Invoiced;
 use super::money::{Currency, Minor};
 use super::name::Name;
 use super::plan::first_version;
@@ -261,6 +262,15 @@ pub struct AccountState {
     /// alert fires once per period; emptied when a draft opens).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub thresholds_reached: Vec<Minor>,
+    /// Threshold invoicing (`interim.rs`): an interim invoice is issued when
+    /// the draft's accrued, uninvoiced amount reaches it; absent in
+    /// snapshots from before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoice_at: Option<Minor>,
+    /// What the current period's interim invoices have billed so far (none
+    /// issued: `None`); the period's final invoice bills the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interim: Option<Box<Invoiced>>,
     /// `CreditLow` is sent when credit falls below the threshold while armed.
     pub credit_low_armed: bool,
     /// Issued invoices not fully paid, oldest first.
@@ -340,6 +350,7 @@ impl AccountState {
         }
         n += (self.thresholds.capacity() + self.thresholds_reached.capacity())
             * std::mem::size_of::<Minor>();
+        n += self.interim.as_ref().map_or(0, |i| i.heap_bytes());
         n += self.pending_lines.capacity() * std::mem::size_of::<Line>();
         n += self.invoices.capacity() * std::mem::size_of::<OpenInvoice>();
         n += self

@@ -35,77 +35,107 @@ use rust_decimal::Decimal;
 use super::account::AccountState;
 use super::events::DomainEvent;
 use super::fold::{Emit, Engine};
-use super::money::Minor;
+use super::money::{Currency, Minor};
 use super::reject::Rejection;
 
 /// The most thresholds an account may have.
 pub const MAX_THRESHOLDS: usize = 10;
 
+/// Check thresholds and `invoice_at` in `currency`: the thresholds
+/// deduplicated and ascending, in minor units. Errors name the field.
+pub(crate) fn parse_alerts(
+    currency: Currency,
+    thresholds: &[Decimal],
+    invoice_at: Option<Decimal>,
+) -> Result<(Vec<Minor>, Option<Minor>), Rejection> {
+    if thresholds.len() > MAX_THRESHOLDS {
+        return Err(Rejection::InvalidField {
+            field: "thresholds".into(),
+            reason: format!(
+                "{} thresholds given, at most {MAX_THRESHOLDS} allowed",
+                thresholds.len()
+            ),
+        });
+    }
+    let amount = |field: String, t: Decimal| {
+        let bad = |reason: String| Rejection::InvalidField {
+            field: field.clone(),
+            reason: format!("{t} {reason}"),
+        };
+        if t <= Decimal::ZERO {
+            return Err(bad("must be positive".into()));
+        }
+        let minor = currency.exact(t).ok_or_else(|| {
+            bad(format!(
+                "must have at most {} decimals and fit in 64 bits",
+                currency.exponent()
+            ))
+        })?;
+        if !minor.within(Minor::MAX_AMOUNT) {
+            return Err(bad(format!(
+                "is above the largest amount, {}",
+                currency.format(Minor::MAX_AMOUNT)
+            )));
+        }
+        Ok(minor)
+    };
+    let mut amounts = Vec::with_capacity(thresholds.len());
+    for (i, t) in thresholds.iter().enumerate() {
+        amounts.push(amount(format!("thresholds[{i}]"), *t)?);
+    }
+    amounts.sort();
+    amounts.dedup();
+    let invoice_at = invoice_at
+        .map(|a| amount("invoice_at".into(), a))
+        .transpose()?;
+    Ok((amounts, invoice_at))
+}
+
 impl Engine {
-    /// Validate a `ThresholdsSet` and put its thresholds on the account.
+    /// Validate a `ThresholdsSet` and put its thresholds and `invoice_at`
+    /// on the account (both replaced).
     pub(crate) fn set_thresholds(
         &self,
         st: &mut AccountState,
         thresholds: &[Decimal],
+        invoice_at: Option<Decimal>,
         currency: &str,
         emit: &mut Emit,
     ) -> Result<(), Rejection> {
-        let field = |field: &str, reason: String| Rejection::InvalidField {
-            field: field.into(),
-            reason,
-        };
         if let Some(closed_at) = st.closed_at {
             return Err(Rejection::AccountClosed { closed_at });
         }
         if currency != st.currency.code() {
-            return Err(field(
-                "currency",
-                format!(
+            return Err(Rejection::InvalidField {
+                field: "currency".into(),
+                reason: format!(
                     "{currency:?} is not the account's currency, {}",
                     st.currency.code()
                 ),
-            ));
+            });
         }
-        if thresholds.len() > MAX_THRESHOLDS {
-            return Err(field(
-                "thresholds",
-                format!(
-                    "{} thresholds given, at most {MAX_THRESHOLDS} allowed",
-                    thresholds.len()
-                ),
-            ));
-        }
-        let mut amounts = Vec::with_capacity(thresholds.len());
-        for (i, t) in thresholds.iter().enumerate() {
-            let bad = |reason: String| field(&format!("thresholds[{i}]"), format!("{t} {reason}"));
-            if *t <= Decimal::ZERO {
-                return Err(bad("must be positive".into()));
-            }
-            let minor = st.currency.exact(*t).ok_or_else(|| {
-                bad(format!(
-                    "must have at most {} decimals and fit in 64 bits",
-                    st.currency.exponent()
-                ))
-            })?;
-            if !minor.within(Minor::MAX_AMOUNT) {
-                return Err(bad(format!(
-                    "is above the largest amount, {}",
-                    st.currency.format(Minor::MAX_AMOUNT)
-                )));
-            }
-            amounts.push(minor);
-        }
-        amounts.sort();
-        amounts.dedup();
+        let (amounts, invoice_at) = parse_alerts(st.currency, thresholds, invoice_at)?;
+        Self::put_alerts(st, amounts, invoice_at, emit);
+        Ok(())
+    }
+
+    /// Put validated alerts on the account and journal them.
+    pub(crate) fn put_alerts(
+        st: &mut AccountState,
+        amounts: Vec<Minor>,
+        invoice_at: Option<Minor>,
+        emit: &mut Emit,
+    ) {
         st.thresholds_reached.retain(|r| amounts.contains(r));
         st.thresholds = amounts.clone();
+        st.invoice_at = invoice_at;
         emit.push(
             st,
             DomainEvent::ThresholdsSet {
                 thresholds: amounts,
+                invoice_at,
             },
         );
-        Ok(())
     }
 
     /// Fire the spend alerts the running draft has reached and that have

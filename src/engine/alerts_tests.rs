@@ -18,6 +18,7 @@ fn set(h: &mut Harness, amounts: &[&str], at: &str) -> Result<Outcome, Rejection
         AccountKind::ThresholdsSet {
             thresholds: amounts.iter().map(|a| d(a)).collect(),
             currency: "EUR".into(),
+            invoice_at: None,
         },
         at,
     )
@@ -227,6 +228,7 @@ fn issue_13_thresholds_are_validated_naming_the_field_and_deduplicated() {
         AccountKind::ThresholdsSet {
             thresholds: vec![d("10.00")],
             currency: "USD".into(),
+            invoice_at: None,
         },
         at,
     );
@@ -239,7 +241,8 @@ fn issue_13_thresholds_are_validated_naming_the_field_and_deduplicated() {
     assert_eq!(h.st().thresholds, vec![Minor(1000), Minor(2000)]);
     assert!(h.events().any(|e| *e
         == DomainEvent::ThresholdsSet {
-            thresholds: vec![Minor(1000), Minor(2000)]
+            thresholds: vec![Minor(1000), Minor(2000)],
+            invoice_at: None,
         }));
     // An empty list removes them: 50 calls = 50.00 fires nothing.
     set(&mut h, &[], "2026-03-02T00:00:00Z").unwrap();

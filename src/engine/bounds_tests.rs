@@ -45,6 +45,8 @@ fn open(account: &str, plan: &Plan, at: Timestamp) -> Input {
             timezone: "UTC".into(),
             tax_rate: d("0.2"),
             billing_anchor: Anchor::Calendar,
+            thresholds: Vec::new(),
+            invoice_at: None,
         },
     })
 }

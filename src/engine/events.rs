@@ -166,6 +166,14 @@ pub enum AccountKind {
         tax_rate: Decimal,
         #[serde(default)]
         billing_anchor: Anchor,
+        /// Spend alerts from the opening on, as a `ThresholdsSet` gives
+        /// them (absent: none): major units of `currency`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        thresholds: Vec<Decimal>,
+        /// Threshold invoicing from the opening on (absent: none): see
+        /// `interim.rs`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invoice_at: Option<Decimal>,
     },
     /// A move to another plan (`plan_change.rs`): at the next period
     /// start, or at once with both recurring fees prorated.
@@ -201,6 +209,11 @@ pub enum AccountKind {
     ThresholdsSet {
         thresholds: Vec<Decimal>,
         currency: String,
+        /// Threshold invoicing (`interim.rs`): an interim invoice is issued
+        /// whenever what has accrued on the draft and is not invoiced yet
+        /// reaches this amount; absent: none (the command replaces it too).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invoice_at: Option<Decimal>,
     },
 }
 
@@ -535,6 +548,9 @@ pub enum DomainEvent {
     /// units, ascending, without duplicates (empty: none).
     ThresholdsSet {
         thresholds: Vec<Minor>,
+        /// The threshold invoicing amount, in minor units (none: absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invoice_at: Option<Minor>,
     },
     /// The running draft `invoice_id` of the period starting at
     /// `period_start` reached `threshold`: its subtotal was `amount`

@@ -13,6 +13,7 @@ use super::account::{
     AccountState, BilledKey, ClosedAggregate, ClosedPeriod, MetricUsage, PeriodUsage, RollupBucket,
 };
 use super::aggregation::{self, AggState, Aggregation};
+use super::alerts::parse_alerts;
 use super::config::EngineConfig;
 use super::dedup::{self, Seen};
 use super::events::{
@@ -339,6 +340,7 @@ impl Engine {
             return Err(rejection);
         }
         self.check_thresholds(st, &mut emit);
+        self.check_invoice_at(st, &mut emit);
         st.clock = st.clock.max(now);
         match input {
             // Usage only ever adds a rollup bucket: its close is the one
@@ -500,6 +502,7 @@ impl Engine {
             self.close_period(st, &mut emit);
             // The next draft opened with its own alerts armed.
             self.check_thresholds(st, &mut emit);
+            self.check_invoice_at(st, &mut emit);
         }
         // Micros, not RFC 3339: this runs for every rollup hour of every
         // account, and formatting a date showed up in the core-path profile.
@@ -834,8 +837,27 @@ impl Engine {
         })
     }
 
-    /// The draft invoice of the current period as it stands now.
+    /// The draft invoice of the current period as it stands now: the
+    /// whole period's lines, including what interim invoices of the period
+    /// already billed (`interim.rs`; the preview shows the rest).
     pub fn draft(&self, st: &AccountState) -> Draft {
+        let lines = self.draft_lines(st, true);
+        let subtotal = Minor::saturating_sum(lines.iter().map(|l| l.amount));
+        let tax = self.tax(st, subtotal);
+        Draft {
+            invoice_id: st.draft_invoice_id.clone(),
+            period: st.current,
+            lines,
+            subtotal,
+            tax,
+            total: subtotal.saturating_add(tax),
+        }
+    }
+
+    /// The lines of the current period's invoice if it closed now, as the
+    /// close builds them; without the period's own minimum-spend true-up
+    /// when `minimum` is false (what has accrued so far, `interim.rs`).
+    pub(crate) fn draft_lines(&self, st: &AccountState, minimum: bool) -> Vec<Line> {
         let p = st.current;
         let mut lines = Vec::new();
         let mut segments = st.open.iter().filter(|u| u.period == p).peekable();
@@ -847,6 +869,9 @@ impl Engine {
             let plan = self.plan(&u.plan_id, u.plan_version);
             lines.extend(self.usage_lines(st, Some(u), plan, p));
         }
+        if !minimum {
+            lines.retain(|l| l.kind != LineKind::MinimumSpend);
+        }
         lines.extend(st.pending_lines.iter().cloned());
         let next = next_period(p, st.timezone, st.anchor);
         if st.closed_at.is_none_or(|c| c >= next.start) {
@@ -857,16 +882,7 @@ impl Engine {
         if let Some(line) = Self::discount_line(st, p, &lines) {
             lines.push(line);
         }
-        let subtotal = Minor::saturating_sum(lines.iter().map(|l| l.amount));
-        let tax = self.tax(st, subtotal);
-        Draft {
-            invoice_id: st.draft_invoice_id.clone(),
-            period: p,
-            lines,
-            subtotal,
-            tax,
-            total: subtotal.saturating_add(tax),
-        }
+        lines
     }
 
     /// The invoice the account's current period will be issued as if no
@@ -909,7 +925,7 @@ impl Engine {
             .unwrap_or(Minor::ZERO)
     }
 
-    fn invoice_id(account_id: &str, seq: u32) -> String {
+    pub(crate) fn invoice_id(account_id: &str, seq: u32) -> String {
         format!("inv_{account_id}_{seq:05}")
     }
 
@@ -1004,8 +1020,18 @@ impl Engine {
         }
         let invoice_id = std::mem::take(&mut st.draft_invoice_id);
         self.apply_discount(st, &invoice_id, p, &mut lines, emit);
+        // After interim invoices (`interim.rs`) the final one bills the
+        // rest: the period's lines less what they billed, key by key, with
+        // the tax on the period's whole subtotal less the tax they carried.
+        let earlier = st.interim.take();
+        let prior = earlier
+            .as_deref()
+            .map_or((Minor::ZERO, Minor::ZERO), |i| (i.subtotal, i.tax));
+        if let Some(invoiced) = earlier {
+            lines = invoiced.rest_of(st.currency, lines);
+        }
         let seq = st.invoice_seq;
-        self.issue(st, invoice_id, seq, p, lines, emit);
+        self.issue(st, invoice_id, seq, p, lines, prior, emit);
         if last {
             st.finished = true;
         } else {
@@ -1510,6 +1536,8 @@ impl Engine {
             timezone,
             tax_rate,
             billing_anchor,
+            thresholds,
+            invoice_at,
         } = &cmd.kind
         else {
             unreachable!("open_account is only called for AccountOpened");
@@ -1571,6 +1599,7 @@ impl Engine {
                 ),
             });
         }
+        let (thresholds, invoice_at) = parse_alerts(currency_v, thresholds, *invoice_at)?;
         let current = period_containing(opened_at, tz, *billing_anchor);
         let mut st = AccountState {
             account_id: Arc::from(cmd.account_id.as_str()),
@@ -1600,6 +1629,8 @@ impl Engine {
             coupon: None,
             thresholds: Vec::new(),
             thresholds_reached: Vec::new(),
+            invoice_at: None,
+            interim: None,
             credit_low_armed: false,
             invoices: Vec::new(),
             payment_method: None,
@@ -1620,15 +1651,21 @@ impl Engine {
                 opened_at,
             },
         );
+        if !thresholds.is_empty() || invoice_at.is_some() {
+            Self::put_alerts(&mut st, thresholds, invoice_at, &mut emit);
+        }
         // The recurring fee is charged in advance: the rest of the first
         // period, prorated, is invoiced at once.
         if let Some(line) = Self::fee_line(&st, plan, current) {
             st.invoice_seq += 1;
             let seq = st.invoice_seq;
             let id = Self::invoice_id(&st.account_id, seq);
-            self.issue(&mut st, id, seq, current, vec![line], &mut emit);
+            let none = (Minor::ZERO, Minor::ZERO);
+            self.issue(&mut st, id, seq, current, vec![line], none, &mut emit);
         }
         self.open_draft(&mut st, &mut emit);
+        self.check_thresholds(&mut st, &mut emit);
+        self.check_invoice_at(&mut st, &mut emit);
         Ok(st)
     }
 
@@ -1761,7 +1798,8 @@ impl Engine {
             AccountKind::ThresholdsSet {
                 thresholds,
                 currency,
-            } => self.set_thresholds(st, thresholds, currency, emit),
+                invoice_at,
+            } => self.set_thresholds(st, thresholds, *invoice_at, currency, emit),
         }
     }
 

@@ -13,6 +13,7 @@ pub mod dedup;
 pub mod discount;
 pub mod events;
 pub mod fold;
+pub mod interim;
 pub mod money;
 pub mod name;
 pub mod plan;
@@ -37,6 +38,8 @@ mod bounds_tests;
 mod credit_tests;
 #[cfg(test)]
 mod discount_tests;
+#[cfg(test)]
+mod interim_tests;
 #[cfg(test)]
 mod plan_change_tests;
 #[cfg(test)]

@@ -49,7 +49,12 @@ fn expiry_end(expires: &str) -> Option<Timestamp> {
 
 impl Engine {
     /// Issue an invoice with `lines` and settle it as far as credit and
-    /// the payment method allow.
+    /// the payment method allow. `earlier` is the (subtotal, tax) the
+    /// period's interim invoices already carried (`interim.rs`; zero
+    /// otherwise): the tax is that on the period's cumulative subtotal less
+    /// the tax already invoiced, so the period's invoices carry exactly the
+    /// tax one invoice for the period would.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn issue(
         &self,
         st: &mut AccountState,
@@ -57,13 +62,16 @@ impl Engine {
         seq: u32,
         period: Period,
         lines: Vec<Line>,
+        earlier: (Minor, Minor),
         emit: &mut Emit,
     ) {
         // Every line is bounded (plan limits, `Minor::MAX_AMOUNT` per line,
         // `Minor::MAX_BALANCE` for the lines waiting), so these sums sit far
         // inside `i64`; saturating is the last line, and keeps the sign.
         let subtotal = Minor::saturating_sum(lines.iter().map(|l| l.amount));
-        let tax = self.tax(st, subtotal);
+        let tax = self
+            .tax(st, earlier.0.saturating_add(subtotal))
+            .saturating_sub(earlier.1);
         let total = subtotal.saturating_add(tax);
         // Credit is drawn grant by grant (`credit.rs`): what each gave is
         // journaled with `CreditApplied`, and the invoice splits it by kind.

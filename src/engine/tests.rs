@@ -264,6 +264,8 @@ pub(crate) fn open_cmd(id: &str, plan: &str, at: Timestamp) -> Input {
             timezone: "UTC".into(),
             tax_rate: d("0.20"),
             billing_anchor: Anchor::Calendar,
+            thresholds: Vec::new(),
+            invoice_at: None,
         },
     })
 }

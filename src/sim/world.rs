@@ -342,6 +342,8 @@ impl World {
                         timezone: tz.into(),
                         tax_rate: d(tax),
                         billing_anchor: Anchor::Calendar,
+                        thresholds: Vec::new(),
+                        invoice_at: None,
                     },
                 })),
             });

@@ -1,0 +1,360 @@
+//! Behaviour tests of threshold invoicing (issue 13, item 3: `invoice_at`,
+//! interim invoices). Amounts are worked out in the comments. Plans are
+//! those of `tests.rs`: `tiered` has no fee, bills `disk.gb_hours`
+//! graduated (0.10 up to 100, then 0.05 plus a 1.00 flat fee) and has a
+//! 10.00 minimum spend; `flat` has a 31.00 fee in advance and
+//! `container.hours` at 0.0125. Tax is 20%, periods are UTC months and the
+//! close is an hour after the period's end.
+
+use super::events::*;
+use super::fold::Outcome;
+use super::interim::amounts_by_key;
+use super::money::Minor;
+use super::tests::{d, open_cmd, ts, usage, Harness};
+use super::{AccountState, Rejection};
+
+fn invoice_at(h: &mut Harness, amount: &str, at: &str) -> Result<Outcome, Rejection> {
+    h.command(
+        AccountKind::ThresholdsSet {
+            thresholds: Vec::new(),
+            currency: "EUR".into(),
+            invoice_at: Some(d(amount)),
+        },
+        at,
+    )
+}
+
+fn gb(h: &mut Harness, qty: &str, at: &str) {
+    h.usage("disk.gb_hours", "bucket-1", qty, at).unwrap();
+}
+
+/// (id, subtotal, tax, total) of every invoice issued.
+fn issued(h: &Harness) -> Vec<(String, Minor, Minor, Minor)> {
+    h.invoices()
+        .iter()
+        .map(|i| (i.invoice_id.clone(), i.subtotal, i.tax, i.total))
+        .collect()
+}
+
+/// The same usage on an account without `invoice_at`: its one March invoice.
+fn single_invoice(usages: &[(&str, &str)]) -> IssuedInvoice {
+    let mut h = Harness::new();
+    h.open("tiered", "2026-03-01T00:00:00Z");
+    for (qty, at) in usages {
+        gb(&mut h, qty, at);
+    }
+    h.advance("2026-04-01T02:00:00Z");
+    h.invoices()[0].clone()
+}
+
+fn sum(invoices: &[&IssuedInvoice], f: impl Fn(&IssuedInvoice) -> Minor) -> Minor {
+    Minor::saturating_sum(invoices.iter().map(|i| f(i)))
+}
+
+#[test]
+fn issue_13_an_interim_invoice_is_issued_when_the_accrued_amount_reaches_invoice_at() {
+    let mut h = Harness::new();
+    h.open("tiered", "2026-03-01T00:00:00Z");
+    invoice_at(&mut h, "5.00", "2026-03-01T01:00:00Z").unwrap();
+    // 30 GB-h × 0.10 = 3.00 accrued (the 10.00 minimum is a period-end
+    // true-up, not accrued): below 5.00, nothing issued.
+    gb(&mut h, "30", "2026-03-05T00:00:00Z");
+    assert!(h.invoices().is_empty());
+    assert_eq!(h.st().draft_invoice_id, "inv_acct_00001");
+    // 60 GB-h × 0.10 = 6.00 ≥ 5.00: an interim invoice under the draft's
+    // id for 6.00, tax 20% = 1.20, total 7.20; a new draft opens.
+    gb(&mut h, "30", "2026-03-10T00:00:00Z");
+    let inv = h.invoices()[0].clone();
+    assert_eq!(inv.invoice_id, "inv_acct_00001");
+    assert_eq!(inv.number, "acct-00001");
+    assert_eq!(inv.period.start, ts("2026-03-01T00:00:00Z"));
+    assert_eq!(inv.lines.len(), 1);
+    assert_eq!(inv.lines[0].kind, LineKind::Usage);
+    assert_eq!(inv.lines[0].quantity, d("60"));
+    assert_eq!(
+        (inv.subtotal, inv.tax, inv.total, inv.amount_due),
+        (Minor(600), Minor(120), Minor(720), Minor(720))
+    );
+    assert_eq!(h.st().draft_invoice_id, "inv_acct_00002");
+    assert!(h.events().any(|e| matches!(e,
+        DomainEvent::InvoiceOpened { invoice_id, period }
+            if invoice_id == "inv_acct_00002" && period.start == ts("2026-03-01T00:00:00Z"))));
+    // Nothing more accrued: no second interim at the next input.
+    gb(&mut h, "0", "2026-03-11T00:00:00Z");
+    assert_eq!(h.invoices().len(), 1);
+}
+
+#[test]
+fn issue_13_the_final_invoice_covers_the_rest_and_the_period_adds_up_with_graduated_tiers_and_tax()
+{
+    let usages = [
+        ("60", "2026-03-05T00:00:00Z"),
+        ("50", "2026-03-20T00:00:00Z"),
+        ("40", "2026-03-25T00:00:00Z"),
+    ];
+    let mut h = Harness::new();
+    h.open("tiered", "2026-03-01T00:00:00Z");
+    invoice_at(&mut h, "5.00", "2026-03-01T01:00:00Z").unwrap();
+    for (qty, at) in usages {
+        gb(&mut h, qty, at);
+    }
+    h.advance("2026-04-01T02:00:00Z");
+    // 60 GB-h: 6.00 ≥ 5.00 → interim 1: 6.00, tax 1.20.
+    // 110 GB-h: 100 × 0.10 + 10 × 0.05 + 1.00 = 11.50; 5.50 not invoiced
+    //   ≥ 5.00 → interim 2: 5.50, tax = 20% of 11.50 (2.30) − 1.20 = 1.10.
+    // 150 GB-h: 10.00 + 2.50 + 1.00 = 13.50; 2.00 not invoiced < 5.00.
+    // Close: the final invoice bills 2.00, tax 20% of 13.50 (2.70) − 2.30
+    //   = 0.40; the minimum (10.00) is met, no true-up.
+    assert_eq!(
+        issued(&h),
+        vec![
+            ("inv_acct_00001".into(), Minor(600), Minor(120), Minor(720)),
+            ("inv_acct_00002".into(), Minor(550), Minor(110), Minor(660)),
+            ("inv_acct_00003".into(), Minor(200), Minor(40), Minor(240)),
+        ]
+    );
+    // The second interim's usage line is the difference: 50 GB-h, 5.50.
+    let second = &h.invoices()[1].lines[0];
+    assert_eq!((second.quantity, second.amount), (d("50"), Minor(550)));
+    assert!(second
+        .description
+        .as_deref()
+        .unwrap()
+        .contains("6.00 of 11.50 invoiced earlier in the period"));
+    // One invoice for the same usage: 13.50, tax 2.70, total 16.20 — what
+    // the three add up to, line by line.
+    let one = single_invoice(&usages);
+    let all = h.invoices();
+    assert_eq!(sum(&all, |i| i.subtotal), one.subtotal);
+    assert_eq!(sum(&all, |i| i.tax), one.tax);
+    assert_eq!(sum(&all, |i| i.total), one.total);
+    assert_eq!(one.total, Minor(1620));
+    let lines: Vec<Line> = all.iter().flat_map(|i| i.lines.clone()).collect();
+    assert_eq!(amounts_by_key(&lines), amounts_by_key(&one.lines));
+}
+
+#[test]
+fn issue_13_tax_is_exact_across_interim_invoices_where_rounding_each_would_drift() {
+    let usages = [
+        ("0.3", "2026-03-05T00:00:00Z"),
+        ("0.3", "2026-03-06T00:00:00Z"),
+    ];
+    let mut h = Harness::new();
+    h.open("tiered", "2026-03-01T00:00:00Z");
+    invoice_at(&mut h, "0.03", "2026-03-01T01:00:00Z").unwrap();
+    for (qty, at) in usages {
+        gb(&mut h, qty, at);
+    }
+    h.advance("2026-04-01T02:00:00Z");
+    // 0.3 GB-h = 0.03: interim 1, tax 20% of 0.03 = 0.006 → 0.01.
+    // 0.6 GB-h = 0.06: interim 2 for 0.03, tax 20% of 0.06 = 0.012 → 0.01,
+    //   less the 0.01 invoiced: 0.00 (rounding each: 0.01 again).
+    // Close: minimum spend 10.00 − 0.06 = 9.94 true-up; tax 20% of 10.00 =
+    //   2.00 less 0.01: 1.99 (rounding it alone: 1.988 → 1.99, and the
+    //   period would carry 2.01 instead of 2.00).
+    assert_eq!(
+        issued(&h),
+        vec![
+            ("inv_acct_00001".into(), Minor(3), Minor(1), Minor(4)),
+            ("inv_acct_00002".into(), Minor(3), Minor(0), Minor(3)),
+            ("inv_acct_00003".into(), Minor(994), Minor(199), Minor(1193)),
+        ]
+    );
+    let one = single_invoice(&usages);
+    assert_eq!((one.subtotal, one.tax), (Minor(1000), Minor(200)));
+    let all = h.invoices();
+    assert_eq!(sum(&all, |i| i.tax), one.tax);
+    assert_eq!(sum(&all, |i| i.total), one.total);
+}
+
+#[test]
+fn issue_13_a_redelivered_event_issues_no_second_interim_even_after_a_snapshot_round_trip() {
+    let mut h = Harness::new();
+    h.open("tiered", "2026-03-01T00:00:00Z");
+    invoice_at(&mut h, "5.00", "2026-03-01T01:00:00Z").unwrap();
+    let at = ts("2026-03-10T00:00:00Z");
+    let u = Input::Usage(usage("u-1", "acct", "bucket-1", "disk.gb_hours", "60", at));
+    assert_eq!(h.feed(u.clone(), at), Ok(Outcome::Applied));
+    assert_eq!(h.count("invoice_issued"), 1);
+    assert_eq!(h.feed(u.clone(), at), Ok(Outcome::Duplicate));
+    // Restart: the state from a snapshot (the dedup window is persisted
+    // next to it and comes back with it).
+    let mut restored: AccountState =
+        serde_json::from_str(&serde_json::to_string(h.st()).unwrap()).unwrap();
+    restored.dedup = h.st().dedup.clone();
+    assert_eq!(restored.interim, h.st().interim);
+    h.state = Some(restored);
+    assert_eq!(h.feed(u, at.plus(1)), Ok(Outcome::Duplicate));
+    assert_eq!(h.count("invoice_issued"), 1);
+    // The close bills the rest: the 10.00 minimum less the 6.00 invoiced.
+    h.advance("2026-04-01T02:00:00Z");
+    let last = h.invoices()[1].clone();
+    assert_eq!(last.subtotal, Minor(400));
+}
+
+#[test]
+fn issue_13_usage_arriving_after_an_interim_is_rated_on_the_period_total() {
+    let mut h = Harness::new();
+    h.open("tiered", "2026-03-01T00:00:00Z");
+    invoice_at(&mut h, "8.00", "2026-03-01T01:00:00Z").unwrap();
+    gb(&mut h, "90", "2026-03-10T00:00:00Z");
+    // 90 × 0.10 = 9.00 ≥ 8.00: interim 1 for 9.00.
+    assert_eq!(h.invoices()[0].subtotal, Minor(900));
+    // Usage of 2 March arriving on the 21st (late for the interim, not for
+    // the period): 140 GB-h = 10.00 + 40 × 0.05 + 1.00 = 13.00, rated on
+    // the period's total; 4.00 not invoiced < 8.00.
+    let u = usage(
+        "u-late",
+        "acct",
+        "bucket-2",
+        "disk.gb_hours",
+        "50",
+        ts("2026-03-02T00:00:00Z"),
+    );
+    h.feed(Input::Usage(u), ts("2026-03-21T00:00:00Z")).unwrap();
+    assert_eq!(h.invoices().len(), 1);
+    h.advance("2026-04-01T02:00:00Z");
+    // Final: 13.00 − 9.00 = 4.00, tax 20% of 13.00 (2.60) − 1.80 = 0.80.
+    let last = h.invoices()[1].clone();
+    assert_eq!((last.subtotal, last.tax), (Minor(400), Minor(80)));
+    assert_eq!(last.lines[0].quantity, d("50"));
+    // Usage of March arriving in April (after March's close) is a late
+    // line on April's draft: 10 GB-h at the top tier, 10 × 0.05 = 0.50;
+    // with 7.60 of April usage (76 GB-h) the 8.10 accrued reaches 8.00.
+    let u = usage(
+        "u-later",
+        "acct",
+        "bucket-2",
+        "disk.gb_hours",
+        "10",
+        ts("2026-03-30T00:00:00Z"),
+    );
+    h.feed(Input::Usage(u), ts("2026-04-02T00:00:00Z")).unwrap();
+    assert_eq!(h.invoices().len(), 2);
+    gb(&mut h, "76", "2026-04-03T00:00:00Z");
+    let april = h.invoices()[2].clone();
+    assert_eq!(april.subtotal, Minor(810));
+    assert!(april
+        .lines
+        .iter()
+        .any(|l| l.kind == LineKind::LateUsage && l.amount == Minor(50)));
+}
+
+#[test]
+fn issue_13_credit_is_applied_to_an_interim_invoice_and_the_card_charged_the_rest() {
+    let mut h = Harness::new();
+    h.open("tiered", "2026-03-01T00:00:00Z");
+    h.attach_card("2026-03-01T00:30:00Z");
+    h.pay(
+        PaymentKind::CreditToppedUp {
+            amount: d("5.00"),
+            currency: "EUR".into(),
+            grant: Default::default(),
+        },
+        "2026-03-01T00:40:00Z",
+    )
+    .unwrap();
+    invoice_at(&mut h, "5.00", "2026-03-01T01:00:00Z").unwrap();
+    gb(&mut h, "60", "2026-03-10T00:00:00Z");
+    // Interim: 6.00 + 1.20 tax = 7.20; 5.00 of credit first, 2.20 charged.
+    let inv = h.invoices()[0].clone();
+    assert_eq!(
+        (inv.total, inv.credit_applied, inv.amount_due),
+        (Minor(720), Minor(500), Minor(220))
+    );
+    assert_eq!(
+        h.charges(),
+        vec![(
+            "inv_acct_00001/attempt-1".into(),
+            "inv_acct_00001".into(),
+            Minor(220),
+            1
+        )]
+    );
+    assert_eq!(h.st().credit, Minor::ZERO);
+}
+
+#[test]
+fn issue_13_the_fee_in_advance_alone_triggers_nothing_but_an_interim_carries_it_once() {
+    let mut h = Harness::new();
+    // Opened on 1 March: March's fee, 31.00, is invoiced at once.
+    h.open("flat", "2026-03-01T00:00:00Z");
+    invoice_at(&mut h, "10.00", "2026-03-01T01:00:00Z").unwrap();
+    // April's fee (31.00) is on the draft, but fees in advance are not
+    // watched: nothing issued.
+    h.usage("container.hours", "c-1", "100", "2026-03-02T00:00:00Z")
+        .unwrap();
+    assert_eq!(h.invoices().len(), 1);
+    // 800 h × 0.0125 = 10.00 ≥ 10.00: interim for 10.00 + April's 31.00.
+    h.usage("container.hours", "c-1", "700", "2026-03-03T00:00:00Z")
+        .unwrap();
+    assert_eq!(h.invoices()[1].subtotal, Minor(4100));
+    h.advance("2026-04-01T02:00:00Z");
+    // March's final invoice: nothing left (no usage since, fee invoiced).
+    let last = h.invoices()[2].clone();
+    assert!(last.lines.is_empty(), "{:?}", last.lines);
+    assert_eq!(last.total, Minor::ZERO);
+}
+
+#[test]
+fn issue_13_the_preview_is_the_rest_of_the_period_after_an_interim() {
+    let mut h = Harness::new();
+    h.open("tiered", "2026-03-01T00:00:00Z");
+    invoice_at(&mut h, "5.00", "2026-03-01T01:00:00Z").unwrap();
+    gb(&mut h, "60", "2026-03-10T00:00:00Z");
+    gb(&mut h, "20", "2026-03-12T00:00:00Z");
+    // 80 GB-h = 8.00 so far, 6.00 invoiced; at the close the 10.00
+    // minimum lifts it: the rest is 4.00 (2.00 usage + 2.00 true-up).
+    let preview = h
+        .engine
+        .preview(h.st(), ts("2026-03-12T00:00:00Z"))
+        .unwrap();
+    assert_eq!(preview.invoice_id, "inv_acct_00002");
+    assert_eq!((preview.subtotal, preview.tax), (Minor(400), Minor(80)));
+    h.advance("2026-04-01T02:00:00Z");
+    assert_eq!(*h.invoices()[1], preview);
+}
+
+#[test]
+fn issue_13_account_opened_may_carry_the_alerts_and_invoice_at_bad_ones_name_the_field() {
+    let mut h = Harness::new();
+    let open = |thresholds: Vec<&str>, invoice_at: Option<&str>| {
+        let Input::Account(mut cmd) = open_cmd("o-1", "tiered", ts("2026-03-01T00:00:00Z")) else {
+            unreachable!()
+        };
+        if let AccountKind::AccountOpened {
+            thresholds: t,
+            invoice_at: i,
+            ..
+        } = &mut cmd.kind
+        {
+            *t = thresholds.into_iter().map(d).collect();
+            *i = invoice_at.map(d);
+        }
+        Input::Account(cmd)
+    };
+    let at = ts("2026-03-01T00:00:00Z");
+    let e = h.feed(open(vec!["5.00"], Some("0")), at).unwrap_err();
+    assert!(
+        matches!(&e, Rejection::InvalidField { field, .. } if field == "invoice_at"),
+        "{e:?}"
+    );
+    let e = h.feed(open(vec!["5.001"], None), at).unwrap_err();
+    assert!(
+        matches!(&e, Rejection::InvalidField { field, .. } if field == "thresholds[0]"),
+        "{e:?}"
+    );
+    assert!(h.state.is_none() && h.journal.is_empty());
+    h.feed(open(vec!["5.00"], Some("6.00")), at).unwrap();
+    assert_eq!(h.st().thresholds, vec![Minor(500)]);
+    assert_eq!(h.st().invoice_at, Some(Minor(600)));
+    assert!(h.events().any(|e| *e
+        == DomainEvent::ThresholdsSet {
+            thresholds: vec![Minor(500)],
+            invoice_at: Some(Minor(600)),
+        }));
+    // 60 GB-h = 6.00: the 5.00 alert fires and the 6.00 interim is issued.
+    gb(&mut h, "60", "2026-03-10T00:00:00Z");
+    assert_eq!(h.count("spend_threshold_reached"), 1);
+    assert_eq!(h.invoices()[0].subtotal, Minor(600));
+}
