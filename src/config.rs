@@ -260,6 +260,8 @@ struct RawBilling {
 struct RawApi {
     listen: String,
     role_claim: String,
+    report_max_accounts: u32,
+    dead_letter_file: String,
     jwt: RawJwt,
 }
 
@@ -280,6 +282,13 @@ pub struct ApiSettings {
     /// Claim of the token that lists its roles (an array of strings, or
     /// one space-separated string); it must contain `billing:read`.
     pub role_claim: String,
+    /// The reports under the API (`/v1/reports/...`) and the console's
+    /// charts across accounts read every account's journal: with more
+    /// accounts than this they refuse (use `billstream report`).
+    pub report_max_accounts: usize,
+    /// The console reads dead letters from this JSON-lines file (the
+    /// embedded mode's `billing.dlq.v1.jsonl`) instead of the DLQ topic.
+    pub dead_letter_file: Option<PathBuf>,
     pub jwt: JwtSettings,
 }
 
@@ -379,10 +388,15 @@ impl RawApi {
                 ))
             }
         };
+        if self.report_max_accounts == 0 {
+            return Err(invalid("api.report_max_accounts", "must be at least 1"));
+        }
         let optional = |v: &str| (!v.trim().is_empty()).then(|| v.trim().to_string());
         Ok(ApiSettings {
             listen,
             role_claim: role_claim.to_string(),
+            report_max_accounts: self.report_max_accounts as usize,
+            dead_letter_file: optional(&self.dead_letter_file).map(PathBuf::from),
             jwt: JwtSettings {
                 key,
                 issuer: optional(&j.issuer),
@@ -1770,6 +1784,10 @@ mod tests {
             ("[api]\nlisten = \"localhost\"\n", "api.listen"),
             ("[metrics]\nlisten = \"9464\"\n", "metrics.listen"),
             ("[api]\nrole_claim = \" \"\n", "api.role_claim"),
+            (
+                "[api]\nreport_max_accounts = 0\n",
+                "api.report_max_accounts",
+            ),
             ("[api.jwt]\nalgorithm = \"none\"\n", "api.jwt.algorithm"),
             ("[api.jwt]\nsecret = \"short\"\n", "api.jwt.secret"),
             (
@@ -1884,6 +1902,8 @@ mod tests {
         let s = load(None, &[]).unwrap();
         assert_eq!(s.api.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(s.api.role_claim, "roles");
+        assert_eq!(s.api.report_max_accounts, 10_000);
+        assert_eq!(s.api.dead_letter_file, None);
         assert_eq!(
             s.api.jwt.key,
             JwtKey::Hs256 {

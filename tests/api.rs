@@ -95,6 +95,8 @@ fn hs256_settings() -> ApiSettings {
     ApiSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         role_claim: "roles".into(),
+        report_max_accounts: 10,
+        dead_letter_file: None,
         jwt: JwtSettings {
             key: JwtKey::Hs256 {
                 secret: SECRET.into(),
@@ -111,6 +113,7 @@ fn app(store: Arc<EmbeddedStore>, engine: Engine, settings: &ApiSettings) -> Rou
         Arc::new(ApiState {
             store,
             engine: Arc::new(RwLock::new(engine)),
+            report_max_accounts: settings.report_max_accounts,
         }),
         verifier,
     )
@@ -284,6 +287,8 @@ async fn api_rs256_tokens_issuer_and_audience_are_checked() {
     let settings = ApiSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         role_claim: "realm_access.roles".into(),
+        report_max_accounts: 10,
+        dead_letter_file: None,
         jwt: JwtSettings {
             key: JwtKey::Rs256 {
                 public_key_path: fixtures.join("api_rs256_public.pem"),
@@ -1117,4 +1122,197 @@ async fn issue_13_api_upcoming_invoice_needs_a_reader_and_equals_the_invoice_the
         }
     }
     assert_eq!(upcoming, issued);
+}
+
+/// `GET uri` with a reader's token and `accept`: status, content type,
+/// the reconciliation header, the body as text.
+async fn get_text(app: &Router, uri: &str, accept: &str) -> (StatusCode, String, String, String) {
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::get(uri)
+                .header(header::AUTHORIZATION, format!("Bearer {}", reader_token()))
+                .header(header::ACCEPT, accept)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let text = |name: &str| {
+        resp.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    let (content_type, reconciles) = (text("content-type"), text("x-billstream-reconciles"));
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        content_type,
+        reconciles,
+        String::from_utf8(bytes.to_vec()).unwrap(),
+    )
+}
+
+/// The store's journal of every account, as `billstream report` reads a
+/// journal: for the expected answers, made by the report functions.
+async fn journal_of(store: &EmbeddedStore, accounts: &[&str]) -> billstream::report::Journal {
+    use billstream::store::StateStore;
+    let mut journal = billstream::report::Journal::new();
+    for account in accounts {
+        let entries = store
+            .read_journal(account, 1, 10_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_slice(&r.bytes).unwrap())
+            .collect();
+        journal.insert(account.to_string(), entries);
+    }
+    journal
+}
+
+#[tokio::test]
+async fn issue_14_api_reports_are_billstream_report_on_the_stored_journal_as_json_and_csv() {
+    use billstream::report::{providers, render, settlement, Window};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = store_with_history(dir.path()).await;
+    let journal = journal_of(&store, &["a1"]).await;
+    let app = app(store, engine, &hs256_settings());
+
+    // Settlement for April: what `billstream report settlement --month
+    // 2026-04 --format json` prints of the same journal.
+    let april = Window::Month("2026-04".into());
+    let expected = settlement(&journal, &april).unwrap();
+    let body = get(&app, "/v1/reports/settlement?month=2026-04").await;
+    assert_eq!(body, render::settlement_json(&expected, "state store"));
+    // The March invoice was issued on 1 April: April invoiced it.
+    assert_eq!(body["rows"][0]["month"], "2026-04", "{body}");
+    assert_ne!(body["rows"][0]["invoiced"], "0.00", "{body}");
+    assert!(
+        body["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["ok"] == true),
+        "{body}"
+    );
+
+    // Providers for one day: the failed charge of 6 March, by reason.
+    let day = Window::Day("2026-03-06".into());
+    let expected = providers(&journal, &day).unwrap();
+    let body = get(&app, "/v1/reports/providers?day=2026-03-06").await;
+    assert_eq!(body, render::providers_json(&expected, "state store"));
+    let rows = body["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{body}");
+    assert_eq!(rows[0]["failed"], 1, "{body}");
+    assert_eq!(
+        rows[0]["failed_by_reason"], "insufficient_funds=1",
+        "{body}"
+    );
+
+    // CSV by Accept or by format=csv, the same text as the CLI's.
+    let csv = render::providers_csv(&expected);
+    for (uri, accept) in [
+        ("/v1/reports/providers?day=2026-03-06", "text/csv"),
+        (
+            "/v1/reports/providers?day=2026-03-06&format=csv",
+            "application/json",
+        ),
+    ] {
+        let (status, content_type, reconciles, text) = get_text(&app, uri, accept).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {text}");
+        assert_eq!(content_type, "text/csv; charset=utf-8", "{uri}");
+        assert_eq!(reconciles, "true", "{uri}");
+        assert_eq!(text, csv, "{uri}");
+        assert!(
+            text.starts_with("day,provider,currency,requested,"),
+            "{text}"
+        );
+    }
+    let (_, content_type, _, text) =
+        get_text(&app, "/v1/reports/settlement?format=csv", "*/*").await;
+    assert_eq!(content_type, "text/csv; charset=utf-8");
+    assert_eq!(
+        text,
+        render::settlement_csv(&settlement(&journal, &Window::All).unwrap())
+    );
+}
+
+#[tokio::test]
+async fn issue_14_api_reports_refuse_a_bad_window_or_format_with_a_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = store_with_history(dir.path()).await;
+    let app = app(store, engine, &hs256_settings());
+    for (uri, says) in [
+        ("/v1/reports/settlement?month=2026-4", "`month` \"2026-4\""),
+        (
+            "/v1/reports/providers?day=2026-03-32",
+            "`day` \"2026-03-32\"",
+        ),
+        (
+            "/v1/reports/providers?day=2026-03-01&month=2026-03",
+            "not both",
+        ),
+        ("/v1/reports/settlement?format=xml", "`format` = \"xml\""),
+    ] {
+        let (status, body) = call(&app, Method::GET, uri, Some(&reader_token())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        let message = body["error"].as_str().unwrap();
+        assert!(message.contains(says), "{uri}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn issue_14_api_reports_refuse_more_accounts_than_report_max_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut inputs: Vec<(&str, String, Option<&str>)> = inputs()
+        .into_iter()
+        .map(|(topic, line)| (topic, line, None))
+        .collect();
+    inputs.push((
+        "billing.accounts.v1",
+        r#"{"event_id":"open-b1","account_id":"b1","plan_id":"p","currency":"EUR","timezone":"UTC","tax_rate":"0","opened_at":"2026-03-01T00:00:00Z","environment":"prod"}"#.to_string(),
+        None,
+    ));
+    let (store, engine) = store_from(
+        dir.path(),
+        inputs,
+        "2026-03-01T00:00:00Z",
+        "2026-04-02T00:00:00Z",
+    )
+    .await;
+    let journal = journal_of(&store, &["a1", "b1"]).await;
+    let two = ApiSettings {
+        report_max_accounts: 2,
+        ..hs256_settings()
+    };
+    // Two accounts, two allowed: both in the report.
+    let app2 = app(store.clone(), engine.clone(), &two);
+    let body = get(&app2, "/v1/reports/settlement").await;
+    let expected =
+        billstream::report::settlement(&journal, &billstream::report::Window::All).unwrap();
+    assert_eq!(
+        body,
+        billstream::report::render::settlement_json(&expected, "state store")
+    );
+    // One allowed: refused, saying which setting and what to run instead.
+    let one = ApiSettings {
+        report_max_accounts: 1,
+        ..hs256_settings()
+    };
+    let app1 = app(store, engine, &one);
+    for uri in ["/v1/reports/settlement", "/v1/reports/providers"] {
+        let (status, body) = call(&app1, Method::GET, uri, Some(&reader_token())).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{uri}: {body}");
+        let message = body["error"].as_str().unwrap();
+        assert!(
+            message.contains("more than 1 account(s) (api.report_max_accounts)")
+                && message.contains("billstream report"),
+            "{message}"
+        );
+    }
 }

@@ -54,6 +54,9 @@ struct Fixture {
     _dir: tempfile::TempDir,
     app: Router,
     invoice_id: String,
+    store: Arc<EmbeddedStore>,
+    engine: billstream::engine::Engine,
+    dlq: PathBuf,
 }
 
 /// acme-1: opened 1 March with a card, usage of two subjects (one of them
@@ -164,9 +167,12 @@ async fn fixture() -> Fixture {
     )
     .unwrap();
     Fixture {
-        app: app(store, engine, dlq),
+        app: app(store.clone(), engine.clone(), dlq.clone(), 10),
         _dir: dir,
         invoice_id,
+        store,
+        engine,
+        dlq,
     }
 }
 
@@ -193,10 +199,17 @@ async fn feed(
     p.flush().await.unwrap();
 }
 
-fn app(store: Arc<EmbeddedStore>, engine: billstream::engine::Engine, dlq: PathBuf) -> Router {
+fn app(
+    store: Arc<EmbeddedStore>,
+    engine: billstream::engine::Engine,
+    dlq: PathBuf,
+    report_max_accounts: usize,
+) -> Router {
     let settings = ApiSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         role_claim: "roles".into(),
+        report_max_accounts,
+        dead_letter_file: Some(dlq.clone()),
         jwt: JwtSettings {
             key: JwtKey::Hs256 {
                 secret: SECRET.into(),
@@ -210,10 +223,18 @@ fn app(store: Arc<EmbeddedStore>, engine: billstream::engine::Engine, dlq: PathB
         Arc::new(ApiState {
             store: store.clone(),
             engine: Arc::new(RwLock::new(engine)),
+            report_max_accounts: settings.report_max_accounts,
         }),
         verifier.clone(),
     );
-    let console = Console::new(api.clone(), verifier, store, 1, DeadLetterSource::File(dlq));
+    let console = Console::new(
+        api.clone(),
+        verifier,
+        store,
+        1,
+        DeadLetterSource::File(dlq),
+        settings.report_max_accounts,
+    );
     api.merge(console::router(Arc::new(console)))
 }
 
@@ -451,6 +472,100 @@ async fn issue_14_console_account_page_shows_state_grants_draft_upcoming_invoice
         "{}",
         r.body
     );
+}
+
+/// The title of the bar of `category` and `series` in `html`.
+fn bar<'a>(html: &'a str, category: &str, series: &str) -> Option<&'a str> {
+    html.split(&format!("<title>{category}: {series}: "))
+        .nth(1)
+        .and_then(|s| s.split("</title>").next())
+}
+
+#[tokio::test]
+async fn issue_14_console_home_charts_money_and_the_dunning_funnel_across_all_accounts() {
+    use billstream::report::{settlement, Journal, Window};
+    let f = fixture().await;
+    let html = ok_page(&f.app, "/console").await;
+    let home = html.split("<h2>Dead letters</h2>").next().unwrap();
+    assert!(home.contains(r#"id="chart-revenue-all-EUR""#), "{home}");
+    assert!(home.contains(r#"id="chart-dunning-all""#), "{home}");
+    assert!(home.contains("2 account(s) with a journal"), "{home}");
+
+    // The money bars are the settlement report's figures of every
+    // account's stored journal, month by month.
+    let mut journal = Journal::new();
+    for account in ["acme-1", HOSTILE_ACCOUNT] {
+        let entries = f
+            .store
+            .read_journal(account, 1, 10_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_slice(&r.bytes).unwrap())
+            .collect();
+        journal.insert(account.to_string(), entries);
+    }
+    let report = settlement(&journal, &Window::All).unwrap();
+    assert!(!report.rows.is_empty());
+    for row in &report.rows {
+        let c = row.currency;
+        for (series, amount) in [("invoiced", row.invoiced), ("collected", row.collected)] {
+            let shown = bar(home, &row.month, series);
+            if amount.is_positive() {
+                assert_eq!(
+                    shown,
+                    Some(c.format(amount).as_str()),
+                    "{} {series}: {home}",
+                    row.month
+                );
+            } else {
+                assert_eq!(shown, None, "a zero is no bar: {home}");
+            }
+        }
+    }
+    // April: the March invoice of acme-1, collected in full after a retry.
+    let april = report.rows.iter().find(|r| r.month == "2026-04").unwrap();
+    assert!(april.collected.is_positive());
+    assert!(bar(home, "2026-04", "collected").is_some(), "{home}");
+
+    // The funnel sums every account's: acme-1's three charges (one
+    // retried, one succeeded, its fee invoice overdue) and the other
+    // account's, which has no card to charge.
+    let acme = ok_page(&f.app, "/console/accounts/acme-1").await;
+    let all_dunning = home.split(r#"id="chart-dunning-all""#).nth(1).unwrap();
+    for stage in ["requested", "succeeded", "retried"] {
+        assert_eq!(
+            bar(all_dunning, stage, "count"),
+            bar(&acme, stage, "count"),
+            "{stage}: {home}"
+        );
+    }
+    assert_eq!(bar(all_dunning, "requested", "count"), Some("3"), "{home}");
+    let overdue: u64 = bar(all_dunning, "overdue", "count")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(overdue >= 1, "{home}");
+
+    // Fewer accounts allowed than there are: a note instead of charts,
+    // not an error; the dead letters are still shown.
+    let narrow = app(f.store.clone(), f.engine.clone(), f.dlq.clone(), 1);
+    let html = ok_page(&narrow, "/console").await;
+    assert!(
+        html.contains(r#"id="all-accounts-too-many""#)
+            && html.contains("more than 1 account(s) (api.report_max_accounts)"),
+        "{html}"
+    );
+    assert!(!html.contains(r#"id="chart-dunning-all""#), "{html}");
+    assert!(html.contains(r#"id="chart-dlq""#), "{html}");
+}
+
+#[tokio::test]
+async fn issue_14_console_with_a_trailing_slash_redirects_to_the_console() {
+    let f = fixture().await;
+    let r = page(&f.app, "/console/", None).await;
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT, "{}", r.body);
+    assert_eq!(r.headers[header::LOCATION], "/console");
 }
 
 #[tokio::test]
@@ -839,7 +954,13 @@ fn drive(base: &str, binary: &Path, invoice_id: &str) {
     );
     // The token is in an HttpOnly cookie: no script sees it.
     assert_eq!(dt.eval("document.cookie"), json!(""));
-    dt.assert_no_error_and_charts_drawn(&["chart-dlq"]);
+    // The home page charts every account: money by month (EUR), the
+    // dunning funnel, dead letters by reason.
+    dt.assert_no_error_and_charts_drawn(&[
+        "chart-revenue-all-EUR",
+        "chart-dunning-all",
+        "chart-dlq",
+    ]);
 
     // Search for part of the id, pick the account.
     dt.type_into("#home-q", "acme");

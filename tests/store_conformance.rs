@@ -754,6 +754,36 @@ pub mod behaviours {
         assert!(store.accounts(0).await.unwrap().is_empty());
     }
 
+    pub async fn all_accounts_lists_every_partition_and_stops_at_the_limit<S: StateStore>(
+        store: S,
+    ) {
+        assert!(store.all_accounts(10).await.unwrap().is_empty());
+        store
+            .commit(&[
+                write("b", 1, 0, 1..=1),
+                write("a", 1, 0, 1..=1),
+                write("c", 2, 0, 1..=1),
+                write("d", 0, 0, 1..=1),
+            ])
+            .await
+            .unwrap();
+        // Written twice, listed once.
+        store.commit(&[write("a", 1, 0, 2..=2)]).await.unwrap();
+        let mut all = store.all_accounts(10).await.unwrap();
+        all.sort();
+        assert_eq!(all, ["a", "b", "c", "d"]);
+        let mut exact = store.all_accounts(4).await.unwrap();
+        exact.sort();
+        assert_eq!(exact, ["a", "b", "c", "d"]);
+        // A limit cuts the scan short: that many distinct accounts, no more.
+        let mut some = store.all_accounts(3).await.unwrap();
+        some.sort();
+        some.dedup();
+        assert_eq!(some.len(), 3, "{some:?}");
+        assert!(some.iter().all(|id| all.contains(id)), "{some:?}");
+        assert!(store.all_accounts(0).await.unwrap().is_empty());
+    }
+
     pub async fn partition_loads_like_each_account<S: StateStore>(store: S) {
         let record = |key: u128, seen_at| DedupRecord {
             key,
@@ -924,6 +954,7 @@ macro_rules! conformance_wrappers {
             published_watermark_rides_on_account_writes,
             dead_letters_are_kept_with_the_account_until_acknowledged,
             accounts_listed_per_partition,
+            all_accounts_lists_every_partition_and_stops_at_the_limit,
             partition_loads_like_each_account,
             stats_count_each_operation,
         );

@@ -1,12 +1,14 @@
 //! The read-only HTTP API for support and accounting (SPEC §1): an
 //! account's state, its invoices, its journal, its state as of a past
-//! instant, and the lineage of an invoice line. Nothing here writes.
+//! instant, the lineage of an invoice line, and the provider and
+//! settlement reports across accounts. Nothing here writes.
 
 pub mod auth;
 pub mod console;
 pub mod history;
 pub mod lineage;
 pub mod paging;
+pub mod reports;
 pub mod routes;
 mod serve;
 pub mod views;

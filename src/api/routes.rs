@@ -29,6 +29,8 @@ use crate::store::{StateStore, StoreError};
 pub struct ApiState<S: StateStore> {
     pub store: Arc<S>,
     pub engine: Arc<RwLock<Engine>>,
+    /// `api.report_max_accounts`: the reports refuse more accounts.
+    pub report_max_accounts: usize,
 }
 
 pub const HEALTHZ: &str = "/healthz";
@@ -41,8 +43,10 @@ pub const LINE_LINEAGE: &str =
 pub const JOURNAL: &str = "/v1/accounts/{account_id}/journal";
 pub const UPCOMING_INVOICE: &str = "/v1/accounts/{account_id}/upcoming-invoice";
 
+pub use super::reports::{PROVIDERS as PROVIDER_REPORT, SETTLEMENT as SETTLEMENT_REPORT};
+
 /// Every route of `router`, all `GET`.
-pub const ROUTES: [&str; 8] = [
+pub const ROUTES: [&str; 10] = [
     HEALTHZ,
     ACCOUNT,
     ACCOUNT_AS_OF,
@@ -51,6 +55,8 @@ pub const ROUTES: [&str; 8] = [
     LINE_LINEAGE,
     JOURNAL,
     UPCOMING_INVOICE,
+    PROVIDER_REPORT,
+    SETTLEMENT_REPORT,
 ];
 
 use super::paging::MAX_PAGE;
@@ -65,6 +71,11 @@ pub fn router<S: StateStore>(state: Arc<ApiState<S>>, verifier: Arc<Verifier>) -
         .route(LINE_LINEAGE, get(line_lineage::<S>))
         .route(JOURNAL, get(journal::<S>))
         .route(UPCOMING_INVOICE, get(upcoming_invoice::<S>))
+        .route(PROVIDER_REPORT, get(super::reports::providers_report::<S>))
+        .route(
+            SETTLEMENT_REPORT,
+            get(super::reports::settlement_report::<S>),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             verifier,
             require_reader,
@@ -89,6 +100,9 @@ pub enum ApiError {
     /// A malformed parameter: 400.
     #[error("{0}")]
     BadRequest(String),
+    /// More than a report may read per request (`api.report_max_accounts`): 422.
+    #[error("{0}")]
+    TooLarge(String),
     /// The store failed; the client may retry: 503.
     #[error("store unavailable: {0}")]
     Store(#[from] StoreError),
@@ -106,6 +120,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Store(_) | ApiError::PriceBook(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -130,7 +145,11 @@ async fn load_state<S: StateStore>(store: &S, account_id: &str) -> Result<Accoun
         .map_err(|e| ApiError::Corrupt(format!("snapshot of {account_id}: {e}")))
 }
 
-fn parse_entry(account_id: &str, seq: u64, bytes: &[u8]) -> Result<StoredJournalEntry, ApiError> {
+pub(super) fn parse_entry(
+    account_id: &str,
+    seq: u64,
+    bytes: &[u8],
+) -> Result<StoredJournalEntry, ApiError> {
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::Corrupt(format!("journal entry {account_id}/{seq}: {e}")))
 }

@@ -136,15 +136,21 @@ pub async fn serve<S: StateStore>(
         Arc::new(ApiState {
             store: store.clone(),
             engine,
+            report_max_accounts: settings.api.report_max_accounts,
         }),
         verifier.clone(),
     );
+    let dead_letters = match &settings.api.dead_letter_file {
+        Some(file) => super::console::DeadLetterSource::File(file.clone()),
+        None => super::console::DeadLetterSource::Topic(Box::new(settings.clone())),
+    };
     let console = super::console::Console::new(
         api.clone(),
         verifier,
         store,
         partitions,
-        super::console::DeadLetterSource::Topic(Box::new(settings.clone())),
+        dead_letters,
+        settings.api.report_max_accounts,
     );
     let app = api.merge(super::console::router(Arc::new(console)));
     tracing::info!(listen = %settings.api.listen, "API: serving");

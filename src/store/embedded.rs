@@ -409,6 +409,18 @@ impl EmbeddedStore {
         Ok(ids)
     }
 
+    fn all_accounts_sync(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        let ctx = "all_accounts";
+        let txn = self.begin_read(ctx)?;
+        let accounts = txn.open_table(ACCOUNTS).map_err(backend(ctx))?;
+        let mut ids = Vec::new();
+        for item in accounts.iter().map_err(backend(ctx))?.take(limit) {
+            let (key, _) = item.map_err(backend(ctx))?;
+            ids.push(key.value().to_owned());
+        }
+        Ok(ids)
+    }
+
     fn claim_partition_sync(&self, partition: u32, owner: &str) -> Result<u64, StoreError> {
         let ctx = "claim_partition";
         let mut granted = 0;
@@ -671,6 +683,10 @@ impl StateStore for EmbeddedStore {
 
     async fn accounts(&self, partition: u32) -> Result<Vec<String>, StoreError> {
         self.counted(StoreOp::ListAccounts, self.accounts_sync(partition))
+    }
+
+    async fn all_accounts(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.counted(StoreOp::ListAccounts, self.all_accounts_sync(limit))
     }
 
     async fn load_partition(

@@ -222,6 +222,16 @@ pub trait StateStore: Send + Sync + 'static {
         partition: u32,
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
+    /// Up to `limit` ids of accounts with a stored snapshot, across every
+    /// partition, each once, in no particular order (the embedded store:
+    /// id order). A scan of the account rows that stops at `limit`: for
+    /// reports and the console (`api::reports`), never the hot path.
+    /// Counted as `ListAccounts`.
+    fn all_accounts(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
     /// Every account of `partition` with its snapshot and its dedup
     /// records seen at or after `dedup_since`, in no particular order: what
     /// a new owner loads after claiming the partition. A store that can

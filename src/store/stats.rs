@@ -36,7 +36,7 @@ pub enum StoreOp {
     ListInvoices,
     /// `due_timers`.
     DueTimers,
-    /// `accounts` (all accounts of a partition).
+    /// `accounts` (all accounts of a partition) and `all_accounts`.
     ListAccounts,
     /// `claim_partition`.
     ClaimPartition,

@@ -12,7 +12,12 @@
 //!   state as of an instant are computed once, by the API's own code. The
 //!   console adds only what the API has no route for: account search (the
 //!   store's account lists), per-month figures and the dunning funnel from
-//!   the journal, and dead letters (`DeadLetterSource`).
+//!   the journal, and dead letters (`DeadLetterSource`). The home page
+//!   charts every account: invoiced and collected by month per currency
+//!   from the settlement report (`report::settlement`, as the API's
+//!   `/v1/reports/settlement`) and the dunning funnel by the account
+//!   page's fold, on the journal `api::reports::stored_journal` reads
+//!   (refused above `api.report_max_accounts`, as the reports are).
 //! - Every value shown is escaped (`html::esc`); ids in links are
 //!   percent-encoded path segments (`html::seg`). Charts are inline SVG
 //!   drawn here (`charts`); the stylesheet is embedded in the binary.
@@ -41,11 +46,14 @@ use self::html::{
     account_href, cell, error_box, esc, fields_table, invoice_href, link, page, rows_table, seg,
 };
 use super::auth::{AuthError, Verifier, READ_ROLE};
+use super::reports::stored_journal;
+use super::routes::ApiError;
 use crate::config::Settings;
 use crate::dlq::{DlqRecord, Filter};
 use crate::engine::events::DomainEvent;
 use crate::engine::money::{Currency, Minor};
 use crate::engine::time::Timestamp;
+use crate::report::{settlement, MonthRow, Window};
 use crate::runtime::StoredJournalEntry;
 use crate::store::StateStore;
 
@@ -121,6 +129,9 @@ pub struct Console<S: StateStore> {
     store: Arc<S>,
     partitions: u32,
     dead_letters: DeadLetters,
+    /// `api.report_max_accounts`: the home page's charts across accounts
+    /// are not drawn for more.
+    report_max_accounts: usize,
 }
 
 impl<S: StateStore> Console<S> {
@@ -130,6 +141,7 @@ impl<S: StateStore> Console<S> {
         store: Arc<S>,
         partitions: u32,
         dead_letters: DeadLetterSource,
+        report_max_accounts: usize,
     ) -> Console<S> {
         Console {
             api,
@@ -140,6 +152,7 @@ impl<S: StateStore> Console<S> {
                 source: dead_letters,
                 cache: tokio::sync::Mutex::new(None),
             },
+            report_max_accounts,
         }
     }
 
@@ -223,6 +236,11 @@ pub fn router<S: StateStore>(console: Arc<Console<S>>) -> Router {
         ))
         .with_state(console.clone());
     Router::new()
+        // The API's fallback would answer JSON: the page is `/console`.
+        .route(
+            "/console/",
+            get(|| async { axum::response::Redirect::permanent("/console") }),
+        )
         .route("/console/login", get(login_form).post(login::<S>))
         .route("/console/logout", post(logout))
         .route("/console/static/console.css", get(css))
@@ -400,13 +418,16 @@ async fn css() -> Response {
 
 type PageResult = Result<Html<String>, Failure>;
 
-/// Home: the search box and the dead letters of every account by reason.
+/// Home: the search box, the charts across every account, and the dead
+/// letters of every account by reason.
 async fn home<S: StateStore>(State(console): State<Arc<Console<S>>>) -> PageResult {
     let mut body = String::from(
         r#"<form class="search-big" method="get" action="/console/search"><label for="home-q">Find an account (its id, or part of it)</label><br>
 <input type="search" id="home-q" name="q" required> <button type="submit">Search</button></form>
-<h2>Dead letters</h2>"#,
+<h2>All accounts</h2>"#,
     );
+    body.push_str(&all_accounts_charts(&console).await);
+    body.push_str("<h2>Dead letters</h2>");
     body.push_str(&dead_letter_section(&console, None).await);
     Ok(Html(page("Support console", &body, true)))
 }
@@ -1090,9 +1111,13 @@ impl AccountFigures {
     }
 
     fn funnel_chart(&self) -> Chart<'static> {
+        self.funnel_chart_as("chart-dunning", "Dunning funnel (charges)")
+    }
+
+    fn funnel_chart_as<'a>(&self, id: &'a str, title: &'a str) -> Chart<'a> {
         Chart {
-            id: "chart-dunning",
-            title: "Dunning funnel (charges)",
+            id,
+            title,
             categories: FUNNEL.iter().map(|s| s.to_string()).collect(),
             series: vec![Series {
                 name: "count".into(),
@@ -1105,6 +1130,91 @@ impl AccountFigures {
             stacked: false,
         }
     }
+}
+
+/// Invoiced and collected by month in one currency, from the settlement
+/// report's rows of that currency.
+fn settlement_chart<'a>(id: &'a str, title: &'a str, rows: &[&MonthRow]) -> Chart<'a> {
+    let series = |name: &str, amount: fn(&MonthRow) -> Minor| Series {
+        name: name.to_string(),
+        values: rows
+            .iter()
+            .map(|r| {
+                let v = amount(r);
+                (v.0 as f64, r.currency.format(v))
+            })
+            .collect(),
+    };
+    Chart {
+        id,
+        title,
+        categories: rows.iter().map(|r| r.month.clone()).collect(),
+        series: vec![
+            series("invoiced", |r| r.invoiced),
+            series("collected", |r| r.collected),
+            series("overdue at month end", |r| r.overdue),
+        ],
+        stacked: false,
+    }
+}
+
+/// The home page's charts across every account: per currency, invoiced,
+/// collected and overdue by month (the settlement report); the dunning
+/// funnel (the account page's fold over every journal). Above
+/// `report_max_accounts` accounts a note says to use the reports.
+async fn all_accounts_charts<S: StateStore>(console: &Console<S>) -> String {
+    let journal = match stored_journal(&*console.store, console.report_max_accounts).await {
+        Ok(journal) => journal,
+        Err(ApiError::TooLarge(m)) => {
+            return format!(
+                r#"<p class="note" id="all-accounts-too-many">no charts: {}</p>"#,
+                esc(&m)
+            )
+        }
+        Err(e) => return error_box(&format!("the charts across accounts cannot be drawn: {e}")),
+    };
+    let report = match settlement(&journal, &Window::All) {
+        Ok(report) => report,
+        Err(e) => return error_box(&format!("the settlement report cannot be made: {e}")),
+    };
+    let mut by_currency: BTreeMap<&str, Vec<&MonthRow>> = BTreeMap::new();
+    for row in &report.rows {
+        by_currency
+            .entry(row.currency.code())
+            .or_default()
+            .push(row);
+    }
+    let mut funnel = AccountFigures::default();
+    for entry in journal.values().flatten() {
+        if let Err(f) = funnel.see(entry) {
+            return error_box(&f.message);
+        }
+    }
+    let mut out = String::from(r#"<div class="charts">"#);
+    if by_currency.is_empty() {
+        out.push_str(
+            &settlement_chart("chart-revenue-all", "Invoiced and collected by month", &[]).render(),
+        );
+    }
+    for (code, rows) in &by_currency {
+        let id = format!("chart-revenue-all-{code}");
+        let title = format!("Invoiced, collected and overdue by month, {code}");
+        out.push_str(&settlement_chart(&id, &title, rows).render());
+    }
+    out.push_str(
+        &funnel
+            .funnel_chart_as(
+                "chart-dunning-all",
+                "Dunning funnel, all accounts (charges)",
+            )
+            .render(),
+    );
+    out.push_str("</div>");
+    out.push_str(&format!(
+        r#"<p class="note">{} account(s) with a journal; the figures as <code>GET /v1/reports/settlement</code> and <code>billstream report settlement</code> give them</p>"#,
+        journal.len()
+    ));
+    out
 }
 
 /// Dead letters by reason (error kind) over time: by day, or by month

@@ -125,6 +125,11 @@ pub fn texts(ks: &str) -> Vec<(&'static str, String)> {
             "select_partition_accounts",
             format!("SELECT account_id FROM {ks}.partition_accounts WHERE partition = ?"),
         ),
+        (
+            // Partition keys only: a scan of the token ring, paged.
+            "select_all_accounts",
+            format!("SELECT DISTINCT account_id FROM {ks}.accounts"),
+        ),
     ]
 }
 
@@ -155,6 +160,7 @@ pub struct Statements {
     pub insert_partition_account: PreparedStatement,
     pub delete_partition_account: PreparedStatement,
     pub select_partition_accounts: PreparedStatement,
+    pub select_all_accounts: PreparedStatement,
 }
 
 /// Rows per page of every paged read.
@@ -211,6 +217,7 @@ impl Statements {
             insert_partition_account: take("insert_partition_account")?,
             delete_partition_account: take("delete_partition_account")?,
             select_partition_accounts: take("select_partition_accounts")?,
+            select_all_accounts: take("select_all_accounts")?,
         })
     }
 

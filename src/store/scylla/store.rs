@@ -972,6 +972,29 @@ impl ScyllaStore {
         Ok(found.into_iter().map(|(id,)| id).collect())
     }
 
+    /// Up to `limit` account ids, read page by page until the limit.
+    async fn all_accounts_inner(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        let context = "read all accounts";
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut rows = self
+            .session
+            .execute_iter(self.statements.select_all_accounts.clone(), ())
+            .await
+            .map_err(backend(context))?
+            .rows_stream::<(String,)>()
+            .map_err(backend(context))?;
+        let mut ids = Vec::new();
+        while let Some(row) = rows.try_next().await.map_err(backend(context))? {
+            ids.push(row.0);
+            if ids.len() == limit {
+                break;
+            }
+        }
+        Ok(ids)
+    }
+
     async fn claim_partition_inner(&self, partition: u32, owner: &str) -> Result<u64, StoreError> {
         let p = cql_int(partition, "partition")?;
         for attempt in 0..CLAIM_ATTEMPTS {
@@ -1111,6 +1134,10 @@ impl StateStore for ScyllaStore {
 
     async fn accounts(&self, partition: u32) -> Result<Vec<String>, StoreError> {
         self.counted(StoreOp::ListAccounts, self.accounts_inner(partition).await)
+    }
+
+    async fn all_accounts(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.counted(StoreOp::ListAccounts, self.all_accounts_inner(limit).await)
     }
 
     async fn load_partition(

@@ -198,7 +198,7 @@ fn result_specs(
     let list = text
         .strip_prefix("SELECT ")
         .and_then(|t| t.split_once(" FROM "))
-        .map(|(l, _)| l)
+        .map(|(l, _)| l.trim_start_matches("DISTINCT "))
         .unwrap();
     list.split(',')
         .map(|c| c.trim())
@@ -348,6 +348,7 @@ fn every_read_binds_and_maps_the_schema_types() {
     c.reads::<(i64,)>("select_buckets");
     c.binds("select_partition_accounts", &(1i32,));
     c.reads::<(String,)>("select_partition_accounts");
+    c.reads::<(String,)>("select_all_accounts");
     // The claim's answer is read untyped ([applied] first).
     c.reads::<Row>("select_owner");
 }
