@@ -21,8 +21,10 @@
 //! `core_path_arrival_order` (same steady state, records folded in arrival
 //! order without grouping), `core_path_sparse_month` (freshly opened
 //! accounts, about 20 records each spread over a month, arrival order),
-//! and `core_path_with_draft_rating` (arrival order, plus reading the
-//! running invoice every 1,000th record).
+//! `core_path_with_draft_rating` (arrival order, plus reading the
+//! running invoice every 1,000th record), and `core_path_mixed_aggregations`
+//! (as `core_path`, on a plan rating `max`, `unique_count` and the 95th
+//! `percentile` instead of sums; issue 13).
 //!
 //! Every timed iteration starts from a fresh clone of the account map,
 //! made and dropped outside the timed region, so each run sees every event
@@ -36,6 +38,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use billstream::contracts::{Catalog, Decoded, Decoder};
+use billstream::engine::aggregation::{Aggregation, AggregationSpec};
 use billstream::engine::events::{AccountCommand, AccountKind, Input, JournalEntry, UsageRecorded};
 use billstream::engine::fold::Outcome;
 use billstream::engine::money::Currency;
@@ -77,8 +80,33 @@ fn d(s: &str) -> Decimal {
     Decimal::from_str(s).expect("decimal literal")
 }
 
-/// One plan with the three rating models of the requirement.
-fn plan_book() -> PlanBook {
+/// One plan with the three rating models of the requirement, each on the
+/// `sum` of its metric; with `mixed`, the same models on `max`,
+/// `unique_count` (of the attribute `user`) and the 95th `percentile` of
+/// 5-minute window maxima (issue 13's mixed-plan line).
+fn plan_book(mixed: bool) -> PlanBook {
+    let aggregation = |i: usize| {
+        if !mixed {
+            return AggregationSpec::default();
+        }
+        match i {
+            0 => AggregationSpec {
+                kind: Aggregation::Max,
+                ..Default::default()
+            },
+            1 => AggregationSpec {
+                kind: Aggregation::UniqueCount,
+                field: Some("user".into()),
+                ..Default::default()
+            },
+            _ => AggregationSpec {
+                kind: Aggregation::Percentile,
+                percentile: Some(d("95")),
+                window: Some("5m".into()),
+                ..Default::default()
+            },
+        }
+    };
     let mut book = PlanBook::new();
     book.upsert(Plan {
         plan_id: PLAN_ID.into(),
@@ -96,7 +124,7 @@ fn plan_book() -> PlanBook {
                 package_size: None,
                 free_units: Decimal::ZERO,
                 tiers: vec![],
-                aggregation: Default::default(),
+                aggregation: aggregation(0),
             },
             Charge {
                 metric: METRICS[1].into(),
@@ -121,7 +149,7 @@ fn plan_book() -> PlanBook {
                         flat_fee: Decimal::ZERO,
                     },
                 ],
-                aggregation: Default::default(),
+                aggregation: aggregation(1),
             },
             Charge {
                 metric: METRICS[2].into(),
@@ -130,7 +158,7 @@ fn plan_book() -> PlanBook {
                 package_size: Some(d("1000")),
                 free_units: d("1000"),
                 tiers: vec![],
-                aggregation: Default::default(),
+                aggregation: aggregation(2),
             },
         ],
     })
@@ -179,10 +207,10 @@ struct Fixture {
     steady: Vec<Rec>,
 }
 
-fn fixture() -> Fixture {
+fn fixture(mixed: bool) -> Fixture {
     let catalog = Catalog::shared().expect("schema catalog");
     let decoder = Decoder::new(catalog).expect("decoder");
-    let engine = Engine::new(EngineConfig::new("prod"), plan_book());
+    let engine = Engine::new(EngineConfig::new("prod"), plan_book(mixed));
     let month_start = Timestamp::parse_rfc3339("2026-03-01T00:00:00Z").expect("timestamp");
     let accounts = env_or("CORE_PATH_ACCOUNTS", ACCOUNTS);
     let span_hours = env_or("CORE_PATH_SPAN_HOURS", SPAN_HOURS);
@@ -224,6 +252,7 @@ fn fixture() -> Fixture {
     // Sparse month: fresh accounts, records over one calendar month.
     let mut rng = ChaCha8Rng::seed_from_u64(0x0b11_57ea);
     let records = usage_records(
+        mixed,
         catalog,
         &decoder,
         &mut rng,
@@ -236,6 +265,7 @@ fn fixture() -> Fixture {
     // the measured stream continues it, as a running processor sees.
     let steady_start = month_start.plus(10 * 24 * MICROS_PER_HOUR);
     let warm_up = usage_records(
+        mixed,
         catalog,
         &decoder,
         &mut rng,
@@ -244,6 +274,7 @@ fn fixture() -> Fixture {
         STEADY_SPAN,
     );
     let steady = usage_records(
+        mixed,
         catalog,
         &decoder,
         &mut rng,
@@ -268,6 +299,7 @@ fn fixture() -> Fixture {
 /// `RECORDS` usage records from `start` over `span` micros, pseudo-randomly
 /// over the accounts, metrics and subjects, with unique event ids.
 fn usage_records(
+    mixed: bool,
     catalog: &Catalog,
     decoder: &Decoder,
     rng: &mut ChaCha8Rng,
@@ -296,7 +328,14 @@ fn usage_records(
             quantity,
             occurred_at: at,
             environment: "prod".into(),
-            attributes: Default::default(),
+            // The mixed plan counts distinct users of `disk.gb_hours`.
+            attributes: if mixed {
+                [("user".to_string(), format!("u-{}", rng.random_range(0..50)))]
+                    .into_iter()
+                    .collect()
+            } else {
+                Default::default()
+            },
         });
         let bytes = catalog.encode_input(&usage).expect("encode UsageRecorded");
         assert_eq!(decode(decoder, &bytes), usage, "UsageRecorded round trip");
@@ -418,7 +457,7 @@ fn report_state(f: &Fixture) {
 }
 
 fn benches(c: &mut Criterion) {
-    let f = fixture();
+    let f = fixture(false);
     report_state(&f);
 
     let mut group = c.benchmark_group("billstream");
@@ -444,6 +483,19 @@ fn benches(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+
+    // Issue 13: the same steady state on a plan that rates its metrics on
+    // `max`, `unique_count` and the 95th `percentile` (records carry a
+    // `user` attribute, so decoding costs a little more too).
+    let mixed = fixture(true);
+    group.bench_function("core_path_mixed_aggregations", |b| {
+        b.iter_batched_ref(
+            || mixed.warm.clone(),
+            |states| run_grouped(&mixed, &mixed.steady, states),
+            BatchSize::PerIteration,
+        )
+    });
+    drop(mixed);
 
     group.bench_function("core_path_arrival_order", |b| {
         b.iter_batched_ref(
