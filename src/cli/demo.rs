@@ -89,7 +89,8 @@ fn topic_of(input: &Input) -> &'static str {
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let gateway = match &args.gateway {
-        Some(path) => GatewayConfig::load(path)?,
+        Some(path) => GatewayConfig::load(path)
+            .map_err(|e| anyhow::anyhow!("--gateway {}: {e}", path.display()))?,
         None => GatewayConfig::parse(DEMO_GATEWAY)?,
     };
     let catalog = Catalog::shared()?;

@@ -18,13 +18,17 @@ use crate::runtime::ProcessorStats;
 use crate::sim::GatewayReport;
 
 /// Invoice lines of one aggregation: how many, on how many accounts, and
-/// the first one as an example.
+/// an example: the first line of an account's second period (its first,
+/// from its opening, is usually part of a period), else its first line.
 #[derive(Debug, Default)]
 pub struct AggregatedLines {
     pub lines: u64,
-    pub accounts: BTreeSet<String>,
+    /// Lines per account.
+    pub accounts: BTreeMap<String, u64>,
     /// (account, period month, quantity, unit price, amount, currency)
     pub example: Option<[String; 6]>,
+    /// Whether `example` is of an account's second period or later.
+    pub example_is_later: bool,
 }
 
 /// Money by currency, printed "12.50 EUR, 3.00 USD".
@@ -106,6 +110,22 @@ fn dec(v: &Value) -> rust_decimal::Decimal {
     v.as_str().and_then(|s| s.parse().ok()).unwrap_or_default()
 }
 
+/// The month ("YYYY-MM") of the middle of a period `{start, end}`, as
+/// revenue is counted.
+fn month_of(period: &Value) -> String {
+    let t = |k: &str| {
+        period[k]
+            .as_str()
+            .and_then(crate::engine::time::Timestamp::parse_rfc3339)
+    };
+    match (t("start"), t("end")) {
+        (Some(s), Some(e)) => {
+            crate::engine::time::Timestamp((s.0 + e.0) / 2).to_rfc3339()[..7].to_string()
+        }
+        _ => "?".to_string(),
+    }
+}
+
 fn text(v: &Value) -> String {
     v.as_str().unwrap_or("?").to_string()
 }
@@ -155,12 +175,16 @@ impl Summary {
                         _ => continue,
                     };
                     lines.lines += 1;
-                    lines.accounts.insert(account.clone());
-                    if lines.example.is_none() && amount > Decimal::ZERO {
-                        let month = text(&l["for_period"]["end"]);
+                    let seen = lines.accounts.entry(account.clone()).or_default();
+                    *seen += 1;
+                    let later = *seen > 1;
+                    if (lines.example.is_none() || (later && !lines.example_is_later))
+                        && amount > Decimal::ZERO
+                    {
+                        lines.example_is_later = later;
                         lines.example = Some([
                             format!("{account} ({metric})"),
-                            format!("period to {}", &month[..month.len().min(10)]),
+                            format!("period {}", month_of(&l["for_period"])),
                             text(&l["quantity"]),
                             l["unit_price"].as_str().unwrap_or("tiered").to_string(),
                             amount.to_string(),
