@@ -44,6 +44,7 @@ fn demo_is_deterministic_for_a_seed_and_fills_every_topic() {
     demo(c.path(), "8");
     assert!(summary.contains("Invoices issued:"), "{summary}");
     assert!(summary.contains("Dead letters by reason:"), "{summary}");
+    issue_13_and_14_sections_show_non_zero_figures(&summary);
     for topic in [
         "billing.invoices.v1",
         "billing.charges.v1",
@@ -102,4 +103,51 @@ fn issue_12_demo_refuses_to_delete_a_state_folder_it_did_not_create() {
         let o = run(&own);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
+}
+
+/// The numbers in `line` (decimal figures, signs and separators stripped).
+fn figures(line: &str) -> Vec<f64> {
+    line.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|t| t.trim_matches('.').parse::<f64>().ok())
+        .collect()
+}
+
+/// Issue 13 item 7 and issue 14 item 2: the summary has a line per pricing
+/// feature and one for the gateway emulator, each starting with a count
+/// and giving an example with a money amount, none of them zero.
+fn issue_13_and_14_sections_show_non_zero_figures(summary: &str) {
+    for label in [
+        "seats billed on latest:",
+        "95th percentile bandwidth:",
+        "promotional credit expired:",
+        "upgrade effective immediately:",
+        "spend alerts:",
+        "discounts:",
+        "Gateway emulator:",
+    ] {
+        let line = summary
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label:?} line in the summary:\n{summary}"));
+        let rest = &line[line.find(label).unwrap() + label.len()..];
+        let count = figures(rest).first().copied().unwrap_or(0.0);
+        assert!(count > 0.0, "{label} counts nothing: {line}");
+        let example = rest
+            .split_once("e.g.")
+            .unwrap_or_else(|| panic!("{label} gives no example: {line}"))
+            .1;
+        assert!(
+            example
+                .split_whitespace()
+                .any(|w| w.contains('.') && figures(w).iter().any(|f| *f > 0.0)),
+            "{label} example has no non-zero amount: {line}"
+        );
+    }
+    // Dunning visibly happens with the emulator's answers.
+    let dunning = summary.lines().find(|l| l.starts_with("Dunning:")).unwrap();
+    let f = figures(dunning);
+    assert!(
+        f[0] > 0.0 && f[1] > 0.0 && f[3] > 0.0,
+        "requests, retries, failures: {dunning}"
+    );
 }

@@ -441,3 +441,160 @@ fn issue_13_simulate_an_immediate_upgrade_on_the_17th_in_asia_tokyo() {
     let dlq = std::fs::read_to_string(dir.path().join("billing.dlq.v1.jsonl")).unwrap();
     assert_eq!(dlq, "");
 }
+
+/// `simulate --strict` on the plans and accounts of `tests/fixtures/<fixture>`
+/// with `events`, until `until`; the issued invoices as (lines as (kind,
+/// metric, quantity, amount), [subtotal, tax, total]).
+type Issued = Vec<(Vec<[String; 4]>, [String; 3])>;
+
+fn simulate_fixture(fixture: &str, events: &Path, until: &str) -> Issued {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture);
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_billstream"))
+        .args(["simulate", "--plans"])
+        .arg(fx.join("plans.jsonl"))
+        .arg("--accounts")
+        .arg(fx.join("accounts.jsonl"))
+        .arg("--events")
+        .arg(events)
+        .args(["--until", until, "--strict", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    ok(&out);
+    let dlq = std::fs::read_to_string(dir.path().join("billing.dlq.v1.jsonl")).unwrap();
+    assert_eq!(dlq, "", "nothing is dead-lettered");
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    };
+    records(dir.path(), "billing.invoices.v1")
+        .into_iter()
+        .filter(|r| r.get("lines").is_some())
+        .map(|r| {
+            let lines = r["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| ["kind", "metric", "quantity", "amount"].map(|k| text(&l[k])))
+                .collect();
+            (lines, ["subtotal", "tax", "total"].map(|k| text(&r[k])))
+        })
+        .collect()
+}
+
+fn invoice(lines: &[[&str; 4]], totals: [&str; 3]) -> (Vec<[String; 4]>, [String; 3]) {
+    (
+        lines.iter().map(|l| l.map(str::to_string)).collect(),
+        totals.map(str::to_string),
+    )
+}
+
+#[test]
+fn issue_13_simulate_a_month_of_seats_billed_on_latest() {
+    // tests/fixtures/simulate_seats: acct-seats opens on "team" (5.00 a
+    // month in advance; seats 10.00 per unit on `latest`) on 2026-03-01
+    // in UTC, tax 19%. March's seat readings, in file order: 10 (2nd),
+    // 14 (10th), 12 (20th), then 20 dated the 5th (late: older than the
+    // 20th's), then the 20th's reading again (a duplicate: ignored), then
+    // 3 dated 2026-04-01T00:30Z (April's period, not March's).
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/simulate_seats");
+    let issued = simulate_fixture(
+        "simulate_seats",
+        &fx.join("events.jsonl"),
+        "2026-04-01T02:00:00Z",
+    );
+    assert_eq!(
+        issued,
+        vec![
+            // Opening: March's fee in advance, 5.00 + 19% 0.95 = 5.95.
+            invoice(
+                &[["recurring_fee", "-", "1", "5.00"]],
+                ["5.00", "0.95", "5.95"]
+            ),
+            // March, issued at 2026-04-01T01:00Z (end + 1h grace): the
+            // latest reading by occurred_at is the 20th's, 12 seats (the
+            // late 20 is older; the peak 14 and April's 3 do not count):
+            // 12 × 10.00 = 120.00; April's fee 5.00 in advance; subtotal
+            // 125.00, tax 19% 23.75, total 148.75.
+            invoice(
+                &[
+                    ["usage", "seats", "12", "120.00"],
+                    ["recurring_fee", "-", "1", "5.00"],
+                ],
+                ["125.00", "23.75", "148.75"]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn issue_13_simulate_a_month_of_95th_percentile_bandwidth() {
+    // tests/fixtures/simulate_bandwidth: acct-bw opens on "hosting-95"
+    // (20.00 a month in advance; bandwidth.mbps 0.50 per unit on the 95th
+    // percentile of 5-minute window maxima) on 2026-04-01 in UTC, tax 19%.
+    // The events (written below): April has 30 × 288 = 8,640 windows; in
+    // window k (from 00:00Z on the 1st) one sample at k × 5 min + 1 min:
+    // 900 Mbps when k mod 20 = 7 (432 bursts, exactly 5%), 150 when
+    // k mod 20 = 3 (432 windows; these also get a lower sample, 10, at
+    // + 3 min: the window's maximum stays 150), else 60 (7,776 windows).
+    // Last, the first burst's line again: a duplicate, ignored.
+    let dir = tempfile::tempdir().unwrap();
+    let start = chrono::DateTime::parse_from_rfc3339("2026-04-01T00:00:00Z").unwrap();
+    let line = |id: &str, at: chrono::DateTime<chrono::FixedOffset>, q: u32| {
+        format!(
+            r#"{{"event_id":"{id}","account_id":"acct-bw","subject":"edge-1","metric":"bandwidth.mbps","quantity":"{q}","occurred_at":"{}","environment":"prod","attributes":{{}}}}"#,
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    };
+    let mut lines = Vec::new();
+    for k in 0..8640i64 {
+        let window = start + chrono::Duration::minutes(5 * k);
+        let q = match k % 20 {
+            7 => 900,
+            3 => 150,
+            _ => 60,
+        };
+        lines.push(line(
+            &format!("bw-{k}"),
+            window + chrono::Duration::minutes(1),
+            q,
+        ));
+        if k % 20 == 3 {
+            lines.push(line(
+                &format!("bw-{k}-low"),
+                window + chrono::Duration::minutes(3),
+                10,
+            ));
+        }
+    }
+    lines.push(line("bw-7", start + chrono::Duration::minutes(36), 900));
+    let events = write_lines(dir.path(), "events.jsonl", &lines);
+    let issued = simulate_fixture("simulate_bandwidth", &events, "2026-05-01T02:00:00Z");
+    assert_eq!(
+        issued,
+        vec![
+            // Opening: April's fee in advance, 20.00 + 19% 3.80 = 23.80.
+            invoice(
+                &[["recurring_fee", "-", "1", "20.00"]],
+                ["20.00", "3.80", "23.80"]
+            ),
+            // April, issued at 2026-05-01T01:00Z: the 8,640 window maxima
+            // sorted ascending are 60 (ranks 1–7,776), 150 (7,777–8,208),
+            // 900 (8,209–8,640); the nearest rank of the 95th percentile is
+            // ⌈0.95 × 8,640⌉ = 8,208: 150 Mbps (the bursts, 5% of the
+            // windows, are not billed). 150 × 0.50 = 75.00; May's fee
+            // 20.00; subtotal 95.00, tax 19% 18.05, total 113.05.
+            invoice(
+                &[
+                    ["usage", "bandwidth.mbps", "150", "75.00"],
+                    ["recurring_fee", "-", "1", "20.00"],
+                ],
+                ["95.00", "18.05", "113.05"]
+            ),
+        ]
+    );
+}

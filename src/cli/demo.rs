@@ -5,7 +5,9 @@
 //! and decoded by the production decoder; outputs are published only after
 //! the batch that produced them is durable, and the simulated gateway and
 //! customers answer them (charges succeed or fail, transfers arrive,
-//! prepaid accounts top up).
+//! prepaid accounts top up). Charge requests are answered by the
+//! `billstream gateway` emulator's outcome function (`sim::gateway`), with
+//! the configuration of `config/demo-gateway.toml` or `--gateway FILE`.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -22,8 +24,9 @@ use crate::contracts::{Catalog, Decoded, Decoder};
 use crate::engine::events::Input;
 use crate::engine::time::{Timestamp, MICROS_PER_DAY};
 use crate::engine::{Engine, EngineConfig};
+use crate::gateway::GatewayConfig;
 use crate::runtime::{Processor, SourcePos};
-use crate::sim::{demo_plans, Reaction, World, WorldEvent};
+use crate::sim::{demo_plans, DemoGateway, Reaction, World, WorldEvent, DEMO_GATEWAY};
 use crate::sink::{FileSink, Sink};
 use crate::store::{EmbeddedStore, StateStore};
 
@@ -41,6 +44,11 @@ pub struct DemoArgs {
     /// Output folder: one <topic>.jsonl per output topic, plus the store in state/.
     #[arg(long, default_value = "out/demo")]
     pub out: PathBuf,
+    /// The payment-gateway emulator's configuration answering the demo's
+    /// charge requests (as `billstream gateway --config`); default: the
+    /// demo's own, config/demo-gateway.toml (providers acme and riskpay).
+    #[arg(long, value_name = "FILE")]
+    pub gateway: Option<PathBuf>,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -80,6 +88,11 @@ fn topic_of(input: &Input) -> &'static str {
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let gateway = match &args.gateway {
+        Some(path) => GatewayConfig::load(path)
+            .map_err(|e| anyhow::anyhow!("--gateway {}: {e}", path.display()))?,
+        None => GatewayConfig::parse(DEMO_GATEWAY)?,
+    };
     let catalog = Catalog::shared()?;
     let decoder = Decoder::new(catalog)?;
     let mut engine = Engine::new(EngineConfig::new("prod"), Default::default());
@@ -92,7 +105,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut sink = FileSink::create(&args.out)?;
     let start = Timestamp::parse_rfc3339("2026-01-01T00:00:00Z").expect("literal");
     let end = start.plus(i64::from(args.days) * MICROS_PER_DAY);
-    let mut world = World::new(args.seed, args.accounts, start, args.days, "prod");
+    let mut world = World::new(
+        args.seed,
+        args.accounts,
+        start,
+        args.days,
+        "prod",
+        DemoGateway::new(gateway, "prod")?,
+    );
     let mut queue: BinaryHeap<Reverse<Scheduled>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut schedule = |queue: &mut BinaryHeap<Reverse<Scheduled>>, rs: Vec<Reaction>| {
@@ -117,6 +137,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .expect("template"),
     );
     let mut summary = Summary::default();
+    for plan in demo_plans() {
+        summary.learn_plan(&plan);
+    }
     let mut offsets = std::collections::HashMap::<&'static str, i64>::new();
     let (stats, store_writes) = super::block_on(async {
         let epoch = store.claim_partition(0, "demo").await?;
@@ -175,6 +198,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok((p.stats.clone(), (inputs, writes)))
     })?;
     sink.flush()?;
+    summary.gateway = Some(world.gateway_report().clone());
     bar.finish_and_clear();
     println!(
         "billstream demo: {} accounts, {} simulated days from {}, seed {}",

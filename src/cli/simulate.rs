@@ -169,6 +169,7 @@ pub fn run_then(
         )
     })?;
     let mut engine = Engine::new(EngineConfig::new(&args.environment), Default::default());
+    let mut summary = Summary::default();
     let plan_text = std::fs::read_to_string(&args.plans)
         .with_context(|| format!("cannot read {}", args.plans.display()))?;
     for (i, raw) in plan_text.lines().enumerate() {
@@ -177,10 +178,13 @@ pub fn run_then(
         }
         let at = || format!("{}:{}", args.plans.display(), i + 1);
         match parse_line(raw) {
-            Ok(Decoded::Plan(plan)) => engine
-                .plans
-                .upsert(plan)
-                .map_err(|e| anyhow::anyhow!("{}: {}", at(), redact_text(&e.to_string())))?,
+            Ok(Decoded::Plan(plan)) => {
+                summary.learn_plan(&plan);
+                engine
+                    .plans
+                    .upsert(plan)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", at(), redact_text(&e.to_string())))?
+            }
             Ok(Decoded::Input(_)) => anyhow::bail!("{}: expected a plan, found an event", at()),
             Err(e) => anyhow::bail!("{}: {}", at(), redact_text(&e.to_string())),
         }
@@ -221,7 +225,6 @@ pub fn run_then(
         }
     };
     let mut sink = FileSink::create_in(&args.out, mode)?;
-    let mut summary = Summary::default();
     let mut rejected = 0usize;
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
 

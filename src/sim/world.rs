@@ -1,5 +1,12 @@
 //! The demo's accounts, their usage, and how the gateway and customers
 //! answer outputs (charge requests, invoices, credit-low notices).
+//!
+//! Besides the plain hosting plans the world shows each pricing feature
+//! (issue 13): a `team` plan billing seats on `latest`, a `hosting-95` plan
+//! billing bandwidth on the 95th `percentile` of hourly maxima, promotional
+//! credit grants that expire during the run, immediate upgrades, spend
+//! thresholds and coupons. The first six accounts (when there are that
+//! many) show one feature each for sure; the rest get them at random.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -9,7 +16,11 @@ use rand_chacha::ChaCha8Rng;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
+use super::gateway::{is_final_decline, DemoGateway};
 use crate::contracts::{OutputRecord, OutputTopic};
+use crate::engine::aggregation::{Aggregation, AggregationSpec};
+use crate::engine::credit::{GrantKind, GrantTerms};
+use crate::engine::discount::CouponTerms;
 use crate::engine::events::*;
 use crate::engine::money::Currency;
 use crate::engine::plan::{Charge, Model, Plan, Tier};
@@ -38,6 +49,14 @@ fn charge(
     }
 }
 
+/// A per-unit charge on a non-`sum` aggregation.
+fn aggregated(metric: &str, unit_price: &str, aggregation: AggregationSpec) -> Charge {
+    Charge {
+        aggregation,
+        ..charge(metric, Model::PerUnit, unit_price, "0", None, vec![])
+    }
+}
+
 fn tier(up_to: Option<&str>, unit_price: &str, flat_fee: &str) -> Tier {
     Tier {
         up_to: up_to.map(d),
@@ -47,7 +66,9 @@ fn tier(up_to: Option<&str>, unit_price: &str, flat_fee: &str) -> Tier {
 }
 
 /// The demo price book: flat and tiered hosting plans, a pure usage plan
-/// with a minimum spend, and a streaming tariff.
+/// with a minimum spend, a streaming tariff, a per-seat plan billed on the
+/// latest seat count and a hosting plan billing bandwidth on the 95th
+/// percentile. Indexed as `PLAN_NAMES`.
 pub fn demo_plans() -> Vec<Plan> {
     let eur = Currency::from_code("EUR").expect("EUR");
     let usd = Currency::from_code("USD").expect("USD");
@@ -162,8 +183,57 @@ pub fn demo_plans() -> Vec<Plan> {
             version: 1,
             charges: vec![],
         },
+        Plan {
+            plan_id: "team".into(),
+            currency: eur,
+            recurring_fee: d("5.00"),
+            minimum_spend: Decimal::ZERO,
+            version: 1,
+            charges: vec![aggregated(
+                SEATS,
+                "8.00",
+                AggregationSpec {
+                    kind: Aggregation::Latest,
+                    ..Default::default()
+                },
+            )],
+        },
+        Plan {
+            plan_id: "hosting-95".into(),
+            currency: usd,
+            recurring_fee: d("20.00"),
+            minimum_spend: Decimal::ZERO,
+            version: 1,
+            charges: vec![
+                // Sampled every three hours: hourly windows (5-minute ones
+                // would leave over 95% of the windows empty, and the 95th
+                // percentile at zero).
+                aggregated(
+                    BANDWIDTH,
+                    "0.35",
+                    AggregationSpec {
+                        kind: Aggregation::Percentile,
+                        percentile: Some(d("95")),
+                        window: Some("1h".into()),
+                        ..Default::default()
+                    },
+                ),
+                charge("disk.gb_hours", Model::PerUnit, "0.0002", "0", None, vec![]),
+            ],
+        },
     ]
 }
+
+/// Plan names by index in `demo_plans`.
+const PLAN_NAMES: [&str; 6] = ["starter", "pro", "metered", "stream", "team", "hosting-95"];
+const STARTER: usize = 0;
+const PRO: usize = 1;
+const METERED: usize = 2;
+const STREAM: usize = 3;
+const TEAM: usize = 4;
+const HOSTING: usize = 5;
+const SEATS: &str = "seats";
+const BANDWIDTH: &str = "bandwidth.mbps";
 
 const TIMEZONES: &[&str] = &[
     "UTC",
@@ -186,6 +256,21 @@ enum Payer {
     Transfer { never: bool },
 }
 
+/// The pricing features an account shows, beyond its plan's charges.
+#[derive(Debug, Clone, Copy, Default)]
+struct Extras {
+    /// A promotional credit grant shortly after opening, expiring within
+    /// the run.
+    promo: bool,
+    /// Moved at once (`effective: immediately`) to another plan on the
+    /// 17th of the first month, in its timezone.
+    upgrade: bool,
+    /// Spend thresholds just above its recurring fee.
+    thresholds: bool,
+    /// A coupon: 20% off for two periods, or 5.00 off each invoice.
+    coupon: bool,
+}
+
 struct Account {
     id: String,
     plan: usize,
@@ -194,6 +279,11 @@ struct Account {
     /// Typical daily volume per metric.
     scale: [f64; 3],
     closes_at: Option<Timestamp>,
+    extras: Extras,
+    /// Seats in use (plan `team`), a gauge that moves now and then.
+    seats: u32,
+    /// Cards attached so far (new token references for replacements).
+    cards: u32,
 }
 
 /// What the world puts on the input topics.
@@ -214,6 +304,7 @@ pub struct Reaction {
 
 pub struct World {
     rng: ChaCha8Rng,
+    gateway: DemoGateway,
     accounts: Vec<Account>,
     index: BTreeMap<String, usize>,
     pub start: Timestamp,
@@ -233,15 +324,18 @@ impl World {
         start: Timestamp,
         days: u32,
         environment: &str,
+        gateway: DemoGateway,
     ) -> World {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut list = Vec::with_capacity(accounts);
         for i in 0..accounts {
             let plan = match rng.random_range(0..100) {
-                0..40 => 0,
-                40..65 => 1,
-                65..80 => 2,
-                _ => 3,
+                0..34 => STARTER,
+                34..56 => PRO,
+                56..68 => METERED,
+                68..82 => STREAM,
+                82..92 => TEAM,
+                _ => HOSTING,
             };
             let payer = match rng.random_range(0..100) {
                 0..55 => Payer::Card {
@@ -268,14 +362,26 @@ impl World {
             let closes_at = rng
                 .random_bool(0.02)
                 .then(|| start.plus(rng.random_range(35..(days.max(36) as i64)) * MICROS_PER_DAY));
-            list.push(Account {
+            let extras = Extras {
+                promo: rng.random_bool(0.08),
+                upgrade: rng.random_bool(0.03),
+                thresholds: rng.random_bool(0.08),
+                coupon: rng.random_bool(0.06),
+            };
+            let seats = rng.random_range(3..40);
+            let mut a = Account {
                 id: format!("acct-{i:05}"),
                 plan,
                 payer,
                 opened_at,
                 scale,
                 closes_at,
-            });
+                extras,
+                seats,
+                cards: 0,
+            };
+            showcase(i, &mut a, start);
+            list.push(a);
         }
         let index = list
             .iter()
@@ -284,6 +390,7 @@ impl World {
             .collect();
         World {
             rng,
+            gateway,
             accounts: list,
             index,
             start,
@@ -294,10 +401,71 @@ impl World {
     }
 
     pub fn plan_of(&self, account_id: &str) -> Option<&'static str> {
-        const NAMES: [&str; 4] = ["starter", "pro", "metered", "stream"];
         self.index
             .get(account_id)
-            .map(|i| NAMES[self.accounts[*i].plan])
+            .map(|i| PLAN_NAMES[self.accounts[*i].plan])
+    }
+
+    /// What the gateway did so far.
+    pub fn gateway_report(&self) -> &super::gateway::GatewayReport {
+        &self.gateway.report
+    }
+
+    fn account_command(
+        &mut self,
+        prefix: &str,
+        account: &str,
+        at: Timestamp,
+        kind: AccountKind,
+    ) -> Reaction {
+        let event_id = self.id(prefix);
+        Reaction {
+            at,
+            event: WorldEvent::Input(Input::Account(AccountCommand {
+                event_id,
+                account_id: account.into(),
+                occurred_at: at,
+                environment: Some(self.environment.clone()),
+                kind,
+            })),
+        }
+    }
+
+    /// A saved card of account `i`: its provider is named in the token
+    /// reference (flaky cards are with `riskpay`), and a card that expires
+    /// carries its month there too, for the gateway.
+    fn card(&mut self, i: usize, at: Timestamp, flaky: bool, expires: &str) -> Reaction {
+        let provider = if flaky { "riskpay" } else { "acme" };
+        let a = &mut self.accounts[i];
+        a.cards += 1;
+        let n = a.cards;
+        let account = a.id.clone();
+        let exp = if expires < "2029" {
+            format!("exp{}_", expires.replace('-', ""))
+        } else {
+            String::new()
+        };
+        let (brand, last4) = if n == 1 {
+            ("visa".to_string(), format!("{:04}", 1000 + i % 9000))
+        } else {
+            (
+                "mastercard".to_string(),
+                format!("{:04}", 5000 + (i + n as usize) % 4000),
+            )
+        };
+        Reaction {
+            at,
+            event: self.payment(
+                &account,
+                at,
+                PaymentKind::PaymentMethodAttached {
+                    token_ref: format!("tok_{provider}_{exp}c{i:06}n{n}"),
+                    brand,
+                    last4,
+                    expires: expires.into(),
+                },
+            ),
+        }
     }
 
     fn id(&mut self, prefix: &str) -> String {
@@ -321,11 +489,21 @@ impl World {
         let plans = demo_plans();
         let mut out = Vec::new();
         for i in 0..self.accounts.len() {
-            let (id, plan, payer, at, closes_at) = {
+            let (id, plan, payer, at, closes_at, extras) = {
                 let a = &self.accounts[i];
-                (a.id.clone(), a.plan, a.payer, a.opened_at, a.closes_at)
+                (
+                    a.id.clone(),
+                    a.plan,
+                    a.payer,
+                    a.opened_at,
+                    a.closes_at,
+                    a.extras,
+                )
             };
-            let tz = TIMEZONES[self.rng.random_range(0..TIMEZONES.len())];
+            let mut tz = TIMEZONES[self.rng.random_range(0..TIMEZONES.len())];
+            if i == 3 {
+                tz = "Asia/Tokyo"; // the showcase upgrade, as in the simulate golden test
+            }
             let tax = ["0.19", "0.20", "0.07", "0"][self.rng.random_range(0..4)];
             let currency = plans[plan].currency.code().to_string();
             let event_id = self.id("open");
@@ -352,26 +530,18 @@ impl World {
                     .random_range(MICROS_PER_MINUTE..30 * MICROS_PER_MINUTE),
             );
             match payer {
-                Payer::Card { .. } => {
-                    // Some cards expire during the demo, to show the expiry warning.
-                    let expires = if self.rng.random_bool(0.1) {
+                Payer::Card { flaky, expired } => {
+                    // Some cards expire during the demo, to show the expiry
+                    // warning (and the gateway's expired_card decline after
+                    // it); some have expired already.
+                    let expires = if expired {
+                        "2025-12"
+                    } else if self.rng.random_bool(0.1) {
                         "2026-02"
                     } else {
                         "2029-08"
                     };
-                    out.push(Reaction {
-                        at: soon,
-                        event: self.payment(
-                            &id,
-                            soon,
-                            PaymentKind::PaymentMethodAttached {
-                                token_ref: format!("psp:tok_{i:06}"),
-                                brand: "visa".into(),
-                                last4: format!("{:04}", 1000 + i % 9000),
-                                expires: expires.into(),
-                            },
-                        ),
-                    });
+                    out.push(self.card(i, soon, flaky, expires));
                 }
                 Payer::Prepaid => {
                     let amount = money(self.rng.random_range(50.0..200.0));
@@ -403,8 +573,14 @@ impl World {
                     })),
                 });
             }
+            out.extend(self.features(i, &plans[plan], tz, soon));
             // A few plan changes and goodwill credit notes.
-            if self.rng.random_bool(0.03) && plan != 2 {
+            // (Between the EUR plans that bill the same metrics: a team
+            // moved to starter would go on reporting seats.)
+            if self.rng.random_bool(0.03)
+                && matches!(plan, STARTER | PRO | STREAM)
+                && !extras.upgrade
+            {
                 let c = self
                     .start
                     .plus(self.rng.random_range(25..50) * MICROS_PER_DAY);
@@ -456,6 +632,111 @@ impl World {
         out
     }
 
+    /// The pricing-feature commands of account `i` (on `plan`, in `tz`),
+    /// from `soon` after its opening: a promotional grant, an immediate
+    /// upgrade on the 17th, spend thresholds, a coupon.
+    fn features(&mut self, i: usize, plan: &Plan, tz: &str, soon: Timestamp) -> Vec<Reaction> {
+        let (id, extras, opened) = {
+            let a = &self.accounts[i];
+            (a.id.clone(), a.extras, a.opened_at)
+        };
+        let currency = plan.currency.code().to_string();
+        let mut out = Vec::new();
+        if extras.promo {
+            // Welcome credit two days in, expiring 10 to 40 days later:
+            // drawn by a close before that, else it expires (in part).
+            let at = opened.plus(2 * MICROS_PER_DAY + self.rng.random_range(0..MICROS_PER_HOUR));
+            let days = if i == 2 {
+                19
+            } else {
+                self.rng.random_range(10..40)
+            };
+            let amount = if i == 2 {
+                d("15.00")
+            } else {
+                money(self.rng.random_range(10.0..40.0))
+            };
+            out.push(Reaction {
+                at,
+                event: self.payment(
+                    &id,
+                    at,
+                    PaymentKind::CreditToppedUp {
+                        amount,
+                        currency: currency.clone(),
+                        grant: GrantTerms {
+                            kind: GrantKind::Promotional,
+                            expires_at: Some(at.plus(days * MICROS_PER_DAY)),
+                            priority: 0,
+                        },
+                    },
+                ),
+            });
+        }
+        let upgrade_to = match plan.plan_id.as_str() {
+            "starter" | "stream" => Some("pro"),
+            _ => None,
+        };
+        if let (true, Some(to)) = (extras.upgrade, upgrade_to) {
+            if let Some(at) = seventeenth_after(opened, tz) {
+                out.push(self.account_command(
+                    "upgrade",
+                    &id,
+                    at,
+                    AccountKind::PlanChanged {
+                        plan_id: to.into(),
+                        effective: PlanChangeEffective::Immediately,
+                        version: None,
+                    },
+                ));
+            }
+        }
+        if extras.thresholds {
+            // Just above the fee that is on the draft from the start.
+            let thresholds = ["5", "20", "50"]
+                .iter()
+                .map(|x| plan.recurring_fee + d(x))
+                .collect();
+            out.push(self.account_command(
+                "alerts",
+                &id,
+                soon.plus(MICROS_PER_MINUTE),
+                AccountKind::ThresholdsSet {
+                    thresholds,
+                    currency: currency.clone(),
+                },
+            ));
+        }
+        if extras.coupon {
+            let coupon = if i == 5 || self.rng.random_bool(0.5) {
+                CouponTerms {
+                    coupon_id: "WELCOME20".into(),
+                    percent_off: Some(d("20")),
+                    amount_off: None,
+                    currency: None,
+                    periods: Some(2),
+                    charges: vec![],
+                }
+            } else {
+                CouponTerms {
+                    coupon_id: "LOYAL5".into(),
+                    percent_off: None,
+                    amount_off: Some(d("5.00")),
+                    currency: Some(currency),
+                    periods: None,
+                    charges: vec![],
+                }
+            };
+            out.push(self.account_command(
+                "coupon",
+                &id,
+                soon.plus(2 * MICROS_PER_MINUTE),
+                AccountKind::CouponApplied { coupon },
+            ));
+        }
+        out
+    }
+
     /// One day of usage for every account, with a sprinkle of duplicates,
     /// late deliveries and malformed records; plus the next day's tick.
     pub fn day(&mut self, day: u32) -> Vec<Reaction> {
@@ -466,10 +747,24 @@ impl World {
                 let a = &self.accounts[i];
                 (a.id.clone(), a.plan, a.scale, a.opened_at, a.closes_at)
             };
-            if plan == 3 {
-                continue; // the streaming tariff has no metered usage
+            if closes.is_some_and(|c| day_start >= c) {
+                continue;
+            }
+            match plan {
+                STREAM => continue, // the streaming tariff has no metered usage
+                TEAM => {
+                    out.extend(self.seat_reading(i, day_start));
+                    continue;
+                }
+                HOSTING => {
+                    out.extend(self.bandwidth_samples(i, day_start));
+                }
+                _ => {}
             }
             for (m, metric) in METRICS.iter().enumerate() {
+                if plan == HOSTING && *metric != "disk.gb_hours" {
+                    continue;
+                }
                 let n = self.rng.random_range(1..4);
                 for _ in 0..n {
                     let at = day_start.plus(self.rng.random_range(0..MICROS_PER_DAY));
@@ -571,6 +866,68 @@ impl World {
         out
     }
 
+    /// A usage event of account `i`, delivered within a minute.
+    fn usage(&mut self, i: usize, metric: &str, quantity: Decimal, at: Timestamp) -> Reaction {
+        let event_id = self.id("use");
+        let delay = self.rng.random_range(0..MICROS_PER_MINUTE);
+        Reaction {
+            at: at.plus(delay),
+            event: WorldEvent::Input(Input::Usage(UsageRecorded {
+                event_id,
+                account_id: self.accounts[i].id.clone(),
+                subject: "org".into(),
+                metric: metric.into(),
+                quantity,
+                occurred_at: at,
+                environment: self.environment.clone(),
+                attributes: Default::default(),
+            })),
+        }
+    }
+
+    /// The day's seat count of a `team` account (billed on `latest`): the
+    /// team grows or shrinks by a few seats now and then.
+    fn seat_reading(&mut self, i: usize, day_start: Timestamp) -> Option<Reaction> {
+        let at = day_start.plus(self.rng.random_range(0..MICROS_PER_DAY));
+        if at < self.accounts[i].opened_at {
+            return None;
+        }
+        if self.rng.random_bool(0.2) {
+            let step = self.rng.random_range(1..4);
+            let a = &mut self.accounts[i];
+            a.seats = if self.rng.random_bool(0.6) {
+                a.seats + step
+            } else {
+                a.seats.saturating_sub(step).max(1)
+            };
+        }
+        let seats = Decimal::from(self.accounts[i].seats);
+        Some(self.usage(i, SEATS, seats, at))
+    }
+
+    /// Bandwidth samples of a `hosting-95` account, one every three hours,
+    /// with the odd burst (billed on the 95th percentile, bursts forgiven).
+    fn bandwidth_samples(&mut self, i: usize, day_start: Timestamp) -> Vec<Reaction> {
+        let (opened, base) = {
+            let a = &self.accounts[i];
+            (a.opened_at, a.scale[0] * 4.0)
+        };
+        let mut out = Vec::new();
+        for slot in 0..8 {
+            let at = day_start
+                .plus(slot * 3 * MICROS_PER_HOUR + self.rng.random_range(0..3 * MICROS_PER_HOUR));
+            if at < opened {
+                continue;
+            }
+            let burst = if self.rng.random_bool(0.03) { 8.0 } else { 1.0 };
+            let mbps = Decimal::from_f64_retain(base * burst * self.rng.random_range(0.6..1.4))
+                .unwrap_or_default()
+                .round_dp(1);
+            out.push(self.usage(i, BANDWIDTH, mbps, at));
+        }
+        out
+    }
+
     /// How the gateway and the customers answer what billstream published.
     pub fn react(&mut self, records: &[OutputRecord], now: Timestamp) -> Vec<Reaction> {
         let mut out = Vec::new();
@@ -583,63 +940,35 @@ impl World {
             let account = r.key.clone();
             let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
             match (r.topic, r.kind, payer) {
-                (OutputTopic::Charges, _, Payer::Card { flaky, expired }) => {
-                    let at = now.plus(
-                        self.rng
-                            .random_range(MICROS_PER_MINUTE..2 * MICROS_PER_HOUR),
-                    );
-                    let (charge_id, invoice_id) = (s(&j["charge_id"]), s(&j["invoice_id"]));
-                    let attempt = j["attempt"].as_i64().unwrap_or(1);
-                    let roll: f64 = self.rng.random_range(0.0..1.0);
-                    let kind = if expired && attempt == 1 {
-                        PaymentKind::PaymentFailed {
-                            charge_id,
-                            invoice_id,
-                            retryable: false,
-                            reason: "card_expired".into(),
-                        }
-                    } else if (flaky && roll < 0.6) || roll < 0.05 {
-                        PaymentKind::PaymentFailed {
-                            charge_id,
-                            invoice_id,
-                            retryable: true,
-                            reason: "insufficient_funds".into(),
-                        }
-                    } else {
-                        PaymentKind::PaymentSucceeded {
-                            charge_id,
-                            invoice_id,
-                            amount: j["amount"]
-                                .as_str()
-                                .and_then(|a| a.parse().ok())
-                                .unwrap_or_default(),
-                            currency: s(&j["currency"]),
-                        }
+                (OutputTopic::Charges, _, _) => {
+                    // The gateway emulator's outcome function answers; a
+                    // request it cannot answer stays unanswered (the
+                    // emulator would dead-letter it) and the invoice goes
+                    // overdue.
+                    let Ok(deliveries) = self.gateway.answer(r) else {
+                        continue;
                     };
-                    out.push(Reaction {
-                        at,
-                        event: self.payment(&account, at, kind),
-                    });
-                    if expired && attempt == 1 {
-                        // The customer replaces the card a few days later.
-                        let at = at.plus(self.rng.random_range(2..6) * MICROS_PER_DAY);
-                        self.accounts[i].payer = Payer::Card {
-                            flaky,
-                            expired: false,
-                        };
+                    let mut final_decline = false;
+                    for d in deliveries {
+                        final_decline |= is_final_decline(&d.input);
+                        let after = i64::try_from(d.after.as_micros()).unwrap_or(i64::MAX);
                         out.push(Reaction {
-                            at,
-                            event: self.payment(
-                                &account,
-                                at,
-                                PaymentKind::PaymentMethodAttached {
-                                    token_ref: format!("psp:tok_{i:06}_b"),
-                                    brand: "mastercard".into(),
-                                    last4: "5454".into(),
-                                    expires: "2030-11".into(),
-                                },
-                            ),
+                            at: now.plus(after),
+                            event: WorldEvent::Input(d.input),
                         });
+                    }
+                    if final_decline {
+                        // Most customers replace a card declined for good
+                        // (expired, stolen) a few days later, with a
+                        // reliable one; the others let the invoice go overdue.
+                        if self.rng.random_bool(0.8) {
+                            let at = now.plus(self.rng.random_range(2..6) * MICROS_PER_DAY);
+                            self.accounts[i].payer = Payer::Card {
+                                flaky: false,
+                                expired: false,
+                            };
+                            out.push(self.card(i, at, false, "2030-11"));
+                        }
                     }
                 }
                 (OutputTopic::Invoices, "InvoiceIssued", Payer::Transfer { never }) => {
@@ -728,4 +1057,57 @@ impl World {
         }
         out
     }
+}
+
+/// The first six accounts (when there are that many) show one feature each
+/// for sure: seats on `latest`, bandwidth on the 95th percentile, an
+/// expiring promotional grant, an immediate upgrade on the 17th (in
+/// Asia/Tokyo), spend thresholds reached, a coupon.
+fn showcase(i: usize, a: &mut Account, start: Timestamp) {
+    if i >= 6 {
+        return;
+    }
+    a.opened_at = start.plus(i as i64 * MICROS_PER_MINUTE);
+    a.closes_at = None;
+    let reliable = Payer::Card {
+        flaky: false,
+        expired: false,
+    };
+    match i {
+        0 => a.plan = TEAM,
+        1 => a.plan = HOSTING,
+        2 => {
+            a.plan = STARTER;
+            a.payer = reliable;
+            a.extras.promo = true;
+        }
+        3 => {
+            a.plan = STARTER;
+            a.payer = reliable;
+            a.extras.upgrade = true;
+        }
+        4 => {
+            a.plan = PRO;
+            a.extras.thresholds = true;
+            // Busy enough to cross every threshold in its first month.
+            a.scale = [800.0, 60_000.0, 200_000.0];
+        }
+        _ => {
+            a.plan = PRO;
+            a.extras.coupon = true;
+        }
+    }
+}
+
+/// 00:00 on the first 17th of a month in `tz` at least a day after `t`.
+fn seventeenth_after(t: Timestamp, tz: &str) -> Option<Timestamp> {
+    use chrono::{Datelike, TimeZone};
+    let tz: chrono_tz::Tz = tz.parse().ok()?;
+    let local = t.plus(MICROS_PER_DAY).to_datetime().with_timezone(&tz);
+    let (mut y, mut m) = (local.year(), local.month());
+    if local.day() >= 17 {
+        (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    }
+    let at = tz.with_ymd_and_hms(y, m, 17, 0, 0, 0).single()?;
+    Some(Timestamp::from_datetime(at.with_timezone(&chrono::Utc)))
 }
