@@ -704,6 +704,7 @@ impl World {
                 AccountKind::ThresholdsSet {
                     thresholds,
                     currency: currency.clone(),
+                    invoice_at: None,
                 },
             ));
         }
