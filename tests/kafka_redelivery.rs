@@ -504,7 +504,8 @@ fn issue_15_a_second_derivation_of_the_same_log_later_publishes_byte_identical_o
 /// has read them, so January's invoice bills all 300. Before, the first
 /// batch's timers fired on the processing clock: January was issued with
 /// the first batch's usage and the rest became late usage on February's
-/// draft (an invoice that depended on the batch size and the lag).
+/// draft (an invoice that depended on the batch size and the lag). One
+/// record stamped months ahead of the clock changes nothing.
 #[test]
 fn issue_15_a_member_catching_up_closes_a_period_after_the_records_appended_before_its_close() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -536,11 +537,15 @@ fn issue_15_a_member_catching_up_closes_a_period_after_the_records_appended_befo
             environment: "prod".into(),
             attributes: Default::default(),
         });
-        records.push((
-            "billing.usage.v1",
-            catalog.encode_input(&u).unwrap(),
-            used.0 / 1000 + i,
-        ));
+        // The sixth is stamped ahead of the member's clock (by months; the
+        // broker accepts up to an hour past its own): it must neither
+        // close January itself nor make its partition look read to the end.
+        let stamp = if i == 5 {
+            chrono::Utc::now().timestamp_millis() + 30 * 60_000
+        } else {
+            used.0 / 1000 + i
+        };
+        records.push(("billing.usage.v1", catalog.encode_input(&u).unwrap(), stamp));
     }
     // 1. The plan and the opening, processed in mid-January.
     produce(

@@ -80,18 +80,31 @@ pub struct BatchRecord<'a> {
 /// is applied to, not of when it happens to be processed: a new owner
 /// deriving them again after a takeover, or a replay, publishes the same
 /// bytes under the same ids (issue 15). The cap keeps a record stamped in
-/// the future (a producer's clock ahead) from firing timers early; such a
-/// record, and one with no timestamp, is processed at `now`.
+/// the future (a producer's clock ahead, or a hostile stamp) from firing
+/// timers early: such a record is processed at its event's `occurred_at`
+/// (capped likewise), one with no timestamp at `now`. A record
+/// stamped more than `hold` before `now` (a producer that stamps records
+/// with their event time, or a backlog older than `kafka.timer_hold`) is
+/// processed at `now − hold`, so deadlines it sets (an interim invoice's
+/// due date, a retry schedule) are never more than `hold` in the past; the
+/// same bound holds timers back (`KafkaSource::timers_floor`).
 pub fn record_instant(
     now: Timestamp,
+    hold: i64,
     produced_ms: Option<i64>,
     occurred_at: Option<Timestamp>,
 ) -> Timestamp {
     let Some(appended) = produced_ms.and_then(|ms| ms.checked_mul(1000)) else {
         return now;
     };
-    let at = occurred_at.map_or(appended, |o| o.0.max(appended));
-    Timestamp(at.min(now.0))
+    let at = match occurred_at {
+        // Stamped ahead of the clock: the stamp says nothing; the event's
+        // own instant does.
+        Some(o) if appended > now.0 => o.0,
+        Some(o) => o.0.max(appended),
+        None => appended,
+    };
+    Timestamp(at.min(now.0).max(now.0.saturating_sub(hold)))
 }
 
 /// When an account whose only changes are usage is written (see
@@ -334,6 +347,9 @@ pub struct Processor<S: StateStore> {
     /// the partition its key hashes to is dead-lettered `wrong_partition`
     /// (`set_partitioning`; `None`: not checked).
     partitioning: Option<(Partitioner, u32)>,
+    /// How far before the processing clock a record may be processed
+    /// (`record_instant`; `kafka.timer_hold`), in micros.
+    record_hold: i64,
     /// With `kafka.transactional`: what committed transactions published
     /// for accounts of owned partitions that are not loaded yet (the
     /// progress topic as read at assignment, `learn_published`), applied
@@ -408,6 +424,7 @@ impl<S: StateStore> Processor<S> {
             waiting: Vec::new(),
             held_back: BTreeSet::new(),
             partitioning: None,
+            record_hold: i64::MAX,
             kafka_marks: HashMap::new(),
             persisted_produced: Vec::new(),
             stats: ProcessorStats::default(),
@@ -611,7 +628,12 @@ impl<S: StateStore> Processor<S> {
             let account = match decoder.decode_into(r.raw, &mut scratch) {
                 Ok(()) => match &scratch {
                     Decoded::Input(input) => {
-                        let at = record_instant(r.now, r.produced_ms, Some(input.occurred_at()));
+                        let at = record_instant(
+                            r.now,
+                            self.record_hold,
+                            r.produced_ms,
+                            Some(input.occurred_at()),
+                        );
                         self.apply(&r.pos, r.key, r.raw, input, at).await?;
                         Some(input.account_id()).filter(|a| r.key == Some(*a))
                     }
@@ -622,7 +644,7 @@ impl<S: StateStore> Processor<S> {
                     }
                 },
                 Err(e) => {
-                    let at = record_instant(r.now, r.produced_ms, None);
+                    let at = record_instant(r.now, self.record_hold, r.produced_ms, None);
                     self.process(&r.pos, r.key, r.raw, Err(e), at).await?;
                     None
                 }
@@ -814,6 +836,12 @@ impl<S: StateStore> Processor<S> {
         self.partitioning = partitioner
             .partition_of(b"", partitions)
             .map(|_| (partitioner, partitions));
+    }
+
+    /// Process no record earlier than `hold` before the processing clock
+    /// (`kafka.timer_hold`; see `record_instant`).
+    pub fn set_record_hold(&mut self, hold: std::time::Duration) {
+        self.record_hold = i64::try_from(hold.as_micros()).unwrap_or(i64::MAX);
     }
 
     pub fn set_waiting(&mut self, rule: Option<WaitRule>) {
@@ -1449,9 +1477,18 @@ impl<S: StateStore> Processor<S> {
 #[cfg(test)]
 mod tests {
     use super::record_instant;
+
+    fn record_instant_h(
+        now: Timestamp,
+        produced_ms: Option<i64>,
+        occurred_at: Option<Timestamp>,
+    ) -> Timestamp {
+        record_instant(now, HOLD, produced_ms, occurred_at)
+    }
     use crate::engine::time::Timestamp;
 
     const S: i64 = 1_000_000;
+    const HOLD: i64 = 3_600 * S;
 
     #[test]
     fn a_record_is_processed_at_its_log_time_whenever_it_is_read() {
@@ -1459,11 +1496,11 @@ mod tests {
         let appended = Some(100_000);
         let occurred = Some(Timestamp(40 * S));
         assert_eq!(
-            record_instant(Timestamp(150 * S), appended, occurred),
+            record_instant_h(Timestamp(150 * S), appended, occurred),
             Timestamp(100 * S)
         );
         assert_eq!(
-            record_instant(Timestamp(900 * S), appended, occurred),
+            record_instant_h(Timestamp(900 * S), appended, occurred),
             Timestamp(100 * S)
         );
     }
@@ -1473,7 +1510,7 @@ mod tests {
         // Log time 0 (a producer that sets no timestamp of its own), event
         // at 40 s, read at 150 s: 40 s.
         assert_eq!(
-            record_instant(Timestamp(150 * S), Some(0), Some(Timestamp(40 * S))),
+            record_instant_h(Timestamp(150 * S), Some(0), Some(Timestamp(40 * S))),
             Timestamp(40 * S)
         );
     }
@@ -1481,12 +1518,40 @@ mod tests {
     #[test]
     fn a_record_stamped_in_the_future_or_not_at_all_is_processed_now() {
         let now = Timestamp(150 * S);
-        assert_eq!(record_instant(now, Some(900_000), None), now);
+        assert_eq!(record_instant_h(now, Some(900_000), None), now);
         assert_eq!(
-            record_instant(now, Some(100_000), Some(Timestamp(900 * S))),
+            record_instant_h(now, Some(100_000), Some(Timestamp(900 * S))),
             now
         );
-        assert_eq!(record_instant(now, None, Some(Timestamp(40 * S))), now);
-        assert_eq!(record_instant(now, Some(i64::MAX), None), now);
+        assert_eq!(record_instant_h(now, None, Some(Timestamp(40 * S))), now);
+        // Stamped in the future, its event at 40 s: 40 s, not `now` (which
+        // would fire every timer due by now before the records around it).
+        assert_eq!(
+            record_instant_h(now, Some(900_000), Some(Timestamp(40 * S))),
+            Timestamp(40 * S)
+        );
+        assert_eq!(record_instant_h(now, Some(i64::MAX), None), now);
+    }
+
+    #[test]
+    fn a_record_stamped_longer_ago_than_the_hold_is_processed_at_the_hold() {
+        // An hour of hold; read at 10,000 s, stamped (or its event) at
+        // 100 s: processed at 10,000 − 3,600 = 6,400 s, so a due date it
+        // sets is at most an hour in the past.
+        let now = Timestamp(10_000 * S);
+        assert_eq!(
+            record_instant_h(now, Some(100_000), Some(Timestamp(40 * S))),
+            Timestamp(6_400 * S)
+        );
+        // Within the hold, its log time.
+        assert_eq!(
+            record_instant_h(now, Some(9_000_000), None),
+            Timestamp(9_000 * S)
+        );
+        // No hold: log time, however old.
+        assert_eq!(
+            record_instant(now, i64::MAX, Some(100_000), None),
+            Timestamp(100 * S)
+        );
     }
 }

@@ -676,6 +676,7 @@ async fn on_group_change<S: StateStore>(
             if let Some(n) = source.partition_count() {
                 processor.set_partitioning(settings.kafka.input_partitioner, n);
             }
+            processor.set_record_hold(settings.kafka.timer_hold);
             // Where each partition starts: the transaction's offsets, and
             // whether a partition is read to its end (`timers_floor`)
             // before anything was read from it.

@@ -216,8 +216,10 @@ pub struct KafkaSource {
     /// With `kafka.transactional`, the progress topic, which must exist
     /// and be co-partitioned with the inputs.
     progress: Option<String>,
-    /// Per input (topic, partition): the latest record timestamp (ms)
-    /// fetched, the partition's stream time (`timers_floor`).
+    /// Per input (topic, partition): the timestamp (ms) of the last record
+    /// fetched, capped at the wall clock: the partition's stream time
+    /// (`timers_floor`). The last, not the largest: one record stamped
+    /// ahead of the others moves it only until the next record is read.
     stream_time: Vec<((String, i32), i64)>,
 }
 
@@ -227,6 +229,14 @@ struct Position {
     partition: i32,
     processed: i64,
     committed: i64,
+}
+
+/// A record timestamp as a partition's stream time: never ahead of the
+/// wall clock, so a record stamped in the future (a producer's clock
+/// ahead, or a hostile timestamp) cannot make a partition with a backlog
+/// look caught up to every timer.
+fn stream_time_of(record_ms: i64, wall_ms: i64) -> i64 {
+    record_ms.min(wall_ms)
 }
 
 /// Per input (topic, partition), the lowest offset whose effects are not
@@ -419,10 +429,12 @@ impl KafkaSource {
 
     fn note_stream_time(&mut self, records: &[OwnedMessage]) {
         let mut last: Option<usize> = None;
+        let wall_ms = chrono::Utc::now().timestamp_millis();
         for m in records {
             let Some(ms) = m.timestamp().to_millis() else {
                 continue;
             };
+            let ms = stream_time_of(ms, wall_ms);
             let same = |e: &((String, i32), i64)| e.0 .1 == m.partition() && e.0 .0 == m.topic();
             let i = match last.filter(|&i| same(&self.stream_time[i])) {
                 Some(i) => i,
@@ -435,7 +447,7 @@ impl KafkaSource {
                     }
                 },
             };
-            self.stream_time[i].1 = self.stream_time[i].1.max(ms);
+            self.stream_time[i].1 = ms;
             last = Some(i);
         }
     }
@@ -1026,6 +1038,13 @@ impl PlanFollower {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_record_stamped_in_the_future_counts_as_the_wall_clock_for_stream_time() {
+        assert_eq!(super::stream_time_of(5_000, 9_000), 5_000);
+        assert_eq!(super::stream_time_of(i64::MAX, 9_000), 9_000);
+        assert_eq!(super::stream_time_of(i64::MIN, 9_000), i64::MIN);
+    }
+
     use super::*;
     use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 
