@@ -344,7 +344,12 @@ fn team_v1() -> Plan {
 
 /// An immediate change to `plan_id` that happened at `occurred` and
 /// arrives at `now`.
-fn change_late(h: &mut Harness, plan_id: &str, occurred: &str, now: &str) -> Result<Outcome, Rejection> {
+fn change_late(
+    h: &mut Harness,
+    plan_id: &str,
+    occurred: &str,
+    now: &str,
+) -> Result<Outcome, Rejection> {
     let id = h.next_id();
     h.feed(
         Input::Account(AccountCommand {
@@ -377,19 +382,34 @@ fn issue_13_an_out_of_order_immediate_change_takes_effect_at_the_previous_change
     h.open("basic", "2026-04-01T00:00:00Z");
     // basic → pro on the 15th: 16 of 30 days left.
     //   basic credited −30.00 × 16/30 = −16.00; pro 90.00 × 16/30 = 48.00.
-    change_late(&mut h, "pro", "2026-04-15T00:00:00Z", "2026-04-15T00:00:00Z").unwrap();
+    change_late(
+        &mut h,
+        "pro",
+        "2026-04-15T00:00:00Z",
+        "2026-04-15T00:00:00Z",
+    )
+    .unwrap();
     // A change that happened on the 10th arrives on the 16th: the account
     // has been on pro since the 15th, so it takes effect then, from pro.
     //   pro credited −90.00 × 16/30 = −48.00; team 60.00 × 16/30 = 32.00.
     // (Before: basic credited again for [10th, end) = −20.00, team charged
     // 40.00 for [10th, end) while pro stayed charged for [15th, end).)
-    change_late(&mut h, "team", "2026-04-10T00:00:00Z", "2026-04-16T00:00:00Z").unwrap();
+    change_late(
+        &mut h,
+        "team",
+        "2026-04-10T00:00:00Z",
+        "2026-04-16T00:00:00Z",
+    )
+    .unwrap();
     let effective: Vec<_> = h
         .events()
         .filter_map(|e| match e {
-            DomainEvent::PlanChanged { from_plan_id, plan_id, effective_at, .. } => {
-                Some((from_plan_id.clone(), plan_id.clone(), *effective_at))
-            }
+            DomainEvent::PlanChanged {
+                from_plan_id,
+                plan_id,
+                effective_at,
+                ..
+            } => Some((from_plan_id.clone(), plan_id.clone(), *effective_at)),
             _ => None,
         })
         .collect();
@@ -410,7 +430,10 @@ fn issue_13_an_out_of_order_immediate_change_takes_effect_at_the_previous_change
         .map(|o| (o.plan_id.as_str(), o.bounds()))
         .collect();
     let (start, end) = (ts("2026-04-01T00:00:00Z"), ts("2026-05-01T00:00:00Z"));
-    assert_eq!(segments, vec![("basic", (start, d15)), ("team", (d15, end))]);
+    assert_eq!(
+        segments,
+        vec![("basic", (start, d15)), ("team", (d15, end))]
+    );
     h.advance("2026-05-01T01:00:00Z");
     // April's fee lines: 30.00 − 16.00 + 48.00 − 48.00 + 32.00 = 46.00
     // = basic 30.00 × 14/30 (14.00) + team 60.00 × 16/30 (32.00).
@@ -418,7 +441,13 @@ fn issue_13_an_out_of_order_immediate_change_takes_effect_at_the_previous_change
     fees.sort();
     assert_eq!(
         fees,
-        vec![Minor(-4800), Minor(-1600), Minor(3000), Minor(3200), Minor(4800)]
+        vec![
+            Minor(-4800),
+            Minor(-1600),
+            Minor(3000),
+            Minor(3200),
+            Minor(4800)
+        ]
     );
     assert_eq!(Minor::saturating_sum(fees.into_iter()), Minor(4600));
     // basic is credited once, for [15th, end); May's fee is team's.
@@ -438,7 +467,10 @@ fn issue_13_an_immediate_change_to_the_current_plan_is_refused() {
         .unwrap_err();
     assert_eq!(e.kind(), "invalid_field");
     let text = e.to_string();
-    assert!(text.contains("plan_id") && text.contains("current plan"), "{text}");
+    assert!(
+        text.contains("plan_id") && text.contains("current plan"),
+        "{text}"
+    );
     assert!(h.st().pending_lines.is_empty());
     assert_eq!(h.st().open, open);
     // Also after a change: pro is now the current plan.
@@ -454,8 +486,8 @@ fn issue_13_an_immediate_change_to_the_current_plan_is_refused() {
         )
         .unwrap_err();
     assert_eq!(e.kind(), "invalid_field");
-    // 9 free units a segment would be 18 after one such change: still one
-    // change's two segments.
+    // Refused: no third segment (it would be rated with pro's free units
+    // and first tier again), still the one change's two.
     assert_eq!(h.st().open.len(), 2);
     // A next-period change to the current plan is still accepted (it
     // replaces a scheduled change and takes effect as a no-op).
@@ -466,9 +498,56 @@ fn issue_13_an_immediate_change_to_the_current_plan_is_refused() {
     .unwrap();
 }
 
+#[test]
+fn issue_13_an_immediate_change_at_the_next_periods_start_in_the_grace_window_charges_its_fee_once()
+{
+    let mut h = harness();
+    h.open("basic", "2026-04-01T00:00:00Z");
+    // April has ended, its invoice is not issued yet (grace: one hour).
+    // A change at May 1st 00:00 splits May at its start: May's fee in
+    // advance stays basic's 30.00, credited whole (−30.00 × 31/31), and
+    // pro's charged whole (90.00 × 31/31): May costs 90.00, once.
+    change_late(
+        &mut h,
+        "pro",
+        "2026-05-01T00:00:00Z",
+        "2026-05-01T00:30:00Z",
+    )
+    .unwrap();
+    // A second change at the same instant replaces pro on its segment:
+    // pro credited −90.00, basic charged 30.00 (the plan and version it
+    // names differ from pro's).
+    change_late(
+        &mut h,
+        "basic",
+        "2026-04-20T00:00:00Z",
+        "2026-05-01T00:40:00Z",
+    )
+    .unwrap();
+    h.advance("2026-05-01T01:00:00Z");
+    let mut may = fee_lines_for(&h, ts("2026-05-01T00:00:00Z"));
+    may.sort();
+    assert_eq!(
+        may,
+        vec![
+            Minor(-9000),
+            Minor(-3000),
+            Minor(3000),
+            Minor(3000),
+            Minor(9000)
+        ]
+    );
+    assert_eq!(h.st().plan_id, "basic");
+}
+
 /// A plan of the property below: `id`, a fee in cents.
 fn fee_plan(id: &str, cents: u32) -> Plan {
-    plan(id, 1, &Decimal::new(cents.into(), 2).to_string(), graduated("1000", "0.01", "0.005"))
+    plan(
+        id,
+        1,
+        &Decimal::new(cents.into(), 2).to_string(),
+        graduated("1000", "0.01", "0.005"),
+    )
 }
 
 proptest! {
