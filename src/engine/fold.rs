@@ -1804,8 +1804,9 @@ impl Engine {
     }
 
     /// `PlanChanged` with `effective: immediately` (issue 13): from `at`
-    /// (its `occurred_at`, not before the draft's period nor the opening)
-    /// the account is on `plan`. The period holding `at` is split into
+    /// (its `occurred_at`, not before the draft's period, the opening nor
+    /// the previous immediate change) the account is on `plan`, which must
+    /// not be the plan and version already in force there. The period holding `at` is split into
     /// plan segments, so its usage before `at` is rated on the old plan's
     /// charges and after it on the new plan's, each with its own tiers and
     /// its minimum spend prorated by its segment; the unused part of the
@@ -1820,7 +1821,15 @@ impl Engine {
         at: Timestamp,
         emit: &mut Emit,
     ) -> Result<(), Rejection> {
-        let at = at.max(st.current.start).max(st.opened_at);
+        // Not before the last immediate change (an out-of-order or
+        // backdated change is clamped forward to it): segments follow the
+        // order changes are applied in, so each instant is on one plan
+        // and each fee is credited at most once for it.
+        let last_change = st.open.iter().filter_map(|o| o.since).max();
+        let at = at
+            .max(st.current.start)
+            .max(st.opened_at)
+            .max(last_change.unwrap_or(Timestamp(i64::MIN)));
         // The draft's period, or the next one during the close's grace.
         let pe = if st.current.contains(at) {
             st.current
@@ -1842,6 +1851,17 @@ impl Engine {
             Some(i) => (st.open[i].plan_id.clone(), st.open[i].plan_version),
             None => self.plan_for(st, pe.start),
         };
+        if (old_id.as_str(), old_version) == (plan.plan_id.as_str(), plan.version) {
+            // A segment on the same plan would be rated with its own free
+            // units and tiers again, for nothing.
+            return Err(Rejection::InvalidField {
+                field: "plan_id".into(),
+                reason: format!(
+                    "{} version {} is already the current plan; an immediate change must name another plan or version",
+                    plan.plan_id, plan.version
+                ),
+            });
+        }
         let old = self
             .plan(&old_id, old_version)
             .ok_or_else(|| Self::unknown_plan(&old_id, old_version))?;
@@ -1912,18 +1932,35 @@ impl Engine {
             until,
             metrics: Vec::new(),
         };
+        // At the start of the segment in force (a change clamped to the
+        // one before, or at the draft's start) the new plan replaces the
+        // old on it rather than leave an empty segment; not at the start of
+        // the next period during the grace window, whose fee in advance is
+        // charged on its first segment's plan (`fee_plan`).
+        let in_draft = pe == st.current;
+        let replaces = |o: &PeriodUsage| {
+            o.since == Some(at) || (o.since.is_none() && at == pe.start && in_draft)
+        };
         match held {
+            Some(i) if replaces(&st.open[i]) => {
+                st.open[i].plan_id = plan.plan_id.clone();
+                st.open[i].plan_version = plan.version;
+            }
             Some(i) => {
                 let until = st.open[i].until.replace(at);
                 st.open.insert(i + 1, segment(Some(at), until));
             }
             None => {
                 let i = st.open.partition_point(|o| o.period.start < pe.start);
-                let mut before = segment(None, Some(at));
-                before.plan_id = old_id.clone();
-                before.plan_version = old_version;
-                st.open.insert(i, before);
-                st.open.insert(i + 1, segment(Some(at), None));
+                if at > pe.start || !in_draft {
+                    let mut before = segment(None, Some(at));
+                    before.plan_id = old_id.clone();
+                    before.plan_version = old_version;
+                    st.open.insert(i, before);
+                    st.open.insert(i + 1, segment(Some(at), None));
+                } else {
+                    st.open.insert(i, segment(None, None));
+                }
             }
         }
         st.pending_lines.extend(lines);

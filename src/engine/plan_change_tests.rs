@@ -11,6 +11,7 @@ use super::fold::{prorate, Outcome};
 use super::money::{Currency, Minor};
 use super::plan::{Charge, Model, Plan, PlanBook, Tier};
 use super::rating::line_amount;
+use super::reject::Rejection;
 use super::tests::{d, ts, Harness};
 use super::time::Timestamp;
 
@@ -336,6 +337,287 @@ fn issue_13_an_immediate_change_in_the_first_period_prorates_from_the_change() {
     assert_eq!(fees, vec![Minor(-950), Minor(2850)]);
 }
 
+/// "team" v1: 60.00 a month, api.calls 0.009 up to 2,000 then 0.006.
+fn team_v1() -> Plan {
+    plan("team", 1, "60.00", graduated("2000", "0.009", "0.006"))
+}
+
+/// An immediate change to `plan_id` that happened at `occurred` and
+/// arrives at `now`.
+fn change_late(
+    h: &mut Harness,
+    plan_id: &str,
+    occurred: &str,
+    now: &str,
+) -> Result<Outcome, Rejection> {
+    let id = h.next_id();
+    h.feed(
+        Input::Account(AccountCommand {
+            event_id: id,
+            account_id: "acct".into(),
+            occurred_at: ts(occurred),
+            environment: Some("prod".into()),
+            kind: change(plan_id, PlanChangeEffective::Immediately, None),
+        }),
+        ts(now),
+    )
+}
+
+/// The recurring-fee lines billed for `period_start`'s period: its fee in
+/// advance (on the invoice before) and its proration lines.
+fn fee_lines_for(h: &Harness, period_start: Timestamp) -> Vec<Minor> {
+    h.invoices()
+        .iter()
+        .flat_map(|i| i.lines.iter())
+        .filter(|l| l.kind == LineKind::RecurringFee && l.for_period.start == period_start)
+        .map(|l| l.amount)
+        .collect()
+}
+
+#[test]
+fn issue_13_an_out_of_order_immediate_change_takes_effect_at_the_previous_change() {
+    let mut h = harness();
+    h.engine.plans.upsert(team_v1()).unwrap();
+    // April has 30 days; opened on basic at its start: 30.00 in advance.
+    h.open("basic", "2026-04-01T00:00:00Z");
+    // basic → pro on the 15th: 16 of 30 days left.
+    //   basic credited −30.00 × 16/30 = −16.00; pro 90.00 × 16/30 = 48.00.
+    change_late(
+        &mut h,
+        "pro",
+        "2026-04-15T00:00:00Z",
+        "2026-04-15T00:00:00Z",
+    )
+    .unwrap();
+    // A change that happened on the 10th arrives on the 16th: the account
+    // has been on pro since the 15th, so it takes effect then, from pro.
+    //   pro credited −90.00 × 16/30 = −48.00; team 60.00 × 16/30 = 32.00.
+    // (Before: basic credited again for [10th, end) = −20.00, team charged
+    // 40.00 for [10th, end) while pro stayed charged for [15th, end).)
+    change_late(
+        &mut h,
+        "team",
+        "2026-04-10T00:00:00Z",
+        "2026-04-16T00:00:00Z",
+    )
+    .unwrap();
+    let effective: Vec<_> = h
+        .events()
+        .filter_map(|e| match e {
+            DomainEvent::PlanChanged {
+                from_plan_id,
+                plan_id,
+                effective_at,
+                ..
+            } => Some((from_plan_id.clone(), plan_id.clone(), *effective_at)),
+            _ => None,
+        })
+        .collect();
+    let d15 = ts("2026-04-15T00:00:00Z");
+    assert_eq!(
+        effective,
+        vec![
+            ("basic".to_string(), "pro".to_string(), d15),
+            ("pro".to_string(), "team".to_string(), d15)
+        ]
+    );
+    assert_eq!(h.st().plan_id, "team");
+    // The segments: basic before the 15th, team from it; no overlap.
+    let segments: Vec<_> = h
+        .st()
+        .open
+        .iter()
+        .map(|o| (o.plan_id.as_str(), o.bounds()))
+        .collect();
+    let (start, end) = (ts("2026-04-01T00:00:00Z"), ts("2026-05-01T00:00:00Z"));
+    assert_eq!(
+        segments,
+        vec![("basic", (start, d15)), ("team", (d15, end))]
+    );
+    h.advance("2026-05-01T01:00:00Z");
+    // April's fee lines: 30.00 − 16.00 + 48.00 − 48.00 + 32.00 = 46.00
+    // = basic 30.00 × 14/30 (14.00) + team 60.00 × 16/30 (32.00).
+    let mut fees = fee_lines_for(&h, start);
+    fees.sort();
+    assert_eq!(
+        fees,
+        vec![
+            Minor(-4800),
+            Minor(-1600),
+            Minor(3000),
+            Minor(3200),
+            Minor(4800)
+        ]
+    );
+    assert_eq!(Minor::saturating_sum(fees.into_iter()), Minor(4600));
+    // basic is credited once, for [15th, end); May's fee is team's.
+    assert_eq!(fee_lines_for(&h, end), vec![Minor(6000)]);
+}
+
+#[test]
+fn issue_13_an_immediate_change_to_the_current_plan_is_refused() {
+    let mut h = harness();
+    h.open("basic", "2026-04-01T00:00:00Z");
+    let open = h.st().open.clone();
+    let e = h
+        .command(
+            change("basic", PlanChangeEffective::Immediately, None),
+            "2026-04-10T00:00:00Z",
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), "invalid_field");
+    let text = e.to_string();
+    assert!(
+        text.contains("plan_id") && text.contains("current plan"),
+        "{text}"
+    );
+    assert!(h.st().pending_lines.is_empty());
+    assert_eq!(h.st().open, open);
+    // Also after a change: pro is now the current plan.
+    h.command(
+        change("pro", PlanChangeEffective::Immediately, None),
+        "2026-04-12T00:00:00Z",
+    )
+    .unwrap();
+    let e = h
+        .command(
+            change("pro", PlanChangeEffective::Immediately, Some(1)),
+            "2026-04-14T00:00:00Z",
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), "invalid_field");
+    // Refused: no third segment (it would be rated with pro's free units
+    // and first tier again), still the one change's two.
+    assert_eq!(h.st().open.len(), 2);
+    // A next-period change to the current plan is still accepted (it
+    // replaces a scheduled change and takes effect as a no-op).
+    h.command(
+        change("pro", PlanChangeEffective::NextPeriod, None),
+        "2026-04-20T00:00:00Z",
+    )
+    .unwrap();
+}
+
+#[test]
+fn issue_13_an_immediate_change_at_the_next_periods_start_in_the_grace_window_charges_its_fee_once()
+{
+    let mut h = harness();
+    h.open("basic", "2026-04-01T00:00:00Z");
+    // April has ended, its invoice is not issued yet (grace: one hour).
+    // A change at May 1st 00:00 splits May at its start: May's fee in
+    // advance stays basic's 30.00, credited whole (−30.00 × 31/31), and
+    // pro's charged whole (90.00 × 31/31): May costs 90.00, once.
+    change_late(
+        &mut h,
+        "pro",
+        "2026-05-01T00:00:00Z",
+        "2026-05-01T00:30:00Z",
+    )
+    .unwrap();
+    // A second change at the same instant replaces pro on its segment:
+    // pro credited −90.00, basic charged 30.00 (the plan and version it
+    // names differ from pro's).
+    change_late(
+        &mut h,
+        "basic",
+        "2026-04-20T00:00:00Z",
+        "2026-05-01T00:40:00Z",
+    )
+    .unwrap();
+    h.advance("2026-05-01T01:00:00Z");
+    let mut may = fee_lines_for(&h, ts("2026-05-01T00:00:00Z"));
+    may.sort();
+    assert_eq!(
+        may,
+        vec![
+            Minor(-9000),
+            Minor(-3000),
+            Minor(3000),
+            Minor(3000),
+            Minor(9000)
+        ]
+    );
+    assert_eq!(h.st().plan_id, "basic");
+}
+
+/// A plan of the property below: `id`, a fee in cents.
+fn fee_plan(id: &str, cents: u32) -> Plan {
+    plan(
+        id,
+        1,
+        &Decimal::new(cents.into(), 2).to_string(),
+        graduated("1000", "0.01", "0.005"),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any sequence of immediate changes, in or out of order: the
+    /// period's segments tile it without overlap in the order the changes
+    /// were applied, and its fee lines sum to each segment's fee for its
+    /// exact fraction (each rounded as the proration lines are: the old
+    /// fee credited once from the instant it stops), within one minor unit
+    /// a line of the exact Σ fee × fraction.
+    #[test]
+    fn issue_13_fee_lines_sum_to_each_segments_fee_times_its_fraction(
+        fees in proptest::collection::vec(0u32..50_000, 3),
+        changes in proptest::collection::vec((0usize..3, 0i64..30 * 24 * 60 - 10), 0..10),
+    ) {
+        let ids = ["basic", "pro", "team"];
+        let mut h = harness();
+        for (id, cents) in ids.iter().zip(&fees) {
+            h.engine.plans.upsert(fee_plan(id, *cents)).unwrap();
+        }
+        let (start, end) = (ts("2026-04-01T00:00:00Z"), ts("2026-05-01T00:00:00Z"));
+        let minute = 60_000_000i64;
+        h.open("basic", "2026-04-01T00:00:00Z");
+        // Each arrives a minute after the one before, in April's last ten
+        // minutes, whenever it happened.
+        for (n, (p, m)) in changes.iter().enumerate() {
+            let id = h.next_id();
+            let occurred = Timestamp(start.0 + m * minute);
+            let now = Timestamp(end.0 - (10 - n as i64) * minute);
+            let _ = h.feed(Input::Account(AccountCommand {
+                event_id: id,
+                account_id: "acct".into(),
+                occurred_at: occurred,
+                environment: Some("prod".into()),
+                kind: change(ids[*p], PlanChangeEffective::Immediately, None),
+            }), now);
+        }
+        h.advance("2026-05-01T01:00:00Z");
+        let segments: Vec<_> = h.st().closed.iter().filter(|c| c.period.start == start).collect();
+        let fee_of = |id: &str| Decimal::new(fees[ids.iter().position(|i| *i == id).unwrap()].into(), 2);
+        let len = end.0 - start.0;
+        let mut at = start;
+        let (mut rounded, mut exact) = (Minor::ZERO, Decimal::ZERO);
+        for s in &segments {
+            let (from, to) = s.bounds();
+            prop_assert_eq!(from, at, "segments tile the period");
+            prop_assert!(from < to || segments.len() == 1);
+            at = to;
+            let fee = fee_of(&s.plan_id);
+            rounded = rounded
+                .saturating_add(prorate(eur(), fee, end.0 - from.0, len))
+                .saturating_sub(prorate(eur(), fee, end.0 - to.0, len));
+            exact += fee * Decimal::from(to.0 - from.0) / Decimal::from(len) * Decimal::ONE_HUNDRED;
+        }
+        prop_assert_eq!(at, end);
+        let lines = fee_lines_for(&h, start);
+        let billed = Minor::saturating_sum(lines.iter().copied());
+        prop_assert_eq!(billed, rounded);
+        let off = (Decimal::from(billed.0) - exact).abs();
+        prop_assert!(off <= Decimal::from(lines.len()), "{} vs {}", billed.0, exact);
+        // The account ends on the last segment's plan; May's fee is its.
+        let last = segments.last().unwrap();
+        prop_assert_eq!(&h.st().plan_id, &last.plan_id);
+        let may: Vec<_> = fee_lines_for(&h, end).into_iter().filter(|m| *m != Minor::ZERO).collect();
+        let expected: Vec<_> = [prorate(eur(), fee_of(&last.plan_id), len, len)].into_iter().filter(|m| m.is_positive()).collect();
+        prop_assert_eq!(may, expected);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -343,7 +625,8 @@ proptest! {
     /// is invoiced for April and May's fee is exactly the old fee for the
     /// days before the change, the new one for the days after (each
     /// rounded as the proration lines are), each plan's charge on the
-    /// usage of its part, and the tax on that.
+    /// usage of its part, and the tax on that: each fee line is asserted,
+    /// and each invoice's tax is its subtotal × the rate, rounded once.
     #[test]
     fn issue_13_money_is_conserved_through_an_immediate_change(
         before in proptest::collection::vec((0u32..16, 1u32..5_000), 0..6),
@@ -400,8 +683,30 @@ proptest! {
         let rate = |p: &Plan, q: Decimal| line_amount(&p.charges[0], q, eur(), Minor::MAX_AMOUNT).unwrap();
         let usage = rate(&basic_v1(), q_old).saturating_add(rate(&pro_v1(), q_new));
         prop_assert_eq!(issued, fees.saturating_add(usage));
-        let taxed: Minor = Minor::saturating_sum(inv.iter().map(|i| i.total));
-        let tax: Minor = Minor::saturating_sum(inv.iter().map(|i| i.tax));
-        prop_assert_eq!(taxed, issued.saturating_add(tax));
+        // The fee lines themselves: April's fee in advance; then basic
+        // credited once for [at, end), pro charged for it, May's on pro.
+        let nonzero = |v: Vec<Minor>| -> Vec<Minor> {
+            let mut v: Vec<_> = v.into_iter().filter(|m| *m != Minor::ZERO).collect();
+            v.sort();
+            v
+        };
+        prop_assert_eq!(
+            nonzero(lines_of(inv[0], LineKind::RecurringFee)),
+            nonzero(vec![prorate(eur(), old, len, len)])
+        );
+        prop_assert_eq!(
+            nonzero(lines_of(inv[1], LineKind::RecurringFee)),
+            nonzero(vec![
+                Minor::ZERO.saturating_sub(prorate(eur(), old, rest, len)),
+                prorate(eur(), new, rest, len),
+                prorate(eur(), new, len, len),
+            ])
+        );
+        // Tax on each invoice: its subtotal × 20%, rounded once.
+        for i in &inv {
+            let tax = eur().round(eur().to_major(i.subtotal) * d("0.20")).unwrap();
+            prop_assert_eq!(i.tax, tax);
+            prop_assert_eq!(i.total, i.subtotal.saturating_add(tax));
+        }
     }
 }
