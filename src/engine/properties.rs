@@ -997,6 +997,13 @@ proptest! {
             DomainEvent::InvoiceIssued { .. }) && !e.causation_id.starts_with("timer:")).count();
         prop_assert_eq!(period_sums(&single.journal), period_sums(&progressive.journal),
             "{} invoices issued by inputs (the opening's and interim ones)", interim);
+        // No credit is left unused while an invoice is open (a negative
+        // final invoice's credit pays an unpaid interim one).
+        for r in [&single, &progressive] {
+            let st = r.state.as_ref().expect("opened");
+            prop_assert!(st.invoices.is_empty() || !st.credit.is_positive(),
+                "credit {:?} with open invoices {:?}", st.credit, st.invoices);
+        }
     }
 
     /// Duplicates change nothing with threshold invoicing: an interim
