@@ -855,9 +855,11 @@ impl Engine {
     }
 
     /// The lines of the current period's invoice if it closed now, as the
-    /// close builds them; without the period's own minimum-spend true-up
-    /// when `minimum` is false (what has accrued so far, `interim.rs`).
-    pub(crate) fn draft_lines(&self, st: &AccountState, minimum: bool) -> Vec<Line> {
+    /// close builds them; when `whole` is false, what has accrued so far
+    /// (`interim.rs`): without the period's own minimum-spend true-up and
+    /// without the next period's fee in advance, which only the period's
+    /// final invoice bills.
+    pub(crate) fn draft_lines(&self, st: &AccountState, whole: bool) -> Vec<Line> {
         let p = st.current;
         let mut lines = Vec::new();
         let mut segments = st.open.iter().filter(|u| u.period == p).peekable();
@@ -869,12 +871,12 @@ impl Engine {
             let plan = self.plan(&u.plan_id, u.plan_version);
             lines.extend(self.usage_lines(st, Some(u), plan, p));
         }
-        if !minimum {
+        if !whole {
             lines.retain(|l| l.kind != LineKind::MinimumSpend);
         }
         lines.extend(st.pending_lines.iter().cloned());
         let next = next_period(p, st.timezone, st.anchor);
-        if st.closed_at.is_none_or(|c| c >= next.start) {
+        if whole && st.closed_at.is_none_or(|c| c >= next.start) {
             if let Some(plan) = self.fee_plan(st, next) {
                 lines.extend(Self::fee_line(st, &plan, next));
             }

@@ -6,20 +6,21 @@
 //! the `AccountOpened` fields, `alerts.rs`). The rules, in one place:
 //! - **Accrued** is the draft's lines (`Engine::draft_lines`) without the
 //!   period's own minimum-spend true-up, which only a period's end can
-//!   tell: usage lines rated on the period's totals so far (tiers, volume,
-//!   aggregations on the period's value), late-usage, debit and proration
-//!   lines waiting for the next invoice, the next period's fee (in advance)
+//!   tell, and without the next period's fee in advance, which only the
+//!   period's final invoice bills (never an interim one: a close or a
+//!   downgrade in the period would otherwise take it back as credit while
+//!   the interim invoice is dunned): usage lines rated on the period's
+//!   totals so far (tiers, volume, aggregations on the period's value),
+//!   late-usage, debit and proration lines waiting for the next invoice,
 //!   and the coupon's line worked out on those lines.
 //! - **Invoiced** (`Invoiced`, account state) is what the period's interim
 //!   invoices billed, per line key (kind, metric, period, description; the
 //!   discount line by kind and period alone) with their subtotal and tax.
 //! - **When**: after every input the account applies and after a close
 //!   opens the next draft (the same points as the spend alerts), an
-//!   interim invoice is issued if the accrued amount not invoiced yet,
-//!   **without the next period's fee**, is at least `invoice_at`. So after
-//!   one, the next is due when as much again has accrued; a fee in advance
-//!   alone never triggers one (it is billed in advance anyway), but an
-//!   interim invoice carries it when it is not invoiced yet.
+//!   interim invoice is issued if the accrued amount not invoiced yet is
+//!   at least `invoice_at`. So after one, the next is due when as much
+//!   again has accrued.
 //! - **What it bills**: the accrued lines less what was invoiced, key by
 //!   key (`Invoiced::rest_of`): a key not invoiced before keeps its lines
 //!   as they are; one invoiced before becomes one line of the difference
@@ -35,7 +36,9 @@
 //!   invoiced, the same way. So a period's invoices add up, line key by
 //!   line key, subtotal, tax and total, to the single invoice the period
 //!   would have had, to the minor unit (it may be negative, e.g. when a
-//!   `latest` gauge fell: it becomes credit like any negative invoice).
+//!   `latest` gauge fell or an immediate downgrade credited the fee back:
+//!   it becomes credit like any negative invoice, which pays the open
+//!   invoices, an unpaid interim one included, as a top-up's does).
 //! - **Ids**: the interim invoice is issued under the draft's id and number
 //!   and a new draft for the same period is opened under the next number
 //!   (`InvoiceOpened`), so ids stay in issue order. Credit, the charge
@@ -240,15 +243,7 @@ impl Engine {
             None => accrued.clone(),
         };
         let current = st.current;
-        let fee_in_advance =
-            |l: &Line| l.kind == LineKind::RecurringFee && l.for_period.start >= current.end;
-        let watched = Minor::saturating_sum(
-            lines
-                .iter()
-                .filter(|l| !fee_in_advance(l))
-                .map(|l| l.amount),
-        );
-        if watched < at {
+        if Minor::saturating_sum(lines.iter().map(|l| l.amount)) < at {
             return;
         }
         let prior = st

@@ -6,12 +6,15 @@
 //! `container.hours` at 0.0125. Tax is 20%, periods are UTC months and the
 //! close is an hour after the period's end.
 
+use rust_decimal::Decimal;
+
 use super::events::*;
-use super::fold::Outcome;
+use super::fold::{Engine, Outcome};
 use super::interim::amounts_by_key;
-use super::money::Minor;
-use super::tests::{d, open_cmd, ts, usage, Harness};
-use super::{AccountState, Rejection};
+use super::money::{Currency, Minor};
+use super::plan::{Charge, Model, Plan};
+use super::tests::{d, open_cmd, plans, ts, usage, Harness};
+use super::{AccountState, EngineConfig, Rejection};
 
 fn invoice_at(h: &mut Harness, amount: &str, at: &str) -> Result<Outcome, Rejection> {
     h.command(
@@ -275,25 +278,170 @@ fn issue_13_credit_is_applied_to_an_interim_invoice_and_the_card_charged_the_res
 }
 
 #[test]
-fn issue_13_the_fee_in_advance_alone_triggers_nothing_but_an_interim_carries_it_once() {
+fn issue_13_the_fee_in_advance_is_never_on_an_interim_invoice_but_on_the_final_one() {
     let mut h = Harness::new();
     // Opened on 1 March: March's fee, 31.00, is invoiced at once.
     h.open("flat", "2026-03-01T00:00:00Z");
     invoice_at(&mut h, "10.00", "2026-03-01T01:00:00Z").unwrap();
-    // April's fee (31.00) is on the draft, but fees in advance are not
-    // watched: nothing issued.
+    // April's fee (31.00) is on the draft, but it is not accrued usage:
+    // nothing issued.
     h.usage("container.hours", "c-1", "100", "2026-03-02T00:00:00Z")
         .unwrap();
     assert_eq!(h.invoices().len(), 1);
-    // 800 h × 0.0125 = 10.00 ≥ 10.00: interim for 10.00 + April's 31.00.
+    // 800 h × 0.0125 = 10.00 ≥ 10.00: interim for the 10.00 alone.
     h.usage("container.hours", "c-1", "700", "2026-03-03T00:00:00Z")
         .unwrap();
-    assert_eq!(h.invoices()[1].subtotal, Minor(4100));
+    let interim = h.invoices()[1].clone();
+    assert_eq!(interim.subtotal, Minor(1000));
+    assert!(interim.lines.iter().all(|l| l.kind == LineKind::Usage));
     h.advance("2026-04-01T02:00:00Z");
-    // March's final invoice: nothing left (no usage since, fee invoiced).
+    // March's final invoice: April's fee and nothing else (no usage since).
     let last = h.invoices()[2].clone();
-    assert!(last.lines.is_empty(), "{:?}", last.lines);
-    assert_eq!(last.total, Minor::ZERO);
+    assert_eq!(last.lines.len(), 1, "{:?}", last.lines);
+    assert_eq!(last.lines[0].kind, LineKind::RecurringFee);
+    assert_eq!(last.subtotal, Minor(3100));
+}
+
+/// `tests.rs`'s plans and `fee100`: a 100.00 fee in advance and
+/// `container.hours` at 1.00.
+fn fee100_harness() -> Harness {
+    let mut book = plans();
+    book.upsert(Plan {
+        plan_id: "fee100".into(),
+        currency: Currency::from_code("EUR").unwrap(),
+        recurring_fee: d("100.00"),
+        minimum_spend: Decimal::ZERO,
+        version: 1,
+        charges: vec![Charge {
+            metric: "container.hours".into(),
+            model: Model::PerUnit,
+            unit_price: d("1.00"),
+            package_size: None,
+            free_units: Decimal::ZERO,
+            tiers: vec![],
+            aggregation: Default::default(),
+        }],
+    })
+    .unwrap();
+    let mut h = Harness::new();
+    h.engine = Engine::new(EngineConfig::new("prod"), book);
+    // Opened on 1 March: March's fee, 100.00 + 20.00 tax, charged to the
+    // card and paid.
+    h.open("fee100", "2026-03-01T00:00:00Z");
+    h.attach_card("2026-03-01T00:10:00Z");
+    let (charge_id, invoice_id, _, _) = h.charges()[0].clone();
+    succeed(
+        &mut h,
+        charge_id,
+        invoice_id,
+        "120.00",
+        "2026-03-01T00:20:00Z",
+    );
+    invoice_at(&mut h, "50.00", "2026-03-01T01:00:00Z").unwrap();
+    h
+}
+
+fn succeed(h: &mut Harness, charge_id: String, invoice_id: String, amount: &str, at: &str) {
+    h.pay(
+        PaymentKind::PaymentSucceeded {
+            charge_id,
+            invoice_id,
+            amount: d(amount),
+            currency: "EUR".into(),
+        },
+        at,
+    )
+    .unwrap();
+}
+
+fn overdue_events(h: &Harness) -> usize {
+    h.count("invoice_overdue") + h.count("account_past_due")
+}
+
+#[test]
+fn issue_13_an_interim_invoice_bills_no_fee_in_advance_so_a_close_strands_no_credit() {
+    let mut h = fee100_harness();
+    // Day 5: 50 h × 1.00 = 50.00 reaches invoice_at: the interim invoice
+    // bills the usage alone, 50.00 + 10.00 tax, not April's 100.00 fee.
+    h.usage("container.hours", "c-1", "50", "2026-03-05T00:00:00Z")
+        .unwrap();
+    let interim = h.invoices()[1].clone();
+    assert!(
+        interim
+            .lines
+            .iter()
+            .all(|l| l.kind != LineKind::RecurringFee),
+        "{:?}",
+        interim.lines
+    );
+    assert_eq!(
+        (interim.subtotal, interim.total),
+        (Minor(5000), Minor(6000))
+    );
+    let (charge_id, invoice_id, amount, _) = h.charges()[1].clone();
+    assert_eq!(
+        (invoice_id.as_str(), amount),
+        (interim.invoice_id.as_str(), Minor(6000))
+    );
+    succeed(
+        &mut h,
+        charge_id,
+        invoice_id,
+        "60.00",
+        "2026-03-06T00:00:00Z",
+    );
+    // Day 10: closed. The final invoice has nothing left to bill (no usage
+    // since, no fee after a close): no negative invoice, no credit.
+    h.command(AccountKind::AccountClosed, "2026-03-10T00:00:00Z")
+        .unwrap();
+    h.advance("2026-05-01T00:00:00Z");
+    assert!(h.st().finished);
+    let last = h.invoices()[2].clone();
+    assert_eq!(last.total, Minor::ZERO, "{:?}", last.lines);
+    assert_eq!(h.st().credit, Minor::ZERO);
+    assert!(h.st().invoices.is_empty());
+    assert_eq!(overdue_events(&h), 0);
+    // The customer was charged March's fee and the usage + tax, no more.
+    let charged: Vec<Minor> = h.charges().iter().map(|c| c.2).collect();
+    assert_eq!(charged, vec![Minor(12000), Minor(6000)]);
+}
+
+#[test]
+fn issue_13_a_downgrades_negative_final_invoice_pays_the_open_interim_invoice() {
+    let mut h = fee100_harness();
+    h.usage("container.hours", "c-1", "50", "2026-03-05T00:00:00Z")
+        .unwrap();
+    let interim = h.invoices()[1].clone();
+    assert_eq!(interim.total, Minor(6000));
+    // The gateway never answers the interim's charge. Day 6: down to
+    // `volume` (no fee): 26 of March's 31 days of the 100.00 fee come
+    // back, -83.87, on the draft.
+    h.command(
+        AccountKind::PlanChanged {
+            plan_id: "volume".into(),
+            effective: PlanChangeEffective::Immediately,
+            version: None,
+        },
+        "2026-03-06T00:00:00Z",
+    )
+    .unwrap();
+    h.advance("2026-04-01T02:00:00Z");
+    // March's final invoice: -83.87, tax 20% of (50.00 - 83.87) = -6.77
+    // less the 10.00 invoiced = -16.77; total -100.64 becomes credit and
+    // pays the interim's 60.00 at once; 40.64 is left.
+    let last = h.invoices()[2].clone();
+    assert_eq!(last.total, Minor(-10064));
+    assert!(h.events().any(|e| matches!(e,
+        DomainEvent::CreditApplied { invoice_id, amount, .. }
+            if *invoice_id == interim.invoice_id && *amount == Minor(6000))));
+    assert!(h.st().invoices.is_empty());
+    assert_eq!(h.st().credit, Minor(4064));
+    // Nothing is dunned after the close (the interim went overdue on
+    // 19 March, before the credit existed: once).
+    let past_due = overdue_events(&h);
+    h.advance("2026-05-01T00:00:00Z");
+    assert_eq!(overdue_events(&h), past_due);
+    assert_eq!(h.charges().len(), 2);
 }
 
 #[test]

@@ -54,6 +54,8 @@ enum Op {
     },
     /// Spend alert thresholds, in cents (0 is refused, with the command).
     Thresholds(Vec<u32>),
+    /// Close the account (`AccountClosed`; a second one is refused).
+    Close,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -100,6 +102,14 @@ fn op_with_thresholds() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => op_with_coupons(),
         1 => prop::collection::vec(0u32..20000, 0..5).prop_map(Op::Thresholds),
+    ]
+}
+
+/// `op_with_coupons()` plus, now and then, the account's close.
+fn op_with_close() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        40 => op_with_coupons(),
+        1 => Just(Op::Close),
     ]
 }
 
@@ -353,6 +363,7 @@ fn script(account: &str, plan: usize, ops: &[Op]) -> Vec<(Timestamp, Input)> {
                     invoice_at: None,
                 },
             ),
+            Op::Close => cmd(id, now, AccountKind::AccountClosed),
             Op::Wait(h) => {
                 now = now.plus(i64::from(*h) * MICROS_PER_HOUR);
                 continue;
@@ -976,7 +987,7 @@ proptest! {
     fn issue_13_interim_and_final_invoices_add_up_to_the_single_invoice(
         plan in 0usize..3,
         cents in 1u32..4000,
-        ops in prop::collection::vec(op_with_coupons(), 1..120),
+        ops in prop::collection::vec(op_with_close(), 1..120),
     ) {
         let inputs = script("a", plan, &ops);
         let end = end_of(&inputs);
@@ -986,6 +997,13 @@ proptest! {
             DomainEvent::InvoiceIssued { .. }) && !e.causation_id.starts_with("timer:")).count();
         prop_assert_eq!(period_sums(&single.journal), period_sums(&progressive.journal),
             "{} invoices issued by inputs (the opening's and interim ones)", interim);
+        // No credit is left unused while an invoice is open (a negative
+        // final invoice's credit pays an unpaid interim one).
+        for r in [&single, &progressive] {
+            let st = r.state.as_ref().expect("opened");
+            prop_assert!(st.invoices.is_empty() || !st.credit.is_positive(),
+                "credit {:?} with open invoices {:?}", st.credit, st.invoices);
+        }
     }
 
     /// Duplicates change nothing with threshold invoicing: an interim

@@ -2,7 +2,8 @@
 //!
 //! At issue: prepaid credit first, then a charge request on the saved
 //! payment method, otherwise wait for a bank transfer. Money that arrives
-//! later pays open invoices oldest first; overpayment becomes credit.
+//! later pays open invoices oldest first; overpayment becomes credit; so
+//! does a negative invoice's credit (`pay_from_credit`, the one path).
 //! Failed charges are retried on the dunning schedule; due dates turn
 //! unpaid invoices overdue.
 
@@ -149,6 +150,12 @@ impl Engine {
             self.request_charge(st, idx, emit);
         } else {
             emit.push(st, DomainEvent::InvoicePaid { invoice_id, total });
+        }
+        if total < Minor::ZERO {
+            // A negative invoice's credit pays open invoices (an interim
+            // invoice of the period, an earlier unpaid one) the way a
+            // top-up's does, so nothing is dunned while credit covers it.
+            self.pay_from_credit(st, emit);
         }
     }
 

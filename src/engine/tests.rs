@@ -498,11 +498,16 @@ fn volume_pricing_late_usage_can_lower_the_charge() {
     )
     .unwrap();
     h.advance("2026-05-01T01:00:00Z");
-    // 100 × 1.00 = 100.00 billed; 120 × 0.50 = 60.00 → −40.00; the April invoice is negative and becomes credit.
+    // 100 × 1.00 = 100.00 billed; 120 × 0.50 = 60.00 → −40.00; the April invoice is negative and becomes credit,
+    // which pays 48.00 of March's open 120.00 at once.
     let april = h.invoices()[1];
     assert_eq!(april.lines[0].amount, Minor(-4000));
     assert_eq!(april.total, Minor(-4800));
-    assert_eq!(h.st().credit, Minor(4800));
+    assert!(h.events().any(|e| matches!(e,
+        DomainEvent::CreditAdded { source: CreditSource::NegativeInvoice, amount, .. }
+            if *amount == Minor(4800))));
+    assert_eq!(h.st().credit, Minor::ZERO);
+    assert_eq!(h.st().invoices[0].remaining(), Minor(7200));
 }
 
 #[test]
@@ -608,6 +613,39 @@ fn top_up_pays_open_invoices_oldest_first() {
     assert_eq!(paid, vec!["inv_acct_00001".to_string()]);
     assert_eq!(h.st().invoices[0].invoice_id, "inv_acct_00002");
     assert_eq!(h.st().invoices[0].paid, Minor(280));
+}
+
+#[test]
+fn issue_13_a_negative_invoices_credit_pays_an_open_invoice() {
+    let mut h = Harness::new();
+    // Opened on 1 March, no payment method: 31.00 + 20% = 37.20 open.
+    h.open("flat", "2026-03-01T00:00:00Z");
+    assert_eq!(h.st().invoices.len(), 1);
+    // Down to `volume` (no fee) on 2 March: 30 of March's 31 days of the
+    // 31.00 fee come back, -30.00, on the draft.
+    h.command(
+        AccountKind::PlanChanged {
+            plan_id: "volume".into(),
+            effective: PlanChangeEffective::Immediately,
+            version: None,
+        },
+        "2026-03-02T00:00:00Z",
+    )
+    .unwrap();
+    h.advance("2026-04-01T02:00:00Z");
+    // March's invoice: -30.00, tax -6.00, total -36.00, which becomes
+    // credit and pays 36.00 of the open 37.20 at once (as a top-up would).
+    let march = h.invoices()[1].clone();
+    assert_eq!(march.total, Minor(-3600));
+    assert!(h.events().any(|e| matches!(e,
+        DomainEvent::CreditAdded { source: CreditSource::NegativeInvoice, amount, .. }
+            if *amount == Minor(3600))));
+    assert!(h.events().any(|e| matches!(e,
+        DomainEvent::CreditApplied { invoice_id, amount, .. }
+            if invoice_id == "inv_acct_00001" && *amount == Minor(3600))));
+    assert_eq!(h.st().credit, Minor::ZERO);
+    assert_eq!(h.st().invoices.len(), 1);
+    assert_eq!(h.st().invoices[0].remaining(), Minor(120));
 }
 
 #[test]
