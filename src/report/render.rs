@@ -384,10 +384,7 @@ mod tests {
             lines[3],
             "2026-03-01,acme,EUR,1,12.50,0,0.00,1,12.50,'\tx=1,1,-12.50"
         );
-        assert!(
-            csv.contains(",1,12.50,\"'\rx=1\",1,-12.50\n"),
-            "{csv:?}"
-        );
+        assert!(csv.contains(",1,12.50,\"'\rx=1\",1,-12.50\n"), "{csv:?}");
         // The JSON keeps the values as they are: it has no formulas.
         let json = providers_json(&report, "test");
         assert_eq!(
