@@ -284,7 +284,8 @@ pub struct ApiSettings {
     pub role_claim: String,
     /// The reports under the API (`/v1/reports/...`) and the console's
     /// charts across accounts read every account's journal: with more
-    /// accounts than this they refuse (use `billstream report`).
+    /// accounts than this they refuse (use `billstream report`). The
+    /// console's search reads at most this many account ids.
     pub report_max_accounts: usize,
     /// The console reads dead letters from this JSON-lines file (the
     /// embedded mode's `billing.dlq.v1.jsonl`) instead of the DLQ topic.

@@ -231,7 +231,6 @@ fn app(
         api.clone(),
         verifier,
         store,
-        1,
         DeadLetterSource::File(dlq),
         settings.report_max_accounts,
     );
@@ -558,6 +557,103 @@ async fn issue_14_console_home_charts_money_and_the_dunning_funnel_across_all_ac
     );
     assert!(!html.contains(r#"id="chart-dunning-all""#), "{html}");
     assert!(html.contains(r#"id="chart-dlq""#), "{html}");
+}
+
+/// A POST of the console with these extra headers (e.g. `Host`, `Origin`).
+async fn post_with(app: &Router, uri: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req =
+        Request::post(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    send(app, req.body(Body::from(body.to_string())).unwrap()).await
+}
+
+#[tokio::test]
+async fn f8_console_login_and_logout_from_another_origin_are_refused_403() {
+    let f = fixture().await;
+    let form = format!("token={}", reader());
+    let host = ("host", "console.example:8080");
+    // The console's own forms carry their origin (`no-referrer` would
+    // make a browser send `Origin: null`), other sites get no referrer.
+    let r = page(&f.app, "/console/login", None).await;
+    assert_eq!(r.headers[header::REFERRER_POLICY], "same-origin");
+    for uri in ["/console/login", "/console/logout"] {
+        for cross in [
+            vec![host, ("origin", "https://evil.example")],
+            // Another port is another origin.
+            vec![host, ("origin", "http://console.example:9090")],
+            // A sandboxed or privacy-stripped request says `null`.
+            vec![host, ("origin", "null")],
+            // No Origin: the Referer names the page the form was on.
+            vec![host, ("referer", "https://evil.example/page")],
+            // An origin with no Host to check it against.
+            vec![("origin", "http://console.example:8080")],
+        ] {
+            let r = post_with(&f.app, uri, &form, &cross).await;
+            assert_eq!(
+                r.status,
+                StatusCode::FORBIDDEN,
+                "{uri} {cross:?}: {}",
+                r.body
+            );
+            assert!(
+                r.headers.get(header::SET_COOKIE).is_none(),
+                "{uri} {cross:?}"
+            );
+            assert!(
+                r.body.contains("another site"),
+                "{uri} {cross:?}: {}",
+                r.body
+            );
+        }
+        // The console's own origin (scheme aside: TLS may end at a proxy).
+        for same in [
+            vec![host, ("origin", "http://console.example:8080")],
+            vec![host, ("origin", "https://Console.Example:8080")],
+            vec![
+                host,
+                ("referer", "http://console.example:8080/console/login"),
+            ],
+        ] {
+            let r = post_with(&f.app, uri, &form, &same).await;
+            assert_eq!(
+                r.status,
+                StatusCode::SEE_OTHER,
+                "{uri} {same:?}: {}",
+                r.body
+            );
+            assert!(
+                r.headers.get(header::SET_COOKIE).is_some(),
+                "{uri} {same:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn f7_console_search_reads_at_most_report_max_accounts_and_says_when_the_list_is_cut() {
+    let f = fixture().await;
+    // Both accounts' ids hold a "c"; with room for both, both are listed.
+    let html = ok_page(&f.app, "/console/search?q=c").await;
+    assert!(
+        html.contains("acme-1") && html.contains("&lt;script&gt;"),
+        "{html}"
+    );
+    assert!(!html.contains(r#"id="search-cut""#), "{html}");
+    // One account read per search: one listed, and the page says so.
+    let narrow = app(f.store.clone(), f.engine.clone(), f.dlq.clone(), 1);
+    let html = ok_page(&narrow, "/console/search?q=c").await;
+    let listed = html.matches("<li>").count();
+    assert_eq!(listed, 1, "{html}");
+    assert!(
+        html.contains(r#"id="search-cut""#)
+            && html.contains("only the first 1 account(s) of the store were searched"),
+        "{html}"
+    );
+    // A full id still opens its account, whatever the bound.
+    let r = page(&narrow, "/console/search?q=acme-1", Some(&reader())).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
 }
 
 #[tokio::test]

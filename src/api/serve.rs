@@ -128,10 +128,6 @@ pub async fn serve<S: StateStore>(
             )
         })?;
     let engine = load_price_book(settings).await?;
-    let s = settings.clone();
-    let partitions = tokio::task::spawn_blocking(move || super::console::input_partitions(&s))
-        .await?
-        .context("console: partitions of the input topics (for account search)")?;
     let api = router(
         Arc::new(ApiState {
             store: store.clone(),
@@ -148,7 +144,6 @@ pub async fn serve<S: StateStore>(
         api.clone(),
         verifier,
         store,
-        partitions,
         dead_letters,
         settings.api.report_max_accounts,
     );

@@ -8,7 +8,8 @@
 //! the provider's of the request it answers (its `charge_id`). A refund
 //! names no provider on the contract: it is reported under the provider
 //! of the account's payment method at that instant. Names in parentheses
-//! are no provider's (`(unnamed)`: a token not of that form; `(unknown)`:
+//! are no provider's (`(unnamed)`: a token not of that form, or naming a
+//! "provider" with a parenthesis, which none can have; `(unknown)`:
 //! a result whose request is not in the journal read; `(none)`: a refund
 //! with no payment method attached), so they cannot clash with one.
 
@@ -153,10 +154,13 @@ fn row_of<'a>(
         .or_insert_with(|| ProviderDay::new(day.into(), provider.into(), currency))
 }
 
-/// The provider a token reference names.
+/// The provider a token reference names. A name with a parenthesis is
+/// none a provider can have (`gateway::config`: a-z, 0-9 and `-`), so
+/// `tok_(none)_…` is `(unnamed)`, never the `(none)` marker.
 pub fn provider_named(token_ref: &str) -> String {
     TokenRef::parse(token_ref)
         .provider
+        .filter(|p| !p.contains(['(', ')']))
         .unwrap_or(UNNAMED)
         .to_string()
 }
@@ -349,6 +353,25 @@ mod tests {
         assert_eq!(row(&r, "2026-03-07", "globex").refunded_amount, Minor(300));
         // A token not of the form tok_<provider>_… names no provider.
         assert_eq!(row(&r, "2026-03-09", UNNAMED).refunded, 1);
+    }
+
+    #[test]
+    fn f9_a_token_naming_a_reserved_marker_is_not_reported_as_that_marker() {
+        for marker in [NONE, UNKNOWN, UNNAMED] {
+            let token = format!("tok_{marker}_x");
+            assert_eq!(provider_named(&token), UNNAMED, "{token}");
+        }
+        assert_eq!(provider_named("tok_a(b_x"), UNNAMED);
+        assert_eq!(provider_named("tok_acme-eu_x"), "acme-eu");
+        let mut j = Builder::default();
+        j.at("a", "2026-03-01T00:00:00Z", opened("EUR"))
+            .at("a", "2026-03-05T00:00:00Z", refunded(200, 0))
+            .at("a", "2026-03-05T00:00:00Z", attached("tok_(none)_x"))
+            .at("a", "2026-03-05T00:00:00Z", refunded(300, 0));
+        let r = providers(&j.0, &Window::All).unwrap();
+        // The refund without a method is (none)'s alone.
+        assert_eq!(row(&r, "2026-03-05", NONE).refunded_amount, Minor(200));
+        assert_eq!(row(&r, "2026-03-05", UNNAMED).refunded_amount, Minor(300));
     }
 
     #[test]

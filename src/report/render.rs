@@ -1,7 +1,8 @@
 //! The reports printed: a readable table (the provider report one row per
 //! provider and day; the settlement report one column per month, its
 //! figures down the side), CSV (one header line, one line per row,
-//! RFC 4180 quoting) or JSON (rows as objects, and the checks). Amounts
+//! RFC 4180 quoting, a text that a spreadsheet would take for a formula
+//! prefixed with `'`) or JSON (rows as objects, and the checks). Amounts
 //! are decimals in major units of the row's currency ("31.00", "1200" for
 //! JPY), never floats.
 
@@ -9,9 +10,12 @@ use serde_json::{json, Map, Value};
 
 use super::{Check, MonthRow, ProviderDay, ProviderReport, SettlementReport};
 
-/// One cell: a count or a text (amounts are texts, exact decimals).
+/// One cell: a count, an amount (an exact decimal, written as text) or a
+/// text (days, codes, provider names and reasons: hostile text may be in
+/// them).
 enum Cell {
     Count(u64),
+    Amount(String),
     Text(String),
 }
 
@@ -19,14 +23,27 @@ impl Cell {
     fn text(&self) -> String {
         match self {
             Cell::Count(n) => n.to_string(),
-            Cell::Text(t) => t.clone(),
+            Cell::Amount(t) | Cell::Text(t) => t.clone(),
         }
     }
 
     fn json(&self) -> Value {
         match self {
             Cell::Count(n) => json!(n),
-            Cell::Text(t) => json!(t),
+            Cell::Amount(t) | Cell::Text(t) => json!(t),
+        }
+    }
+
+    /// Its CSV field. A text starting with `=`, `+`, `-`, `@`, a tab or a
+    /// carriage return would be a formula to a spreadsheet: it gets a
+    /// leading `'` (OWASP's advice on CSV injection). Counts and amounts
+    /// (`-12.50`) are numbers and stay as they are.
+    fn csv(&self) -> String {
+        match self {
+            Cell::Text(t) if t.starts_with(['=', '+', '-', '@', '\t', '\r']) => {
+                csv_field(&format!("'{t}"))
+            }
+            _ => csv_field(&self.text()),
         }
     }
 }
@@ -59,14 +76,14 @@ fn provider_cells(r: &ProviderDay) -> Vec<Cell> {
         Cell::Text(r.provider.clone()),
         Cell::Text(c.code().to_string()),
         Cell::Count(r.requested),
-        Cell::Text(c.format(r.requested_amount)),
+        Cell::Amount(c.format(r.requested_amount)),
         Cell::Count(r.succeeded),
-        Cell::Text(c.format(r.succeeded_amount)),
+        Cell::Amount(c.format(r.succeeded_amount)),
         Cell::Count(r.failed),
-        Cell::Text(c.format(r.failed_amount)),
+        Cell::Amount(c.format(r.failed_amount)),
         Cell::Text(reasons),
         Cell::Count(r.refunded),
-        Cell::Text(c.format(r.refunded_amount)),
+        Cell::Amount(c.format(r.refunded_amount)),
     ]
 }
 
@@ -139,7 +156,7 @@ fn month_cells(r: &MonthRow) -> Vec<Cell> {
         r.credit_promotional_opening,
         r.credit_promotional,
     ] {
-        cells.push(Cell::Text(c.format(amount)));
+        cells.push(Cell::Amount(c.format(amount)));
     }
     cells
 }
@@ -157,7 +174,7 @@ fn csv(columns: &[&str], rows: impl Iterator<Item = Vec<Cell>>) -> String {
     let mut out = columns.join(",");
     out.push('\n');
     for cells in rows {
-        let line: Vec<String> = cells.iter().map(|c| csv_field(&c.text())).collect();
+        let line: Vec<String> = cells.iter().map(Cell::csv).collect();
         out.push_str(&line.join(","));
         out.push('\n');
     }
@@ -312,4 +329,68 @@ pub fn settlement_table(r: &SettlementReport, source: &str) -> String {
     out.push('\n');
     out.push_str(&checks_text(&r.checks));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::engine::money::{Currency, Minor};
+    use crate::report::Window;
+
+    fn day(provider: &str, reason: &str, refunded_amount: Minor) -> ProviderDay {
+        ProviderDay {
+            day: "2026-03-01".into(),
+            provider: provider.into(),
+            currency: Currency::from_code("EUR").unwrap(),
+            requested: 1,
+            requested_amount: Minor(1250),
+            succeeded: 0,
+            succeeded_amount: Minor::ZERO,
+            failed: 1,
+            failed_amount: Minor(1250),
+            failed_by_reason: BTreeMap::from([(reason.to_string(), 1)]),
+            refunded: 1,
+            refunded_amount,
+        }
+    }
+
+    #[test]
+    fn f9_csv_text_starting_with_a_formula_character_gets_a_quote_and_amounts_stay_numbers() {
+        let report = ProviderReport {
+            window: Window::All,
+            rows: vec![
+                day("@acme", "=HYPERLINK(\"http://evil.example\")", Minor(-1250)),
+                day("-eu", "+cmd", Minor(-1250)),
+                day("acme", "\tx", Minor(-1250)),
+                day("acme", "\rx", Minor(-1250)),
+            ],
+            checks: vec![],
+        };
+        let csv = providers_csv(&report);
+        let lines: Vec<&str> = csv.lines().collect();
+        // A reason is text: the formula is quoted out, the cell still
+        // RFC 4180-quoted for its quotes.
+        assert_eq!(
+            lines[1],
+            "2026-03-01,'@acme,EUR,1,12.50,0,0.00,1,12.50,\"'=HYPERLINK(\"\"http://evil.example\"\")=1\",1,-12.50"
+        );
+        assert_eq!(
+            lines[2],
+            "2026-03-01,'-eu,EUR,1,12.50,0,0.00,1,12.50,'+cmd=1,1,-12.50"
+        );
+        assert_eq!(
+            lines[3],
+            "2026-03-01,acme,EUR,1,12.50,0,0.00,1,12.50,'\tx=1,1,-12.50"
+        );
+        assert!(csv.contains(",1,12.50,\"'\rx=1\",1,-12.50\n"), "{csv:?}");
+        // The JSON keeps the values as they are: it has no formulas.
+        let json = providers_json(&report, "test");
+        assert_eq!(
+            json["rows"][0]["failed_by_reason"],
+            "=HYPERLINK(\"http://evil.example\")=1"
+        );
+        assert_eq!(json["rows"][0]["refunded_amount"], "-12.50");
+    }
 }

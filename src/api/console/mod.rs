@@ -3,7 +3,9 @@
 //!
 //! - Who may look: the same JWT and `billing:read` role as the API. The
 //!   login page takes a token and sets it as an HttpOnly, SameSite=Strict
-//!   cookie; every page checks it exactly as the API checks a bearer
+//!   cookie; its POST and the logout's must come from the console's own
+//!   origin (`cross_site`: `Origin`, else `Referer`, against `Host`;
+//!   403 otherwise); every page checks it exactly as the API checks a bearer
 //!   header (`Verifier::check`), and a bearer header works too. The login
 //!   page and the stylesheet are the only pages without a token.
 //! - What it shows comes from the JSON API itself: the pages call its
@@ -11,7 +13,8 @@
 //!   the state, draft, upcoming invoice, invoices, lineage, journal and
 //!   state as of an instant are computed once, by the API's own code. The
 //!   console adds only what the API has no route for: account search (the
-//!   store's account lists), per-month figures and the dunning funnel from
+//!   store's first `api.report_max_accounts` account ids, the page says
+//!   when there are more), per-month figures and the dunning funnel from
 //!   the journal, and dead letters (`DeadLetterSource`). The home page
 //!   charts every account: invoiced and collected by month per currency
 //!   from the settlement report (`report::settlement`, as the API's
@@ -32,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Extension, Form, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -125,9 +128,8 @@ pub struct Console<S: StateStore> {
     /// The JSON API's router (`api::router`), called in-process.
     api: Router,
     verifier: Arc<Verifier>,
-    /// For account search: the account lists of partitions `0..partitions`.
+    /// For account search (`StateStore::all_accounts`) and the journals.
     store: Arc<S>,
-    partitions: u32,
     dead_letters: DeadLetters,
     /// `api.report_max_accounts`: the home page's charts across accounts
     /// are not drawn for more.
@@ -139,7 +141,6 @@ impl<S: StateStore> Console<S> {
         api: Router,
         verifier: Arc<Verifier>,
         store: Arc<S>,
-        partitions: u32,
         dead_letters: DeadLetterSource,
         report_max_accounts: usize,
     ) -> Console<S> {
@@ -147,7 +148,6 @@ impl<S: StateStore> Console<S> {
             api,
             verifier,
             store,
-            partitions,
             dead_letters: DeadLetters {
                 source: dead_letters,
                 cache: tokio::sync::Mutex::new(None),
@@ -251,7 +251,8 @@ pub fn router<S: StateStore>(console: Arc<Console<S>>) -> Router {
 
 /// What a browser may do with the pages: no script at all, styles and
 /// forms of this origin only, not framed; account data not cached, not
-/// sniffed, no referrer sent on.
+/// sniffed, no referrer sent to another site (`same-origin`: the
+/// console's own forms still carry their origin, `cross_site` checks it).
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 async fn page_headers(request: Request, next: Next) -> Response {
@@ -267,7 +268,7 @@ async fn page_headers(request: Request, next: Next) -> Response {
     );
     h.insert(
         header::REFERRER_POLICY,
-        header::HeaderValue::from_static("no-referrer"),
+        header::HeaderValue::from_static("same-origin"),
     );
     h.entry(header::CACHE_CONTROL)
         .or_insert(header::HeaderValue::from_static("no-store"));
@@ -358,12 +359,17 @@ struct LoginForm {
     token: String,
 }
 
-/// The token is checked before it is kept: a bad one never becomes a
-/// cookie.
+/// The form's origin is checked first (`cross_site`), then the token
+/// before it is kept: a bad one never becomes a cookie.
 async fn login<S: StateStore>(
     State(console): State<Arc<Console<S>>>,
+    headers: HeaderMap,
+    uri: Uri,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    if let Some(refused) = cross_site(&headers, &uri) {
+        return refused;
+    }
     let token = form.token.trim();
     let token_is_cookie_safe = token
         .bytes()
@@ -389,7 +395,10 @@ async fn login<S: StateStore>(
     }
 }
 
-async fn logout() -> Response {
+async fn logout(request: Request) -> Response {
+    if let Some(refused) = cross_site(request.headers(), request.uri()) {
+        return refused;
+    }
     (
         StatusCode::SEE_OTHER,
         [
@@ -401,6 +410,48 @@ async fn logout() -> Response {
         ],
     )
         .into_response()
+}
+
+/// The 403 for a login or logout POST from another site (cross-site
+/// request forgery: a form on another site signing the visitor in with
+/// its token, or out), else `None`. The POST's `Origin`, else its `Referer`, must name this request's own
+/// host and port (`Host`, else the URI's authority; the scheme is not
+/// compared, as TLS may end at a proxy in front). `Origin: null` and an
+/// origin with no host to check it against are refused, 403. A POST with
+/// neither header is let through: browsers send `Origin` on every POST
+/// (the pages' `Referrer-Policy: same-origin` keeps it a real origin on
+/// the console's own forms), so such a request comes from a program, not
+/// a forged form in a visitor's browser.
+fn cross_site(headers: &HeaderMap, uri: &Uri) -> Option<Response> {
+    let named = |name: header::HeaderName| headers.get(name).map(|v| v.to_str().unwrap_or(""));
+    // Neither header: let through (see above).
+    let claimed = named(header::ORIGIN).or_else(|| named(header::REFERER))?;
+    // `scheme://host[:port]`, and a referer's path after it.
+    let authority = claimed
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""));
+    let own = named(header::HOST)
+        .map(str::to_string)
+        .or_else(|| uri.authority().map(|a| a.to_string()));
+    match (authority, own) {
+        (Some(theirs), Some(own)) if !theirs.is_empty() && theirs.eq_ignore_ascii_case(&own) => {
+            None
+        }
+        _ => Some(
+            (
+                StatusCode::FORBIDDEN,
+                Html(page(
+                    "Not allowed",
+                    &error_box(
+                        "this form was sent from another site (its Origin is not this console's): \
+                     sign in from the console's own login page",
+                    ),
+                    false,
+                )),
+            )
+                .into_response(),
+        ),
+    }
 }
 
 async fn css() -> Response {
@@ -464,26 +515,34 @@ async fn search<S: StateStore>(
         )
             .into_response());
     }
+    // At most `report_max_accounts` ids are read per search, as the
+    // reports read at most that many accounts.
+    let max = console.report_max_accounts;
+    let mut ids = console
+        .store
+        .all_accounts(max.saturating_add(1))
+        .await
+        .map_err(store_failed)?;
+    let cut = ids.len() > max;
+    ids.truncate(max);
     let needle = wanted.to_lowercase();
     let mut found = BTreeSet::new();
     let mut more = false;
-    for partition in 0..console.partitions {
-        for id in console
-            .store
-            .accounts(partition)
-            .await
-            .map_err(store_failed)?
-        {
-            if id.to_lowercase().contains(&needle) {
-                if found.len() == SEARCH_LIMIT {
-                    more = true;
-                } else {
-                    found.insert(id);
-                }
+    for id in ids {
+        if id.to_lowercase().contains(&needle) {
+            if found.len() == SEARCH_LIMIT {
+                more = true;
+            } else {
+                found.insert(id);
             }
         }
     }
     let mut body = format!("<p>Accounts whose id contains <b>{}</b>:</p>", esc(wanted));
+    if cut {
+        body.push_str(&format!(
+            r#"<p class="note" id="search-cut">only the first {max} account(s) of the store were searched (api.report_max_accounts): an account's full id opens it whatever the bound</p>"#
+        ));
+    }
     if found.is_empty() {
         body.push_str(r#"<p class="none" id="no-match">no account matches</p>"#);
     } else {
@@ -1320,30 +1379,6 @@ async fn dead_letter_section<S: StateStore>(
         None,
     ));
     out
-}
-
-/// Partitions of the input topics (the store keeps accounts by them), for
-/// the account search of `billstream api`.
-pub fn input_partitions(settings: &Settings) -> anyhow::Result<u32> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let mut config = rdkafka::config::ClientConfig::new();
-    config.set("bootstrap.servers", &settings.kafka.brokers);
-    let consumer: BaseConsumer =
-        crate::source::kafka::with_properties(&mut config, settings).create()?;
-    let topic = settings.topics.usage.as_str();
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let n = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len())
-        .sum::<usize>();
-    anyhow::ensure!(
-        n > 0,
-        "topic {topic} not found on {}",
-        settings.kafka.brokers
-    );
-    Ok(u32::try_from(n)?)
 }
 
 #[cfg(test)]
