@@ -677,15 +677,29 @@ impl<S: StateStore> Processor<S> {
             self.held_back.remove(pos);
         }
         let account_id = input.account_id();
-        if key != Some(account_id) {
-            // Applied under another key, the account would be folded on
-            // the key's partition, possibly by another owner, as well as
-            // on its own: two owners of one account.
-            let rejection = Rejection::KeyMismatch {
+        let partition = u32::try_from(pos.partition).unwrap_or(0);
+        // Applied under another key, or in a partition its key does not
+        // hash to, the account would be folded by the owner of that
+        // partition as well as by its own: two owners of one account.
+        let misplaced = if key != Some(account_id) {
+            Some(Rejection::KeyMismatch {
                 key: key.map(str::to_string),
                 field: "account_id",
                 expected: account_id.to_string(),
-            };
+            })
+        } else {
+            self.partitioning.and_then(|(partitioner, partitions)| {
+                let expected = partitioner.partition_of(account_id.as_bytes(), partitions)?;
+                (expected != partition).then(|| Rejection::WrongPartition {
+                    key: account_id.to_string(),
+                    partition,
+                    expected,
+                    partitions,
+                    partitioner: partitioner.name(),
+                })
+            })
+        };
+        if let Some(rejection) = misplaced {
             self.dead_letter(
                 pos,
                 key,
@@ -697,34 +711,6 @@ impl<S: StateStore> Processor<S> {
                 None,
             );
             return Ok(());
-        }
-        let partition = u32::try_from(pos.partition).unwrap_or(0);
-        if let Some((partitioner, partitions)) = self.partitioning {
-            let expected = partitioner
-                .partition_of(account_id.as_bytes(), partitions)
-                .unwrap_or(partition);
-            if expected != partition {
-                // Applied here, the account would have a second owner: the
-                // member of the partition its other records hash to.
-                let rejection = Rejection::WrongPartition {
-                    key: account_id.to_string(),
-                    partition,
-                    expected,
-                    partitions,
-                    partitioner: partitioner.name(),
-                };
-                self.dead_letter(
-                    pos,
-                    key,
-                    rejection.kind(),
-                    rejection.to_string(),
-                    raw,
-                    Some(input),
-                    now,
-                    None,
-                );
-                return Ok(());
-            }
         }
         self.load(account_id, partition, now).await?;
         let Self {
