@@ -247,7 +247,16 @@ setup_kafka() {
   read -r port cport sport <<<"$(free_ports 3)"
   j=$(java17)
   mkdir -p "$d/data" "$d/logs"
-  cid=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+  # A random cluster id (base64url of 16 bytes) that does not start with
+  # "-": StorageTool's argument parser takes such a value for an option
+  # ("--cluster-id: expected one argument"; Kafka's own Uuid.randomUuid
+  # skips those for the same reason). Seen failing CI once in 64 starts.
+  cid=$(python3 -c 'import base64, uuid
+while True:
+    c = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not c.startswith("-"):
+        print(c)
+        break')
   cat >"$d/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
@@ -303,7 +312,7 @@ EOF
 echo \$\$ >"$d/pid"
 cd "$d"
 nice -n $NICE "$j" -Xmx256m -Dlog4j2.configurationFile="$d/tools-log4j2.properties" \\
-  -cp "$lib/*" kafka.tools.StorageTool format --standalone -t "$cid" -c "$d/server.properties" || exit 1
+  -cp "$lib/*" kafka.tools.StorageTool format --standalone --cluster-id="$cid" -c "$d/server.properties" || exit 1
 exec nice -n $NICE "$j" -Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \\
   -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \\
   -Dlog4j2.configurationFile="$d/log4j2.properties" -Dkafka.logs.dir="$d/logs" \\
