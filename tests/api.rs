@@ -67,8 +67,18 @@ async fn store_from(
     start: &str,
     until: &str,
 ) -> (Arc<EmbeddedStore>, Engine) {
+    store_on(dir, engine_with_plan_p(), inputs, start, until).await
+}
+
+/// `store_from` with the price book of `engine`.
+async fn store_on(
+    dir: &std::path::Path,
+    engine: Engine,
+    inputs: Vec<(&str, String, Option<&str>)>,
+    start: &str,
+    until: &str,
+) -> (Arc<EmbeddedStore>, Engine) {
     let store = Arc::new(EmbeddedStore::open(dir).unwrap());
-    let engine = engine_with_plan_p();
     let mut p = processor_on(engine.clone(), store.clone(), ts(start)).await;
     for (offset, (topic, line, at)) in inputs.iter().enumerate() {
         let Ok(Decoded::Input(input)) = parse_line(line) else {
@@ -1315,4 +1325,179 @@ async fn issue_14_api_reports_refuse_more_accounts_than_report_max_accounts() {
             "{message}"
         );
     }
+}
+
+/// A usage input of metric `m` for `account`.
+fn usage_of(
+    account: &str,
+    id: &str,
+    qty: &str,
+    at: &str,
+) -> (&'static str, String, Option<&'static str>) {
+    (
+        "billing.usage.v1",
+        format!(
+            r#"{{"event_id":"{id}","account_id":"{account}","subject":"app-1","metric":"m","quantity":"{qty}","occurred_at":"{at}","environment":"prod","attributes":{{}}}}"#
+        ),
+        None,
+    )
+}
+
+fn opening(account: &str) -> (&'static str, String, Option<&'static str>) {
+    (
+        "billing.accounts.v1",
+        format!(
+            r#"{{"event_id":"open-{account}","account_id":"{account}","plan_id":"p","currency":"EUR","timezone":"UTC","tax_rate":"0.1","opened_at":"2026-03-01T00:00:00Z","environment":"prod"}}"#
+        ),
+        None,
+    )
+}
+
+/// Per line of `invoice_id` of `account`: the line, and its lineage's
+/// (event ids, entry types, summed quantity).
+async fn lines_with_lineage(
+    app: &Router,
+    account: &str,
+    invoice_id: &str,
+) -> Vec<(
+    Value,
+    Value,
+    Vec<String>,
+    Vec<String>,
+    rust_decimal::Decimal,
+)> {
+    let inv = get(
+        app,
+        &format!("/v1/accounts/{account}/invoices/{invoice_id}"),
+    )
+    .await;
+    let mut out = Vec::new();
+    for (i, line) in inv["lines"].as_array().unwrap().iter().enumerate() {
+        let body = get(
+            app,
+            &format!("/v1/accounts/{account}/invoices/{invoice_id}/lines/{i}/lineage?limit=100"),
+        )
+        .await;
+        let inputs = body["inputs"].as_array().unwrap();
+        let ids = inputs
+            .iter()
+            .map(|i| i["event_id"].as_str().unwrap().to_string())
+            .collect();
+        let types = inputs
+            .iter()
+            .map(|i| i["entry_type"].as_str().unwrap().to_string())
+            .collect();
+        let traced = inputs
+            .iter()
+            .filter_map(|i| i["quantity"].as_str())
+            .map(|q| q.parse::<rust_decimal::Decimal>().unwrap())
+            .sum();
+        out.push((line.clone(), body, ids, types, traced));
+    }
+    out
+}
+
+#[tokio::test]
+async fn lineage_of_a_plan_segment_traces_its_own_usage_and_the_fees_the_plan_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = engine_with_plan_p();
+    let q = r#"{"plan_id":"q","currency":"EUR","recurring_fee":"20.00","minimum_spend":"0","charges":[{"metric":"m","model":"per_unit","unit_price":"1"}]}"#;
+    match parse_line(q).unwrap() {
+        Decoded::Plan(p) => engine.plans.upsert(p).unwrap(),
+        _ => unreachable!(),
+    }
+    let inputs = vec![
+        opening("a3"),
+        usage_of("a3", "u1", "2", "2026-03-03T10:00:00Z"),
+        usage_of("a3", "u2", "3", "2026-03-10T10:00:00Z"),
+        (
+            "billing.accounts.v1",
+            r#"{"event_id":"chg","account_id":"a3","kind":"plan_changed","plan_id":"q","version":1,"effective":"immediately","occurred_at":"2026-03-16T00:00:00Z","environment":"prod"}"#.to_string(),
+            None,
+        ),
+        usage_of("a3", "u3", "4", "2026-03-20T10:00:00Z"),
+        usage_of("a3", "u4", "1.5", "2026-03-25T10:00:00Z"),
+    ];
+    let (store, engine) = store_on(
+        dir.path(),
+        engine,
+        inputs,
+        "2026-03-01T00:00:00Z",
+        "2026-04-02T00:00:00Z",
+    )
+    .await;
+    let app = app(store, engine, &hs256_settings());
+    let lines = lines_with_lineage(&app, "a3", "inv_a3_00002").await;
+    let mut usage = Vec::new();
+    let mut fees = 0;
+    for (line, body, ids, types, traced) in &lines {
+        let quantity: rust_decimal::Decimal = line["quantity"].as_str().unwrap().parse().unwrap();
+        match line["kind"].as_str().unwrap() {
+            "usage" => {
+                assert_eq!(*traced, quantity, "{line}: {body}");
+                usage.push(ids.clone());
+            }
+            "recurring_fee"
+                if line["description"]
+                    .as_str()
+                    .unwrap()
+                    .contains("plan changed") =>
+            {
+                fees += 1;
+                assert_eq!(ids, &["chg"], "{line}: {body}");
+                assert_eq!(types, &["plan_changed"], "{line}: {body}");
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(usage, vec![vec!["u1", "u2"], vec!["u3", "u4"]], "{lines:?}");
+    assert_eq!(fees, 2, "{lines:?}");
+}
+
+#[tokio::test]
+async fn lineage_of_interim_and_final_invoices_traces_the_usage_each_billed() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = vec![
+        opening("a4"),
+        (
+            "billing.accounts.v1",
+            r#"{"event_id":"t1","account_id":"a4","kind":"thresholds_set","occurred_at":"2026-03-02T00:00:00Z","environment":"prod","thresholds":[],"currency":"EUR","invoice_at":"2.00"}"#.to_string(),
+            None,
+        ),
+        usage_of("a4", "u1", "3", "2026-03-03T10:00:00Z"),
+        usage_of("a4", "u2", "2", "2026-03-04T10:00:00Z"),
+        usage_of("a4", "u3", "5", "2026-03-05T10:00:00Z"),
+        usage_of("a4", "u4", "1", "2026-03-06T10:00:00Z"),
+    ];
+    let (store, engine) = store_from(
+        dir.path(),
+        inputs,
+        "2026-03-01T00:00:00Z",
+        "2026-04-02T00:00:00Z",
+    )
+    .await;
+    let app = app(store, engine, &hs256_settings());
+    let list = get(&app, "/v1/accounts/a4/invoices").await;
+    let mut traced_usage = Vec::new();
+    for inv in list["invoices"].as_array().unwrap() {
+        let id = inv["invoice_id"].as_str().unwrap();
+        for (line, body, ids, _, traced) in lines_with_lineage(&app, "a4", id).await {
+            if line["kind"] != "usage" {
+                continue;
+            }
+            let quantity: rust_decimal::Decimal =
+                line["quantity"].as_str().unwrap().parse().unwrap();
+            assert_eq!(traced, quantity, "{id} {line}: {body}");
+            let difference = line["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("invoiced earlier in the period"));
+            assert_eq!(body["difference"], difference, "{id} {line}: {body}");
+            traced_usage.push(ids);
+        }
+    }
+    assert_eq!(
+        traced_usage,
+        vec![vec!["u1", "u2"], vec!["u3"], vec!["u4"]],
+        "{list}"
+    );
 }

@@ -6,13 +6,24 @@
 //! causation id is the usage event's id. So a line is traced by reading
 //! the account's journal up to the invoice's `InvoiceIssued` entry:
 //! - a usage line: the on-time `UsageApplied` entries of its metric and
-//!   period;
+//!   period; a plan segment's line (an immediate plan change split the
+//!   period, its description names the segment) those that occurred in
+//!   the segment, `[since, until)`;
+//! - a difference line (threshold invoicing: the period's total less what
+//!   its earlier invoices billed, `engine::interim`): the entries applied
+//!   while this invoice was the draft, i.e. since the period's previous
+//!   invoice, for a metric aggregated by `sum` or `count`; for another
+//!   aggregation (max, latest, percentile…) the line's quantity is not a
+//!   sum of events, so the events behind it are the period's whole set
+//!   (`Tracer::whole_period`);
 //! - a late-usage line: the late `UsageApplied` entries of its metric and
 //!   period made while this invoice was the draft (after its
 //!   `InvoiceOpened`);
 //! - a minimum-spend line: the usage entries of its period it tops up;
 //! - a recurring fee: the entries that put the plan in force for the
-//!   period (`AccountOpened`, a scheduled plan change);
+//!   period (`AccountOpened`, a scheduled or immediate plan change); the
+//!   proration lines of an immediate plan change (the old fee credited, the
+//!   new one charged for the rest of the period): that `PlanChanged`;
 //! - an adjustment: the `DebitAdjustmentAdded` entry with its amount and
 //!   reason made while this invoice was the draft.
 
@@ -21,6 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use super::views::time;
 use crate::engine::events::{DomainEvent, IssuedInvoice, Line, LineKind};
+use crate::engine::interim::INVOICED_EARLIER;
+use crate::engine::time::{Timestamp, MICROS_PER_HOUR};
 use crate::runtime::{SourcePos, StoredJournalEntry};
 
 /// One input behind a line.
@@ -47,6 +60,46 @@ pub struct Tracer<'a> {
     pub done: bool,
     pub inputs: Vec<LineInput>,
     state: TracerState,
+    /// The plan segment the line rates, `[since, until)`.
+    segment: Option<(Timestamp, Timestamp)>,
+    /// The line bills the period's total less earlier invoices'.
+    difference: bool,
+    /// A difference line's quantity is not a sum of events: trace the
+    /// period's whole set.
+    whole_period: bool,
+    /// The immediate plan change a proration line comes from: (from plan,
+    /// to plan, hours of the period left, as the description writes them).
+    proration: Option<(&'a str, &'a str, &'a str)>,
+}
+
+/// The `[since, until)` of a plan segment's line, from the note
+/// `Engine::segment_note` starts its description with.
+fn segment_of(description: &str) -> Option<(Timestamp, Timestamp)> {
+    let rest = description.strip_prefix("on plan ")?;
+    let (_, bounds) = rest.split_once(" from ")?;
+    let (since, until) = bounds.split_once(" to ")?;
+    let until = until.split_once(';').map_or(until, |(u, _)| u);
+    Some((
+        Timestamp::parse_rfc3339(since)?,
+        Timestamp::parse_rfc3339(until)?,
+    ))
+}
+
+/// (from plan, to plan, hours left) of an immediate plan change's
+/// proration line, as `Engine::change_plan_now` describes it.
+fn proration_of(description: &str) -> Option<(&str, &str, &str)> {
+    fn inside<'d>(tail: &'d str, open: &str) -> Option<(&'d str, &'d str)> {
+        let hours = tail.split_once(" of ")?.0;
+        let plan = tail.split_once(open)?.1.split_once(')')?.0;
+        Some((hours, plan))
+    }
+    if let Some((from, tail)) = description.split_once(" recurring fee credited for the unused ") {
+        let (hours, to) = inside(tail, "(plan changed to ")?;
+        return Some((from, to, hours));
+    }
+    let (to, tail) = description.split_once(" recurring fee, prorated for ")?;
+    let (hours, from) = inside(tail, "(plan changed from ")?;
+    Some((from, to, hours))
 }
 
 /// What the tracer has learnt from the entries read so far: with the seq
@@ -75,6 +128,7 @@ impl<'a> Tracer<'a> {
                     && l.description == line.description
             })
             .count();
+        let description = line.description.as_deref().unwrap_or_default();
         Some(Tracer {
             invoice,
             line,
@@ -85,7 +139,30 @@ impl<'a> Tracer<'a> {
                 skip_adjustments,
                 adjustment_taken: false,
             },
+            segment: segment_of(description),
+            difference: description.contains(INVOICED_EARLIER),
+            whole_period: false,
+            proration: (line.kind == LineKind::RecurringFee)
+                .then(|| proration_of(description))
+                .flatten(),
         })
+    }
+
+    /// Whether the line is a difference line: its quantity is the period's
+    /// total less what the period's earlier invoices billed.
+    pub fn difference(&self) -> bool {
+        self.difference
+    }
+
+    /// Whether a difference line is traced to the period's whole usage.
+    pub fn traces_whole_period(&self) -> bool {
+        self.difference && self.whole_period
+    }
+
+    /// The line's metric is not aggregated by adding events (not `sum` nor
+    /// `count`): a difference line is traced to the period's whole usage.
+    pub fn whole_period(&mut self) {
+        self.whole_period = true;
     }
 
     /// Where the trace stands, to resume after the last entry seen.
@@ -135,11 +212,19 @@ impl<'a> Tracer<'a> {
                 metric,
                 quantity,
                 period_start: p,
+                occurred_at,
                 late,
-                ..
-            } if *p == period_start => {
+            } if *p == period_start
+                && self
+                    .segment
+                    .is_none_or(|(since, until)| since <= *occurred_at && *occurred_at < until) =>
+            {
                 let wanted = match line.kind {
-                    LineKind::Usage => !late && line.metric.as_deref() == Some(&**metric),
+                    LineKind::Usage => {
+                        !late
+                            && line.metric.as_deref() == Some(&**metric)
+                            && (!self.difference || self.whole_period || self.state.drafting)
+                    }
                     LineKind::LateUsage => {
                         *late && self.state.drafting && line.metric.as_deref() == Some(&**metric)
                     }
@@ -158,11 +243,41 @@ impl<'a> Tracer<'a> {
                     self.take(stored, Some((*quantity, subject)));
                 }
             }
-            DomainEvent::AccountOpened { .. } if line.kind == LineKind::RecurringFee => {
+            DomainEvent::AccountOpened { .. }
+                if line.kind == LineKind::RecurringFee && self.proration.is_none() =>
+            {
                 self.take(stored, None);
             }
             DomainEvent::PlanChangeScheduled { effective_at, .. }
-                if line.kind == LineKind::RecurringFee && *effective_at <= period_start =>
+                if line.kind == LineKind::RecurringFee
+                    && self.proration.is_none()
+                    && *effective_at <= period_start =>
+            {
+                self.take(stored, None);
+            }
+            // The fee of a period after an immediate change is on its plan.
+            DomainEvent::PlanChanged {
+                effective_at,
+                immediate: true,
+                ..
+            } if line.kind == LineKind::RecurringFee
+                && self.proration.is_none()
+                && *effective_at <= period_start =>
+            {
+                self.take(stored, None);
+            }
+            DomainEvent::PlanChanged {
+                from_plan_id,
+                plan_id,
+                effective_at,
+                immediate: true,
+                ..
+            } if self.proration.is_some_and(|(from, to, hours)| {
+                *from_plan_id == from
+                    && *plan_id == to
+                    && line.for_period.contains(*effective_at)
+                    && hours_left(line.for_period.end, *effective_at) == hours
+            }) =>
             {
                 self.take(stored, None);
             }
@@ -194,5 +309,44 @@ impl<'a> Tracer<'a> {
             }
             _ => {}
         }
+    }
+}
+
+/// The hours from `at` to `end` as a proration line writes them.
+fn hours_left(end: Timestamp, at: Timestamp) -> String {
+    (Decimal::from(end.0 - at.0) / Decimal::from(MICROS_PER_HOUR))
+        .round_dp(2)
+        .normalize()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_line_and_a_proration_line_name_what_they_trace() {
+        let ts = |s| Timestamp::parse_rfc3339(s).unwrap();
+        let segment = "on plan p (version 1) from 2026-03-01T00:00:00Z to 2026-03-16T00:00:00Z";
+        let range = Some((ts("2026-03-01T00:00:00Z"), ts("2026-03-16T00:00:00Z")));
+        assert_eq!(segment_of(segment), range);
+        let difference = format!("{segment}; €1.00 of €2.00 {INVOICED_EARLIER}");
+        assert_eq!(segment_of(&difference), range);
+        assert_eq!(segment_of("p recurring fee"), None);
+        assert_eq!(
+            proration_of(
+                "p recurring fee credited for the unused 384 of 744 hours (plan changed to q)"
+            ),
+            Some(("p", "q", "384"))
+        );
+        assert_eq!(
+            proration_of("q recurring fee, prorated for 384.5 of 744 hours (plan changed from p); €1.00 of €2.00 invoiced earlier in the period"),
+            Some(("p", "q", "384.5"))
+        );
+        assert_eq!(proration_of("p recurring fee"), None);
+        assert_eq!(
+            hours_left(ts("2026-04-01T00:00:00Z"), ts("2026-03-16T00:00:00Z")),
+            "384"
+        );
     }
 }

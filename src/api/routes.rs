@@ -458,6 +458,9 @@ async fn line_lineage<S: StateStore>(
             inv.lines.len()
         ))
     })?;
+    if !additive(&st, &inv.lines[index]) {
+        tracer.whole_period();
+    }
     let limit = parse_limit(q.limit.as_deref())?;
     let line_index = index.to_string();
     let listing = [
@@ -523,8 +526,49 @@ async fn line_lineage<S: StateStore>(
         "line": rendered(&inv.lines[index], st.currency),
         "inputs": tracer.inputs,
         "traced_quantity": traced.map(|q| q.to_string()),
+        "difference": tracer.difference(),
+        "note": difference_note(&tracer),
         "next": next,
     })))
+}
+
+/// Whether the line's metric adds up event by event (`sum`, `count`), as
+/// far as the account still knows its period (the open periods, the
+/// issued ones kept for late usage); assumed when it no longer does.
+fn additive(st: &AccountState, line: &crate::engine::events::Line) -> bool {
+    use crate::engine::aggregation::Aggregation;
+    let Some(metric) = line.metric.as_deref() else {
+        return true;
+    };
+    let p = line.for_period;
+    let open = st
+        .open
+        .iter()
+        .filter(|u| u.period == p)
+        .flat_map(|u| &u.metrics)
+        .find(|m| m.metric.as_str() == metric)
+        .map(|m| m.aggregation);
+    let closed = || {
+        st.closed
+            .iter()
+            .filter(|c| c.period == p)
+            .flat_map(|c| &c.aggregates)
+            .find(|a| a.metric == metric)
+            .map(|a| a.aggregation)
+    };
+    open.or_else(closed)
+        .is_none_or(|a| matches!(a, Aggregation::Sum | Aggregation::Count))
+}
+
+/// What a difference line's lineage stands for (`None` for another line).
+fn difference_note(tracer: &Tracer) -> Option<&'static str> {
+    if !tracer.difference() {
+        None
+    } else if tracer.traces_whole_period() {
+        Some("a difference line: its quantity is the period's total less what the period's earlier invoices billed; its metric's aggregation does not add up event by event, so the inputs are the period's whole usage, the earlier invoices' included")
+    } else {
+        Some("a difference line: its quantity is the period's total less what the period's earlier invoices billed; the inputs are the usage applied since the period's previous invoice")
+    }
 }
 
 #[derive(Deserialize)]

@@ -716,6 +716,7 @@ impl Engine {
 
     /// What the lines of a segment of a period split by an immediate plan
     /// change say (`None` for a whole period: its lines read as before).
+    /// `api::lineage` reads the segment's bounds back from it.
     fn segment_note(
         plan_id: &str,
         version: u32,

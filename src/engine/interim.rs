@@ -57,6 +57,10 @@ use super::fold::{Emit, Engine};
 use super::money::{Currency, Minor};
 use super::time::Period;
 
+/// How a difference line's description ends its note (the lineage of a
+/// line tells a difference line by it, `api::lineage`).
+pub const INVOICED_EARLIER: &str = "invoiced earlier in the period";
+
 /// What the current period's interim invoices billed for one line key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvoicedLine {
@@ -211,7 +215,7 @@ impl Invoiced {
     /// A difference line's description.
     fn less(currency: Currency, l: &Line, invoiced: Minor, total: Minor) -> String {
         let note = format!(
-            "{} of {} invoiced earlier in the period",
+            "{} of {} {INVOICED_EARLIER}",
             currency.format(invoiced),
             currency.format(total)
         );
