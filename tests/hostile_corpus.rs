@@ -91,17 +91,21 @@ fn avro(name: &str, fields: Vec<(&str, Avro)>) -> Vec<u8> {
     let Schema::Record(shape) = &schema else {
         unreachable!("{name} is a record")
     };
-    // Fields in schema order; one not given takes its default (null).
+    // Fields in schema order; one not given takes its default (null, or
+    // an empty array: AccountOpened's `thresholds`).
     let mut given: BTreeMap<&str, Avro> = fields.into_iter().collect();
     let record = Avro::Record(
         shape
             .fields
             .iter()
             .map(|f| {
-                let v = given.remove(f.name.as_str()).unwrap_or_else(|| {
-                    assert!(f.default.is_some(), "{name}.{} not given", f.name);
-                    none()
-                });
+                let v = given
+                    .remove(f.name.as_str())
+                    .unwrap_or_else(|| match &f.default {
+                        Some(serde_json::Value::Array(a)) if a.is_empty() => Avro::Array(vec![]),
+                        Some(_) => none(),
+                        None => panic!("{name}.{} not given", f.name),
+                    });
                 (f.name.clone(), v)
             })
             .collect(),
