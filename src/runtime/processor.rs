@@ -819,9 +819,8 @@ impl<S: StateStore> Processor<S> {
     /// under `partitioner` with `partitions` partitions (the Kafka loop
     /// sets it from `kafka.input_partitioner` and the input topics).
     pub fn set_partitioning(&mut self, partitioner: Partitioner, partitions: u32) {
-        self.partitioning = partitioner
-            .partition_of(b"", partitions)
-            .map(|_| (partitioner, partitions));
+        self.partitioning = (partitioner != Partitioner::Any && partitions > 0)
+            .then_some((partitioner, partitions));
     }
 
     /// Process no record earlier than `hold` before the processing clock
