@@ -30,7 +30,10 @@ use billstream::engine::events::*;
 use billstream::engine::money::Currency;
 use billstream::engine::plan::{Charge, Model, Plan};
 use billstream::engine::time::Timestamp;
-use billstream::store::{EmbeddedStore, ScyllaStore, StateStore};
+use billstream::store::{
+    AccountWrite, DedupRecord, EmbeddedStore, InvoiceRecord, JournalRecord, LoadedAccount, Micros,
+    ScyllaStore, StateStore, StoreError, StoredAccount,
+};
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -646,7 +649,18 @@ impl Member {
         store: std::sync::Arc<EmbeddedStore>,
         name: &str,
     ) -> Member {
-        let vars = [
+        Member::start_with(setup, group, store, name, &[])
+    }
+
+    /// `start` over any store, with extra settings (`BILLSTREAM__…`).
+    fn start_with<S: StateStore>(
+        setup: &Setup,
+        group: &str,
+        store: std::sync::Arc<S>,
+        name: &str,
+        extra: &[(&str, &str)],
+    ) -> Member {
+        let mut vars = vec![
             ("BILLSTREAM__KAFKA__BROKERS", setup.brokers.clone()),
             ("BILLSTREAM__KAFKA__TOPIC_PREFIX", setup.prefix.clone()),
             ("BILLSTREAM__KAFKA__GROUP_ID", group.to_string()),
@@ -659,6 +673,7 @@ impl Member {
             ("BILLSTREAM__BATCH__MAX_RECORDS", "2000".to_string()),
             ("BILLSTREAM__BATCH__MAX_WAIT", "200ms".to_string()),
         ];
+        vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         let settings = billstream::config::Settings::from_layers(
             None,
             vars.iter().map(|(k, v)| (k.to_string(), v.clone())),
@@ -796,4 +811,187 @@ fn rebalance_a_third_member_joins_and_one_crashes_ends_equal_to_an_uninterrupted
     baseline.run_to_end(Duration::from_secs(600));
 
     assert_same_as_baseline(&setup, catalog, events, &baseline, &setup.store, "");
+}
+
+/// A store whose commits wait `delay` first while `slow` is set (a store
+/// under load, a GC pause): the writes land later than they were asked for.
+struct SlowCommits {
+    inner: std::sync::Arc<EmbeddedStore>,
+    slow: std::sync::atomic::AtomicBool,
+    delay: Duration,
+    /// Commits that waited, counted once they returned.
+    waited: std::sync::atomic::AtomicU64,
+}
+
+impl StateStore for SlowCommits {
+    async fn commit(&self, writes: &[AccountWrite]) -> Result<(), StoreError> {
+        if !self.slow.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.inner.commit(writes).await;
+        }
+        tokio::time::sleep(self.delay).await;
+        let result = self.inner.commit(writes).await;
+        self.waited
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+    async fn load_account(&self, id: &str) -> Result<Option<StoredAccount>, StoreError> {
+        self.inner.load_account(id).await
+    }
+    async fn load_dedup(&self, id: &str, since: Micros) -> Result<Vec<DedupRecord>, StoreError> {
+        self.inner.load_dedup(id, since).await
+    }
+    async fn read_journal(
+        &self,
+        id: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<JournalRecord>, StoreError> {
+        self.inner.read_journal(id, from_seq, limit).await
+    }
+    async fn mark_published(
+        &self,
+        id: &str,
+        partition: u32,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        self.inner.mark_published(id, partition, epoch, seq).await
+    }
+    async fn invoice(&self, id: &str, invoice: &str) -> Result<Option<InvoiceRecord>, StoreError> {
+        self.inner.invoice(id, invoice).await
+    }
+    async fn invoices(&self, id: &str) -> Result<Vec<InvoiceRecord>, StoreError> {
+        self.inner.invoices(id).await
+    }
+    async fn due_timers(
+        &self,
+        partition: u32,
+        up_to: Micros,
+        limit: usize,
+    ) -> Result<Vec<(Micros, String)>, StoreError> {
+        self.inner.due_timers(partition, up_to, limit).await
+    }
+    async fn accounts(&self, partition: u32) -> Result<Vec<String>, StoreError> {
+        self.inner.accounts(partition).await
+    }
+    async fn all_accounts(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.inner.all_accounts(limit).await
+    }
+    async fn load_partition(
+        &self,
+        partition: u32,
+        since: Micros,
+    ) -> Result<Vec<LoadedAccount>, StoreError> {
+        self.inner.load_partition(partition, since).await
+    }
+    async fn claim_partition(&self, partition: u32, owner: &str) -> Result<u64, StoreError> {
+        self.inner.claim_partition(partition, owner).await
+    }
+    fn stats(&self) -> &billstream::store::StoreStats {
+        self.inner.stats()
+    }
+}
+
+/// Issue 15: a member losing partitions hands them over (writes what its
+/// checkpoint held, publishes it, commits the offsets) before the group may
+/// give them to their next owner, however long its writes take. Member a
+/// folds every record with its checkpoint holding all of it; its store
+/// then takes 3 s per write; b joins. The next owner must start where a
+/// stopped: a's hand-over is never fenced and b re-reads none of the
+/// records a folded. (Before the fix the consumer let go of the partitions
+/// inside the callback, b claimed them while a's write waited, a's write
+/// was fenced and b read all of its partitions' records again.)
+#[test]
+fn issue_15_a_revoked_member_hands_over_before_the_next_owner_starts() {
+    let Some(setup) = setup_with("h", PARTITIONS) else {
+        return;
+    };
+    let _turn = HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let catalog = Catalog::shared().unwrap();
+    let (first, usage) = inputs(catalog, 3_000);
+    produce(&setup.brokers, &setup.prefix, &first);
+    let shared = std::sync::Arc::new(EmbeddedStore::open(&setup.store).unwrap());
+    let slow_store = std::sync::Arc::new(SlowCommits {
+        inner: shared.clone(),
+        slow: Default::default(),
+        delay: Duration::from_secs(3),
+        waited: Default::default(),
+    });
+    let hold = [
+        ("BILLSTREAM__BATCH__CHECKPOINT_EVENTS", "1000000"),
+        ("BILLSTREAM__BATCH__CHECKPOINT_INTERVAL", "1h"),
+    ];
+    let a = Member::start_with(&setup, &setup.group, slow_store.clone(), "a", &hold);
+    let folded = |m: &Member| {
+        m.progress
+            .records_folded
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // The openings and payments are written at once (the plan is not an
+    // input record); then the usage, which the checkpoint holds.
+    let setup_records = (first.len() - 1) as u64;
+    wait_for("a to write the openings", Duration::from_secs(120), || {
+        a.done() >= setup_records
+    });
+    produce(&setup.brokers, &setup.prefix, &usage);
+    let inputs_count = setup_records + usage.len() as u64;
+    wait_for("a to fold every record", Duration::from_secs(120), || {
+        folded(&a) >= inputs_count
+    });
+    let held = inputs_count - a.done();
+    assert!(
+        held > usage.len() as u64 / 2,
+        "the checkpoint should hold the usage unwritten ({held} held)"
+    );
+    slow_store
+        .slow
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let b = Member::start_with(&setup, &setup.group, shared.clone(), "b", &hold);
+    wait_for("b's partitions", Duration::from_secs(120), || {
+        b.partitions() > 0
+    });
+    // a takes back its share only after its hand-over (one loop).
+    wait_for("the partitions shared out", Duration::from_secs(60), || {
+        b.partitions() > 0 && a.partitions() > 0 && a.partitions() + b.partitions() == 4
+    });
+    assert!(
+        slow_store.waited.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "a's hand-over never wrote"
+    );
+    let fenced = a
+        .progress
+        .handovers_fenced
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(fenced, 0, "a's hand-over was fenced by b's claim");
+    wait_committed(
+        &setup.brokers,
+        &setup.prefix,
+        &setup.group,
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        folded(&b),
+        0,
+        "b read again records a had folded and handed over"
+    );
+    a.stop();
+    b.stop();
+    // Each valid usage event applied once, in a's hand-over.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dump = rt.block_on(dump(shared.as_ref()));
+    let applied: usize = dump
+        .values()
+        .flat_map(|(_, journal)| journal)
+        .filter(|bytes| {
+            let entry: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+            entry["event"]["type"] == "usage_applied"
+        })
+        .count();
+    let valid = (0..3_000).filter(|i| !matches!(i % 997, 2 | 3)).count();
+    assert_eq!(applied, valid);
 }

@@ -101,6 +101,9 @@ pub struct Progress {
     pub batches: AtomicU64,
     /// Store partitions owned right now.
     pub partitions_owned: AtomicU64,
+    /// Hand-overs of revoked partitions whose writes were refused because
+    /// the next owner had claimed them first (it re-reads those records).
+    pub handovers_fenced: AtomicU64,
     /// Set once the plans table is loaded and the member has partitions.
     pub ready: AtomicU64,
     pub latency: Mutex<LatencyHistogram>,
@@ -742,6 +745,8 @@ async fn on_group_change<S: StateStore>(
                 let dropped = processor.release_partition(p);
                 eprintln!("billstream run: partition {p} revoked ({dropped} accounts dropped from memory)");
             }
+            // Only now may the group give them to their next owner.
+            source.let_go(&list)?;
             source.forget(&list.into_iter().collect());
         }
     }
@@ -770,6 +775,7 @@ async fn hand_over<S: StateStore>(
     let outputs = match write_and_publish(processor, sink, Some(gone)).await {
         Ok(outputs) => outputs,
         Err(e) if matches!(e.downcast_ref(), Some(StoreError::Fenced { .. })) => {
+            progress.handovers_fenced.fetch_add(1, Ordering::Relaxed);
             eprintln!("warning: partitions {gone:?} were claimed by their next owner before their held changes were written; it re-reads those records");
             return Ok(());
         }
@@ -827,6 +833,7 @@ async fn hand_over_in_transaction<S: StateStore>(
     let outputs = match processor.flush_partitions(gone).await {
         Ok(outputs) => outputs,
         Err(StoreError::Fenced { .. }) => {
+            progress.handovers_fenced.fetch_add(1, Ordering::Relaxed);
             eprintln!("warning: partitions {gone:?} were claimed by their next owner before their held changes were written; it re-reads those records");
             return Ok(());
         }

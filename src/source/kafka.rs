@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
-    StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, StreamConsumer,
 };
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Settings;
@@ -100,8 +100,11 @@ fn retrying<T>(
 pub enum GroupChange {
     /// These (topic, partition)s are now ours.
     Assigned(Vec<(String, i32)>),
-    /// These (topic, partition)s are no longer ours: the consumer has
-    /// already let go of them when this is seen.
+    /// These (topic, partition)s are being taken from us. The group waits
+    /// (this member has not rejoined, its fetchers are paused) until the
+    /// loop has handed them over and called `KafkaSource::let_go`; unless
+    /// the assignment was already lost (session timeout) or the consumer
+    /// is closing, when they are gone already.
     Revoked(Vec<(String, i32)>),
 }
 
@@ -123,6 +126,11 @@ pub struct GroupContext {
     lag: Mutex<Vec<(String, i32, i64)>>,
     /// Set with every push, so the per-record check takes no lock.
     pending: AtomicBool,
+    /// A revocation the loop has not let go of yet (`KafkaSource::let_go`).
+    unassign_owed: AtomicBool,
+    /// The consumer is being closed: a revocation is let go at once, there
+    /// being no loop left to hand anything over.
+    closing: AtomicBool,
 }
 
 impl GroupContext {
@@ -174,18 +182,69 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Revoke(tpl) => self.push(GroupChange::Revoked(partitions_of(tpl))),
-            Rebalance::Assign(_) => {}
-            Rebalance::Error(e) => eprintln!("warning: kafka rebalance: {e}"),
+    /// The default handling of rdkafka (assign or unassign inside the
+    /// callback) except for a revocation: the hand-over (write what the
+    /// checkpoint held, publish it, commit the offsets) must finish before
+    /// the next owner gets the partitions, and it is async work of the
+    /// processing loop, whose thread this callback runs on (inside
+    /// `recv`). So the callback only records the revocation and returns
+    /// without unassigning: librdkafka then waits in its
+    /// `WAIT_UNASSIGN_CALL` state, fetchers paused and heartbeats going,
+    /// and does not rejoin (so the group cannot hand the partitions to
+    /// anyone) until the loop calls `KafkaSource::let_go` after the
+    /// hand-over, bounded by `max.poll.interval.ms`. The offsets are
+    /// committed while this member still owns the partitions in the
+    /// current generation, as Java's `onPartitionsRevoked` does.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assigned = match consumer.rebalance_protocol() {
+                    rdkafka::consumer::RebalanceProtocol::Cooperative => {
+                        consumer.incremental_assign(tpl)
+                    }
+                    _ => consumer.assign(tpl),
+                };
+                if let Err(e) = assigned {
+                    eprintln!("warning: kafka rebalance: assign: {e}");
+                }
+                self.push(GroupChange::Assigned(partitions_of(tpl)));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let revoked = partitions_of(tpl);
+                if self.closing.load(Ordering::Acquire) || consumer.assignment_lost() {
+                    // Lost (the group moved on without us: a hand-over
+                    // would be fenced anyway) or closing: let go now.
+                    if let Err(e) = unassign(consumer, tpl) {
+                        eprintln!("warning: kafka rebalance: unassign: {e}");
+                    }
+                } else {
+                    self.unassign_owed.store(true, Ordering::Release);
+                }
+                self.push(GroupChange::Revoked(revoked));
+            }
+            other => {
+                eprintln!("warning: kafka rebalance: {other:?}");
+                if let Err(e) = unassign(consumer, tpl) {
+                    eprintln!("warning: kafka rebalance: unassign: {e}");
+                }
+            }
         }
     }
+}
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            self.push(GroupChange::Assigned(partitions_of(tpl)));
-        }
+/// Give up `tpl` (all of the assignment under the eager protocol).
+fn unassign<C: Consumer<G>, G: ConsumerContext>(
+    consumer: &C,
+    tpl: &TopicPartitionList,
+) -> KafkaResult<()> {
+    match consumer.rebalance_protocol() {
+        rdkafka::consumer::RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+        _ => consumer.unassign(),
     }
 }
 
@@ -735,11 +794,44 @@ impl KafkaSource {
         Ok(())
     }
 
+    /// Finish a revocation (`GroupContext::rebalance`) once the revoked
+    /// partitions are handed over: unassign them, so the member rejoins
+    /// and the group can give them to their next owner. Nothing when no
+    /// revocation is owed (lost, or closing: already let go).
+    pub fn let_go(&self, revoked: &[(String, i32)]) -> Result<(), KafkaError> {
+        if !self
+            .consumer
+            .context()
+            .unassign_owed
+            .swap(false, Ordering::AcqRel)
+        {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in revoked {
+            tpl.add_partition(topic, *partition);
+        }
+        unassign(&self.consumer, &tpl).map_err(|e| KafkaError::Client(format!("unassign: {e}")))
+    }
+
     /// Forget the positions of partitions this member no longer reads.
     pub fn forget(&mut self, partitions: &BTreeSet<(String, i32)>) {
         self.offsets
             .retain(|o| !partitions.contains(&(o.topic.clone(), o.partition)));
         self.stream_time.retain(|(tp, _)| !partitions.contains(tp));
+    }
+}
+
+impl Drop for KafkaSource {
+    /// A revocation still owed (the loop stopped or failed between seeing
+    /// it and letting go) is let go now, and any revocation the close
+    /// itself triggers is let go at once: no loop is left to hand over.
+    fn drop(&mut self) {
+        let context = self.consumer.context();
+        context.closing.store(true, Ordering::Release);
+        if context.unassign_owed.swap(false, Ordering::AcqRel) {
+            let _ = self.consumer.unassign();
+        }
     }
 }
 
