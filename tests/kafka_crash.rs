@@ -880,7 +880,7 @@ impl StateStore for SlowCommits {
     async fn load_partition(
         &self,
         partition: u32,
-        since: Micros,
+        since: Option<Micros>,
     ) -> Result<Vec<LoadedAccount>, StoreError> {
         self.inner.load_partition(partition, since).await
     }

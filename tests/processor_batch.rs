@@ -276,7 +276,7 @@ async fn an_account_loaded_on_demand_republishes_what_was_never_acknowledged() {
     let epoch = store.claim_partition(1, "second").await.unwrap();
     let now = Timestamp::parse_rfc3339("2026-03-06T00:00:00Z").unwrap();
     let mut second = Processor::new(engine_with_plan_p(), store);
-    assert_eq!(second.assign_partition(1, epoch, now).await.unwrap(), 0);
+    assert_eq!(second.assign_partition(1, epoch).await.unwrap(), 0);
     assert!(second.unpublished_outputs(1).await.unwrap().is_empty());
     let line = usage("late-1", "a0", "prod");
     let pos = SourcePos {
@@ -780,4 +780,79 @@ async fn an_accounts_records_from_several_topics_are_folded_in_timestamp_order()
         ["u-early", "t-later", "timer:1772449500000000", "u-late"],
         "journal causes in order"
     );
+}
+
+/// Issue 15 (restart time): a partition's accounts are loaded without their
+/// dedup windows, each read just before its account's first input. An
+/// event produced again at a new offset, the first record of its account
+/// after the restart, is still a duplicate, through the batch path (windows
+/// read together before the fold) and the one-record path (`process`); an
+/// account that gets no input reads no window.
+#[tokio::test]
+async fn after_a_restart_an_event_produced_again_is_a_duplicate_though_dedup_is_read_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let opening = |a: &str| {
+        format!(
+            r#"{{"event_id":"open-{a}","account_id":"{a}","plan_id":"p","currency":"EUR","timezone":"UTC","tax_rate":"0.1","opened_at":"2026-03-01T00:00:00Z","environment":"prod"}}"#
+        )
+    };
+    {
+        let mut p = processor(dir.path()).await;
+        for (i, line) in [
+            opening("a0"),
+            opening("a1"),
+            opening("a2"),
+            usage("u-0", "a0", "prod"),
+            usage("u-1", "a1", "prod"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            feed(&mut p, i, line).await;
+        }
+        p.flush().await.unwrap();
+        assert_eq!(p.stats.applied, 5);
+    }
+
+    let mut p = processor(dir.path()).await;
+    let store = p.store().clone();
+    let dedup_reads = || store.stats().get(billstream::store::StoreOp::LoadDedup);
+    assert_eq!(dedup_reads(), 0, "the partition load read dedup windows");
+    assert_eq!(p.resident_accounts(), 3);
+
+    let catalog = Catalog::shared().unwrap();
+    let decoder = Decoder::new(catalog).unwrap();
+    let encoded = |line: &str| match parse_line(line) {
+        Ok(Decoded::Input(i)) => catalog.encode_input(&i).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let pos = |offset: i64| SourcePos {
+        topic: "t".into(),
+        partition: 0,
+        offset,
+    };
+    let now = Timestamp::parse_rfc3339("2026-03-03T00:00:00Z").unwrap();
+    // a0's usage again, at offsets past everything a0 has applied, with a
+    // new event of a0 behind it.
+    let again = vec![
+        (
+            pos(20),
+            "a0".to_string(),
+            encoded(&usage("u-0", "a0", "prod")),
+        ),
+        (
+            pos(21),
+            "a0".to_string(),
+            encoded(&usage("u-new", "a0", "prod")),
+        ),
+    ];
+    p.process_batch(&decoder, &as_batch(&again, now))
+        .await
+        .unwrap();
+    assert_eq!((p.stats.duplicates, p.stats.applied), (1, 1));
+    assert_eq!(dedup_reads(), 1, "a0's window, once");
+    // a1's usage again, one record at a time.
+    feed(&mut p, 22, &usage("u-1", "a1", "prod")).await;
+    assert_eq!((p.stats.duplicates, p.stats.applied), (2, 1));
+    assert_eq!(dedup_reads(), 2, "a1's window; a2's never read");
 }

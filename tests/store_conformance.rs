@@ -719,7 +719,7 @@ pub mod behaviours {
         assert_eq!(kept_letters(&store, "a").await, ["d2", "d3"]);
 
         // The new owner loads them with the partition, and acknowledges them.
-        let loaded = store.load_partition(0, 0).await.unwrap();
+        let loaded = store.load_partition(0, Some(0)).await.unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(
             loaded[0].stored,
@@ -806,7 +806,7 @@ pub mod behaviours {
             .unwrap();
         store.commit(&[write("a", 1, 0, 3..=3)]).await.unwrap();
 
-        let mut loaded = store.load_partition(1, 200).await.unwrap();
+        let mut loaded = store.load_partition(1, Some(200)).await.unwrap();
         loaded.sort_by(|x, y| x.account_id.cmp(&y.account_id));
         let ids: Vec<&str> = loaded.iter().map(|l| l.account_id.as_str()).collect();
         assert_eq!(ids, ["a", "b"]);
@@ -825,7 +825,15 @@ pub mod behaviours {
         assert_eq!(loaded[0].stored.journal_head, 3);
         assert_eq!(loaded[0].stored.snapshot, b"a@3");
         assert_eq!(loaded[0].dedup, vec![record(2, 300)]);
-        assert!(store.load_partition(0, 0).await.unwrap().is_empty());
+        assert!(store.load_partition(0, Some(0)).await.unwrap().is_empty());
+        // Without a dedup instant: the same accounts, no dedup read.
+        let mut bare = store.load_partition(1, None).await.unwrap();
+        bare.sort_by(|x, y| x.account_id.cmp(&y.account_id));
+        assert_eq!(bare.len(), loaded.len());
+        for (b, l) in bare.iter().zip(&loaded) {
+            assert_eq!((&b.account_id, &b.stored), (&l.account_id, &l.stored));
+            assert!(b.dedup.is_empty(), "{}", b.account_id);
+        }
     }
 
     pub async fn stats_count_each_operation<S: StateStore>(store: S) {

@@ -78,7 +78,7 @@ async fn measure(
     engine.plans.upsert(plan).unwrap();
     let start = Timestamp::parse_rfc3339("2026-03-01T00:00:00Z").unwrap();
     let mut processor = Processor::new(engine, store.clone());
-    processor.assign_partition(0, epoch, start).await.unwrap();
+    processor.assign_partition(0, epoch).await.unwrap();
 
     let mut offset = 0i64;
     let mut next_pos = || {

@@ -29,15 +29,17 @@ pub(crate) fn engine_with_plan_p() -> Engine {
     engine
 }
 
-/// A processor running `engine` on `store`, owning partition 0 from `now`.
+/// A processor running `engine` on `store`, owning partition 0 (from
+/// `_now`: callers say when; taking a partition over reads nothing as of
+/// an instant).
 pub(crate) async fn processor_on(
     engine: Engine,
     store: Arc<EmbeddedStore>,
-    now: Timestamp,
+    _now: Timestamp,
 ) -> Processor<EmbeddedStore> {
     let epoch = store.claim_partition(0, "test").await.unwrap();
     let mut p = Processor::new(engine, store);
-    p.assign_partition(0, epoch, now).await.unwrap();
+    p.assign_partition(0, epoch).await.unwrap();
     p
 }
 

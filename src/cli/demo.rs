@@ -144,7 +144,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (stats, store_writes) = super::block_on(async {
         let epoch = store.claim_partition(0, "demo").await?;
         let mut p = Processor::new(engine, store.clone());
-        p.assign_partition(0, epoch, Timestamp(0)).await?;
+        p.assign_partition(0, epoch).await?;
         let mut inputs = 0u64;
         while let Some(Reverse(item)) = queue.pop() {
             if item.at >= end {

@@ -231,7 +231,7 @@ pub fn run_then(
     let stats = super::block_on(async {
         let epoch = store.claim_partition(0, "simulate").await?;
         let mut p = Processor::new(engine, store.clone());
-        p.assign_partition(0, epoch, Timestamp(0)).await?;
+        p.assign_partition(0, epoch).await?;
         for (n, l) in lines.iter().enumerate() {
             p.advance_timers(l.arrival.max(Timestamp(0)));
             let pos = SourcePos {

@@ -45,6 +45,10 @@ use crate::store::{
     StateStore, StoreError, StoredAccount,
 };
 
+/// Dedup windows read at once before a batch is folded
+/// (`Processor::load_dedup_windows`).
+const LOAD_DEDUP_CONCURRENCY: usize = 64;
+
 /// Where an input record came from: topic (or file), partition, offset
 /// (or line number). Kept with the journal entries it caused (lineage).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -233,6 +237,12 @@ struct Slot {
     /// `journal_head` as loaded, go out again with the account's next
     /// write, ahead of its new outputs.
     republish_from: Option<u64>,
+    /// Loaded with its partition without its dedup window (`load_partition`
+    /// reads only the accounts: a restart or rebalance then reads one row
+    /// per account, not two); the window is read before the account's
+    /// first input is applied (`Processor::load_dedup_windows`, `load`).
+    /// Timers need no dedup window.
+    dedup_pending: bool,
 }
 
 impl Slot {
@@ -465,6 +475,15 @@ impl<S: StateStore> Processor<S> {
         partition: u32,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        if self
+            .accounts
+            .get(account_id)
+            .is_some_and(|s| s.dedup_pending)
+        {
+            let since = self.engine.config.dedup_forget_before(now);
+            let dedup = self.store.load_dedup(account_id, since).await?;
+            self.merge_dedup(account_id, dedup);
+        }
         if !self.accounts.contains_key(account_id) {
             let loaded = match self.store.load_account(account_id).await? {
                 Some(stored) => {
@@ -489,6 +508,56 @@ impl<S: StateStore> Processor<S> {
             }
         }
         Ok(())
+    }
+
+    /// Read the dedup windows of the accounts of `keys` loaded without
+    /// theirs, `LOAD_DEDUP_CONCURRENCY` reads in flight, before a batch is
+    /// folded (record by record, each would wait for its own read).
+    async fn load_dedup_windows<'k>(
+        &mut self,
+        keys: impl Iterator<Item = &'k str>,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        use futures::{StreamExt, TryStreamExt};
+        let pending: BTreeSet<String> = keys
+            .filter(|k| self.accounts.get(*k).is_some_and(|s| s.dedup_pending))
+            .map(str::to_string)
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let since = self.engine.config.dedup_forget_before(now);
+        // Owned ids and store handles: futures borrowing them would make
+        // the loop's future not `Send` (rust-lang/rust#102211, with
+        // `buffer_unordered` over closures returning borrowing futures).
+        let reads = pending.into_iter().map(|id| {
+            let store = Arc::clone(&self.store);
+            async move {
+                let window = store.load_dedup(&id, since).await?;
+                Ok::<_, StoreError>((id, window))
+            }
+        });
+        let windows: Vec<(String, Vec<DedupRecord>)> = futures::stream::iter(reads)
+            .buffer_unordered(LOAD_DEDUP_CONCURRENCY)
+            .try_collect()
+            .await?;
+        for (id, window) in windows {
+            self.merge_dedup(&id, window);
+        }
+        Ok(())
+    }
+
+    /// Add an account's stored dedup window to what it remembers (ids it
+    /// applied since it was loaded are in both: inserting is idempotent).
+    fn merge_dedup(&mut self, account_id: &str, window: Vec<DedupRecord>) {
+        if let Some(slot) = self.accounts.get_mut(account_id) {
+            slot.dedup_pending = false;
+            if let Some(state) = slot.state.as_mut() {
+                for r in window {
+                    state.dedup.insert(r.key, r.fingerprint, r.seen_at);
+                }
+            }
+        }
     }
 
     /// Put an account in memory from what the store returned (`None`: an
@@ -622,6 +691,10 @@ impl<S: StateStore> Processor<S> {
             ranks,
             &times,
         );
+        if let Some(first) = records.first() {
+            self.load_dedup_windows(records.iter().filter_map(|r| r.key), first.now)
+                .await?;
+        }
         let mut scratch = Decoded::Input(Input::Usage(UsageRecorded::default()));
         for i in order {
             let r = &records[i as usize];
@@ -964,17 +1037,18 @@ impl<S: StateStore> Processor<S> {
     /// Take over `partition` with the ownership `epoch` that
     /// `StateStore::claim_partition` granted: writes of its accounts carry
     /// that epoch from now on, and every account of the partition is loaded
-    /// from the store so its timers fire without input. Returns how many
-    /// accounts were loaded.
+    /// from the store so its timers fire without input (its dedup window
+    /// is read later, before its first input). Returns how many accounts
+    /// were loaded.
     pub async fn assign_partition(
         &mut self,
         partition: u32,
         epoch: u64,
-        now: Timestamp,
     ) -> Result<usize, StoreError> {
         self.epochs.insert(partition, epoch);
-        let since = self.engine.config.dedup_forget_before(now);
-        let loaded = self.store.load_partition(partition, since).await?;
+        // The accounts only: each one's dedup window is read before its
+        // first input is applied (`Slot::dedup_pending`).
+        let loaded = self.store.load_partition(partition, None).await?;
         let count = loaded.len();
         for account in loaded {
             if !self.accounts.contains_key(&account.account_id) {
@@ -983,6 +1057,9 @@ impl<S: StateStore> Processor<S> {
                     partition,
                     Some((account.stored, account.dedup)),
                 )?;
+                if let Some(slot) = self.accounts.get_mut(&account.account_id) {
+                    slot.dedup_pending = true;
+                }
             }
         }
         Ok(count)

@@ -300,7 +300,6 @@ pub async fn serve<S: StateStore>(
                     store.as_ref(),
                     &sink,
                     owner,
-                    now,
                     &progress,
                 )
                 .await?;
@@ -670,7 +669,6 @@ async fn on_group_change<S: StateStore>(
     store: &S,
     sink: &KafkaSink,
     owner: &str,
-    now: Timestamp,
     progress: &Progress,
 ) -> anyhow::Result<()> {
     match change {
@@ -709,7 +707,7 @@ async fn on_group_change<S: StateStore>(
                     .await??;
                     processor.learn_published(p, marks)?;
                 }
-                let loaded = processor.assign_partition(p, epoch, now).await?;
+                let loaded = processor.assign_partition(p, epoch).await?;
                 let load_took = began.elapsed() - claimed;
                 // Outputs persisted before a crash but never acknowledged:
                 // publish them again, with the same ids, before anything new.

@@ -226,7 +226,7 @@ impl EmbeddedStore {
     fn load_partition_sync(
         &self,
         partition: u32,
-        dedup_since: Micros,
+        dedup_since: Option<Micros>,
     ) -> Result<Vec<LoadedAccount>, StoreError> {
         let ctx = "load_partition";
         let txn = self.begin_read(ctx)?;
@@ -248,7 +248,10 @@ impl EmbeddedStore {
             loaded.push(LoadedAccount {
                 account_id: account_id.to_owned(),
                 stored,
-                dedup: read_dedup(ctx, &dedup, account_id, dedup_since)?,
+                dedup: match dedup_since {
+                    Some(since) => read_dedup(ctx, &dedup, account_id, since)?,
+                    None => Vec::new(),
+                },
             });
         }
         Ok(loaded)
@@ -692,7 +695,7 @@ impl StateStore for EmbeddedStore {
     async fn load_partition(
         &self,
         partition: u32,
-        dedup_since: Micros,
+        dedup_since: Option<Micros>,
     ) -> Result<Vec<LoadedAccount>, StoreError> {
         self.counted(
             StoreOp::LoadPartition,

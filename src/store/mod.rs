@@ -232,16 +232,17 @@ pub trait StateStore: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
-    /// Every account of `partition` with its snapshot and its dedup
-    /// records seen at or after `dedup_since`, in no particular order: what
-    /// a new owner loads after claiming the partition. A store that can
-    /// read them in one pass overrides this (counted once as
-    /// `LoadPartition`); the default reads them account by account (each
-    /// call counted as itself).
+    /// Every account of `partition` with its snapshot and, when
+    /// `dedup_since` is given, its dedup records seen at or after it (else
+    /// none are read: the caller loads them with `load_dedup` when it
+    /// needs them), in no particular order: what a new owner loads after
+    /// claiming the partition. A store that can read them in one pass
+    /// overrides this (counted once as `LoadPartition`); the default reads
+    /// them account by account (each call counted as itself).
     fn load_partition(
         &self,
         partition: u32,
-        dedup_since: Micros,
+        dedup_since: Option<Micros>,
     ) -> impl Future<Output = Result<Vec<LoadedAccount>, StoreError>> + Send {
         async move {
             let mut loaded = Vec::new();
@@ -249,7 +250,10 @@ pub trait StateStore: Send + Sync + 'static {
                 let Some(stored) = self.load_account(&account_id).await? else {
                     continue;
                 };
-                let dedup = self.load_dedup(&account_id, dedup_since).await?;
+                let dedup = match dedup_since {
+                    Some(since) => self.load_dedup(&account_id, since).await?,
+                    None => Vec::new(),
+                };
                 loaded.push(LoadedAccount {
                     account_id,
                     stored,

@@ -939,7 +939,7 @@ impl ScyllaStore {
     async fn load_partition_inner(
         &self,
         partition: u32,
-        since: Micros,
+        since: Option<Micros>,
     ) -> Result<Vec<LoadedAccount>, StoreError> {
         use futures::{StreamExt, TryStreamExt};
         let ids = self.accounts_inner(partition).await?;
@@ -948,7 +948,10 @@ impl ScyllaStore {
                 let Some((meta, snapshot)) = self.read_account(&account_id).await? else {
                     return Ok::<_, StoreError>(None);
                 };
-                let dedup = self.dedup_of(&account_id, since, &meta).await?;
+                let dedup = match since {
+                    Some(since) => self.dedup_of(&account_id, since, &meta).await?,
+                    None => Vec::new(),
+                };
                 Ok(Some(LoadedAccount {
                     stored: rows::stored_account(&meta, snapshot),
                     account_id,
@@ -1143,7 +1146,7 @@ impl StateStore for ScyllaStore {
     async fn load_partition(
         &self,
         partition: u32,
-        dedup_since: Micros,
+        dedup_since: Option<Micros>,
     ) -> Result<Vec<LoadedAccount>, StoreError> {
         self.counted(
             StoreOp::LoadPartition,
