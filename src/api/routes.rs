@@ -352,6 +352,8 @@ fn invoice_json(st: &AccountState, inv: &IssuedInvoice, with_lines: bool) -> Val
             "credit_applied_promotional".into(),
             json!(c.format(inv.credit_applied_promotional)),
         );
+        // Always (the stored invoice leaves out `false`).
+        map.insert("interim".into(), json!(inv.interim));
         map.insert("status".into(), json!(status));
         map.insert("amount_paid".into(), json!(c.format(paid)));
         map.insert("remaining".into(), json!(c.format(remaining)));
