@@ -426,7 +426,9 @@ async fn api_account_state_shows_credit_draft_running_total_masked_method_and_du
                 "subtotal": "10.00",
                 "tax": "1.00",
                 "total": "11.00"
-            }
+            },
+            "alerts": {"thresholds": [], "thresholds_reached": [], "invoice_at": null,
+                       "invoiced_this_period": {"invoices": 0, "subtotal": "0.00", "tax": "0.00"}}
         })
     );
     let (status, body) = call(
@@ -528,7 +530,15 @@ async fn api_state_as_of_now_matches_the_snapshot() {
     assert_eq!(live["journal_seq"], rebuilt["journal_seq"]);
     for v in [&mut live, &mut rebuilt] {
         let map = v.as_object_mut().unwrap();
-        for k in ["draft", "clock", "journal_seq", "as_of", "last_change_at"] {
+        // `alerts` is live state only (as-of rebuilds from the journal).
+        for k in [
+            "draft",
+            "clock",
+            "journal_seq",
+            "as_of",
+            "last_change_at",
+            "alerts",
+        ] {
             map.remove(k);
         }
     }
@@ -1046,7 +1056,15 @@ async fn issue_13_the_account_shows_its_credit_by_grant_in_draw_order_live_and_a
     let mut rebuilt = get(&app, "/v1/accounts/a1/as-of?at=2026-03-10T00:00:00Z").await;
     for v in [&mut live, &mut rebuilt] {
         let map = v.as_object_mut().unwrap();
-        for k in ["draft", "clock", "journal_seq", "as_of", "last_change_at"] {
+        // `alerts` is live state only (as-of rebuilds from the journal).
+        for k in [
+            "draft",
+            "clock",
+            "journal_seq",
+            "as_of",
+            "last_change_at",
+            "alerts",
+        ] {
             map.remove(k);
         }
     }
@@ -1525,11 +1543,11 @@ async fn progressive_store(dir: &std::path::Path, until: &str) -> (Arc<EmbeddedS
 async fn issue_13_api_flags_interim_invoices_and_shows_the_accounts_alerts() {
     let dir = tempfile::tempdir().unwrap();
     let (store, engine) = progressive_store(dir.path(), "2026-03-10T00:00:00Z").await;
-    let app = app(store, engine, &hs256_settings());
+    let running = app(store, engine, &hs256_settings());
     // u1: 1.50 accrued, below 2.00; u2: 2.50, an interim invoice; u3: 2.50
     // more, another; u4: 0.50, waiting. The opening's fee invoice is not
     // interim.
-    let list = get(&app, "/v1/accounts/a5/invoices").await;
+    let list = get(&running, "/v1/accounts/a5/invoices").await;
     let flags: Vec<(&str, &Value, &Value)> = list["invoices"]
         .as_array()
         .unwrap()
@@ -1551,12 +1569,12 @@ async fn issue_13_api_flags_interim_invoices_and_shows_the_accounts_alerts() {
         ],
         "{list}"
     );
-    let one = get(&app, "/v1/accounts/a5/invoices/inv_a5_00002").await;
+    let one = get(&running, "/v1/accounts/a5/invoices/inv_a5_00002").await;
     assert_eq!(one["interim"], json!(true));
     // The account: its alert (reached: the draft's subtotal is 5.50 of
     // usage + April's 10.00 fee), invoice_at, and what the two interim
     // invoices billed: 5.00, tax 10% = 0.50.
-    let account = get(&app, "/v1/accounts/a5").await;
+    let account = get(&running, "/v1/accounts/a5").await;
     assert_eq!(
         account["alerts"],
         json!({"thresholds": ["3.00"], "thresholds_reached": ["3.00"], "invoice_at": "2.00",
@@ -1568,15 +1586,15 @@ async fn issue_13_api_flags_interim_invoices_and_shows_the_accounts_alerts() {
     // April's fee) is not interim; April starts with nothing invoiced.
     let dir = tempfile::tempdir().unwrap();
     let (store, engine) = progressive_store(dir.path(), "2026-04-02T00:00:00Z").await;
-    let app = app(store, engine, &hs256_settings());
-    let list = get(&app, "/v1/accounts/a5/invoices").await;
+    let closed = app(store, engine, &hs256_settings());
+    let list = get(&closed, "/v1/accounts/a5/invoices").await;
     let last = list["invoices"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(
         (&last["invoice_id"], &last["subtotal"], &last["interim"]),
         (&json!("inv_a5_00004"), &json!("10.50"), &json!(false)),
         "{list}"
     );
-    let account = get(&app, "/v1/accounts/a5").await;
+    let account = get(&closed, "/v1/accounts/a5").await;
     assert_eq!(
         account["alerts"]["invoiced_this_period"],
         json!({"invoices": 0, "subtotal": "0.00", "tax": "0.00"})

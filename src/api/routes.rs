@@ -219,6 +219,7 @@ pub fn upcoming_json(st: &AccountState, inv: &IssuedInvoice, at: Timestamp) -> V
     let mut v = rendered(inv, c);
     if let Value::Object(map) = &mut v {
         map.insert("status".into(), json!("upcoming"));
+        map.insert("interim".into(), json!(inv.interim));
         map.insert("preview_at".into(), json!(time(at)));
         map.insert("discount".into(), json!(c.format(discount)));
         map.insert(
