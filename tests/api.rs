@@ -426,7 +426,9 @@ async fn api_account_state_shows_credit_draft_running_total_masked_method_and_du
                 "subtotal": "10.00",
                 "tax": "1.00",
                 "total": "11.00"
-            }
+            },
+            "alerts": {"thresholds": [], "thresholds_reached": [], "invoice_at": null,
+                       "invoiced_this_period": {"invoices": 0, "subtotal": "0.00", "tax": "0.00"}}
         })
     );
     let (status, body) = call(
@@ -528,7 +530,15 @@ async fn api_state_as_of_now_matches_the_snapshot() {
     assert_eq!(live["journal_seq"], rebuilt["journal_seq"]);
     for v in [&mut live, &mut rebuilt] {
         let map = v.as_object_mut().unwrap();
-        for k in ["draft", "clock", "journal_seq", "as_of", "last_change_at"] {
+        // `alerts` is live state only (as-of rebuilds from the journal).
+        for k in [
+            "draft",
+            "clock",
+            "journal_seq",
+            "as_of",
+            "last_change_at",
+            "alerts",
+        ] {
             map.remove(k);
         }
     }
@@ -551,12 +561,12 @@ async fn api_invoices_list_and_one_invoice_with_lines() {
                  "period": {"start": "2026-03-01T00:00:00Z", "end": "2026-04-01T00:00:00Z"},
                  "issued_at": "2026-03-01T00:00:00Z", "due_at": "2026-03-15T00:00:00Z", "currency": "EUR",
                  "subtotal": "10.00", "tax": "1.00", "total": "11.00", "credit_applied": "0.00", "credit_applied_paid": "0.00", "credit_applied_promotional": "0.00",
-                 "amount_due": "11.00", "status": "overdue", "amount_paid": "5.00", "remaining": "6.00"},
+                 "amount_due": "11.00", "interim": false, "status": "overdue", "amount_paid": "5.00", "remaining": "6.00"},
                 {"invoice_id": "inv_a1_00002", "number": "a1-00002",
                  "period": {"start": "2026-03-01T00:00:00Z", "end": "2026-04-01T00:00:00Z"},
                  "issued_at": "2026-04-01T01:00:00Z", "due_at": "2026-04-15T01:00:00Z", "currency": "EUR",
                  "subtotal": "13.25", "tax": "1.32", "total": "14.57", "credit_applied": "0.00", "credit_applied_paid": "0.00", "credit_applied_promotional": "0.00",
-                 "amount_due": "14.57", "status": "open", "amount_paid": "0.00", "remaining": "14.57"}
+                 "amount_due": "14.57", "interim": false, "status": "open", "amount_paid": "0.00", "remaining": "14.57"}
             ],
             "next": null
         })
@@ -1046,7 +1056,15 @@ async fn issue_13_the_account_shows_its_credit_by_grant_in_draw_order_live_and_a
     let mut rebuilt = get(&app, "/v1/accounts/a1/as-of?at=2026-03-10T00:00:00Z").await;
     for v in [&mut live, &mut rebuilt] {
         let map = v.as_object_mut().unwrap();
-        for k in ["draft", "clock", "journal_seq", "as_of", "last_change_at"] {
+        // `alerts` is live state only (as-of rebuilds from the journal).
+        for k in [
+            "draft",
+            "clock",
+            "journal_seq",
+            "as_of",
+            "last_change_at",
+            "alerts",
+        ] {
             map.remove(k);
         }
     }
@@ -1499,5 +1517,86 @@ async fn lineage_of_interim_and_final_invoices_traces_the_usage_each_billed() {
         traced_usage,
         vec![vec!["u1", "u2"], vec!["u3"], vec!["u4"]],
         "{list}"
+    );
+}
+
+/// An account with `invoice_at` 2.00 and a 3.00 spend alert (plan `p`:
+/// 10.00 a month in advance, `m` at 0.50; tax 10%), March usage of 3, 2,
+/// 5 and 1 units, the clock run to `until`.
+async fn progressive_store(dir: &std::path::Path, until: &str) -> (Arc<EmbeddedStore>, Engine) {
+    let inputs = vec![
+        opening("a5"),
+        (
+            "billing.accounts.v1",
+            r#"{"event_id":"t1","account_id":"a5","kind":"thresholds_set","occurred_at":"2026-03-02T00:00:00Z","environment":"prod","thresholds":["3.00"],"currency":"EUR","invoice_at":"2.00"}"#.to_string(),
+            None,
+        ),
+        usage_of("a5", "u1", "3", "2026-03-03T10:00:00Z"),
+        usage_of("a5", "u2", "2", "2026-03-04T10:00:00Z"),
+        usage_of("a5", "u3", "5", "2026-03-05T10:00:00Z"),
+        usage_of("a5", "u4", "1", "2026-03-06T10:00:00Z"),
+    ];
+    store_from(dir, inputs, "2026-03-01T00:00:00Z", until).await
+}
+
+#[tokio::test]
+async fn issue_13_api_flags_interim_invoices_and_shows_the_accounts_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = progressive_store(dir.path(), "2026-03-10T00:00:00Z").await;
+    let running = app(store, engine, &hs256_settings());
+    // u1: 1.50 accrued, below 2.00; u2: 2.50, an interim invoice; u3: 2.50
+    // more, another; u4: 0.50, waiting. The opening's fee invoice is not
+    // interim.
+    let list = get(&running, "/v1/accounts/a5/invoices").await;
+    let flags: Vec<(&str, &Value, &Value)> = list["invoices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["invoice_id"].as_str().unwrap(),
+                &i["subtotal"],
+                &i["interim"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        flags,
+        vec![
+            ("inv_a5_00001", &json!("10.00"), &json!(false)),
+            ("inv_a5_00002", &json!("2.50"), &json!(true)),
+            ("inv_a5_00003", &json!("2.50"), &json!(true)),
+        ],
+        "{list}"
+    );
+    let one = get(&running, "/v1/accounts/a5/invoices/inv_a5_00002").await;
+    assert_eq!(one["interim"], json!(true));
+    // The account: its alert (reached: the draft's subtotal is 5.50 of
+    // usage + April's 10.00 fee), invoice_at, and what the two interim
+    // invoices billed: 5.00, tax 10% = 0.50.
+    let account = get(&running, "/v1/accounts/a5").await;
+    assert_eq!(
+        account["alerts"],
+        json!({"thresholds": ["3.00"], "thresholds_reached": ["3.00"], "invoice_at": "2.00",
+               "invoiced_this_period": {"invoices": 2, "subtotal": "5.00", "tax": "0.50"}}),
+        "{account}"
+    );
+
+    // After the close: the final invoice of March (0.50 of usage and
+    // April's fee) is not interim; April starts with nothing invoiced.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = progressive_store(dir.path(), "2026-04-02T00:00:00Z").await;
+    let closed = app(store, engine, &hs256_settings());
+    let list = get(&closed, "/v1/accounts/a5/invoices").await;
+    let last = list["invoices"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (&last["invoice_id"], &last["subtotal"], &last["interim"]),
+        (&json!("inv_a5_00004"), &json!("10.50"), &json!(false)),
+        "{list}"
+    );
+    let account = get(&closed, "/v1/accounts/a5").await;
+    assert_eq!(
+        account["alerts"]["invoiced_this_period"],
+        json!({"invoices": 0, "subtotal": "0.00", "tax": "0.00"})
     );
 }

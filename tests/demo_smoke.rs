@@ -122,6 +122,7 @@ fn issue_13_and_14_sections_show_non_zero_figures(summary: &str) {
         "promotional credit expired:",
         "upgrade effective immediately:",
         "spend alerts:",
+        "interim invoices:",
         "discounts:",
         "Gateway emulator:",
     ] {

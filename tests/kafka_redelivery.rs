@@ -388,6 +388,7 @@ fn issue_15_a_second_derivation_of_the_same_log_later_publishes_byte_identical_o
                         thresholds: vec![Decimal::new(3_100, 2)],
                         currency: "EUR".into(),
                         invoice_at: None,
+                        keeps_invoice_at: false,
                     },
                 }))
                 .unwrap(),

@@ -219,6 +219,7 @@ pub fn upcoming_json(st: &AccountState, inv: &IssuedInvoice, at: Timestamp) -> V
     let mut v = rendered(inv, c);
     if let Value::Object(map) = &mut v {
         map.insert("status".into(), json!("upcoming"));
+        map.insert("interim".into(), json!(inv.interim));
         map.insert("preview_at".into(), json!(time(at)));
         map.insert("discount".into(), json!(c.format(discount)));
         map.insert(
@@ -352,6 +353,8 @@ fn invoice_json(st: &AccountState, inv: &IssuedInvoice, with_lines: bool) -> Val
             "credit_applied_promotional".into(),
             json!(c.format(inv.credit_applied_promotional)),
         );
+        // Always (the stored invoice leaves out `false`).
+        map.insert("interim".into(), json!(inv.interim));
         map.insert("status".into(), json!(status));
         map.insert("amount_paid".into(), json!(c.format(paid)));
         map.insert("remaining".into(), json!(c.format(remaining)));

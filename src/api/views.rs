@@ -234,6 +234,47 @@ pub struct AccountView {
     pub journal_seq: u64,
     /// `None` once a closed account's final invoice is issued.
     pub draft: Option<DraftView>,
+    /// Spend alerts and threshold invoicing (`alerts.rs`, `interim.rs`).
+    pub alerts: AlertsView,
+}
+
+/// An account's spend alerts and threshold invoicing as they stand.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertsView {
+    /// The spend thresholds, ascending (empty: none).
+    pub thresholds: Vec<String>,
+    /// Those the current period's draft has reached (each fires once per
+    /// period).
+    pub thresholds_reached: Vec<String>,
+    /// The threshold invoicing amount (`None`: no interim invoices).
+    pub invoice_at: Option<String>,
+    /// What the current period's interim invoices billed.
+    pub invoiced_this_period: InterimView,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InterimView {
+    /// Interim invoices issued in the current period.
+    pub invoices: u32,
+    /// Their subtotal and tax, summed.
+    pub subtotal: String,
+    pub tax: String,
+}
+
+fn alerts_view(st: &AccountState) -> AlertsView {
+    let c = st.currency;
+    let amounts = |v: &[Minor]| v.iter().map(|m| c.format(*m)).collect();
+    let interim = st.interim.as_deref();
+    AlertsView {
+        thresholds: amounts(&st.thresholds),
+        thresholds_reached: amounts(&st.thresholds_reached),
+        invoice_at: st.invoice_at.map(|m| c.format(m)),
+        invoiced_this_period: InterimView {
+            invoices: interim.map_or(0, |i| i.invoices),
+            subtotal: c.format(interim.map_or(Minor::ZERO, |i| i.subtotal)),
+            tax: c.format(interim.map_or(Minor::ZERO, |i| i.tax)),
+        },
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -312,6 +353,7 @@ pub fn account_view(st: &AccountState, draft: Option<Draft>) -> AccountView {
             tax: c.format(d.tax),
             total: c.format(d.total),
         }),
+        alerts: alerts_view(st),
     }
 }
 

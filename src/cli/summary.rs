@@ -79,6 +79,12 @@ pub struct Features {
     pub alert_accounts: BTreeSet<String>,
     /// (account, threshold, draft subtotal, currency, at)
     pub alert_example: Option<[String; 5]>,
+    /// Interim invoices of threshold invoicing (`interim: true`).
+    pub interim: u64,
+    pub interim_amount: Amounts,
+    pub interim_accounts: BTreeSet<String>,
+    /// (account, invoice id, total, currency)
+    pub interim_example: Option<[String; 4]>,
     pub discounts: u64,
     pub discount_amount: Amounts,
     /// (account, description, amount, currency)
@@ -258,6 +264,20 @@ impl Summary {
                     let e = self.revenue.entry((currency.clone(), month)).or_default();
                     e.0 += 1;
                     e.1 += total;
+                    if j["interim"] == true {
+                        let f = &mut self.features;
+                        f.interim += 1;
+                        f.interim_amount.add(&currency, total);
+                        f.interim_accounts.insert(r.key.clone());
+                        f.interim_example.get_or_insert_with(|| {
+                            [
+                                r.key.clone(),
+                                text(&j["invoice_id"]),
+                                total.to_string(),
+                                currency.clone(),
+                            ]
+                        });
+                    }
                     let plan = plan_of(&r.key);
                     self.invoice_features(j, plan.as_deref());
                     let plan = plan.unwrap_or_else(|| "?".into());
@@ -452,6 +472,7 @@ impl Features {
             && self.promo_expired == 0
             && self.upgrades.is_empty()
             && self.alerts == 0
+            && self.interim == 0
             && self.discounts == 0
     }
 
@@ -518,6 +539,19 @@ impl Features {
                 line += &format!(
                     "; e.g. {account} reached {threshold} {currency} at {at} (draft subtotal {amount})"
                 );
+            }
+            println!("{line}");
+        }
+        if self.interim > 0 {
+            let mut line = format!(
+                "  interim invoices: {} on {} accounts, {} in all",
+                self.interim,
+                self.interim_accounts.len(),
+                self.interim_amount
+            );
+            if let Some([account, invoice, total, currency]) = &self.interim_example {
+                line +=
+                    &format!("; e.g. {account} {invoice}: {total} {currency} (invoice_at reached)");
             }
             println!("{line}");
         }

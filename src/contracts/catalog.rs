@@ -75,6 +75,7 @@ const FILES: &[(&str, &str)] = embed_schemas![
     "history/AdjustmentIssued.v1.avsc",
     "history/InvoiceIssued.v1.avsc",
     "history/InvoiceIssued.v2.avsc",
+    "history/InvoiceIssued.v3.avsc",
     "history/Notification.v1.avsc",
     "history/Notification.v2.avsc",
     "history/AccountOpened.v1.avsc",

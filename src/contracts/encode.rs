@@ -18,7 +18,7 @@ use super::errors::EncodeError;
 use super::framing;
 use super::json::{input_record, input_to_json, plan_to_json};
 use super::outputs::OutputRecord;
-use crate::engine::events::Input;
+use crate::engine::events::{AccountCommand, AccountKind, Input};
 use crate::engine::plan::Plan;
 use crate::engine::time::Timestamp;
 
@@ -45,8 +45,23 @@ impl Catalog {
 
     /// An input as Confluent-framed Avro (tests, benchmarks, demo producer).
     pub fn encode_input(&self, input: &Input) -> Result<Vec<u8>, EncodeError> {
+        let record = input_record(input);
+        let json = input_to_json(input);
         // The JSON `kind` is the record's name in Avro, not a field.
-        self.encode_json(input_record(input), &input_to_json(input), &["kind"])
+        let ignore = &["kind"];
+        if keeps_invoice_at(input) {
+            // Only version 1 of `ThresholdsSet` (no `invoice_at` field) says
+            // "leave the account's invoice_at as it is": write with it.
+            if let Some(v1) = self
+                .history()
+                .iter()
+                .find(|h| h.record == record && h.version == 1)
+            {
+                let body = avro_body(&v1.schema, record, &json, ignore)?;
+                return Ok(framing::encode(v1.id, &body));
+            }
+        }
+        self.encode_json(record, &json, ignore)
     }
 
     /// A plan as Confluent-framed Avro.
@@ -96,6 +111,20 @@ impl Catalog {
             reason,
         })
     }
+}
+
+/// A `ThresholdsSet` that leaves the account's `invoice_at` as it is.
+fn keeps_invoice_at(input: &Input) -> bool {
+    matches!(
+        input,
+        Input::Account(AccountCommand {
+            kind: AccountKind::ThresholdsSet {
+                keeps_invoice_at: true,
+                ..
+            },
+            ..
+        })
+    )
 }
 
 /// The unframed Avro body of a pinned-JSON record.

@@ -308,7 +308,10 @@ fn account_command(o: &Obj<'_>, kind: &str) -> Result<AccountCommand, DecodeErro
         "thresholds_set" => AccountKind::ThresholdsSet {
             thresholds: o.decimal_list("thresholds")?,
             currency: o.str("currency")?,
+            // Absent (as in version 1 of the Avro record): the account's
+            // `invoice_at` stays; `null` clears it.
             invoice_at: o.opt_decimal("invoice_at")?,
+            keeps_invoice_at: !o.has("invoice_at"),
         },
         _ => AccountKind::AdjustmentIssued {
             adjustment: match o.str("adjustment")?.as_str() {
@@ -462,6 +465,11 @@ impl<'a> Obj<'a> {
                 ))
             }
         }
+    }
+
+    /// Whether the field is there, `null` included.
+    fn has(&self, field: &str) -> bool {
+        self.map.contains_key(field)
     }
 
     /// The field, `None` when absent or null.
@@ -913,13 +921,15 @@ pub fn input_to_json(input: &Input) -> Value {
                         thresholds,
                         currency,
                         invoice_at,
+                        keeps_invoice_at,
                     } => {
                         let amounts: Vec<String> =
                             thresholds.iter().map(|t| t.to_string()).collect();
                         put("thresholds", json!(amounts));
                         put("currency", json!(currency));
-                        if let Some(a) = invoice_at {
-                            put("invoice_at", json!(a.to_string()));
+                        // Absent keeps the account's; null clears it.
+                        if !keeps_invoice_at {
+                            put("invoice_at", json!(invoice_at.map(|a| a.to_string())));
                         }
                     }
                     AccountKind::AccountOpened { .. } | AccountKind::AccountClosed => {}
@@ -1146,6 +1156,7 @@ pub(crate) mod tests {
                     thresholds: vec![d("50.00"), d("100")],
                     currency: "EUR".into(),
                     invoice_at: None,
+                    keeps_invoice_at: false,
                 },
             ),
             acct(
@@ -1290,6 +1301,8 @@ pub(crate) mod tests {
                 thresholds: vec![d("50.00"), d("100.00"), d("250")],
                 currency: "EUR".into(),
                 invoice_at: None,
+                // No `invoice_at` key: the account's stays.
+                keeps_invoice_at: true,
             }
         );
         for (bad, expected) in [
@@ -1325,6 +1338,7 @@ pub(crate) mod tests {
                 thresholds: vec![d("50.00")],
                 currency: "EUR".into(),
                 invoice_at: Some(d("200.00")),
+                keeps_invoice_at: false,
             }
         );
         let open = r#"{"event_id":"o1","account_id":"acct-a","plan_id":"pro","currency":"EUR","timezone":"Europe/Berlin","tax_rate":"0.19","opened_at":"2026-03-01T00:00:00Z","environment":"prod","thresholds":["50.00","100.00"],"invoice_at":"200.00"}"#;

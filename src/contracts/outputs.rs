@@ -215,6 +215,7 @@ impl Emit<'_> {
             "credit_applied_paid": fmt(inv.credit_applied_paid()),
             "credit_applied_promotional": fmt(inv.credit_applied_promotional),
             "amount_due": fmt(inv.amount_due),
+            "interim": inv.interim,
         });
         self.push(OutputTopic::Invoices, "InvoiceIssued", fields);
         self.notify(
@@ -471,6 +472,7 @@ pub(crate) mod tests {
             credit_applied: Minor(500),
             credit_applied_promotional: Minor(200),
             amount_due: Minor(2820),
+            interim: false,
         };
         vec![
             DomainEvent::AccountOpened {

@@ -93,12 +93,14 @@ pub(crate) fn parse_alerts(
 
 impl Engine {
     /// Validate a `ThresholdsSet` and put its thresholds and `invoice_at`
-    /// on the account (both replaced).
+    /// on the account: the thresholds replaced, `invoice_at` replaced when
+    /// the command gives it (`Some`: an amount, or `None` to clear it) and
+    /// kept when it does not (`None`: a version 1 record).
     pub(crate) fn set_thresholds(
         &self,
         st: &mut AccountState,
         thresholds: &[Decimal],
-        invoice_at: Option<Decimal>,
+        invoice_at: Option<Option<Decimal>>,
         currency: &str,
         emit: &mut Emit,
     ) -> Result<(), Rejection> {
@@ -114,7 +116,11 @@ impl Engine {
                 ),
             });
         }
-        let (amounts, invoice_at) = parse_alerts(st.currency, thresholds, invoice_at)?;
+        let (amounts, given) = parse_alerts(st.currency, thresholds, invoice_at.flatten())?;
+        let invoice_at = match invoice_at {
+            Some(_) => given,
+            None => st.invoice_at,
+        };
         Self::put_alerts(st, amounts, invoice_at, emit);
         Ok(())
     }

@@ -19,6 +19,7 @@ fn set(h: &mut Harness, amounts: &[&str], at: &str) -> Result<Outcome, Rejection
             thresholds: amounts.iter().map(|a| d(a)).collect(),
             currency: "EUR".into(),
             invoice_at: None,
+            keeps_invoice_at: false,
         },
         at,
     )
@@ -229,6 +230,7 @@ fn issue_13_thresholds_are_validated_naming_the_field_and_deduplicated() {
             thresholds: vec![d("10.00")],
             currency: "USD".into(),
             invoice_at: None,
+            keeps_invoice_at: false,
         },
         at,
     );

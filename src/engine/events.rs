@@ -211,9 +211,16 @@ pub enum AccountKind {
         currency: String,
         /// Threshold invoicing (`interim.rs`): an interim invoice is issued
         /// whenever what has accrued on the draft and is not invoiced yet
-        /// reaches this amount; absent: none (the command replaces it too).
+        /// reaches this amount; `None`: none (the command replaces it too,
+        /// unless `keeps_invoice_at`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         invoice_at: Option<Decimal>,
+        /// The command does not speak of `invoice_at` (a version 1 record,
+        /// written before the field existed, or a JSON line without the
+        /// key): the account's stays as it is and `invoice_at` is `None`.
+        /// An explicit null (version 2, JSON `null`) clears it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keeps_invoice_at: bool,
     },
 }
 
@@ -330,6 +337,12 @@ pub struct IssuedInvoice {
     #[serde(default, skip_serializing_if = "Minor::is_zero")]
     pub credit_applied_promotional: Minor,
     pub amount_due: Minor,
+    /// An interim invoice of threshold invoicing (`interim.rs`): it bills
+    /// what had accrued in its period, and a later invoice of the same
+    /// period bills the rest. `false` for a period's final invoice (and in
+    /// invoices stored before the field).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interim: bool,
 }
 
 impl IssuedInvoice {

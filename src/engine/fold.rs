@@ -23,7 +23,7 @@ use super::events::{
 use super::money::{round_ratio_half_even, Currency, Minor};
 use super::name::{self, Name};
 use super::plan::{Charge, Plan, PlanBook};
-use super::rating::{display_unit_price, line_amount};
+use super::rating::{display_unit_price, line_amount, line_amount_with_free};
 use super::reject::Rejection;
 use super::time::{next_period, period_containing, Anchor, Period, Timestamp, MICROS_PER_HOUR};
 use super::tripwire::{find_card_number, mask_card_numbers};
@@ -131,6 +131,44 @@ fn check_number(field: &str, value: Decimal) -> Result<(), Rejection> {
 /// Most plan segments of one period: at most `MAX_PLAN_SEGMENTS - 1`
 /// immediate plan changes in a period (each keeps its own usage).
 pub const MAX_PLAN_SEGMENTS: usize = 8;
+
+/// What a period's segments on each plan used of its charges' free units.
+/// A plan's free units of a charge apply once per period across all the
+/// period's segments on that plan and version (an immediate change A → B
+/// → A does not give A's allowance twice), used in segment order: a
+/// segment gets what its plan's earlier segments in the period left.
+#[derive(Debug, Default)]
+struct FreeUnitsUsed(Vec<(String, u32, String, Decimal)>);
+
+impl FreeUnitsUsed {
+    /// The free units of `charge` left for a segment on `plan` that rates
+    /// `quantity`, which it then uses.
+    fn take(&mut self, plan: &Plan, charge: &Charge, quantity: Decimal) -> Decimal {
+        if charge.free_units.is_zero() {
+            return Decimal::ZERO;
+        }
+        let key = |(p, v, m, _): &&mut (String, u32, String, Decimal)| {
+            (p.as_str(), *v, m.as_str())
+                == (plan.plan_id.as_str(), plan.version, charge.metric.as_str())
+        };
+        match self.0.iter_mut().find(key) {
+            Some((.., used)) => {
+                let left = (charge.free_units - *used).max(Decimal::ZERO);
+                *used = used.saturating_add(quantity);
+                left
+            }
+            None => {
+                self.0.push((
+                    plan.plan_id.clone(),
+                    plan.version,
+                    charge.metric.clone(),
+                    quantity,
+                ));
+                charge.free_units
+            }
+        }
+    }
+}
 
 /// The subject that holds the usage of every subject past the cap.
 pub const OTHER_SUBJECT: &str = "(other)";
@@ -740,18 +778,22 @@ impl Engine {
         line_amount(charge, total, st.currency, Minor::MAX_AMOUNT)
     }
 
-    /// Usage and minimum-spend lines of a period, with the usage sum.
+    /// Usage and minimum-spend lines of a period (or of one of its plan
+    /// segments, with what the earlier ones used of the free units in
+    /// `free`), with the usage sum.
     fn usage_lines(
         &self,
         st: &AccountState,
         usage: Option<&PeriodUsage>,
         plan: Option<&Plan>,
         p: Period,
+        free: &mut FreeUnitsUsed,
     ) -> Vec<Line> {
         let mut lines = Vec::new();
         let Some(plan) = plan else { return lines };
         let mut usage_sum = Minor::ZERO;
         let seg = usage.map_or((p.start, p.end), PeriodUsage::bounds);
+        let split = usage.is_some_and(|u| u.since.is_some() || u.until.is_some());
         let note =
             usage.and_then(|u| Self::segment_note(&u.plan_id, u.plan_version, u.since, u.until, p));
         for m in usage.map(|u| u.metrics.as_slice()).unwrap_or_default() {
@@ -762,7 +804,16 @@ impl Engine {
             // plan replaced by a dearer one mid-period can get here with
             // `None`: the line is not billed, and says so.
             let quantity = Self::metric_quantity(st, m, p, seg);
-            let amount = quantity.and_then(|q| Self::line_amount(st, charge, q));
+            let amount = quantity.and_then(|q| {
+                // A whole period has its plan's free units; a segment what
+                // the plan's earlier segments left.
+                let free = if split {
+                    free.take(plan, charge, q)
+                } else {
+                    charge.free_units
+                };
+                line_amount_with_free(charge, q, free, st.currency, Minor::MAX_AMOUNT)
+            });
             let (amount, description) = match amount {
                 Some(amount) => (amount, note.clone()),
                 None => (
@@ -864,13 +915,14 @@ impl Engine {
         let p = st.current;
         let mut lines = Vec::new();
         let mut segments = st.open.iter().filter(|u| u.period == p).peekable();
+        let mut free = FreeUnitsUsed::default();
         if segments.peek().is_none() {
             let (id, version) = self.plan_for_ref(st, p.start);
-            lines = self.usage_lines(st, None, self.plan(id, version), p);
+            lines = self.usage_lines(st, None, self.plan(id, version), p, &mut free);
         }
         for u in segments {
             let plan = self.plan(&u.plan_id, u.plan_version);
-            lines.extend(self.usage_lines(st, Some(u), plan, p));
+            lines.extend(self.usage_lines(st, Some(u), plan, p, &mut free));
         }
         if !whole {
             lines.retain(|l| l.kind != LineKind::MinimumSpend);
@@ -952,9 +1004,11 @@ impl Engine {
             });
         }
         let mut lines = Vec::new();
+        let mut free = FreeUnitsUsed::default();
         for usage in segments {
             let plan = self.plans.get_version(&usage.plan_id, usage.plan_version);
-            let seg_lines = self.usage_lines(st, Some(&usage), plan.map(|p| p.as_ref()), p);
+            let seg_lines =
+                self.usage_lines(st, Some(&usage), plan.map(|p| p.as_ref()), p, &mut free);
             let billed = seg_lines
                 .iter()
                 .map(|l| match &l.metric {
@@ -1034,7 +1088,7 @@ impl Engine {
             lines = invoiced.rest_of(st.currency, lines);
         }
         let seq = st.invoice_seq;
-        self.issue(st, invoice_id, seq, p, lines, prior, emit);
+        self.issue(st, invoice_id, seq, p, lines, prior, false, emit);
         if last {
             st.finished = true;
         } else {
@@ -1350,44 +1404,79 @@ impl Engine {
             let change = value.checked_sub(old_total).ok_or_else(overflow)?;
             (value, change, Decimal::ONE, Some((agg_at, aggregate)))
         };
-        let billed_of = |key: &BilledKey| {
-            closed
-                .billed
-                .iter()
-                .find(|(k, _)| k == key)
-                .map_or(Minor::ZERO, |(_, a)| *a)
+        // The segments whose lines change: this one and, when the charge
+        // has free units, the period's later segments on the same plan and
+        // version, whose share of them the late usage moves (a plan's free
+        // units apply once per period, in segment order: `FreeUnitsUsed`).
+        let mut targets = vec![ci];
+        if !charge.free_units.is_zero() {
+            let start = seg.0;
+            targets.extend((0..st.closed.len()).filter(|&j| {
+                let o = &st.closed[j];
+                j != ci
+                    && o.period == period
+                    && (o.plan_id.as_str(), o.plan_version) == (plan_id.as_str(), version)
+                    && o.bounds().0 > start
+                    && o.totals.iter().any(|(m, _)| *m == u.metric)
+            }));
+        }
+        let too_dear_here = |total: Decimal| Rejection::InvalidQuantity {
+            quantity: u.quantity.to_string(),
+            reason: too_dear(st, &u.metric, total),
         };
-        let metric_key = BilledKey::Metric(u.metric.clone());
-        let new_amount =
-            Self::line_amount(st, charge, new_total).ok_or_else(|| Rejection::InvalidQuantity {
-                quantity: u.quantity.to_string(),
-                reason: too_dear(st, &u.metric, new_total),
-            })?;
-        // Both within `Minor::MAX_AMOUNT`: the difference fits.
-        let delta = new_amount.saturating_sub(billed_of(&metric_key));
-        // Minimum spend on the new totals (a charge that no longer rates
-        // within a line counts what it was billed).
-        let mut usage_sum = new_amount;
-        for (m, q) in &closed.totals {
-            if *m != u.metric {
-                if let Some(c) = plan.charge(m) {
-                    let amount = Self::line_amount(st, c, *q)
-                        .unwrap_or_else(|| billed_of(&BilledKey::Metric(m.clone())));
-                    usage_sum = usage_sum.saturating_add(amount);
+        // Per target: (index, new amount of the metric, its change, new
+        // minimum-spend true-up, its change).
+        let mut rerated = Vec::with_capacity(targets.len());
+        for &j in &targets {
+            let c = &st.closed[j];
+            let billed_of = |key: &BilledKey| {
+                c.billed
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map_or(Minor::ZERO, |(_, a)| *a)
+            };
+            let total = if j == ci {
+                new_total
+            } else {
+                c.totals
+                    .iter()
+                    .find(|(m, _)| *m == u.metric)
+                    .map_or(Decimal::ZERO, |(_, q)| *q)
+            };
+            let free = Self::closed_free_left(st, j, &u.metric, charge, Some((ci, new_total)));
+            let new_amount =
+                line_amount_with_free(charge, total, free, st.currency, Minor::MAX_AMOUNT)
+                    .ok_or_else(|| too_dear_here(total))?;
+            // Both within `Minor::MAX_AMOUNT`: the difference fits.
+            let delta = new_amount.saturating_sub(billed_of(&BilledKey::Metric(u.metric.clone())));
+            // Minimum spend on the new totals (a charge that no longer rates
+            // within a line counts what it was billed).
+            let mut usage_sum = new_amount;
+            for (m, q) in &c.totals {
+                if *m != u.metric {
+                    if let Some(other) = plan.charge(m) {
+                        let free = Self::closed_free_left(st, j, m, other, None);
+                        let amount =
+                            line_amount_with_free(other, *q, free, st.currency, Minor::MAX_AMOUNT)
+                                .unwrap_or_else(|| billed_of(&BilledKey::Metric(m.clone())));
+                        usage_sum = usage_sum.saturating_add(amount);
+                    }
                 }
             }
+            let minimum = self.minimum_for(st, plan, period, c.bounds());
+            let new_true_up = if usage_sum < minimum {
+                minimum.saturating_sub(usage_sum)
+            } else {
+                Minor::ZERO
+            };
+            let min_delta = new_true_up.saturating_sub(billed_of(&BilledKey::MinimumSpend));
+            rerated.push((j, new_amount, delta, new_true_up, min_delta));
         }
-        let minimum = self.minimum_for(st, plan, period, seg);
-        let new_true_up = if usage_sum < minimum {
-            minimum.saturating_sub(usage_sum)
-        } else {
-            Minor::ZERO
-        };
-        let min_delta = new_true_up.saturating_sub(billed_of(&BilledKey::MinimumSpend));
         let unit_price = display_unit_price(charge);
         // A non-additive value that did not move (a lower sample, a known
         // value) needs no line.
-        let unchanged = aggregate.is_some() && line_quantity.is_zero() && delta == Minor::ZERO;
+        let unchanged =
+            aggregate.is_some() && line_quantity.is_zero() && rerated[0].2 == Minor::ZERO;
 
         // Validated: now change state.
         let closed = &mut st.closed[ci];
@@ -1400,69 +1489,139 @@ impl Engine {
             Some((_, q)) => *q = new_total,
             None => closed.totals.push((u.metric.clone(), new_total)),
         }
-        for (key, amount) in [
-            (metric_key, new_amount),
-            (BilledKey::MinimumSpend, new_true_up),
-        ] {
-            match closed.billed.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, a)) => *a = amount,
-                None if amount != Minor::ZERO => closed.billed.push((key, amount)),
-                None => {}
+        for (j, new_amount, delta, new_true_up, min_delta) in rerated {
+            let closed = &mut st.closed[j];
+            for (key, amount) in [
+                (BilledKey::Metric(u.metric.clone()), new_amount),
+                (BilledKey::MinimumSpend, new_true_up),
+            ] {
+                match closed.billed.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, a)) => *a = amount,
+                    None if amount != Minor::ZERO => closed.billed.push((key, amount)),
+                    None => {}
+                }
             }
-        }
-        let pending = st.pending_lines.iter_mut().find(|l| {
-            l.kind == LineKind::LateUsage
-                && l.for_period == period
-                && l.metric.as_deref() == Some(u.metric.as_str())
-                && l.description.as_deref() == Some(late_text.as_str())
-        });
-        match pending {
-            _ if unchanged => {}
-            Some(line) => {
-                // At most the period's new total (checked above).
-                line.quantity = line.quantity.saturating_add(line_quantity);
-                line.amount = line.amount.saturating_add(delta);
-                add_line_subject(
-                    &mut line.subjects,
-                    &u.subject,
-                    subject_quantity,
-                    self.config.max_subjects,
-                );
-            }
-            None => st.pending_lines.push(Line {
-                kind: LineKind::LateUsage,
-                metric: Some(u.metric.clone()),
-                quantity: line_quantity,
-                unit_price,
-                amount: delta,
-                for_period: period,
-                subjects: [(u.subject.clone(), subject_quantity)]
-                    .into_iter()
-                    .collect(),
-                description: Some(late_text),
-            }),
-        }
-        if min_delta != Minor::ZERO {
-            let pending_min = st.pending_lines.iter_mut().find(|l| {
-                l.kind == LineKind::MinimumSpend
+            let note = Self::segment_note(
+                &closed.plan_id,
+                closed.plan_version,
+                closed.since,
+                closed.until,
+                period,
+            );
+            let with_note = |text: String| match &note {
+                Some(n) => format!("{text} {n}"),
+                None => text,
+            };
+            // This segment's late line carries the usage; a later one's
+            // only the change of its share of the free units.
+            let (late_text, quantity, subjects) = if j == ci {
+                let subjects: std::collections::BTreeMap<String, Decimal> =
+                    [(u.subject.clone(), subject_quantity)]
+                        .into_iter()
+                        .collect();
+                (late_text.clone(), line_quantity, subjects)
+            } else {
+                let text = with_note(format!(
+                    "free units used earlier in the period changed by late usage for the period starting {}",
+                    period.start
+                ));
+                (text, Decimal::ZERO, Default::default())
+            };
+            let pending = st.pending_lines.iter_mut().find(|l| {
+                l.kind == LineKind::LateUsage
                     && l.for_period == period
-                    && l.description.as_deref() == Some(min_text.as_str())
+                    && l.metric.as_deref() == Some(u.metric.as_str())
+                    && l.description.as_deref() == Some(late_text.as_str())
             });
-            match pending_min {
-                Some(line) => line.amount = line.amount.saturating_add(min_delta),
+            match pending {
+                _ if j == ci && unchanged => {}
+                _ if j != ci && delta == Minor::ZERO => {}
+                Some(line) => {
+                    // At most the period's new total (checked above).
+                    line.quantity = line.quantity.saturating_add(quantity);
+                    line.amount = line.amount.saturating_add(delta);
+                    if j == ci {
+                        add_line_subject(
+                            &mut line.subjects,
+                            &u.subject,
+                            subject_quantity,
+                            self.config.max_subjects,
+                        );
+                    }
+                }
                 None => st.pending_lines.push(Line {
-                    kind: LineKind::MinimumSpend,
-                    metric: None,
-                    quantity: Decimal::ONE,
-                    unit_price: None,
-                    amount: min_delta,
+                    kind: LineKind::LateUsage,
+                    metric: Some(u.metric.clone()),
+                    quantity,
+                    unit_price,
+                    amount: delta,
                     for_period: period,
-                    subjects: Default::default(),
-                    description: Some(min_text),
+                    subjects,
+                    description: Some(late_text),
                 }),
+            }
+            if min_delta != Minor::ZERO {
+                let min_text = if j == ci {
+                    min_text.clone()
+                } else {
+                    with_note(format!(
+                        "minimum spend correction for the period starting {}",
+                        period.start
+                    ))
+                };
+                let pending_min = st.pending_lines.iter_mut().find(|l| {
+                    l.kind == LineKind::MinimumSpend
+                        && l.for_period == period
+                        && l.description.as_deref() == Some(min_text.as_str())
+                });
+                match pending_min {
+                    Some(line) => line.amount = line.amount.saturating_add(min_delta),
+                    None => st.pending_lines.push(Line {
+                        kind: LineKind::MinimumSpend,
+                        metric: None,
+                        quantity: Decimal::ONE,
+                        unit_price: None,
+                        amount: min_delta,
+                        for_period: period,
+                        subjects: Default::default(),
+                        description: Some(min_text),
+                    }),
+                }
             }
         }
         Ok(())
+    }
+
+    /// The free units of `charge` (of `metric`) left for the issued
+    /// segment `j` once the period's earlier segments on the same plan and
+    /// version used theirs (`FreeUnitsUsed`), with the total of `metric`
+    /// in segment `changed.0` taken as `changed.1` (the late usage's).
+    fn closed_free_left(
+        st: &AccountState,
+        j: usize,
+        metric: &str,
+        charge: &Charge,
+        changed: Option<(usize, Decimal)>,
+    ) -> Decimal {
+        if charge.free_units.is_zero() {
+            return Decimal::ZERO;
+        }
+        let c = &st.closed[j];
+        let start = c.bounds().0;
+        let mut used = Decimal::ZERO;
+        for (i, o) in st.closed.iter().enumerate() {
+            if o.period == c.period
+                && (o.plan_id.as_str(), o.plan_version) == (c.plan_id.as_str(), c.plan_version)
+                && o.bounds().0 < start
+            {
+                let total = match changed {
+                    Some((at, total)) if at == i => Some(total),
+                    _ => o.totals.iter().find(|(m, _)| m == metric).map(|(_, q)| *q),
+                };
+                used = used.saturating_add(total.unwrap_or(Decimal::ZERO));
+            }
+        }
+        (charge.free_units - used).max(Decimal::ZERO)
     }
 
     #[inline(always)]
@@ -1664,7 +1823,16 @@ impl Engine {
             let seq = st.invoice_seq;
             let id = Self::invoice_id(&st.account_id, seq);
             let none = (Minor::ZERO, Minor::ZERO);
-            self.issue(&mut st, id, seq, current, vec![line], none, &mut emit);
+            self.issue(
+                &mut st,
+                id,
+                seq,
+                current,
+                vec![line],
+                none,
+                false,
+                &mut emit,
+            );
         }
         self.open_draft(&mut st, &mut emit);
         self.check_thresholds(&mut st, &mut emit);
@@ -1802,7 +1970,11 @@ impl Engine {
                 thresholds,
                 currency,
                 invoice_at,
-            } => self.set_thresholds(st, thresholds, *invoice_at, currency, emit),
+                keeps_invoice_at,
+            } => {
+                let invoice_at = (!keeps_invoice_at).then_some(*invoice_at);
+                self.set_thresholds(st, thresholds, invoice_at, currency, emit)
+            }
         }
     }
 

@@ -266,7 +266,7 @@ impl Engine {
         st.invoice_seq += 1;
         let next_id = Self::invoice_id(&st.account_id, st.invoice_seq);
         let invoice_id = std::mem::replace(&mut st.draft_invoice_id, next_id);
-        self.issue(st, invoice_id, seq, current, lines, prior, emit);
+        self.issue(st, invoice_id, seq, current, lines, prior, true, emit);
         let (invoice_id, period) = (st.draft_invoice_id.clone(), st.current);
         emit.push(st, DomainEvent::InvoiceOpened { invoice_id, period });
     }

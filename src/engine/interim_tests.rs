@@ -22,6 +22,7 @@ fn invoice_at(h: &mut Harness, amount: &str, at: &str) -> Result<Outcome, Reject
             thresholds: Vec::new(),
             currency: "EUR".into(),
             invoice_at: Some(d(amount)),
+            keeps_invoice_at: false,
         },
         at,
     )
@@ -505,4 +506,122 @@ fn issue_13_account_opened_may_carry_the_alerts_and_invoice_at_bad_ones_name_the
     gb(&mut h, "60", "2026-03-10T00:00:00Z");
     assert_eq!(h.count("spend_threshold_reached"), 1);
     assert_eq!(h.invoices()[0].subtotal, Minor(600));
+}
+
+/// A `ThresholdsSet` as a producer writes it: Avro framed with the id of
+/// `version` (1: schemas/history/ThresholdsSet.v1.avsc, id 26; 2: the
+/// current schema, id 1026), decoded as the runtime does.
+fn thresholds_set_record(h: &mut Harness, version: u32, json: serde_json::Value) -> Input {
+    use crate::contracts::catalog::Catalog;
+    use crate::contracts::decode::{Decoded, Decoder};
+    let catalog = Catalog::shared().unwrap();
+    let entry = catalog
+        .history()
+        .iter()
+        .chain(catalog.entries())
+        .find(|e| e.record == "ThresholdsSet" && e.version == version)
+        .unwrap();
+    let mut json = json;
+    json["event_id"] = serde_json::json!(h.next_id());
+    let body =
+        crate::contracts::encode::avro_body(&entry.schema, "ThresholdsSet", &json, &[]).unwrap();
+    let framed = crate::contracts::framing::encode(entry.id, &body);
+    match Decoder::new(catalog).unwrap().decode(&framed) {
+        Ok(Decoded::Input(input)) => input,
+        other => panic!("ThresholdsSet version {version}: {other:?}"),
+    }
+}
+
+#[test]
+fn issue_13_a_version_1_thresholds_set_keeps_invoice_at_and_an_explicit_null_clears_it() {
+    let mut h = Harness::new();
+    h.open("tiered", "2026-03-01T00:00:00Z");
+    invoice_at(&mut h, "5.00", "2026-03-01T01:00:00Z").unwrap();
+    let at = ts("2026-03-02T00:00:00Z");
+    let base = serde_json::json!({"account_id": "acct", "occurred_at": "2026-03-02T00:00:00Z",
+        "environment": "prod", "thresholds": ["50.00"], "currency": "EUR"});
+    // An old producer (version 1, no `invoice_at` field) changes only the
+    // alerts: progressive billing stays on at 5.00 (500 minor units).
+    let v1 = thresholds_set_record(&mut h, 1, base.clone());
+    h.feed(v1, at).unwrap();
+    assert_eq!(h.st().thresholds, vec![Minor(5000)]);
+    assert_eq!(h.st().invoice_at, Some(Minor(500)));
+    // So 60 GB-h × 0.10 = 6.00 ≥ 5.00 still issues an interim invoice of
+    // 6.00 + 20% tax = 7.20.
+    gb(&mut h, "60", "2026-03-05T00:00:00Z");
+    assert_eq!(issued(&h)[0].3, Minor(720));
+    // Version 2 with `invoice_at: null` says "none": cleared.
+    let mut null = base.clone();
+    null["invoice_at"] = serde_json::Value::Null;
+    let v2 = thresholds_set_record(&mut h, 2, null);
+    h.feed(v2, ts("2026-03-06T00:00:00Z")).unwrap();
+    assert_eq!(h.st().invoice_at, None);
+    // After which 60 GB-h more (12.00 accrued, 6.00 not invoiced) issue
+    // nothing more.
+    gb(&mut h, "60", "2026-03-07T00:00:00Z");
+    assert_eq!(h.invoices().len(), 1);
+}
+
+#[test]
+fn issue_13_a_json_thresholds_set_without_invoice_at_keeps_it_and_null_clears_it() {
+    use crate::contracts::decode::Decoded;
+    use crate::contracts::json::parse_line;
+    let mut h = Harness::new();
+    h.open("tiered", "2026-03-01T00:00:00Z");
+    invoice_at(&mut h, "5.00", "2026-03-01T01:00:00Z").unwrap();
+    let line = |id: &str, extra: &str| {
+        let text = format!(
+            r#"{{"event_id":"{id}","account_id":"acct","kind":"thresholds_set","occurred_at":"2026-03-02T00:00:00Z","environment":"prod","thresholds":["50.00"],"currency":"EUR"{extra}}}"#
+        );
+        match parse_line(&text) {
+            Ok(Decoded::Input(input)) => input,
+            other => panic!("{text}: {other:?}"),
+        }
+    };
+    let at = ts("2026-03-02T00:00:00Z");
+    h.feed(line("j1", ""), at).unwrap();
+    assert_eq!(h.st().invoice_at, Some(Minor(500)));
+    h.feed(line("j2", r#","invoice_at":"7.50""#), at).unwrap();
+    assert_eq!(h.st().invoice_at, Some(Minor(750)));
+    h.feed(line("j3", r#","invoice_at":null"#), at).unwrap();
+    assert_eq!(h.st().invoice_at, None);
+}
+
+#[test]
+fn issue_13_an_interim_invoice_is_flagged_interim_and_the_final_one_is_not() {
+    use crate::contracts::catalog::Catalog;
+    use crate::contracts::outputs::{outputs_for, OutputTopic};
+    let mut h = Harness::new();
+    h.open("tiered", "2026-03-01T00:00:00Z");
+    invoice_at(&mut h, "5.00", "2026-03-01T01:00:00Z").unwrap();
+    // 60 GB-h × 0.10 = 6.00 ≥ 5.00: an interim invoice of 6.00.
+    gb(&mut h, "60", "2026-03-10T00:00:00Z");
+    // The close bills the rest: the 10.00 minimum spend less the 6.00
+    // invoiced = 4.00 (the minimum-spend true-up), final, not interim.
+    h.advance("2026-04-01T02:00:00Z");
+    let flags: Vec<(Minor, bool)> = h
+        .invoices()
+        .iter()
+        .map(|i| (i.subtotal, i.interim))
+        .collect();
+    assert_eq!(flags, vec![(Minor(600), true), (Minor(400), false)]);
+    // On the invoices topic: `interim` in the JSON and in the Avro record
+    // (InvoiceIssued version 4).
+    let catalog = Catalog::shared().unwrap();
+    let eur = Currency::from_code("EUR").unwrap();
+    let mut seen = Vec::new();
+    for entry in h.journal.iter() {
+        if let DomainEvent::InvoiceIssued { .. } = entry.event {
+            for out in outputs_for(entry, eur) {
+                if out.topic == OutputTopic::Invoices && out.kind == "InvoiceIssued" {
+                    catalog.encode_output(&out).unwrap();
+                    seen.push(out.json["interim"].clone());
+                }
+            }
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![serde_json::json!(true), serde_json::json!(false)]
+    );
 }

@@ -329,7 +329,12 @@ impl PlanBook {
             return Err(PlanError::OutOfRange {
                 plan: plan.plan_id.clone(),
                 field: "version".into(),
-                reason: format!("the book keeps at most {MAX_PLAN_VERSIONS} versions of a plan"),
+                reason: format!(
+                    "version {} refused: the book keeps at most {MAX_PLAN_VERSIONS} versions of a plan ({} to {} are kept, none is evicted, so no account's version changes); publish it as a new plan id",
+                    plan.version,
+                    versions.first().map_or(0, |p| p.version),
+                    versions.last().map_or(0, |p| p.version),
+                ),
             });
         }
         let safe = plan

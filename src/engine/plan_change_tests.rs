@@ -710,3 +710,194 @@ proptest! {
         }
     }
 }
+
+/// `api.calls` per unit at `price` with `free` free units a period.
+fn per_unit_free(price: &str, free: &str) -> Charge {
+    Charge {
+        metric: "api.calls".into(),
+        model: Model::PerUnit,
+        unit_price: d(price),
+        package_size: None,
+        free_units: d(free),
+        tiers: Vec::new(),
+        aggregation: Default::default(),
+    }
+}
+
+/// "starter" v1: no fee, api.calls 0.01 with 1,000 free a period; "scale"
+/// v1: no fee, api.calls 0.02, none free. April, opened on starter; moved
+/// at once to scale on the 10th and back to starter on the 20th.
+fn starter_scale_starter() -> Harness {
+    let mut h = harness();
+    h.engine
+        .plans
+        .upsert(plan("starter", 1, "0", per_unit_free("0.01", "1000")))
+        .unwrap();
+    h.engine
+        .plans
+        .upsert(plan("scale", 1, "0", per_unit_free("0.02", "0")))
+        .unwrap();
+    h.open("starter", "2026-04-01T00:00:00Z");
+    h.usage("api.calls", "app", "600", "2026-04-05T00:00:00Z")
+        .unwrap();
+    h.command(
+        change("scale", PlanChangeEffective::Immediately, None),
+        "2026-04-10T00:00:00Z",
+    )
+    .unwrap();
+    h.usage("api.calls", "app", "300", "2026-04-12T00:00:00Z")
+        .unwrap();
+    h.command(
+        change("starter", PlanChangeEffective::Immediately, None),
+        "2026-04-20T00:00:00Z",
+    )
+    .unwrap();
+    h.usage("api.calls", "app", "700", "2026-04-25T00:00:00Z")
+        .unwrap();
+    h
+}
+
+#[test]
+fn issue_13_a_plans_free_units_apply_once_per_period_across_its_segments() {
+    let mut h = starter_scale_starter();
+    // Segment order: starter's 600 calls are all free (400 of the 1,000
+    // left) = 0.00; scale's 300 × 0.02 = 6.00; starter again: 700 calls,
+    // 400 free left, 300 × 0.01 = 3.00 (not 0.00: the allowance is the
+    // plan's for the period, not per segment). The draft says so at once.
+    let draft: Vec<Minor> = h
+        .engine
+        .draft(h.st())
+        .lines
+        .iter()
+        .filter(|l| l.kind == LineKind::Usage)
+        .map(|l| l.amount)
+        .collect();
+    assert_eq!(draft, vec![Minor(0), Minor(600), Minor(300)]);
+    h.advance("2026-05-01T01:00:00Z");
+    let inv = h.invoices()[0];
+    assert_eq!(
+        lines_of(inv, LineKind::Usage),
+        vec![Minor(0), Minor(600), Minor(300)]
+    );
+    // 0.00 + 6.00 + 3.00 = 9.00; tax 20% = 1.80.
+    assert_eq!((inv.subtotal, inv.tax), (Minor(900), Minor(180)));
+}
+
+#[test]
+fn issue_13_late_usage_in_an_earlier_segment_moves_the_free_units_of_the_later_one() {
+    let mut h = starter_scale_starter();
+    h.advance("2026-05-01T01:00:00Z");
+    // 200 more calls on April 6th (starter's first segment) arrive on May
+    // 2nd: that segment's 800 calls are still free (+0.00), but only 200
+    // free units are left for the last one: 500 × 0.01 = 5.00 instead of
+    // 3.00, +2.00. Starter's 1,500 calls of April cost (1,500 − 1,000) ×
+    // 0.01 = 5.00 in all, billed 3.00 + 2.00.
+    h.usage_at(
+        "late-1",
+        "api.calls",
+        "app",
+        "200",
+        ts("2026-04-06T00:00:00Z"),
+        ts("2026-05-02T00:00:00Z"),
+    )
+    .unwrap();
+    // A late event in the last segment uses what is left: 100 more on
+    // April 26th are 100 × 0.01 = 1.00.
+    h.usage_at(
+        "late-2",
+        "api.calls",
+        "app",
+        "100",
+        ts("2026-04-26T00:00:00Z"),
+        ts("2026-05-03T00:00:00Z"),
+    )
+    .unwrap();
+    h.advance("2026-06-01T01:00:00Z");
+    let may = h.invoices()[1];
+    let late: Vec<(Decimal, Minor)> = may
+        .lines
+        .iter()
+        .filter(|l| l.kind == LineKind::LateUsage)
+        .map(|l| (l.quantity, l.amount))
+        .collect();
+    assert_eq!(
+        late,
+        vec![
+            (d("200"), Minor(0)),
+            (Decimal::ZERO, Minor(200)),
+            (d("100"), Minor(100))
+        ],
+        "{:#?}",
+        may.lines
+    );
+    // Starter's 1,600 calls of April: (1,600 − 1,000) × 0.01 = 6.00 in
+    // all, billed 3.00 in April and 0.00 + 2.00 + 1.00 late.
+}
+
+#[test]
+fn issue_13_a_65th_version_of_a_plan_is_refused_and_the_64_kept_stay_as_they_are() {
+    use super::plan::{PlanError, MAX_PLAN_VERSIONS};
+    let mut h = harness();
+    // Versions 2..=64 of basic (version v: a fee of v euros); version 1 is
+    // basic_v1, 30.00.
+    for v in 2..=64u32 {
+        h.engine
+            .plans
+            .upsert(plan(
+                "basic",
+                v,
+                &v.to_string(),
+                graduated("1000", "0.01", "0.005"),
+            ))
+            .unwrap();
+    }
+    assert_eq!(MAX_PLAN_VERSIONS, 64);
+    h.open("basic", "2026-04-01T00:00:00Z");
+    // Opened on the latest, version 64: 64.00 in advance.
+    assert_eq!(h.st().plan_version, 64);
+    assert_eq!(h.invoices()[0].subtotal, Minor(6400));
+    let e = h
+        .engine
+        .plans
+        .upsert(plan("basic", 65, "99", graduated("1000", "0.01", "0.005")))
+        .unwrap_err();
+    // A clear refusal naming the field (the processor dead-letters the
+    // record `invalid_plan` with this text; `simulate` stops on it).
+    assert!(matches!(&e, PlanError::OutOfRange { field, .. } if field == "version"));
+    assert_eq!(
+        e.to_string(),
+        "plan basic: version: version 65 refused: the book keeps at most 64 versions of a plan \
+         (1 to 64 are kept, none is evicted, so no account's version changes); publish it as a new plan id"
+    );
+    // Nothing evicted nor overwritten: 1 and 64 as they were, no 65.
+    assert_eq!(h.engine.plans.get("basic").unwrap().version, 64);
+    assert_eq!(
+        h.engine
+            .plans
+            .get_version("basic", 1)
+            .unwrap()
+            .recurring_fee,
+        d("30.00")
+    );
+    assert!(h.engine.plans.get_version("basic", 65).is_none());
+    // A version the book keeps may still be republished in place.
+    h.engine
+        .plans
+        .upsert(plan("basic", 64, "64", graduated("1000", "0.01", "0.005")))
+        .unwrap();
+    // Moving an account to the refused version is refused as unknown.
+    let moved = h.command(
+        change("basic", PlanChangeEffective::NextPeriod, Some(65)),
+        "2026-04-10T00:00:00Z",
+    );
+    assert!(
+        matches!(&moved, Err(Rejection::UnknownPlan { plan_id }) if plan_id == "basic version 65"),
+        "{moved:?}"
+    );
+    // The account's May fee in advance is still version 64's.
+    h.advance("2026-05-01T01:00:00Z");
+    assert_eq!(
+        lines_of(h.invoices()[1], LineKind::RecurringFee),
+        vec![Minor(6400)]
+    );
+}

@@ -361,6 +361,7 @@ fn script(account: &str, plan: usize, ops: &[Op]) -> Vec<(Timestamp, Input)> {
                     thresholds: cents.iter().map(|c| eur(*c)).collect(),
                     currency: "EUR".into(),
                     invoice_at: None,
+                    keeps_invoice_at: false,
                 },
             ),
             Op::Close => cmd(id, now, AccountKind::AccountClosed),

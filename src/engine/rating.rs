@@ -12,7 +12,14 @@ use super::plan::{Charge, Model};
 /// The exact (unrounded) amount of `charge` for `quantity` units in one
 /// period, in major units. `None` only on arithmetic overflow.
 pub fn rate(charge: &Charge, quantity: Decimal) -> Option<Decimal> {
-    let billable = quantity.checked_sub(charge.free_units)?.max(Decimal::ZERO);
+    rate_with_free(charge, quantity, charge.free_units)
+}
+
+/// `rate` with `free` units free instead of the charge's own: what is left
+/// of them after a period's earlier segments on the same plan used theirs
+/// (a plan's free units apply once per period, `fold::FreeUnitsUsed`).
+pub fn rate_with_free(charge: &Charge, quantity: Decimal, free: Decimal) -> Option<Decimal> {
+    let billable = quantity.checked_sub(free)?.max(Decimal::ZERO);
     if billable.is_zero() {
         return Some(Decimal::ZERO);
     }
@@ -60,7 +67,18 @@ pub fn line_amount(
     currency: Currency,
     max: Minor,
 ) -> Option<Minor> {
-    rate(charge, quantity)
+    line_amount_with_free(charge, quantity, charge.free_units, currency, max)
+}
+
+/// `line_amount` with `free` units free (`rate_with_free`).
+pub fn line_amount_with_free(
+    charge: &Charge,
+    quantity: Decimal,
+    free: Decimal,
+    currency: Currency,
+    max: Minor,
+) -> Option<Minor> {
+    rate_with_free(charge, quantity, free)
         .and_then(|a| currency.round(a))
         .filter(|a| a.within(max))
 }

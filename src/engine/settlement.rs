@@ -54,7 +54,8 @@ impl Engine {
     /// period's interim invoices already carried (`interim.rs`; zero
     /// otherwise): the tax is that on the period's cumulative subtotal less
     /// the tax already invoiced, so the period's invoices carry exactly the
-    /// tax one invoice for the period would.
+    /// tax one invoice for the period would. `interim`: an interim
+    /// invoice of threshold invoicing, not the period's final one.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn issue(
         &self,
@@ -64,6 +65,7 @@ impl Engine {
         period: Period,
         lines: Vec<Line>,
         earlier: (Minor, Minor),
+        interim: bool,
         emit: &mut Emit,
     ) {
         // Every line is bounded (plan limits, `Minor::MAX_AMOUNT` per line,
@@ -108,6 +110,7 @@ impl Engine {
                     credit_applied,
                     credit_applied_promotional,
                     amount_due,
+                    interim,
                 }),
             },
         );

@@ -201,6 +201,7 @@ pub mod testing {
                 credit_applied: Minor(credit),
                 credit_applied_promotional: Minor(promo),
                 amount_due: Minor((total - credit).max(0)),
+                interim: false,
             }),
         }
     }

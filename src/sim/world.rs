@@ -265,7 +265,8 @@ struct Extras {
     /// Moved at once (`effective: immediately`) to another plan on the
     /// 17th of the first month, in its timezone.
     upgrade: bool,
-    /// Spend thresholds just above its recurring fee.
+    /// Spend thresholds just above its recurring fee, and threshold
+    /// invoicing (`invoice_at` 40).
     thresholds: bool,
     /// A coupon: 20% off for two periods, or 5.00 off each invoice.
     coupon: bool,
@@ -704,7 +705,10 @@ impl World {
                 AccountKind::ThresholdsSet {
                     thresholds,
                     currency: currency.clone(),
-                    invoice_at: None,
+                    // Threshold invoicing: an interim invoice whenever 40
+                    // of usage has accrued.
+                    invoice_at: Some(d("40")),
+                    keeps_invoice_at: false,
                 },
             ));
         }
