@@ -262,6 +262,7 @@ struct RawApi {
     role_claim: String,
     report_max_accounts: u32,
     dead_letter_file: String,
+    plans_file: String,
     jwt: RawJwt,
 }
 
@@ -290,6 +291,10 @@ pub struct ApiSettings {
     /// The console reads dead letters from this JSON-lines file (the
     /// embedded mode's `billing.dlq.v1.jsonl`) instead of the DLQ topic.
     pub dead_letter_file: Option<PathBuf>,
+    /// The price book is read from this JSON-lines file of plans (the
+    /// demo's `plans.jsonl`, `simulate --plans`'s format) at start instead
+    /// of the plans topic: the API then needs no Kafka and no registry.
+    pub plans_file: Option<PathBuf>,
     pub jwt: JwtSettings,
 }
 
@@ -398,6 +403,7 @@ impl RawApi {
             role_claim: role_claim.to_string(),
             report_max_accounts: self.report_max_accounts as usize,
             dead_letter_file: optional(&self.dead_letter_file).map(PathBuf::from),
+            plans_file: optional(&self.plans_file).map(PathBuf::from),
             jwt: JwtSettings {
                 key,
                 issuer: optional(&j.issuer),
@@ -1905,6 +1911,7 @@ mod tests {
         assert_eq!(s.api.role_claim, "roles");
         assert_eq!(s.api.report_max_accounts, 10_000);
         assert_eq!(s.api.dead_letter_file, None);
+        assert_eq!(s.api.plans_file, None);
         assert_eq!(
             s.api.jwt.key,
             JwtKey::Hs256 {

@@ -107,6 +107,7 @@ fn hs256_settings() -> ApiSettings {
         role_claim: "roles".into(),
         report_max_accounts: 10,
         dead_letter_file: None,
+        plans_file: None,
         jwt: JwtSettings {
             key: JwtKey::Hs256 {
                 secret: SECRET.into(),
@@ -299,6 +300,7 @@ async fn api_rs256_tokens_issuer_and_audience_are_checked() {
         role_claim: "realm_access.roles".into(),
         report_max_accounts: 10,
         dead_letter_file: None,
+        plans_file: None,
         jwt: JwtSettings {
             key: JwtKey::Rs256 {
                 public_key_path: fixtures.join("api_rs256_public.pem"),

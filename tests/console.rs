@@ -210,6 +210,7 @@ fn app(
         role_claim: "roles".into(),
         report_max_accounts,
         dead_letter_file: Some(dlq.clone()),
+        plans_file: None,
         jwt: JwtSettings {
             key: JwtKey::Hs256 {
                 secret: SECRET.into(),
@@ -1123,5 +1124,371 @@ async fn issue_14_console_in_a_real_browser_login_search_invoice_lineage_and_cha
     server.abort();
     if let Err(e) = driven {
         std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+// ---- the demo, watched in the console (issue 14 "done when") ----
+
+/// A `billstream api` started as a user would; killed when dropped.
+struct ApiProcess {
+    child: std::process::Child,
+    base: String,
+    /// What it printed to stderr, for failure messages.
+    stderr: Arc<std::sync::Mutex<String>>,
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `argv` (the command the demo printed) with the API on a free port,
+/// no `BILLSTREAM__*` variable of the test's environment, and brokers and
+/// a Schema Registry that do not exist: it must need neither. Waits for
+/// the address it says it listens on.
+fn start_api(argv: &[&str]) -> ApiProcess {
+    let mut cmd = std::process::Command::new(argv[0]);
+    cmd.args(&argv[1..]);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("BILLSTREAM__") {
+            cmd.env_remove(key);
+        }
+    }
+    let mut child = cmd
+        .env("BILLSTREAM__API__LISTEN", "127.0.0.1:0")
+        .env("BILLSTREAM__KAFKA__BROKERS", "127.0.0.1:9")
+        .env(
+            "BILLSTREAM__KAFKA__SCHEMA_REGISTRY_URL",
+            "http://127.0.0.1:9",
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {argv:?}: {e}"));
+    let stderr = child.stderr.take().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                let _ = tx.send(addr);
+            }
+            log.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    let mut api = ApiProcess {
+        child,
+        base: String::new(),
+        stderr: seen,
+    };
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(addr) => api.base = format!("http://{addr}"),
+        Err(_) => {
+            let status = api.child.try_wait().unwrap();
+            panic!(
+                "`{}` did not say where it listens within 60 s (exit: {status:?}):\n{}",
+                argv.join(" "),
+                api.stderr.lock().unwrap()
+            );
+        }
+    }
+    api
+}
+
+/// `GET path` over plain HTTP/1.1 with the console's cookie: status and body.
+fn http_get(base: &str, path: &str, token: &str) -> (u16, String) {
+    let host = base.strip_prefix("http://").unwrap();
+    let mut stream = TcpStream::connect(host).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nCookie: {}={token}\r\nConnection: close\r\n\r\n",
+        console::COOKIE
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{path}: a chunked answer: {head}"
+    );
+    (status, body.to_string())
+}
+
+/// A console page that must be there: 200 and no error box.
+fn console_page(api: &ApiProcess, path: &str, token: &str) -> String {
+    let (status, body) = http_get(&api.base, path, token);
+    assert_eq!(
+        status,
+        200,
+        "{path}: {body}\nthe API said:\n{}",
+        api.stderr.lock().unwrap()
+    );
+    assert!(!body.contains(r#"class="error""#), "{path}: {body}");
+    body
+}
+
+fn count(html: &str, stage: &str) -> u64 {
+    bar(html, stage, "count").map_or(0, |c| c.parse().unwrap())
+}
+
+/// The demo's output, as it leaves it.
+struct DemoRun {
+    _dir: tempfile::TempDir,
+    out: PathBuf,
+    stdout: String,
+}
+
+fn run_demo() -> DemoRun {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_billstream"))
+        .args([
+            "demo",
+            "--accounts",
+            "60",
+            "--days",
+            "70",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .expect("demo runs");
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        o.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    DemoRun {
+        _dir: dir,
+        out,
+        stdout,
+    }
+}
+
+/// The journal entries of the demo's output file with this `type`.
+fn journal_of_type(out: &Path, kind: &str) -> Vec<Value> {
+    std::fs::read_to_string(out.join("billing.journal.v1.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["type"] == json!(kind))
+        .collect()
+}
+
+#[test]
+fn issue_14_the_demo_prints_how_to_watch_its_dunning_in_the_console_and_that_works_without_kafka() {
+    let demo = run_demo();
+    // The command, exactly as printed: this program, `api`, a config.
+    let argv: Vec<&str> = demo
+        .stdout
+        .lines()
+        .map(str::split_whitespace)
+        .map(Iterator::collect::<Vec<_>>)
+        .find(|w| w.len() == 4 && w[1] == "api" && w[2] == "--config")
+        .unwrap_or_else(|| {
+            panic!(
+                "the demo prints no `billstream api --config …` command:\n{}",
+                demo.stdout
+            )
+        });
+    assert_eq!(argv[0], env!("CARGO_BIN_EXE_billstream"));
+    let token = demo
+        .stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("eyJ") && w.matches('.').count() == 2)
+        .unwrap_or_else(|| panic!("the demo prints no token:\n{}", demo.stdout))
+        .to_string();
+    let api = start_api(&argv);
+
+    // Home: the dunning funnel of every account, with retries, final
+    // declines and overdue invoices; dead letters by reason.
+    let home = console_page(&api, "/console", &token);
+    let funnel = home
+        .split(r#"id="chart-dunning-all""#)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no funnel over all accounts: {home}"));
+    for stage in ["requested", "succeeded", "retried", "failed", "overdue"] {
+        assert!(count(funnel, stage) > 0, "{stage} is 0: {home}");
+    }
+    assert!(count(funnel, "requested") > count(funnel, "succeeded"));
+    let dead_letters = std::fs::read_to_string(demo.out.join("billing.dlq.v1.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(dead_letters > 0);
+    assert!(
+        home.contains(&format!("<p>{dead_letters} dead letter(s); the latest")),
+        "{dead_letters} dead letters: {home}"
+    );
+    assert!(home.contains(r#"<table class="dead-letters">"#), "{home}");
+
+    // An account whose invoice went overdue: its page shows the invoice
+    // and the overdue stage; one whose charge was declined: the decline.
+    let overdue = journal_of_type(&demo.out, "invoice_overdue");
+    let entry = overdue.first().expect("an overdue invoice in the demo");
+    let account = entry["account_id"].as_str().unwrap();
+    let payload: Value = serde_json::from_str(entry["payload"].as_str().unwrap()).unwrap();
+    let invoice = payload["invoice_id"].as_str().unwrap();
+    let page = console_page(&api, &format!("/console/accounts/{account}"), &token);
+    assert!(
+        page.contains(&format!("<h1>Account {account}</h1>")),
+        "{page}"
+    );
+    assert!(count(&page, "overdue") > 0, "{page}");
+    assert!(
+        page.contains(&format!(
+            r#"<a href="/console/accounts/{account}/invoices/{invoice}">{invoice}</a>"#
+        )),
+        "{page}"
+    );
+    let declined = journal_of_type(&demo.out, "payment_failed");
+    let account = declined[0]["account_id"].as_str().unwrap();
+    let page = console_page(&api, &format!("/console/accounts/{account}"), &token);
+    assert!(
+        count(&page, "retried") + count(&page, "failed") > 0,
+        "{page}"
+    );
+
+    // An invoice with usage lines: each with the input events behind it.
+    let (account, invoice) = first_invoice_with_usage(&demo.out);
+    let page = console_page(
+        &api,
+        &format!("/console/accounts/{account}/invoices/{invoice}"),
+        &token,
+    );
+    let usage = page
+        .split(r#"<section class="line""#)
+        .find(|s| s.contains("usage"))
+        .unwrap_or_else(|| panic!("no usage line: {page}"));
+    let events = usage
+        .split(r#"<table class="lineage">"#)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no inputs behind the usage line: {page}"));
+    assert!(events.contains("<td>usage_applied</td>"), "{page}");
+    assert!(events.contains("billing.usage.v1/0/"), "{page}");
+
+    // And in a real browser, when there is one.
+    let Some(binary) = chromium() else {
+        assert!(
+            std::env::var_os("BILLSTREAM_TEST_BROWSER").is_none(),
+            "BILLSTREAM_TEST_BROWSER is set but no chromium binary is on the PATH"
+        );
+        eprintln!("SKIPPED the browser part: no chromium binary on the PATH");
+        return;
+    };
+    drive_demo(&api.base, &binary, &token, &account, &invoice);
+}
+
+/// The first issued invoice in the demo's output with a usage line.
+fn first_invoice_with_usage(out: &Path) -> (String, String) {
+    std::fs::read_to_string(out.join("billing.invoices.v1.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|i| {
+            i["lines"]
+                .as_array()
+                .is_some_and(|ls| ls.iter().any(|l| l["kind"] == json!("usage")))
+        })
+        .map(|i| {
+            (
+                i["account_id"].as_str().unwrap().to_string(),
+                i["invoice_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .expect("an invoice with a usage line")
+}
+
+/// Sign in with the demo's token, see the funnel and dead letters drawn,
+/// open an invoice and see the input events behind its usage line.
+fn drive_demo(base: &str, binary: &Path, token: &str, account: &str, invoice: &str) {
+    let (_browser, url) = launch(binary);
+    let mut dt = DevTools {
+        ws: WebSocket::connect(&url),
+        next_id: 0,
+        session: None,
+    };
+    let target = dt.call("Target.createTarget", json!({"url": "about:blank"}));
+    let attached = dt.call(
+        "Target.attachToTarget",
+        json!({"targetId": target["targetId"], "flatten": true}),
+    );
+    dt.session = Some(attached["sessionId"].as_str().unwrap().to_string());
+    dt.call("Page.enable", json!({}));
+    dt.call("Runtime.enable", json!({}));
+    dt.call("Page.navigate", json!({"url": format!("{base}/console")}));
+    dt.wait_for("/console");
+    dt.type_into("#token", token);
+    dt.click("#login-submit");
+    dt.wait_for("/console");
+    dt.assert_no_error_and_charts_drawn(&["chart-dunning-all", "chart-dlq"]);
+    let stages = dt.eval(
+        "Array.from(document.querySelectorAll('#chart-dunning-all svg rect.bar title')).map(t => t.textContent)",
+    );
+    for stage in ["retried", "overdue"] {
+        assert!(
+            stages.as_array().unwrap().iter().any(|t| t
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{stage}: count: "))),
+            "no {stage} bar: {stages}"
+        );
+    }
+    let path = format!("/console/accounts/{account}/invoices/{invoice}");
+    dt.call("Page.navigate", json!({"url": format!("{base}{path}")}));
+    dt.wait_for(&path);
+    dt.assert_no_error_and_charts_drawn(&[]);
+    let inputs = dt.eval(
+        "Array.from(document.querySelectorAll('section.line')).filter(s => s.querySelector('h3').innerText.includes('usage')).map(s => s.querySelectorAll('table.lineage tbody tr').length).reduce((a, b) => a + b, 0)",
+    );
+    assert!(inputs.as_u64().unwrap() > 0, "no input events shown");
+}
+
+#[test]
+fn issue_14_api_plans_file_that_is_not_plans_stops_the_start_naming_the_field_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans.jsonl");
+    let usage = r#"{"event_id":"u1","account_id":"a","subject":"s","metric":"m","quantity":"1","occurred_at":"2026-03-03T10:00:00Z","environment":"prod","attributes":{}}"#;
+    for (text, says) in [
+        (
+            format!("\n{usage}\n"),
+            ":2: expected a plan, found an event",
+        ),
+        ("{\"plan_id\": 1}\n".to_string(), ":1: "),
+        (String::new(), "holds no plan"),
+    ] {
+        std::fs::write(&plans, &text).unwrap();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_billstream"))
+            .arg("api")
+            .env("BILLSTREAM__STORE__PATH", dir.path().join("state"))
+            .env("BILLSTREAM__API__LISTEN", "127.0.0.1:0")
+            .env("BILLSTREAM__API__PLANS_FILE", &plans)
+            .env("BILLSTREAM__API__JWT__SECRET", SECRET)
+            .env("BILLSTREAM__KAFKA__BROKERS", "127.0.0.1:9")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{text:?}: {stderr}");
+        assert!(
+            stderr.contains("config field `api.plans_file`") && stderr.contains(says),
+            "{text:?}: {stderr}"
+        );
     }
 }

@@ -9,8 +9,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde_json::{Map, Value};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{json, Map, Value};
 
 use crate::config::{ApiSettings, ConfigError, JwtKey};
 
@@ -157,6 +157,57 @@ impl Verifier {
     }
 }
 
+/// A development token for `api` (`billstream token`, and the one the
+/// demo prints): HS256 with `api.jwt.secret`, the `billing:read` role in
+/// `api.role_claim` (a dotted path nests), `sub`, `iat`, `exp` after
+/// `valid_secs`, and `iss`/`aud` when the settings require them. With
+/// RS256 billstream holds only the public key: the identity provider
+/// issues the tokens, and this refuses naming the field.
+pub fn dev_token(api: &ApiSettings, subject: &str, valid_secs: u64) -> Result<String, ConfigError> {
+    let secret = match &api.jwt.key {
+        JwtKey::Hs256 { secret } if secret.is_empty() => {
+            return Err(invalid(
+                "api.jwt.secret",
+                "must be set to sign a token (e.g. BILLSTREAM__API__JWT__SECRET)",
+            ))
+        }
+        JwtKey::Hs256 { secret } => secret,
+        JwtKey::Rs256 { .. } => {
+            return Err(invalid(
+                "api.jwt.algorithm",
+                "is RS256: billstream has only the public key (api.jwt.public_key_path), so tokens come from your identity provider",
+            ))
+        }
+    };
+    let now = chrono::Utc::now().timestamp();
+    let exp = i64::try_from(valid_secs)
+        .ok()
+        .and_then(|v| now.checked_add(v))
+        .ok_or_else(|| invalid("api.jwt", "the token's lifetime is out of range"))?;
+    let mut claims = json!({"sub": subject, "iat": now, "exp": exp});
+    if let Some(iss) = &api.jwt.issuer {
+        claims["iss"] = json!(iss);
+    }
+    if let Some(aud) = &api.jwt.audience {
+        claims["aud"] = json!(aud);
+    }
+    // `realm_access.roles` → {"realm_access": {"roles": [...]}}.
+    let path: Vec<&str> = api.role_claim.split('.').collect();
+    let mut roles = json!([READ_ROLE]);
+    for key in path[1..].iter().rev() {
+        let mut inner = Map::new();
+        inner.insert(key.to_string(), roles);
+        roles = Value::Object(inner);
+    }
+    claims[path[0]] = roles;
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| invalid("api.jwt.secret", format!("cannot sign a token: {e}")))
+}
+
 /// The middleware in front of every route but `/healthz`.
 pub async fn require_reader(
     State(verifier): State<Arc<Verifier>>,
@@ -179,5 +230,63 @@ pub async fn require_reader(
             );
             e.into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn api(vars: &[(&str, &str)]) -> ApiSettings {
+        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Settings::from_layers(None, vars).unwrap().api
+    }
+
+    const SECRET: (&str, &str) = (
+        "BILLSTREAM__API__JWT__SECRET",
+        "a-dev-secret-of-at-least-32-bytes-long",
+    );
+
+    #[test]
+    fn a_dev_token_passes_the_verifier_of_the_same_settings_nested_role_claim_iss_and_aud() {
+        for settings in [
+            api(&[SECRET]),
+            api(&[
+                SECRET,
+                ("BILLSTREAM__API__ROLE_CLAIM", "realm_access.roles"),
+                ("BILLSTREAM__API__JWT__ISSUER", "https://idp.example"),
+                ("BILLSTREAM__API__JWT__AUDIENCE", "billstream"),
+            ]),
+        ] {
+            let token = dev_token(&settings, "support-1", 600).unwrap();
+            let verifier = Verifier::from_settings(&settings).unwrap();
+            assert_eq!(verifier.check(Some(&format!("Bearer {token}"))), Ok(()));
+        }
+        // Another secret's verifier refuses it.
+        let token = dev_token(&api(&[SECRET]), "support-1", 600).unwrap();
+        let other = api(&[(
+            "BILLSTREAM__API__JWT__SECRET",
+            "another-secret-of-at-least-32-bytes-long",
+        )]);
+        assert!(Verifier::from_settings(&other)
+            .unwrap()
+            .check(Some(&format!("Bearer {token}")))
+            .is_err());
+    }
+
+    #[test]
+    fn a_dev_token_needs_an_hs256_secret_and_says_which_field() {
+        let e = dev_token(&api(&[]), "s", 600).unwrap_err().to_string();
+        assert!(e.contains("api.jwt.secret"), "{e}");
+        let rs = api(&[
+            ("BILLSTREAM__API__JWT__ALGORITHM", "RS256"),
+            ("BILLSTREAM__API__JWT__PUBLIC_KEY_PATH", "/nowhere.pem"),
+        ]);
+        let e = dev_token(&rs, "s", 600).unwrap_err().to_string();
+        assert!(
+            e.contains("api.jwt.algorithm") && e.contains("identity provider"),
+            "{e}"
+        );
     }
 }

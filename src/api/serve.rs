@@ -1,7 +1,9 @@
-//! Serving the API: bind, load the price book from the plans topic (the
-//! draft's running total needs it), follow the topic, answer until stopped.
+//! Serving the API: bind, load the price book (the draft's running total
+//! needs it) from the plans topic and follow it, or from `api.plans_file`
+//! once (no Kafka then), answer until stopped.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use super::routes::{router, ApiState};
 use crate::config::Settings;
 use crate::contracts::redact::redact_text;
 use crate::contracts::registry::WriterSchemas;
-use crate::contracts::{Catalog, Decoded, Decoder};
+use crate::contracts::{parse_line, Catalog, Decoded, Decoder};
 use crate::engine::plan::PlanBook;
 use crate::engine::Engine;
 use crate::source::kafka::PlanFollower;
@@ -111,6 +113,40 @@ async fn load_price_book(settings: &Settings) -> anyhow::Result<Arc<RwLock<Engin
     Ok(engine)
 }
 
+/// The price book of `api.plans_file`, a JSON-lines file of plans (the
+/// demo's `plans.jsonl`, `simulate --plans`'s format), read once: no Kafka,
+/// no Schema Registry. A line that is not a plan, a plan the book refuses
+/// or a file with no plan stops the start, naming the field and the line.
+fn price_book_from_file(settings: &Settings, path: &Path) -> anyhow::Result<Engine> {
+    let field = "config field `api.plans_file`";
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{field}: cannot read {}", path.display()))?;
+    let mut engine = Engine::new(settings.engine.clone(), PlanBook::new());
+    for (i, raw) in text.lines().enumerate() {
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{field}: {}:{}", path.display(), i + 1);
+        match parse_line(raw) {
+            Ok(Decoded::Plan(plan)) => engine
+                .plans
+                .upsert(plan)
+                .map_err(|e| anyhow::anyhow!("{}: {}", at(), redact_text(&e.to_string())))?,
+            Ok(Decoded::Input(_)) => anyhow::bail!("{}: expected a plan, found an event", at()),
+            Err(e) => anyhow::bail!("{}: {}", at(), redact_text(&e.to_string())),
+        }
+    }
+    if engine.plans.is_empty() {
+        anyhow::bail!("{field}: {} holds no plan", path.display());
+    }
+    tracing::info!(
+        plans = engine.plans.len(),
+        file = %path.display(),
+        "API: price book loaded from the plans file"
+    );
+    Ok(engine)
+}
+
 /// Serve the API of `settings.api` on `store` until `stop` resolves.
 /// Fails before binding when the token key is missing (naming the field).
 pub async fn serve<S: StateStore>(
@@ -127,7 +163,19 @@ pub async fn serve<S: StateStore>(
                 settings.api.listen
             )
         })?;
-    let engine = load_price_book(settings).await?;
+    let listening = listener
+        .local_addr()
+        .context("the API's listening address")?;
+    let (engine, price_book) = match &settings.api.plans_file {
+        Some(path) => (
+            Arc::new(RwLock::new(price_book_from_file(settings, path)?)),
+            format!("plans from {}", path.display()),
+        ),
+        None => (
+            load_price_book(settings).await?,
+            format!("plans from the topic {}", settings.topics.plans),
+        ),
+    };
     let api = router(
         Arc::new(ApiState {
             store: store.clone(),
@@ -148,10 +196,9 @@ pub async fn serve<S: StateStore>(
         settings.api.report_max_accounts,
     );
     let app = api.merge(super::console::router(Arc::new(console)));
-    tracing::info!(listen = %settings.api.listen, "API: serving");
+    tracing::info!(listen = %listening, "API: serving");
     eprintln!(
-        "billstream api: listening on http://{0} (support console: http://{0}/console)",
-        settings.api.listen
+        "billstream api: listening on http://{listening} (support console: http://{listening}/console; {price_book})"
     );
     axum::serve(listener, app)
         .with_graceful_shutdown(stop)

@@ -8,6 +8,9 @@
 //! prepaid accounts top up). Charge requests are answered by the
 //! `billstream gateway` emulator's outcome function (`sim::gateway`), with
 //! the configuration of `config/demo-gateway.toml` or `--gateway FILE`.
+//! The output folder also gets what `billstream api` needs to show the run
+//! in the support console without Kafka (`demo_console`), and the demo
+//! prints the command.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -41,7 +44,9 @@ pub struct DemoArgs {
     /// Random seed: the same seed gives the same run, record for record.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Output folder: one <topic>.jsonl per output topic, plus the store in state/.
+    /// Output folder: one <topic>.jsonl per output topic, the store in
+    /// state/, and for the support console plans.jsonl and console.toml
+    /// (`billstream api --config <out>/console.toml`, printed at the end).
     #[arg(long, default_value = "out/demo")]
     pub out: PathBuf,
     /// The payment-gateway emulator's configuration answering the demo's
@@ -198,6 +203,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok((p.stats.clone(), (inputs, writes)))
     })?;
     sink.flush()?;
+    let console_config = super::demo_console::write_files(&args.out, &demo_plans())?;
     summary.gateway = Some(world.gateway_report().clone());
     bar.finish_and_clear();
     println!(
@@ -214,5 +220,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         store_writes.1 as f64 / store_writes.0.max(1) as f64,
         args.out.display()
     );
+    println!();
+    println!("{}", super::demo_console::instructions(&console_config)?);
     Ok(ExitCode::SUCCESS)
 }

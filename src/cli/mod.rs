@@ -3,6 +3,7 @@
 mod api;
 mod config;
 mod demo;
+mod demo_console;
 mod dlq;
 mod gateway;
 mod migrate;
@@ -14,6 +15,7 @@ mod schemas;
 mod scratch;
 mod simulate;
 mod summary;
+mod token;
 pub mod topics;
 
 use clap::{Parser, Subcommand};
@@ -67,7 +69,19 @@ enum Command {
     /// of an instant, line lineage) on the configured store; bearer JWT
     /// with the billing:read role. With the embedded store, while
     /// `billstream run` holds it, use `billstream run --api` instead.
+    ///
+    /// The price book comes from the plans topic, or with api.plans_file
+    /// (a JSON-lines file of plans) from that file, and then no Kafka or
+    /// Schema Registry is needed: `billstream api --config
+    /// out/demo/console.toml` serves a demo's output and its support
+    /// console (the demo prints the command and a token).
     Api(api::ApiArgs),
+    /// Print a development token for `billstream api` and its console:
+    /// a JWT signed with the configuration's HS256 secret (api.jwt.secret)
+    /// carrying the billing:read role, valid for --hours. For a laptop or
+    /// the demo (whose output folder has a console.toml with its own
+    /// secret); in production your identity provider issues the tokens.
+    Token(token::TokenArgs),
     /// Payment-gateway emulator: answer the charge requests on
     /// billing.charges.v1 with results on billing.payments.v1, as several
     /// payment providers would, from a seeded configuration file.
@@ -153,6 +167,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Migrate(args) => migrate::run(args),
         Command::Topics(args) => topics::run(args),
         Command::Api(args) => api::run(args),
+        Command::Token(args) => token::run(args),
         Command::Gateway(args) => gateway::run(args),
         Command::Dlq(args) => dlq::run(args),
         Command::Reconcile(args) => reconcile::run(args),
