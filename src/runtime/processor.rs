@@ -42,7 +42,7 @@ use crate::engine::{AccountState, Engine, Rejection};
 use crate::source::partitioner::Partitioner;
 use crate::store::{
     AccountWrite, DeadLetterRecord, DedupRecord, InputOffset, InvoiceRecord, JournalRecord,
-    StateStore, StoreError, StoredAccount,
+    LoadedAccount, StateStore, StoreError, StoredAccount,
 };
 
 /// Dedup windows read at once before a batch is folded
@@ -1045,10 +1045,23 @@ impl<S: StateStore> Processor<S> {
         partition: u32,
         epoch: u64,
     ) -> Result<usize, StoreError> {
-        self.epochs.insert(partition, epoch);
         // The accounts only: each one's dedup window is read before its
         // first input is applied (`Slot::dedup_pending`).
         let loaded = self.store.load_partition(partition, None).await?;
+        self.adopt_partition(partition, epoch, loaded)
+    }
+
+    /// `assign_partition` with the partition's accounts already read
+    /// (`StateStore::load_partition` without a dedup instant, after the
+    /// claim that granted `epoch`), so a member can read several
+    /// partitions at once. Returns how many accounts were loaded.
+    pub fn adopt_partition(
+        &mut self,
+        partition: u32,
+        epoch: u64,
+        loaded: Vec<LoadedAccount>,
+    ) -> Result<usize, StoreError> {
+        self.epochs.insert(partition, epoch);
         let count = loaded.len();
         for account in loaded {
             if !self.accounts.contains_key(&account.account_id) {
