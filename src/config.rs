@@ -1238,6 +1238,16 @@ impl Raw {
                 "must be between 1 (write every batch) and 1000000",
             ));
         }
+        let timer_hold = duration("kafka.timer_hold", &self.kafka.timer_hold)?;
+        if timer_hold > Duration::from_secs(86_400) {
+            // A record is processed as early as this before the clock and
+            // must still find its id: the CQL store keeps dedup ids one day
+            // past the dedup window (`ScyllaSettings::dedup_ttl`).
+            return Err(invalid(
+                "kafka.timer_hold",
+                "must be at most 24h (records are processed up to this far behind the clock, and dedup ids are kept one day past the dedup window)",
+            ));
+        }
         let checkpoint_interval =
             duration("batch.checkpoint_interval", &self.batch.checkpoint_interval)?;
         if checkpoint_interval > Duration::from_secs(3600) {
@@ -1378,7 +1388,7 @@ impl Raw {
                     "kafka.unknown_account_wait",
                     &self.kafka.unknown_account_wait,
                 )?,
-                timer_hold: duration("kafka.timer_hold", &self.kafka.timer_hold)?,
+                timer_hold,
                 input_partitioner,
                 transactional: self.kafka.transactional,
                 transactional_id: self
@@ -1758,6 +1768,7 @@ mod tests {
             ("[batch]\ncheckpoint_events = 0\n", "batch.checkpoint_events"),
             ("[kafka]\ngroup_instance_id = \"pod 1\"\n", "kafka.group_instance_id"),
             ("[batch]\ncheckpoint_interval = \"2h\"\n", "batch.checkpoint_interval"),
+            ("[kafka]\ntimer_hold = \"25h\"\n", "kafka.timer_hold"),
             ("[batch]\ncheckpoint_interval = \"soon\"\n", "batch.checkpoint_interval"),
             ("clock = \"yesterday\"\n", "clock"),
             (

@@ -856,3 +856,49 @@ async fn after_a_restart_an_event_produced_again_is_a_duplicate_though_dedup_is_
     assert_eq!((p.stats.duplicates, p.stats.applied), (2, 1));
     assert_eq!(dedup_reads(), 2, "a1's window; a2's never read");
 }
+
+/// Issue 15 (dedup windows read late, review finding): a record of a batch
+/// is processed at its log time, up to `kafka.timer_hold` before the
+/// batch's clock, and accepted if it is younger than the late window
+/// counted from there; the dedup window read for it must reach back as
+/// far. An event applied on 2 March and produced again, read on 6 April
+/// at 12:00 with its log time a day earlier, is a duplicate. (With the
+/// window read from the batch's clock, ids remembered before 2 March
+/// 11:55 were left out and the event was billed again as late usage.)
+#[tokio::test]
+async fn a_redelivered_event_read_at_its_log_time_finds_its_id_in_a_window_read_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let opening = r#"{"event_id":"open-a0","account_id":"a0","plan_id":"p","currency":"EUR","timezone":"UTC","tax_rate":"0.1","opened_at":"2026-03-01T00:00:00Z","environment":"prod"}"#;
+    let again = usage("u-x", "a0", "prod");
+    {
+        let mut p = processor(dir.path()).await;
+        feed(&mut p, 0, opening).await;
+        feed(&mut p, 1, &again).await;
+        p.flush().await.unwrap();
+        assert_eq!(p.stats.applied, 2);
+    }
+    let mut p = processor(dir.path()).await;
+    p.set_record_hold(Duration::from_secs(86_400));
+    let catalog = Catalog::shared().unwrap();
+    let decoder = Decoder::new(catalog).unwrap();
+    let Ok(Decoded::Input(input)) = parse_line(&again) else {
+        panic!("usage line")
+    };
+    let occurred = input.occurred_at();
+    let raw = catalog.encode_input(&input).unwrap();
+    let now = Timestamp::parse_rfc3339("2026-04-06T12:00:00Z").unwrap();
+    let record = [BatchRecord {
+        pos: SourcePos {
+            topic: "t".into(),
+            partition: 0,
+            offset: 10,
+        },
+        key: Some("a0"),
+        raw: &raw,
+        now,
+        rank: 2,
+        produced_ms: Some(occurred.0 / 1000),
+    }];
+    p.process_batch(&decoder, &record).await.unwrap();
+    assert_eq!((p.stats.duplicates, p.stats.applied), (1, 0));
+}

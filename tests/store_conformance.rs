@@ -1302,4 +1302,77 @@ mod scylla {
             other => panic!("the delayed writer was not told it lost the partition: {other:?}"),
         }
     }
+
+    /// Issue 15 (dedup windows read late): a new owner loads an account
+    /// without its dedup window and reads it before the account's first
+    /// input. By then a writer delayed past its ownership check may have
+    /// landed its row and its dedup ids (it is told `Fenced` and publishes
+    /// nothing, but the rows are there). Those ids are not part of the
+    /// snapshot the new owner holds: counting them as seen would drop the
+    /// inputs behind them when they are read again. The window read for
+    /// the loaded snapshot (`load_dedup_of`) leaves them out, even once
+    /// the account's row in this store's cache is the fenced writer's (a
+    /// read API in the same process reads it, as `run --api` does).
+    #[tokio::test]
+    async fn a_dedup_window_read_late_is_the_loaded_snapshots_not_a_fenced_writers() {
+        use billstream::store::{DedupRecord, StateStore, StoreError};
+        use std::time::Duration;
+
+        let Some((keyspace, old_owner)) = fresh_keyspace_store().await else {
+            return;
+        };
+        let record = |key: u128, seen_at| DedupRecord {
+            key,
+            fingerprint: key as u64,
+            seen_at,
+        };
+        let new_owner = keyspace.open_store().await;
+        let old = old_owner.claim_partition(0, "old").await.unwrap();
+        let mut first = super::behaviours::write("a", 0, old, 1..=1);
+        first.dedup = vec![record(1, 100)];
+        old_owner.commit(&[first]).await.unwrap();
+
+        old_owner.pause_after_fence_check(Duration::from_secs(3));
+        let mut second = super::behaviours::write("a", 0, old, 2..=2);
+        second.dedup = vec![record(2, 200)];
+        let delayed = old_owner.commit(std::slice::from_ref(&second));
+        let takeover = async {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            new_owner.claim_partition(0, "new").await.unwrap();
+            new_owner.load_partition(0, None).await.unwrap()
+        };
+        let (outcome, loaded) = tokio::join!(delayed, takeover);
+        assert!(
+            matches!(outcome, Err(StoreError::Fenced { .. })),
+            "{outcome:?}"
+        );
+        assert_eq!(loaded.len(), 1);
+        let held = &loaded[0].stored;
+        assert_eq!(held.journal_head, 1, "loaded before the delayed write");
+        assert!(loaded[0].dedup.is_empty(), "no window without an instant");
+
+        // The fenced writer's row is the account's row now.
+        let now = new_owner.load_account("a").await.unwrap().unwrap();
+        assert_eq!(now.journal_head, 2, "the delayed write landed");
+        let keys = |v: Vec<DedupRecord>| {
+            let mut k: Vec<u128> = v.into_iter().map(|r| r.key).collect();
+            k.sort();
+            k
+        };
+        assert_eq!(
+            keys(new_owner.load_dedup("a", 0).await.unwrap()),
+            [1, 2],
+            "as of the row now, the fenced writer's id counts"
+        );
+        assert_eq!(
+            keys(
+                new_owner
+                    .load_dedup_of("a", 0, &held.version)
+                    .await
+                    .unwrap()
+            ),
+            [1],
+            "the loaded snapshot's window holds the fenced writer's id"
+        );
+    }
 }

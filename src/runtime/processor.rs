@@ -42,7 +42,7 @@ use crate::engine::{AccountState, Engine, Rejection};
 use crate::source::partitioner::Partitioner;
 use crate::store::{
     AccountWrite, DeadLetterRecord, DedupRecord, InputOffset, InvoiceRecord, JournalRecord,
-    LoadedAccount, StateStore, StoreError, StoredAccount,
+    LoadedAccount, SnapshotVersion, StateStore, StoreError, StoredAccount,
 };
 
 /// Dedup windows read at once before a batch is folded
@@ -241,8 +241,10 @@ struct Slot {
     /// reads only the accounts: a restart or rebalance then reads one row
     /// per account, not two); the window is read before the account's
     /// first input is applied (`Processor::load_dedup_windows`, `load`).
-    /// Timers need no dedup window.
-    dedup_pending: bool,
+    /// Timers need no dedup window. The window read is the one of the
+    /// snapshot loaded (`StateStore::load_dedup_of`), whatever the
+    /// account's row became since.
+    dedup_pending: Option<SnapshotVersion>,
 }
 
 impl Slot {
@@ -475,13 +477,16 @@ impl<S: StateStore> Processor<S> {
         partition: u32,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        if self
+        if let Some(version) = self
             .accounts
             .get(account_id)
-            .is_some_and(|s| s.dedup_pending)
+            .and_then(|s| s.dedup_pending.clone())
         {
             let since = self.engine.config.dedup_forget_before(now);
-            let dedup = self.store.load_dedup(account_id, since).await?;
+            let dedup = self
+                .store
+                .load_dedup_of(account_id, since, &version)
+                .await?;
             self.merge_dedup(account_id, dedup);
         }
         if !self.accounts.contains_key(account_id) {
@@ -519,21 +524,27 @@ impl<S: StateStore> Processor<S> {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         use futures::{StreamExt, TryStreamExt};
-        let pending: BTreeSet<String> = keys
-            .filter(|k| self.accounts.get(*k).is_some_and(|s| s.dedup_pending))
-            .map(str::to_string)
+        let pending: BTreeMap<String, SnapshotVersion> = keys
+            .filter_map(|k| {
+                let version = self.accounts.get(k)?.dedup_pending.clone()?;
+                Some((k.to_string(), version))
+            })
             .collect();
         if pending.is_empty() {
             return Ok(());
         }
-        let since = self.engine.config.dedup_forget_before(now);
+        // A record of the batch is processed at its log time, as early as
+        // `record_hold` before `now` (`record_instant`): the window must
+        // reach back from there, as the one-record path's does.
+        let earliest = Timestamp(now.0.saturating_sub(self.record_hold));
+        let since = self.engine.config.dedup_forget_before(earliest);
         // Owned ids and store handles: futures borrowing them would make
         // the loop's future not `Send` (rust-lang/rust#102211, with
         // `buffer_unordered` over closures returning borrowing futures).
-        let reads = pending.into_iter().map(|id| {
+        let reads = pending.into_iter().map(|(id, version)| {
             let store = Arc::clone(&self.store);
             async move {
-                let window = store.load_dedup(&id, since).await?;
+                let window = store.load_dedup_of(&id, since, &version).await?;
                 Ok::<_, StoreError>((id, window))
             }
         });
@@ -551,7 +562,7 @@ impl<S: StateStore> Processor<S> {
     /// applied since it was loaded are in both: inserting is idempotent).
     fn merge_dedup(&mut self, account_id: &str, window: Vec<DedupRecord>) {
         if let Some(slot) = self.accounts.get_mut(account_id) {
-            slot.dedup_pending = false;
+            slot.dedup_pending = None;
             if let Some(state) = slot.state.as_mut() {
                 for r in window {
                     state.dedup.insert(r.key, r.fingerprint, r.seen_at);
@@ -1065,13 +1076,14 @@ impl<S: StateStore> Processor<S> {
         let count = loaded.len();
         for account in loaded {
             if !self.accounts.contains_key(&account.account_id) {
+                let version = account.stored.version.clone();
                 self.insert_slot(
                     &account.account_id,
                     partition,
                     Some((account.stored, account.dedup)),
                 )?;
                 if let Some(slot) = self.accounts.get_mut(&account.account_id) {
-                    slot.dedup_pending = true;
+                    slot.dedup_pending = Some(version);
                 }
             }
         }

@@ -829,10 +829,12 @@ fn hand_over_floor(
 
 /// `hand_over` with `kafka.transactional`: the held changes of `gone`
 /// are written, then published with their progress records and the
-/// offsets in one transaction. This member has already rejoined the group
-/// when it runs, so the transaction fails if the group has moved on to a
-/// new generation (KIP-447): then it is aborted, nothing of it is visible,
-/// and the next owner publishes those outputs (the state is durable).
+/// offsets in one transaction. It runs before this member lets go of the
+/// partitions (`KafkaSource::let_go`), in the group's current generation,
+/// so the transaction commits; should the group have moved on anyway (a
+/// hand-over past the rebalance timeout, a lost assignment), it fails
+/// (KIP-447) and is aborted, nothing of it is visible, and the next owner
+/// publishes those outputs (the state is durable).
 async fn hand_over_in_transaction<S: StateStore>(
     processor: &mut Processor<S>,
     source: &mut KafkaSource,

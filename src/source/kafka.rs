@@ -830,7 +830,9 @@ impl Drop for KafkaSource {
         let context = self.consumer.context();
         context.closing.store(true, Ordering::Release);
         if context.unassign_owed.swap(false, Ordering::AcqRel) {
-            let _ = self.consumer.unassign();
+            if let Ok(assignment) = self.consumer.assignment() {
+                let _ = unassign(&self.consumer, &assignment);
+            }
         }
     }
 }

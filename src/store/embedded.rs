@@ -25,7 +25,8 @@ use redb::{
 
 use super::{
     AccountWrite, DeadLetterRecord, DedupRecord, InputOffset, InvoiceRecord, JournalRecord,
-    LoadedAccount, Micros, StateStore, StoreError, StoreOp, StoreStats, StoredAccount,
+    LoadedAccount, Micros, SnapshotVersion, StateStore, StoreError, StoreOp, StoreStats,
+    StoredAccount,
 };
 
 /// Name of the database file inside the store directory.
@@ -767,6 +768,7 @@ fn read_account(
         offsets,
         next_timer,
         dead_letters,
+        version: SnapshotVersion::default(),
     }))
 }
 

@@ -116,6 +116,24 @@ pub struct StoredAccount {
     pub next_timer: Option<Micros>,
     /// Dead letters kept and not yet acknowledged, ordered by id.
     pub dead_letters: Vec<DeadLetterRecord>,
+    /// Which write this snapshot is, for reading its dedup window later
+    /// (`StateStore::load_dedup_of`).
+    pub version: SnapshotVersion,
+}
+
+/// What a store needs to read the dedup window that belongs to one
+/// snapshot it returned, however the account's row moved since: on the
+/// CQL store the snapshot's write stamp and the fenced stamp ranges beside
+/// it (dedup rows of a later write, such as one of a fenced writer that
+/// landed after a new owner loaded the snapshot, are not that snapshot's
+/// history); nothing on the embedded store, whose writes are atomic and
+/// whose fenced writes never land.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotVersion {
+    /// The snapshot's write stamp (0: none kept).
+    pub stamp: i64,
+    /// Stamp ranges of fenced writers, as (after, before, noted at ms).
+    pub fenced: Vec<(i64, i64, i64)>,
 }
 
 /// One account as `load_partition` returns it.
@@ -176,6 +194,20 @@ pub trait StateStore: Send + Sync + 'static {
         account_id: &str,
         since: Micros,
     ) -> impl Future<Output = Result<Vec<DedupRecord>, StoreError>> + Send;
+
+    /// `load_dedup` as of the snapshot `version` (`StoredAccount::version`)
+    /// rather than the account's row as it is now: what a processor that
+    /// loaded that snapshot earlier reads before the account's first input.
+    /// The default is `load_dedup` (stores whose writes never land fenced).
+    fn load_dedup_of(
+        &self,
+        account_id: &str,
+        since: Micros,
+        version: &SnapshotVersion,
+    ) -> impl Future<Output = Result<Vec<DedupRecord>, StoreError>> + Send {
+        let _ = version;
+        self.load_dedup(account_id, since)
+    }
 
     /// Up to `limit` journal entries of an account with `seq >= from_seq`, in order.
     fn read_journal(

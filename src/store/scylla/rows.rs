@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use super::plan::AccountMeta;
 use super::stamp::{in_history, FencedRange};
-use crate::store::{DeadLetterRecord, DedupRecord, InputOffset, JournalRecord, StoredAccount};
+use crate::store::{
+    DeadLetterRecord, DedupRecord, InputOffset, JournalRecord, SnapshotVersion, StoredAccount,
+};
 
 /// `SELECT partition, snapshot, journal_head, published_upto, next_timer,
 /// input_offsets, fenced_ranges, dead_letters, WRITETIME(snapshot),
@@ -102,6 +104,10 @@ pub fn stored_account(meta: &AccountMeta, snapshot: Vec<u8>) -> StoredAccount {
                 bytes: bytes.clone(),
             })
             .collect(),
+        version: SnapshotVersion {
+            stamp: meta.snapshot_stamp,
+            fenced: meta.fenced.iter().map(|r| r.to_tuple()).collect(),
+        },
     }
 }
 

@@ -33,12 +33,12 @@ use super::plan::{
 };
 use super::rows::{self, AccountRow, DedupRow, JournalRow};
 use super::schema::{self, Backend};
-use super::stamp::MAX_EPOCH;
+use super::stamp::{FencedRange, MAX_EPOCH};
 use super::statements::Statements;
 use crate::config::ScyllaSettings;
 use crate::store::{
-    AccountWrite, DedupRecord, InvoiceRecord, JournalRecord, LoadedAccount, Micros, StateStore,
-    StoreError, StoreOp, StoreStats, StoredAccount,
+    AccountWrite, DedupRecord, InvoiceRecord, JournalRecord, LoadedAccount, Micros,
+    SnapshotVersion, StateStore, StoreError, StoreOp, StoreStats, StoredAccount,
 };
 
 /// Account writes of one commit in flight at once.
@@ -692,6 +692,29 @@ impl ScyllaStore {
         self.dedup_of(account_id, since, &meta).await
     }
 
+    /// The dedup records of the account's snapshot `version`: filtered by
+    /// that snapshot's stamp and fenced ranges, not by the row as it is
+    /// now (a fenced writer's row may have landed since; its dedup ids are
+    /// not the snapshot's history). One read.
+    async fn load_dedup_of_inner(
+        &self,
+        account_id: &str,
+        since: Micros,
+        version: &SnapshotVersion,
+    ) -> Result<Vec<DedupRecord>, StoreError> {
+        let meta = AccountMeta {
+            exists: true,
+            snapshot_stamp: version.stamp,
+            fenced: version
+                .fenced
+                .iter()
+                .map(|r| FencedRange::from_tuple(*r))
+                .collect(),
+            ..AccountMeta::default()
+        };
+        self.dedup_of(account_id, since, &meta).await
+    }
+
     /// The dedup records of an account whose row `meta` was read.
     async fn dedup_of(
         &self,
@@ -1079,6 +1102,18 @@ impl StateStore for ScyllaStore {
         self.counted(
             StoreOp::LoadDedup,
             self.load_dedup_inner(account_id, since).await,
+        )
+    }
+
+    async fn load_dedup_of(
+        &self,
+        account_id: &str,
+        since: Micros,
+        version: &SnapshotVersion,
+    ) -> Result<Vec<DedupRecord>, StoreError> {
+        self.counted(
+            StoreOp::LoadDedup,
+            self.load_dedup_of_inner(account_id, since, version).await,
         )
     }
 
