@@ -489,11 +489,11 @@ fn issue_14_gateway_dunning_retries_to_paid_stops_on_a_final_decline_and_exhaust
     };
     let retry = (true, None);
     let update_card = (false, Some("update_payment_method".to_string()));
-    assert_eq!(failures(retried), [retry.clone(), retry.clone()]);
-    assert_eq!(failures(stopped), [update_card.clone()]);
+    assert_eq!(failures(retried), vec![retry.clone(); 2]);
+    assert_eq!(failures(stopped), vec![update_card.clone()]);
     assert_eq!(
         failures(exhausted),
-        [retry.clone(), retry.clone(), retry, update_card]
+        [vec![retry; 3], vec![update_card]].concat()
     );
     let overdue_note = notes[exhausted].last().unwrap();
     assert_eq!(
