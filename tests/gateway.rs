@@ -53,11 +53,22 @@ retryable = false
 
 /// `billstream gateway` on the test's topics, stopped with SIGTERM when
 /// dropped.
-struct Gateway(Child);
+pub(crate) struct Gateway(Child);
 
 impl Gateway {
-    fn start(prefix: &str, brokers: &str, config: &std::path::Path) -> Gateway {
+    pub(crate) fn start(prefix: &str, brokers: &str, config: &std::path::Path) -> Gateway {
+        Gateway::start_with(prefix, brokers, config, &[])
+    }
+
+    /// `start` with more BILLSTREAM__… variables (other topic names…).
+    pub(crate) fn start_with(
+        prefix: &str,
+        brokers: &str,
+        config: &std::path::Path,
+        vars: &[(String, String)],
+    ) -> Gateway {
         let child = Command::new(env!("CARGO_BIN_EXE_billstream"))
+            .envs(vars.iter().map(|(k, v)| (k, v)))
             .env("BILLSTREAM__KAFKA__BROKERS", brokers)
             .env("BILLSTREAM__KAFKA__TOPIC_PREFIX", prefix)
             .env("BILLSTREAM_LOG", "warn")
@@ -73,12 +84,12 @@ impl Gateway {
     }
 
     /// `kill -9`: no draining, no last commit.
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         self.0.kill().unwrap();
         self.0.wait().unwrap();
     }
 
-    fn stop(mut self) -> std::process::ExitStatus {
+    pub(crate) fn stop(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
             .status();
@@ -105,14 +116,19 @@ impl Drop for Gateway {
 }
 
 /// One journal entry: (type, causation id, payload JSON, processing instant).
-type Entry = (String, String, serde_json::Value, i64);
+pub(crate) type Entry = (String, String, serde_json::Value, i64);
 
 /// Journal entries by account.
-type Journals = BTreeMap<String, Vec<Entry>>;
+pub(crate) type Journals = BTreeMap<String, Vec<Entry>>;
 
 /// Each account's journal entries (one per entry id) read from the start
 /// by a fresh group, until `want` holds or 120 s have passed.
-fn journal(brokers: &str, group: &str, prefix: &str, want: &dyn Fn(&Journals) -> bool) -> Journals {
+pub(crate) fn journal(
+    brokers: &str,
+    group: &str,
+    prefix: &str,
+    want: &dyn Fn(&Journals) -> bool,
+) -> Journals {
     let catalog = Catalog::shared().unwrap();
     let mut ids = BTreeSet::new();
     let mut by_account = Journals::new();
@@ -145,7 +161,7 @@ fn journal(brokers: &str, group: &str, prefix: &str, want: &dyn Fn(&Journals) ->
 }
 
 /// The whole journal as it stands, by account.
-fn journal_to_end(brokers: &str, group: &str, prefix: &str) -> Journals {
+pub(crate) fn journal_to_end(brokers: &str, group: &str, prefix: &str) -> Journals {
     let topic = format!("{prefix}billing.journal.v1");
     let probe: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -168,13 +184,13 @@ fn journal_to_end(brokers: &str, group: &str, prefix: &str) -> Journals {
     })
 }
 
-fn count(j: &Journals, account: &str, kind: &str) -> usize {
+pub(crate) fn count(j: &Journals, account: &str, kind: &str) -> usize {
     j.get(account)
         .map_or(0, |es| es.iter().filter(|e| e.0 == kind).count())
 }
 
 /// A charge of the first invoice of `account`, as the engine names it.
-fn first_invoice_charge(account: &str, attempt: u32, token: &str) -> ChargeRequest {
+pub(crate) fn first_invoice_charge(account: &str, attempt: u32, token: &str) -> ChargeRequest {
     let invoice_id = format!("inv_{account}_00001");
     ChargeRequest {
         event_id: String::new(),

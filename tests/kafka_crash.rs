@@ -7,6 +7,13 @@
 //! distinct outputs are equal, no input was applied twice, no (invoice,
 //! attempt) has two charge ids, and any output seen twice is identical.
 //!
+//! The card accounts' charge requests are answered by the payment-gateway
+//! emulator (`billstream gateway`, one per run, each over its run's own
+//! charges and payments topics: the baseline reads payments from
+//! `billing.payments.v1.baseline`, where the set-up's payment records are
+//! produced too). Its outcome is a pure function of the charge, so both
+//! runs get the same results; they are applied before any usage arrives.
+//!
 //! Both runs use a frozen processing clock (`clock = <instant>`), so what
 //! they emit cannot depend on when they ran. Needs `BILLSTREAM_TEST_BROKERS`
 //! and `BILLSTREAM_TEST_CRASH=1`, which scripts/test.sh sets (its broker is
@@ -30,6 +37,7 @@ use billstream::engine::events::*;
 use billstream::engine::money::Currency;
 use billstream::engine::plan::{Charge, Model, Plan};
 use billstream::engine::time::Timestamp;
+use billstream::gateway::request::result_event_id;
 use billstream::store::{
     AccountWrite, DedupRecord, EmbeddedStore, InvoiceRecord, JournalRecord, LoadedAccount, Micros,
     ScyllaStore, StateStore, StoreError, StoredAccount,
@@ -41,6 +49,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
 
+use super::gateway::Gateway;
 use super::kafka_e2e::{
     account_opened, billstream, cql_store, decode_output, event_id_of, header_of, output_ok,
     produce, setup_cql, setup_with, text, Records, Running, Setup, SESSION_TIMEOUT,
@@ -54,6 +63,37 @@ const INPUTS: [&str; 3] = [
     "billing.payments.v1",
     "billing.usage.v1",
 ];
+/// The emulator answering the card accounts' charges: two providers, each
+/// declining some charges (retryably or not), publishing some results
+/// twice and holding some back.
+const GATEWAY_CONFIG: &str = r#"
+seed = 20
+[providers.acme]
+success_rate = 0.6
+latency = "10ms"
+latency_jitter = "50ms"
+duplicate_rate = 0.3
+duplicate_delay = "100ms"
+out_of_order_rate = 0.3
+out_of_order_delay = "200ms"
+[[providers.acme.declines]]
+code = "insufficient_funds"
+retryable = true
+weight = 2
+[[providers.acme.declines]]
+code = "card_stolen"
+retryable = false
+
+[providers.beta]
+success_rate = 0.4
+latency = "10ms"
+[[providers.beta.declines]]
+code = "do_not_honor"
+retryable = true
+[[providers.beta.declines]]
+code = "expired_card"
+retryable = false
+"#;
 const OUTPUTS: [(&str, &str); 6] = [
     ("INVOICES", "billing.invoices.v1"),
     ("CHARGES", "billing.charges.v1"),
@@ -99,13 +139,14 @@ struct Runner<'a> {
     setup: &'a Setup,
     group: String,
     store: std::path::PathBuf,
-    /// Suffix of its output topic names ("" = the default names).
+    /// Suffix of its output topic names and of its payments topic ("" =
+    /// the default names).
     outputs: &'static str,
 }
 
 impl<'a> Runner<'a> {
     /// The uninterrupted reference run: a group and store of its own, and
-    /// output topics suffixed `.baseline` (created here).
+    /// output and payments topics suffixed `.baseline` (created here).
     /// On the CQL store when the test's own state is (`setup_cql`).
     fn baseline(setup: &'a Setup) -> Runner<'a> {
         let folder = if cql_store(&setup.store).is_some() {
@@ -161,7 +202,62 @@ impl<'a> Runner<'a> {
                 format!("{name}{}", self.outputs),
             );
         }
+        c.env("BILLSTREAM__TOPICS__PAYMENTS", self.payments());
         c
+    }
+
+    /// Its payments topic (without the prefix).
+    fn payments(&self) -> String {
+        format!("billing.payments.v1{}", self.outputs)
+    }
+
+    /// Answer every charge request on its charges topic with `billstream
+    /// gateway` into its payments topic, then stop the gateway.
+    fn answer_charges(&self, catalog: &Catalog) {
+        let config = self
+            .setup
+            ._dir
+            .path()
+            .join(format!("gateway{}.toml", self.outputs));
+        std::fs::write(
+            &config,
+            GATEWAY_CONFIG.replace(
+                "seed = 20",
+                &format!("seed = 20\ngroup_id = \"{}-gateway\"", self.group),
+            ),
+        )
+        .unwrap();
+        let (prefix, brokers) = (&self.setup.prefix, &self.setup.brokers);
+        let charges_topic = format!("billing.charges.v1{}", self.outputs);
+        let gateway = Gateway::start_with(
+            prefix,
+            brokers,
+            &config,
+            &[
+                ("BILLSTREAM__TOPICS__CHARGES".into(), charges_topic.clone()),
+                ("BILLSTREAM__TOPICS__PAYMENTS".into(), self.payments()),
+            ],
+        );
+        let requested: BTreeSet<String> = read_all(brokers, &format!("{prefix}{charges_topic}"))
+            .iter()
+            .map(|(_, payload)| text(&decode_output(catalog, payload)["charge_id"]))
+            .collect();
+        assert!(!requested.is_empty(), "the card accounts were charged");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let answered = results(brokers, &format!("{prefix}{}", self.payments()), catalog);
+            if requested.iter().all(|id| answered.contains_key(id)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} charges answered within 120 s",
+                answered.len(),
+                requested.len()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert!(gateway.stop().success(), "billstream gateway stopped");
     }
 
     /// Start `billstream run`; its stderr is forwarded, and a message is
@@ -195,6 +291,7 @@ impl<'a> Runner<'a> {
             &self.setup.brokers,
             &self.setup.prefix,
             &self.group,
+            self.outputs,
             deadline,
         );
         let status = running.stop();
@@ -202,11 +299,12 @@ impl<'a> Runner<'a> {
     }
 }
 
-/// Wait until `group` has committed the end of every input partition.
-fn wait_committed(brokers: &str, prefix: &str, group: &str, deadline: Duration) {
+/// Wait until `group` has committed the end of every input partition (its
+/// payments topic suffixed `payments`).
+fn wait_committed(brokers: &str, prefix: &str, group: &str, payments: &str, deadline: Duration) {
     let end = Instant::now() + deadline;
     loop {
-        let behind = records_behind(brokers, prefix, group);
+        let behind = records_behind(brokers, prefix, group, payments);
         if behind == 0 {
             return;
         }
@@ -218,8 +316,9 @@ fn wait_committed(brokers: &str, prefix: &str, group: &str, deadline: Duration) 
     }
 }
 
-/// Input records `group` has not committed yet.
-fn records_behind(brokers: &str, prefix: &str, group: &str) -> i64 {
+/// Input records `group` has not committed yet (its payments topic
+/// suffixed `payments`).
+fn records_behind(brokers: &str, prefix: &str, group: &str, payments: &str) -> i64 {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -228,7 +327,12 @@ fn records_behind(brokers: &str, prefix: &str, group: &str) -> i64 {
     let mut tpl = TopicPartitionList::new();
     let mut highs = BTreeMap::new();
     for topic in INPUTS {
-        let topic = format!("{prefix}{topic}");
+        let suffix = if topic == "billing.payments.v1" {
+            payments
+        } else {
+            ""
+        };
+        let topic = format!("{prefix}{topic}{suffix}");
         for p in 0..PARTITIONS as i32 {
             let (_, high) = consumer
                 .fetch_watermarks(&topic, p, Duration::from_secs(30))
@@ -293,6 +397,60 @@ fn read_all(brokers: &str, topic: &str) -> Vec<(String, Vec<u8>)> {
         records.push((event_id_of(&m), m.payload().unwrap_or_default().to_vec()));
     }
     records
+}
+
+/// The charge results on a payments topic: each charge id's distinct
+/// payloads.
+fn results(brokers: &str, topic: &str, catalog: &Catalog) -> BTreeMap<String, BTreeSet<Vec<u8>>> {
+    let mut by_charge: BTreeMap<String, BTreeSet<Vec<u8>>> = BTreeMap::new();
+    for (_, payload) in read_all(brokers, topic) {
+        let r = decode_output(catalog, &payload);
+        if let Some(charge_id) = r.get("charge_id") {
+            by_charge
+                .entry(text(charge_id))
+                .or_default()
+                .insert(payload);
+        }
+    }
+    by_charge
+}
+
+/// `first` and, on the baseline's payments topic, its payment records
+/// again.
+fn with_baseline_payments(first: &Records) -> Records {
+    let mut all = first.clone();
+    all.extend(
+        first
+            .iter()
+            .filter(|(topic, _, _)| topic == "billing.payments.v1")
+            .map(|(topic, key, payload)| {
+                (format!("{topic}.baseline"), key.clone(), payload.clone())
+            }),
+    );
+    all
+}
+
+/// A stored journal entry as the runs' journals are compared. The baseline
+/// reads payments from a topic of its own, which the entries' source
+/// positions (lineage) name: compared as the payments topic. And each run
+/// has its own gateway, whose results land in its payments topic in the
+/// order the gateway published them: the source offset of an entry caused
+/// by a result (one of `results`) is left out; all else is compared.
+fn as_compared(bytes: &[u8], results: &BTreeSet<String>) -> serde_json::Value {
+    let mut entry: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+    let by_result = entry["causation_id"]
+        .as_str()
+        .is_some_and(|c| results.contains(c));
+    if let Some(source) = entry.get_mut("source").and_then(|s| s.as_object_mut()) {
+        if let Some(topic) = source.get("topic").and_then(|t| t.as_str()) {
+            let topic = topic.trim_end_matches(".baseline").to_string();
+            source.insert("topic".into(), topic.into());
+        }
+        if by_result {
+            source.remove("offset");
+        }
+    }
+    entry
 }
 
 /// Per account: its snapshot (as JSON, so map order does not matter) and
@@ -378,7 +536,7 @@ fn inputs(catalog: &Catalog, events: usize) -> (Records, Records) {
                 grant: Default::default(),
             }),
             1 => Some(PaymentKind::PaymentMethodAttached {
-                token_ref: format!("psp:tok_{a}"),
+                token_ref: format!("tok_{}_{a}", ["acme", "beta"][a / 3 % 2]),
                 brand: "visa".into(),
                 last4: "4242".into(),
                 expires: "2030-01".into(),
@@ -487,11 +645,20 @@ fn crash_loop(setup: &Setup) {
     };
 
     // Accounts, plans and payments first, folded by both before any usage,
-    // so each account's records meet the engine in one order in both runs.
+    // so each account's records meet the engine in one order in both runs;
+    // then each run's charges answered by its gateway, and the results
+    // folded, still before any usage.
     let (first, usage) = inputs(catalog, events);
-    produce(&setup.brokers, &setup.prefix, &first);
-    baseline.run_to_end(Duration::from_secs(120));
-    crashed.run_to_end(Duration::from_secs(120));
+    produce(
+        &setup.brokers,
+        &setup.prefix,
+        &with_baseline_payments(&first),
+    );
+    for run in [&baseline, &crashed] {
+        run.run_to_end(Duration::from_secs(120));
+        run.answer_charges(catalog);
+        run.run_to_end(Duration::from_secs(120));
+    }
     std::thread::sleep(Duration::from_secs(1));
 
     let started = Instant::now();
@@ -521,7 +688,7 @@ fn crash_loop(setup: &Setup) {
         std::thread::sleep(Duration::from_millis(rng.random_range(0..3000)));
         running.0.kill().unwrap();
         running.0.wait().unwrap();
-        let behind = records_behind(&setup.brokers, &setup.prefix, &crashed.group);
+        let behind = records_behind(&setup.brokers, &setup.prefix, &crashed.group, "");
         eprintln!(
             "crash loop: kill {} of {kills}, {behind} of {} usage records left",
             k + 1,
@@ -530,7 +697,7 @@ fn crash_loop(setup: &Setup) {
         // No wait for the session to expire: the next run has the same
         // group.instance.id and replaces the killed member at once.
     }
-    let behind = records_behind(&setup.brokers, &setup.prefix, &crashed.group);
+    let behind = records_behind(&setup.brokers, &setup.prefix, &crashed.group, "");
     assert!(
         behind < usage.len() as i64,
         "the killed runs committed nothing: the kills came too early to test anything"
@@ -538,6 +705,46 @@ fn crash_loop(setup: &Setup) {
     crashed.run_to_end(Duration::from_secs(600));
 
     assert_same_as_baseline(setup, catalog, events, &baseline, &crashed.store, "");
+
+    // Each run's gateway gave every charge one result, the same in both.
+    let payments = |run: &Runner| {
+        results(
+            &setup.brokers,
+            &format!("{}{}", setup.prefix, run.payments()),
+            catalog,
+        )
+    };
+    let (base_results, got_results) = (payments(&baseline), payments(&crashed));
+    assert!(
+        got_results.values().all(|forms| forms.len() == 1),
+        "a charge with two different results"
+    );
+    assert!(
+        base_results == got_results,
+        "the runs' gateways answered differently"
+    );
+    // Both dunning outcomes were folded: paid invoices and declines.
+    let state = dump_store(&crashed.store);
+    let folded = |kind: &str| {
+        state
+            .values()
+            .flat_map(|(_, journal)| journal)
+            .filter(|bytes| {
+                serde_json::from_slice::<serde_json::Value>(bytes).unwrap()["event"]["type"] == kind
+            })
+            .count()
+    };
+    let (succeeded, failed) = (folded("payment_succeeded"), folded("payment_failed"));
+    eprintln!("crash loop: {succeeded} charges succeeded, {failed} declined");
+    assert!(
+        succeeded > 0 && failed > 0,
+        "{succeeded} succeeded, {failed} declined"
+    );
+    assert_eq!(
+        succeeded + failed,
+        got_results.len(),
+        "every result applied once"
+    );
 }
 
 /// The state in `store` and the outputs on the topics suffixed `outputs`
@@ -601,6 +808,12 @@ fn assert_same_as_baseline(
     // State: the same snapshot and journal for every account; every valid
     // usage event applied exactly once.
     let (base, got) = (dump_store(&baseline.store), dump_store(store));
+    // The event ids of the gateway's results (a function of the charge id).
+    let results: BTreeSet<String> = charge_ids
+        .values()
+        .flatten()
+        .map(|id| result_event_id(id))
+        .collect();
     assert_eq!(base.len(), ACCOUNTS);
     assert_eq!(
         base.keys().collect::<Vec<_>>(),
@@ -615,7 +828,19 @@ fn assert_same_as_baseline(
             base_journal.len(),
             "{id}: journal length differs"
         );
-        assert!(journal == base_journal, "{id}: journal differs");
+        let (journal_seen, base_seen) = (
+            journal
+                .iter()
+                .map(|b| as_compared(b, &results))
+                .collect::<Vec<_>>(),
+            base_journal
+                .iter()
+                .map(|b| as_compared(b, &results))
+                .collect::<Vec<_>>(),
+        );
+        if let Some((x, y)) = journal_seen.iter().zip(&base_seen).find(|(x, y)| x != y) {
+            panic!("{id}: journal differs:\n{x}\nwithout crashes:\n{y}");
+        }
         for bytes in journal {
             let entry: serde_json::Value = serde_json::from_slice(bytes).unwrap();
             if entry["event"]["type"] == "usage_applied" {
@@ -751,13 +976,18 @@ fn rebalance_a_third_member_joins_and_one_crashes_ends_equal_to_an_uninterrupted
     let group = setup.group.clone();
 
     let (first, usage) = inputs(catalog, events);
-    produce(&setup.brokers, &setup.prefix, &first);
+    produce(
+        &setup.brokers,
+        &setup.prefix,
+        &with_baseline_payments(&first),
+    );
     baseline.run_to_end(Duration::from_secs(120));
     let only = Member::start(&setup, &group, store.clone(), "setup");
     wait_committed(
         &setup.brokers,
         &setup.prefix,
         &group,
+        "",
         Duration::from_secs(120),
     );
     only.stop();
@@ -803,6 +1033,7 @@ fn rebalance_a_third_member_joins_and_one_crashes_ends_equal_to_an_uninterrupted
         &setup.brokers,
         &setup.prefix,
         &group,
+        "",
         Duration::from_secs(600),
     );
     b.stop();
@@ -969,6 +1200,7 @@ fn issue_15_a_revoked_member_hands_over_before_the_next_owner_starts() {
         &setup.brokers,
         &setup.prefix,
         &setup.group,
+        "",
         Duration::from_secs(60),
     );
     assert_eq!(

@@ -11,6 +11,7 @@ mod gateway;
 mod hostile_corpus;
 mod kafka_bounded;
 mod kafka_crash;
+mod kafka_dunning;
 mod kafka_e2e;
 mod kafka_partitions;
 mod kafka_redelivery;
