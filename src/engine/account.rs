@@ -98,6 +98,15 @@ impl ClosedPeriod {
         segment_holds(self.since, self.until, t)
     }
 
+    /// The aggregation `metric` was rated with: its kept state's, else
+    /// `sum`.
+    pub fn aggregation_of(&self, metric: &str) -> Aggregation {
+        self.aggregates
+            .iter()
+            .find(|a| a.metric == metric)
+            .map_or(Aggregation::Sum, |a| a.aggregation)
+    }
+
     /// The segment's bounds, `[from, to)`.
     pub fn bounds(&self) -> (Timestamp, Timestamp) {
         (
@@ -135,6 +144,15 @@ pub struct ClosedPeriod {
     pub aggregates: Vec<ClosedAggregate>,
     /// Amount billed so far per line key, including late lines not yet issued.
     pub billed: Vec<(BilledKey, Minor)>,
+    /// The period was closed under the rule that the free units of an
+    /// additive charge apply once per period across its segments on one
+    /// plan and version (`fold::FreeUnitsUsed`), so late usage re-rates
+    /// the plan's later segments. `false` in snapshots from before that
+    /// rule: each segment was rated with the charge's full free units, and
+    /// late usage re-rates only its own segment. Set only on the segments
+    /// of a split period (a whole period has nothing to share).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub free_units_per_period: bool,
 }
 
 /// Collection state of an invoice not fully paid.

@@ -78,6 +78,18 @@ impl Aggregation {
     pub fn is_sum(&self) -> bool {
         *self == Aggregation::Sum
     }
+
+    /// Whether the values of two parts of a period add up to the value of
+    /// the whole (`sum`, `count`, `time_weighted`), so that plan segments
+    /// can share one allowance of free units. The others measure a level
+    /// (`max`, `latest`, `unique_count`, `percentile`) that each segment
+    /// measures again: each has the charge's full free units.
+    pub fn is_additive(self) -> bool {
+        matches!(
+            self,
+            Aggregation::Sum | Aggregation::Count | Aggregation::TimeWeighted
+        )
+    }
 }
 
 /// A charge's aggregation settings, as the plan record carries them.

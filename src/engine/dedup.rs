@@ -18,7 +18,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64_with_seed, Xxh3};
 
-use super::events::{Input, UsageRecorded};
+use super::events::{AccountKind, Input, UsageRecorded};
 
 /// What the window says about an event id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +159,29 @@ pub fn fingerprint(input: &Input) -> u64 {
         Input::Usage(u) => return hash_usage(u),
         // Rare inputs: their canonical JSON is a fine payload identity.
         Input::Payment(p) => h.update(&serde_json::to_vec(p).unwrap_or_default()),
-        Input::Account(a) => h.update(&serde_json::to_vec(a).unwrap_or_default()),
+        Input::Account(a) => match &a.kind {
+            // A command that does not speak of `invoice_at` (a version 1
+            // record, a JSON line without the key) hashes as it did before
+            // `keeps_invoice_at` existed, when it decoded to the same
+            // command without the flag: one applied before the upgrade and
+            // redelivered after it is a duplicate, not a conflict. (It is
+            // the payload of a version 2 record with `invoice_at: null` too,
+            // as it was then.) Every other field still tells payloads apart.
+            AccountKind::ThresholdsSet {
+                keeps_invoice_at: true,
+                ..
+            } => {
+                let mut pre_flag = a.clone();
+                if let AccountKind::ThresholdsSet {
+                    keeps_invoice_at, ..
+                } = &mut pre_flag.kind
+                {
+                    *keeps_invoice_at = false;
+                }
+                h.update(&serde_json::to_vec(&pre_flag).unwrap_or_default())
+            }
+            _ => h.update(&serde_json::to_vec(a).unwrap_or_default()),
+        },
     }
     h.digest()
 }

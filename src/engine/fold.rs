@@ -133,19 +133,29 @@ fn check_number(field: &str, value: Decimal) -> Result<(), Rejection> {
 pub const MAX_PLAN_SEGMENTS: usize = 8;
 
 /// What a period's segments on each plan used of its charges' free units.
-/// A plan's free units of a charge apply once per period across all the
+/// A plan's free units of an additive charge (`Aggregation::is_additive`:
+/// `sum`, `count`, `time_weighted`) apply once per period across all the
 /// period's segments on that plan and version (an immediate change A → B
 /// → A does not give A's allowance twice), used in segment order: a
-/// segment gets what its plan's earlier segments in the period left.
+/// segment gets what its plan's earlier segments in the period left. A
+/// level-like charge (`max`, `latest`, `unique_count`, `percentile`)
+/// measures its level again in each segment, which has the charge's full
+/// free units: 8 seats in each of A's two segments are 8 seats, not 16.
 #[derive(Debug, Default)]
 struct FreeUnitsUsed(Vec<(String, u32, String, Decimal)>);
 
 impl FreeUnitsUsed {
-    /// The free units of `charge` left for a segment on `plan` that rates
-    /// `quantity`, which it then uses.
-    fn take(&mut self, plan: &Plan, charge: &Charge, quantity: Decimal) -> Decimal {
-        if charge.free_units.is_zero() {
-            return Decimal::ZERO;
+    /// The free units of `charge` (aggregated by `kind`) left for a
+    /// segment on `plan` that rates `quantity`, which it then uses.
+    fn take(
+        &mut self,
+        plan: &Plan,
+        charge: &Charge,
+        kind: Aggregation,
+        quantity: Decimal,
+    ) -> Decimal {
+        if charge.free_units.is_zero() || !kind.is_additive() {
+            return charge.free_units;
         }
         let key = |(p, v, m, _): &&mut (String, u32, String, Decimal)| {
             (p.as_str(), *v, m.as_str())
@@ -808,7 +818,7 @@ impl Engine {
                 // A whole period has its plan's free units; a segment what
                 // the plan's earlier segments left.
                 let free = if split {
-                    free.take(plan, charge, q)
+                    free.take(plan, charge, m.aggregation, q)
                 } else {
                     charge.free_units
                 };
@@ -1032,6 +1042,7 @@ impl Engine {
                     });
                 }
             }
+            let split = usage.since.is_some() || usage.until.is_some();
             st.closed.push(ClosedPeriod {
                 period: p,
                 plan_id: usage.plan_id,
@@ -1041,6 +1052,7 @@ impl Engine {
                 totals,
                 aggregates,
                 billed,
+                free_units_per_period: split,
             });
         }
         // Keep the issued periods late input can still reach: those ending
@@ -1405,11 +1417,14 @@ impl Engine {
             (value, change, Decimal::ONE, Some((agg_at, aggregate)))
         };
         // The segments whose lines change: this one and, when the charge
-        // has free units, the period's later segments on the same plan and
-        // version, whose share of them the late usage moves (a plan's free
-        // units apply once per period, in segment order: `FreeUnitsUsed`).
+        // is additive and has free units, the period's later segments on
+        // the same plan and version, whose share of them the late usage
+        // moves (a plan's free units apply once per period, in segment
+        // order: `FreeUnitsUsed`), unless the period was closed before that
+        // rule (`ClosedPeriod::free_units_per_period`).
         let mut targets = vec![ci];
-        if !charge.free_units.is_zero() {
+        if !charge.free_units.is_zero() && kind.is_additive() && st.closed[ci].free_units_per_period
+        {
             let start = seg.0;
             targets.extend((0..st.closed.len()).filter(|&j| {
                 let o = &st.closed[j];
@@ -1443,7 +1458,8 @@ impl Engine {
                     .find(|(m, _)| *m == u.metric)
                     .map_or(Decimal::ZERO, |(_, q)| *q)
             };
-            let free = Self::closed_free_left(st, j, &u.metric, charge, Some((ci, new_total)));
+            let free =
+                Self::closed_free_left(st, j, &u.metric, charge, kind, Some((ci, new_total)));
             let new_amount =
                 line_amount_with_free(charge, total, free, st.currency, Minor::MAX_AMOUNT)
                     .ok_or_else(|| too_dear_here(total))?;
@@ -1455,7 +1471,8 @@ impl Engine {
             for (m, q) in &c.totals {
                 if *m != u.metric {
                     if let Some(other) = plan.charge(m) {
-                        let free = Self::closed_free_left(st, j, m, other, None);
+                        let kind = c.aggregation_of(m);
+                        let free = Self::closed_free_left(st, j, m, other, kind, None);
                         let amount =
                             line_amount_with_free(other, *q, free, st.currency, Minor::MAX_AMOUNT)
                                 .unwrap_or_else(|| billed_of(&BilledKey::Metric(m.clone())));
@@ -1592,21 +1609,24 @@ impl Engine {
         Ok(())
     }
 
-    /// The free units of `charge` (of `metric`) left for the issued
-    /// segment `j` once the period's earlier segments on the same plan and
-    /// version used theirs (`FreeUnitsUsed`), with the total of `metric`
-    /// in segment `changed.0` taken as `changed.1` (the late usage's).
+    /// The free units of `charge` (of `metric`, aggregated by `kind`)
+    /// left for the issued segment `j` once the period's earlier segments
+    /// on the same plan and version used theirs (`FreeUnitsUsed`), with the
+    /// total of `metric` in segment `changed.0` taken as `changed.1` (the
+    /// late usage's). All of them for a level-like aggregation, and in a
+    /// period closed before free units were shared.
     fn closed_free_left(
         st: &AccountState,
         j: usize,
         metric: &str,
         charge: &Charge,
+        kind: Aggregation,
         changed: Option<(usize, Decimal)>,
     ) -> Decimal {
-        if charge.free_units.is_zero() {
-            return Decimal::ZERO;
-        }
         let c = &st.closed[j];
+        if charge.free_units.is_zero() || !kind.is_additive() || !c.free_units_per_period {
+            return charge.free_units;
+        }
         let start = c.bounds().0;
         let mut used = Decimal::ZERO;
         for (i, o) in st.closed.iter().enumerate() {

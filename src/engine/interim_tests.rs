@@ -562,6 +562,80 @@ fn issue_13_a_version_1_thresholds_set_keeps_invoice_at_and_an_explicit_null_cle
     assert_eq!(h.invoices().len(), 1);
 }
 
+/// `AccountCommand` with `ThresholdsSet` as it was before
+/// `keeps_invoice_at` existed, serialized as that code did: what the dedup
+/// windows of accounts that applied a version 1 record then remember.
+#[derive(serde::Serialize)]
+struct PreFlagCommand {
+    event_id: String,
+    account_id: String,
+    occurred_at: super::time::Timestamp,
+    environment: Option<String>,
+    kind: PreFlagKind,
+}
+
+#[derive(serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum PreFlagKind {
+    ThresholdsSet {
+        thresholds: Vec<Decimal>,
+        currency: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invoice_at: Option<Decimal>,
+    },
+}
+
+#[test]
+fn issue_13_a_version_1_thresholds_set_redelivered_after_the_upgrade_is_a_duplicate() {
+    use super::dedup::{fingerprint, key};
+    let mut h = Harness::new();
+    h.open("tiered", "2026-03-01T00:00:00Z");
+    let base = serde_json::json!({"account_id": "acct", "occurred_at": "2026-03-02T00:00:00Z",
+        "environment": "prod", "thresholds": ["50.00"], "currency": "EUR"});
+    let v1 = thresholds_set_record(&mut h, 1, base.clone());
+    let Input::Account(cmd) = &v1 else {
+        panic!("{v1:?}")
+    };
+    // Before the flag, this record decoded to the same command without it:
+    // its fingerprint was the xxh3 of that JSON.
+    let pre = PreFlagCommand {
+        event_id: cmd.event_id.clone(),
+        account_id: "acct".into(),
+        occurred_at: ts("2026-03-02T00:00:00Z"),
+        environment: Some("prod".into()),
+        kind: PreFlagKind::ThresholdsSet {
+            thresholds: vec![d("50.00")],
+            currency: "EUR".into(),
+            invoice_at: None,
+        },
+    };
+    let before = xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(&pre).unwrap());
+    assert_eq!(fingerprint(&v1), before);
+    // So the account that applied it before the upgrade (its dedup window
+    // remembers that fingerprint) counts its redelivery as a duplicate,
+    // not a `conflict` dead letter.
+    let at = ts("2026-03-02T00:00:00Z");
+    h.state
+        .as_mut()
+        .unwrap()
+        .dedup
+        .insert(key(&cmd.event_id), before, at.0);
+    assert_eq!(h.feed(v1.clone(), at), Ok(Outcome::Duplicate));
+    // Conflicts are still told apart: another threshold, or an amount for
+    // invoice_at, under the same id is another payload.
+    let mut other = base.clone();
+    other["thresholds"] = serde_json::json!(["60.00"]);
+    let mut with_amount = base;
+    with_amount["invoice_at"] = serde_json::json!("5.00");
+    for json in [other, with_amount] {
+        let mut input = thresholds_set_record(&mut h, 2, json);
+        if let Input::Account(c) = &mut input {
+            c.event_id = cmd.event_id.clone();
+        }
+        assert_ne!(fingerprint(&input), before, "{input:?}");
+    }
+}
+
 #[test]
 fn issue_13_a_json_thresholds_set_without_invoice_at_keeps_it_and_null_clears_it() {
     use crate::contracts::decode::Decoded;

@@ -6,6 +6,7 @@
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 
+use super::aggregation::{Aggregation, AggregationSpec};
 use super::events::*;
 use super::fold::{prorate, Outcome};
 use super::money::{Currency, Minor};
@@ -832,6 +833,268 @@ fn issue_13_late_usage_in_an_earlier_segment_moves_the_free_units_of_the_later_o
     );
     // Starter's 1,600 calls of April: (1,600 − 1,000) × 0.01 = 6.00 in
     // all, billed 3.00 in April and 0.00 + 2.00 + 1.00 late.
+}
+
+/// `metric` per unit at `price`, `free` free units, aggregated by `kind`.
+fn level_charge(metric: &str, kind: Aggregation, price: &str, free: &str) -> Charge {
+    Charge {
+        metric: metric.into(),
+        model: Model::PerUnit,
+        unit_price: d(price),
+        package_size: None,
+        free_units: d(free),
+        tiers: Vec::new(),
+        aggregation: AggregationSpec {
+            kind,
+            ..Default::default()
+        },
+    }
+}
+
+/// April on plan `a`, moved at once to `b` on the 10th and back to `a` on
+/// the 20th (both without fees), with the usage `events` (metric,
+/// quantity, instant) fed in order.
+fn a_b_a(a: Plan, b: Plan, events: &[(&str, &str, &str)]) -> Harness {
+    let (a_id, b_id) = (a.plan_id.clone(), b.plan_id.clone());
+    let mut h = harness();
+    h.engine.plans.upsert(a).unwrap();
+    h.engine.plans.upsert(b).unwrap();
+    h.open(&a_id, "2026-04-01T00:00:00Z");
+    let mut changes = [
+        ("2026-04-10T00:00:00Z", b_id.as_str()),
+        ("2026-04-20T00:00:00Z", a_id.as_str()),
+    ]
+    .into_iter()
+    .peekable();
+    for &(metric, qty, at) in events {
+        while let Some((when, to)) = changes.next_if(|(when, _)| ts(when) <= ts(at)) {
+            h.command(change(to, PlanChangeEffective::Immediately, None), when)
+                .unwrap();
+        }
+        h.usage(metric, "app", qty, at).unwrap();
+    }
+    for (when, to) in changes {
+        h.command(change(to, PlanChangeEffective::Immediately, None), when)
+            .unwrap();
+    }
+    h
+}
+
+/// "seats-a": seats on `latest` at 10.00 with 5 free, peak.cpu on `max`
+/// at 1.00 with 5 free; "seats-b": seats at 12.00 and peak.cpu at 1.50,
+/// none free.
+fn level_plans() -> (Plan, Plan) {
+    let charges = |seats: &str, cpu: &str, free: &str| {
+        vec![
+            level_charge("seats", Aggregation::Latest, seats, free),
+            level_charge("peak.cpu", Aggregation::Max, cpu, free),
+        ]
+    };
+    let mut a = plan("seats-a", 1, "0", per_unit_free("0", "0"));
+    a.charges = charges("10.00", "1.00", "5");
+    let mut b = plan("seats-b", 1, "0", per_unit_free("0", "0"));
+    b.charges = charges("12.00", "1.50", "0");
+    (a, b)
+}
+
+/// The (metric, amount) of the lines of `kind`, in order.
+fn metric_lines(lines: &[Line], kind: LineKind) -> Vec<(String, Minor)> {
+    lines
+        .iter()
+        .filter(|l| l.kind == kind)
+        .map(|l| (l.metric.clone().unwrap_or_default(), l.amount))
+        .collect()
+}
+
+fn owned(lines: &[(&str, i64)]) -> Vec<(String, Minor)> {
+    lines
+        .iter()
+        .map(|(m, a)| (m.to_string(), Minor(*a)))
+        .collect()
+}
+
+#[test]
+fn issue_13_level_aggregations_give_each_segment_the_full_free_units() {
+    let (a, b) = level_plans();
+    let mut h = a_b_a(
+        a,
+        b,
+        &[
+            ("seats", "8", "2026-04-02T00:00:00Z"),
+            ("peak.cpu", "8", "2026-04-02T00:00:00Z"),
+            ("peak.cpu", "3", "2026-04-03T00:00:00Z"),
+            ("seats", "8", "2026-04-12T00:00:00Z"),
+            ("peak.cpu", "8", "2026-04-12T00:00:00Z"),
+            ("seats", "8", "2026-04-22T00:00:00Z"),
+            ("peak.cpu", "6", "2026-04-22T00:00:00Z"),
+        ],
+    );
+    // A seat count and a peak are levels measured again in each segment,
+    // not parts of one period total: each segment on seats-a has its 5
+    // free seats and 5 free units of peak. seats-a first: 8 seats, (8 − 5)
+    // × 10.00 = 30.00; peak 8, (8 − 5) × 1.00 = 3.00. seats-b: 8 × 12.00 =
+    // 96.00; 8 × 1.50 = 12.00. seats-a again: 8 seats, 30.00 (not 8 ×
+    // 10.00 = 80.00 as if the first segment's 8 seats had used up the 5
+    // free ones); peak 6, (6 − 5) × 1.00 = 1.00 (not 6.00).
+    let expected = owned(&[
+        ("seats", 3000),
+        ("peak.cpu", 300),
+        ("seats", 9600),
+        ("peak.cpu", 1200),
+        ("seats", 3000),
+        ("peak.cpu", 100),
+    ]);
+    let draft = h.engine.draft(h.st());
+    assert_eq!(metric_lines(&draft.lines, LineKind::Usage), expected);
+    h.advance("2026-05-01T01:00:00Z");
+    let inv = h.invoices()[0];
+    assert_eq!(metric_lines(&inv.lines, LineKind::Usage), expected);
+    // 30.00 + 3.00 + 96.00 + 12.00 + 30.00 + 1.00 = 172.00.
+    assert_eq!(inv.subtotal, Minor(17200));
+}
+
+#[test]
+fn issue_13_late_usage_on_a_level_aggregation_re_rates_only_its_own_segment() {
+    let (a, b) = level_plans();
+    let mut h = a_b_a(
+        a,
+        b,
+        &[
+            ("seats", "3", "2026-04-02T00:00:00Z"),
+            ("peak.cpu", "3", "2026-04-02T00:00:00Z"),
+            ("seats", "8", "2026-04-12T00:00:00Z"),
+            ("peak.cpu", "8", "2026-04-12T00:00:00Z"),
+            ("seats", "8", "2026-04-22T00:00:00Z"),
+            ("peak.cpu", "6", "2026-04-22T00:00:00Z"),
+        ],
+    );
+    h.advance("2026-05-01T01:00:00Z");
+    // seats-a first: 3 seats and a peak of 3, within the 5 free: 0.00
+    // each; seats-b: 96.00 and 12.00; seats-a again, with its own 5 free:
+    // (8 − 5) × 10.00 = 30.00 and (6 − 5) × 1.00 = 1.00.
+    assert_eq!(
+        metric_lines(&h.invoices()[0].lines, LineKind::Usage),
+        owned(&[
+            ("seats", 0),
+            ("peak.cpu", 0),
+            ("seats", 9600),
+            ("peak.cpu", 1200),
+            ("seats", 3000),
+            ("peak.cpu", 100),
+        ])
+    );
+    // Late, in the first segment: 4 seats on April 3rd (the latest now:
+    // 4, still free, +0.00 for 1 seat more) and a peak of 7 on April 4th
+    // ((7 − 5) × 1.00 = 2.00, billed 0.00: +2.00 for 4 units more). The
+    // last segment's levels did not move, nor its free units: no line for
+    // it (not 10.00 for one free seat fewer, nor 2.00 for the peak).
+    for (id, metric, qty, at) in [
+        ("late-seats", "seats", "4", "2026-04-03T00:00:00Z"),
+        ("late-cpu", "peak.cpu", "7", "2026-04-04T00:00:00Z"),
+    ] {
+        h.usage_at(id, metric, "app", qty, ts(at), ts("2026-05-02T00:00:00Z"))
+            .unwrap();
+    }
+    h.advance("2026-06-01T01:00:00Z");
+    let may = h.invoices()[1];
+    let late: Vec<(String, Decimal, Minor)> = may
+        .lines
+        .iter()
+        .filter(|l| l.kind == LineKind::LateUsage)
+        .map(|l| (l.metric.clone().unwrap_or_default(), l.quantity, l.amount))
+        .collect();
+    assert_eq!(
+        late,
+        vec![
+            ("seats".to_string(), d("1"), Minor(0)),
+            ("peak.cpu".to_string(), d("4"), Minor(200)),
+        ],
+        "{:#?}",
+        may.lines
+    );
+}
+
+/// The account's state through a snapshot as the store keeps it (JSON;
+/// the dedup window is stored next to it), after `edit` on the JSON.
+fn through_snapshot(h: &mut Harness, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut json = serde_json::to_value(h.st()).unwrap();
+    edit(&mut json);
+    let mut restored: super::AccountState = serde_json::from_value(json).unwrap();
+    restored.dedup = h.st().dedup.clone();
+    h.state = Some(restored);
+}
+
+/// starter (1,000 calls free at 0.01) → scale → starter in April, with
+/// 600 calls in each starter segment, closed.
+fn six_hundred_twice() -> Harness {
+    let starter = plan("starter", 1, "0", per_unit_free("0.01", "1000"));
+    let scale = plan("scale", 1, "0", per_unit_free("0.02", "0"));
+    let mut h = a_b_a(
+        starter,
+        scale,
+        &[
+            ("api.calls", "600", "2026-04-05T00:00:00Z"),
+            ("api.calls", "600", "2026-04-25T00:00:00Z"),
+        ],
+    );
+    h.advance("2026-05-01T01:00:00Z");
+    h
+}
+
+/// One late call on April 6th (starter's first segment), arriving on May
+/// 2nd; the late lines of May's invoice as (quantity, amount).
+fn one_late_call(h: &mut Harness) -> Vec<(Decimal, Minor)> {
+    h.usage_at(
+        "late-1",
+        "api.calls",
+        "app",
+        "1",
+        ts("2026-04-06T00:00:00Z"),
+        ts("2026-05-02T00:00:00Z"),
+    )
+    .unwrap();
+    h.advance("2026-06-01T01:00:00Z");
+    h.invoices()[1]
+        .lines
+        .iter()
+        .filter(|l| l.kind == LineKind::LateUsage)
+        .map(|l| (l.quantity, l.amount))
+        .collect()
+}
+
+#[test]
+fn issue_13_a_period_closed_before_free_units_were_shared_keeps_its_rule_for_late_usage() {
+    let mut h = six_hundred_twice();
+    // The snapshot as the code before shared free units wrote it: no
+    // record of the rule, and each starter segment rated with the full
+    // 1,000 free calls, so the second one's 600 calls billed 0.00 (this
+    // code bills it (600 − 400) × 0.01 = 2.00).
+    through_snapshot(&mut h, |json| {
+        let closed = json["closed"].as_array_mut().unwrap();
+        for c in closed.iter_mut() {
+            c.as_object_mut().unwrap().remove("free_units_per_period");
+        }
+        let last = closed
+            .iter_mut()
+            .rfind(|c| c["plan_id"] == "starter")
+            .unwrap();
+        last["billed"] = serde_json::json!([[{"Metric": "api.calls"}, 0]]);
+    });
+    // One late call in the first segment: 601 calls, all free under that
+    // period's rule (+0.00). The second segment keeps its own 1,000 free
+    // calls: no "free units used earlier" line (the rule of today would
+    // leave it 399 free, (600 − 399) × 0.01 = 2.01 retroactively).
+    assert_eq!(one_late_call(&mut h), vec![(d("1"), Minor(0))]);
+
+    // A period closed by this code keeps sharing them through its
+    // snapshot: the second segment had 400 free left (2.00 billed), now
+    // 399: (600 − 399) × 0.01 = 2.01, +0.01.
+    let mut h = six_hundred_twice();
+    through_snapshot(&mut h, |_| {});
+    assert_eq!(
+        one_late_call(&mut h),
+        vec![(d("1"), Minor(0)), (Decimal::ZERO, Minor(1))]
+    );
 }
 
 #[test]
