@@ -883,6 +883,26 @@ struct DevTools {
 }
 
 impl DevTools {
+    /// Start the browser and attach to a new blank page of it (the browser
+    /// runs as long as the returned `Browser` lives).
+    fn open(binary: &Path) -> (Browser, DevTools) {
+        let (browser, url) = launch(binary);
+        let mut dt = DevTools {
+            ws: WebSocket::connect(&url),
+            next_id: 0,
+            session: None,
+        };
+        let target = dt.call("Target.createTarget", json!({"url": "about:blank"}));
+        let attached = dt.call(
+            "Target.attachToTarget",
+            json!({"targetId": target["targetId"], "flatten": true}),
+        );
+        dt.session = Some(attached["sessionId"].as_str().unwrap().to_string());
+        dt.call("Page.enable", json!({}));
+        dt.call("Runtime.enable", json!({}));
+        (browser, dt)
+    }
+
     fn call(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
@@ -1020,20 +1040,7 @@ fn launch(binary: &Path) -> (Browser, String) {
 }
 
 fn drive(base: &str, binary: &Path, invoice_id: &str) {
-    let (_browser, url) = launch(binary);
-    let mut dt = DevTools {
-        ws: WebSocket::connect(&url),
-        next_id: 0,
-        session: None,
-    };
-    let target = dt.call("Target.createTarget", json!({"url": "about:blank"}));
-    let attached = dt.call(
-        "Target.attachToTarget",
-        json!({"targetId": target["targetId"], "flatten": true}),
-    );
-    dt.session = Some(attached["sessionId"].as_str().unwrap().to_string());
-    dt.call("Page.enable", json!({}));
-    dt.call("Runtime.enable", json!({}));
+    let (_browser, mut dt) = DevTools::open(binary);
 
     // Login: the console without a token shows the login form.
     dt.call("Page.navigate", json!({"url": format!("{base}/console")}));
@@ -1419,20 +1426,7 @@ fn first_invoice_with_usage(out: &Path) -> (String, String) {
 /// Sign in with the demo's token, see the funnel and dead letters drawn,
 /// open an invoice and see the input events behind its usage line.
 fn drive_demo(base: &str, binary: &Path, token: &str, account: &str, invoice: &str) {
-    let (_browser, url) = launch(binary);
-    let mut dt = DevTools {
-        ws: WebSocket::connect(&url),
-        next_id: 0,
-        session: None,
-    };
-    let target = dt.call("Target.createTarget", json!({"url": "about:blank"}));
-    let attached = dt.call(
-        "Target.attachToTarget",
-        json!({"targetId": target["targetId"], "flatten": true}),
-    );
-    dt.session = Some(attached["sessionId"].as_str().unwrap().to_string());
-    dt.call("Page.enable", json!({}));
-    dt.call("Runtime.enable", json!({}));
+    let (_browser, mut dt) = DevTools::open(binary);
     dt.call("Page.navigate", json!({"url": format!("{base}/console")}));
     dt.wait_for("/console");
     dt.type_into("#token", token);

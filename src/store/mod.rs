@@ -203,9 +203,8 @@ pub trait StateStore: Send + Sync + 'static {
         &self,
         account_id: &str,
         since: Micros,
-        version: &SnapshotVersion,
+        _version: &SnapshotVersion,
     ) -> impl Future<Output = Result<Vec<DedupRecord>, StoreError>> + Send {
-        let _ = version;
         self.load_dedup(account_id, since)
     }
 
